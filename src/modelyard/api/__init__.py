@@ -1,0 +1,1 @@
+"""HTTP interfaces: management API, OIP v2 REST, OpenAI API, metrics."""

@@ -1,0 +1,57 @@
+"""The app factory: ``create_app(settings)`` builds the FastAPI application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from modelyard import __version__
+from modelyard.api.errors import install_error_handlers
+from modelyard.api.routes import models, server
+from modelyard.api.v2 import routes as v2
+from modelyard.config import Settings
+from modelyard.core.platform import Platform
+
+__all__ = ["create_app"]
+
+_DESCRIPTION = """
+ModelYard serves models as authenticated, metered network APIs.
+
+* **Management API** under `/api/v1` (this document).
+* **Open Inference Protocol v2** under `/v2` (KServe / Triton compatible, JSON and binary tensors).
+* **Prometheus metrics** at `/metrics`.
+
+Every route except `/v2/health/*` needs `Authorization: Bearer <API key>`.
+Errors are always `{"error": {"code": "...", "message": "..."}}`.
+"""
+
+
+def create_app(settings: Settings, *, platform: Platform | None = None) -> FastAPI:
+    """Build the HTTP application. With ``platform`` given, the caller owns its lifetime."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = platform is None
+        app.state.platform = platform or Platform.open(settings)
+        try:
+            yield
+        finally:
+            if owned:
+                await app.state.platform.aclose()
+
+    app = FastAPI(
+        title="ModelYard",
+        version=__version__,
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    if platform is not None:
+        app.state.platform = platform
+    install_error_handlers(app)
+    app.include_router(v2.health_router)
+    app.include_router(v2.router)
+    app.include_router(models.router)
+    app.include_router(server.router)
+    return app

@@ -1,0 +1,50 @@
+"""Request dependencies: the platform and the authenticated principal."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from modelyard.core.platform import Platform
+from modelyard.core.principal import Principal
+from modelyard.errors import Unauthenticated
+
+__all__ = ["get_platform", "authenticate", "PlatformDep", "PrincipalDep", "bearer_token"]
+
+_bearer = HTTPBearer(auto_error=False, description="A ModelYard API key: `Authorization: Bearer my_...`")
+
+
+def get_platform(request: Request) -> Platform:
+    platform: Platform = request.app.state.platform
+    return platform
+
+
+def bearer_token(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("malformed Authorization header; expected 'Bearer <key>'")
+    return token.strip()
+
+
+async def authenticate(
+    request: Request,
+    _creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """Authenticate the caller from ``Authorization: Bearer <key>`` (the DB lookup runs in a
+    thread; recently seen keys are answered from the key service's short cache)."""
+    platform = get_platform(request)
+    token = bearer_token(request.headers.get("authorization"))
+    keys = platform.keys
+    cached = keys.cached(token)
+    principal = cached if cached is not None else await anyio.to_thread.run_sync(keys.authenticate, token)
+    request.state.principal = principal
+    return principal
+
+
+PlatformDep = Annotated[Platform, Depends(get_platform)]
+PrincipalDep = Annotated[Principal, Depends(authenticate)]

@@ -1,0 +1,1 @@
+"""Management API routes under ``/api/v1``, one module per feature."""

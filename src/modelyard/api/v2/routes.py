@@ -1,0 +1,145 @@
+"""Open Inference Protocol v2 over REST (KServe spec; Triton's binary tensor extension).
+
+Routes translate and authenticate; everything else is the data plane's job. Inference bodies are
+read raw and decoded by :mod:`modelyard.api.v2.codec` (no pydantic on the hot path).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, Response
+
+from modelyard.api.deps import PlatformDep, PrincipalDep
+from modelyard.api.errors import ERROR_SCHEMA
+from modelyard.api.v2.codec import decode_infer_request, encode_infer_response
+from modelyard.errors import InvalidInput, PayloadTooLarge
+
+__all__ = ["router", "health_router"]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: ERROR_SCHEMA for code in (400, 401, 403, 404, 413, 429, 503, 504)
+}
+
+health_router = APIRouter(prefix="/v2/health", tags=["OIP v2"])
+router = APIRouter(prefix="/v2", tags=["OIP v2"], responses=_ERRORS)
+
+_HEADER = "inference-header-content-length"
+
+
+@health_router.get("/live", summary="Server liveness (no key needed)")
+async def live(platform: PlatformDep) -> JSONResponse:
+    return JSONResponse({"live": platform.dataplane.live()})
+
+
+@health_router.get("/ready", summary="Server readiness (no key needed)")
+async def ready(platform: PlatformDep) -> JSONResponse:
+    is_ready = platform.dataplane.ready()
+    return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata(platform: PlatformDep, principal: PrincipalDep) -> JSONResponse:
+    principal.require("server:read")
+    return JSONResponse(platform.dataplane.server_metadata())
+
+
+@router.get("/models/{model_name}", summary="Model metadata (latest production, else latest)")
+async def model_metadata(model_name: str, platform: PlatformDep, principal: PrincipalDep) -> JSONResponse:
+    return JSONResponse(await platform.dataplane.model_metadata(principal, model_name, None))
+
+
+@router.get("/models/{model_name}/versions/{model_version}", summary="Model version metadata")
+async def version_metadata(
+    model_name: str, model_version: str, platform: PlatformDep, principal: PrincipalDep
+) -> JSONResponse:
+    return JSONResponse(await platform.dataplane.model_metadata(principal, model_name, model_version))
+
+
+async def _ready(platform: PlatformDep, principal: PrincipalDep, name: str, version: str | None) -> JSONResponse:
+    ok = await platform.dataplane.model_ready(principal, name, version)
+    return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
+
+
+@router.get("/models/{model_name}/ready", summary="Model readiness")
+async def model_ready(model_name: str, platform: PlatformDep, principal: PrincipalDep) -> JSONResponse:
+    return await _ready(platform, principal, model_name, None)
+
+
+@router.get("/models/{model_name}/versions/{model_version}/ready", summary="Model version readiness")
+async def version_ready(
+    model_name: str, model_version: str, platform: PlatformDep, principal: PrincipalDep
+) -> JSONResponse:
+    return await _ready(platform, principal, model_name, model_version)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _infer(
+    request: Request, platform: PlatformDep, principal: PrincipalDep, name: str, version: str | None
+) -> Response:
+    body = await _read_body(request, platform.settings.max_request_bytes)
+    raw_header = request.headers.get(_HEADER)
+    header_length: int | None = None
+    if raw_header is not None:
+        if not raw_header.isdigit():
+            raise InvalidInput(f"Inference-Header-Content-Length must be a non-negative integer, got {raw_header!r}")
+        header_length = int(raw_header)
+    infer_request = decode_infer_request(body, header_length)
+    response = await platform.dataplane.infer(principal, name, version, infer_request, protocol="rest")
+    binary_default = bool(infer_request.parameters.get("binary_data_output", False))
+    payload, json_length = encode_infer_response(
+        response, requested=infer_request.outputs, binary_default=binary_default
+    )
+    if json_length is None:
+        return Response(payload, media_type="application/json")
+    return Response(
+        payload,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(json_length)},
+    )
+
+
+_INFER_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"type": "object", "required": ["inputs"], "properties": {
+                "id": {"type": "string"},
+                "parameters": {"type": "object"},
+                "inputs": {"type": "array", "items": {"type": "object"}},
+                "outputs": {"type": "array", "items": {"type": "object"}},
+            }}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@router.post("/models/{model_name}/infer", summary="Inference (JSON or binary tensors)", openapi_extra=_INFER_DOC)
+async def infer(model_name: str, request: Request, platform: PlatformDep, principal: PrincipalDep) -> Response:
+    return await _infer(request, platform, principal, model_name, None)
+
+
+@router.post(
+    "/models/{model_name}/versions/{model_version}/infer",
+    summary="Inference on a given version",
+    openapi_extra=_INFER_DOC,
+)
+async def infer_version(
+    model_name: str, model_version: str, request: Request, platform: PlatformDep, principal: PrincipalDep
+) -> Response:
+    return await _infer(request, platform, principal, model_name, model_version)

@@ -1,0 +1,1 @@
+"""The ``modelyard`` command line. Heavy imports happen inside commands."""

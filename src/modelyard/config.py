@@ -1,0 +1,63 @@
+"""Settings: the only module that reads the environment.
+
+Build one :class:`Settings` in ``main()`` (flags override environment, environment overrides an
+optional ``modelyard.toml``-free ``.env`` file) and pass it down; nothing else reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Every knob of a ModelYard server, read from ``MODELYARD_*`` variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MODELYARD_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    home: Path = Field(default=Path("./modelyard-data"), description="data folder")
+    host: str = Field(default="127.0.0.1", description="address to bind")
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    grpc_enabled: bool = True
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite in home")
+    artifact_root: Path | None = Field(default=None, description="artifact folder; default: home/artifacts")
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    admin_key: SecretStr | None = Field(default=None, description="admin key for scripted installs")
+    cores: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    instances: int = Field(default=1, ge=1, le=64, description="executors per model version")
+    memory_budget_bytes: int = Field(default=4 * 1024**3, ge=1)
+    max_batch_size: int = Field(default=32, ge=1)
+    max_queue_delay_ms: float = Field(default=2.0, ge=0)
+    max_queue_size: int = Field(default=256, ge=1)
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    drain_timeout_s: float = Field(default=20.0, ge=0)
+    demo_model: bool = Field(default=False, description="register the digits demo model at start")
+    log_level: str = "info"
+
+    @property
+    def resolved_home(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.resolved_home / 'modelyard.db'}"
+
+    @property
+    def resolved_artifact_root(self) -> Path:
+        return (self.artifact_root or self.resolved_home / "artifacts").expanduser().resolve()
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with the given fields replaced (``None`` values are ignored): how flags win."""
+        data = self.model_dump()
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return Settings.model_validate(data)

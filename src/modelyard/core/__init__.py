@@ -1,0 +1,1 @@
+"""The core: tenants and keys, registry, inference data plane. Plain Python; no HTTP in here."""

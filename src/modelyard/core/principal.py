@@ -1,0 +1,71 @@
+"""Who is calling: the authenticated principal, its role, and what each role may do.
+
+The permission table below is the single source of truth for authorisation; interfaces ask
+``principal.require(action)`` and never compare role names themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from modelyard.errors import PermissionDenied
+
+__all__ = ["Principal", "ROLES", "ACTIONS", "PERMISSIONS", "DEFAULT_TENANT"]
+
+DEFAULT_TENANT: Final = "default"
+
+ROLES: Final = ("admin", "owner", "developer", "viewer", "inference")
+
+#: action -> roles allowed to perform it.
+PERMISSIONS: Final[dict[str, frozenset[str]]] = {
+    "models:read": frozenset({"admin", "owner", "developer", "viewer", "inference"}),
+    "models:write": frozenset({"admin", "owner", "developer"}),
+    "models:delete": frozenset({"admin", "owner", "developer"}),
+    "models:promote": frozenset({"admin", "owner", "developer"}),
+    "infer": frozenset({"admin", "owner", "developer", "viewer", "inference"}),
+    "datasets:read": frozenset({"admin", "owner", "developer", "viewer"}),
+    "datasets:write": frozenset({"admin", "owner", "developer"}),
+    "jobs:read": frozenset({"admin", "owner", "developer", "viewer"}),
+    "jobs:write": frozenset({"admin", "owner", "developer"}),
+    "deployments:read": frozenset({"admin", "owner", "developer", "viewer"}),
+    "deployments:write": frozenset({"admin", "owner", "developer"}),
+    "keys:read": frozenset({"admin", "owner"}),
+    "keys:write": frozenset({"admin", "owner"}),
+    "usage:read": frozenset({"admin", "owner", "developer", "viewer"}),
+    "audit:read": frozenset({"admin", "owner"}),
+    "tenants:manage": frozenset({"admin"}),
+    "metrics:read": frozenset({"admin", "owner", "developer", "viewer"}),
+    "server:read": frozenset({"admin", "owner", "developer", "viewer", "inference"}),
+}
+
+ACTIONS: Final = tuple(PERMISSIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller: an API key acting as ``role`` inside ``tenant_id``.
+
+    ``scopes`` optionally restricts the key to named models or deployments (empty: all).
+    """
+
+    key_id: str
+    tenant_id: str
+    tenant_name: str
+    role: str
+    scopes: tuple[str, ...] = field(default_factory=tuple)
+    rate_limit: float | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def can(self, action: str) -> bool:
+        return self.role in PERMISSIONS[action]
+
+    def require(self, action: str) -> None:
+        if not self.can(action):
+            raise PermissionDenied(f"role {self.role!r} may not perform {action!r}")
+
+    def in_scope(self, name: str) -> bool:
+        return not self.scopes or name in self.scopes

@@ -1,0 +1,432 @@
+"""The model registry: models and their immutable, content-addressed versions, per tenant.
+
+Registering a version validates the staged artifact with its format's runtime *before* anything
+is committed; the blob is then moved into the artifact store and the rows are inserted in one
+transaction. If the transaction fails, the blob is removed again unless another version shares
+it. Every query is scoped by tenant here, in the core, so no interface can forget to.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from modelyard.core.names import check_name
+from modelyard.core.pages import Page, PageRequest
+from modelyard.errors import ModelNotFound, ValidationFailed, VersionNotFound
+from modelyard.runtimes.base import inspect_artifact
+from modelyard.store.artifacts import ArtifactStore, StagedFile
+from modelyard.store.db import Database
+from modelyard.store.tables import ModelRow, VersionRow, utcnow
+from modelyard.tensors import TensorSpec
+
+__all__ = ["Registry", "ModelInfo", "VersionInfo", "STAGES"]
+
+STAGES = ("none", "staging", "production", "archived")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    id: str
+    tenant_id: str
+    name: str
+    description: str
+    tags: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    latest_version: int | None = None
+    production_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    id: str
+    model_id: str
+    model_name: str
+    tenant_id: str
+    version: int
+    format: str
+    sha256: str
+    size_bytes: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    description: str
+    tags: dict[str, Any]
+    metrics: dict[str, Any]
+    lineage: dict[str, Any]
+    config: dict[str, Any]
+    stage: str
+    created_at: datetime
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """A process-wide identity of this version (used by the model manager)."""
+        return self.id
+
+
+def _version_info(row: VersionRow, model: ModelRow) -> VersionInfo:
+    sig = row.signature or {}
+    return VersionInfo(
+        id=row.id,
+        model_id=model.id,
+        model_name=model.name,
+        tenant_id=model.tenant_id,
+        version=row.version,
+        format=row.format,
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        inputs=[TensorSpec.from_dict(d) for d in sig.get("inputs", [])],
+        outputs=[TensorSpec.from_dict(d) for d in sig.get("outputs", [])],
+        description=row.description,
+        tags=dict(row.tags or {}),
+        metrics=dict(row.metrics or {}),
+        lineage=dict(row.lineage or {}),
+        config=dict(row.config or {}),
+        stage=row.stage,
+        created_at=row.created_at,
+        extra=dict(sig.get("extra", {})),
+    )
+
+
+def _model_info(row: ModelRow, latest: int | None = None, production: int | None = None) -> ModelInfo:
+    return ModelInfo(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        name=row.name,
+        description=row.description,
+        tags=dict(row.tags or {}),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        latest_version=latest,
+        production_version=production,
+    )
+
+
+def _check_stage(stage: str) -> str:
+    if stage not in STAGES:
+        raise ValidationFailed(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}", details={"field": "stage"})
+    return stage
+
+
+def _check_tags(tags: dict[str, Any] | None) -> dict[str, Any]:
+    if tags is None:
+        return {}
+    if not isinstance(tags, dict) or not all(isinstance(k, str) for k in tags):
+        raise ValidationFailed("tags must be an object with string keys", details={"field": "tags"})
+    return tags
+
+
+class Registry:
+    """Models and versions of every tenant; all methods take the tenant explicitly."""
+
+    def __init__(self, db: Database, artifacts: ArtifactStore, *, resolve_ttl_s: float = 1.0) -> None:
+        self._db = db
+        self._artifacts = artifacts
+        self._ttl = resolve_ttl_s
+        self._resolve_cache: dict[tuple[str, str, str | None], tuple[float, VersionInfo]] = {}
+        self._lock = threading.Lock()
+        #: called with each version after it has been removed (the model manager unloads it).
+        self.on_version_removed: list[Callable[[VersionInfo], None]] = []
+        #: called after any change of which version a name resolves to.
+        self.on_change: list[Callable[[], None]] = []
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _changed(self) -> None:
+        with self._lock:
+            self._resolve_cache.clear()
+        for hook in self.on_change:
+            hook()
+
+    @staticmethod
+    def _model_row(s: Session, tenant_id: str, name: str) -> ModelRow:
+        row = s.scalar(select(ModelRow).where(ModelRow.tenant_id == tenant_id, ModelRow.name == name))
+        if row is None:
+            raise ModelNotFound(f"model {name!r} not found")
+        return row
+
+    @staticmethod
+    def _version_row(s: Session, model: ModelRow, version: int) -> VersionRow:
+        row = s.scalar(select(VersionRow).where(VersionRow.model_id == model.id, VersionRow.version == version))
+        if row is None:
+            raise VersionNotFound(f"model {model.name!r} has no version {version}")
+        return row
+
+    # -- writing ---------------------------------------------------------------------------
+    def register_version(
+        self,
+        *,
+        tenant_id: str,
+        model_name: str,
+        staged: StagedFile,
+        fmt: str = "onnx",
+        description: str = "",
+        tags: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        lineage: dict[str, Any] | None = None,
+        config: dict[str, Any] | None = None,
+        stage: str = "none",
+    ) -> VersionInfo:
+        """Validate ``staged`` as ``fmt`` and register it as the model's next version.
+
+        On any failure the staged file is discarded and nothing is registered.
+        """
+        try:
+            check_name(model_name, field="model_name")
+            _check_stage(stage)
+            tags = _check_tags(tags)
+            info = inspect_artifact(fmt, staged.path, config)
+        except BaseException:
+            staged.discard()
+            raise
+        signature = {
+            "inputs": [t.to_dict() for t in info.inputs],
+            "outputs": [t.to_dict() for t in info.outputs],
+            "extra": info.extra,
+        }
+        blob_existed = self._artifacts.exists(staged.sha256)
+        self._artifacts.commit(staged)
+        try:
+            result = self._insert_version(
+                tenant_id, model_name, staged, fmt, signature,
+                description, tags, metrics or {}, lineage or {}, config or {}, stage,
+            )
+        except BaseException:
+            if not blob_existed and not self._blob_referenced(staged.sha256):
+                self._artifacts.delete(staged.sha256)
+            raise
+        self._changed()
+        return result
+
+    def _insert_version(
+        self, tenant_id: str, model_name: str, staged: StagedFile, fmt: str, signature: dict[str, Any],
+        description: str, tags: dict[str, Any], metrics: dict[str, Any], lineage: dict[str, Any],
+        config: dict[str, Any], stage: str,
+    ) -> VersionInfo:
+        for attempt in range(3):
+            try:
+                with self._db.transaction() as s:
+                    model = s.scalar(
+                        select(ModelRow).where(ModelRow.tenant_id == tenant_id, ModelRow.name == model_name)
+                    )
+                    if model is None:
+                        model = ModelRow(
+                            id=str(uuid.uuid4()), tenant_id=tenant_id, name=model_name,
+                            description="", tags={}, next_version=1,
+                        )
+                        s.add(model)
+                        s.flush()
+                    # The UPDATE takes the row (or database) write lock first, so concurrent
+                    # registrations get distinct numbers on SQLite and PostgreSQL alike.
+                    s.execute(
+                        update(ModelRow)
+                        .where(ModelRow.id == model.id)
+                        .values(next_version=ModelRow.next_version + 1, updated_at=utcnow())
+                    )
+                    number = s.scalar(select(ModelRow.next_version).where(ModelRow.id == model.id)) - 1
+                    if stage == "production":
+                        self._archive_production(s, model.id)
+                    row = VersionRow(
+                        id=str(uuid.uuid4()), model_id=model.id, version=number, format=fmt,
+                        sha256=staged.sha256, size_bytes=staged.size, signature=signature,
+                        description=description, tags=tags, metrics=metrics, lineage=lineage,
+                        config=config, stage=stage,
+                    )
+                    s.add(row)
+                    s.flush()
+                    s.refresh(model)
+                    return _version_info(row, model)
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _archive_production(s: Session, model_id: str) -> None:
+        s.execute(
+            update(VersionRow)
+            .where(VersionRow.model_id == model_id, VersionRow.stage == "production")
+            .values(stage="archived")
+        )
+
+    def update_model(
+        self, tenant_id: str, name: str, *, description: str | None = None, tags: dict[str, Any] | None = None
+    ) -> ModelInfo:
+        with self._db.transaction() as s:
+            row = self._model_row(s, tenant_id, name)
+            if description is not None:
+                row.description = description
+            if tags is not None:
+                row.tags = _check_tags(tags)
+            row.updated_at = utcnow()
+            s.flush()
+            return _model_info(row)
+
+    def update_version(
+        self,
+        tenant_id: str,
+        name: str,
+        version: int,
+        *,
+        description: str | None = None,
+        tags: dict[str, Any] | None = None,
+        stage: str | None = None,
+    ) -> VersionInfo:
+        """Change a version's description, tags or stage (the artifact never changes).
+
+        Promoting to ``production`` archives the model's previous production version.
+        """
+        with self._db.transaction() as s:
+            model = self._model_row(s, tenant_id, name)
+            row = self._version_row(s, model, version)
+            if description is not None:
+                row.description = description
+            if tags is not None:
+                row.tags = _check_tags(tags)
+            if stage is not None and stage != row.stage:
+                _check_stage(stage)
+                if stage == "production":
+                    self._archive_production(s, model.id)
+                row.stage = stage
+            s.flush()
+            s.refresh(row)
+            info = _version_info(row, model)
+        self._changed()
+        return info
+
+    def set_metrics(self, tenant_id: str, name: str, version: int, metrics: dict[str, Any]) -> VersionInfo:
+        with self._db.transaction() as s:
+            model = self._model_row(s, tenant_id, name)
+            row = self._version_row(s, model, version)
+            row.metrics = {**(row.metrics or {}), **metrics}
+            s.flush()
+            return _version_info(row, model)
+
+    def delete_version(self, tenant_id: str, name: str, version: int) -> VersionInfo:
+        with self._db.transaction() as s:
+            model = self._model_row(s, tenant_id, name)
+            row = self._version_row(s, model, version)
+            info = _version_info(row, model)
+            s.delete(row)
+        self._after_removal([info])
+        return info
+
+    def delete_model(self, tenant_id: str, name: str) -> list[VersionInfo]:
+        with self._db.transaction() as s:
+            model = self._model_row(s, tenant_id, name)
+            rows = s.scalars(select(VersionRow).where(VersionRow.model_id == model.id)).all()
+            infos = [_version_info(r, model) for r in rows]
+            s.execute(delete(VersionRow).where(VersionRow.model_id == model.id))
+            s.delete(model)
+        self._after_removal(infos)
+        return infos
+
+    def _after_removal(self, infos: list[VersionInfo]) -> None:
+        self._changed()
+        for info in infos:
+            for hook in self.on_version_removed:
+                hook(info)
+            if not self._blob_referenced(info.sha256):
+                self._artifacts.delete(info.sha256)
+
+    def _blob_referenced(self, sha256: str) -> bool:
+        with self._db.read() as s:
+            return s.scalar(select(VersionRow.id).where(VersionRow.sha256 == sha256).limit(1)) is not None
+
+    def referenced_blobs(self) -> set[str]:
+        with self._db.read() as s:
+            return set(s.scalars(select(VersionRow.sha256).distinct()).all())
+
+    # -- reading ---------------------------------------------------------------------------
+    def list_models(self, tenant_id: str | None, page: PageRequest = PageRequest()) -> Page[ModelInfo]:
+        """Models of ``tenant_id`` (``None``: every tenant, for admins), newest first."""
+        with self._db.read() as s:
+            q = select(ModelRow)
+            count = select(func.count()).select_from(ModelRow)
+            if tenant_id is not None:
+                q = q.where(ModelRow.tenant_id == tenant_id)
+                count = count.where(ModelRow.tenant_id == tenant_id)
+            total = s.scalar(count) or 0
+            rows = s.scalars(q.order_by(ModelRow.name).offset(page.offset).limit(page.page_size)).all()
+            items = []
+            for row in rows:
+                latest = s.scalar(select(func.max(VersionRow.version)).where(VersionRow.model_id == row.id))
+                prod = s.scalar(
+                    select(func.max(VersionRow.version)).where(
+                        VersionRow.model_id == row.id, VersionRow.stage == "production"
+                    )
+                )
+                items.append(_model_info(row, latest, prod))
+        return Page(items, total, page.page, page.page_size)
+
+    def get_model(self, tenant_id: str, name: str) -> ModelInfo:
+        with self._db.read() as s:
+            row = self._model_row(s, tenant_id, name)
+            latest = s.scalar(select(func.max(VersionRow.version)).where(VersionRow.model_id == row.id))
+            prod = s.scalar(
+                select(func.max(VersionRow.version)).where(
+                    VersionRow.model_id == row.id, VersionRow.stage == "production"
+                )
+            )
+            return _model_info(row, latest, prod)
+
+    def list_versions(self, tenant_id: str, name: str, page: PageRequest = PageRequest()) -> Page[VersionInfo]:
+        with self._db.read() as s:
+            model = self._model_row(s, tenant_id, name)
+            total = s.scalar(select(func.count()).select_from(VersionRow).where(VersionRow.model_id == model.id)) or 0
+            rows = s.scalars(
+                select(VersionRow)
+                .where(VersionRow.model_id == model.id)
+                .order_by(VersionRow.version.desc())
+                .offset(page.offset)
+                .limit(page.page_size)
+            ).all()
+            return Page([_version_info(r, model) for r in rows], total, page.page, page.page_size)
+
+    def get_version(self, tenant_id: str, name: str, version: int) -> VersionInfo:
+        with self._db.read() as s:
+            model = self._model_row(s, tenant_id, name)
+            return _version_info(self._version_row(s, model, version), model)
+
+    def resolve(self, tenant_id: str, name: str, version: str | None = None) -> VersionInfo:
+        """The version a request names: an explicit number, else the latest ``production``
+        version, else the latest one. Cached for ``resolve_ttl_s``; local changes clear it."""
+        key = (tenant_id, name, version)
+        now = time.monotonic()
+        hit = self._resolve_cache.get(key)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        info = self._resolve(tenant_id, name, version)
+        with self._lock:
+            if len(self._resolve_cache) > 10_000:
+                self._resolve_cache.clear()
+            self._resolve_cache[key] = (now, info)
+        return info
+
+    def _resolve(self, tenant_id: str, name: str, version: str | None) -> VersionInfo:
+        if version not in (None, ""):
+            try:
+                number = int(version)  # type: ignore[arg-type]
+            except ValueError:
+                raise VersionNotFound(f"version {version!r} is not a version number") from None
+            return self.get_version(tenant_id, name, number)
+        with self._db.read() as s:
+            model = self._model_row(s, tenant_id, name)
+            base = select(VersionRow).where(VersionRow.model_id == model.id)
+            row = s.scalar(base.where(VersionRow.stage == "production").order_by(VersionRow.version.desc()).limit(1))
+            if row is None:
+                row = s.scalar(base.where(VersionRow.stage != "archived").order_by(VersionRow.version.desc()).limit(1))
+            if row is None:
+                row = s.scalar(base.order_by(VersionRow.version.desc()).limit(1))
+            if row is None:
+                raise VersionNotFound(f"model {name!r} has no versions")
+            return _version_info(row, model)

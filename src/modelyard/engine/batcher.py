@@ -1,0 +1,497 @@
+"""Dynamic batching of inference requests to one model version.
+
+A :class:`DynamicBatcher` lives on the server's event loop. Callers ``await submit(...)`` with
+numpy arrays whose first dimension is the batch dimension; the batcher groups compatible requests
+(same input names, non-batch shapes, dtypes and requested outputs), concatenates them along axis 0
+up to ``max_batch_size`` rows, runs the runtime's blocking ``predict`` once in a thread pool and
+hands every caller its own rows back.
+
+When to dispatch. A request never waits for a batch that will not fill: while no batch of this
+version is computing, whatever is queued is dispatched at once (one loop turn, so requests that
+arrive together still share a batch). ``max_queue_delay_ms`` applies only under load: while other
+batches are computing, a free executor waits until its batch is full or its oldest request has
+waited that long. With ``instances=1`` requests that queue while a batch computes are dispatched
+together as soon as it finishes, so batches fill by themselves as load grows.
+
+Failure isolation: if a batched ``predict`` raises (or returns outputs that cannot be split by
+rows), every request of that batch is re-run alone, so one bad request fails only itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from functools import partial
+from typing import Any, Protocol
+
+import numpy as np
+
+from modelyard.errors import DeadlineExceeded, QueueFull, Unavailable
+from modelyard.tensors import TensorSpec
+
+__all__ = ["DynamicBatcher", "BatchObserver", "PredictFn", "batching_default"]
+
+#: A runtime's blocking ``predict(inputs, output_names) -> outputs``.
+PredictFn = Callable[[dict[str, np.ndarray], "list[str] | None"], dict[str, np.ndarray]]
+
+_QUEUED, _RUNNING, _DROPPED = 0, 1, 2
+#: Timers may fire a hair early; a request this close to its delay counts as due.
+_TIMER_SLACK_S = 1e-4
+
+
+class BatchObserver(Protocol):
+    """Metrics hooks; called on the event loop, so they must be cheap and must not block.
+
+    ``on_batch``: one batch finished; ``size`` is its number of rows, ``queue_wait_s`` the wait
+    of its oldest request, ``compute_s`` the time spent in ``predict`` (including re-runs).
+    ``on_reject``: a request was refused because the queue was full. ``queue_depth``: the number
+    of queued (not yet computing) requests changed to ``n``.
+    """
+
+    def on_batch(self, size: int, queue_wait_s: float, compute_s: float) -> None: ...
+
+    def on_reject(self) -> None: ...
+
+    def queue_depth(self, n: int) -> None: ...
+
+
+def batching_default(inputs: Sequence[TensorSpec]) -> bool:
+    """Whether a version should be batched by default: every input's first dim is dynamic."""
+    return bool(inputs) and all(len(s.shape) >= 1 and s.shape[0] == -1 for s in inputs)
+
+
+class _Request:
+    """One caller's pending work (mutable state owned by the event loop)."""
+
+    __slots__ = ("inputs", "output_names", "rows", "key", "future", "enqueued", "deadline",
+                 "timer", "state")
+
+    def __init__(
+        self,
+        inputs: dict[str, np.ndarray],
+        output_names: list[str] | None,
+        rows: int,
+        key: Hashable,
+        future: asyncio.Future[dict[str, np.ndarray]],
+        enqueued: float,
+    ) -> None:
+        self.inputs = inputs
+        self.output_names = output_names
+        self.rows = rows
+        self.key = key
+        self.future = future
+        self.enqueued = enqueued
+        self.deadline: float | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.state = _QUEUED
+
+
+class _Group:
+    """Queued requests that can share a batch, oldest first."""
+
+    __slots__ = ("key", "items", "rows")
+
+    def __init__(self, key: Hashable) -> None:
+        self.key = key
+        self.items: deque[_Request] = deque()
+        self.rows = 0
+
+
+_solo_ids = itertools.count()
+
+
+def _group_key(
+    inputs: dict[str, np.ndarray], output_names: list[str] | None
+) -> tuple[Hashable, int]:
+    """The batching key and row count of a request; requests that cannot batch get a unique key."""
+    rows = -1
+    parts = []
+    for name, array in inputs.items():
+        shape = array.shape
+        if not shape or (rows != -1 and shape[0] != rows):
+            return ("solo", next(_solo_ids)), max(rows, 1)
+        rows = shape[0]
+        parts.append((name, shape[1:], array.dtype))
+    if rows <= 0:
+        return ("solo", next(_solo_ids)), 1
+    return (tuple(parts), None if output_names is None else tuple(output_names)), rows
+
+
+class DynamicBatcher:
+    """Batches concurrent ``submit`` calls for one model version; see the module docstring.
+
+    At most ``instances`` batches compute at once. At most ``max_queue_size`` requests wait;
+    beyond that ``submit`` raises :class:`QueueFull` at once, with ``retry_after`` estimated from
+    recent batch times. ``executor`` runs ``predict``; when omitted the batcher owns a thread pool
+    of ``instances`` threads and shuts it down in :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        *,
+        predict: PredictFn,
+        max_batch_size: int,
+        max_queue_delay_ms: float,
+        max_queue_size: int,
+        instances: int = 1,
+        executor: concurrent.futures.Executor | None = None,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        if instances < 1:
+            raise ValueError("instances must be >= 1")
+        if max_queue_size < 1:
+            raise ValueError("max_queue_size must be >= 1")
+        if max_queue_delay_ms < 0:
+            raise ValueError("max_queue_delay_ms must be >= 0")
+        self._predict = predict
+        self._max_rows = max_batch_size
+        self._delay_s = max_queue_delay_ms / 1000.0
+        self._max_queue = max_queue_size
+        self._instances = instances
+        self._owns_executor = executor is None
+        self._executor: concurrent.futures.Executor = executor or (
+            concurrent.futures.ThreadPoolExecutor(
+                max_workers=instances, thread_name_prefix="modelyard-batch"
+            )
+        )
+        self._observer = observer
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._groups: dict[Hashable, _Group] = {}
+        self._queued = 0
+        self._computing = 0
+        self._busy = 0
+        self._running: set[tuple[_Request, ...]] = set()
+        self._dispatch_pending = False
+        self._wake: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._drained: asyncio.Event | None = None
+        self._batch_s = 0.0  # moving average of recent batch compute times
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting to be dispatched."""
+        return self._queued
+
+    @property
+    def in_flight(self) -> int:
+        """Requests queued or computing; a version with ``in_flight > 0`` is busy."""
+        return self._queued + self._computing
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has begun; ``submit`` then raises :class:`Unavailable`."""
+        return self._closing
+
+    # -- submit ------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        inputs: dict[str, np.ndarray],
+        output_names: list[str] | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run ``inputs`` (arrays with a leading batch dim) and return this request's outputs.
+
+        Raises :class:`QueueFull` when the queue is full, :class:`Unavailable` once closing,
+        :class:`DeadlineExceeded` when ``timeout_s`` passes first (work not yet started is
+        dropped and never runs), and whatever ``predict`` raised for this request alone.
+        Cancelling the awaiting task removes queued work.
+        """
+        if self._closing:
+            raise Unavailable("this model version is shutting down", retry_after=1.0)
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._loop is not None and self.in_flight:
+                raise RuntimeError("DynamicBatcher is bound to another event loop")
+            self._loop = loop
+        if self._queued >= self._max_queue:
+            if self._observer is not None:
+                self._observer.on_reject()
+            raise QueueFull(
+                f"the queue of this model version is full ({self._max_queue} requests)",
+                retry_after=self._retry_after(),
+            )
+        if timeout_s is not None and timeout_s <= 0:
+            raise DeadlineExceeded("the request deadline passed before it was queued")
+
+        key, rows = _group_key(inputs, output_names)
+        now = loop.time()
+        item = _Request(inputs, output_names, rows, key, loop.create_future(), now)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = _Group(key)
+        group.items.append(item)
+        group.rows += rows
+        self._queued += 1
+        if timeout_s is not None:
+            item.deadline = now + timeout_s
+            item.timer = loop.call_at(item.deadline, self._expire, item)
+        if self._busy < self._instances and not self._dispatch_pending:
+            # One loop turn later, so requests arriving together land in one batch.
+            self._dispatch_pending = True
+            loop.call_soon(self._dispatch)
+        if self._observer is not None:
+            self._observer.queue_depth(self._queued)
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            if item.state == _QUEUED:
+                self._unqueue(item, remove=True)
+            raise
+        finally:
+            if item.timer is not None:
+                item.timer.cancel()
+
+    def _retry_after(self) -> float:
+        batches_ahead = math.ceil(self._queued / self._max_rows) / self._instances + 1
+        return round(max(0.01, self._batch_s * batches_ahead), 3)
+
+    # -- queue bookkeeping -------------------------------------------------------------------
+
+    def _unqueue(self, item: _Request, *, remove: bool) -> None:
+        """Take ``item`` out of the queue accounting (and out of its group when ``remove``)."""
+        group = self._groups[item.key]
+        if remove:
+            group.items.remove(item)
+        group.rows -= item.rows
+        if not group.items:
+            self._groups.pop(item.key, None)
+        self._queued -= 1
+        item.state = _DROPPED
+        if self._observer is not None:
+            self._observer.queue_depth(self._queued)
+        self._check_drained()
+
+    def _expire(self, item: _Request) -> None:
+        item.timer = None
+        if item.future.done():
+            return
+        if item.state == _QUEUED:
+            self._unqueue(item, remove=True)
+            item.future.set_exception(
+                DeadlineExceeded("the request deadline passed while it was queued")
+            )
+        else:
+            item.future.set_exception(
+                DeadlineExceeded("the request deadline passed while it was computing")
+            )
+
+    def _check_drained(self) -> None:
+        if self._drained is not None and self.in_flight == 0:
+            self._drained.set()
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    def _is_due(self, group: _Group, now: float) -> bool:
+        return (
+            self._busy == 0
+            or self._closing
+            or group.rows >= self._max_rows
+            or now - group.items[0].enqueued >= self._delay_s - _TIMER_SLACK_S
+        )
+
+    def _dispatch(self) -> None:
+        """Start batches while executors are free and some group is due."""
+        self._dispatch_pending = False
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        while self._busy < self._instances and self._groups:
+            chosen: _Group | None = None
+            for group in self._groups.values():
+                if self._is_due(group, now) and (
+                    chosen is None or group.items[0].enqueued < chosen.items[0].enqueued
+                ):
+                    chosen = group
+            if chosen is None:
+                break
+            batch = self._take(chosen, now)
+            if batch:
+                self._launch(batch, now)
+        if self._groups and self._busy < self._instances:
+            oldest = min(g.items[0].enqueued for g in self._groups.values())
+            self._wake = loop.call_at(oldest + self._delay_s, self._dispatch)
+
+    def _take(self, group: _Group, now: float) -> tuple[_Request, ...]:
+        """Pop up to ``max_batch_size`` rows of live requests (always at least one request)."""
+        batch: list[_Request] = []
+        rows = 0
+        items = group.items
+        while items:
+            item = items[0]
+            if item.future.done():  # cancelled; its task has not run its handler yet
+                items.popleft()
+                self._unqueue(item, remove=False)
+                continue
+            if item.deadline is not None and now >= item.deadline:
+                items.popleft()
+                self._unqueue(item, remove=False)
+                item.future.set_exception(
+                    DeadlineExceeded("the request deadline passed while it was queued")
+                )
+                continue
+            if batch and rows + item.rows > self._max_rows:
+                break
+            items.popleft()
+            group.rows -= item.rows
+            item.state = _RUNNING
+            batch.append(item)
+            rows += item.rows
+        if not items:
+            self._groups.pop(group.key, None)
+        self._queued -= len(batch)
+        if batch and self._observer is not None:
+            self._observer.queue_depth(self._queued)
+        return tuple(batch)
+
+    def _launch(self, batch: tuple[_Request, ...], now: float) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._busy += 1
+        self._computing += len(batch)
+        self._running.add(batch)
+        try:
+            afut = loop.run_in_executor(self._executor, self._run, batch)
+        except RuntimeError as exc:  # the executor was shut down under us
+            err = Unavailable("this model version is shutting down")
+            err.__cause__ = exc
+            self._finish(batch, now, None, err)
+            return
+        afut.add_done_callback(partial(self._on_done, batch, now))
+
+    # -- compute (runs in the executor, off the loop) ----------------------------------------
+
+    def _run(self, batch: tuple[_Request, ...]) -> tuple[list[Any], float]:
+        started = time.perf_counter()
+        if len(batch) == 1:
+            outcomes = [self._call_one(batch[0])]
+        else:
+            outcomes = self._call_batch(batch)
+        return outcomes, time.perf_counter() - started
+
+    def _call_one(self, item: _Request) -> dict[str, np.ndarray] | BaseException:
+        try:
+            return self._predict(item.inputs, item.output_names)
+        except Exception as exc:
+            return exc
+
+    def _call_batch(self, batch: tuple[_Request, ...]) -> list[Any]:
+        first = batch[0]
+        total = sum(item.rows for item in batch)
+        try:
+            merged = {
+                name: np.concatenate([item.inputs[name] for item in batch], axis=0)
+                for name in first.inputs
+            }
+            outputs = self._predict(merged, first.output_names)
+            results: list[dict[str, np.ndarray]] = [{} for _ in batch]
+            for name, array in outputs.items():
+                if array.ndim == 0 or array.shape[0] != total:
+                    raise ValueError(f"output {name!r} does not have one row per input row")
+                start = 0
+                for result, item in zip(results, batch):
+                    result[name] = array[start : start + item.rows]
+                    start += item.rows
+            return results
+        except Exception:
+            # Isolate the failure: each request runs alone and gets its own result or error.
+            # Requests whose caller already gave up (timed out, cancelled) are not re-run.
+            return [None if item.future.done() else self._call_one(item) for item in batch]
+
+    # -- completion (back on the loop) -------------------------------------------------------
+
+    def _on_done(
+        self, batch: tuple[_Request, ...], dispatched: float, afut: asyncio.Future[Any]
+    ) -> None:
+        try:
+            outcomes, compute_s = afut.result()
+        except BaseException as exc:  # cancelled by executor shutdown
+            err = Unavailable("this model version is shutting down")
+            err.__cause__ = exc
+            self._finish(batch, dispatched, None, err)
+            return
+        for item, outcome in zip(batch, outcomes):
+            if item.future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(outcome)
+        self._batch_s = compute_s if self._batch_s == 0.0 else 0.8 * self._batch_s + 0.2 * compute_s
+        self._finish(batch, dispatched, compute_s, None)
+
+    def _finish(
+        self,
+        batch: tuple[_Request, ...],
+        dispatched: float,
+        compute_s: float | None,
+        error: BaseException | None,
+    ) -> None:
+        if batch in self._running:
+            self._running.discard(batch)
+            self._busy -= 1
+            self._computing -= len(batch)
+        if error is not None:
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+        if self._groups and not self._dispatch_pending:
+            self._dispatch()
+        if compute_s is not None and self._observer is not None:
+            self._observer.on_batch(
+                sum(item.rows for item in batch), dispatched - batch[0].enqueued, compute_s
+            )
+        self._check_drained()
+
+    # -- close -------------------------------------------------------------------------------
+
+    async def close(self, drain_timeout_s: float = 30.0) -> bool:
+        """Stop accepting work and finish queued and computing requests.
+
+        Returns True when everything finished within ``drain_timeout_s``; otherwise the requests
+        left get :class:`Unavailable` (a computing ``predict`` cannot be interrupted; it finishes
+        in its thread and its result is discarded) and False is returned.
+        """
+        self._closing = True
+        drained = True
+        if self._loop is not None and self.in_flight:
+            self._drained = asyncio.Event()
+            if self._groups and not self._dispatch_pending:
+                self._dispatch()  # everything is due now
+            self._check_drained()
+            try:
+                await asyncio.wait_for(self._drained.wait(), drain_timeout_s)
+            except TimeoutError:
+                drained = False
+                self._abandon()
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None
+        if self._owns_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        return drained
+
+    def _abandon(self) -> None:
+        err = Unavailable("this model version shut down before the request finished")
+        for group in list(self._groups.values()):
+            for item in list(group.items):
+                self._unqueue(item, remove=True)
+                if not item.future.done():
+                    item.future.set_exception(err)
+        for batch in list(self._running):
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(err)

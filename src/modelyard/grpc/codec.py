@@ -1,0 +1,317 @@
+"""Open Inference Protocol v2 gRPC codec: ``ModelInferRequest`` / ``ModelInferResponse`` messages.
+
+Pure functions between the protobuf messages of ``grpc_service.proto`` and the
+transport-independent shapes of :mod:`modelyard.tensors`. Validation and error messages match
+the REST codec (:mod:`modelyard.api.v2.codec`), whose raw-tensor helpers this module shares, so a
+bad tensor reads the same on both transports.
+
+Tensor data travels either typed, in ``InferTensorContents`` (one repeated field per datatype
+family; FP16 has none), or as raw little-endian bytes in ``raw_input_contents`` /
+``raw_output_contents``, one entry per tensor in tensor order (BYTES as 4-byte little-endian
+length-prefixed elements). ``tritonclient.grpc`` sends and expects the raw form.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, MutableMapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from modelyard.api.v2.codec import (
+    decode_raw_tensor,
+    encode_raw_tensor,
+    select_outputs,
+    wire_array,
+)
+from modelyard.errors import InvalidInput
+from modelyard.grpc.proto import grpc_service_pb2 as pb
+from modelyard.tensors import (
+    DATATYPES,
+    InferenceRequest,
+    InferenceResponse,
+    RequestedOutput,
+    Tensor,
+    element_count,
+)
+
+__all__ = [
+    "request_from_proto",
+    "response_to_proto",
+    "request_to_proto",
+    "response_from_proto",
+    "parameters_from_proto",
+    "parameters_to_proto",
+]
+
+#: datatype -> (InferTensorContents field, numpy dtype of that field's values). FP16 has none.
+_CONTENTS: dict[str, tuple[str, np.dtype[Any]]] = {
+    "BOOL": ("bool_contents", np.dtype(np.bool_)),
+    "INT8": ("int_contents", np.dtype(np.int32)),
+    "INT16": ("int_contents", np.dtype(np.int32)),
+    "INT32": ("int_contents", np.dtype(np.int32)),
+    "INT64": ("int64_contents", np.dtype(np.int64)),
+    "UINT8": ("uint_contents", np.dtype(np.uint32)),
+    "UINT16": ("uint_contents", np.dtype(np.uint32)),
+    "UINT32": ("uint_contents", np.dtype(np.uint32)),
+    "UINT64": ("uint64_contents", np.dtype(np.uint64)),
+    "FP32": ("fp32_contents", np.dtype(np.float32)),
+    "FP64": ("fp64_contents", np.dtype(np.float64)),
+    "BYTES": ("bytes_contents", np.dtype(np.object_)),
+}
+_CONTENT_FIELDS = (
+    "bool_contents",
+    "int_contents",
+    "int64_contents",
+    "uint_contents",
+    "uint64_contents",
+    "fp32_contents",
+    "fp64_contents",
+    "bytes_contents",
+)
+_ALLOWED = ", ".join(DATATYPES)
+_INT64_MAX = 2**63 - 1
+
+
+def request_from_proto(msg: pb.ModelInferRequest) -> InferenceRequest:
+    """Decode a ``ModelInferRequest`` into an :class:`InferenceRequest`.
+
+    Inputs come from ``raw_input_contents`` (then there must be exactly one entry per input) or
+    from each input's typed ``contents``. ``model_name`` / ``model_version`` stay on the message
+    for the caller to route by. Raises ``InvalidInput`` for anything malformed, with the same
+    messages as the REST codec where the problem is the same.
+    """
+    raw = msg.raw_input_contents
+    if len(raw) and len(raw) != len(msg.inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw)} entries but the request has {len(msg.inputs)} "
+            "inputs; send raw contents for every input or for none"
+        )
+    inputs: list[Tensor] = []
+    seen: set[str] = set()
+    for i, inp in enumerate(msg.inputs):
+        if not inp.name:
+            raise InvalidInput(f"input #{i} is missing 'name'")
+        what = f"input {inp.name!r}"
+        if inp.name in seen:
+            raise InvalidInput(f"{what} appears more than once")
+        seen.add(inp.name)
+        datatype = inp.datatype
+        if not datatype:
+            raise InvalidInput(f"{what}: missing 'datatype'")
+        if datatype not in DATATYPES:
+            raise InvalidInput(f"{what}: unknown datatype {datatype!r}; expected one of {_ALLOWED}")
+        shape = tuple(int(d) for d in inp.shape)
+        if any(d < 0 for d in shape):
+            raise InvalidInput(f"{what}: shape {list(shape)} has a negative dimension")
+        params = parameters_from_proto(inp.parameters)
+        if "shared_memory_region" in params:
+            raise InvalidInput(f"{what}: shared memory is not supported; send the data inline")
+        if len(raw):
+            if _filled_field(inp.contents) is not None:
+                raise InvalidInput(f"{what}: has both contents and raw_input_contents")
+            array = decode_raw_tensor(raw[i], datatype=datatype, shape=shape, name=what)
+        else:
+            array = _array_from_contents(inp.contents, datatype, shape, what)
+        inputs.append(
+            Tensor(name=inp.name, datatype=datatype, shape=shape, data=array, parameters=params)
+        )
+    outputs = [
+        RequestedOutput(name=o.name, parameters=parameters_from_proto(o.parameters))
+        for o in msg.outputs
+    ]
+    for i, o in enumerate(outputs):
+        if not o.name:
+            raise InvalidInput(f"requested output #{i} is missing 'name'")
+    return InferenceRequest(
+        inputs=inputs,
+        outputs=outputs or None,
+        id=msg.id or None,
+        parameters=parameters_from_proto(msg.parameters),
+    )
+
+
+def response_to_proto(
+    resp: InferenceResponse,
+    *,
+    raw: bool,
+    requested: Sequence[RequestedOutput] | None = None,
+) -> pb.ModelInferResponse:
+    """Encode a response as a ``ModelInferResponse``.
+
+    ``raw=True`` puts every output in ``raw_output_contents`` (what ``tritonclient.grpc`` reads);
+    ``raw=False`` uses typed ``contents``, except that a response with an FP16 output (which has
+    no typed field) is sent raw as a whole, since raw entries are matched to outputs by position.
+    When ``requested`` is non-empty only those outputs are sent, in that order.
+    """
+    outputs = select_outputs(resp.outputs, requested)
+    msg = pb.ModelInferResponse(
+        model_name=resp.model_name, model_version=resp.model_version, id=resp.id or ""
+    )
+    parameters_to_proto(msg.parameters, resp.parameters)
+    use_raw = raw or any(t.datatype == "FP16" for t in outputs)
+    for t in outputs:
+        out = msg.outputs.add(name=t.name, datatype=t.datatype, shape=list(t.shape))
+        _fill_tensor(out, t, "output", use_raw, msg.raw_output_contents)
+    return msg
+
+
+def request_to_proto(
+    req: InferenceRequest, *, model_name: str, model_version: str = "", raw: bool = True
+) -> pb.ModelInferRequest:
+    """Encode a request as a ``ModelInferRequest`` (client side; ``raw`` as Triton's client)."""
+    msg = pb.ModelInferRequest(model_name=model_name, model_version=model_version, id=req.id or "")
+    parameters_to_proto(msg.parameters, req.parameters)
+    use_raw = raw or any(t.datatype == "FP16" for t in req.inputs)
+    for t in req.inputs:
+        inp = msg.inputs.add(name=t.name, datatype=t.datatype, shape=list(t.shape))
+        _fill_tensor(inp, t, "input", use_raw, msg.raw_input_contents)
+    for o in req.outputs or ():
+        parameters_to_proto(msg.outputs.add(name=o.name).parameters, o.parameters)
+    return msg
+
+
+def response_from_proto(msg: pb.ModelInferResponse) -> InferenceResponse:
+    """Decode a ``ModelInferResponse`` (raw or typed contents) into an :class:`InferenceResponse`."""
+    raw = msg.raw_output_contents
+    outputs: list[Tensor] = []
+    for i, out in enumerate(msg.outputs):
+        what = f"output {out.name!r}"
+        if out.datatype not in DATATYPES:
+            raise InvalidInput(
+                f"{what}: unknown datatype {out.datatype!r}; expected one of {_ALLOWED}"
+            )
+        shape = tuple(int(d) for d in out.shape)
+        if any(d < 0 for d in shape):
+            raise InvalidInput(f"{what}: shape {list(shape)} has a negative dimension")
+        if i < len(raw):
+            array = decode_raw_tensor(raw[i], datatype=out.datatype, shape=shape, name=what)
+        else:
+            array = _array_from_contents(out.contents, out.datatype, shape, what)
+        outputs.append(
+            Tensor(
+                name=out.name,
+                datatype=out.datatype,
+                shape=shape,
+                data=array,
+                parameters=parameters_from_proto(out.parameters),
+            )
+        )
+    return InferenceResponse(
+        model_name=msg.model_name,
+        model_version=msg.model_version,
+        outputs=outputs,
+        id=msg.id or None,
+        parameters=parameters_from_proto(msg.parameters),
+    )
+
+
+def parameters_from_proto(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``map<string, InferParameter>`` as a plain dict of bool / int / float / str."""
+    out: dict[str, Any] = {}
+    for key, p in params.items():
+        which = p.WhichOneof("parameter_choice")
+        out[key] = getattr(p, which) if which is not None else None
+    return out
+
+
+def parameters_to_proto(target: MutableMapping[str, Any], params: Mapping[str, Any]) -> None:
+    """Fill a ``map<string, InferParameter>`` from a dict.
+
+    bool, int (int64, or uint64 above the int64 range), float and str map to their oneof
+    fields; ``None`` leaves the parameter unset; anything else is sent as a JSON string.
+    """
+    for key, value in params.items():
+        p = target[key]
+        if value is None:
+            continue
+        if isinstance(value, (bool, np.bool_)):
+            p.bool_param = bool(value)
+        elif isinstance(value, (int, np.integer)) and -(2**63) <= int(value) <= 2**64 - 1:
+            if int(value) > _INT64_MAX:
+                p.uint64_param = int(value)
+            else:
+                p.int64_param = int(value)
+        elif isinstance(value, (float, np.floating)):
+            p.double_param = float(value)
+        elif isinstance(value, str):
+            p.string_param = value
+        else:
+            p.string_param = json.dumps(value, default=str)
+
+
+def _filled_field(contents: pb.InferTensorContents) -> str | None:
+    for field in _CONTENT_FIELDS:
+        if len(getattr(contents, field)):
+            return field
+    return None
+
+
+def _array_from_contents(
+    contents: pb.InferTensorContents, datatype: str, shape: tuple[int, ...], what: str
+) -> np.ndarray:
+    count = element_count(shape)
+    filled = [f for f in _CONTENT_FIELDS if len(getattr(contents, f))]
+    if datatype not in _CONTENTS:
+        if filled or count:
+            raise InvalidInput(
+                f"{what}: {datatype} has no typed contents field; send it in raw contents"
+            )
+        return np.zeros(shape, dtype=DATATYPES[datatype])
+    field, field_dtype = _CONTENTS[datatype]
+    wrong = [f for f in filled if f != field]
+    if wrong:
+        raise InvalidInput(
+            f"{what}: {datatype} data must be in contents.{field}, got contents.{wrong[0]}"
+        )
+    values = getattr(contents, field)
+    if len(values) != count:
+        if not len(values) and count:
+            raise InvalidInput(
+                f"{what}: no data; set contents.{field} or send raw contents"
+            )
+        raise InvalidInput(
+            f"{what}: contents has {len(values)} elements but shape {list(shape)} needs {count}"
+        )
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    array = np.fromiter(values, dtype=field_dtype, count=count)
+    target = DATATYPES[datatype]
+    if target != field_dtype and count:
+        info = np.iinfo(target)
+        if array.min() < info.min or array.max() > info.max:
+            raise InvalidInput(
+                f"{what}: value out of range for {datatype} ({info.min}..{info.max})"
+            )
+        array = array.astype(target)
+    return array.reshape(shape)
+
+
+def _fill_tensor(
+    entry: Any, t: Tensor, kind: str, raw: bool, raw_contents: Any
+) -> None:
+    what = f"{kind} {t.name!r}"
+    array = wire_array(t, what)
+    params = {k: v for k, v in t.parameters.items() if k != "binary_data_size"}
+    parameters_to_proto(entry.parameters, params)
+    if raw:
+        raw_contents.append(encode_raw_tensor(array, t.datatype))
+        return
+    field, _ = _CONTENTS[t.datatype]
+    flat = array.reshape(-1)
+    if t.datatype == "BYTES":
+        values: list[Any] = [_to_bytes(x) for x in flat.tolist()]
+    else:
+        values = flat.tolist()
+    getattr(entry.contents, field).extend(values)
+
+
+def _to_bytes(item: Any) -> bytes:
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        return item.encode("utf-8")
+    return str(item).encode("utf-8")

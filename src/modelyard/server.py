@@ -1,0 +1,83 @@
+"""Running a server: opens the platform, bootstraps the admin key, serves HTTP (and gRPC when
+available) until SIGTERM/SIGINT, then drains in-flight requests and exits cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from modelyard.api.app import create_app
+from modelyard.config import Settings
+from modelyard.core.demo import ensure_demo_model
+from modelyard.core.platform import Platform
+
+__all__ = ["run_server", "prepare_platform"]
+
+log = logging.getLogger("modelyard.server")
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn, but readiness turns false the moment a stop signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, platform: Platform) -> None:
+        super().__init__(config)
+        self._platform = platform
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._platform.dataplane.accepting = False
+        super().handle_exit(sig, frame)
+
+
+def prepare_platform(settings: Settings, *, announce: Callable[[str], None] = print) -> Platform:
+    """Open the platform, create the first admin key if needed, register the demo model."""
+    platform = Platform.open(settings)
+    admin = settings.admin_key.get_secret_value() if settings.admin_key else None
+    secret = platform.keys.bootstrap(admin)
+    if secret:
+        announce(
+            "\n  First start: an admin API key was created. It is shown only this once:\n\n"
+            f"    {secret}\n\n"
+            "  Save it now (export MODELYARD_API_KEY=...). Only its hash is stored.\n"
+        )
+    if settings.demo_model:
+        tenant = platform.keys.ensure_default_tenant()
+        info = ensure_demo_model(platform.registry, platform.artifacts, tenant, settings.resolved_home / "tmp")
+        announce(f"  Demo model ready: {info.model_name} version {info.version}")
+    return platform
+
+
+def run_server(settings: Settings, *, platform: Platform | None = None, extra_tasks: list[Any] | None = None) -> int:
+    """Serve until stopped; returns the process exit code."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "binding %s (not loopback) without TLS: API keys travel in clear text. "
+            "Configure a certificate or bind 127.0.0.1.", settings.host,
+        )
+    platform = platform or prepare_platform(settings)
+    app = create_app(settings, platform=platform)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.http_port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+        lifespan="on",
+    )
+    server = _DrainingServer(config, platform)
+
+    async def main() -> None:
+        try:
+            await server.serve()
+        finally:
+            await platform.aclose()
+
+    asyncio.run(main())
+    return 0
+

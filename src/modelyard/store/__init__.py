@@ -1,0 +1,1 @@
+"""Storage: the metadata database (SQLAlchemy + Alembic) and the artifact store."""

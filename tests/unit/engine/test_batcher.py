@@ -1,0 +1,395 @@
+"""DynamicBatcher: batching, row routing, isolation, backpressure, deadlines, cancel, close."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from modelyard.engine.batcher import DynamicBatcher, batching_default
+from modelyard.errors import DeadlineExceeded, QueueFull, Unavailable
+from modelyard.tensors import TensorSpec
+
+
+class Recorder:
+    """A BatchObserver that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, float, float]] = []
+        self.rejects = 0
+        self.depths: list[int] = []
+
+    def on_batch(self, size: int, queue_wait_s: float, compute_s: float) -> None:
+        self.batches.append((size, queue_wait_s, compute_s))
+
+    def on_reject(self) -> None:
+        self.rejects += 1
+
+    def queue_depth(self, n: int) -> None:
+        self.depths.append(n)
+
+
+class Model:
+    """A blocking predict returning ``x * 2`` and the row ids; records every call's inputs."""
+
+    def __init__(self, *, delay_s: float = 0.0, gate: threading.Event | None = None) -> None:
+        self.delay_s = delay_s
+        self.gate = gate
+        self.calls: list[dict[str, np.ndarray]] = []
+        self.lock = threading.Lock()
+        self.started = threading.Event()
+
+    def __call__(
+        self, inputs: dict[str, np.ndarray], output_names: list[str] | None
+    ) -> dict[str, np.ndarray]:
+        with self.lock:
+            self.calls.append({k: v.copy() for k, v in inputs.items()})
+        self.started.set()
+        if self.gate is not None:
+            assert self.gate.wait(10), "test gate never opened"
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        x = inputs["x"]
+        if np.isnan(x).any():
+            raise ValueError("NaN in input")
+        out = {"y": x * 2, "id": inputs["id"].copy()}
+        if output_names is not None:
+            out = {k: out[k] for k in output_names}
+        return out
+
+    def seen_ids(self) -> set[int]:
+        with self.lock:
+            return {int(i) for call in self.calls for i in call["id"].ravel()}
+
+
+def request(ids: list[int], width: int = 3, dtype: Any = np.float32) -> dict[str, np.ndarray]:
+    ids_arr = np.array(ids, dtype=np.int64)
+    x = np.repeat(ids_arr[:, None], width, axis=1).astype(dtype)
+    return {"x": x, "id": ids_arr}
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.001)
+
+
+def make(model: Model, **kw: Any) -> DynamicBatcher:
+    params: dict[str, Any] = dict(
+        predict=model, max_batch_size=16, max_queue_delay_ms=5, max_queue_size=128, instances=1
+    )
+    params.update(kw)
+    return DynamicBatcher(**params)
+
+
+@pytest.mark.asyncio
+async def test_concurrent_requests_are_merged_and_routed_back() -> None:
+    model = Model(delay_s=0.02)
+    rec = Recorder()
+    b = make(model, max_batch_size=32, observer=rec)
+    results = await asyncio.gather(*(b.submit(request([i]), None) for i in range(32)))
+    for i, out in enumerate(results):
+        assert out["id"].tolist() == [i]
+        np.testing.assert_array_equal(out["y"], np.full((1, 3), 2 * i, dtype=np.float32))
+    sizes = [s for s, _, _ in rec.batches]
+    assert sum(sizes) == 32
+    assert max(sizes) > 1
+    assert len(model.calls) < 32
+    assert b.in_flight == 0 and b.queue_depth == 0
+    await b.close(1)
+
+
+@pytest.mark.asyncio
+async def test_requests_with_several_rows_get_exactly_their_rows() -> None:
+    model = Model(delay_s=0.01)
+    b = make(model, max_batch_size=8)
+    reqs = [list(range(10 * k, 10 * k + 1 + k % 4)) for k in range(20)]
+    results = await asyncio.gather(*(b.submit(request(ids), ["y", "id"]) for ids in reqs))
+    for ids, out in zip(reqs, results):
+        assert out["id"].tolist() == ids
+        assert out["y"].shape == (len(ids), 3)
+        np.testing.assert_array_equal(out["y"][:, 0], np.array(ids, dtype=np.float32) * 2)
+    # No batch exceeded max_batch_size rows, and some merged.
+    assert all(len(c["id"]) <= 8 for c in model.calls)
+    assert len(model.calls) < 20
+    await b.close(1)
+
+
+@pytest.mark.asyncio
+async def test_request_larger_than_max_batch_runs_alone() -> None:
+    model = Model()
+    b = make(model, max_batch_size=4)
+    out = await b.submit(request(list(range(10))), None)
+    assert out["id"].tolist() == list(range(10))
+    assert len(model.calls) == 1
+    await b.close(1)
+
+
+@pytest.mark.asyncio
+async def test_lone_caller_does_not_wait_for_the_queue_delay() -> None:
+    model = Model(delay_s=0.01)
+    b = make(model, max_queue_delay_ms=500, instances=2)
+    for i in range(5):
+        t0 = time.perf_counter()
+        out = await b.submit(request([i]), None)
+        elapsed = time.perf_counter() - t0
+        assert out["id"].tolist() == [i]
+        assert elapsed < 0.2, f"lone request took {elapsed:.3f}s; the 0.5 s delay was applied"
+    await b.close(1)
+
+
+@pytest.mark.asyncio
+async def test_queue_delay_fills_batches_while_another_batch_computes() -> None:
+    gate = threading.Event()
+    model = Model(gate=gate)
+    rec = Recorder()
+    b = make(model, instances=2, max_queue_delay_ms=50, max_batch_size=4, observer=rec)
+    first = asyncio.ensure_future(b.submit(request([0]), None))
+    await wait_until(model.started.is_set)
+    # Executor 2 is free but executor 1 is busy: the next requests wait to fill a batch of 4.
+    rest = [asyncio.ensure_future(b.submit(request([i]), None)) for i in range(1, 5)]
+    await wait_until(lambda: len(model.calls) == 2)
+    assert model.calls[1]["id"].tolist() == [1, 2, 3, 4]
+    gate.set()
+    await asyncio.gather(first, *rest)
+    await b.close(1)
+
+
+@pytest.mark.asyncio
+async def test_partial_batch_under_load_waits_at_most_the_delay() -> None:
+    gate = threading.Event()
+    model = Model(gate=gate)
+    b = make(model, instances=2, max_queue_delay_ms=30, max_batch_size=64)
+    first = asyncio.ensure_future(b.submit(request([0]), None))
+    await wait_until(model.started.is_set)
+    t0 = time.perf_counter()
+    second = asyncio.ensure_future(b.submit(request([1]), None))
+    await wait_until(lambda: len(model.calls) == 2, timeout=2)
+    waited = time.perf_counter() - t0
+    assert 0.02 <= waited < 1.0
+    gate.set()
+    await asyncio.gather(first, second)
+    await b.close(1)
+
+
+@pytest.mark.asyncio
+async def test_mixed_shapes_dtypes_and_outputs_do_not_share_a_batch() -> None:
+    model = Model(delay_s=0.01)
+    b = make(model, max_batch_size=64)
+    variants: list[tuple[dict[str, np.ndarray], list[str] | None]] = []
+    for i in range(24):
+        kind = i % 4
+        if kind == 0:
+            variants.append((request([i], width=3), None))
+        elif kind == 1:
+            variants.append((request([i], width=4), None))
+        elif kind == 2:
+            variants.append((request([i], width=3, dtype=np.float64), None))
+        else:
+            variants.append((request([i], width=3), ["y"]))
+    results = await asyncio.gather(*(b.submit(inp, outs) for inp, outs in variants))
+    for (inp, outs), res in zip(variants, results):
+        assert res["y"].shape == inp["x"].shape and res["y"].dtype == inp["x"].dtype
+        np.testing.assert_array_equal(res["y"], inp["x"] * 2)
+        assert set(res) == ({"y"} if outs else {"y", "id"})
+    for call in model.calls:
+        ids = call["id"].tolist()
+        # Every row of a call comes from the same variant (ids of one kind are equal mod 4).
+        assert len({i % 4 for i in ids}) == 1
+    assert any(len(c["id"]) > 1 for c in model.calls)
+    await b.close(1)
+
+
+@pytest.mark.asyncio
+async def test_failing_request_does_not_fail_its_batch_mates() -> None:
+    model = Model(delay_s=0.01)
+    b = make(model, max_batch_size=32)
+    inputs = [request([i]) for i in range(12)]
+    inputs[5]["x"][0, 1] = np.nan
+    results = await asyncio.gather(
+        *(b.submit(inp, None) for inp in inputs), return_exceptions=True
+    )
+    for i, res in enumerate(results):
+        if i == 5:
+            assert isinstance(res, ValueError)
+        else:
+            assert isinstance(res, dict), res
+            assert res["id"].tolist() == [i]
+    await b.close(1)
+
+
+@pytest.mark.asyncio
+async def test_unsplittable_outputs_fall_back_to_one_call_per_request() -> None:
+    calls: list[int] = []
+
+    def total(inputs: dict[str, np.ndarray], names: list[str] | None) -> dict[str, np.ndarray]:
+        calls.append(len(inputs["x"]))
+        time.sleep(0.01)
+        return {"sum": np.array(inputs["x"].sum())}
+
+    b = DynamicBatcher(
+        predict=total, max_batch_size=16, max_queue_delay_ms=1, max_queue_size=64, instances=1
+    )
+    xs = [np.full((1, 2), i, dtype=np.float32) for i in range(8)]
+    results = await asyncio.gather(*(b.submit({"x": x}, None) for x in xs))
+    assert [float(r["sum"]) for r in results] == [2.0 * i for i in range(8)]
+    assert max(calls) > 1  # a merged call happened and was re-run per request
+    await b.close(1)
+
+
+@pytest.mark.asyncio
+async def test_full_queue_rejects_immediately_with_retry_after() -> None:
+    gate = threading.Event()
+    model = Model(gate=gate)
+    rec = Recorder()
+    b = make(model, max_queue_size=2, observer=rec)
+    running = asyncio.ensure_future(b.submit(request([0]), None))
+    await wait_until(model.started.is_set)
+    queued = [asyncio.ensure_future(b.submit(request([i]), None)) for i in (1, 2)]
+    await wait_until(lambda: b.queue_depth == 2)
+    t0 = time.perf_counter()
+    with pytest.raises(QueueFull) as info:
+        await b.submit(request([3]), None)
+    assert time.perf_counter() - t0 < 0.05
+    assert info.value.retry_after is not None and info.value.retry_after > 0
+    assert info.value.http_status == 429
+    assert rec.rejects == 1
+    assert b.in_flight == 3
+    gate.set()
+    await asyncio.gather(running, *queued)
+    assert 3 not in model.seen_ids()
+    await b.close(1)
+
+
+@pytest.mark.asyncio
+async def test_deadline_while_queued_drops_the_work() -> None:
+    gate = threading.Event()
+    model = Model(gate=gate)
+    b = make(model)
+    running = asyncio.ensure_future(b.submit(request([0]), None))
+    await wait_until(model.started.is_set)
+    t0 = time.perf_counter()
+    with pytest.raises(DeadlineExceeded):
+        await b.submit(request([99]), None, timeout_s=0.05)
+    assert time.perf_counter() - t0 < 1.0
+    assert b.queue_depth == 0
+    gate.set()
+    await running
+    await b.submit(request([1]), None)
+    assert 99 not in model.seen_ids()
+    assert b.in_flight == 0
+    await b.close(1)
+
+
+@pytest.mark.asyncio
+async def test_deadline_while_computing_fails_the_caller_but_not_the_batch() -> None:
+    gate = threading.Event()
+    model = Model(gate=gate)
+    b = make(model, max_batch_size=8)
+    slow = asyncio.ensure_future(b.submit(request([1]), None, timeout_s=0.05))
+    mate = asyncio.ensure_future(b.submit(request([2]), None))
+    await wait_until(model.started.is_set)
+    with pytest.raises(DeadlineExceeded):
+        await slow
+    assert b.in_flight == 2  # still computing
+    gate.set()
+    out = await mate
+    assert out["id"].tolist() == [2]
+    assert model.calls[0]["id"].tolist() == [1, 2]
+    await wait_until(lambda: b.in_flight == 0)
+    await b.close(1)
+
+
+@pytest.mark.asyncio
+async def test_zero_timeout_is_rejected_without_queueing() -> None:
+    model = Model()
+    b = make(model)
+    with pytest.raises(DeadlineExceeded):
+        await b.submit(request([1]), None, timeout_s=0)
+    assert model.calls == [] and b.in_flight == 0
+    await b.close(1)
+
+
+@pytest.mark.asyncio
+async def test_cancelled_request_never_runs() -> None:
+    gate = threading.Event()
+    model = Model(gate=gate)
+    b = make(model)
+    running = asyncio.ensure_future(b.submit(request([0]), None))
+    await wait_until(model.started.is_set)
+    doomed = asyncio.ensure_future(b.submit(request([42]), None))
+    kept = asyncio.ensure_future(b.submit(request([7]), None))
+    await wait_until(lambda: b.queue_depth == 2)
+    doomed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    assert b.queue_depth == 1
+    gate.set()
+    await running
+    assert (await kept)["id"].tolist() == [7]
+    assert 42 not in model.seen_ids()
+    assert b.in_flight == 0
+    await b.close(1)
+
+
+@pytest.mark.asyncio
+async def test_close_drains_queued_and_running_work_then_refuses() -> None:
+    model = Model(delay_s=0.02)
+    b = make(model, max_batch_size=2, max_queue_delay_ms=1000, instances=2)
+    tasks = [asyncio.ensure_future(b.submit(request([i]), None)) for i in range(10)]
+    await wait_until(lambda: len(model.calls) >= 1)
+    assert await b.close(drain_timeout_s=5) is True
+    assert all(t.done() for t in tasks)
+    assert [t.result()["id"].tolist() for t in tasks] == [[i] for i in range(10)]
+    assert b.in_flight == 0
+    with pytest.raises(Unavailable):
+        await b.submit(request([1]), None)
+
+
+@pytest.mark.asyncio
+async def test_close_gives_up_after_the_drain_timeout() -> None:
+    gate = threading.Event()
+    model = Model(gate=gate)
+    b = make(model)
+    running = asyncio.ensure_future(b.submit(request([0]), None))
+    await wait_until(model.started.is_set)
+    queued = asyncio.ensure_future(b.submit(request([1]), None))
+    await wait_until(lambda: b.queue_depth == 1)
+    t0 = time.perf_counter()
+    assert await b.close(drain_timeout_s=0.05) is False
+    assert time.perf_counter() - t0 < 1.0
+    for task in (running, queued):
+        with pytest.raises(Unavailable):
+            await task
+    gate.set()
+    assert 1 not in model.seen_ids()
+
+
+@pytest.mark.asyncio
+async def test_close_of_unused_batcher() -> None:
+    b = make(Model())
+    assert await b.close(1) is True
+    assert b.closed
+
+
+def test_constructor_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        make(Model(), max_batch_size=0)
+    with pytest.raises(ValueError):
+        make(Model(), instances=0)
+
+
+def test_batching_default() -> None:
+    dyn = TensorSpec("x", "FP32", (-1, 3))
+    fixed = TensorSpec("x", "FP32", (1, 3))
+    scalar = TensorSpec("s", "FP32", ())
+    assert batching_default([dyn, TensorSpec("m", "INT64", (-1,))])
+    assert not batching_default([dyn, fixed])
+    assert not batching_default([scalar])
+    assert not batching_default([])
