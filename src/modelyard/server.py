@@ -7,8 +7,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
-
 import uvicorn
 
 from modelyard.api.app import create_app
@@ -16,7 +14,7 @@ from modelyard.config import Settings
 from modelyard.core.demo import ensure_demo_model
 from modelyard.core.platform import Platform
 
-__all__ = ["run_server", "prepare_platform"]
+__all__ = ["run_server", "prepare_platform", "serve_async", "build_http_server"]
 
 log = logging.getLogger("modelyard.server")
 
@@ -51,15 +49,8 @@ def prepare_platform(settings: Settings, *, announce: Callable[[str], None] = pr
     return platform
 
 
-def run_server(settings: Settings, *, platform: Platform | None = None, extra_tasks: list[Any] | None = None) -> int:
-    """Serve until stopped; returns the process exit code."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning(
-            "binding %s (not loopback) without TLS: API keys travel in clear text. "
-            "Configure a certificate or bind 127.0.0.1.", settings.host,
-        )
-    platform = platform or prepare_platform(settings)
+def build_http_server(settings: Settings, platform: Platform) -> uvicorn.Server:
+    """The uvicorn server for ``create_app``; readiness turns false on SIGTERM/SIGINT."""
     app = create_app(settings, platform=platform)
     config = uvicorn.Config(
         app,
@@ -70,11 +61,37 @@ def run_server(settings: Settings, *, platform: Platform | None = None, extra_ta
         timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
         lifespan="on",
     )
-    server = _DrainingServer(config, platform)
+    return _DrainingServer(config, platform)
+
+
+async def serve_async(settings: Settings, platform: Platform, http: uvicorn.Server) -> None:
+    """Serve HTTP (and gRPC when enabled) on this event loop until ``http`` exits."""
+    grpc_server = None
+    if settings.grpc_enabled:
+        from modelyard.grpc.servicer import start_grpc_server
+
+        grpc_server = await start_grpc_server(platform, settings.host, settings.grpc_port)
+    try:
+        await http.serve()
+    finally:
+        if grpc_server is not None:
+            await grpc_server.stop(grace=settings.drain_timeout_s)
+
+
+def run_server(settings: Settings, *, platform: Platform | None = None) -> int:
+    """Serve until stopped; returns the process exit code."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "binding %s (not loopback) without TLS: API keys travel in clear text. "
+            "Configure a certificate or bind 127.0.0.1.", settings.host,
+        )
+    platform = platform or prepare_platform(settings)
+    server = build_http_server(settings, platform)
 
     async def main() -> None:
         try:
-            await server.serve()
+            await serve_async(settings, platform, server)
         finally:
             await platform.aclose()
 

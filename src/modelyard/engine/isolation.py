@@ -108,15 +108,18 @@ class ProcessRuntime:
         """The runtime's own estimate, as reported by the worker when it loaded the model."""
         return self._memory
 
-    def close(self) -> None:
-        """Stop the worker (politely, then by force); later calls raise :class:`Unavailable`."""
+    def close(self, grace_s: float = 5.0) -> None:
+        """Stop the worker: ask it to exit, kill it if it is still busy after ``grace_s``.
+
+        Calls in flight and later calls raise :class:`Unavailable`. Idempotent.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             worker, self._worker = self._worker, None
         if worker is not None:
-            worker.stop()
+            worker.stop(grace_s)
 
     # -- worker lifecycle ------------------------------------------------------------------
 
@@ -178,7 +181,10 @@ class ProcessRuntime:
             if self._closed or self._worker is not worker:
                 return
         log.warning("model worker %s for %s died; restarting", worker.pid, self._path)
-        threading.Thread(target=self._restart_quietly, name="modelyard-restart", daemon=True).start()
+        restart = threading.Thread(
+            target=self._restart_quietly, name="modelyard-restart", daemon=True
+        )
+        restart.start()
 
     def _restart_quietly(self) -> None:
         try:
@@ -297,15 +303,20 @@ class _Worker:
             self._on_death(self)
 
     def stop(self, grace_s: float = 5.0) -> None:
-        """Ask the worker to exit, force it after ``grace_s``; calls in flight get Unavailable."""
+        """Ask the worker to exit, kill it after ``grace_s``; calls in flight get Unavailable.
+
+        Only the reader thread waits for (reaps) the process, so two threads never race on it.
+        """
         self._stopping = True
         try:
             with self._send_lock:
                 self.conn.send((-1, "close", None))
         except (OSError, EOFError, ValueError):
             pass  # already gone
-        _reap(self.process, grace_s=grace_s)
         self._reader.join(grace_s)
+        if self._reader.is_alive():
+            self.process.kill()  # busy in a long predict, or hung
+            self._reader.join(5.0)
 
 
 # -- inside the worker process -------------------------------------------------------------

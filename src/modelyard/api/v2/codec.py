@@ -41,7 +41,7 @@ from modelyard.tensors import (
 try:
     import orjson as _orjson
 except ImportError:  # pragma: no cover - exercised only where orjson is absent
-    _orjson = None
+    _orjson = None  # type: ignore[assignment]
 
 __all__ = [
     "HEADER_LENGTH_HEADER",
@@ -205,7 +205,7 @@ def decode_raw_tensor(
     read-only views of ``buf`` when ``buf`` is suitably aligned (a copy otherwise); BYTES
     tensors are length-prefixed elements and come back as an object array of ``bytes``.
     """
-    count = element_count(shape)
+    count = element_count(tuple(shape))
     if datatype == "BYTES":
         items = deserialize_bytes_elements(buf, name=name)
         if len(items) != count:
@@ -470,6 +470,9 @@ def _array_from_json(data: Any, datatype: str, shape: tuple[int, ...], what: str
     if raw.size == 0:
         return np.zeros(shape, dtype=dtype)
     kind = raw.dtype.kind
+    if dtype.kind in "iu" and kind in "fO":
+        raw = _exact_integers(data, raw, datatype, what)
+        kind = raw.dtype.kind
     if datatype == "BOOL":
         ok, expected = kind == "b", "true/false"
     elif dtype.kind in "iu":
@@ -488,6 +491,19 @@ def _array_from_json(data: Any, datatype: str, shape: tuple[int, ...], what: str
             )
     with np.errstate(over="ignore"):
         return raw.astype(dtype, copy=False).reshape(shape)
+
+
+def _exact_integers(data: list[Any], raw: np.ndarray, datatype: str, what: str) -> np.ndarray:
+    """Re-read JSON integers that numpy widened to float64 or object (a mix of int64 and
+    uint64-only values, or values beyond 64 bits); ``raw`` unchanged if any value is not an int."""
+    values = np.array(data, dtype=object).reshape(-1).tolist()
+    if not all(type(v) is int for v in values):
+        return raw
+    dtype = DATATYPES[datatype]
+    info = np.iinfo(dtype)
+    if min(values) < info.min or max(values) > info.max:
+        raise InvalidInput(f"{what}: value out of range for {datatype} ({info.min}..{info.max})")
+    return np.array(values, dtype=dtype).reshape(raw.shape)
 
 
 def _check_layout(

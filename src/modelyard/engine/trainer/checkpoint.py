@@ -10,6 +10,7 @@ place with ``os.replace``: a crash leaves either the previous checkpoint or the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import tempfile
@@ -100,8 +101,7 @@ def _fsync_dir(path: Path) -> None:
     except OSError:
         return
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        with contextlib.suppress(OSError):  # some filesystems cannot fsync a folder
+            os.fsync(fd)
     finally:
         os.close(fd)

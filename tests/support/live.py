@@ -1,0 +1,152 @@
+"""Real servers for tests: an in-thread uvicorn server on a free loopback port, and a helper to
+run ``modelyard serve`` as a subprocess (for restart, SIGTERM and SIGKILL tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from modelyard.config import Settings
+from modelyard.core.platform import Platform
+from modelyard.server import build_http_server, prepare_platform, serve_async
+
+__all__ = ["LiveServer", "free_port", "make_admin_key", "ServerProcess"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_admin_key() -> str:
+    return f"my_{secrets.token_hex(6)}_{secrets.token_urlsafe(24)}"
+
+
+@dataclass
+class LiveServer:
+    """``create_app`` served by uvicorn in a thread; ``url``, ``admin_key`` and ``platform``."""
+
+    settings: Settings
+    admin_key: str
+    platform: Platform | None = None
+    _server: uvicorn.Server | None = None
+    _thread: threading.Thread | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, home: Path, **overrides: Any) -> LiveServer:
+        key = make_admin_key()
+        values: dict[str, Any] = {
+            "home": home, "http_port": free_port(), "grpc_port": free_port(), "admin_key": key,
+            "log_level": "warning",
+        }
+        values.update(overrides)
+        return cls(Settings(**values), key)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.settings.grpc_port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_key}"}
+
+    def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key or self.admin_key}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)
+
+    def start(self) -> LiveServer:
+        self.platform = prepare_platform(self.settings, announce=lambda _msg: None)
+        self._server = build_http_server(self.settings, self.platform)
+        platform, server, settings = self.platform, self._server, self.settings
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(serve_async(settings, platform, server)), name="live-server", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        if self.platform is not None:
+            asyncio.run(self.platform.aclose())
+            self.platform = None
+
+
+class ServerProcess:
+    """``python -m modelyard serve`` in a subprocess with its own home and ports."""
+
+    def __init__(self, home: Path, *, admin_key: str | None = None, env: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> None:
+        self.home = home
+        self.admin_key = admin_key or make_admin_key()
+        self.port = free_port()
+        self.grpc_port = free_port()
+        self.env = {
+            **os.environ,
+            "MODELYARD_HOME": str(home),
+            "MODELYARD_ADMIN_KEY": self.admin_key,
+            "MODELYARD_LOG_LEVEL": "warning",
+            **(env or {}),
+        }
+        self.args = args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = home / "server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_key}"}
+
+    def start(self, timeout: float = 60) -> ServerProcess:
+        self.home.mkdir(parents=True, exist_ok=True)
+        out = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "modelyard", "serve", "--port", str(self.port),
+             "--grpc-port", str(self.grpc_port), *self.args],
+            env=self.env, stdout=out, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not become ready:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self, sig: int = 15, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
