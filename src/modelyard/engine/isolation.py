@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from modelyard.errors import InternalError, ModelYardError, Unavailable
+from modelyard.errors import DeadlineExceeded, InternalError, ModelYardError, Unavailable
 from modelyard.runtimes.base import RuntimeOptions, load_runtime
 from modelyard.tensors import TensorSpec
 
@@ -56,7 +56,9 @@ class ProcessRuntime:
     (e.g. :class:`~modelyard.errors.InvalidArtifact`) if it fails, or :class:`Unavailable` if the
     worker dies or does not become ready within ``start_timeout_s``. Errors raised by the model
     inside the worker reach the caller as the same :class:`ModelYardError` type; other exceptions
-    arrive as :class:`InternalError`.
+    arrive as :class:`InternalError`. With ``call_timeout_s`` a worker that does not answer a
+    call in time is presumed hung: it is killed (the call raises :class:`DeadlineExceeded`,
+    others in flight :class:`Unavailable`) and restarted.
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class ProcessRuntime:
         metadata: dict[str, Any] | None = None,
         worker_threads: int = 1,
         start_timeout_s: float = 120.0,
+        call_timeout_s: float | None = None,
     ) -> None:
         if worker_threads < 1:
             raise ValueError("worker_threads must be >= 1")
@@ -77,6 +80,7 @@ class ProcessRuntime:
         self._metadata = dict(metadata or {})
         self._worker_threads = worker_threads
         self._start_timeout_s = start_timeout_s
+        self._call_timeout_s = call_timeout_s
         self._ctx = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()  # guards _worker replacement and _closed
         self._closed = False
@@ -101,7 +105,9 @@ class ProcessRuntime:
         self, inputs: dict[str, np.ndarray], output_names: list[str] | None = None
     ) -> dict[str, np.ndarray]:
         """Run ``predict`` in the worker; :class:`Unavailable` if the worker dies meanwhile."""
-        result: dict[str, np.ndarray] = self._current().call("predict", (inputs, output_names))
+        result: dict[str, np.ndarray] = self._current().call(
+            "predict", (inputs, output_names), timeout_s=self._call_timeout_s
+        )
         return result
 
     def memory_bytes(self) -> int:
@@ -251,7 +257,8 @@ class _Worker:
         )
         self._reader.start()
 
-    def call(self, op: str, payload: Any) -> Any:
+    def call(self, op: str, payload: Any, *, timeout_s: float | None = None) -> Any:
+        """Send one call and wait for its answer; a worker silent for ``timeout_s`` is killed."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
             if self.dead:
@@ -270,7 +277,16 @@ class _Worker:
             with self._lock:
                 self._pending.pop(rid, None)
             raise
-        return future.result()
+        try:
+            return future.result(timeout_s)
+        except concurrent.futures.TimeoutError:
+            if future.done():  # answered just now
+                return future.result()
+            log.error("model worker %s did not answer in %s s; killing it", self.pid, timeout_s)
+            self.process.kill()  # the reader fails the other calls in flight and restarts it
+            raise DeadlineExceeded(
+                f"the model did not answer within {timeout_s:g} s; its worker is restarting"
+            ) from None
 
     def _read(self) -> None:
         clean_eof = False
