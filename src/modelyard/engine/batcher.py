@@ -68,8 +68,17 @@ def batching_default(inputs: Sequence[TensorSpec]) -> bool:
 class _Request:
     """One caller's pending work (mutable state owned by the event loop)."""
 
-    __slots__ = ("inputs", "output_names", "rows", "key", "future", "enqueued", "deadline",
-                 "timer", "state")
+    __slots__ = (
+        "inputs",
+        "output_names",
+        "rows",
+        "key",
+        "future",
+        "enqueued",
+        "deadline",
+        "timer",
+        "state",
+    )
 
     def __init__(
         self,

@@ -283,7 +283,9 @@ class _Worker:
             if future.done():  # answered just now
                 return future.result()
             log.error("model worker %s did not answer in %s s; killing it", self.pid, timeout_s)
-            self.process.kill()  # the reader fails the other calls in flight and restarts it
+            with self._lock:
+                self.dead = True  # the next call starts a new worker rather than wait for EOF
+            self.process.kill()  # the reader then fails the other calls in flight
             raise DeadlineExceeded(
                 f"the model did not answer within {timeout_s:g} s; its worker is restarting"
             ) from None
@@ -313,9 +315,7 @@ class _Worker:
         self.conn.close()
         _reap(self.process, grace_s=2.0 if clean_eof else 0.0)
         if not self._stopping:
-            log.warning(
-                "model worker %s exited with code %s", self.pid, self.process.exitcode
-            )
+            log.warning("model worker %s exited with code %s", self.pid, self.process.exitcode)
             self._on_death(self)
 
     def stop(self, grace_s: float = 5.0) -> None:

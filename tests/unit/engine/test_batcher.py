@@ -212,9 +212,7 @@ async def test_failing_request_does_not_fail_its_batch_mates() -> None:
     b = make(model, max_batch_size=32)
     inputs = [request([i]) for i in range(12)]
     inputs[5]["x"][0, 1] = np.nan
-    results = await asyncio.gather(
-        *(b.submit(inp, None) for inp in inputs), return_exceptions=True
-    )
+    results = await asyncio.gather(*(b.submit(inp, None) for inp in inputs), return_exceptions=True)
     for i, res in enumerate(results):
         if i == 5:
             assert isinstance(res, ValueError)

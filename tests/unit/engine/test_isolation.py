@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -15,8 +16,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from modelyard.engine.batcher import DynamicBatcher
 from modelyard.engine.isolation import ProcessRuntime
-from modelyard.errors import InvalidArtifact, InvalidInput, Unavailable
+from modelyard.errors import DeadlineExceeded, InvalidArtifact, InvalidInput, Unavailable
 from modelyard.runtimes.base import Runtime, RuntimeOptions
 from modelyard.tensors import TensorSpec
 
@@ -184,6 +186,67 @@ def test_killed_worker_fails_in_flight_calls_fast_and_restarts(model_path: Path)
         rt.close()
 
 
+def test_hung_worker_is_killed_after_the_call_timeout(model_path: Path) -> None:
+    rt = ProcessRuntime(fmt="onnx", path=model_path, options=RuntimeOptions(), call_timeout_s=0.3)
+    try:
+        old_pid = rt.pid
+        t0 = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            rt.predict(feed(np.ones((64, WIDTH), np.float32), 10**7))
+        assert time.monotonic() - t0 < 2.0
+        out = rt.predict(feed(np.ones((1, WIDTH), np.float32), 1))
+        assert out["y"].shape == (1, WIDTH)
+        assert rt.pid not in (None, old_pid)
+    finally:
+        rt.close()
+
+
+async def test_batcher_over_a_process_runtime(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", WIDTH])],
+        initializer=[numpy_helper.from_array(WEIGHTS, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "linear.onnx")
+    rt = ProcessRuntime(fmt="onnx", path=tmp_path / "linear.onnx", options=RuntimeOptions())
+    sizes: list[int] = []
+    depths: list[int] = []
+
+    class Sizes:
+        def on_batch(self, size: int, queue_wait_s: float, compute_s: float) -> None:
+            sizes.append(size)
+
+        def on_reject(self) -> None:
+            raise AssertionError("nothing should be rejected")
+
+        def queue_depth(self, n: int) -> None:
+            depths.append(n)
+
+    batcher = DynamicBatcher(
+        predict=rt.predict,
+        max_batch_size=32,
+        max_queue_delay_ms=2,
+        max_queue_size=256,
+        instances=1,
+        observer=Sizes(),
+    )
+    try:
+        rng = np.random.default_rng(3)
+        xs = [rng.standard_normal((1, WIDTH)).astype(np.float32) for _ in range(40)]
+        outs = await asyncio.gather(*(batcher.submit({"x": x}, None) for x in xs))
+        for x, out in zip(xs, outs):
+            np.testing.assert_allclose(out["y"], x @ WEIGHTS, rtol=1e-4, atol=1e-5)
+        assert max(sizes) > 1 and sum(sizes) == 40
+        assert depths[-1] == 0
+        assert await batcher.close(5)
+    finally:
+        rt.close()
+
+
 def test_close_stops_the_worker_and_fails_later_calls(model_path: Path) -> None:
     rt = ProcessRuntime(fmt="onnx", path=model_path, options=RuntimeOptions())
     pid = rt.pid
@@ -228,7 +291,6 @@ def test_load_error_is_raised_by_the_constructor(tmp_path: Path) -> None:
         ProcessRuntime(fmt="no-such-format", path=bad, options=RuntimeOptions())
 
 
-@pytest.mark.slow
 def test_worker_exits_when_the_server_process_dies(model_path: Path, tmp_path: Path) -> None:
     script = tmp_path / "server.py"
     script.write_text(

@@ -233,7 +233,7 @@ def _worker_main(rank: int, world: int, spec_dict: dict[str, Any], table: Table,
 
         result = run_worker(
             spec, table, workdir=Path(workdir), on_event=send if rank == 0 else None, group=group,
-            wrap=lambda m: DistributedDataParallel(m, broadcast_buffers=False),
+            wrap=lambda m: DistributedDataParallel(m, forward_sync_buffers=False),
         )
         if rank == 0:
             messages.put(("result", result))

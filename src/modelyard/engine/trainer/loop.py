@@ -413,7 +413,7 @@ def _evaluate(setup: _Setup, trainable: nn.Module, loss_fn: Callable[..., torch.
     if plan.task == "classification":
         metrics = classification_metrics(torch.softmax(out, dim=-1).numpy(), setup.y_raw[rows], plan.n_outputs)
     else:
-        metrics = regression_metrics(out.numpy() * setup.target_std + setup.target_mean, setup.y_raw[rows])
+        metrics = regression_metrics(out.double().numpy() * setup.target_std + setup.target_mean, setup.y_raw[rows])
     return loss, metrics if full else scalar_metrics(metrics)
 
 
