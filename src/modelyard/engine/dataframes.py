@@ -272,7 +272,7 @@ def _read_parquet(path: Path) -> Table:
 def _read_npz(path: Path) -> Table:
     columns: dict[str, np.ndarray] = {}
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with path.open("rb") as fh, np.load(fh, allow_pickle=False) as npz:
             for name in npz.files:
                 try:
                     arr = npz[name]

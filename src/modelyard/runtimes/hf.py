@@ -23,7 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelyard.errors import InvalidArtifact, UnsafeContent
+import numpy as np
+
+from modelyard.errors import InvalidArtifact, InvalidInput, UnsafeContent
 
 if TYPE_CHECKING:
     import torch
@@ -33,10 +35,12 @@ __all__ = [
     "FORMAT_FOR_TASK",
     "HFModelInfo",
     "inspect_model_folder",
+    "inspect_for_task",
     "model_root",
     "pick_device",
     "load_tokenizer",
     "load_model",
+    "text_array",
 ]
 
 #: the tasks a Hugging Face folder can be served for
@@ -91,21 +95,28 @@ class HFModelInfo:
         return d
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _parse_json(path: Path) -> Any:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidArtifact(f"{path.name} is not valid JSON: {exc}") from exc
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    data = _parse_json(path)
     if not isinstance(data, dict):
         raise InvalidArtifact(f"{path.name} must hold a JSON object")
     return data
 
 
-def _has_key(obj: Any, key: str) -> bool:
+def _has_key(obj: Any, key: str, *, truthy: bool = False) -> bool:
+    """Whether ``key`` appears at any depth of a JSON value (with a truthy value if asked)."""
     if isinstance(obj, dict):
-        return key in obj or any(_has_key(v, key) for v in obj.values())
+        if key in obj and (obj[key] or not truthy):
+            return True
+        return any(_has_key(v, key, truthy=truthy) for v in obj.values())
     if isinstance(obj, list):
-        return any(_has_key(v, key) for v in obj)
+        return any(_has_key(v, key, truthy=truthy) for v in obj)
     return False
 
 
@@ -200,13 +211,13 @@ def inspect_model_folder(path: Path, *, task: str | None = None) -> HFModelInfo:
     for p in files:
         if p.suffix.lower() != ".json":
             continue
-        data = _read_json(p)
+        data = _parse_json(p)
         rel = p.relative_to(root).as_posix()
         if _has_key(data, "auto_map"):
             raise UnsafeContent(
                 f"{rel} declares auto_map (custom model code); remote code is never run"
             )
-        if _has_key(data, "trust_remote_code"):
+        if _has_key(data, "trust_remote_code", truthy=True):
             raise UnsafeContent(f"{rel} asks for trust_remote_code; remote code is never run")
 
     weights = sorted(p for p in files if p.suffix == ".safetensors")
@@ -239,7 +250,8 @@ def inspect_model_folder(path: Path, *, task: str | None = None) -> HFModelInfo:
     st = (root / "modules.json").is_file()
     detected = task or _detect_task(config, st)
 
-    text_config = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    raw_text_config = config.get("text_config")
+    text_config: dict[str, Any] = raw_text_config if isinstance(raw_text_config, dict) else {}
     max_context = None
     for key in _CONTEXT_KEYS:
         value = config.get(key, text_config.get(key))
@@ -280,6 +292,25 @@ def inspect_model_folder(path: Path, *, task: str | None = None) -> HFModelInfo:
     )
 
 
+def inspect_for_task(path: Path, task: str, metadata: dict[str, Any]) -> HFModelInfo:
+    """Inspect a folder a runtime for ``task`` is about to load.
+
+    The task comes from ``metadata["task"]`` when present, else from detection, else (when the
+    architecture says nothing) it is assumed to be ``task``; a folder that holds a model for
+    another task is ``InvalidArtifact``.
+    """
+    wanted = metadata.get("task")
+    try:
+        info = inspect_model_folder(path, task=wanted)
+    except InvalidArtifact as exc:
+        if wanted is not None or "name it explicitly" not in exc.message:
+            raise
+        info = inspect_model_folder(path, task=task)
+    if info.task != task:
+        raise InvalidArtifact(f"this folder holds a {info.task} model, not {task}")
+    return info
+
+
 def pick_device(requested: str = "auto") -> tuple[str, torch.dtype]:
     """The device and dtype to run on.
 
@@ -317,15 +348,39 @@ def load_model(path: Path, task: str, *, device: str, dtype: torch.dtype) -> Any
         "text-classification": transformers.AutoModelForSequenceClassification,
     }
     try:
-        model = classes[task].from_pretrained(
+        model, loading = classes[task].from_pretrained(
             str(path),
             local_files_only=True,
             trust_remote_code=False,
             use_safetensors=True,
             dtype=dtype,
+            output_loading_info=True,
         )
     except Exception as exc:
         raise InvalidArtifact(f"the model cannot be loaded: {exc}") from exc
+    missing = sorted(loading.get("missing_keys") or [])
+    if missing:
+        # weights the checkpoint lacks would be random: refuse rather than serve noise
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise InvalidArtifact(
+            f"the weights do not fit a {task} model ({len(missing)} missing, e.g. {shown})"
+        )
     model.to(device)
     model.eval()
     return model
+
+
+def text_array(inputs: dict[str, np.ndarray], name: str = "text") -> list[str]:
+    """The strings of a BYTES input tensor (any shape, flattened), decoded as UTF-8."""
+    if name not in inputs:
+        raise InvalidInput(f"the input tensor {name!r} is required", details={"param": name})
+    out = []
+    for v in np.asarray(inputs[name], dtype=object).ravel():
+        if isinstance(v, (bytes, bytearray)):
+            try:
+                out.append(bytes(v).decode("utf-8"))
+            except UnicodeDecodeError:
+                raise InvalidInput(f"{name!r} must hold UTF-8 text", details={"param": name}) from None
+        else:
+            out.append(str(v))
+    return out

@@ -17,6 +17,7 @@ Errors: :class:`~modelyard.errors.UnsafeContent` (names the offending member),
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import stat
@@ -25,7 +26,7 @@ import tempfile
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from modelyard.errors import Conflict, InvalidArtifact, PayloadTooLarge, UnsafeContent
 
@@ -96,7 +97,7 @@ class _Extractor:
             raise UnsafeContent(f"archive member {name!r} clashes with a file of the same name")
         path.mkdir(parents=True, exist_ok=True)
 
-    def file(self, name: str, stream: BinaryIO) -> None:
+    def file(self, name: str, stream: IO[bytes]) -> None:
         self.count_member(name)
         path, _ = self.target(name)
         if path.exists():
@@ -119,10 +120,12 @@ class _Extractor:
         self.files.append(path)
 
 
-def _extract_tar(fileobj: BinaryIO, ex: _Extractor) -> None:
-    # Stream mode ("r|*") reads members strictly in order and never seeks: the declared sizes
+def _extract_tar(fileobj: BinaryIO, ex: _Extractor, *, gz: bool) -> None:
+    # Stream mode ("r|") reads members strictly in order and never seeks: the declared sizes
     # only bound how much tarfile reads per member; our own counter enforces the limits.
-    with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+    # gzip is undone by GzipFile (not tarfile's stream) so the CRC and the end are checked.
+    source: BinaryIO = gzip.GzipFile(fileobj=fileobj, mode="rb") if gz else fileobj  # type: ignore[assignment]
+    with tarfile.open(fileobj=source, mode="r|") as tar:
         for member in tar:
             if member.issym() or member.islnk():
                 kind = "symbolic" if member.issym() else "hard"
@@ -143,6 +146,15 @@ def _extract_tar(fileobj: BinaryIO, ex: _Extractor) -> None:
             else:
                 raise UnsafeContent(
                     f"archive member {member.name!r} has an unsupported type; refused"
+                )
+    if gz:
+        # read what follows the end-of-archive blocks so a truncated or corrupt gzip is caught
+        while chunk := source.read(_CHUNK):
+            ex.bytes_written += len(chunk)
+            if ex.bytes_written > ex.max_bytes:
+                raise PayloadTooLarge(
+                    f"the archive expands to more than {ex.max_bytes} bytes",
+                    details={"limit": ex.max_bytes},
                 )
 
 
@@ -171,7 +183,7 @@ def _extract_zip(fileobj: BinaryIO, ex: _Extractor) -> None:
                 ex.directory(info.filename)
             else:
                 with zf.open(info) as stream:
-                    ex.file(info.filename, stream)  # type: ignore[arg-type]
+                    ex.file(info.filename, stream)
 
 
 def _seekable(src: BinaryIO) -> BinaryIO:
@@ -218,10 +230,10 @@ def extract_archive(
             if kind == "zip":
                 _extract_zip(fileobj, ex)
             elif kind in ("gzip", "tar"):
-                _extract_tar(fileobj, ex)
+                _extract_tar(fileobj, ex, gz=kind == "gzip")
             else:
                 raise InvalidArtifact("the upload is not a .tar, .tar.gz or .zip archive")
-        except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        except (tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, zlib.error, EOFError) as exc:
             raise InvalidArtifact(f"the archive is corrupt: {exc}") from exc
         except (UnicodeDecodeError, ValueError) as exc:
             raise InvalidArtifact(f"the archive cannot be read: {exc}") from exc

@@ -106,3 +106,9 @@ def tiny_bert_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert-enc"), classifier=False)
+
+
+@pytest.fixture(scope="session")
+def gpt2_builder():
+    """``build_tiny_gpt2`` for tests that need a variant (e.g. with a chat template)."""
+    return build_tiny_gpt2

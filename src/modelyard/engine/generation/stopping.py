@@ -43,6 +43,7 @@ class SequenceText:
         self.sent = 0  # characters of ``text`` already released
 
     def _decode(self, ids: list[int]) -> str:
+        assert self._tokenizer is not None
         text: str = self._tokenizer.decode(ids, skip_special_tokens=True)
         return text
 

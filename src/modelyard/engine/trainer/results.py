@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,6 @@ class TrainResult:
     epochs_completed: int = 0
     stopped_early: bool = False
     tokenizer_path: Path | None = None
-    extra_files: dict[str, Path] = field(default_factory=dict)
 
     @property
     def signature(self) -> dict[str, list[dict[str, Any]]]:
