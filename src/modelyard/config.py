@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=30.0, gt=0)
     drain_timeout_s: float = Field(default=20.0, ge=0)
     demo_model: bool = Field(default=False, description="register the digits demo model at start")
+    upstream_allow_hosts: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "localhost"],
+        description="hosts an upstream OpenAI-compatible engine may live on (JSON list)",
+    )
+    upstream_timeout_s: float = Field(default=120.0, gt=0, description="timeout of one upstream call")
+    builtin_models: bool = Field(default=True, description="serve the built-in all-minilm-l6-v2 embeddings")
     log_level: str = "info"
 
     @property

@@ -54,6 +54,10 @@ class Metrics:
         self.rejections = Counter(
             "modelyard_rejections", "Requests refused for overload", ["model", "version", "reason"], registry=r
         )
+        self.tokens = Counter(
+            "modelyard_tokens", "Tokens processed by language and embedding models",
+            ["model", "version", "kind"], registry=r,
+        )
         self.http_requests = Counter(
             "modelyard_http_requests", "HTTP requests by route and status", ["route", "method", "status"], registry=r
         )

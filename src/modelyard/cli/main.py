@@ -7,6 +7,9 @@ from typing import Annotated
 
 import typer
 
+from modelyard.cli import models as models_cli
+from modelyard.cli import predict as predict_cli
+
 __all__ = ["app", "main"]
 
 app = typer.Typer(
@@ -52,6 +55,10 @@ def serve(
         demo_model=demo or None,
     )
     raise typer.Exit(run_server(settings))
+
+
+app.add_typer(models_cli.app)
+predict_cli.register(app)
 
 
 def main() -> None:

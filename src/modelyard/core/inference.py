@@ -8,6 +8,8 @@ against the version's signature, tenant scoping, metrics and error mapping happe
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -67,6 +69,8 @@ class DataPlane:
         self.manager = manager
         self.metrics = metrics
         self.accepting = True
+        #: format -> how a version of it becomes a loadable folder (e.g. extracted HF archives)
+        self.folders: dict[str, Callable[[VersionInfo], Path]] = {}
         registry.on_version_removed.append(lambda v: manager.unload(v.key))
 
     # -- server ----------------------------------------------------------------------------
@@ -92,10 +96,16 @@ class DataPlane:
             name=info.model_name,
             version=str(info.version),
             format=info.format,
-            path=lambda: self.artifacts.verified_path(info.sha256),
+            path=self._path_of(info),
             config=info.config,
             size_hint=info.size_bytes,
         )
+
+    def _path_of(self, info: VersionInfo) -> Callable[[], Path]:
+        folder = self.folders.get(info.format)
+        if folder is not None:
+            return lambda: folder(info)
+        return lambda: self.artifacts.verified_path(info.sha256)
 
     async def model_metadata(self, principal: Principal, name: str, version: str | None) -> dict[str, Any]:
         info = await self.resolve(principal, name, version)

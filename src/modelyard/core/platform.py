@@ -6,11 +6,12 @@ REST, gRPC and local CLI commands share one :class:`Platform`; tests build one p
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from modelyard.config import Settings
 from modelyard.core.inference import DataPlane
 from modelyard.core.keys import KeyService
+from modelyard.core.llm import LanguageModels
 from modelyard.core.registry import Registry
 from modelyard.engine.manager import ModelManager
 from modelyard.metrics import Metrics
@@ -33,6 +34,7 @@ class Platform:
     metrics: Metrics
     manager: ModelManager
     dataplane: DataPlane
+    llm: LanguageModels = field(init=False)
 
     @classmethod
     def open(cls, settings: Settings) -> Platform:
@@ -53,6 +55,10 @@ class Platform:
         )
         dataplane = DataPlane(registry=registry, artifacts=artifacts, manager=manager, metrics=metrics)
         platform = cls(settings, db, artifacts, keys, registry, metrics, manager, dataplane)
+        platform.llm = LanguageModels(
+            settings=settings, registry=registry, artifacts=artifacts, manager=manager, metrics=metrics
+        )
+        dataplane.folders.update(dict.fromkeys(platform.llm.folder_formats, platform.llm.folder))
         platform.collect_garbage()
         return platform
 

@@ -64,6 +64,10 @@ class Runtime(Protocol):
 #: artifact format -> module under ``modelyard.runtimes`` exposing ``load(path, options, metadata)``.
 RUNTIME_MODULES: dict[str, str] = {
     "onnx": "modelyard.runtimes.onnx",
+    "hf-text-generation": "modelyard.runtimes.hf_artifact",
+    "hf-embeddings": "modelyard.runtimes.hf_artifact",
+    "hf-text-classification": "modelyard.runtimes.hf_artifact",
+    "upstream": "modelyard.runtimes.upstream",
 }
 
 

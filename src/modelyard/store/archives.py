@@ -213,12 +213,13 @@ def extract_archive(
         raise Conflict(f"the extraction target {dest} already exists")
     dest.parent.mkdir(parents=True, exist_ok=True)
 
-    owned = None
+    owned: BinaryIO | None = None
     if isinstance(src, (str, os.PathLike)):
         owned = open(src, "rb")
         fileobj: BinaryIO = owned
     else:
         fileobj = _seekable(src)
+        owned = fileobj if fileobj is not src else None
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=dest.parent)).resolve()
     try:
         start = fileobj.tell()

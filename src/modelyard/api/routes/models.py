@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from modelyard.api.deps import PlatformDep, PrincipalDep
 from modelyard.api.schemas import ERRORS, PageOut, StrictBody, page_out
+from modelyard.core.llm import HF_FORMATS
 from modelyard.core.pages import PageRequest
 from modelyard.core.principal import Principal
 from modelyard.core.registry import ModelInfo, VersionInfo
@@ -178,6 +179,11 @@ async def push_version(
     description: Annotated[str, Query(max_length=10_000)] = "",
     stage: Annotated[str, Query(description="none | staging | production | archived")] = "none",
     tags: Annotated[str | None, Query(description="JSON object of tags")] = None,
+    task: Annotated[
+        str | None,
+        Query(description="for Hugging Face archives (format hf, hf-*): text-generation, embeddings or "
+                          "text-classification; default: detected from config.json"),
+    ] = None,
 ) -> Any:
     principal.require("models:write")
     _visible(principal, name)
@@ -199,6 +205,11 @@ async def push_version(
         raise ValidationFailed("the upload is empty; send the artifact bytes as the request body")
 
     def register() -> VersionInfo:
+        if format in HF_FORMATS:
+            return platform.llm.push_hf(
+                tenant_id=principal.tenant_id, model_name=name, staged=staged, fmt=format, task=task,
+                description=description, tags=parsed_tags, stage=stage, lineage={"source": "upload"},
+            )
         return platform.registry.register_version(
             tenant_id=principal.tenant_id, model_name=name, staged=staged, fmt=format,
             description=description, tags=parsed_tags, stage=stage,

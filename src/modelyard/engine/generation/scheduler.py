@@ -257,14 +257,15 @@ class GenerationEngine:
 
     def _admit(self) -> list[_Pending]:
         """Pop waiting requests (FIFO) that fit the free slots. Caller holds the lock."""
+        if any(p.handle.cancelled for p in self._waiting):
+            for pending in [p for p in self._waiting if p.handle.cancelled]:
+                self._waiting.remove(pending)
+                for i in range(pending.request.n):
+                    pending.handle._push(GenerationEvent(i, (), "", "cancelled", self._steps))
         free = self.max_batch_size - len(self._rows)
         admitted: list[_Pending] = []
         while self._waiting and self._waiting[0].request.n <= free:
             pending = self._waiting.popleft()
-            if pending.handle.cancelled:
-                for i in range(pending.request.n):
-                    pending.handle._push(GenerationEvent(i, (), "", "cancelled", self._steps))
-                continue
             admitted.append(pending)
             free -= pending.request.n
         return admitted

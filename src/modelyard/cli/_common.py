@@ -1,0 +1,159 @@
+"""What every client-side command shares: the SDK client, error display, tables and JSON.
+
+Commands talk to the server only through :class:`modelyard.client.Client`. A
+:class:`~modelyard.errors.ModelYardError` is shown as ``Error: <message>`` plus a hint of what
+to do next on stderr, and the process exits with the error class's ``exit_code`` (2 bad input,
+3 authentication or permission, 4 not found, 5 conflict, 6 rate limited, 7 server unavailable):
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from modelyard.errors import (
+    ModelNotFound,
+    ModelYardError,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+    ValidationFailed,
+    VersionNotFound,
+)
+
+if TYPE_CHECKING:
+    from modelyard.client import Client
+
+__all__ = [
+    "client",
+    "handles_errors",
+    "show_error",
+    "hint_for",
+    "out",
+    "err",
+    "print_json",
+    "print_table",
+    "human_bytes",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def out() -> Console:
+    """A console on the current stdout (looked up at call time, so test runners capture it)."""
+    return Console(file=sys.stdout, soft_wrap=False)
+
+
+def err() -> Console:
+    """A console on the current stderr, for errors and progress bars."""
+    return Console(file=sys.stderr)
+
+
+def client() -> Client:
+    """The SDK client for ``$MODELYARD_URL`` / ``$MODELYARD_API_KEY`` (imported lazily: the SDK
+    pulls in numpy, which ``modelyard --help`` does not need)."""
+    from modelyard.client import Client
+
+    return Client()
+
+
+def hint_for(exc: ModelYardError) -> str | None:
+    """What to do next after ``exc``, or ``None`` when the message says it all."""
+    if isinstance(exc, Unavailable) and exc.details.get("reason") == "connect":
+        return (
+            "is the server running? Start one with `modelyard serve`, or set MODELYARD_URL to "
+            "its address."
+        )
+    if isinstance(exc, Unauthenticated):
+        return (
+            "set MODELYARD_API_KEY to a valid API key (the server prints an admin key on its "
+            "first start)."
+        )
+    if isinstance(exc, PermissionDenied):
+        return "this API key's role may not do that; use a key with a role that may."
+    if isinstance(exc, ModelNotFound):
+        return "see the models you can use with `modelyard models list`."
+    if isinstance(exc, VersionNotFound):
+        return "see a model's versions with `modelyard models versions NAME`."
+    if isinstance(exc, NotFound):
+        return None
+    if isinstance(exc, PayloadTooLarge):
+        return "the server's limit is set by MODELYARD_MAX_UPLOAD_BYTES / MODELYARD_MAX_REQUEST_BYTES."
+    if isinstance(exc, RateLimited) and exc.retry_after is not None:
+        return f"retry in {exc.retry_after:g} s."
+    if isinstance(exc, Unavailable) and exc.retry_after is not None:
+        return f"the server is busy or not ready; retry in {exc.retry_after:g} s."
+    if isinstance(exc, ValidationFailed) and exc.details.get("field"):
+        return f"check the value of {exc.details['field']!r}."
+    return None
+
+
+def show_error(exc: ModelYardError) -> None:
+    """Print ``Error: <message>`` and the hint, if any, to stderr."""
+    console = err()
+    console.print(f"[bold red]Error:[/bold red] {exc.message}", markup=True, highlight=False, soft_wrap=True)
+    hint = hint_for(exc)
+    if hint:
+        console.print(f"[dim]Hint:[/dim] {hint}", markup=True, highlight=False, soft_wrap=True)
+
+
+def handles_errors(fn: F) -> F:
+    """Decorate a command: a ``ModelYardError`` becomes a message and its exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ModelYardError as exc:
+            show_error(exc)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err().print("Interrupted.")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(value: Any) -> None:
+    """Machine output: indented JSON on stdout, nothing else."""
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+def print_table(
+    columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None,
+    empty: str = "nothing to show",
+) -> None:
+    """A rich table on stdout; ``empty`` is printed instead when there are no rows."""
+    table = Table(title=title, header_style="bold", show_edge=False, pad_edge=False)
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    count = 0
+    for row in rows:
+        table.add_row(*("-" if v is None else str(v) for v in row))
+        count += 1
+    console = out()
+    if count == 0:
+        console.print(empty, highlight=False)
+    else:
+        console.print(table)
+
+
+def human_bytes(n: int) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

@@ -1,0 +1,245 @@
+"""``modelyard models``: push, list, show, version history, promote and delete models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from modelyard.cli._common import client, handles_errors, human_bytes, out, print_json, print_table
+
+if TYPE_CHECKING:
+    from modelyard.client import ModelVersion
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="models",
+    help=(
+        "Push, list, inspect, promote and delete models and their versions.\n\n"
+        "A model is a name in your tenant; every push adds an immutable, numbered version. The "
+        "latest `production` version is the one served as `/v2/models/NAME`."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+_STAGE_HELP = "none | staging | production | archived"
+
+
+@app.command("push")
+@handles_errors
+def push(
+    file: Annotated[
+        Path, typer.Argument(help="The artifact to upload (e.g. model.onnx).", exists=True, dir_okay=False, readable=True)
+    ],
+    name: Annotated[str, typer.Option("--name", "-n", help="Model name; created if new.")],
+    stage: Annotated[str, typer.Option(help=_STAGE_HELP)] = "none",
+    description: Annotated[str, typer.Option(help="What this version is.")] = "",
+    format: Annotated[str, typer.Option("--format", help="Artifact format.")] = "onnx",
+    json_out: JsonFlag = False,
+) -> None:
+    """Upload an artifact as the next version of a model, with a progress bar.
+
+    Examples:
+
+        modelyard models push digits.onnx --name digits
+
+        modelyard models push digits.onnx --name digits --stage production --description "MLP, 97%"
+    """
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from modelyard.cli._common import err
+
+    total = file.stat().st_size
+    with Progress(
+        TextColumn("Uploading [bold]{task.description}[/bold]"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        console=err(),
+    ) as bar:
+        task = bar.add_task(file.name, total=total)
+        version = client().models.push(
+            file,
+            name=name,
+            format=format,
+            description=description,
+            stage=stage,
+            progress=lambda sent, _total: bar.update(task, completed=sent),
+        )
+    if json_out:
+        print_json(version.to_dict())
+        return
+    out().print(
+        f"Pushed [bold]{version.model}[/bold] version [bold]{version.version}[/bold] "
+        f"({human_bytes(version.size_bytes)}, sha256 {version.sha256[:12]}, stage {version.stage}).",
+        highlight=False,
+    )
+
+
+@app.command("list")
+@handles_errors
+def list_models(json_out: JsonFlag = False) -> None:
+    """List the models of your tenant.
+
+    Examples:
+
+        modelyard models list
+
+        modelyard models list --json | jq '.[].name'
+    """
+    models = list(client().models.list())
+    if json_out:
+        print_json([m.to_dict() for m in models])
+        return
+    print_table(
+        ["NAME", "LATEST", "PRODUCTION", "UPDATED", "DESCRIPTION"],
+        (
+            [m.name, m.latest_version, m.production_version, _when(m.updated_at), m.description]
+            for m in models
+        ),
+        empty="No models yet. Push one with `modelyard models push FILE --name NAME`.",
+    )
+
+
+@app.command("show")
+@handles_errors
+def show(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int | None, typer.Option("--version", "-v", help="A version (default: the served one, else the latest).")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Show a model version: stage, artifact, signature (inputs and outputs), metrics.
+
+    Examples:
+
+        modelyard models show digits
+
+        modelyard models show digits --version 2 --json
+    """
+    sdk = client()
+    model = sdk.models.get(name)
+    number = version or model.production_version or model.latest_version
+    v = sdk.models.get_version(name, number) if number is not None else None
+    if json_out:
+        print_json({"model": model.to_dict(), "version": v.to_dict() if v else None})
+        return
+    console = out()
+    console.print(f"[bold]{model.name}[/bold]  {model.description}".rstrip(), highlight=False)
+    console.print(
+        f"latest version: {model.latest_version or '-'}   production version: "
+        f"{model.production_version or '-'}",
+        highlight=False,
+    )
+    if v is None:
+        console.print("No versions yet.")
+        return
+    _print_version(v)
+
+
+def _print_version(v: ModelVersion) -> None:
+    fields: list[tuple[str, Any]] = [
+        ("version", v.version),
+        ("stage", v.stage),
+        ("format", v.format),
+        ("size", human_bytes(v.size_bytes)),
+        ("sha256", v.sha256),
+        ("created", _when(v.created_at)),
+        ("description", v.description or "-"),
+    ]
+    if v.tags:
+        fields.append(("tags", ", ".join(f"{k}={val}" for k, val in v.tags.items())))
+    if v.metrics:
+        fields.append(("metrics", ", ".join(f"{k}={val}" for k, val in v.metrics.items())))
+    if v.lineage:
+        fields.append(("lineage", ", ".join(f"{k}={val}" for k, val in v.lineage.items())))
+    print_table(["FIELD", "VALUE"], fields)
+    print_table(
+        ["", "NAME", "DATATYPE", "SHAPE"],
+        [("input", t.name, t.datatype, list(t.shape)) for t in v.inputs]
+        + [("output", t.name, t.datatype, list(t.shape)) for t in v.outputs],
+        empty="(no signature recorded)",
+    )
+
+
+@app.command("versions")
+@handles_errors
+def versions(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    json_out: JsonFlag = False,
+) -> None:
+    """List the versions of a model, newest first.
+
+    Examples:
+
+        modelyard models versions digits
+    """
+    items = list(client().models.versions(name))
+    if json_out:
+        print_json([v.to_dict() for v in items])
+        return
+    print_table(
+        ["VERSION", "STAGE", "FORMAT", "SIZE", "SHA256", "CREATED", "DESCRIPTION"],
+        (
+            [v.version, v.stage, v.format, human_bytes(v.size_bytes), v.sha256[:12], _when(v.created_at), v.description]
+            for v in items
+        ),
+        empty=f"Model {name!r} has no versions.",
+    )
+
+
+@app.command("promote")
+@handles_errors
+def promote(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="Version number.")],
+    stage: Annotated[str, typer.Option(help=_STAGE_HELP)] = "production",
+    json_out: JsonFlag = False,
+) -> None:
+    """Move a version to a stage (default `production`: it becomes the served version).
+
+    Examples:
+
+        modelyard models promote digits 2
+
+        modelyard models promote digits 1 --stage archived
+    """
+    v = client().models.promote(name, version, stage=stage)
+    if json_out:
+        print_json(v.to_dict())
+        return
+    out().print(f"{v.model} version {v.version} is now in stage {v.stage}.", highlight=False)
+
+
+@app.command("delete")
+@handles_errors
+def delete(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int | None, typer.Option("--version", "-v", help="Delete only this version.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a model with all its versions, or one version. Irreversible.
+
+    Examples:
+
+        modelyard models delete digits --version 1
+
+        modelyard models delete digits --yes
+    """
+    what = f"version {version} of model {name!r}" if version is not None else f"model {name!r} and all its versions"
+    if not yes:
+        typer.confirm(f"Delete {what}?", abort=True, err=True)
+    sdk = client()
+    if version is None:
+        sdk.models.delete(name)
+    else:
+        sdk.models.delete_version(name, version)
+    out().print(f"Deleted {what}.", highlight=False)
+
+
+def _when(t: Any) -> str:
+    return t.strftime("%Y-%m-%d %H:%M") if t is not None else "-"

@@ -1,0 +1,171 @@
+"""Top-level client commands: ``modelyard predict``, ``modelyard health``, ``modelyard whoami``.
+
+:func:`register` adds them to the main app (they are verbs of their own, not a sub-app).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from modelyard.cli._common import client, handles_errors, out, print_json, print_table
+from modelyard.errors import BadRequest, Unavailable
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["register", "predict", "health", "whoami", "parse_data"]
+
+
+@handles_errors
+def predict(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data", "-d",
+            help="Inputs as JSON: an array (for a single-input model), an object "
+            "{input_name: array}, or an OIP v2 body {\"inputs\": [...]}. `@file.json` reads a "
+            "file, `@-` stdin.",
+        ),
+    ],
+    version: Annotated[str | None, typer.Option("--version", "-v", help="A version (default: the production one).")] = None,
+    output: Annotated[list[str] | None, typer.Option("--output", "-o", help="Return only this output (repeatable).")] = None,
+) -> None:
+    """Run a model on JSON inputs and print its outputs as JSON.
+
+    Numbers are cast to the input's declared datatype; outputs are printed as
+    `{"output_name": nested list, ...}`.
+
+    Examples:
+
+        modelyard predict digits --data '[[0, 0, 5, 13, 9, 1, 0, 0, ...64 values]]'
+
+        modelyard predict digits --data '{"input": [[...]]}' --output label
+
+        modelyard predict digits --data @batch.json --version 2 | jq .label
+    """
+    inputs = parse_data(data)
+    result = client().predict(name, inputs, version=version, outputs=output or None)
+    print_json({key: _jsonable(value) for key, value in result.items()})
+
+
+@handles_errors
+def health(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Check that the server answers and is ready (exit code 7 when it is not). Needs no key.
+
+    Examples:
+
+        modelyard health
+
+        MODELYARD_URL=http://gpu-box:8000 modelyard health --json
+    """
+    sdk = client()
+    state = sdk.health()
+    if json_out:
+        print_json({"url": sdk.url, **state})
+    else:
+        out().print(
+            f"{sdk.url}: live {'yes' if state['live'] else 'no'}, ready {'yes' if state['ready'] else 'no'}",
+            highlight=False,
+        )
+    if not (state["live"] and state["ready"]):
+        raise Unavailable(f"the server at {sdk.url} is not ready yet (still starting or draining)")
+
+
+@handles_errors
+def whoami(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Show who the API key in MODELYARD_API_KEY is: tenant, role, key id, scopes.
+
+    Examples:
+
+        modelyard whoami
+
+        MODELYARD_API_KEY=my_... modelyard whoami --json
+    """
+    sdk = client()
+    info = sdk.whoami()
+    if json_out:
+        print_json({"url": sdk.url, **info})
+        return
+    rows: list[tuple[str, Any]] = [("server", sdk.url)]
+    for key in ("tenant", "role", "key_id", "scopes", "server_version"):
+        if key in info:
+            value = info[key]
+            if isinstance(value, list):
+                value = ", ".join(map(str, value)) or "(all)"
+            rows.append((key, value))
+    print_table(["FIELD", "VALUE"], rows)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``predict``, ``health`` and ``whoami`` to the top-level ``app``."""
+    app.command("predict")(predict)
+    app.command("health")(health)
+    app.command("whoami")(whoami)
+
+
+def parse_data(data: str) -> Any:
+    """``--data`` text (or ``@file`` / ``@-``) as SDK inputs: an array-like, or a dict of them.
+
+    Raises ``BadRequest`` (exit code 2) for unreadable files and malformed JSON, naming the fix.
+    """
+    if data.startswith("@"):
+        source = data[1:]
+        if source == "-":
+            text = sys.stdin.read()
+        else:
+            try:
+                text = Path(source).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise BadRequest(f"cannot read --data file {source!r}: {exc.strerror or exc}") from None
+    else:
+        text = data
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise BadRequest(
+            f"--data is not valid JSON ({exc}); pass e.g. '[[1.0, 2.0]]', "
+            "'{\"input\": [[1.0, 2.0]]}' or @file.json"
+        ) from None
+    if isinstance(doc, dict) and isinstance(doc.get("inputs"), list):
+        return _from_oip(doc["inputs"])
+    if isinstance(doc, (list, dict)):
+        return doc
+    raise BadRequest(
+        f"--data must be a JSON array or object, got {type(doc).__name__}; pass e.g. '[[1.0, 2.0]]'"
+    )
+
+
+def _from_oip(items: list[Any]) -> dict[str, Any]:
+    import numpy as np
+
+    inputs: dict[str, Any] = {}
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or "name" not in item or "data" not in item:
+            raise BadRequest(f"--data: inputs[{i}] needs 'name' and 'data'")
+        value = np.asarray(item["data"])
+        if "shape" in item:
+            try:
+                value = value.reshape([int(d) for d in item["shape"]])
+            except (TypeError, ValueError) as exc:
+                raise BadRequest(f"--data: inputs[{i}] ({item['name']!r}): {exc}") from None
+        inputs[str(item["name"])] = value
+    return inputs
+
+
+def _jsonable(array: np.ndarray) -> Any:
+    if array.dtype.kind == "O":
+        return [
+            x.decode("utf-8", errors="replace") if isinstance(x, bytes) else x
+            for x in array.reshape(-1).tolist()
+        ] if array.ndim <= 1 else _jsonable_nested(array)
+    return array.tolist()
+
+
+def _jsonable_nested(array: np.ndarray) -> Any:
+    return [_jsonable(sub) for sub in array]

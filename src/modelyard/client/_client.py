@@ -1,0 +1,132 @@
+"""``Client``: the entry point of the Python SDK."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from types import TracebackType
+from typing import Any
+
+import httpx
+import numpy as np
+
+from modelyard.client._inference import Inference, Inputs, ModelMetadata
+from modelyard.client._models import Models
+from modelyard.client._transport import Transport
+from modelyard.errors import ModelYardError
+
+__all__ = ["Client"]
+
+
+class Client:
+    """A connection to one ModelYard server, authenticated by one API key.
+
+    ``url`` defaults to ``$MODELYARD_URL`` (else ``http://127.0.0.1:8000``) and ``api_key`` to
+    ``$MODELYARD_API_KEY``. Every failure raises the typed :mod:`modelyard.errors` class the
+    server named (``Unauthenticated``, ``ModelNotFound``, ``InvalidInput``, ``RateLimited`` with
+    ``retry_after``...); an unreachable server raises ``Unavailable``. ``transport`` lets tests
+    inject an ``httpx.BaseTransport`` such as ``httpx.MockTransport``.
+
+    Example::
+
+        from modelyard import Client
+
+        with Client(url="http://127.0.0.1:8000", api_key="my_...") as client:
+            client.models.push("digits.onnx", name="digits", stage="production")
+            out = client.predict("digits", x)          # x: float32 array [n, 64]
+            print(out["label"])
+
+    Resources are properties (``client.models``, ...) sharing this client's transport.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._transport = Transport(
+            url=url, api_key=api_key, timeout=timeout, transport=transport, headers=headers
+        )
+        self._inference = Inference(self._transport)
+
+    @property
+    def url(self) -> str:
+        """The server's base URL."""
+        return self._transport.url
+
+    @cached_property
+    def models(self) -> Models:
+        """The model registry: push, list, get, versions, promote, delete."""
+        return Models(self._transport)
+
+    # -- inference ------------------------------------------------------------------------------
+    def predict(
+        self,
+        name: str,
+        inputs: Inputs,
+        *,
+        version: int | str | None = None,
+        outputs: Sequence[str] | None = None,
+        binary: bool = True,
+        request_id: str | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run model ``name`` (its production version unless ``version``) and return its outputs.
+
+        ``inputs`` is ``{input_name: array}``, or one bare array for a model with a single input
+        (its name is read from the model's metadata, cached per model and version). Arrays (or
+        nested lists) are cast to each input's declared datatype; strings go as BYTES.
+        ``outputs`` names the outputs to return (default: all). With ``binary`` (the default)
+        tensors travel with the OIP v2 binary tensor extension; ``binary=False`` sends JSON.
+
+        Example::
+
+            out = client.predict("digits", np.zeros((1, 64), np.float32), outputs=["label"])
+            out["label"]          # array([0])
+        """
+        return self._inference.predict(
+            name, inputs, version=version, outputs=outputs, binary=binary, request_id=request_id
+        )
+
+    def metadata(self, name: str, *, version: int | str | None = None) -> ModelMetadata:
+        """The served signature (inputs, outputs) of ``name`` or of one of its versions."""
+        return self._inference.metadata(name, version=version, refresh=True)
+
+    # -- server ---------------------------------------------------------------------------------
+    def health(self) -> dict[str, bool]:
+        """``{"live": bool, "ready": bool}``; needs no key. ``Unavailable`` if unreachable."""
+        live = bool(self._transport.get("/v2/health/live").get("live"))
+        try:
+            ready = bool(self._transport.get("/v2/health/ready").get("ready"))
+        except ModelYardError as exc:
+            if exc.http_status != 503 or exc.details.get("reason") == "connect":
+                raise
+            ready = False
+        return {"live": live, "ready": ready}
+
+    def whoami(self) -> dict[str, Any]:
+        """The caller's tenant, role, key id and scopes, and the server's version."""
+        result: dict[str, Any] = self._transport.get("/api/v1/whoami")
+        return result
+
+    # -- lifetime -------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the connection pool. The client cannot be used afterwards."""
+        self._transport.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client(url={self.url!r})"
