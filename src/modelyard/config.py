@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     max_queue_delay_ms: float = Field(default=2.0, ge=0)
     max_queue_size: int = Field(default=256, ge=1)
     request_timeout_s: float = Field(default=30.0, gt=0)
+    max_in_flight: int = Field(
+        default=4096, ge=1, description="requests queued or computing in all versions; beyond it: 503"
+    )
     drain_timeout_s: float = Field(default=20.0, ge=0)
     demo_model: bool = Field(default=False, description="register the digits demo model at start")
     upstream_allow_hosts: list[str] = Field(
@@ -49,6 +52,34 @@ class Settings(BaseSettings):
     upstream_timeout_s: float = Field(default=120.0, gt=0, description="timeout of one upstream call")
     builtin_models: bool = Field(default=True, description="serve the built-in all-minilm-l6-v2 embeddings")
     log_level: str = "info"
+    # -- training: datasets and jobs ---------------------------------------------------------
+    max_dataset_bytes: int = Field(default=256 * 1024 * 1024, ge=1, description="largest dataset upload")
+    job_workers: int = Field(default=1, ge=0, le=64, description="jobs run at a time by this server (0: none)")
+    job_lease_s: float = Field(default=30.0, gt=0, description="a running job's lease; renewed by heartbeats")
+    job_poll_s: float = Field(default=0.5, gt=0, description="how often an idle job worker looks for work")
+    max_train_workers: int | None = Field(
+        default=None, ge=1, description="most data-parallel workers one training job may ask for (default: cores)"
+    )
+    # -- tenancy, security, metering ---------------------------------------------------------
+    master_key: SecretStr | None = Field(
+        default=None, description="master key (base64 of 32 bytes, or any passphrase) that turns on encryption at rest"
+    )
+    master_key_file: Path | None = Field(default=None, description="file holding the master key")
+    tls_certfile: Path | None = Field(default=None, description="PEM certificate: serve HTTPS")
+    tls_keyfile: Path | None = Field(default=None, description="PEM private key of tls_certfile")
+    fetch_allow_hosts: list[str] = Field(
+        default_factory=list, description="hosts the server may fetch URLs from (JSON list); empty: none"
+    )
+    prices: dict[str, float] = Field(
+        default_factory=lambda: {
+            "request": 0.0, "input_token": 0.0, "output_token": 0.0, "compute_second": 0.0,
+        },
+        description="price table (per request, per token, per compute-second) used by usage reports",
+    )
+    usage_flush_s: float = Field(default=1.0, gt=0, description="how often metered usage is written")
+    default_key_rate_limit: float | None = Field(
+        default=None, gt=0, description="requests/second for keys created without their own limit"
+    )
 
     @property
     def resolved_home(self) -> Path:

@@ -58,6 +58,14 @@ class Metrics:
             "modelyard_tokens", "Tokens processed by language and embedding models",
             ["model", "version", "kind"], registry=r,
         )
+        self.shadow_results = Counter(
+            "modelyard_shadow_results", "Shadow answers compared with the primary's (agree, disagree, error)",
+            ["deployment", "result"], registry=r,
+        )
+        self.shadow_latency = Histogram(
+            "modelyard_shadow_latency_seconds", "Latency of mirrored (shadow) requests",
+            ["deployment"], buckets=LATENCY_BUCKETS, registry=r,
+        )
         self.http_requests = Counter(
             "modelyard_http_requests", "HTTP requests by route and status", ["route", "method", "status"], registry=r
         )

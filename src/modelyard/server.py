@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import Callable
 from types import FrameType
 import uvicorn
@@ -29,6 +30,12 @@ class _DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._platform.dataplane.accepting = False
         super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            # uvicorn re-raises captured signals after its shutdown, which would kill the process
+            # before the model manager drains; a drained SIGTERM is a clean exit (status 0).
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list) and sig in captured:
+                captured.remove(sig)
 
 
 def prepare_platform(settings: Settings, *, announce: Callable[[str], None] = print) -> Platform:
@@ -60,6 +67,8 @@ def build_http_server(settings: Settings, platform: Platform) -> uvicorn.Server:
         access_log=False,
         timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
         lifespan="on",
+        ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
+        ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
     )
     return _DrainingServer(config, platform)
 
@@ -71,20 +80,25 @@ async def serve_async(settings: Settings, platform: Platform, http: uvicorn.Serv
         from modelyard.grpc.servicer import start_grpc_server
 
         grpc_server = await start_grpc_server(platform, settings.host, settings.grpc_port)
+    from modelyard.jobs.pool import JobWorkers
+
+    job_workers = await asyncio.to_thread(JobWorkers(settings, platform.jobs).start)
     try:
         await http.serve()
     finally:
         if grpc_server is not None:
             await grpc_server.stop(grace=settings.drain_timeout_s)
+        await asyncio.to_thread(job_workers.stop, max(settings.drain_timeout_s, 10.0))
 
 
 def run_server(settings: Settings, *, platform: Platform | None = None) -> int:
     """Serve until stopped; returns the process exit code."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.tls_certfile is None:
         log.warning(
             "binding %s (not loopback) without TLS: API keys travel in clear text. "
-            "Configure a certificate or bind 127.0.0.1.", settings.host,
+            "Configure a certificate (MODELYARD_TLS_CERTFILE / MODELYARD_TLS_KEYFILE) or bind 127.0.0.1.",
+            settings.host,
         )
     platform = platform or prepare_platform(settings)
     server = build_http_server(settings, platform)

@@ -9,8 +9,14 @@ from fastapi import FastAPI
 
 from modelyard import __version__
 from modelyard.api.errors import install_error_handlers
-from modelyard.api.routes import models, server
+from modelyard.api.middleware import AuditMiddleware, RequestIdMiddleware
+from modelyard.api.routes import audit, keys, tenants, usage
+from modelyard.api.openai import routes as openai_routes
+from modelyard.api.routes import deployments, models, server
+from modelyard.api.routes import datasets as datasets_routes, jobs as jobs_routes
+from modelyard.api.routes import compare as compare_routes
 from modelyard.api.v2 import routes as v2
+from modelyard.api.v2.infer import InferenceFastPath
 from modelyard.config import Settings
 from modelyard.core.platform import Platform
 
@@ -52,6 +58,17 @@ def create_app(settings: Settings, *, platform: Platform | None = None) -> FastA
     install_error_handlers(app)
     app.include_router(v2.health_router)
     app.include_router(v2.router)
+    app.include_router(openai_routes.upstream_router)
     app.include_router(models.router)
+    app.include_router(deployments.router)
+    app.include_router(openai_routes.router)
     app.include_router(server.router)
+    app.include_router(datasets_routes.router)
+    app.include_router(jobs_routes.router)
+    app.include_router(compare_routes.router)
+    for tenancy_router in (tenants.router, keys.router, usage.router, audit.router):
+        app.include_router(tenancy_router)
+    app.add_middleware(InferenceFastPath)
+    app.add_middleware(AuditMiddleware)
+    app.add_middleware(RequestIdMiddleware)
     return app

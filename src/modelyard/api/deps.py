@@ -12,14 +12,19 @@ from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
 from modelyard.errors import Unauthenticated
 
-__all__ = ["get_platform", "authenticate", "PlatformDep", "PrincipalDep", "bearer_token"]
+__all__ = ["get_platform", "platform_of", "authenticate", "PlatformDep", "PrincipalDep", "bearer_token"]
 
 _bearer = HTTPBearer(auto_error=False, description="A ModelYard API key: `Authorization: Bearer my_...`")
 
 
-def get_platform(request: Request) -> Platform:
+def platform_of(request: Request) -> Platform:
     platform: Platform = request.app.state.platform
     return platform
+
+
+async def get_platform(request: Request) -> Platform:
+    """Dependency form of :func:`platform_of` (async, so FastAPI runs it without a thread hop)."""
+    return platform_of(request)
 
 
 def bearer_token(header: str | None) -> str | None:
@@ -37,7 +42,7 @@ async def authenticate(
 ) -> Principal:
     """Authenticate the caller from ``Authorization: Bearer <key>`` (the DB lookup runs in a
     thread; recently seen keys are answered from the key service's short cache)."""
-    platform = get_platform(request)
+    platform = platform_of(request)
     token = bearer_token(request.headers.get("authorization"))
     keys = platform.keys
     cached = keys.cached(token)

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from modelyard.errors import (
     ModelNotFound,
@@ -45,6 +47,7 @@ __all__ = [
     "print_json",
     "print_table",
     "human_bytes",
+    "escape",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -75,6 +78,8 @@ def hint_for(exc: ModelYardError) -> str | None:
             "is the server running? Start one with `modelyard serve`, or set MODELYARD_URL to "
             "its address."
         )
+    if isinstance(exc, Unavailable) and exc.details.get("reason") == "protocol":
+        return "is MODELYARD_URL the address of a ModelYard server?"
     if isinstance(exc, Unauthenticated):
         return (
             "set MODELYARD_API_KEY to a valid API key (the server prints an admin key on its "
@@ -102,10 +107,10 @@ def hint_for(exc: ModelYardError) -> str | None:
 def show_error(exc: ModelYardError) -> None:
     """Print ``Error: <message>`` and the hint, if any, to stderr."""
     console = err()
-    console.print(f"[bold red]Error:[/bold red] {exc.message}", markup=True, highlight=False, soft_wrap=True)
+    console.print(f"[bold red]Error:[/bold red] {escape(exc.message)}", highlight=False, soft_wrap=True)
     hint = hint_for(exc)
     if hint:
-        console.print(f"[dim]Hint:[/dim] {hint}", markup=True, highlight=False, soft_wrap=True)
+        console.print(f"[dim]Hint:[/dim] {escape(hint)}", highlight=False, soft_wrap=True)
 
 
 def handles_errors(fn: F) -> F:
@@ -132,15 +137,23 @@ def print_json(value: Any) -> None:
 
 def print_table(
     columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None,
-    empty: str = "nothing to show",
+    empty: str = "nothing to show", wrap_last: bool = False,
 ) -> None:
-    """A rich table on stdout; ``empty`` is printed instead when there are no rows."""
+    """A rich table on stdout; ``empty`` is printed instead when there are no rows.
+
+    Cells stay on one line (cut with an ellipsis when the terminal is too narrow), so names,
+    versions and hashes line up; ``wrap_last`` lets the last column wrap instead (key/value
+    tables whose values are long).
+    """
     table = Table(title=title, header_style="bold", show_edge=False, pad_edge=False)
-    for col in columns:
-        table.add_column(col, overflow="fold")
+    for i, col in enumerate(columns):
+        if wrap_last and i == len(columns) - 1:
+            table.add_column(col, overflow="fold", min_width=20)
+        else:
+            table.add_column(col, no_wrap=True, overflow="ellipsis")
     count = 0
     for row in rows:
-        table.add_row(*("-" if v is None else str(v) for v in row))
+        table.add_row(*(Text("-" if v is None else str(v)) for v in row))
         count += 1
     console = out()
     if count == 0:

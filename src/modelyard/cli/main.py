@@ -7,8 +7,14 @@ from typing import Annotated
 
 import typer
 
+from modelyard.cli import datasets as datasets_cli
+from modelyard.cli import deploy as deploy_cli
+from modelyard.cli import llm as llm_cli
 from modelyard.cli import models as models_cli
+from modelyard.cli import optimize as optimize_cli
 from modelyard.cli import predict as predict_cli
+from modelyard.cli import tenancy as tenancy_cli
+from modelyard.cli import train as train_cli
 
 __all__ = ["app", "main"]
 
@@ -58,7 +64,14 @@ def serve(
 
 
 app.add_typer(models_cli.app)
+for _tenancy_app in (tenancy_cli.tenants_app, tenancy_cli.keys_app, tenancy_cli.usage_app):
+    app.add_typer(_tenancy_app)
+app.add_typer(llm_cli.app)
+app.add_typer(deploy_cli.app)
 predict_cli.register(app)
+optimize_cli.register(app)
+app.add_typer(datasets_cli.app)
+train_cli.register(app)
 
 
 def main() -> None:

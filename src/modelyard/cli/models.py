@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from modelyard.cli._common import client, handles_errors, human_bytes, out, print_json, print_table
+from modelyard.cli._common import client, escape, handles_errors, human_bytes, out, print_json, print_table
 
 if TYPE_CHECKING:
     from modelyard.client import ModelVersion
@@ -63,19 +63,20 @@ def push(
         console=err(),
     ) as bar:
         task = bar.add_task(file.name, total=total)
-        version = client().models.push(
-            file,
-            name=name,
-            format=format,
-            description=description,
-            stage=stage,
-            progress=lambda sent, _total: bar.update(task, completed=sent),
-        )
+        with client() as sdk:
+            version = sdk.models.push(
+                file,
+                name=name,
+                format=format,
+                description=description,
+                stage=stage,
+                progress=lambda sent, _total: bar.update(task, completed=sent),
+            )
     if json_out:
         print_json(version.to_dict())
         return
     out().print(
-        f"Pushed [bold]{version.model}[/bold] version [bold]{version.version}[/bold] "
+        f"Pushed [bold]{escape(version.model)}[/bold] version [bold]{version.version}[/bold] "
         f"({human_bytes(version.size_bytes)}, sha256 {version.sha256[:12]}, stage {version.stage}).",
         highlight=False,
     )
@@ -92,7 +93,8 @@ def list_models(json_out: JsonFlag = False) -> None:
 
         modelyard models list --json | jq '.[].name'
     """
-    models = list(client().models.list())
+    with client() as sdk:
+        models = list(sdk.models.list())
     if json_out:
         print_json([m.to_dict() for m in models])
         return
@@ -102,6 +104,7 @@ def list_models(json_out: JsonFlag = False) -> None:
             [m.name, m.latest_version, m.production_version, _when(m.updated_at), m.description]
             for m in models
         ),
+        wrap_last=True,
         empty="No models yet. Push one with `modelyard models push FILE --name NAME`.",
     )
 
@@ -121,15 +124,15 @@ def show(
 
         modelyard models show digits --version 2 --json
     """
-    sdk = client()
-    model = sdk.models.get(name)
-    number = version or model.production_version or model.latest_version
-    v = sdk.models.get_version(name, number) if number is not None else None
+    with client() as sdk:
+        model = sdk.models.get(name)
+        number = version or model.production_version or model.latest_version
+        v = sdk.models.get_version(name, number) if number is not None else None
     if json_out:
         print_json({"model": model.to_dict(), "version": v.to_dict() if v else None})
         return
     console = out()
-    console.print(f"[bold]{model.name}[/bold]  {model.description}".rstrip(), highlight=False)
+    console.print(f"[bold]{escape(model.name)}[/bold]  {escape(model.description)}".rstrip(), highlight=False)
     console.print(
         f"latest version: {model.latest_version or '-'}   production version: "
         f"{model.production_version or '-'}",
@@ -157,7 +160,7 @@ def _print_version(v: ModelVersion) -> None:
         fields.append(("metrics", ", ".join(f"{k}={val}" for k, val in v.metrics.items())))
     if v.lineage:
         fields.append(("lineage", ", ".join(f"{k}={val}" for k, val in v.lineage.items())))
-    print_table(["FIELD", "VALUE"], fields)
+    print_table(["FIELD", "VALUE"], fields, wrap_last=True)
     print_table(
         ["", "NAME", "DATATYPE", "SHAPE"],
         [("input", t.name, t.datatype, list(t.shape)) for t in v.inputs]
@@ -172,22 +175,20 @@ def versions(
     name: Annotated[str, typer.Argument(help="Model name.")],
     json_out: JsonFlag = False,
 ) -> None:
-    """List the versions of a model, newest first.
+    """List the versions of a model, newest first (`models show NAME -v N` for one in full).
 
     Examples:
 
         modelyard models versions digits
     """
-    items = list(client().models.versions(name))
+    with client() as sdk:
+        items = list(sdk.models.versions(name))
     if json_out:
         print_json([v.to_dict() for v in items])
         return
     print_table(
-        ["VERSION", "STAGE", "FORMAT", "SIZE", "SHA256", "CREATED", "DESCRIPTION"],
-        (
-            [v.version, v.stage, v.format, human_bytes(v.size_bytes), v.sha256[:12], _when(v.created_at), v.description]
-            for v in items
-        ),
+        ["VERSION", "STAGE", "FORMAT", "SIZE", "SHA256", "CREATED"],
+        ([v.version, v.stage, v.format, human_bytes(v.size_bytes), v.sha256[:12], _when(v.created_at)] for v in items),
         empty=f"Model {name!r} has no versions.",
     )
 
@@ -208,7 +209,8 @@ def promote(
 
         modelyard models promote digits 1 --stage archived
     """
-    v = client().models.promote(name, version, stage=stage)
+    with client() as sdk:
+        v = sdk.models.promote(name, version, stage=stage)
     if json_out:
         print_json(v.to_dict())
         return
@@ -233,11 +235,11 @@ def delete(
     what = f"version {version} of model {name!r}" if version is not None else f"model {name!r} and all its versions"
     if not yes:
         typer.confirm(f"Delete {what}?", abort=True, err=True)
-    sdk = client()
-    if version is None:
-        sdk.models.delete(name)
-    else:
-        sdk.models.delete_version(name, version)
+    with client() as sdk:
+        if version is None:
+            sdk.models.delete(name)
+        else:
+            sdk.models.delete_version(name, version)
     out().print(f"Deleted {what}.", highlight=False)
 
 

@@ -50,7 +50,8 @@ def predict(
         modelyard predict digits --data @batch.json --version 2 | jq .label
     """
     inputs = parse_data(data)
-    result = client().predict(name, inputs, version=version, outputs=output or None)
+    with client() as sdk:
+        result = sdk.predict(name, inputs, version=version, outputs=output or None)
     print_json({key: _jsonable(value) for key, value in result.items()})
 
 
@@ -64,14 +65,15 @@ def health(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
         MODELYARD_URL=http://gpu-box:8000 modelyard health --json
     """
-    sdk = client()
-    state = sdk.health()
+    with client() as sdk:
+        state = sdk.health()
     if json_out:
         print_json({"url": sdk.url, **state})
     else:
         out().print(
             f"{sdk.url}: live {'yes' if state['live'] else 'no'}, ready {'yes' if state['ready'] else 'no'}",
             highlight=False,
+            markup=False,
         )
     if not (state["live"] and state["ready"]):
         raise Unavailable(f"the server at {sdk.url} is not ready yet (still starting or draining)")
@@ -87,8 +89,8 @@ def whoami(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
         MODELYARD_API_KEY=my_... modelyard whoami --json
     """
-    sdk = client()
-    info = sdk.whoami()
+    with client() as sdk:
+        info = sdk.whoami()
     if json_out:
         print_json({"url": sdk.url, **info})
         return
@@ -99,7 +101,7 @@ def whoami(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")]
             if isinstance(value, list):
                 value = ", ".join(map(str, value)) or "(all)"
             rows.append((key, value))
-    print_table(["FIELD", "VALUE"], rows)
+    print_table(["FIELD", "VALUE"], rows, wrap_last=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -159,13 +161,12 @@ def _from_oip(items: list[Any]) -> dict[str, Any]:
 
 
 def _jsonable(array: np.ndarray) -> Any:
-    if array.dtype.kind == "O":
-        return [
-            x.decode("utf-8", errors="replace") if isinstance(x, bytes) else x
-            for x in array.reshape(-1).tolist()
-        ] if array.ndim <= 1 else _jsonable_nested(array)
-    return array.tolist()
+    """Nested lists; BYTES elements as UTF-8 text (undecodable bytes replaced)."""
+    if array.dtype.kind != "O":
+        return array.tolist()
+    import numpy as np
 
+    def text(x: Any) -> Any:
+        return x.decode("utf-8", errors="replace") if isinstance(x, bytes) else x
 
-def _jsonable_nested(array: np.ndarray) -> Any:
-    return [_jsonable(sub) for sub in array]
+    return np.vectorize(text, otypes=[object])(array).tolist()

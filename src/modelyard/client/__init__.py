@@ -2,6 +2,11 @@
 
 Imports only httpx, numpy and the transport-independent parts of ModelYard (errors, tensors,
 the OIP v2 wire codec); never the server side (FastAPI, SQLAlchemy, ONNX Runtime, torch).
+
+Adding a resource: write ``_<feature>.py`` with a class whose constructor takes the
+:class:`Transport` (use its ``get``/``post``/``patch``/``delete``/``paginate``/``request``
+helpers; they raise the typed errors), return frozen dataclasses, and expose it on
+:class:`Client` as a ``cached_property`` returning ``Feature(self._transport)``.
 """
 
 from __future__ import annotations

@@ -10,8 +10,14 @@ from typing import Any
 import httpx
 import numpy as np
 
+from modelyard.client._datasets import Datasets
+from modelyard.client._deployments import Deployments
 from modelyard.client._inference import Inference, Inputs, ModelMetadata
+from modelyard.client._jobs import Jobs
+from modelyard.client._llm import LanguageModels
 from modelyard.client._models import Models
+from modelyard.client._optimize import Optimize
+from modelyard.client._tenancy import Audit, Keys, Tenants, Usage
 from modelyard.client._transport import Transport
 from modelyard.errors import ModelYardError
 
@@ -62,6 +68,51 @@ class Client:
     def models(self) -> Models:
         """The model registry: push, list, get, versions, promote, delete."""
         return Models(self._transport)
+
+    @cached_property
+    def datasets(self) -> Datasets:
+        """Datasets: push (CSV, Parquet, NPZ, JSONL), list, get, delete; built-ins by name."""
+        return Datasets(self._transport)
+
+    @cached_property
+    def jobs(self) -> Jobs:
+        """Jobs: submit training, list, get, cancel, logs, live events, wait."""
+        return Jobs(self._transport)
+
+    @cached_property
+    def optimize(self) -> Optimize:
+        """Optimization jobs (quantize, prune, fp16; guarded) and version comparison."""
+        return Optimize(self._transport)
+
+    @cached_property
+    def deployments(self) -> Deployments:
+        """Deployments: canary weights, shadow, serving settings, promote and rollback."""
+        return Deployments(self._transport)
+
+    @cached_property
+    def tenants(self) -> Tenants:
+        """Tenant administration (admin keys): create, list, disable, quotas, delete."""
+        return Tenants(self._transport)
+
+    @cached_property
+    def keys(self) -> Keys:
+        """API keys: create (secret shown once), list (prefixes), revoke."""
+        return Keys(self._transport)
+
+    @cached_property
+    def usage(self) -> Usage:
+        """Usage per tenant, model and hour, with cost; CSV export."""
+        return Usage(self._transport)
+
+    @cached_property
+    def audit(self) -> Audit:
+        """The audit log (owners and admins)."""
+        return Audit(self._transport)
+
+    @cached_property
+    def llm(self) -> LanguageModels:
+        """Language and embedding models: push Hugging Face folders, add upstream engines, call /v1."""
+        return LanguageModels(self._transport)
 
     # -- inference ------------------------------------------------------------------------------
     def predict(

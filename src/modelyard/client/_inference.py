@@ -18,7 +18,7 @@ import numpy as np
 from modelyard.api.v2.codec import HEADER_LENGTH_HEADER, decode_infer_response, encode_infer_request
 from modelyard.client._models import TensorInfo
 from modelyard.client._transport import Transport
-from modelyard.errors import InvalidInput
+from modelyard.errors import InvalidInput, Unavailable
 from modelyard.tensors import DATATYPES, InferenceRequest, RequestedOutput, Tensor, datatype_of
 
 __all__ = ["Inference", "ModelMetadata"]
@@ -91,9 +91,15 @@ class Inference:
             headers[HEADER_LENGTH_HEADER] = str(header_length)
         response = self._t.request("POST", f"{_v2_path(name, version)}/infer", content=body, headers=headers)
         # a bytearray keeps the decoded arrays writable (frombuffer over bytes is read-only)
-        decoded = decode_infer_response(
-            bytearray(response.content), response.headers.get(HEADER_LENGTH_HEADER)
-        )
+        try:
+            decoded = decode_infer_response(
+                bytearray(response.content), response.headers.get(HEADER_LENGTH_HEADER)
+            )
+        except InvalidInput as exc:
+            raise Unavailable(
+                f"the inference response of {self._t.url} could not be decoded: {exc.message}",
+                details={"reason": "protocol", "url": self._t.url},
+            ) from exc
         return {t.name: t.data for t in decoded.outputs}
 
 

@@ -134,7 +134,7 @@ class Models:
         self._t = transport
 
     def list(self, *, page_size: int = 50) -> Iterator[Model]:
-        """Every model of the tenant, oldest name order as the server gives it; pages lazily."""
+        """Every model of the tenant, by name; fetches page after page lazily."""
         for item in self._t.paginate("/api/v1/models", page_size=page_size):
             yield Model.from_json(item)
 
@@ -190,7 +190,7 @@ class Models:
                 content=_chunks(fh, total, progress),
                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(total)},
             )
-        return ModelVersion.from_json(response.json())
+        return ModelVersion.from_json(self._t.json_body(response))
 
     def versions(self, name: str, *, page_size: int = 50) -> Iterator[ModelVersion]:
         """Every version of ``name``, newest first; pages lazily."""

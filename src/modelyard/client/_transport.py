@@ -89,15 +89,15 @@ class Transport:
 
     def get(self, path: str, *, params: Mapping[str, Any] | None = None) -> Any:
         """GET ``path`` and return its JSON body."""
-        return self.request("GET", path, params=params).json()
+        return self.json_body(self.request("GET", path, params=params))
 
     def post(self, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None) -> Any:
         """POST a JSON body; return the JSON answer (``None`` for an empty one)."""
-        return _json_or_none(self.request("POST", path, json=json, params=params))
+        return self.json_body(self.request("POST", path, json=json, params=params))
 
     def patch(self, path: str, *, json: Any) -> Any:
         """PATCH a JSON body; return the JSON answer."""
-        return _json_or_none(self.request("PATCH", path, json=json))
+        return self.json_body(self.request("PATCH", path, json=json))
 
     def delete(self, path: str, *, params: Mapping[str, Any] | None = None) -> None:
         """DELETE ``path`` (204 expected)."""
@@ -119,7 +119,22 @@ class Transport:
                 return
             page += 1
 
+    def json_body(self, response: httpx.Response) -> Any:
+        """The JSON body of a 2xx answer (``None`` when empty); ``Unavailable`` when the answer
+        is not JSON, which means the URL is not a ModelYard server."""
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise Unavailable(
+                f"{response.request.method} {response.request.url} answered with something that "
+                f"is not JSON ({response.headers.get('content-type', 'no content type')})",
+                details={"reason": "protocol", "url": self.url},
+            ) from exc
+
     def close(self) -> None:
+        """Close the connection pool."""
         self._http.close()
 
 
@@ -157,7 +172,3 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None  # an HTTP-date: not sent by ModelYard; ignored rather than guessed
 
 
-def _json_or_none(response: httpx.Response) -> Any:
-    if not response.content:
-        return None
-    return response.json()

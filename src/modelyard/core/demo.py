@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from modelyard.core.registry import Registry, VersionInfo
-from modelyard.errors import ModelNotFound
+from modelyard.errors import NotFound
 from modelyard.store.artifacts import ArtifactStore
 
 __all__ = ["build_digits_onnx", "ensure_demo_model", "DEMO_MODEL"]
@@ -64,10 +64,10 @@ def _rename(model: object, old: str, new: str) -> str:
 
 
 def ensure_demo_model(registry: Registry, artifacts: ArtifactStore, tenant_id: str, workdir: Path) -> VersionInfo:
-    """Register the digits demo as production unless the tenant already has a ``digits`` model."""
+    """Register the digits demo as production unless the tenant already has a ``digits`` version."""
     try:
         return registry.resolve(tenant_id, DEMO_MODEL)
-    except ModelNotFound:
+    except NotFound:  # no model, or a model whose versions were all deleted
         pass
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "digits.onnx"

@@ -7,6 +7,9 @@ against the version's signature, tenant scoping, metrics and error mapping happe
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,17 +18,27 @@ from typing import Any
 import anyio
 
 from modelyard import __version__
+from modelyard.core.limits import Limits
 from modelyard.core.principal import Principal
 from modelyard.core.registry import Registry, VersionInfo
-from modelyard.engine.manager import ModelManager, ModelSource
-from modelyard.errors import InvalidInput, ModelNotFound, ModelYardError
+from modelyard.core.usage import UsageMeter
+from modelyard.core.deployments import Deployments, DeploymentTraffic, Route
+from modelyard.core.routing import outputs_agree
+from modelyard.engine.manager import ModelManager, ModelSource, ServingOptions
+from modelyard.errors import InvalidInput, ModelNotFound, ModelYardError, RateLimited
 from modelyard.metrics import Metrics
 from modelyard.store.artifacts import ArtifactStore
 from modelyard.tensors import InferenceRequest, InferenceResponse, Tensor, TensorSpec
 
 __all__ = ["DataPlane", "SERVER_NAME", "EXTENSIONS"]
 
+log = logging.getLogger(__name__)
+
 SERVER_NAME = "modelyard"
+#: shadow requests running at once, at most; beyond it mirrored traffic is skipped (counted)
+MAX_SHADOW_IN_FLIGHT = 64
+#: how long a resolved name is reused without asking the registry (local changes clear it)
+_RESOLVE_TTL_S = 1.0
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
 
 
@@ -63,15 +76,26 @@ class DataPlane:
         artifacts: ArtifactStore,
         manager: ModelManager,
         metrics: Metrics,
+        deployments: Deployments | None = None,
     ) -> None:
         self.registry = registry
+        self.deployments = deployments
         self.artifacts = artifacts
         self.manager = manager
         self.metrics = metrics
         self.accepting = True
+        #: rate limits/quotas and usage metering (set by the Platform; ``None`` when built bare)
+        self.limits: Limits | None = None
+        self.usage: UsageMeter | None = None
         #: format -> how a version of it becomes a loadable folder (e.g. extracted HF archives)
         self.folders: dict[str, Callable[[VersionInfo], Path]] = {}
         registry.on_version_removed.append(lambda v: manager.unload(v.key))
+        self._options: dict[tuple[str, str, int], ServingOptions] = {}
+        self._shadows: set[asyncio.Task[None]] = set()
+        self._rollbacks: set[asyncio.Task[None]] = set()
+        self._resolved: dict[tuple[str, str, str | None], tuple[float, VersionInfo]] = {}
+        self._metric_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        registry.on_change.append(self._resolved.clear)
 
     # -- server ----------------------------------------------------------------------------
     def server_metadata(self) -> dict[str, Any]:
@@ -88,9 +112,48 @@ class DataPlane:
         principal.require("infer")
         if not principal.in_scope(name):
             raise ModelNotFound(f"model {name!r} not found")
-        return await anyio.to_thread.run_sync(self.registry.resolve, principal.tenant_id, name, version)
+        key = (principal.tenant_id, name, version)
+        hit = self._resolved.get(key)
+        if hit is not None and time.monotonic() - hit[0] < _RESOLVE_TTL_S:
+            return hit[1]
+        info = await anyio.to_thread.run_sync(self.registry.resolve, principal.tenant_id, name, version)
+        if len(self._resolved) > 10_000:
+            self._resolved.clear()
+        self._resolved[key] = (time.monotonic(), info)
+        return info
 
-    def source(self, info: VersionInfo) -> ModelSource:
+    async def deployment(self, principal: Principal, name: str) -> DeploymentTraffic | None:
+        """The deployment ``name`` of the caller's tenant, or ``None`` (answered from memory)."""
+        if self.deployments is None:
+            return None
+        hit, traffic = self.deployments.cached(principal.tenant_id, name)
+        if not hit:
+            traffic = await anyio.to_thread.run_sync(self.deployments.lookup, principal.tenant_id, name)
+        if traffic is not None:
+            principal.require("infer")
+            if not principal.in_scope(name):
+                raise ModelNotFound(f"model {name!r} not found")
+        return traffic
+
+    async def _route_info(self, principal: Principal, route: Route) -> VersionInfo:
+        return await self.resolve(principal, route.model, str(route.version))
+
+    def options(self, info: VersionInfo, deployment: DeploymentTraffic | None = None) -> ServingOptions:
+        """Serving settings: server defaults < the version's ``serving`` tag and config < the
+        deployment's ``serving``."""
+        dep = deployment.deployment if deployment is not None else None
+        key = (info.id, dep.id if dep else "", dep.revision if dep else 0)
+        cached = self._options.get(key)
+        if cached is None:
+            cached = self.manager.defaults.merged(info.tags.get("serving")).merged(info.config.get("serving"))
+            if dep is not None:
+                cached = cached.merged(dep.serving)
+            if len(self._options) > 10_000:
+                self._options.clear()
+            self._options[key] = cached
+        return cached
+
+    def source(self, info: VersionInfo, options: ServingOptions | None = None) -> ModelSource:
         return ModelSource(
             key=info.key,
             name=info.model_name,
@@ -99,6 +162,8 @@ class DataPlane:
             path=self._path_of(info),
             config=info.config,
             size_hint=info.size_bytes,
+            inputs=tuple(info.inputs),
+            isolated=(options or self.options(info)).isolation == "process",
         )
 
     def _path_of(self, info: VersionInfo) -> Callable[[], Path]:
@@ -107,10 +172,19 @@ class DataPlane:
             return lambda: folder(info)
         return lambda: self.artifacts.verified_path(info.sha256)
 
+    async def _target(
+        self, principal: Principal, name: str, version: str | None
+    ) -> tuple[VersionInfo, DeploymentTraffic | None]:
+        if version is None:
+            traffic = await self.deployment(principal, name)
+            if traffic is not None:
+                return await self._route_info(principal, traffic.deployment.primary), traffic
+        return await self.resolve(principal, name, version), None
+
     async def model_metadata(self, principal: Principal, name: str, version: str | None) -> dict[str, Any]:
-        info = await self.resolve(principal, name, version)
+        info, traffic = await self._target(principal, name, version)
         return {
-            "name": info.model_name,
+            "name": name if traffic is not None else info.model_name,
             "versions": [str(info.version)],
             "platform": _platform(info.format),
             "inputs": [s.to_dict() for s in info.inputs],
@@ -118,10 +192,11 @@ class DataPlane:
         }
 
     async def model_ready(self, principal: Principal, name: str, version: str | None) -> bool:
-        info = await self.resolve(principal, name, version)
+        info, traffic = await self._target(principal, name, version)
         if not self.accepting:
             return False
-        await self.manager.acquire(self.source(info))
+        options = self.options(info, traffic)
+        await self.manager.acquire(self.source(info, options), options)
         return True
 
     # -- inference -------------------------------------------------------------------------
@@ -134,26 +209,185 @@ class DataPlane:
         *,
         protocol: str = "rest",
     ) -> InferenceResponse:
+        """Run ``request`` on model ``name`` (a deployment's routed version when ``name`` is a
+        deployment and no version is given). Overload: 429 (queue full) or 503 (saturated);
+        the deadline (``timeout_s`` of the serving settings): 504."""
         started = time.perf_counter()
+        await self.check_limits(principal)
+        if version is None and self.deployments is not None:
+            traffic = await self.deployment(principal, name)
+            if traffic is not None:
+                return await self._infer_deployment(principal, name, traffic, request, protocol, started)
         info = await self.resolve(principal, name, version)
-        labels = (info.model_name, str(info.version))
-        self.metrics.requests.labels(*labels, protocol).inc()
+        options = self.options(info)
+        children = self._children(info, protocol)
+        children[0].inc()
         try:
-            validate_inputs(info.inputs, request.inputs)
-            output_names = self._output_names(info, request)
-            arrays = {t.name: t.data for t in request.inputs}
-            results = await self.manager.predict(self.source(info), arrays, output_names)
-        except ModelYardError as exc:
-            self.metrics.errors.labels(*labels, exc.code).inc()
+            output_names, arrays = self._prepare(info, request)
+            results = await self.manager.predict(self.source(info, options), arrays, output_names, options=options)
+        except BaseException as exc:
+            self._count_error(info, exc)
+            self._meter(principal, info.model_name, errors=1)
             raise
-        except Exception:
-            self.metrics.errors.labels(*labels, "internal").inc()
+        elapsed = time.perf_counter() - started
+        children[1].observe(elapsed)
+        self._meter(principal, info.model_name, compute_s=elapsed)
+        return self._response(info.model_name, info, results, output_names, request)
+
+    async def _infer_deployment(
+        self,
+        principal: Principal,
+        name: str,
+        traffic: DeploymentTraffic,
+        request: InferenceRequest,
+        protocol: str,
+        started: float,
+    ) -> InferenceResponse:
+        route = traffic.deployment.primary if traffic.rolling_back else traffic.pick()
+        info = await self._route_info(principal, route)
+        options = self.options(info, traffic)
+        children = self._children(info, protocol)
+        children[0].inc()
+        try:
+            output_names, arrays = self._prepare(info, request)
+        except BaseException as exc:
+            self._count_error(info, exc)
+            self._meter(principal, name, errors=1)
             raise
-        self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
-        outputs = [Tensor.from_array(n, results[n]) for n in (output_names or list(results))]
-        return InferenceResponse(
-            model_name=info.model_name, model_version=str(info.version), outputs=outputs, id=request.id
+        try:
+            results = await self.manager.predict(self.source(info, options), arrays, output_names, options=options)
+        except BaseException as exc:
+            self._count_error(info, exc)
+            self._meter(principal, name, errors=1)
+            if not isinstance(exc, (RateLimited, asyncio.CancelledError)):
+                self._record(principal, name, traffic, route, False, time.perf_counter() - started)
+            raise
+        elapsed = time.perf_counter() - started
+        children[1].observe(elapsed)
+        self._meter(principal, name, compute_s=elapsed)
+        self._record(principal, name, traffic, route, True, elapsed)
+        shadow = traffic.deployment.shadow
+        if shadow is not None and (shadow.share >= 1.0 or random.random() < shadow.share):
+            self._mirror(principal, traffic, arrays, results, elapsed)
+        return self._response(name, info, results, output_names, request)
+
+    def _record(
+        self, principal: Principal, name: str, traffic: DeploymentTraffic, route: Route, ok: bool, latency_s: float
+    ) -> None:
+        if not traffic.record(route, ok, latency_s) or self.deployments is None:
+            return
+        deployments = self.deployments
+        policy = traffic.deployment.rollback
+        reason = (
+            f"automatic: canary {route.label} error rate over {policy.window_s:g}s exceeded "
+            f"{policy.max_error_rate:g}" if policy else "automatic"
         )
+        log.warning("deployment %s: rolling back (%s)", name, reason)
+
+        async def roll_back() -> None:
+            try:
+                await anyio.to_thread.run_sync(
+                    lambda: deployments.rollback(principal.tenant_id, name, reason=reason)
+                )
+            except Exception:
+                log.exception("automatic rollback of deployment %s failed", name)
+                traffic.rolling_back = False
+
+        task = asyncio.get_running_loop().create_task(roll_back())
+        self._rollbacks.add(task)
+        task.add_done_callback(self._rollbacks.discard)
+
+    def _mirror(
+        self,
+        principal: Principal,
+        traffic: DeploymentTraffic,
+        arrays: dict[str, Any],
+        primary: dict[str, Any],
+        primary_latency_s: float,
+    ) -> None:
+        stats = traffic.shadow
+        shadow = traffic.deployment.shadow
+        assert shadow is not None
+        if len(self._shadows) >= MAX_SHADOW_IN_FLIGHT:
+            stats.skipped += 1
+            return
+        dep_name = traffic.deployment.name
+
+        async def run() -> None:
+            started = time.perf_counter()
+            stats.requests += 1
+            try:
+                info = await self.resolve(principal, shadow.model, str(shadow.version))
+                validate_inputs(info.inputs, [Tensor.from_array(n, a) for n, a in arrays.items()])
+                options = self.options(info, None)
+                answer = await self.manager.predict(self.source(info, options), arrays, None, options=options)
+            except Exception as exc:
+                stats.errors += 1
+                self.metrics.shadow_results.labels(dep_name, "error").inc()
+                stats.recent.append({"result": "error", "code": getattr(exc, "code", "internal")})
+                return
+            elapsed = time.perf_counter() - started
+            agree = outputs_agree(primary, answer)
+            result = "agree" if agree else "disagree"
+            if agree:
+                stats.agreements += 1
+            else:
+                stats.disagreements += 1
+            stats.shadow_latency_s += elapsed
+            stats.primary_latency_s += primary_latency_s
+            stats.recent.append({"result": result, "shadow_ms": round(elapsed * 1000, 3)})
+            self.metrics.shadow_results.labels(dep_name, result).inc()
+            self.metrics.shadow_latency.labels(dep_name).observe(elapsed)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _children(self, info: VersionInfo, protocol: str) -> tuple[Any, Any]:
+        """The request counter and latency histogram children of a version (looked up once)."""
+        key = (info.id, protocol)
+        children = self._metric_children.get(key)
+        if children is None:
+            labels = (info.model_name, str(info.version))
+            children = (self.metrics.requests.labels(*labels, protocol), self.metrics.latency.labels(*labels))
+            if len(self._metric_children) > 10_000:
+                self._metric_children.clear()
+            self._metric_children[key] = children
+        return children
+
+    async def check_limits(self, principal: Principal) -> None:
+        """Apply the key's rate limit and the tenant's daily quotas (429 ``RateLimited``).
+
+        The token bucket runs inline; quota counters (database writes) run in a thread, only
+        when the tenant has such a quota. gRPC and the OpenAI API go through this too."""
+        if self.limits is None:
+            return
+        self.limits.check_rate(principal)
+        if self.limits.daily_needs_io(principal.tenant_id):
+            await anyio.to_thread.run_sync(self.limits.check_daily, principal)
+
+    def _meter(self, principal: Principal, model: str, *, errors: int = 0, compute_s: float = 0.0) -> None:
+        """Usage: one request (and an error) on ``model`` with its measured compute time."""
+        if self.usage is not None:
+            self.usage.record(principal.tenant_id, model, errors=errors, compute_s=compute_s)
+
+    def _count_error(self, info: VersionInfo, exc: BaseException) -> None:
+        code = exc.code if isinstance(exc, ModelYardError) else (
+            "cancelled" if isinstance(exc, asyncio.CancelledError) else "internal"
+        )
+        self.metrics.errors.labels(info.model_name, str(info.version), code).inc()
+
+    def _prepare(self, info: VersionInfo, request: InferenceRequest) -> tuple[list[str] | None, dict[str, Any]]:
+        validate_inputs(info.inputs, request.inputs)
+        return self._output_names(info, request), {t.name: t.data for t in request.inputs}
+
+    @staticmethod
+    def _response(
+        name: str, info: VersionInfo, results: dict[str, Any], output_names: list[str] | None, request: InferenceRequest
+    ) -> InferenceResponse:
+        outputs = [Tensor.from_array(n, results[n]) for n in (output_names or list(results))]
+        return InferenceResponse(model_name=name, model_version=str(info.version), outputs=outputs, id=request.id)
 
     @staticmethod
     def _output_names(info: VersionInfo, request: InferenceRequest) -> list[str] | None:

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from sqlalchemy import select
 
 from modelyard.core.principal import DEFAULT_TENANT, ROLES, Principal
-from modelyard.errors import Unauthenticated, ValidationFailed
+from modelyard.errors import KeyNotFound, Unauthenticated, ValidationFailed
 from modelyard.store.db import Database
 from modelyard.store.tables import ApiKeyRow, TenantRow
 
@@ -153,6 +153,39 @@ class KeyService:
             s.add(row)
             s.flush()
             return _info(row), secret
+
+    def list(self, tenant_id: str | None, *, include_revoked: bool = False) -> list[KeyInfo]:
+        """Keys of one tenant (``None``: all tenants, for admins), newest first; no secrets."""
+        query = select(ApiKeyRow).order_by(ApiKeyRow.created_at.desc())
+        if tenant_id is not None:
+            query = query.where(ApiKeyRow.tenant_id == tenant_id)
+        if not include_revoked:
+            query = query.where(ApiKeyRow.revoked_at.is_(None))
+        with self._db.read() as s:
+            return [_info(r) for r in s.scalars(query)]
+
+    def get(self, tenant_id: str | None, key_id: str) -> KeyInfo:
+        """One key by id or prefix, inside ``tenant_id`` (``None``: any tenant); else ``KeyNotFound``."""
+        query = select(ApiKeyRow).where((ApiKeyRow.id == key_id) | (ApiKeyRow.prefix == key_id))
+        if tenant_id is not None:
+            query = query.where(ApiKeyRow.tenant_id == tenant_id)
+        with self._db.read() as s:
+            row = s.scalar(query)
+            if row is None:
+                raise KeyNotFound(f"API key {key_id!r} not found")
+            return _info(row)
+
+    def revoke(self, tenant_id: str | None, key_id: str) -> KeyInfo:
+        """Revoke a key at once (this process forgets it immediately; others within the TTL)."""
+        found = self.get(tenant_id, key_id)
+        with self._db.transaction() as s:
+            row = s.get(ApiKeyRow, found.id)
+            assert row is not None
+            if row.revoked_at is None:
+                row.revoked_at = datetime.now(timezone.utc)
+            info = _info(row)
+        self.invalidate_cache()
+        return info
 
     def invalidate_cache(self) -> None:
         self._cache.clear()

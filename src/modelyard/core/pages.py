@@ -12,6 +12,7 @@ __all__ = ["Page", "PageRequest"]
 T = TypeVar("T")
 
 MAX_PAGE_SIZE = 500
+MAX_PAGE = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,8 +21,8 @@ class PageRequest:
     page_size: int = 50
 
     def __post_init__(self) -> None:
-        if self.page < 1:
-            raise ValidationFailed("page must be >= 1", details={"field": "page"})
+        if not 1 <= self.page <= MAX_PAGE:
+            raise ValidationFailed(f"page must be between 1 and {MAX_PAGE}", details={"field": "page"})
         if not 1 <= self.page_size <= MAX_PAGE_SIZE:
             raise ValidationFailed(f"page_size must be between 1 and {MAX_PAGE_SIZE}", details={"field": "page_size"})
 

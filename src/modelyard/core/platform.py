@@ -9,15 +9,24 @@ import logging
 from dataclasses import dataclass, field
 
 from modelyard.config import Settings
+from modelyard.core.deployments import Deployments
+from modelyard.core.audit import AuditLog
+from modelyard.core.datasets import DatasetService
 from modelyard.core.inference import DataPlane
+from modelyard.core.jobs import JobQueue
 from modelyard.core.keys import KeyService
+from modelyard.core.limits import Limits
 from modelyard.core.llm import LanguageModels
+from modelyard.core.optimization import Optimization
 from modelyard.core.registry import Registry
-from modelyard.engine.manager import ModelManager
+from modelyard.core.tenants import TenantService
+from modelyard.core.usage import UsageMeter
+from modelyard.engine.manager import ModelManager, ServingOptions
 from modelyard.metrics import Metrics
 from modelyard.runtimes.base import RuntimeOptions
 from modelyard.store.artifacts import ArtifactStore
 from modelyard.store.db import Database
+from modelyard.store.encryption import open_encryption
 
 __all__ = ["Platform"]
 
@@ -35,6 +44,14 @@ class Platform:
     manager: ModelManager
     dataplane: DataPlane
     llm: LanguageModels = field(init=False)
+    tenants: TenantService = field(init=False)
+    limits: Limits = field(init=False)
+    usage: UsageMeter = field(init=False)
+    audit: AuditLog = field(init=False)
+    deployments: Deployments = field(init=False)
+    datasets: DatasetService = field(init=False)
+    jobs: JobQueue = field(init=False)
+    optimization: Optimization = field(init=False)
 
     @classmethod
     def open(cls, settings: Settings) -> Platform:
@@ -43,7 +60,13 @@ class Platform:
         home.mkdir(parents=True, exist_ok=True)
         db = Database(settings.resolved_database_url)
         db.migrate()
-        artifacts = ArtifactStore(settings.resolved_artifact_root)
+        master = settings.master_key.get_secret_value() if settings.master_key else None
+        artifacts = ArtifactStore(
+            settings.resolved_artifact_root,
+            encryption=open_encryption(
+                settings.resolved_artifact_root, master_key=master, master_key_file=settings.master_key_file
+            ),
+        )
         keys = KeyService(db)
         registry = Registry(db, artifacts)
         metrics = Metrics()
@@ -52,9 +75,31 @@ class Platform:
             options=RuntimeOptions(intra_op_threads=threads, inter_op_threads=1),
             memory_budget_bytes=settings.memory_budget_bytes,
             metrics=metrics,
+            cores=settings.cores,
+            defaults=ServingOptions(
+                max_batch_size=settings.max_batch_size, max_queue_delay_ms=settings.max_queue_delay_ms,
+                max_queue_size=settings.max_queue_size, instances=settings.instances,
+                timeout_s=settings.request_timeout_s,
+            ),
+            max_in_flight=settings.max_in_flight,
+            drain_timeout_s=settings.drain_timeout_s,
         )
-        dataplane = DataPlane(registry=registry, artifacts=artifacts, manager=manager, metrics=metrics)
+        deployments = Deployments(db, registry)
+        dataplane = DataPlane(
+            registry=registry, artifacts=artifacts, manager=manager, metrics=metrics, deployments=deployments
+        )
         platform = cls(settings, db, artifacts, keys, registry, metrics, manager, dataplane)
+        platform.tenants = TenantService(db, keys)
+        platform.limits = Limits(db=db, tenants=platform.tenants, default_rate=settings.default_key_rate_limit)
+        platform.usage = UsageMeter(db, prices=settings.prices, flush_s=settings.usage_flush_s)
+        platform.audit = AuditLog(db)
+        dataplane.limits, dataplane.usage = platform.limits, platform.usage
+        platform.usage.start()
+        platform.audit.start()
+        platform.deployments = deployments
+        platform.datasets = DatasetService(db, artifacts)
+        platform.jobs = JobQueue(db, lease_s=settings.job_lease_s)
+        platform.optimization = Optimization(registry=registry, datasets=platform.datasets, artifacts=artifacts, settings=settings)
         platform.llm = LanguageModels(
             settings=settings, registry=registry, artifacts=artifacts, manager=manager, metrics=metrics
         )
@@ -63,7 +108,7 @@ class Platform:
         return platform
 
     def referenced_blobs(self) -> set[str]:
-        return self.registry.referenced_blobs()
+        return self.registry.referenced_blobs() | self.datasets.referenced_blobs() | self.jobs.referenced_blobs()
 
     def collect_garbage(self, grace_s: float = 600.0) -> list[str]:
         """Remove artifact files that no row references (left by a crash between the two)."""
@@ -73,5 +118,8 @@ class Platform:
         return removed
 
     async def aclose(self) -> None:
+        await self.llm.aclose()
         await self.manager.close()
+        self.usage.close()
+        self.audit.close()
         self.db.dispose()

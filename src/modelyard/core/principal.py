@@ -11,7 +11,7 @@ from typing import Final
 
 from modelyard.errors import PermissionDenied
 
-__all__ = ["Principal", "ROLES", "ACTIONS", "PERMISSIONS", "DEFAULT_TENANT"]
+__all__ = ["Principal", "ROLES", "ACTIONS", "PERMISSIONS", "DEFAULT_TENANT", "permission_table"]
 
 DEFAULT_TENANT: Final = "default"
 
@@ -35,7 +35,8 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     "usage:read": frozenset({"admin", "owner", "developer", "viewer"}),
     "audit:read": frozenset({"admin", "owner"}),
     "tenants:manage": frozenset({"admin"}),
-    "metrics:read": frozenset({"admin", "owner", "developer", "viewer"}),
+    # Prometheus metrics are server-wide (labels name every tenant's models): admins only.
+    "metrics:read": frozenset({"admin"}),
     "server:read": frozenset({"admin", "owner", "developer", "viewer", "inference"}),
 }
 
@@ -69,3 +70,12 @@ class Principal:
 
     def in_scope(self, name: str) -> bool:
         return not self.scopes or name in self.scopes
+
+
+def permission_table() -> str:
+    """:data:`PERMISSIONS` as a Markdown table (action x role); ``docs/security.md`` embeds it
+    and a test keeps the two equal."""
+    lines = ["| action | " + " | ".join(ROLES) + " |", "| --- |" + " :---: |" * len(ROLES)]
+    for action, roles in PERMISSIONS.items():
+        lines.append(f"| `{action}` | " + " | ".join("yes" if r in roles else "-" for r in ROLES) + " |")
+    return "\n".join(lines)

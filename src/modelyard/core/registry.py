@@ -135,6 +135,9 @@ class Registry:
         self._ttl = resolve_ttl_s
         self._resolve_cache: dict[tuple[str, str, str | None], tuple[float, VersionInfo]] = {}
         self._lock = threading.Lock()
+        # Orders "blob committed + row inserted" against "no row references it + blob deleted":
+        # without it a delete can remove a blob that an identical upload is registering.
+        self._blob_lock = threading.Lock()
         #: called with each version after it has been removed (the model manager unloads it).
         self.on_version_removed: list[Callable[[VersionInfo], None]] = []
         #: called after any change of which version a name resolves to.
@@ -193,17 +196,18 @@ class Registry:
             "outputs": [t.to_dict() for t in info.outputs],
             "extra": info.extra,
         }
-        blob_existed = self._artifacts.exists(staged.sha256)
-        self._artifacts.commit(staged)
-        try:
-            result = self._insert_version(
-                tenant_id, model_name, staged, fmt, signature,
-                description, tags, metrics or {}, lineage or {}, config or {}, stage,
-            )
-        except BaseException:
-            if not blob_existed and not self._blob_referenced(staged.sha256):
-                self._artifacts.delete(staged.sha256)
-            raise
+        with self._blob_lock:
+            blob_existed = self._artifacts.exists(staged.sha256)
+            self._artifacts.commit(staged)
+            try:
+                result = self._insert_version(
+                    tenant_id, model_name, staged, fmt, signature,
+                    description, tags, metrics or {}, lineage or {}, config or {}, stage,
+                )
+            except BaseException:
+                if not blob_existed and not self._blob_referenced(staged.sha256):
+                    self._artifacts.delete(staged.sha256)
+                raise
         self._changed()
         return result
 
@@ -252,6 +256,10 @@ class Registry:
 
     @staticmethod
     def _archive_production(s: Session, model_id: str) -> None:
+        # Take the model row's write lock first: concurrent promotions of one model then run one
+        # after another, and each archives the production version the previous one committed
+        # (on PostgreSQL's READ COMMITTED the archive UPDATE alone would not see it).
+        s.execute(update(ModelRow).where(ModelRow.id == model_id).values(updated_at=utcnow()))
         s.execute(
             update(VersionRow)
             .where(VersionRow.model_id == model_id, VersionRow.stage == "production")
@@ -288,15 +296,16 @@ class Registry:
         with self._db.transaction() as s:
             model = self._model_row(s, tenant_id, name)
             row = self._version_row(s, model, version)
+            tags = _check_tags(tags) if tags is not None else None
+            if stage is not None and stage != row.stage:
+                _check_stage(stage)
+                if stage == "production":  # locks the model row before any version row
+                    self._archive_production(s, model.id)
+                row.stage = stage
             if description is not None:
                 row.description = description
             if tags is not None:
-                row.tags = _check_tags(tags)
-            if stage is not None and stage != row.stage:
-                _check_stage(stage)
-                if stage == "production":
-                    self._archive_production(s, model.id)
-                row.stage = stage
+                row.tags = tags
             s.flush()
             s.refresh(row)
             info = _version_info(row, model)
@@ -335,8 +344,9 @@ class Registry:
         for info in infos:
             for hook in self.on_version_removed:
                 hook(info)
-            if not self._blob_referenced(info.sha256):
-                self._artifacts.delete(info.sha256)
+            with self._blob_lock:
+                if not self._blob_referenced(info.sha256):
+                    self._artifacts.delete(info.sha256)
 
     def _blob_referenced(self, sha256: str) -> bool:
         with self._db.read() as s:

@@ -265,7 +265,8 @@ def _read_parquet(path: Path) -> Table:
     try:
         arrow_table = pq.read_table(path, use_threads=False)
     except (pa.ArrowException, OSError) as exc:
-        raise ValidationFailed(f"malformed Parquet file: {_arrow_message(str(exc))}") from exc
+        message = str(exc).replace(str(path), "the upload")
+        raise ValidationFailed(f"malformed Parquet file: {_arrow_message(message)}") from exc
     return _from_arrow(arrow_table)
 
 

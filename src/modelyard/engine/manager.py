@@ -1,6 +1,16 @@
-"""The model manager: loads versions on demand, shares concurrent loads, runs inference off the
-event loop, and keeps loaded versions within a memory budget (least recently used first out,
-never one with requests in flight, never a pinned one)."""
+"""The model manager: loads versions on demand, shares concurrent loads, runs inference through a
+per-version dynamic batcher off the event loop, and keeps loaded versions within a memory budget
+(least recently used first out, never one with requests in flight, never a pinned one).
+
+Serving settings (:class:`ServingOptions`) come in layers: server defaults, then the version's
+``config["serving"]`` (or its ``serving`` tag), then a deployment's settings. Each distinct set of
+batching settings of a loaded version gets its own :class:`~modelyard.engine.batcher.DynamicBatcher`
+(so two deployments of one version can batch differently); all of them share the one runtime.
+
+Isolation: a source with ``isolated=True`` loads in a worker process
+(:class:`~modelyard.engine.isolation.ProcessRuntime`) under its own load key, so one version may be
+loaded both ways at once.
+"""
 
 from __future__ import annotations
 
@@ -8,26 +18,99 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from modelyard.errors import ModelYardError, Unavailable
+from modelyard.engine.batcher import DynamicBatcher, batching_default
+from modelyard.errors import Unavailable, ValidationFailed
 from modelyard.metrics import Metrics
 from modelyard.runtimes.base import Runtime, RuntimeOptions, load_runtime
+from modelyard.tensors import TensorSpec, numpy_dtype
 
-__all__ = ["ModelManager", "LoadedModel", "ModelSource"]
+__all__ = [
+    "ModelManager",
+    "LoadedModel",
+    "ModelSource",
+    "ServingOptions",
+    "RuntimeLoader",
+    "ISOLATION_MODES",
+]
 
 log = logging.getLogger(__name__)
+
+ISOLATION_MODES = ("thread", "process")
+
+#: ``loader(format, path, options, metadata) -> Runtime``; :func:`load_runtime` by default.
+RuntimeLoader = Callable[[str, Path, RuntimeOptions, dict[str, Any]], Runtime]
+
+
+@dataclass(frozen=True, slots=True)
+class ServingOptions:
+    """How one version is served: batching, executors, isolation, queue limit and timeout.
+
+    ``batching=None`` means "on when every input's first dimension is dynamic". ``instances`` is
+    the number of batches of the version that compute at once; ONNX Runtime gets
+    ``cores // instances`` intra-op threads so the instances do not oversubscribe the cores.
+    """
+
+    batching: bool | None = None
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 2.0
+    max_queue_size: int = 256
+    instances: int = 1
+    isolation: str = "thread"
+    timeout_s: float | None = None
+
+    def merged(self, overrides: Mapping[str, Any] | None) -> ServingOptions:
+        """A copy with ``overrides`` applied; :class:`ValidationFailed` names a bad field."""
+        if not overrides:
+            return self
+        known = {f.name for f in fields(self)}
+        changes: dict[str, Any] = {}
+        for name, value in overrides.items():
+            if name not in known:
+                raise ValidationFailed(
+                    f"unknown serving setting {name!r}; expected one of {', '.join(sorted(known))}",
+                    details={"field": name},
+                )
+            if value is not None:
+                changes[name] = value
+        result = replace(self, **changes)
+        result.check()
+        return result
+
+    def check(self) -> None:
+        """Raise :class:`ValidationFailed` when a setting is out of range."""
+        problems = {
+            "batching": self.batching is not None and not isinstance(self.batching, bool),
+            "max_batch_size": not isinstance(self.max_batch_size, int) or not 1 <= self.max_batch_size <= 4096,
+            "max_queue_delay_ms": not isinstance(self.max_queue_delay_ms, (int, float))
+            or not 0 <= self.max_queue_delay_ms <= 10_000,
+            "max_queue_size": not isinstance(self.max_queue_size, int) or not 1 <= self.max_queue_size <= 1_000_000,
+            "instances": not isinstance(self.instances, int) or not 1 <= self.instances <= 64,
+            "isolation": self.isolation not in ISOLATION_MODES,
+            "timeout_s": self.timeout_s is not None
+            and (not isinstance(self.timeout_s, (int, float)) or not 0 < self.timeout_s <= 3600),
+        }
+        for name, bad in problems.items():
+            if bad:
+                raise ValidationFailed(f"serving setting {name!r} is out of range", details={"field": name})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True, slots=True)
 class ModelSource:
-    """What the manager needs to load one version: identity, format, a path and metadata."""
+    """What the manager needs to load one version: identity, format, a path and metadata.
+
+    ``inputs`` (the signature) decides the batching default; ``isolated`` loads it in a worker
+    process under a separate load key.
+    """
 
     key: str
     name: str
@@ -36,10 +119,45 @@ class ModelSource:
     path: Callable[[], Path]
     config: dict[str, Any] = field(default_factory=dict)
     size_hint: int = 0
+    inputs: tuple[TensorSpec, ...] = ()
+    isolated: bool = False
+
+    @property
+    def load_key(self) -> str:
+        return f"{self.key}@process" if self.isolated else self.key
+
+
+class _Observer:
+    """Batch metrics of one version, with the labelled children looked up once."""
+
+    __slots__ = ("_batch", "_wait", "_compute", "_reject", "_depth")
+
+    def __init__(self, metrics: Metrics, name: str, version: str) -> None:
+        self._batch = metrics.batch_size.labels(name, version)
+        self._wait = metrics.queue_wait.labels(name, version)
+        self._compute = metrics.compute.labels(name, version)
+        self._reject = metrics.rejections.labels(name, version, "queue_full")
+        self._depth = metrics.queue_depth.labels(name, version)
+
+    def on_batch(self, size: int, queue_wait_s: float, compute_s: float) -> None:
+        self._batch.observe(size)
+        self._wait.observe(queue_wait_s)
+        self._compute.observe(compute_s)
+
+    def on_reject(self) -> None:
+        self._reject.inc()
+
+    def queue_depth(self, n: int) -> None:
+        self._depth.set(n)
+
+
+_BatchKey = tuple[int, float, int, int]
 
 
 @dataclass
 class LoadedModel:
+    """A loaded version: its runtime, its batchers, and what the budget needs to know."""
+
     source: ModelSource
     runtime: Runtime
     memory_bytes: int
@@ -47,10 +165,57 @@ class LoadedModel:
     in_flight: int = 0
     pinned: bool = False
     last_used: float = field(default_factory=time.monotonic)
+    batchers: dict[_BatchKey, DynamicBatcher] = field(default_factory=dict)
+    observer: _Observer | None = None
+    retired: bool = False
+
+    def batcher(self, options: ServingOptions) -> DynamicBatcher:
+        """The batcher for ``options`` (made on first use)."""
+        batching = options.batching
+        if batching is None:
+            batching = batching_default(list(self.source.inputs or self.runtime.inputs))
+        key = (
+            options.max_batch_size if batching else 1,
+            float(options.max_queue_delay_ms) if batching else 0.0,
+            options.max_queue_size,
+            options.instances,
+        )
+        batcher = self.batchers.get(key)
+        if batcher is None:
+            batcher = DynamicBatcher(
+                predict=self.runtime.predict,
+                max_batch_size=key[0],
+                max_queue_delay_ms=key[1],
+                max_queue_size=key[2],
+                instances=key[3],
+                observer=self.observer,
+            )
+            self.batchers[key] = batcher
+        return batcher
+
+
+def _warm_up(runtime: Runtime) -> None:
+    """Run one row of zeros through the model so the first request does not pay for lazy init."""
+    arrays: dict[str, np.ndarray] = {}
+    for spec in runtime.inputs:
+        if spec.datatype == "BYTES" or not spec.shape:
+            return
+        shape = tuple(1 if d < 0 else d for d in spec.shape)
+        arrays[spec.name] = np.zeros(shape, dtype=numpy_dtype(spec.datatype))
+    try:
+        runtime.predict(arrays, None)
+    except Exception as exc:  # a model may legitimately refuse zeros; warm-up is best effort
+        log.debug("warm-up skipped: %s", exc)
 
 
 class ModelManager:
-    """Holds loaded runtimes keyed by version identity."""
+    """Holds loaded runtimes keyed by load key; see the module docstring.
+
+    ``cores`` is what ONNX Runtime thread counts are derived from; ``defaults`` the server-wide
+    :class:`ServingOptions`; ``max_in_flight`` the server-wide bound on queued plus computing
+    requests (beyond it the server is saturated: 503 with ``Retry-After``). ``loader`` builds a
+    runtime (process isolation wraps it); ``warm_up`` runs one zero row after each load.
+    """
 
     def __init__(
         self,
@@ -58,110 +223,219 @@ class ModelManager:
         options: RuntimeOptions,
         memory_budget_bytes: int,
         metrics: Metrics,
-        executor: ThreadPoolExecutor | None = None,
+        cores: int | None = None,
+        defaults: ServingOptions | None = None,
+        max_in_flight: int = 4096,
+        drain_timeout_s: float = 20.0,
+        loader: RuntimeLoader = load_runtime,
+        warm_up: bool = True,
+        executor: Any = None,
     ) -> None:
         self._options = options
+        self._cores = cores or max(1, options.intra_op_threads)
         self._budget = memory_budget_bytes
         self._metrics = metrics
-        self._executor = executor or ThreadPoolExecutor(max_workers=4, thread_name_prefix="modelyard-infer")
+        self._defaults = defaults or ServingOptions()
+        self._max_in_flight = max_in_flight
+        self._drain_s = drain_timeout_s
+        self._loader = loader
+        self._warm_up = warm_up
+        self._executor = executor  # None: the loop's default executor loads models
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loading: dict[str, asyncio.Future[LoadedModel]] = {}
+        self._generation: dict[str, int] = {}
+        self._pinned: set[str] = set()
         self._lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._total_in_flight = 0
+        self._memory = 0
+        self._trimming = False
+        self._saturated = metrics.rejections.labels("*", "*", "saturated")
 
     # -- state -----------------------------------------------------------------------------
     @property
+    def defaults(self) -> ServingOptions:
+        return self._defaults
+
+    @property
+    def memory_budget(self) -> int:
+        return self._budget
+
+    @property
     def memory_in_use(self) -> int:
-        return sum(m.memory_bytes for m in self._loaded.values())
+        return self._memory
+
+    @property
+    def in_flight(self) -> int:
+        """Requests queued or computing in every version."""
+        return self._total_in_flight
 
     def is_loaded(self, key: str) -> bool:
-        return key in self._loaded
+        """Whether a version (by version key or load key) is loaded in any isolation mode."""
+        return any(m.source.key == key or lk == key for lk, m in self._loaded.items())
 
     def loaded(self) -> list[LoadedModel]:
         return list(self._loaded.values())
 
+    def runtime_options(self, instances: int) -> RuntimeOptions:
+        """Thread settings for a version served by ``instances`` executors on ``cores`` cores."""
+        return replace(
+            self._options, intra_op_threads=max(1, self._cores // max(1, instances)), inter_op_threads=1
+        )
+
     # -- loading ---------------------------------------------------------------------------
-    async def acquire(self, source: ModelSource) -> LoadedModel:
-        """The loaded model for ``source``, loading it first if needed.
+    async def acquire(self, source: ModelSource, options: ServingOptions | None = None) -> LoadedModel:
+        """The loaded model for ``source``, loading (and warming) it first if needed.
 
         Concurrent first requests share one load; a failed load is not cached.
         """
-        model = self._loaded.get(source.key)
+        key = source.load_key
+        model = self._loaded.get(key)
         if model is not None:
-            self._loaded.move_to_end(source.key)
+            self._loaded.move_to_end(key)
             model.last_used = time.monotonic()
             return model
-        fut = self._loading.get(source.key)
+        self._loop = asyncio.get_running_loop()
+        fut = self._loading.get(key)
         if fut is None:
-            fut = asyncio.get_running_loop().create_future()
-            self._loading[source.key] = fut
+            fut = self._loop.create_future()
+            self._loading[key] = fut
             try:
-                model = await self._load(source)
+                model = await self._load(source, options or self._defaults)
             except BaseException as exc:
                 fut.set_exception(exc)
                 fut.exception()  # mark retrieved: waiters get it, nobody logs it twice
                 raise
             finally:
-                self._loading.pop(source.key, None)
+                self._loading.pop(key, None)
             fut.set_result(model)
             return model
         return await asyncio.shield(fut)
 
-    async def _load(self, source: ModelSource) -> LoadedModel:
+    async def _load(self, source: ModelSource, options: ServingOptions) -> LoadedModel:
         loop = asyncio.get_running_loop()
+        generation = self._generation.get(source.key, 0)
         await self._make_room(source.size_hint * 2)
         started = time.perf_counter()
+        runtime_options = self.runtime_options(options.instances)
 
         def load() -> Runtime:
-            return load_runtime(source.format, source.path(), self._options, source.config)
+            path = source.path()
+            runtime: Runtime
+            if source.isolated:
+                from modelyard.engine.isolation import ProcessRuntime
+
+                runtime = ProcessRuntime(
+                    fmt=source.format, path=path, options=runtime_options, metadata=source.config,
+                    worker_threads=options.instances,
+                )
+            else:
+                runtime = self._loader(source.format, path, runtime_options, source.config)
+            if self._warm_up:
+                _warm_up(runtime)
+            return runtime
 
         runtime = await loop.run_in_executor(self._executor, load)
         elapsed = time.perf_counter() - started
-        model = LoadedModel(source, runtime, runtime.memory_bytes(), elapsed)
+        if self._generation.get(source.key, 0) != generation:
+            await loop.run_in_executor(self._executor, runtime.close)
+            raise Unavailable("the model version was removed while it was loading", retry_after=1.0)
+        model = LoadedModel(
+            source, runtime, runtime.memory_bytes(), elapsed,
+            pinned=source.key in self._pinned or source.load_key in self._pinned,
+            observer=_Observer(self._metrics, source.name, source.version),
+        )
         async with self._lock:
-            self._loaded[source.key] = model
+            self._loaded[source.load_key] = model
+            self._memory += model.memory_bytes
         self._metrics.load_seconds.labels(source.name, source.version).observe(elapsed)
         self._metrics.loads.labels(source.name, source.version).inc()
         self._update_gauges()
         log.info("loaded %s:%s in %.3fs", source.name, source.version, elapsed)
-        await self._make_room(0)
+        await self._make_room(0, keep=source.load_key)
         return model
 
-    async def _make_room(self, incoming: int) -> None:
+    async def _make_room(self, incoming: int, *, keep: str | None = None) -> None:
         """Unload least recently used idle, unpinned versions until ``incoming`` fits."""
         async with self._lock:
             while self.memory_in_use + incoming > self._budget:
                 victim = next(
-                    (m for m in self._loaded.values() if m.in_flight == 0 and not m.pinned), None
+                    (
+                        m for k, m in self._loaded.items()
+                        if m.in_flight == 0 and not m.pinned and k != keep
+                    ),
+                    None,
                 )
                 if victim is None:
-                    if incoming and self.memory_in_use + incoming > self._budget and not self._loaded:
-                        break
-                    if incoming:
+                    if incoming and self._loaded and any(not m.pinned for m in self._loaded.values()):
                         raise Unavailable(
                             "memory budget exhausted by busy or pinned models; retry shortly",
                             retry_after=1.0,
                         )
-                    break
-                self._drop(victim.source.key, reason="evicted")
+                    break  # nothing can go: serve over budget rather than refuse a lone model
+                self._drop(victim.source.load_key, reason="evicted")
 
-    def _drop(self, key: str, *, reason: str) -> None:
-        model = self._loaded.pop(key, None)
+    def _drop(self, load_key: str, *, reason: str) -> None:
+        model = self._loaded.pop(load_key, None)
         if model is None:
             return
+        model.retired = True
+        self._memory -= model.memory_bytes
         self._metrics.unloads.labels(model.source.name, model.source.version, reason).inc()
+        self._update_gauges()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._close_runtime(model)
+            return
+        task = loop.create_task(self._retire(model))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, model: LoadedModel) -> None:
+        """Let requests in flight finish, then close the batchers and the runtime."""
+        for batcher in list(model.batchers.values()):
+            await batcher.close(self._drain_s)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close_runtime, model)
+
+    @staticmethod
+    def _close_runtime(model: LoadedModel) -> None:
         try:
             model.runtime.close()
         except Exception:  # a runtime that fails to close must not break unloading
-            log.exception("closing %s failed", key)
-        self._update_gauges()
+            log.exception("closing %s failed", model.source.key)
 
     def unload(self, key: str) -> None:
-        """Forget a loaded version (after a delete). In-flight calls keep their runtime."""
-        self._drop(key, reason="deleted")
+        """Forget a version (after a delete), in every isolation mode; thread-safe.
+
+        Requests in flight finish on the old runtime; a load of it in progress is discarded.
+        """
+        loop = self._loop
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if loop is not None and loop.is_running() and not on_loop:
+            loop.call_soon_threadsafe(self._unload, key)
+        else:
+            self._unload(key)
+
+    def _unload(self, key: str) -> None:
+        self._generation[key] = self._generation.get(key, 0) + 1
+        for load_key, model in list(self._loaded.items()):
+            if model.source.key == key or load_key == key:
+                self._drop(load_key, reason="deleted")
 
     def pin(self, key: str, pinned: bool = True) -> None:
-        if key in self._loaded:
-            self._loaded[key].pinned = pinned
+        """Keep a version (by version key) loaded regardless of the budget, or release it."""
+        if pinned:
+            self._pinned.add(key)
+        else:
+            self._pinned.discard(key)
+        for model in self._loaded.values():
+            if model.source.key == key or model.source.load_key == key:
+                model.pinned = pinned
 
     def _update_gauges(self) -> None:
         self._metrics.loaded_models.set(len(self._loaded))
@@ -169,20 +443,63 @@ class ModelManager:
 
     # -- inference -------------------------------------------------------------------------
     async def predict(
-        self, source: ModelSource, inputs: dict[str, np.ndarray], output_names: list[str] | None
+        self,
+        source: ModelSource,
+        inputs: dict[str, np.ndarray],
+        output_names: list[str] | None,
+        *,
+        options: ServingOptions | None = None,
+        timeout_s: float | None = None,
     ) -> dict[str, np.ndarray]:
-        model = await self.acquire(source)
-        model.in_flight += 1
-        try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, model.runtime.predict, inputs, output_names)
-        except ModelYardError:
-            raise
-        finally:
-            model.in_flight -= 1
-            model.last_used = time.monotonic()
+        """Run ``inputs`` through the version's batcher.
 
-    async def close(self) -> None:
+        Raises :class:`Unavailable` (503) when the server is saturated, ``QueueFull`` (429) when
+        the version's queue is full, ``DeadlineExceeded`` (504) after ``timeout_s`` (default:
+        ``options.timeout_s``), and what the model raised for this request alone.
+        """
+        if self._total_in_flight >= self._max_in_flight:
+            self._saturated.inc()
+            raise Unavailable("the server is saturated; retry shortly", retry_after=1.0)
+        opts = options or self._defaults
+        self._total_in_flight += 1
+        try:
+            model = await self.acquire(source, opts)
+            while model.retired:  # evicted between its load and this request: load it again
+                model = await self.acquire(source, opts)
+            batcher = model.batcher(opts)
+            model.in_flight += 1
+            try:
+                return await batcher.submit(
+                    inputs, output_names, timeout_s=timeout_s if timeout_s is not None else opts.timeout_s
+                )
+            finally:
+                model.in_flight -= 1
+                model.last_used = time.monotonic()
+                if self._memory > self._budget and not self._trimming:
+                    self._trim_soon()
+        finally:
+            self._total_in_flight -= 1
+
+    def _trim_soon(self) -> None:
+        """Over budget (loads raced with busy versions): unload idle ones once they finish."""
+        self._trimming = True
+
+        async def trim() -> None:
+            try:
+                await self._make_room(0)
+            finally:
+                self._trimming = False
+
+        task = asyncio.get_running_loop().create_task(trim())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def close(self, drain_timeout_s: float | None = None) -> None:
+        """Drain every batcher (up to ``drain_timeout_s``) and unload everything."""
+        if drain_timeout_s is not None:
+            self._drain_s = drain_timeout_s
         for key in list(self._loaded):
             self._drop(key, reason="shutdown")
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+

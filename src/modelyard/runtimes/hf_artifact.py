@@ -7,7 +7,8 @@ archive's sha256). The serving side extracts it once into a cache folder keyed b
 folder; :func:`inspect` accepts either the archive (extracted safely into a temporary folder
 that is always removed) or a folder.
 
-The task comes from the version's metadata ``task`` (set at upload) and must fit the format.
+The task comes from the version's metadata ``task`` (set at upload, where it is checked against
+the format), else from the folder's ``config.json``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from modelyard.errors import InvalidArtifact
 from modelyard.runtimes.base import ArtifactInfo, Runtime, RuntimeOptions
-from modelyard.runtimes.hf import FORMAT_FOR_TASK, HFModelInfo, inspect_model_folder, model_root
+from modelyard.runtimes.hf import HFModelInfo, inspect_model_folder, model_root
 from modelyard.store.archives import extract_archive
 from modelyard.tensors import TensorSpec
 
@@ -81,9 +82,6 @@ def inspect(path: Path, metadata: dict[str, Any]) -> ArtifactInfo:
     else:
         limit = int(metadata.get("max_extracted_bytes", 64 * 1024**3))
         info = inspect_archive(path, task=task, max_bytes=limit)
-    wanted = metadata.get("format")
-    if wanted is not None and wanted != FORMAT_FOR_TASK[info.task]:
-        raise InvalidArtifact(f"the folder holds a {info.task} model, not {wanted}")
     return describe(info)
 
 

@@ -67,10 +67,15 @@ class OnnxRuntime:
         for spec in self.inputs:
             value = inputs[spec.name]
             if spec.datatype == "BYTES":
-                value = np.array(
-                    [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in value.ravel()],
-                    dtype=object,
-                ).reshape(value.shape)
+                try:
+                    value = np.array(
+                        [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in value.ravel()],
+                        dtype=object,
+                    ).reshape(value.shape)
+                except UnicodeDecodeError:  # ONNX strings are UTF-8; a caller's bytes may not be
+                    raise InvalidInput(
+                        f"input {spec.name!r}: ONNX string tensors take UTF-8 text; an element is not valid UTF-8"
+                    ) from None
             feed[spec.name] = value
         try:
             results = self._session.run(names, feed)

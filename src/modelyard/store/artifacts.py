@@ -16,11 +16,14 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import anyio
 
 from modelyard.errors import InternalError, PayloadTooLarge
+
+if TYPE_CHECKING:
+    from modelyard.store.encryption import Encryption
 
 __all__ = ["ArtifactStore", "StagedFile", "CorruptArtifact"]
 
@@ -58,10 +61,16 @@ def _too_large(limit: int) -> PayloadTooLarge:
 
 
 class ArtifactStore:
-    """Blobs under ``root/blobs/<2 hex>/<sha256>``; staging under ``root/tmp``."""
+    """Blobs under ``root/blobs/<2 hex>/<sha256>``; staging under ``root/tmp``.
 
-    def __init__(self, root: Path) -> None:
+    With ``encryption`` (see :mod:`modelyard.store.encryption`), committed blobs are stored
+    encrypted and :meth:`verified_path` returns a verified plaintext copy; names stay the sha256
+    of the plaintext.
+    """
+
+    def __init__(self, root: Path, *, encryption: Encryption | None = None) -> None:
         self.root = root
+        self.encryption = encryption
         self.blobs = root / "blobs"
         self.tmp = root / "tmp"
         self.blobs.mkdir(parents=True, exist_ok=True)
@@ -142,13 +151,19 @@ class ArtifactStore:
             staged.discard()
             return final
         final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged.path, final)
+        if self.encryption is not None:
+            try:
+                self.encryption.encrypt_file(staged.path, final, staged.sha256)
+            finally:
+                staged.discard()
+        else:
+            os.replace(staged.path, final)
         _fsync_dir(final.parent)
         return final
 
     # -- reading ---------------------------------------------------------------------------
     def path_for(self, sha256: str) -> Path:
-        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        if not _is_sha256(sha256):
             raise ValueError(f"not a sha256: {sha256!r}")
         return self.blobs / sha256[:2] / sha256
 
@@ -162,6 +177,8 @@ class ArtifactStore:
             st = path.stat()
         except FileNotFoundError:
             raise CorruptArtifact(f"artifact {sha256} is missing from the store") from None
+        if self.encryption is not None and self.encryption.has_key(sha256):
+            return self.encryption.plaintext(path, sha256)
         stamp = (st.st_size, st.st_mtime_ns)
         if self._verified.get(sha256) != stamp:
             if file_sha256(path) != sha256:
@@ -173,26 +190,42 @@ class ArtifactStore:
     def delete(self, sha256: str) -> None:
         self.path_for(sha256).unlink(missing_ok=True)
         self._verified.pop(sha256, None)
+        if self.encryption is not None:
+            self.encryption.forget(sha256)
 
     def all_blobs(self) -> Iterator[str]:
+        """The hashes of every blob in the store (files not named by a sha256 are skipped)."""
         for sub in self.blobs.iterdir():
             if sub.is_dir():
                 for blob in sub.iterdir():
-                    yield blob.name
+                    if _is_sha256(blob.name) and blob.name[:2] == sub.name:
+                        yield blob.name
 
     def gc(self, referenced: set[str], *, grace_s: float = 600.0) -> list[str]:
         """Remove staged files and unreferenced blobs older than ``grace_s`` seconds."""
         now = time.time()
         removed: list[str] = []
         for part in self.tmp.iterdir():
-            if now - part.stat().st_mtime > grace_s:
+            if now - _mtime(part, default=now) > grace_s:
                 part.unlink(missing_ok=True)
         for sha in list(self.all_blobs()):
             path = self.blobs / sha[:2] / sha
-            if sha not in referenced and now - path.stat().st_mtime > grace_s:
+            if sha not in referenced and now - _mtime(path, default=now) > grace_s:
                 self.delete(sha)
                 removed.append(sha)
         return removed
+
+
+def _is_sha256(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
+def _mtime(path: Path, *, default: float) -> float:
+    """A file's mtime, or ``default`` when it vanished meanwhile (a staged file committed)."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return default
 
 
 def file_sha256(path: Path) -> str:

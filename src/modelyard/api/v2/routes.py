@@ -11,10 +11,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
-from modelyard.api.deps import PlatformDep, PrincipalDep
+from modelyard.api.deps import PlatformDep, PrincipalDep, platform_of
 from modelyard.api.errors import ERROR_SCHEMA
-from modelyard.api.v2.codec import decode_infer_request, encode_infer_response
-from modelyard.errors import InvalidInput, PayloadTooLarge
+from modelyard.api.v2.infer import ClientGone, read_body, run_infer
+from modelyard.core.principal import Principal
 
 __all__ = ["router", "health_router"]
 
@@ -25,7 +25,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 health_router = APIRouter(prefix="/v2/health", tags=["OIP v2"])
 router = APIRouter(prefix="/v2", tags=["OIP v2"], responses=_ERRORS)
 
-_HEADER = "inference-header-content-length"
 
 
 @health_router.get("/live", summary="Server liveness (no key needed)")
@@ -74,43 +73,19 @@ async def version_ready(
     return await _ready(platform, principal, model_name, model_version)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _infer(
-    request: Request, platform: PlatformDep, principal: PrincipalDep, name: str, version: str | None
-) -> Response:
-    body = await _read_body(request, platform.settings.max_request_bytes)
-    raw_header = request.headers.get(_HEADER)
-    header_length: int | None = None
-    if raw_header is not None:
-        if not raw_header.isdigit():
-            raise InvalidInput(f"Inference-Header-Content-Length must be a non-negative integer, got {raw_header!r}")
-        header_length = int(raw_header)
-    infer_request = decode_infer_request(body, header_length)
-    response = await platform.dataplane.infer(principal, name, version, infer_request, protocol="rest")
-    binary_default = bool(infer_request.parameters.get("binary_data_output", False))
-    payload, json_length = encode_infer_response(
-        response, requested=infer_request.outputs, binary_default=binary_default
-    )
-    if json_length is None:
-        return Response(payload, media_type="application/json")
-    return Response(
-        payload,
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(json_length)},
-    )
+async def _infer(request: Request, principal: Principal, name: str, version: str | None) -> Response:
+    platform = platform_of(request)
+    try:
+        body = await read_body(
+            request.receive, request.headers.get("content-length"), platform.settings.max_request_bytes
+        )
+        status, headers, payload = await run_infer(
+            platform, principal, name, version, body,
+            request.headers.get("inference-header-content-length"), request.receive,
+        )
+    except ClientGone:
+        return Response(status_code=499)  # nobody reads it; the work was cancelled
+    return Response(payload, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
 
 
 _INFER_DOC = {
@@ -130,8 +105,8 @@ _INFER_DOC = {
 
 
 @router.post("/models/{model_name}/infer", summary="Inference (JSON or binary tensors)", openapi_extra=_INFER_DOC)
-async def infer(model_name: str, request: Request, platform: PlatformDep, principal: PrincipalDep) -> Response:
-    return await _infer(request, platform, principal, model_name, None)
+async def infer(model_name: str, request: Request, principal: PrincipalDep) -> Response:
+    return await _infer(request, principal, model_name, None)
 
 
 @router.post(
@@ -140,6 +115,6 @@ async def infer(model_name: str, request: Request, platform: PlatformDep, princi
     openapi_extra=_INFER_DOC,
 )
 async def infer_version(
-    model_name: str, model_version: str, request: Request, platform: PlatformDep, principal: PrincipalDep
+    model_name: str, model_version: str, request: Request, principal: PrincipalDep
 ) -> Response:
-    return await _infer(request, platform, principal, model_name, model_version)
+    return await _infer(request, principal, model_name, model_version)

@@ -1,0 +1,118 @@
+"""Pure ASGI middleware: request ids and the audit trail.
+
+``RequestIdMiddleware`` echoes a caller's ``X-Request-ID`` (when it is a short token) or makes
+one, stores it in ``scope["state"]["request_id"]`` and sends it back on every response.
+
+``AuditMiddleware`` records every mutating call (anything but GET, HEAD, OPTIONS) and every
+authentication or authorisation failure (401/403 on any method) in the platform's
+:class:`~modelyard.core.audit.AuditLog`: who (key id, role, tenant), action (HTTP method), object
+(path), result (status), time and request id. Reads that succeed cost one dict lookup, so the
+inference hot path stays cheap. Both are plain ASGI (no ``BaseHTTPMiddleware``), so streaming
+responses pass through untouched.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modelyard.core.audit import AuditEntry
+
+__all__ = ["RequestIdMiddleware", "AuditMiddleware", "REQUEST_ID_HEADER"]
+
+REQUEST_ID_HEADER = "x-request-id"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class RequestIdMiddleware:
+    """Give every HTTP request an id and echo it as ``X-Request-ID``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = _header(scope, REQUEST_ID_HEADER.encode())
+        request_id = given if given and _SAFE_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        raw = request_id.encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0].lower() != b"x-request-id"]
+                headers.append((b"x-request-id", raw))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def _is_data_plane(path: str) -> bool:
+    """Inference calls change nothing: they are metered as usage, not audited as mutations."""
+    return (path.startswith("/v2/") and path.endswith("/infer")) or path in _OPENAI_INFERENCE
+
+
+_OPENAI_INFERENCE = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+
+
+class AuditMiddleware:
+    """Record mutations and auth failures; ``scope["app"].state.platform.audit`` receives them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method: str = scope["method"]
+        status: list[int] = [500]
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            code = status[0]
+            if code in (401, 403) or (method not in _READS and not _is_data_plane(scope["path"])):
+                self._record(scope, method, code)
+
+    @staticmethod
+    def _record(scope: Scope, method: str, code: int) -> None:
+        app: Any = scope.get("app")
+        platform = getattr(getattr(app, "state", None), "platform", None)
+        audit = getattr(platform, "audit", None)
+        if audit is None:
+            return
+        state = scope.get("state") or {}
+        principal = state.get("principal")
+        client = scope.get("client")
+        path = scope.get("path", "")
+        query = scope.get("query_string", b"")
+        target = path + ("?" + query.decode("latin-1") if query else "")
+        audit.append(AuditEntry(
+            action=method,
+            object=target,
+            result=code,
+            request_id=str(state.get("request_id", "")),
+            tenant_id=getattr(principal, "tenant_id", None),
+            key_id=getattr(principal, "key_id", None),
+            role=getattr(principal, "role", None),
+            client=f"{client[0]}" if client else "",
+        ))

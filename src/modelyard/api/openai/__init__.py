@@ -1,0 +1,1 @@
+"""The OpenAI-compatible API: ``protocol`` (schemas), ``serving`` (logic), ``routes`` (HTTP)."""

@@ -1,0 +1,223 @@
+"""Deployments: ``/api/v1/deployments``.
+
+A deployment is served at ``/v2/models/{name}/infer`` (REST) and under its name over gRPC; these
+routes create it, change its weights, shadow and serving settings, roll it forward or back, and
+show its live traffic statistics (per-route requests, errors, latency; shadow agreement).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Query, status
+from pydantic import BaseModel, Field
+
+from modelyard.api.deps import PlatformDep, PrincipalDep
+from modelyard.api.schemas import ERRORS, PageOut, StrictBody, page_out
+from modelyard.core.deployments import Deployment
+from modelyard.core.pages import PageRequest
+from modelyard.core.platform import Platform
+from modelyard.core.principal import Principal
+from modelyard.errors import DeploymentNotFound
+
+__all__ = ["router", "deployment_out"]
+
+router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"], responses=ERRORS)
+
+
+class RouteIn(StrictBody):
+    model: str = Field(description="model name")
+    version: int = Field(ge=1, description="version number")
+    weight: float = Field(default=100.0, ge=0, le=1e6, description="relative share of the traffic")
+
+
+class ShadowIn(StrictBody):
+    model: str
+    version: int = Field(ge=1)
+    share: float = Field(default=1.0, ge=0, le=1, description="share of requests mirrored (0..1)")
+
+
+class ServingIn(StrictBody):
+    batching: bool | None = Field(default=None, description="dynamic batching (default: on when the first dim is dynamic)")
+    max_batch_size: int | None = Field(default=None, ge=1, le=4096)
+    max_queue_delay_ms: float | None = Field(default=None, ge=0, le=10_000)
+    max_queue_size: int | None = Field(default=None, ge=1, le=1_000_000)
+    instances: int | None = Field(default=None, ge=1, le=64)
+    isolation: str | None = Field(default=None, description="thread | process")
+    timeout_s: float | None = Field(default=None, gt=0, le=3600)
+
+
+class RollbackIn(StrictBody):
+    max_error_rate: float = Field(default=0.5, ge=0, le=1)
+    window_s: float = Field(default=60.0, gt=0, le=86_400)
+    min_requests: int = Field(default=10, ge=1)
+
+
+class DeploymentIn(StrictBody):
+    name: str
+    description: str = Field(default="", max_length=10_000)
+    routes: list[RouteIn] = Field(min_length=1, max_length=16, description="the first route is the primary")
+    shadow: ShadowIn | None = None
+    serving: ServingIn | None = None
+    rollback: RollbackIn | None = Field(default=None, description="automatic rollback of canaries")
+
+
+class DeploymentPatch(StrictBody):
+    description: str | None = Field(default=None, max_length=10_000)
+    routes: list[RouteIn] | None = Field(default=None, min_length=1, max_length=16)
+    weights: dict[str, float] | None = Field(default=None, description='{"model:version": weight}')
+    shadow: ShadowIn | None = None
+    remove_shadow: bool = False
+    serving: ServingIn | None = None
+    rollback: RollbackIn | None = None
+    remove_rollback: bool = False
+
+
+class PromoteIn(StrictBody):
+    model: str | None = None
+    version: int | None = Field(default=None, ge=1)
+
+
+class RollbackNow(StrictBody):
+    reason: str = Field(default="manual", max_length=500)
+
+
+class DeploymentOut(BaseModel):
+    name: str
+    description: str
+    routes: list[dict[str, Any]]
+    shadow: dict[str, Any] | None
+    serving: dict[str, Any]
+    rollback: dict[str, Any] | None
+    revision: int
+    events: list[dict[str, Any]]
+    stats: dict[str, Any] | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+def deployment_out(d: Deployment, platform: Platform | None = None) -> dict[str, Any]:
+    stats = platform.deployments.stats(d) if platform is not None else None
+    return {
+        "name": d.name,
+        "description": d.description,
+        "routes": [r.to_dict() for r in d.routes],
+        "shadow": d.shadow.to_dict() if d.shadow else None,
+        "serving": d.serving,
+        "rollback": d.rollback.to_dict() if d.rollback else None,
+        "revision": d.revision,
+        "events": list(d.events),
+        "stats": stats,
+        "created_at": d.created_at,
+        "updated_at": d.updated_at,
+    }
+
+
+def _visible(principal: Principal, name: str) -> None:
+    if not principal.in_scope(name):
+        raise DeploymentNotFound(f"deployment {name!r} not found")
+
+
+def _serving(body: ServingIn | None) -> dict[str, Any] | None:
+    return None if body is None else body.model_dump(exclude_none=True)
+
+
+PageQ = Annotated[int, Query(ge=1, description="page number, from 1")]
+SizeQ = Annotated[int, Query(ge=1, le=500, description="items per page")]
+
+
+@router.get("", response_model=PageOut[DeploymentOut], summary="List deployments")
+async def list_deployments(
+    platform: PlatformDep, principal: PrincipalDep, page: PageQ = 1, page_size: SizeQ = 50
+) -> Any:
+    principal.require("deployments:read")
+    result = await anyio.to_thread.run_sync(
+        platform.deployments.list, principal.tenant_id, PageRequest(page, page_size)
+    )
+    if principal.scopes:
+        result.items[:] = [d for d in result.items if principal.in_scope(d.name)]
+    return page_out(result, lambda d: deployment_out(d, platform))
+
+
+@router.post("", response_model=DeploymentOut, status_code=status.HTTP_201_CREATED, summary="Create a deployment")
+async def create_deployment(body: DeploymentIn, platform: PlatformDep, principal: PrincipalDep) -> Any:
+    principal.require("deployments:write")
+    _visible(principal, body.name)
+
+    def work() -> Deployment:
+        return platform.deployments.create(
+            principal.tenant_id, body.name,
+            routes=[r.model_dump() for r in body.routes],
+            shadow=body.shadow.model_dump() if body.shadow else None,
+            serving=_serving(body.serving),
+            rollback=body.rollback.model_dump() if body.rollback else None,
+            description=body.description,
+        )
+
+    return deployment_out(await anyio.to_thread.run_sync(work), platform)
+
+
+@router.get("/{name}", response_model=DeploymentOut, summary="Get a deployment and its live statistics")
+async def get_deployment(name: str, platform: PlatformDep, principal: PrincipalDep) -> Any:
+    principal.require("deployments:read")
+    _visible(principal, name)
+    deployment = await anyio.to_thread.run_sync(platform.deployments.get, principal.tenant_id, name)
+    return deployment_out(deployment, platform)
+
+
+@router.patch("/{name}", response_model=DeploymentOut, summary="Change routes, weights, shadow or settings")
+async def patch_deployment(name: str, body: DeploymentPatch, platform: PlatformDep, principal: PrincipalDep) -> Any:
+    principal.require("deployments:write")
+    _visible(principal, name)
+
+    def work() -> Deployment:
+        deployments = platform.deployments
+        tenant = principal.tenant_id
+        changes: dict[str, Any] = {}
+        if body.routes is not None:
+            changes["routes"] = [r.model_dump() for r in body.routes]
+        if body.shadow is not None or body.remove_shadow:
+            changes["shadow"] = None if body.remove_shadow else body.shadow.model_dump()  # type: ignore[union-attr]
+        if body.serving is not None:
+            changes["serving"] = _serving(body.serving)
+        if body.rollback is not None or body.remove_rollback:
+            changes["rollback"] = None if body.remove_rollback else body.rollback.model_dump()  # type: ignore[union-attr]
+        if body.description is not None:
+            changes["description"] = body.description
+        result: Deployment | None = None
+        if changes:
+            result = deployments.update(tenant, name, **changes)
+        if body.weights is not None:
+            result = deployments.set_weights(tenant, name, body.weights)
+        return result or deployments.get(tenant, name)
+
+    return deployment_out(await anyio.to_thread.run_sync(work), platform)
+
+
+@router.post("/{name}/promote", response_model=DeploymentOut, summary="Roll forward: one route takes all traffic")
+async def promote(name: str, body: PromoteIn, platform: PlatformDep, principal: PrincipalDep) -> Any:
+    principal.require("deployments:write")
+    _visible(principal, name)
+    result = await anyio.to_thread.run_sync(
+        lambda: platform.deployments.promote(principal.tenant_id, name, body.model, body.version)
+    )
+    return deployment_out(result, platform)
+
+
+@router.post("/{name}/rollback", response_model=DeploymentOut, summary="Roll back: all traffic to the primary")
+async def rollback(name: str, body: RollbackNow, platform: PlatformDep, principal: PrincipalDep) -> Any:
+    principal.require("deployments:write")
+    _visible(principal, name)
+    result = await anyio.to_thread.run_sync(
+        lambda: platform.deployments.rollback(principal.tenant_id, name, reason=body.reason)
+    )
+    return deployment_out(result, platform)
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a deployment")
+async def delete_deployment(name: str, platform: PlatformDep, principal: PrincipalDep) -> None:
+    principal.require("deployments:write")
+    _visible(principal, name)
+    await anyio.to_thread.run_sync(platform.deployments.delete, principal.tenant_id, name)

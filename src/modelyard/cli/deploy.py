@@ -1,0 +1,149 @@
+"""``modelyard deploy``: create and change deployments (canary weights, shadow, rollback)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from modelyard.cli._common import client, handles_errors, print_json, print_table
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="deploy",
+    help=(
+        "Serve models under a deployment name with canary weights, a shadow and serving settings.\n\n"
+        "Routes are `MODEL:VERSION[=WEIGHT]`; the first is the primary. A deployment `web` is "
+        "called like a model: `/v2/models/web/infer`."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _route(text: str) -> dict[str, Any]:
+    target, _, weight = text.partition("=")
+    model, sep, version = target.rpartition(":")
+    if not sep or not model or not version.isdigit():
+        raise typer.BadParameter(f"expected MODEL:VERSION[=WEIGHT], got {text!r}")
+    try:
+        w = float(weight) if weight else 100.0
+    except ValueError:
+        raise typer.BadParameter(f"weight must be a number in {text!r}") from None
+    return {"model": model, "version": int(version), "weight": w}
+
+
+def _show(dep: Any, json_out: bool) -> None:
+    if json_out:
+        print_json(dep.to_dict())
+        return
+    stats = {f"{r['model']}:{r['version']}": r for r in (dep.stats or {}).get("routes", [])}
+    rows = []
+    for r in dep.routes:
+        label = f"{r['model']}:{r['version']}"
+        s = stats.get(label, {})
+        rows.append([label, f"{r['weight']:g}", s.get("requests", 0), s.get("errors", 0)])
+    if dep.shadow:
+        sh = (dep.stats or {}).get("shadow") or {}
+        rows.append([f"{dep.shadow['model']}:{dep.shadow['version']} (shadow)", f"{dep.shadow['share']:g}",
+                     sh.get("requests", 0), f"agreement {sh.get('agreement_rate')}"])
+    print_table(["route", "weight", "requests", "errors"], rows, title=f"{dep.name} (revision {dep.revision})")
+
+
+@app.command("create")
+@handles_errors
+def create(
+    name: Annotated[str, typer.Argument(help="Deployment name.")],
+    routes: Annotated[list[str], typer.Argument(help="MODEL:VERSION[=WEIGHT] ..., primary first.")],
+    shadow: Annotated[str | None, typer.Option(help="MODEL:VERSION[=SHARE] mirrored, never returned.")] = None,
+    serving: Annotated[str | None, typer.Option(help='Serving settings as JSON, e.g. {"max_batch_size": 16}.')] = None,
+    max_error_rate: Annotated[float | None, typer.Option(help="Roll canaries back above this error rate.")] = None,
+    window_s: Annotated[float, typer.Option(help="Error-rate window (seconds).")] = 60.0,
+    json_out: JsonFlag = False,
+) -> None:
+    """Create a deployment.
+
+    Example:
+
+        modelyard deploy create web digits:1=90 digits:2=10 --max-error-rate 0.2
+    """
+    shadow_body = None
+    if shadow:
+        s = _route(shadow)
+        shadow_body = {"model": s["model"], "version": s["version"], "share": s["weight"] if "=" in shadow else 1.0}
+    dep = client().deployments.create(
+        name, [_route(r) for r in routes], shadow=shadow_body,
+        serving=json.loads(serving) if serving else None,
+        rollback={"max_error_rate": max_error_rate, "window_s": window_s} if max_error_rate is not None else None,
+    )
+    _show(dep, json_out)
+
+
+@app.command("list")
+@handles_errors
+def list_(json_out: JsonFlag = False) -> None:
+    """List deployments."""
+    deps = list(client().deployments.list())
+    if json_out:
+        print_json([d.to_dict() for d in deps])
+        return
+    print_table(
+        ["name", "routes", "shadow", "revision"],
+        [[d.name, ", ".join(f"{r['model']}:{r['version']}={r['weight']:g}" for r in d.routes),
+          f"{d.shadow['model']}:{d.shadow['version']}" if d.shadow else "", d.revision] for d in deps],
+        empty="no deployments",
+    )
+
+
+@app.command("show")
+@handles_errors
+def show(name: str, json_out: JsonFlag = False) -> None:
+    """Show a deployment with its live traffic statistics."""
+    _show(client().deployments.get(name), json_out)
+
+
+@app.command("weights")
+@handles_errors
+def weights(
+    name: str,
+    routes: Annotated[list[str], typer.Argument(help="MODEL:VERSION=WEIGHT ...")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Change route weights (takes effect at once; requests in flight finish where they are)."""
+    parsed = [_route(r) for r in routes]
+    dep = client().deployments.set_weights(name, {f"{r['model']}:{r['version']}": r["weight"] for r in parsed})
+    _show(dep, json_out)
+
+
+@app.command("promote")
+@handles_errors
+def promote(
+    name: str,
+    target: Annotated[str | None, typer.Argument(help="MODEL:VERSION to promote (default: the last canary).")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Roll forward: one route takes all the traffic."""
+    kwargs: dict[str, Any] = {}
+    if target:
+        r = _route(target)
+        kwargs = {"model": r["model"], "version": r["version"]}
+    _show(client().deployments.promote(name, **kwargs), json_out)
+
+
+@app.command("rollback")
+@handles_errors
+def rollback(name: str, reason: str = "manual", json_out: JsonFlag = False) -> None:
+    """Roll back: all traffic to the primary route."""
+    _show(client().deployments.rollback(name, reason=reason), json_out)
+
+
+@app.command("delete")
+@handles_errors
+def delete(name: str) -> None:
+    """Delete a deployment (the model versions stay)."""
+    client().deployments.delete(name)
+    typer.echo(f"deleted deployment {name}")

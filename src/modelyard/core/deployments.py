@@ -1,0 +1,499 @@
+"""Deployments: named endpoints that route to model versions by weight, mirror to a shadow, and
+carry their own serving settings (batching, instances, isolation, timeout, queue limit).
+
+A deployment is served at ``/v2/models/{deployment}/...`` and over gRPC under its name. Its first
+route is the *primary* (the stable version); any other route is a *canary*. ``rollback`` puts all
+traffic back on the primary; ``promote`` makes one route the only one. With a rollback policy the
+data plane rolls a canary back by itself when its error rate over the window passes the limit.
+
+Every change bumps ``revision`` and replaces the in-memory routing table atomically: a request
+already routed keeps its version (and its batcher), so no change drops a request in flight.
+Queries are scoped by tenant here; rows never leave this module.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from modelyard.core.names import check_name
+from modelyard.core.pages import Page, PageRequest
+from modelyard.core.registry import Registry
+from modelyard.core.routing import ErrorWindow, RouteStats, ShadowStats, WeightedChoice
+from modelyard.engine.manager import ServingOptions
+from modelyard.errors import Conflict, DeploymentNotFound, ValidationFailed
+from modelyard.store.db import Database
+from modelyard.store.tables import DeploymentRow, utcnow
+
+__all__ = [
+    "Deployments",
+    "Deployment",
+    "Route",
+    "Shadow",
+    "RollbackPolicy",
+    "DeploymentTraffic",
+    "MAX_EVENTS",
+]
+
+#: the newest events kept on a deployment (changes, rollbacks)
+MAX_EVENTS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Send ``weight`` (relative) of the traffic to ``model`` version ``version``."""
+
+    model: str
+    version: int
+    weight: float = 100.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}:{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "version": self.version, "weight": self.weight}
+
+
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    """Mirror ``share`` (0..1) of the requests to ``model`` version ``version``."""
+
+    model: str
+    version: int
+    share: float = 1.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}:{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "version": self.version, "share": self.share}
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackPolicy:
+    """Roll back when a canary's error rate over ``window_s`` exceeds ``max_error_rate`` with at
+    least ``min_requests`` requests in the window."""
+
+    max_error_rate: float = 0.5
+    window_s: float = 60.0
+    min_requests: int = 10
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_error_rate": self.max_error_rate, "window_s": self.window_s, "min_requests": self.min_requests}
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    id: str
+    tenant_id: str
+    name: str
+    description: str
+    routes: tuple[Route, ...]
+    shadow: Shadow | None
+    serving: dict[str, Any]
+    rollback: RollbackPolicy | None
+    events: tuple[dict[str, Any], ...]
+    revision: int
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def primary(self) -> Route:
+        return self.routes[0]
+
+
+# -- parsing and validation ---------------------------------------------------------------------
+
+
+def parse_routes(raw: Any) -> tuple[Route, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ValidationFailed("routes must be a non-empty list", details={"field": "routes"})
+    if len(raw) > 16:
+        raise ValidationFailed("a deployment has at most 16 routes", details={"field": "routes"})
+    routes: list[Route] = []
+    for i, item in enumerate(raw):
+        data = item.to_dict() if isinstance(item, Route) else item
+        if not isinstance(data, Mapping) or set(data) - {"model", "version", "weight"}:
+            raise ValidationFailed("each route is {model, version, weight}", details={"field": f"routes.{i}"})
+        try:
+            route = Route(
+                model=check_name(str(data["model"]), field=f"routes.{i}.model"),
+                version=int(data["version"]),
+                weight=float(data.get("weight", 100.0)),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise ValidationFailed(
+                "each route needs a model name, a version number and a weight", details={"field": f"routes.{i}"}
+            ) from None
+        if route.weight < 0 or route.weight > 1e6:
+            raise ValidationFailed("weights are between 0 and 1e6", details={"field": f"routes.{i}.weight"})
+        routes.append(route)
+    if sum(r.weight for r in routes) <= 0:
+        raise ValidationFailed("at least one route needs a positive weight", details={"field": "routes"})
+    if len({r.label for r in routes}) != len(routes):
+        raise ValidationFailed("a version appears in two routes", details={"field": "routes"})
+    return tuple(routes)
+
+
+def parse_shadow(raw: Any) -> Shadow | None:
+    if raw is None:
+        return None
+    data = raw.to_dict() if isinstance(raw, Shadow) else raw
+    if not isinstance(data, Mapping) or set(data) - {"model", "version", "share"}:
+        raise ValidationFailed("shadow is {model, version, share}", details={"field": "shadow"})
+    try:
+        shadow = Shadow(
+            model=check_name(str(data["model"]), field="shadow.model"),
+            version=int(data["version"]),
+            share=float(data.get("share", 1.0)),
+        )
+    except (KeyError, TypeError, ValueError):
+        raise ValidationFailed("shadow needs a model name, a version number and a share", details={"field": "shadow"}) from None
+    if not 0 <= shadow.share <= 1:
+        raise ValidationFailed("shadow.share is between 0 and 1", details={"field": "shadow.share"})
+    return shadow
+
+
+def parse_rollback(raw: Any) -> RollbackPolicy | None:
+    if raw is None:
+        return None
+    data = raw.to_dict() if isinstance(raw, RollbackPolicy) else raw
+    if not isinstance(data, Mapping) or set(data) - {"max_error_rate", "window_s", "min_requests"}:
+        raise ValidationFailed("rollback is {max_error_rate, window_s, min_requests}", details={"field": "rollback"})
+    try:
+        policy = RollbackPolicy(
+            max_error_rate=float(data.get("max_error_rate", 0.5)),
+            window_s=float(data.get("window_s", 60.0)),
+            min_requests=int(data.get("min_requests", 10)),
+        )
+    except (TypeError, ValueError):
+        raise ValidationFailed("rollback settings must be numbers", details={"field": "rollback"}) from None
+    if not 0 <= policy.max_error_rate <= 1 or not 0 < policy.window_s <= 86_400 or not 1 <= policy.min_requests <= 1_000_000:
+        raise ValidationFailed("rollback settings are out of range", details={"field": "rollback"})
+    return policy
+
+
+def parse_serving(raw: Any) -> dict[str, Any]:
+    """Validate serving overrides (the fields of :class:`ServingOptions`) and return them."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ValidationFailed("serving must be an object", details={"field": "serving"})
+    ServingOptions().merged(raw)  # raises ValidationFailed naming the bad field
+    return {k: v for k, v in raw.items() if v is not None}
+
+
+def _deployment(row: DeploymentRow) -> Deployment:
+    return Deployment(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        name=row.name,
+        description=row.description,
+        routes=parse_routes(row.routes),
+        shadow=parse_shadow(row.shadow),
+        serving=dict(row.serving or {}),
+        rollback=parse_rollback(row.rollback),
+        events=tuple(row.events or ()),
+        revision=row.revision,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _event(kind: str, **data: Any) -> dict[str, Any]:
+    return {"at": utcnow().isoformat(), "kind": kind, **data}
+
+
+# -- traffic state ---------------------------------------------------------------------------------
+
+
+@dataclass
+class DeploymentTraffic:
+    """In-memory state of one deployment revision: the route chooser and its statistics."""
+
+    deployment: Deployment
+    choice: WeightedChoice
+    routes: dict[str, RouteStats] = field(default_factory=dict)
+    shadow: ShadowStats = field(default_factory=ShadowStats)
+    rolling_back: bool = False
+
+    @classmethod
+    def of(cls, deployment: Deployment, previous: DeploymentTraffic | None = None) -> DeploymentTraffic:
+        window = deployment.rollback.window_s if deployment.rollback else 60.0
+        stats: dict[str, RouteStats] = {}
+        for route in deployment.routes:
+            old = previous.routes.get(route.label) if previous else None
+            stats[route.label] = old or RouteStats(window=ErrorWindow(window))
+        return cls(
+            deployment=deployment,
+            choice=WeightedChoice([r.weight for r in deployment.routes]),
+            routes=stats,
+            shadow=previous.shadow if previous else ShadowStats(),
+        )
+
+    def pick(self) -> Route:
+        return self.deployment.routes[self.choice.pick()]
+
+    def record(self, route: Route, ok: bool, latency_s: float) -> bool:
+        """Count one outcome; True when it trips the rollback policy (once per revision)."""
+        stats = self.routes.get(route.label)
+        if stats is None:
+            return False
+        stats.requests += 1
+        stats.latency_s += latency_s
+        if not ok:
+            stats.errors += 1
+        if stats.window is not None:
+            stats.window.add(ok)
+        policy = self.deployment.rollback
+        if (
+            ok or policy is None or self.rolling_back or route == self.deployment.primary
+            or stats.window is None
+        ):
+            return False
+        n, errors = stats.window.counts()
+        if n >= policy.min_requests and errors / n > policy.max_error_rate:
+            self.rolling_back = True
+            return True
+        return False
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "routes": [
+                {**r.to_dict(), **self.routes[r.label].to_dict()} for r in self.deployment.routes
+            ],
+            "shadow": self.shadow.to_dict() if self.deployment.shadow else None,
+        }
+
+
+# -- the service -----------------------------------------------------------------------------------
+
+
+class Deployments:
+    """Create, change and look up deployments of every tenant (all methods take the tenant).
+
+    ``lookup`` answers from memory after the first query (``cache_ttl_s``; local changes update
+    it at once), so routing a request costs no database round trip.
+    """
+
+    def __init__(self, db: Database, registry: Registry, *, cache_ttl_s: float = 2.0) -> None:
+        self._db = db
+        self._registry = registry
+        self._ttl = cache_ttl_s
+        self._cache: dict[tuple[str, str], tuple[float, DeploymentTraffic | None]] = {}
+        self._lock = threading.Lock()
+        #: called with each deployment after it changed or was deleted (``None`` after a delete)
+        self.on_change: list[Callable[[str, str, Deployment | None], None]] = []
+
+    # -- reads -------------------------------------------------------------------------------
+    def get(self, tenant_id: str, name: str) -> Deployment:
+        with self._db.read() as s:
+            return _deployment(self._row(s, tenant_id, name))
+
+    @staticmethod
+    def _row(s: Any, tenant_id: str, name: str) -> DeploymentRow:
+        row: DeploymentRow | None = s.scalar(
+            select(DeploymentRow).where(DeploymentRow.tenant_id == tenant_id, DeploymentRow.name == name)
+        )
+        if row is None:
+            raise DeploymentNotFound(f"deployment {name!r} not found")
+        return row
+
+    def list(self, tenant_id: str | None, page: PageRequest = PageRequest()) -> Page[Deployment]:
+        """Deployments of ``tenant_id`` (every tenant's for ``None``: admins), by name."""
+        with self._db.read() as s:
+            query = select(DeploymentRow)
+            count = select(func.count()).select_from(DeploymentRow)
+            if tenant_id is not None:
+                query = query.where(DeploymentRow.tenant_id == tenant_id)
+                count = count.where(DeploymentRow.tenant_id == tenant_id)
+            rows = s.scalars(query.order_by(DeploymentRow.name).offset(page.offset).limit(page.page_size)).all()
+            total = s.scalar(count) or 0
+            return Page([_deployment(r) for r in rows], total, page.page, page.page_size)
+
+    def cached(self, tenant_id: str, name: str) -> tuple[bool, DeploymentTraffic | None]:
+        """``(hit, traffic)`` from memory only: ``hit`` False means "ask :meth:`lookup`"."""
+        entry = self._cache.get((tenant_id, name))
+        if entry is None or time.monotonic() - entry[0] >= self._ttl:
+            return False, None
+        return True, entry[1]
+
+    def stats(self, deployment: Deployment) -> dict[str, Any] | None:
+        """Live traffic statistics of ``deployment`` (``None`` before its first request)."""
+        entry = self._cache.get((deployment.tenant_id, deployment.name))
+        traffic = entry[1] if entry else None
+        if traffic is None or traffic.deployment.id != deployment.id:
+            return None
+        return traffic.stats()
+
+    def lookup(self, tenant_id: str, name: str) -> DeploymentTraffic | None:
+        """The traffic state of deployment ``name``, or ``None`` if there is none (cached)."""
+        hit, traffic = self.cached(tenant_id, name)
+        if hit:
+            return traffic
+        try:
+            deployment: Deployment | None = self.get(tenant_id, name)
+        except DeploymentNotFound:
+            deployment = None
+        return self._remember(tenant_id, name, deployment)
+
+    def _remember(self, tenant_id: str, name: str, deployment: Deployment | None) -> DeploymentTraffic | None:
+        with self._lock:
+            previous = self._cache.get((tenant_id, name))
+            old = previous[1] if previous else None
+            if deployment is None:
+                traffic = None
+            elif old is not None and old.deployment.id == deployment.id and old.deployment.revision == deployment.revision:
+                traffic = old
+            else:
+                keep = old if old is not None and old.deployment.id == deployment.id else None
+                traffic = DeploymentTraffic.of(deployment, keep)
+            if len(self._cache) > 50_000:
+                self._cache.clear()
+            self._cache[(tenant_id, name)] = (time.monotonic(), traffic)
+            return traffic
+
+    # -- writes ------------------------------------------------------------------------------
+    def _check_versions(self, tenant_id: str, routes: tuple[Route, ...], shadow: Shadow | None) -> None:
+        targets: list[Route | Shadow] = [*routes, *([shadow] if shadow else [])]
+        for target in targets:
+            self._registry.get_version(tenant_id, target.model, target.version)
+
+    def create(
+        self,
+        tenant_id: str,
+        name: str,
+        *,
+        routes: Any,
+        shadow: Any = None,
+        serving: Any = None,
+        rollback: Any = None,
+        description: str = "",
+    ) -> Deployment:
+        """Create deployment ``name``; its versions must exist (``VersionNotFound``), the name
+        must be free in the tenant (``Conflict``)."""
+        check_name(name, field="name")
+        parsed_routes = parse_routes(routes)
+        parsed_shadow = parse_shadow(shadow)
+        self._check_versions(tenant_id, parsed_routes, parsed_shadow)
+        row = DeploymentRow(
+            id=str(uuid.uuid4()), tenant_id=tenant_id, name=name, description=description,
+            routes=[r.to_dict() for r in parsed_routes],
+            shadow=parsed_shadow.to_dict() if parsed_shadow else None,
+            serving=parse_serving(serving),
+            rollback=policy.to_dict() if (policy := parse_rollback(rollback)) else None,
+            events=[_event("created", routes=[r.to_dict() for r in parsed_routes])], revision=1,
+            created_at=utcnow(), updated_at=utcnow(),
+        )
+        try:
+            with self._db.transaction() as s:
+                s.add(row)
+                s.flush()
+                result = _deployment(row)
+        except IntegrityError:
+            raise Conflict(f"deployment {name!r} already exists") from None
+        self._changed(tenant_id, name, result)
+        return result
+
+    def update(
+        self,
+        tenant_id: str,
+        name: str,
+        *,
+        event: str = "updated",
+        reason: str | None = None,
+        **changes: Any,
+    ) -> Deployment:
+        """Change any of ``routes``, ``shadow`` (``None`` removes it only when passed),
+        ``serving``, ``rollback``, ``description``; bumps the revision."""
+        unknown = set(changes) - {"routes", "shadow", "serving", "rollback", "description"}
+        if unknown:
+            raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}")
+        with self._db.transaction() as s:
+            row = self._row(s, tenant_id, name)
+            detail: dict[str, Any] = {}
+            routes = parse_routes(changes["routes"]) if "routes" in changes else parse_routes(row.routes)
+            shadow = parse_shadow(changes["shadow"]) if "shadow" in changes else parse_shadow(row.shadow)
+            if "routes" in changes or "shadow" in changes:
+                self._check_versions(tenant_id, routes, shadow)
+            if "routes" in changes:
+                row.routes = [r.to_dict() for r in routes]
+                detail["routes"] = row.routes
+            if "shadow" in changes:
+                row.shadow = shadow.to_dict() if shadow else None
+                detail["shadow"] = row.shadow
+            if "serving" in changes:
+                row.serving = parse_serving(changes["serving"])
+                detail["serving"] = row.serving
+            if "rollback" in changes:
+                policy = parse_rollback(changes["rollback"])
+                row.rollback = policy.to_dict() if policy else None
+                detail["rollback"] = row.rollback
+            if "description" in changes and changes["description"] is not None:
+                row.description = str(changes["description"])
+            if reason:
+                detail["reason"] = reason
+            row.events = [*list(row.events or ())[-(MAX_EVENTS - 1):], _event(event, **detail)]
+            row.revision = row.revision + 1
+            row.updated_at = utcnow()
+            s.flush()
+            result = _deployment(row)
+        self._changed(tenant_id, name, result)
+        return result
+
+    def set_weights(self, tenant_id: str, name: str, weights: Mapping[str, float]) -> Deployment:
+        """Change the weights of existing routes, by ``"model:version"`` label."""
+        current = self.get(tenant_id, name)
+        unknown = set(weights) - {r.label for r in current.routes}
+        if unknown:
+            raise ValidationFailed(f"no route {', '.join(sorted(unknown))} in deployment {name!r}")
+        routes = [Route(r.model, r.version, float(weights.get(r.label, r.weight))) for r in current.routes]
+        return self.update(tenant_id, name, routes=routes, event="weights")
+
+    def promote(self, tenant_id: str, name: str, model: str | None = None, version: int | None = None) -> Deployment:
+        """Roll forward: the named route (default: the last canary) takes all traffic and
+        becomes the primary."""
+        current = self.get(tenant_id, name)
+        if model is None and version is None:
+            target = current.routes[-1]
+        else:
+            matches = [
+                r for r in current.routes
+                if (model is None or r.model == model) and (version is None or r.version == version)
+            ]
+            if len(matches) != 1:
+                raise ValidationFailed(f"name exactly one route of deployment {name!r} to promote")
+            target = matches[0]
+        return self.update(tenant_id, name, routes=[Route(target.model, target.version, 100.0)], event="promoted")
+
+    def rollback(self, tenant_id: str, name: str, *, reason: str = "manual") -> Deployment:
+        """All traffic back to the primary route; canaries are removed."""
+        current = self.get(tenant_id, name)
+        primary = current.primary
+        return self.update(
+            tenant_id, name, routes=[Route(primary.model, primary.version, 100.0)],
+            event="rolled_back", reason=reason,
+        )
+
+    def delete(self, tenant_id: str, name: str) -> Deployment:
+        with self._db.transaction() as s:
+            row = self._row(s, tenant_id, name)
+            result = _deployment(row)
+            s.delete(row)
+        self._changed(tenant_id, name, None)
+        return result
+
+    def _changed(self, tenant_id: str, name: str, deployment: Deployment | None) -> None:
+        self._remember(tenant_id, name, deployment)
+        for hook in self.on_change:
+            hook(tenant_id, name, deployment)

@@ -1,0 +1,245 @@
+"""Rate limits and quotas, enforced in the core so REST, gRPC and the OpenAI API share them.
+
+Two mechanisms:
+
+- **Per key requests/second**: an in-process token bucket per API key (capacity = one second
+  of its rate, at least 1). Each server process enforces the rate on the requests it receives.
+- **Per tenant quotas** (requests/day, generated tokens/day, stored bytes, concurrent jobs,
+  training hours/month): counters in the shared database, bumped with one atomic
+  ``UPDATE quota_counters SET value = value + :k`` per (tenant, counter, window), so the count
+  stays exact under concurrency and across several server processes on one database.
+
+Every refusal is :class:`~modelyard.errors.RateLimited` (HTTP 429) with ``retry_after`` in
+seconds and a message naming the limit. Call :meth:`Limits.check_request` once per inference
+request; training and LLM code call :meth:`Limits.charge_tokens`,
+:meth:`Limits.check_concurrent_jobs`, :meth:`Limits.charge_training_seconds` and
+:meth:`Limits.check_storage`.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from modelyard.core.principal import Principal
+from modelyard.core.tenants import Quotas, TenantService
+from modelyard.errors import RateLimited
+from modelyard.store.db import Database
+from modelyard.store.tables import CounterRow, ModelRow, VersionRow
+
+__all__ = ["Limits", "TokenBucket", "Counters", "day_window", "month_window"]
+
+
+def day_window(now: datetime | None = None) -> tuple[str, float]:
+    """The UTC day's window name and the seconds until it ends."""
+    now = now or datetime.now(timezone.utc)
+    end = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return now.strftime("%Y-%m-%d"), (end - now).total_seconds()
+
+
+def month_window(now: datetime | None = None) -> tuple[str, float]:
+    """The UTC month's window name and the seconds until it ends."""
+    now = now or datetime.now(timezone.utc)
+    first_next = (now.replace(day=1) + timedelta(days=32)).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return now.strftime("%Y-%m"), (first_next - now).total_seconds()
+
+
+@dataclass
+class TokenBucket:
+    """``rate`` tokens per second, holding at most ``capacity``; ``take`` returns the wait in
+    seconds (0 when a token was taken)."""
+
+    rate: float
+    capacity: float
+    tokens: float
+    stamp: float
+
+    @classmethod
+    def new(cls, rate: float) -> TokenBucket:
+        capacity = max(1.0, rate)
+        return cls(rate=rate, capacity=capacity, tokens=capacity, stamp=time.monotonic())
+
+    def take(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class Counters:
+    """Shared counters in the database, one row per (tenant, name, window)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @staticmethod
+    def _bump(s: Session, tenant_id: str, name: str, window: str, amount: float) -> float:
+        where = (CounterRow.tenant_id == tenant_id, CounterRow.name == name, CounterRow.window == window)
+        result = s.execute(update(CounterRow).where(*where).values(value=CounterRow.value + amount))
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            try:
+                with s.begin_nested():
+                    s.add(CounterRow(tenant_id=tenant_id, name=name, window=window, value=amount))
+            except IntegrityError:  # another process inserted it first
+                s.execute(update(CounterRow).where(*where).values(value=CounterRow.value + amount))
+        return float(s.scalar(select(CounterRow.value).where(*where)) or 0.0)
+
+    def add(self, tenant_id: str, name: str, window: str, amount: float, *, limit: float | None = None) -> float:
+        """Add ``amount`` atomically and return the new value; with ``limit`` given, a sum over
+        it is rolled back (nothing counted) and ``_OverLimit`` is raised."""
+        with self._db.transaction() as s:
+            value = self._bump(s, tenant_id, name, window, amount)
+            if limit is not None and value > limit:
+                raise _OverLimit(value - amount)
+            return value
+
+    def get(self, tenant_id: str, name: str, window: str) -> float:
+        with self._db.read() as s:
+            return float(s.scalar(select(CounterRow.value).where(
+                CounterRow.tenant_id == tenant_id, CounterRow.name == name, CounterRow.window == window
+            )) or 0.0)
+
+
+class _OverLimit(Exception):
+    def __init__(self, current: float) -> None:
+        super().__init__(current)
+        self.current = current
+
+
+def _refuse(limit_name: str, limit: float, unit: str, retry_after: float) -> RateLimited:
+    return RateLimited(
+        f"{limit_name} limit reached ({limit:g} {unit}); retry in {math.ceil(retry_after)} s",
+        details={"limit": limit_name, "value": limit},
+        retry_after=max(1.0, retry_after),
+    )
+
+
+class Limits:
+    """The one place rate limits and quotas are checked."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        tenants: TenantService,
+        default_rate: float | None = None,
+        quota_ttl_s: float = 1.0,
+    ) -> None:
+        self._db = db
+        self._tenants = tenants
+        self.counters = Counters(db)
+        self._default_rate = default_rate
+        self._buckets: dict[str, TokenBucket] = {}
+        self._lock = threading.Lock()
+        self._ttl = quota_ttl_s
+        self._quotas: dict[str, tuple[float, Quotas]] = {}
+
+    def quotas(self, tenant_id: str) -> Quotas:
+        """The tenant's quotas (cached for ``quota_ttl_s``)."""
+        hit = self._quotas.get(tenant_id)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        quotas = self._tenants.quotas(tenant_id)
+        self._quotas[tenant_id] = (now, quotas)
+        return quotas
+
+    def forget(self) -> None:
+        """Drop cached quotas (after an admin changed them)."""
+        self._quotas.clear()
+
+    # -- per request -----------------------------------------------------------------------
+    def check_rate(self, principal: Principal) -> None:
+        """The key's requests/second token bucket (in-process, no I/O)."""
+        rate = principal.rate_limit or self._default_rate
+        if not rate:
+            return
+        with self._lock:
+            bucket = self._buckets.get(principal.key_id)
+            if bucket is None or bucket.rate != rate:
+                bucket = self._buckets[principal.key_id] = TokenBucket.new(rate)
+            wait = bucket.take()
+        if wait > 0:
+            raise _refuse("key requests/second", rate, "requests/s", wait)
+
+    def check_request(self, principal: Principal) -> None:
+        """Count one request against the key's rate and the tenant's daily quotas.
+
+        Blocking (may write the database): call it off the event loop.
+        """
+        self.check_rate(principal)
+        self.check_daily(principal)
+
+    def daily_needs_io(self, tenant_id: str) -> bool:
+        """Whether :meth:`check_daily` may touch the database (stale cache or a daily quota)."""
+        hit = self._quotas.get(tenant_id)
+        if hit is None or time.monotonic() - hit[0] >= self._ttl:
+            return True
+        return hit[1].requests_per_day is not None or hit[1].tokens_per_day is not None
+
+    def check_daily(self, principal: Principal) -> None:
+        """The tenant's requests/day and generated tokens/day (blocking)."""
+        quotas = self.quotas(principal.tenant_id)
+        window, left = day_window()
+        if quotas.tokens_per_day is not None:
+            used = self.counters.get(principal.tenant_id, "tokens", window)
+            if used >= quotas.tokens_per_day:
+                raise _refuse("tenant generated tokens/day", quotas.tokens_per_day, "tokens/day", left)
+        if quotas.requests_per_day is not None:
+            try:
+                self.counters.add(principal.tenant_id, "requests", window, 1, limit=quotas.requests_per_day)
+            except _OverLimit:
+                raise _refuse("tenant requests/day", quotas.requests_per_day, "requests/day", left) from None
+
+    # -- for training, LLM and upload code -------------------------------------------------
+    def charge_tokens(self, tenant_id: str, tokens: int) -> None:
+        """Add generated tokens to today's count (the next request over the quota is refused)."""
+        if tokens > 0:
+            self.counters.add(tenant_id, "tokens", day_window()[0], tokens)
+
+    def check_storage(self, tenant_id: str, adding_bytes: int) -> None:
+        """Refuse storing ``adding_bytes`` more when it would exceed the tenant's stored bytes."""
+        quota = self.quotas(tenant_id).stored_bytes
+        if quota is None:
+            return
+        with self._db.read() as s:
+            used = s.scalar(
+                select(func.coalesce(func.sum(VersionRow.size_bytes), 0))
+                .join(ModelRow, ModelRow.id == VersionRow.model_id)
+                .where(ModelRow.tenant_id == tenant_id)
+            ) or 0
+        if used + adding_bytes > quota:
+            raise RateLimited(
+                f"tenant stored bytes limit reached ({quota} bytes; {used} used, {adding_bytes} more asked)",
+                details={"limit": "tenant stored bytes", "value": quota}, retry_after=3600.0,
+            )
+
+    def check_concurrent_jobs(self, tenant_id: str, running: int) -> None:
+        """Refuse starting one more job while ``running`` jobs already use the quota."""
+        quota = self.quotas(tenant_id).concurrent_jobs
+        if quota is not None and running >= quota:
+            raise _refuse("tenant concurrent jobs", quota, "jobs", 30.0)
+
+    def check_training_hours(self, tenant_id: str) -> None:
+        """Refuse new training once this month's training hours are used up."""
+        quota = self.quotas(tenant_id).training_hours_per_month
+        if quota is None:
+            return
+        window, left = month_window()
+        used_s = self.counters.get(tenant_id, "training_s", window)
+        if used_s >= quota * 3600:
+            raise _refuse("tenant training hours/month", quota, "hours/month", left)
+
+    def charge_training_seconds(self, tenant_id: str, seconds: float) -> None:
+        if seconds > 0:
+            self.counters.add(tenant_id, "training_s", month_window()[0], seconds)

@@ -1,0 +1,148 @@
+"""Traffic of one deployment, in memory: the weighted choice of a route, the canary's error window
+that triggers an automatic rollback, and the comparison of shadow answers with the primary's.
+
+Nothing here touches the database or the network; :class:`~modelyard.core.deployments.Deployments`
+persists what changes, the data plane feeds outcomes in.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["WeightedChoice", "ErrorWindow", "RouteStats", "ShadowStats", "outputs_agree"]
+
+
+class WeightedChoice:
+    """Picks an index with probability proportional to its weight (zero weights never win)."""
+
+    __slots__ = ("_cumulative", "_total", "_random")
+
+    def __init__(self, weights: Sequence[float], *, rng: random.Random | None = None) -> None:
+        if not weights or any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError("weights must be non-negative with a positive sum")
+        total = 0.0
+        self._cumulative: list[float] = []
+        for w in weights:
+            total += w
+            self._cumulative.append(total)
+        self._total = total
+        self._random = (rng or random.Random()).random
+
+    def pick(self) -> int:
+        if len(self._cumulative) == 1:
+            return 0
+        x = self._random() * self._total
+        index = bisect.bisect_right(self._cumulative, x)
+        return min(index, len(self._cumulative) - 1)
+
+
+class ErrorWindow:
+    """Outcomes of the last ``window_s`` seconds: the error rate the rollback policy watches."""
+
+    __slots__ = ("window_s", "_events", "_errors")
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._events: deque[tuple[float, bool]] = deque()
+        self._errors = 0
+
+    def add(self, ok: bool, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._events.append((now, ok))
+        if not ok:
+            self._errors += 1
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        horizon = now - self.window_s
+        events = self._events
+        while events and events[0][0] < horizon:
+            _, ok = events.popleft()
+            if not ok:
+                self._errors -= 1
+
+    def counts(self, now: float | None = None) -> tuple[int, int]:
+        """``(requests, errors)`` within the window."""
+        self._trim(time.monotonic() if now is None else now)
+        return len(self._events), self._errors
+
+    def error_rate(self, now: float | None = None) -> float:
+        n, errors = self.counts(now)
+        return errors / n if n else 0.0
+
+
+@dataclass
+class RouteStats:
+    """Counters of one route since the server started (or the deployment changed)."""
+
+    requests: int = 0
+    errors: int = 0
+    latency_s: float = 0.0
+    window: ErrorWindow | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "requests": self.requests,
+            "errors": self.errors,
+            "latency_ms_avg": round(1000 * self.latency_s / self.requests, 3) if self.requests else None,
+        }
+        if self.window is not None:
+            n, errors = self.window.counts()
+            out["window"] = {"seconds": self.window.window_s, "requests": n, "errors": errors}
+        return out
+
+
+@dataclass
+class ShadowStats:
+    """How the shadow version's answers compared with the primary's (never returned to callers)."""
+
+    requests: int = 0
+    agreements: int = 0
+    disagreements: int = 0
+    errors: int = 0
+    skipped: int = 0
+    shadow_latency_s: float = 0.0
+    primary_latency_s: float = 0.0
+    recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=20))
+
+    def to_dict(self) -> dict[str, Any]:
+        compared = self.agreements + self.disagreements
+        return {
+            "requests": self.requests,
+            "agreements": self.agreements,
+            "disagreements": self.disagreements,
+            "errors": self.errors,
+            "skipped": self.skipped,
+            "agreement_rate": round(self.agreements / compared, 6) if compared else None,
+            "shadow_latency_ms_avg": round(1000 * self.shadow_latency_s / compared, 3) if compared else None,
+            "primary_latency_ms_avg": round(1000 * self.primary_latency_s / compared, 3) if compared else None,
+            "recent": list(self.recent),
+        }
+
+
+def outputs_agree(
+    primary: Mapping[str, np.ndarray], shadow: Mapping[str, np.ndarray], *, rtol: float = 1e-3, atol: float = 1e-5
+) -> bool:
+    """Whether two answers agree on every output they share: exact for integers, booleans and
+    strings (labels), ``allclose`` for floats. No shared output means no agreement."""
+    common = [n for n in primary if n in shadow]
+    if not common:
+        return False
+    for name in common:
+        a, b = np.asarray(primary[name]), np.asarray(shadow[name])
+        if a.shape != b.shape:
+            return False
+        if np.issubdtype(a.dtype, np.floating) and np.issubdtype(b.dtype, np.floating):
+            if not np.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True):
+                return False
+        elif not np.array_equal(a, b):
+            return False
+    return True

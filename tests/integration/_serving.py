@@ -1,0 +1,132 @@
+"""Small ONNX models and helpers for the serving-engine integration tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from modelyard.core.registry import VersionInfo
+from tests.support.live import LiveServer
+
+WIDTH = 4
+SLOW_WIDTH = 64
+_SLOW_W = (np.random.default_rng(0).standard_normal((SLOW_WIDTH, SLOW_WIDTH)) / np.sqrt(SLOW_WIDTH)).astype(np.float32)
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def scale_model(path: Path, factor: float) -> Path:
+    """``y = x * factor`` on ``x: FP32[-1, 4]``."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "k"], ["y"])],
+        "scale",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", WIDTH])],
+        initializer=[numpy_helper.from_array(np.array(factor, np.float32), "k")],
+    )
+    return _save(graph, path)
+
+
+def failing_model(path: Path) -> Path:
+    """``y = table[int(x)]``: fails at run time (index out of range) for any value >= 10."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["x"], ["i"], to=TensorProto.INT64),
+            helper.make_node("Gather", ["table", "i"], ["y"]),
+        ],
+        "failing",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", WIDTH])],
+        initializer=[numpy_helper.from_array(np.arange(10, dtype=np.float32), "table")],
+    )
+    return _save(graph, path)
+
+
+def slow_model(path: Path, iterations: int) -> Path:
+    """``x: FP32[-1, 64]`` through ``iterations`` rounds of tanh(x @ W): batchable and slow."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("MatMul", ["state_in", "W"], ["mm"]),
+            helper.make_node("Tanh", ["mm"], ["state_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("state_in", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("state_out", TensorProto.FLOAT, None),
+        ],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["n", "keep_going", "x"], ["y"], body=body)],
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", SLOW_WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", SLOW_WIDTH])],
+        initializer=[
+            numpy_helper.from_array(_SLOW_W, "W"),
+            numpy_helper.from_array(np.array(True), "keep_going"),
+            numpy_helper.from_array(np.array(iterations, np.int64), "n"),
+        ],
+    )
+    return _save(graph, path)
+
+
+def slow_expected(x: np.ndarray, iterations: int) -> np.ndarray:
+    y = x.astype(np.float32)
+    for _ in range(iterations):
+        y = np.tanh(y @ _SLOW_W)
+    return y
+
+
+def register(
+    server: LiveServer, name: str, path: Path, *, stage: str = "production", config: dict[str, Any] | None = None
+) -> VersionInfo:
+    """Register ``path`` as the next version of ``name`` in the default tenant."""
+    platform = server.platform
+    assert platform is not None
+    tenant = platform.keys.ensure_default_tenant()
+    with open(path, "rb") as f:
+        staged = platform.artifacts.stage_stream(f, max_bytes=path.stat().st_size)
+    return platform.registry.register_version(
+        tenant_id=tenant, model_name=name, staged=staged, stage=stage, config=config or {}
+    )
+
+
+def infer_body(x: np.ndarray, name: str = "x") -> dict[str, Any]:
+    return {"inputs": [{"name": name, "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+
+
+def output(body: dict[str, Any], name: str = "y") -> np.ndarray:
+    for o in body["outputs"]:
+        if o["name"] == name:
+            return np.asarray(o["data"], np.float32).reshape(o["shape"])
+    raise KeyError(name)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` in a /metrics text."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric_name, _, label_text = head.partition("{")
+        if metric_name != name:
+            continue
+        if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+            total += float(value)
+    return total

@@ -1,0 +1,278 @@
+"""The serving engine through a real server: batching, deployments (canary, shadow, automatic
+rollback), Triton clients on a deployment name, process isolation, backpressure and timeouts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.integration._serving import (
+    SLOW_WIDTH,
+    failing_model,
+    infer_body,
+    metric,
+    output,
+    register,
+    scale_model,
+    slow_expected,
+    slow_model,
+)
+from tests.support.live import LiveServer
+
+SLOW_N = 40_000  # about 50 ms per row on this machine
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    tmp = tmp_path_factory.mktemp("serving")
+    live = LiveServer.build(tmp / "home", builtin_models=False).start()
+    register(live, "double", scale_model(tmp / "one.onnx", 1.0))
+    register(live, "double", scale_model(tmp / "two.onnx", 2.0))
+    register(live, "double", scale_model(tmp / "two-again.onnx", 2.0000001))
+    register(live, "flaky", failing_model(tmp / "failing.onnx"))
+    register(live, "batchy", slow_model(tmp / "batchy.onnx", 2_000), config={"serving": {"max_queue_delay_ms": 50}})
+    register(live, "slow", slow_model(tmp / "slow.onnx", SLOW_N), config={"serving": {"batching": False}})
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+def _deploy(client: httpx.Client, body: dict[str, object]) -> dict[str, object]:
+    client.delete(f"/api/v1/deployments/{body['name']}")
+    r = client.post("/api/v1/deployments", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_batching_merges_concurrent_requests(server: LiveServer) -> None:
+    xs = [np.full((1, SLOW_WIDTH), i / 100, np.float32) for i in range(24)]
+    with server.client() as client:
+        before = metric(client.get("/metrics").text, "modelyard_batch_size_count", model="batchy")
+
+        def call(x: np.ndarray) -> np.ndarray:
+            r = client.post("/v2/models/batchy/infer", json=infer_body(x))
+            assert r.status_code == 200, r.text
+            return output(r.json())
+
+        with ThreadPoolExecutor(24) as pool:
+            results = list(pool.map(call, xs))
+        text = client.get("/metrics").text
+    for x, y in zip(xs, results):  # every caller got its own rows back
+        np.testing.assert_allclose(y, slow_expected(x, 2_000), rtol=1e-3, atol=1e-3)
+    assert len({round(float(y[0, 0]), 3) for y in results}) > 12  # and the answers differ
+    batches = metric(text, "modelyard_batch_size_count", model="batchy") - before
+    rows = metric(text, "modelyard_batch_size_sum", model="batchy")
+    assert rows >= 24
+    assert batches < 24, f"{batches} batches for 24 concurrent requests: nothing was merged"
+
+
+def test_one_bad_request_never_fails_its_batch_mates(server: LiveServer) -> None:
+    with server.client() as client:
+        _deploy(client, {"name": "mixed", "routes": [{"model": "flaky", "version": 1}],
+                         "serving": {"max_queue_delay_ms": 30, "max_batch_size": 16}})
+        values = [1.0, 2.0, 50.0, 3.0, 4.0, 99.0, 5.0, 6.0]
+
+        def call(v: float) -> int:
+            return client.post("/v2/models/mixed/infer", json=infer_body(np.full((1, 4), v, np.float32))).status_code
+
+        with ThreadPoolExecutor(len(values)) as pool:
+            codes = list(pool.map(call, values))
+    assert codes == [200 if v < 10 else 400 for v in values]
+
+
+def test_tritonclient_http_and_grpc_through_a_deployment(server: LiveServer) -> None:
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    with server.client() as client:
+        _deploy(client, {"name": "doubler", "routes": [{"model": "double", "version": 2}]})
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    auth = f"Bearer {server.admin_key}"
+    headers = {"authorization": auth}  # tritonclient.http adds its own entries to this dict
+
+    http = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    inp = httpclient.InferInput("x", [2, 4], "FP32")
+    inp.set_data_from_numpy(x)
+    result = http.infer("doubler", [inp], headers=headers)
+    np.testing.assert_allclose(result.as_numpy("y"), 2 * x)
+    assert http.is_model_ready("doubler", headers=headers)
+    assert http.get_model_metadata("doubler", headers=headers)["name"] == "doubler"
+
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    ginp = grpcclient.InferInput("x", [2, 4], "FP32")
+    ginp.set_data_from_numpy(x)
+    gres = grpc.infer("doubler", [ginp], headers={"authorization": auth})
+    np.testing.assert_allclose(gres.as_numpy("y"), 2 * x)
+    assert gres.get_response().model_version == "2"
+
+
+def test_canary_split_follows_weights(server: LiveServer) -> None:
+    x = np.ones((1, 4), np.float32)
+    with server.client() as client:
+        _deploy(client, {"name": "split", "routes": [
+            {"model": "double", "version": 1, "weight": 70}, {"model": "double", "version": 2, "weight": 30}]})
+        seen: Counter[str] = Counter()
+        for _ in range(400):
+            r = client.post("/v2/models/split/infer", json=infer_body(x))
+            assert r.status_code == 200
+            seen[r.json()["model_version"]] += 1
+        share = seen["2"] / 400
+        assert abs(share - 0.30) < 0.08, seen
+        stats = client.get("/api/v1/deployments/split").json()["stats"]
+        assert sum(r["requests"] for r in stats["routes"]) == 400
+        # weights change without a new deployment; all traffic moves
+        r = client.patch("/api/v1/deployments/split", json={"weights": {"double:1": 0, "double:2": 100}})
+        assert r.status_code == 200, r.text
+        versions = {client.post("/v2/models/split/infer", json=infer_body(x)).json()["model_version"] for _ in range(20)}
+        assert versions == {"2"}
+        r = client.post("/api/v1/deployments/split/promote", json={})
+        assert r.json()["routes"] == [{"model": "double", "version": 2, "weight": 100.0}]
+
+
+def test_shadow_is_recorded_not_returned(server: LiveServer) -> None:
+    x = np.ones((1, 4), np.float32)
+    with server.client() as client:
+        _deploy(client, {"name": "shadowed", "routes": [{"model": "double", "version": 1}],
+                         "shadow": {"model": "double", "version": 2, "share": 1.0}})
+        for _ in range(30):
+            r = client.post("/v2/models/shadowed/infer", json=infer_body(x))
+            assert r.json()["model_version"] == "1"
+            np.testing.assert_allclose(output(r.json()), x)  # the primary's answer, never the shadow's
+        deadline = time.monotonic() + 5
+        while True:
+            shadow = client.get("/api/v1/deployments/shadowed").json()["stats"]["shadow"]
+            if shadow["disagreements"] >= 30 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert shadow["requests"] == 30 and shadow["disagreements"] == 30 and shadow["agreement_rate"] == 0.0
+        assert shadow["shadow_latency_ms_avg"] is not None
+        # a shadow that answers the same agrees
+        client.patch("/api/v1/deployments/shadowed", json={"routes": [{"model": "double", "version": 2}],
+                                                           "shadow": {"model": "double", "version": 3}})
+        for _ in range(10):
+            client.post("/v2/models/shadowed/infer", json=infer_body(x))
+        time.sleep(0.3)
+        text = client.get("/metrics").text
+    assert metric(text, "modelyard_shadow_results_total", deployment="shadowed", result="disagree") == 30
+    assert metric(text, "modelyard_shadow_results_total", deployment="shadowed", result="agree") == 10
+
+
+def test_failing_canary_is_rolled_back_automatically(server: LiveServer) -> None:
+    bad = np.full((1, 4), 50.0, np.float32)  # the canary ("flaky") fails at run time on it
+    with server.client() as client:
+        _deploy(client, {"name": "guarded", "routes": [
+            {"model": "double", "version": 1, "weight": 50}, {"model": "flaky", "version": 1, "weight": 50}],
+            "rollback": {"max_error_rate": 0.2, "window_s": 60, "min_requests": 5}})
+        codes = [client.post("/v2/models/guarded/infer", json=infer_body(bad)).status_code for _ in range(60)]
+        assert 400 in codes
+        deadline = time.monotonic() + 5
+        while True:
+            dep = client.get("/api/v1/deployments/guarded").json()
+            if len(dep["routes"]) == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert dep["routes"] == [{"model": "double", "version": 1, "weight": 100.0}]
+        assert dep["events"][-1]["kind"] == "rolled_back"
+        assert "automatic" in dep["events"][-1]["reason"]
+        assert codes[-10:] == [200] * 10  # after the rollback only the primary answers
+        r = client.post("/v2/models/guarded/infer", json=infer_body(bad))
+        assert r.status_code == 200 and r.json()["model_version"] == "1"
+
+
+def test_queue_full_answers_429_with_retry_after(server: LiveServer) -> None:
+    with server.client() as client:
+        _deploy(client, {"name": "narrow", "routes": [{"model": "slow", "version": 1}],
+                         "serving": {"max_queue_size": 1, "instances": 1}})
+        x = np.zeros((1, SLOW_WIDTH), np.float32)
+        started = time.perf_counter()
+
+        def call(_: int) -> httpx.Response:
+            return client.post("/v2/models/narrow/infer", json=infer_body(x))
+
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(call, range(8)))
+    codes = Counter(r.status_code for r in responses)
+    assert set(codes) <= {200, 429} and codes[429] >= 1 and codes[200] >= 2, codes
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.json()["error"]["code"] == "queue_full"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert time.perf_counter() - started < 8
+
+
+def test_timeout_answers_504_and_drops_the_work(server: LiveServer) -> None:
+    with server.client() as client:
+        _deploy(client, {"name": "hurried", "routes": [{"model": "slow", "version": 1}],
+                         "serving": {"timeout_s": 0.02, "instances": 1}})
+        x = np.zeros((1, SLOW_WIDTH), np.float32)
+
+        def call(_: int) -> httpx.Response:
+            return client.post("/v2/models/hurried/infer", json=infer_body(x))
+
+        with ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(call, range(6)))
+    assert all(r.status_code == 504 for r in responses), [r.status_code for r in responses]
+    assert responses[0].json()["error"]["code"] == "deadline_exceeded"
+
+
+def test_killed_worker_recovers_and_other_models_are_unaffected(server: LiveServer) -> None:
+    assert server.platform is not None
+    x = np.ones((1, 4), np.float32)
+    with server.client() as client:
+        _deploy(client, {"name": "isolated", "routes": [{"model": "double", "version": 2}],
+                         "serving": {"isolation": "process"}})
+        assert client.post("/v2/models/isolated/infer", json=infer_body(x)).status_code == 200
+        runtime = next(
+            m.runtime for m in server.platform.manager.loaded() if m.source.load_key.endswith("@process")
+        )
+        pid = runtime.pid  # type: ignore[attr-defined]
+        assert pid is not None and pid != os.getpid()
+        os.kill(pid, signal.SIGKILL)
+        codes = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            r = client.post("/v2/models/isolated/infer", json=infer_body(x))
+            codes.append(r.status_code)
+            if r.status_code == 503:
+                assert time.perf_counter() - started < 5  # fails fast, never hangs
+            # the same version served in-process is unaffected meanwhile
+            assert client.post("/v2/models/double/versions/2/infer", json=infer_body(x)).status_code == 200
+            if r.status_code == 200:
+                np.testing.assert_allclose(output(r.json()), 2 * x)
+                break
+            time.sleep(0.2)
+        assert codes[-1] == 200 and set(codes) <= {200, 503}, codes
+        assert runtime.pid != pid  # type: ignore[attr-defined]
+
+
+def test_deployment_api_errors(server: LiveServer) -> None:
+    with server.client() as client:
+        r = client.post("/api/v1/deployments", json={"name": "nope", "routes": [{"model": "double", "version": 99}]})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "version_not_found"
+        r = client.post("/api/v1/deployments", json={"name": "bad", "routes": [{"model": "double", "version": 1}],
+                                                     "serving": {"isolation": "vm"}})
+        assert r.status_code == 422
+        r = client.post("/api/v1/deployments", json={"name": "zero", "routes": [
+            {"model": "double", "version": 1, "weight": 0}]})
+        assert r.status_code == 422
+        _deploy(client, {"name": "twice", "routes": [{"model": "double", "version": 1}]})
+        r = client.post("/api/v1/deployments", json={"name": "twice", "routes": [{"model": "double", "version": 1}]})
+        assert r.status_code == 409
+        assert client.get("/api/v1/deployments/absent").status_code == 404
+        listed = client.get("/api/v1/deployments").json()
+        assert "twice" in {d["name"] for d in listed["items"]}
+        assert client.delete("/api/v1/deployments/twice").status_code == 204
+        r = client.post("/v2/models/twice/infer", json=infer_body(np.ones((1, 4), np.float32)))
+        assert r.status_code == 404
+    with httpx.Client(base_url=server.url) as anonymous:
+        assert anonymous.get("/api/v1/deployments").status_code == 401

@@ -1,0 +1,45 @@
+"""Deployments from the Python SDK and the ``modelyard deploy`` CLI against a real server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from modelyard.cli.main import app
+from modelyard.client import Client
+from modelyard.errors import DeploymentNotFound, ValidationFailed
+from tests.integration._serving import register, scale_model
+from tests.support.live import LiveServer
+
+
+def test_sdk_and_cli_manage_a_deployment(live_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    register(live_server, "m", scale_model(tmp_path / "a.onnx", 1.0))
+    register(live_server, "m", scale_model(tmp_path / "b.onnx", 3.0))
+    x = np.ones((1, 4), np.float32)
+    with Client(url=live_server.url, api_key=live_server.admin_key) as client:
+        dep = client.deployments.create("web", [("m", 1, 100), ("m", 2, 0)], serving={"max_batch_size": 8})
+        assert dep.revision == 1 and dep.serving == {"max_batch_size": 8}
+        np.testing.assert_allclose(client.predict("web", {"x": x})["y"], x)
+        dep = client.deployments.set_weights("web", {"m:1": 0, "m:2": 1})
+        np.testing.assert_allclose(client.predict("web", {"x": x})["y"], 3 * x)
+        assert client.deployments.get("web").stats is not None
+        with pytest.raises(ValidationFailed):
+            client.deployments.set_weights("web", {"m:9": 1})
+        assert [d.name for d in client.deployments.list()] == ["web"]
+
+    monkeypatch.setenv("MODELYARD_URL", live_server.url)
+    monkeypatch.setenv("MODELYARD_API_KEY", live_server.admin_key)
+    runner = CliRunner()
+    result = runner.invoke(app, ["deploy", "rollback", "web", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"kind": "rolled_back"' in result.output
+    result = runner.invoke(app, ["deploy", "create", "api", "m:1=90", "m:2=10", "--max-error-rate", "0.3"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["deploy", "list"])
+    assert "api" in result.output and "web" in result.output
+    assert runner.invoke(app, ["deploy", "delete", "api"]).exit_code == 0
+    result = runner.invoke(app, ["deploy", "show", "api"])
+    assert result.exit_code == DeploymentNotFound.exit_code

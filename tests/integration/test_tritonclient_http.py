@@ -1,0 +1,139 @@
+"""OIP v2 REST judged by NVIDIA's ``tritonclient.http`` (JSON and binary tensors) against a real
+server; outputs must equal ONNX Runtime run directly on the same stored artifact."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.http as httpclient
+from sklearn.datasets import load_digits
+from tritonclient.utils import InferenceServerException
+
+from tests.integration.onnx_models import DTYPE_CASES, identity_model, sample_for
+from tests.support.live import LiveServer
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    srv = LiveServer.build(tmp_path_factory.mktemp("triton") / "home", grpc_enabled=False, demo_model=True).start()
+    with srv.client() as c:
+        for dt in DTYPE_CASES:
+            assert c.post(f"/api/v1/models/id-{dt.lower()}/versions", content=identity_model(dt)).status_code == 201
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def triton(server: LiveServer) -> Iterator[httpclient.InferenceServerClient]:
+    client = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    yield client
+    client.close()
+
+
+def _auth(server: LiveServer) -> dict[str, str]:
+    return {"Authorization": f"Bearer {server.admin_key}"}
+
+
+def _reference(server: LiveServer, x: np.ndarray) -> dict[str, np.ndarray]:
+    assert server.platform is not None
+    info = server.platform.registry.resolve(server.platform.keys.ensure_default_tenant(), "digits")
+    sess = ort.InferenceSession(str(server.platform.artifacts.verified_path(info.sha256)))
+    label, probs = sess.run(["label", "probabilities"], {"input": x})
+    return {"label": label, "probabilities": probs}
+
+
+def test_health_and_metadata(server: LiveServer, triton: httpclient.InferenceServerClient) -> None:
+    assert triton.is_server_live()
+    assert triton.is_server_ready()
+    meta = triton.get_server_metadata(headers=_auth(server))
+    assert meta["name"] == "modelyard" and "binary_tensor_data" in meta["extensions"]
+    model = triton.get_model_metadata("digits", headers=_auth(server))
+    assert model["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+    assert triton.is_model_ready("digits", headers=_auth(server))
+    assert triton.is_model_ready("digits", "1", headers=_auth(server))
+    assert not triton.is_model_ready("nope", headers=_auth(server))
+
+
+@pytest.mark.parametrize("binary_in", [True, False], ids=["in-binary", "in-json"])
+@pytest.mark.parametrize("binary_out", [True, False], ids=["out-binary", "out-json"])
+def test_digits_round_trip_matches_onnxruntime(
+    server: LiveServer, triton: httpclient.InferenceServerClient, binary_in: bool, binary_out: bool
+) -> None:
+    x = load_digits().data[:32].astype(np.float32)
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary_in)
+    outputs = [
+        httpclient.InferRequestedOutput("probabilities", binary_data=binary_out),
+        httpclient.InferRequestedOutput("label", binary_data=binary_out),
+    ]
+    result = triton.infer("digits", [inp], outputs=outputs, headers=_auth(server), request_id="r-42")
+    expected = _reference(server, x)
+    np.testing.assert_array_equal(result.as_numpy("label"), expected["label"])
+    rtol = 0 if binary_out else 1e-6  # JSON numbers round-trip through decimal text
+    np.testing.assert_allclose(result.as_numpy("probabilities"), expected["probabilities"], rtol=rtol, atol=1e-7)
+    response = result.get_response()
+    assert response["id"] == "r-42" and response["model_name"] == "digits" and response["model_version"] == "1"
+
+
+def test_explicit_version_and_default_outputs(server: LiveServer, triton: httpclient.InferenceServerClient) -> None:
+    x = np.zeros((2, 64), np.float32)
+    inp = httpclient.InferInput("input", [2, 64], "FP32")
+    inp.set_data_from_numpy(x)
+    result = triton.infer("digits", [inp], model_version="1", headers=_auth(server))
+    assert result.as_numpy("label").shape == (2,)
+    assert result.as_numpy("probabilities").shape == (2, 10)
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+@pytest.mark.parametrize("dt", list(DTYPE_CASES))
+def test_every_datatype(server: LiveServer, triton: httpclient.InferenceServerClient, dt: str, binary: bool) -> None:
+    x = sample_for(dt)
+    inp = httpclient.InferInput("x", list(x.shape), dt)
+    inp.set_data_from_numpy(x, binary_data=binary)
+    out = httpclient.InferRequestedOutput("y", binary_data=binary)
+    got = triton.infer(f"id-{dt.lower()}", [inp], outputs=[out], headers=_auth(server)).as_numpy("y")
+    assert got is not None and got.shape == x.shape
+    if dt == "BYTES":
+        # tritonclient returns str for JSON BYTES outputs and bytes for binary ones
+        assert [v if isinstance(v, bytes) else v.encode() for v in got.ravel()] == list(x.ravel())
+    else:
+        assert got.dtype == x.dtype
+        np.testing.assert_array_equal(got, x)
+
+
+def _error_message(exc: InferenceServerException) -> str:
+    # ModelYard's error body is {"error": {"code", "message"}}; tritonclient hands the inner
+    # object through as ``message()`` (KServe's spec has a plain string there).
+    msg = exc.message()
+    return msg["message"] if isinstance(msg, dict) else str(msg)
+
+
+def test_errors_reach_the_client(server: LiveServer, triton: httpclient.InferenceServerClient) -> None:
+    x = np.zeros((1, 64), np.float64)
+    inp = httpclient.InferInput("input", [1, 64], "FP64")
+    inp.set_data_from_numpy(x)
+    with pytest.raises(InferenceServerException) as info:
+        triton.infer("digits", [inp], headers=_auth(server))
+    assert info.value.status() == "400" and "FP32" in _error_message(info.value)
+    good = httpclient.InferInput("input", [1, 64], "FP32")
+    good.set_data_from_numpy(x.astype(np.float32))
+    with pytest.raises(InferenceServerException) as info:
+        triton.infer("nope", [good], headers=_auth(server))
+    assert info.value.status() == "404" and "not found" in _error_message(info.value)
+    with pytest.raises(InferenceServerException) as info:
+        triton.infer("digits", [good])
+    assert info.value.status() == "401"
+
+
+@pytest.mark.xfail(reason="OIP v2 error bodies are {'error': {...}}, KServe's spec wants {'error': str}; "
+                          "tritonclient's str(exc) then raises TypeError", strict=False)
+def test_error_is_printable_by_tritonclient(server: LiveServer, triton: httpclient.InferenceServerClient) -> None:
+    good = httpclient.InferInput("input", [1, 64], "FP32")
+    good.set_data_from_numpy(np.zeros((1, 64), np.float32))
+    with pytest.raises(InferenceServerException, match="not found"):
+        triton.infer("nope", [good], headers=_auth(server))

@@ -1,0 +1,165 @@
+"""The data plane and the model manager without HTTP: resolution, validation, shared loads,
+inference off the event loop, unload on delete, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelyard.config import Settings
+from modelyard.core.inference import validate_inputs
+from modelyard.core.platform import Platform
+from modelyard.core.principal import Principal
+from modelyard.errors import InvalidInput, ModelNotFound, PermissionDenied, VersionNotFound
+from modelyard.tensors import InferenceRequest, RequestedOutput, Tensor, TensorSpec
+from tests.integration.onnx_models import add_model
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Iterator[Platform]:
+    p = Platform.open(Settings(home=tmp_path / "home", builtin_models=False, grpc_enabled=False))
+    yield p
+    asyncio.run(p.aclose())
+
+
+@pytest.fixture
+def tenant(platform: Platform) -> str:
+    return platform.keys.ensure_default_tenant()
+
+
+def _principal(tenant: str, role: str = "developer", scopes: tuple[str, ...] = ()) -> Principal:
+    return Principal(key_id="k", tenant_id=tenant, tenant_name="default", role=role, scopes=scopes)
+
+
+def _push(platform: Platform, tenant: str, name: str = "add", add: float = 1.0, **kw):
+    staged = platform.artifacts.stage_bytes(add_model(add))
+    return platform.registry.register_version(tenant_id=tenant, model_name=name, staged=staged, **kw)
+
+
+def _req(x: np.ndarray, outputs: list[str] | None = None) -> InferenceRequest:
+    return InferenceRequest(
+        inputs=[Tensor.from_array("x", x)],
+        outputs=[RequestedOutput(n) for n in outputs] if outputs else None,
+        id="r1",
+    )
+
+
+def test_validate_inputs_names_the_problem() -> None:
+    specs = [TensorSpec("x", "FP32", (-1, 3))]
+    validate_inputs(specs, [Tensor.from_array("x", np.zeros((5, 3), np.float32))])
+    cases = [
+        ([Tensor.from_array("y", np.zeros((1, 3), np.float32))], "'y'"),
+        ([Tensor.from_array("x", np.zeros((1, 3), np.int32))], "INT32"),
+        ([Tensor.from_array("x", np.zeros((1, 4), np.float32))], "[1, 4]"),
+        ([Tensor.from_array("x", np.zeros((3,), np.float32))], "[3]"),
+        ([], "missing"),
+    ]
+    for tensors, words in cases:
+        with pytest.raises(InvalidInput, match=words.replace("[", r"\[").replace("]", r"\]")):
+            validate_inputs(specs, tensors)
+
+
+def test_infer_resolves_and_matches(platform: Platform, tenant: str) -> None:
+    _push(platform, tenant, add=1.0)
+    _push(platform, tenant, add=5.0, stage="production")
+    _push(platform, tenant, add=9.0)
+    who = _principal(tenant)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+
+    async def run() -> None:
+        resp = await platform.dataplane.infer(who, "add", None, _req(x))
+        assert resp.model_version == "2" and resp.id == "r1"
+        assert [o.name for o in resp.outputs] == ["y", "z"]
+        np.testing.assert_array_equal(resp.outputs[0].data, x + 5)
+        resp = await platform.dataplane.infer(who, "add", "3", _req(x, ["z"]))
+        assert [o.name for o in resp.outputs] == ["z"]
+        np.testing.assert_array_equal(resp.outputs[0].data, x * 2)
+        with pytest.raises(InvalidInput, match="nope"):
+            await platform.dataplane.infer(who, "add", None, _req(x, ["nope"]))
+        with pytest.raises(ModelNotFound):
+            await platform.dataplane.infer(who, "other", None, _req(x))
+        with pytest.raises(VersionNotFound):
+            await platform.dataplane.infer(who, "add", "7", _req(x))
+        with pytest.raises(ModelNotFound):  # outside the key's scopes looks like not found
+            await platform.dataplane.infer(_principal(tenant, scopes=("else",)), "add", None, _req(x))
+        with pytest.raises(ModelNotFound):  # another tenant's model is not visible
+            await platform.dataplane.infer(_principal("t-2"), "add", None, _req(x))
+        meta = await platform.dataplane.model_metadata(who, "add", None)
+        assert meta["versions"] == ["2"] and meta["inputs"][0]["name"] == "x"
+
+    asyncio.run(run())
+    text = platform.metrics.render().decode()
+    assert 'modelyard_inference_requests_total{model="add",protocol="rest",version="2"} 2.0' in text
+    assert 'modelyard_inference_errors_total{code="invalid_input",model="add",version="2"} 1.0' in text
+
+
+def test_permission_is_checked(platform: Platform, tenant: str) -> None:
+    _push(platform, tenant)
+    nobody = Principal(key_id="k", tenant_id=tenant, tenant_name="d", role="nobody")
+    with pytest.raises(PermissionDenied):
+        asyncio.run(platform.dataplane.infer(nobody, "add", None, _req(np.zeros((1, 3), np.float32))))
+
+
+def test_concurrent_first_requests_share_one_load(platform: Platform, tenant: str) -> None:
+    _push(platform, tenant)
+    who = _principal(tenant)
+    x = np.ones((1, 3), np.float32)
+
+    async def run() -> list:
+        return await asyncio.gather(*(platform.dataplane.infer(who, "add", None, _req(x)) for _ in range(16)))
+
+    results = asyncio.run(run())
+    assert all(np.array_equal(r.outputs[0].data, x + 1) for r in results)
+    text = platform.metrics.render().decode()
+    assert 'modelyard_model_loads_total{model="add",version="1"} 1.0' in text
+    assert 'modelyard_model_load_seconds_count{model="add",version="1"} 1.0' in text
+    assert len(platform.manager.loaded()) == 1
+
+
+def test_inference_runs_off_the_event_loop(platform: Platform, tenant: str) -> None:
+    info = _push(platform, tenant)
+    threads: list[str] = []
+    source = platform.dataplane.source(info)
+
+    async def run() -> None:
+        model = await platform.manager.acquire(source)
+        original = model.runtime.predict
+
+        def spy(inputs, names):  # type: ignore[no-untyped-def]
+            threads.append(threading.current_thread().name)
+            return original(inputs, names)
+
+        model.runtime.predict = spy  # type: ignore[method-assign]
+        await platform.manager.predict(source, {"x": np.ones((1, 3), np.float32)}, None)
+
+    asyncio.run(run())
+    assert threads and threads[0] != threading.main_thread().name
+
+
+def test_delete_unloads(platform: Platform, tenant: str) -> None:
+    info = _push(platform, tenant)
+    asyncio.run(platform.dataplane.model_ready(_principal(tenant), "add", None))  # eager load
+    assert platform.manager.is_loaded(info.key)
+    platform.registry.delete_model(tenant, "add")
+    assert not platform.manager.is_loaded(info.key)
+    assert platform.manager.loaded() == []
+
+
+def test_failed_load_is_not_cached(platform: Platform, tenant: str) -> None:
+    info = _push(platform, tenant)
+    path = platform.artifacts.path_for(info.sha256)
+    good = path.read_bytes()
+    path.write_bytes(good[:-10])  # corrupt on disk: the hash check refuses it
+    who = _principal(tenant)
+    x = np.ones((1, 3), np.float32)
+    with pytest.raises(Exception) as exc:
+        asyncio.run(platform.dataplane.infer(who, "add", None, _req(x)))
+    assert "hash" not in str(getattr(exc.value, "public_message", ""))  # 5xx: no internals
+    path.write_bytes(good)
+    resp = asyncio.run(platform.dataplane.infer(who, "add", None, _req(x)))
+    np.testing.assert_array_equal(resp.outputs[0].data, x + 1)

@@ -1,0 +1,141 @@
+"""Deployments in the core (no HTTP): validation, tenant scoping, weights, promote, rollback,
+the routing table and its rollback trigger, shadow comparison, and the data plane routing."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelyard.config import Settings
+from modelyard.core.deployments import DeploymentTraffic, Route, parse_routes, parse_serving
+from modelyard.core.platform import Platform
+from modelyard.core.principal import Principal
+from modelyard.core.routing import ErrorWindow, WeightedChoice, outputs_agree
+from modelyard.errors import Conflict, DeploymentNotFound, ValidationFailed, VersionNotFound
+from modelyard.tensors import InferenceRequest, Tensor
+from tests.integration._serving import scale_model
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Iterator[Platform]:
+    p = Platform.open(Settings(home=tmp_path / "home", builtin_models=False, grpc_enabled=False))
+    tenant = p.keys.ensure_default_tenant()
+    for factor in (1.0, 2.0):
+        path = scale_model(tmp_path / f"m{factor}.onnx", factor)
+        with open(path, "rb") as f:
+            staged = p.artifacts.stage_stream(f, max_bytes=path.stat().st_size)
+        p.registry.register_version(tenant_id=tenant, model_name="m", staged=staged, stage="production")
+    yield p
+    asyncio.run(p.aclose())
+
+
+@pytest.fixture
+def tenant(platform: Platform) -> str:
+    return platform.keys.ensure_default_tenant()
+
+
+def test_create_change_promote_rollback_delete(platform: Platform, tenant: str) -> None:
+    d = platform.deployments
+    dep = d.create(tenant, "web", routes=[{"model": "m", "version": 1, "weight": 90},
+                                          {"model": "m", "version": 2, "weight": 10}],
+                   serving={"max_batch_size": 8}, rollback={"max_error_rate": 0.1})
+    assert dep.primary == Route("m", 1, 90.0) and dep.revision == 1
+    with pytest.raises(Conflict):
+        d.create(tenant, "web", routes=[{"model": "m", "version": 1}])
+    dep = d.set_weights(tenant, "web", {"m:2": 50})
+    assert [r.weight for r in dep.routes] == [90.0, 50.0] and dep.revision == 2
+    dep = d.promote(tenant, "web")
+    assert dep.routes == (Route("m", 2, 100.0),)
+    dep = d.update(tenant, "web", routes=[{"model": "m", "version": 1}, {"model": "m", "version": 2, "weight": 5}])
+    dep = d.rollback(tenant, "web", reason="test")
+    assert dep.routes == (Route("m", 1, 100.0),)
+    assert [e["kind"] for e in dep.events] == ["created", "weights", "promoted", "updated", "rolled_back"]
+    assert d.lookup(tenant, "web") is not None
+    d.delete(tenant, "web")
+    assert d.lookup(tenant, "web") is None
+    with pytest.raises(DeploymentNotFound):
+        d.get(tenant, "web")
+
+
+def test_validation(platform: Platform, tenant: str) -> None:
+    d = platform.deployments
+    with pytest.raises(VersionNotFound):
+        d.create(tenant, "x", routes=[{"model": "m", "version": 9}])
+    with pytest.raises(ValidationFailed):
+        d.create(tenant, "x", routes=[])
+    with pytest.raises(ValidationFailed):
+        d.create(tenant, "x", routes=[{"model": "m", "version": 1}, {"model": "m", "version": 1}])
+    with pytest.raises(ValidationFailed):
+        d.create(tenant, "x", routes=[{"model": "m", "version": 1}], shadow={"model": "m", "version": 2, "share": 2})
+    with pytest.raises(ValidationFailed):
+        d.create(tenant, "../x", routes=[{"model": "m", "version": 1}])
+    with pytest.raises(ValidationFailed):
+        parse_serving({"instances": 1000})
+    with pytest.raises(ValidationFailed):
+        parse_routes([{"model": "m", "version": 1, "weight": -1}])
+
+
+def test_deployments_are_scoped_by_tenant(platform: Platform, tenant: str) -> None:
+    platform.deployments.create(tenant, "web", routes=[{"model": "m", "version": 1}])
+    assert platform.deployments.lookup("another-tenant", "web") is None
+    assert platform.deployments.list("another-tenant").total == 0
+    with pytest.raises(DeploymentNotFound):
+        platform.deployments.rollback("another-tenant", "web")
+    assert platform.deployments.list(tenant).total == 1
+
+
+def test_weighted_choice_follows_weights() -> None:
+    choice = WeightedChoice([70, 30, 0], rng=random.Random(1))
+    seen = Counter(choice.pick() for _ in range(10_000))
+    assert abs(seen[1] / 10_000 - 0.3) < 0.02 and seen[2] == 0
+    with pytest.raises(ValueError):
+        WeightedChoice([0, 0])
+
+
+def test_error_window_and_rollback_trigger(platform: Platform, tenant: str) -> None:
+    window = ErrorWindow(10)
+    for i in range(10):
+        window.add(i % 2 == 0, now=100.0 + i)
+    assert window.counts(now=109) == (10, 5)
+    assert window.counts(now=115) == (5, 3)  # older events left the window
+    dep = platform.deployments.create(
+        tenant, "c", routes=[{"model": "m", "version": 1}, {"model": "m", "version": 2}],
+        rollback={"max_error_rate": 0.5, "min_requests": 4, "window_s": 60},
+    )
+    traffic = DeploymentTraffic.of(dep)
+    assert not any(traffic.record(dep.routes[0], False, 0.01) for _ in range(10))  # primary never trips
+    outcomes = [traffic.record(dep.routes[1], ok, 0.01) for ok in (True, False, False, False, False)]
+    assert outcomes == [False, False, False, True, False]  # trips once, at 3 errors of 4
+    assert traffic.rolling_back
+
+
+def test_outputs_agree() -> None:
+    a = {"y": np.array([[1.0, 2.0]], np.float32), "label": np.array([3])}
+    assert outputs_agree(a, {"y": a["y"] + 1e-7, "label": np.array([3])})
+    assert not outputs_agree(a, {"y": a["y"], "label": np.array([4])})
+    assert not outputs_agree(a, {"z": a["y"]})
+
+
+def test_dataplane_routes_a_deployment_and_mirrors(platform: Platform, tenant: str) -> None:
+    platform.deployments.create(
+        tenant, "web", routes=[{"model": "m", "version": 1}], shadow={"model": "m", "version": 2},
+    )
+    principal = Principal(key_id="k", tenant_id=tenant, tenant_name="default", role="inference")
+    x = np.ones((2, 4), np.float32)
+
+    async def main() -> None:
+        request = InferenceRequest(inputs=[Tensor.from_array("x", x)], id="1")
+        response = await platform.dataplane.infer(principal, "web", None, request)
+        assert response.model_name == "web" and response.model_version == "1"
+        np.testing.assert_allclose(response.outputs[0].data, x)
+        await asyncio.sleep(0.2)  # the shadow runs after the answer
+
+    asyncio.run(main())
+    stats = platform.deployments.lookup(tenant, "web").shadow  # type: ignore[union-attr]
+    assert stats.requests == 1 and stats.disagreements == 1

@@ -1,0 +1,125 @@
+"""Rate limits and quotas: token bucket, atomic shared counters, quota refusals with Retry-After."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from modelyard.core.keys import KeyService
+from modelyard.core.limits import Limits, TokenBucket, day_window, month_window
+from modelyard.core.principal import Principal
+from modelyard.core.tenants import Quotas, TenantService
+from modelyard.errors import RateLimited
+from modelyard.store.db import Database
+
+
+@pytest.fixture
+def services(database_url: str) -> tuple[Database, TenantService, Limits]:
+    db = Database(database_url)
+    db.migrate()
+    keys = KeyService(db)
+    tenants = TenantService(db, keys)
+    yield db, tenants, Limits(db=db, tenants=tenants, quota_ttl_s=0.0)
+    db.dispose()
+
+
+def _principal(tenant_id: str, rate: float | None = None, key: str = "k1") -> Principal:
+    return Principal(key_id=key, tenant_id=tenant_id, tenant_name="t", role="inference", rate_limit=rate)
+
+
+def test_token_bucket_allows_burst_then_waits() -> None:
+    bucket = TokenBucket.new(2.0)
+    now = bucket.stamp
+    assert bucket.take(now) == 0 and bucket.take(now) == 0
+    wait = bucket.take(now)
+    assert wait == pytest.approx(0.5)
+    assert bucket.take(now + 0.5) == 0
+
+
+def test_windows() -> None:
+    name, left = day_window(datetime(2026, 3, 1, 23, 0, tzinfo=timezone.utc))
+    assert name == "2026-03-01" and left == 3600
+    name, left = month_window(datetime(2026, 12, 31, 23, 0, tzinfo=timezone.utc))
+    assert name == "2026-12" and left == 3600
+
+
+def test_key_rate_limit_names_the_limit(services: tuple[Database, TenantService, Limits]) -> None:
+    _db, tenants, limits = services
+    t = tenants.create("acme")
+    p = _principal(t.id, rate=1.0)
+    limits.check_request(p)
+    with pytest.raises(RateLimited) as err:
+        limits.check_request(p)
+    assert "requests/second" in err.value.message and err.value.retry_after >= 1
+    limits.check_request(_principal(t.id, rate=1.0, key="other"))  # buckets are per key
+
+
+def test_requests_per_day_is_exact_under_threads(services: tuple[Database, TenantService, Limits]) -> None:
+    _db, tenants, limits = services
+    t = tenants.create("acme", quotas=Quotas(requests_per_day=25))
+    ok, refused = [], []
+
+    def worker() -> None:
+        for _ in range(10):
+            try:
+                limits.check_request(_principal(t.id))
+                ok.append(1)
+            except RateLimited as exc:
+                assert "requests/day" in exc.message and exc.retry_after > 0
+                refused.append(1)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(ok) == 25 and len(refused) == 15
+    assert limits.counters.get(t.id, "requests", day_window()[0]) == 25
+
+
+def test_two_processes_share_counters(services: tuple[Database, TenantService, Limits], database_url: str) -> None:
+    db, tenants, limits = services
+    t = tenants.create("acme", quotas=Quotas(requests_per_day=3))
+    other_db = Database(database_url)  # a second "server process" on the same database
+    other = Limits(db=other_db, tenants=TenantService(other_db, KeyService(other_db)), quota_ttl_s=0.0)
+    limits.check_request(_principal(t.id))
+    other.check_request(_principal(t.id))
+    limits.check_request(_principal(t.id))
+    with pytest.raises(RateLimited):
+        other.check_request(_principal(t.id))
+    other_db.dispose()
+
+
+def test_tokens_storage_jobs_training(services: tuple[Database, TenantService, Limits]) -> None:
+    _db, tenants, limits = services
+    t = tenants.create("acme", quotas=Quotas(tokens_per_day=100, stored_bytes=10, concurrent_jobs=1,
+                                             training_hours_per_month=1.0))
+    limits.check_request(_principal(t.id))
+    limits.charge_tokens(t.id, 100)
+    with pytest.raises(RateLimited, match="tokens/day"):
+        limits.check_request(_principal(t.id))
+    limits.check_storage(t.id, 10)
+    with pytest.raises(RateLimited, match="stored bytes"):
+        limits.check_storage(t.id, 11)
+    limits.check_concurrent_jobs(t.id, 0)
+    with pytest.raises(RateLimited, match="concurrent jobs"):
+        limits.check_concurrent_jobs(t.id, 1)
+    limits.check_training_hours(t.id)
+    limits.charge_training_seconds(t.id, 3600)
+    with pytest.raises(RateLimited, match="training hours"):
+        limits.check_training_hours(t.id)
+
+
+def test_unlimited_tenant_needs_no_io_after_first_check(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'm.db'}")
+    db.migrate()
+    tenants = TenantService(db, KeyService(db))
+    limits = Limits(db=db, tenants=tenants, quota_ttl_s=60)
+    t = tenants.create("free")
+    assert limits.daily_needs_io(t.id)
+    limits.check_request(_principal(t.id))
+    assert not limits.daily_needs_io(t.id)
+    db.dispose()
