@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     )
     drain_timeout_s: float = Field(default=20.0, ge=0)
     demo_model: bool = Field(default=False, description="register the digits demo model at start")
+    price_per_core_hour: float = Field(
+        default=0.05, ge=0, description="price of one core-hour, for compare's cost per million predictions"
+    )
+    compare_max_rows: int = Field(default=10_000, ge=1, description="most dataset rows one evaluation uses")
     upstream_allow_hosts: list[str] = Field(
         default_factory=lambda: ["127.0.0.1", "localhost"],
         description="hosts an upstream OpenAI-compatible engine may live on (JSON list)",

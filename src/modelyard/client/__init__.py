@@ -12,18 +12,45 @@ helpers; they raise the typed errors), return frozen dataclasses, and expose it 
 from __future__ import annotations
 
 from modelyard.client._client import Client
+from modelyard.client._datasets import Dataset, Datasets
+from modelyard.client._deployments import Deployment, Deployments
 from modelyard.client._inference import ModelMetadata
+from modelyard.client._jobs import Job, JobEvent, Jobs
+from modelyard.client._llm import LanguageModels
 from modelyard.client._models import STAGES, Model, Models, ModelVersion, TensorInfo
+from modelyard.client._optimize import Comparison, Optimize, OptimizeJob
+from modelyard.client._tenancy import ApiKey, Audit, AuditEntry, CreatedKey, Keys, Tenant, Tenants, Usage, UsageRecord, UsageReport
 from modelyard.client._transport import DEFAULT_URL, Transport
 
 __all__ = [
+    "ApiKey",
+    "Audit",
+    "AuditEntry",
     "Client",
+    "Comparison",
+    "CreatedKey",
     "DEFAULT_URL",
+    "Dataset",
+    "Datasets",
+    "Deployment",
+    "Deployments",
+    "Job",
+    "JobEvent",
+    "Jobs",
+    "Keys",
+    "LanguageModels",
     "Model",
     "ModelMetadata",
     "ModelVersion",
     "Models",
+    "Optimize",
+    "OptimizeJob",
     "STAGES",
     "TensorInfo",
+    "Tenant",
+    "Tenants",
     "Transport",
+    "Usage",
+    "UsageRecord",
+    "UsageReport",
 ]
