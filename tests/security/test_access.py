@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.security.conftest import ROLES, Operation, World, assert_clean
+from tests.security.conftest import ROLES, World, assert_clean
 
 INFERENCE_POSTS = re.compile(r"(/infer$|^/v1/(chat/completions|completions|embeddings)$)")
 BAD_AUTH = {

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
+from fastapi import Query
 from pydantic import BaseModel, ConfigDict
 
 from modelyard.api.errors import ERROR_SCHEMA
-from modelyard.core.pages import Page
+from modelyard.core.pages import MAX_PAGE, MAX_PAGE_SIZE, Page
 
-__all__ = ["PageOut", "StrictBody", "ERRORS", "page_out"]
+__all__ = ["PageOut", "PageQ", "SizeQ", "StrictBody", "ERRORS", "page_out"]
 
 T = TypeVar("T")
+
+#: the pagination query parameters every list route takes.
+PageQ = Annotated[int, Query(ge=1, le=MAX_PAGE, description="page number, from 1")]
+SizeQ = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="items per page")]
 
 #: the error responses every management route documents.
 ERRORS: dict[int | str, dict[str, Any]] = {code: ERROR_SCHEMA for code in (400, 401, 403, 404, 409, 413, 422, 429)}

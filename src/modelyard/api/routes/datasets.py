@@ -10,11 +10,11 @@ from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel
 
 from modelyard.api.deps import PlatformDep, PrincipalDep
-from modelyard.api.schemas import ERRORS, PageOut, page_out
+from modelyard.api.schemas import ERRORS, PageOut, PageQ, SizeQ, page_out
+from modelyard.api.uploads import stage_upload, upload_doc
 from modelyard.core.datasets import BUILTIN_DATASETS, DatasetInfo, format_from_name
 from modelyard.core.names import check_name
 from modelyard.core.pages import PageRequest
-from modelyard.errors import PayloadTooLarge, ValidationFailed
 
 __all__ = ["router", "dataset_out"]
 
@@ -46,16 +46,8 @@ def dataset_out(d: DatasetInfo) -> dict[str, Any]:
     return d.to_dict()
 
 
-PageQ = Annotated[int, Query(ge=1, description="page number, from 1")]
-SizeQ = Annotated[int, Query(ge=1, le=500, description="items per page")]
 
-_UPLOAD_DOC = {
-    "requestBody": {
-        "required": True,
-        "description": "The file's bytes (CSV, Parquet, NPZ or JSONL): `curl --data-binary @iris.csv`",
-        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-    }
-}
+_UPLOAD_DOC = upload_doc("The file's bytes (CSV, Parquet, NPZ or JSONL): `curl --data-binary @iris.csv`")
 
 
 @router.post(
@@ -79,14 +71,7 @@ async def upload_dataset(
     principal.require("datasets:write")
     check_name(name, field="name")
     fmt = format_from_name(filename or name, format)
-    limit = platform.settings.max_dataset_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"dataset of {declared} bytes is over the limit of {limit} bytes")
-    staged = await platform.artifacts.stage_async(request.stream(), max_bytes=limit)
-    if staged.size == 0:
-        staged.discard()
-        raise ValidationFailed("the upload is empty; send the file's bytes as the request body")
+    staged = await stage_upload(request, platform, limit=platform.settings.max_dataset_bytes, what="dataset")
     info, created = await anyio.to_thread.run_sync(
         lambda: platform.datasets.create(tenant_id=principal.tenant_id, name=name, staged=staged, fmt=fmt)
     )

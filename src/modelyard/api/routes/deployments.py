@@ -8,14 +8,14 @@ show its live traffic statistics (per-route requests, errors, latency; shadow ag
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
 import anyio
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, status
 from pydantic import BaseModel, Field
 
 from modelyard.api.deps import PlatformDep, PrincipalDep
-from modelyard.api.schemas import ERRORS, PageOut, StrictBody, page_out
+from modelyard.api.schemas import ERRORS, PageOut, PageQ, SizeQ, StrictBody, page_out
 from modelyard.core.deployments import Deployment
 from modelyard.core.pages import PageRequest
 from modelyard.core.platform import Platform
@@ -124,8 +124,6 @@ def _serving(body: ServingIn | None) -> dict[str, Any] | None:
     return None if body is None else body.model_dump(exclude_none=True)
 
 
-PageQ = Annotated[int, Query(ge=1, description="page number, from 1")]
-SizeQ = Annotated[int, Query(ge=1, le=500, description="items per page")]
 
 
 @router.get("", response_model=PageOut[DeploymentOut], summary="List deployments")

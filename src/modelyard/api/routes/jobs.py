@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelyard.api.deps import PlatformDep, PrincipalDep
-from modelyard.api.schemas import ERRORS, PageOut, page_out
+from modelyard.api.schemas import ERRORS, PageOut, PageQ, SizeQ, page_out
 from modelyard.core.jobs import JobEvent, JobInfo
 from modelyard.core.pages import PageRequest
 from modelyard.jobs.context import JobContext
@@ -84,8 +84,6 @@ def job_out(j: JobInfo) -> dict[str, Any]:
     }
 
 
-PageQ = Annotated[int, Query(ge=1, description="page number, from 1")]
-SizeQ = Annotated[int, Query(ge=1, le=500, description="items per page")]
 
 
 @router.post("", response_model=JobOut, status_code=status.HTTP_202_ACCEPTED,

@@ -11,12 +11,13 @@ from fastapi import APIRouter, Query, Request, status
 from pydantic import BaseModel, Field
 
 from modelyard.api.deps import PlatformDep, PrincipalDep
-from modelyard.api.schemas import ERRORS, PageOut, StrictBody, page_out
+from modelyard.api.schemas import ERRORS, PageOut, PageQ, SizeQ, StrictBody, page_out
+from modelyard.api.uploads import stage_upload, upload_doc
 from modelyard.core.llm import HF_FORMATS
 from modelyard.core.pages import PageRequest
 from modelyard.core.principal import Principal
 from modelyard.core.registry import ModelInfo, VersionInfo
-from modelyard.errors import ModelNotFound, PayloadTooLarge, ValidationFailed
+from modelyard.errors import ModelNotFound, ValidationFailed
 
 __all__ = ["router", "version_out", "model_out"]
 
@@ -101,8 +102,6 @@ def _visible(principal: Principal, name: str) -> None:
         raise ModelNotFound(f"model {name!r} not found")
 
 
-PageQ = Annotated[int, Query(ge=1, description="page number, from 1")]
-SizeQ = Annotated[int, Query(ge=1, le=500, description="items per page")]
 
 
 @router.get("", response_model=PageOut[ModelOut], summary="List models")
@@ -154,13 +153,7 @@ async def list_versions(
     return page_out(result, version_out)
 
 
-_UPLOAD_DOC = {
-    "requestBody": {
-        "required": True,
-        "description": "The artifact's bytes (e.g. an .onnx file): `curl --data-binary @model.onnx`",
-        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-    }
-}
+_UPLOAD_DOC = upload_doc("The artifact's bytes (e.g. an .onnx file): `curl --data-binary @model.onnx`")
 
 
 @router.post(
@@ -195,14 +188,7 @@ async def push_version(
             parsed_tags = json.loads(tags)
         except ValueError:
             raise ValidationFailed("tags must be a JSON object", details={"field": "tags"}) from None
-    limit = platform.settings.max_upload_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"upload of {declared} bytes is over the limit of {limit} bytes")
-    staged = await platform.artifacts.stage_async(request.stream(), max_bytes=limit)
-    if staged.size == 0:
-        staged.discard()
-        raise ValidationFailed("the upload is empty; send the artifact bytes as the request body")
+    staged = await stage_upload(request, platform, limit=platform.settings.max_upload_bytes, what="artifact")
 
     def register() -> VersionInfo:
         if format in HF_FORMATS:
