@@ -12,6 +12,7 @@ built-in one as ``"builtin:digits"`` (or ``{"builtin": "digits"}``); see :func:`
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -147,6 +148,8 @@ class DatasetService:
         self._db = db
         self._artifacts = artifacts
         self._builtin_cache: dict[str, DatasetInfo] = {}
+        #: called with (tenant_id, bytes) before a dataset is stored; raises to refuse (quotas).
+        self.admit: Callable[[str, int], None] | None = None
 
     # -- writing ---------------------------------------------------------------------------
     def create(self, *, tenant_id: str, name: str, staged: StagedFile, fmt: str) -> tuple[DatasetInfo, bool]:
@@ -162,6 +165,8 @@ class DatasetService:
             check_name(name, field="name")
             if staged.size == 0:
                 raise ValidationFailed("the dataset file is empty")
+            if self.admit is not None:
+                self.admit(tenant_id, staged.size)
             description = describe_dataset(staged.path, fmt)
             with self._db.read() as s:
                 existing = s.scalar(select(DatasetRow).where(DatasetRow.tenant_id == tenant_id, DatasetRow.name == name))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import builtins
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -116,10 +117,14 @@ class JobQueue:
     def __init__(self, db: Database, *, lease_s: float = 30.0) -> None:
         self._db = db
         self.lease_s = lease_s
+        #: called with (tenant_id, job type, active jobs) before queueing; raises to refuse.
+        self.admit: Callable[[str, str, int], None] | None = None
 
     # -- callers (tenant-scoped) ------------------------------------------------------------
     def submit(self, *, tenant_id: str, type: str, params: dict[str, Any]) -> JobInfo:
         """Queue a job; it runs when a worker claims it."""
+        if self.admit is not None:
+            self.admit(tenant_id, type, self.active_count(tenant_id))
         row = JobRow(
             id=str(uuid.uuid4()), tenant_id=tenant_id, type=type, state="queued", params=params,
             cancel_requested=False, attempts=0, created_at=utcnow(),
@@ -129,6 +134,15 @@ class JobQueue:
             s.flush()
             s.add(JobEventRow(job_id=row.id, kind="state", data={"state": "queued"}, at=utcnow()))
             return _info(row)
+
+    def active_count(self, tenant_id: str) -> int:
+        """Jobs of the tenant that are queued or running."""
+        with self._db.read() as s:
+            return s.scalar(
+                select(func.count()).select_from(JobRow).where(
+                    JobRow.tenant_id == tenant_id, JobRow.state.in_(("queued", "running"))
+                )
+            ) or 0
 
     def get(self, tenant_id: str | None, job_id: str) -> JobInfo:
         """One job; ``JobNotFound`` when it does not exist or is another tenant's."""

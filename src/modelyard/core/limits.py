@@ -240,6 +240,12 @@ class Limits:
         if used_s >= quota * 3600:
             raise _refuse("tenant training hours/month", quota, "hours/month", left)
 
+    def admit_job(self, tenant_id: str, job_type: str, active: int) -> None:
+        """Admission of a new job: the concurrent-jobs quota, and training hours for ``train``."""
+        self.check_concurrent_jobs(tenant_id, active)
+        if job_type == "train":
+            self.check_training_hours(tenant_id)
+
     def charge_training_seconds(self, tenant_id: str, seconds: float) -> None:
         if seconds > 0:
             self.counters.add(tenant_id, "training_s", month_window()[0], seconds)

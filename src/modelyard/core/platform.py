@@ -99,6 +99,8 @@ class Platform:
         platform.deployments = deployments
         platform.datasets = DatasetService(db, artifacts)
         platform.jobs = JobQueue(db, lease_s=settings.job_lease_s)
+        registry.admit = platform.datasets.admit = platform.limits.check_storage
+        platform.jobs.admit = platform.limits.admit_job
         platform.optimization = Optimization(registry=registry, datasets=platform.datasets, artifacts=artifacts, settings=settings)
         platform.llm = LanguageModels(
             settings=settings, registry=registry, artifacts=artifacts, manager=manager, metrics=metrics

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from modelyard.core.names import check_name
 from modelyard.core.pages import Page, PageRequest
+from modelyard.core.policy import refuse_unsafe
 from modelyard.errors import ModelNotFound, ValidationFailed, VersionNotFound
 from modelyard.runtimes.base import inspect_artifact
 from modelyard.store.artifacts import ArtifactStore, StagedFile
@@ -142,6 +143,8 @@ class Registry:
         self.on_version_removed: list[Callable[[VersionInfo], None]] = []
         #: called after any change of which version a name resolves to.
         self.on_change: list[Callable[[], None]] = []
+        #: called with (tenant_id, bytes) before anything is stored; raises to refuse (quotas).
+        self.admit: Callable[[str, int], None] | None = None
 
     # -- helpers ---------------------------------------------------------------------------
     def _changed(self) -> None:
@@ -187,6 +190,9 @@ class Registry:
             check_name(model_name, field="model_name")
             _check_stage(stage)
             tags = _check_tags(tags)
+            if self.admit is not None:
+                self.admit(tenant_id, staged.size)
+            refuse_unsafe(staged.path)
             info = inspect_artifact(fmt, staged.path, config)
         except BaseException:
             staged.discard()

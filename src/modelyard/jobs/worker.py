@@ -27,6 +27,7 @@ from typing import Any
 
 from modelyard.config import Settings
 from modelyard.core.jobs import ClaimedJob
+from modelyard.core.limits import Counters, month_window
 from modelyard.errors import ModelYardError
 from modelyard.jobs.context import JobContext
 from modelyard.jobs.runners import JOB_RUNNERS, runner_for
@@ -112,6 +113,7 @@ def execute(ctx: JobContext, job: ClaimedJob, stopping: threading.Event, *, pare
     beat = threading.Thread(target=_heartbeat, args=(ctx, job, reporter, done, parent_pid),
                             name=f"heartbeat-{job.id[:8]}", daemon=True)
     beat.start()
+    started = time.monotonic()
     try:
         reporter.log(f"claimed by worker {job.worker} (attempt {job.attempts})")
         result = runner_for(job.type).run(ctx, job, reporter)
@@ -139,6 +141,8 @@ def execute(ctx: JobContext, job: ClaimedJob, stopping: threading.Event, *, pare
     finally:
         done.set()
         beat.join(timeout=5)
+        if job.type == "train":
+            Counters(ctx.db).add(job.tenant_id, "training_s", month_window()[0], time.monotonic() - started)
     if not ctx.jobs.finish(job.id, job.worker, "succeeded", result=result):
         return "lost"
     return "succeeded"
