@@ -52,7 +52,14 @@ def prepare_platform(settings: Settings, *, announce: Callable[[str], None] = pr
     if settings.demo_model:
         tenant = platform.keys.ensure_default_tenant()
         info = ensure_demo_model(platform.registry, platform.artifacts, tenant, settings.resolved_home / "tmp")
-        announce(f"  Demo model ready: {info.model_name} version {info.version}")
+        key = secret or "$MODELYARD_API_KEY"
+        scheme = "https" if settings.tls_certfile else "http"
+        base = f"{scheme}://{settings.host}:{settings.http_port}"
+        announce(
+            f"  Demo model ready: {info.model_name} version {info.version}. Try it:\n\n"
+            f'    curl -s -H "Authorization: Bearer {key}" {base}/v2/models/{info.model_name}/infer '
+            "-d @examples/digit.json\n"
+        )
     return platform
 
 

@@ -363,14 +363,20 @@ class Registry:
             return set(s.scalars(select(VersionRow.sha256).distinct()).all())
 
     # -- reading ---------------------------------------------------------------------------
-    def list_models(self, tenant_id: str | None, page: PageRequest = PageRequest()) -> Page[ModelInfo]:
-        """Models of ``tenant_id`` (``None``: every tenant, for admins), newest first."""
+    def list_models(
+        self, tenant_id: str | None, page: PageRequest = PageRequest(), *, names: tuple[str, ...] = ()
+    ) -> Page[ModelInfo]:
+        """Models of ``tenant_id`` (``None``: every tenant, for admins) by name; with ``names``
+        (a key's scope) only those."""
         with self._db.read() as s:
             q = select(ModelRow)
             count = select(func.count()).select_from(ModelRow)
             if tenant_id is not None:
                 q = q.where(ModelRow.tenant_id == tenant_id)
                 count = count.where(ModelRow.tenant_id == tenant_id)
+            if names:
+                q = q.where(ModelRow.name.in_(names))
+                count = count.where(ModelRow.name.in_(names))
             total = s.scalar(count) or 0
             rows = s.scalars(q.order_by(ModelRow.name).offset(page.offset).limit(page.page_size)).all()
             items = []

@@ -108,10 +108,10 @@ def _visible(principal: Principal, name: str) -> None:
 async def list_models(platform: PlatformDep, principal: PrincipalDep, page: PageQ = 1, page_size: SizeQ = 50) -> Any:
     principal.require("models:read")
     result = await anyio.to_thread.run_sync(
-        platform.registry.list_models, principal.tenant_id, PageRequest(page, page_size)
+        lambda: platform.registry.list_models(
+            principal.tenant_id, PageRequest(page, page_size), names=principal.scopes
+        )
     )
-    if principal.scopes:
-        result.items[:] = [m for m in result.items if principal.in_scope(m.name)]
     return page_out(result, model_out)
 
 
