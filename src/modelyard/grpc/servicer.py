@@ -123,7 +123,14 @@ async def start_grpc_server(platform: Platform, host: str, port: int) -> grpc.ai
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(platform), server)
     address = f"{host}:{port}"
-    bound = server.add_insecure_port(address)
+    settings = platform.settings
+    if settings.tls_certfile is not None and settings.tls_keyfile is not None:
+        credentials = grpc.ssl_server_credentials(
+            [(settings.tls_keyfile.read_bytes(), settings.tls_certfile.read_bytes())]
+        )
+        bound = server.add_secure_port(address, credentials)
+    else:
+        bound = server.add_insecure_port(address)
     if bound == 0:
         raise RuntimeError(f"cannot bind gRPC on {address}")
     await server.start()
