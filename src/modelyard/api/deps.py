@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import anyio
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -44,9 +43,7 @@ async def authenticate(
     thread; recently seen keys are answered from the key service's short cache)."""
     platform = platform_of(request)
     token = bearer_token(request.headers.get("authorization"))
-    keys = platform.keys
-    cached = keys.cached(token)
-    principal = cached if cached is not None else await anyio.to_thread.run_sync(keys.authenticate, token)
+    principal = await platform.keys.authenticate_async(token)
     request.state.principal = principal
     return principal
 

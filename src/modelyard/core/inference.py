@@ -19,6 +19,7 @@ import anyio
 
 from modelyard import __version__
 from modelyard.core.limits import Limits
+from modelyard.core.cache import AsyncTTLCache
 from modelyard.core.principal import Principal
 from modelyard.core.registry import Registry, VersionInfo
 from modelyard.core.usage import UsageMeter
@@ -93,7 +94,9 @@ class DataPlane:
         self._options: dict[tuple[str, str, int], ServingOptions] = {}
         self._shadows: set[asyncio.Task[None]] = set()
         self._rollbacks: set[asyncio.Task[None]] = set()
-        self._resolved: dict[tuple[str, str, str | None], tuple[float, VersionInfo]] = {}
+        self._resolved: AsyncTTLCache[tuple[str, str, str | None], VersionInfo] = AsyncTTLCache(
+            ttl_s=_RESOLVE_TTL_S
+        )
         self._metric_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         registry.on_change.append(self._resolved.clear)
 
@@ -112,15 +115,10 @@ class DataPlane:
         principal.require("infer")
         if not principal.in_scope(name):
             raise ModelNotFound(f"model {name!r} not found")
-        key = (principal.tenant_id, name, version)
-        hit = self._resolved.get(key)
-        if hit is not None and time.monotonic() - hit[0] < _RESOLVE_TTL_S:
-            return hit[1]
-        info = await anyio.to_thread.run_sync(self.registry.resolve, principal.tenant_id, name, version)
-        if len(self._resolved) > 10_000:
-            self._resolved.clear()
-        self._resolved[key] = (time.monotonic(), info)
-        return info
+        tenant = principal.tenant_id
+        return await self._resolved.get(
+            (tenant, name, version), lambda: self.registry.resolve(tenant, name, version)
+        )
 
     async def deployment(self, principal: Principal, name: str) -> DeploymentTraffic | None:
         """The deployment ``name`` of the caller's tenant, or ``None`` (answered from memory)."""

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import select
 
+from modelyard.core.cache import AsyncTTLCache
 from modelyard.core.principal import DEFAULT_TENANT, ROLES, Principal
 from modelyard.errors import KeyNotFound, Unauthenticated, ValidationFailed
 from modelyard.store.db import Database
@@ -86,6 +87,7 @@ class KeyService:
         self._db = db
         self._ttl = cache_ttl_s
         self._cache: dict[str, tuple[float, Principal, datetime | None]] = {}
+        self._async_cache: AsyncTTLCache[str, tuple[Principal, datetime | None]] = AsyncTTLCache(ttl_s=cache_ttl_s)
 
     # -- bootstrap -------------------------------------------------------------------------
     def ensure_default_tenant(self) -> str:
@@ -189,6 +191,18 @@ class KeyService:
 
     def invalidate_cache(self) -> None:
         self._cache.clear()
+        self._async_cache.clear()
+
+    async def authenticate_async(self, secret: str | None) -> Principal:
+        """:meth:`authenticate` for the event loop: answered from memory while a key's entry is
+        fresh or being refreshed; the database lookup runs in a thread, once per key."""
+        if not secret:
+            raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
+        principal, expires = await self._async_cache.get(secret, lambda: self._lookup(secret))
+        if expires is not None and expires <= datetime.now(timezone.utc):
+            self._async_cache.discard(secret)
+            raise Unauthenticated("API key has expired")
+        return principal
 
     # -- authentication --------------------------------------------------------------------
     def cached(self, secret: str | None) -> Principal | None:

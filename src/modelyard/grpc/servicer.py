@@ -11,7 +11,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import anyio
 import grpc
 
 from modelyard.core.platform import Platform
@@ -46,11 +45,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if scheme.lower() != "bearer" or not rest.strip():
                     raise Unauthenticated("malformed authorization metadata; expected 'Bearer <key>'")
                 token = rest.strip()
-        keys = self._platform.keys
-        cached = keys.cached(token)
-        if cached is not None:
-            return cached
-        return await anyio.to_thread.run_sync(keys.authenticate, token)
+        return await self._platform.keys.authenticate_async(token)
 
     async def _guard(self, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
         try:

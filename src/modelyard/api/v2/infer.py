@@ -13,7 +13,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import anyio
 import orjson
 
 from modelyard.api.v2.codec import decode_infer_request, encode_infer_response
@@ -183,6 +182,4 @@ class InferenceFastPath:
             if scheme.lower() != "bearer" or not rest.strip():
                 raise Unauthenticated("malformed Authorization header; expected 'Bearer <key>'")
             token = rest.strip()
-        keys = platform.keys
-        cached = keys.cached(token)
-        return cached if cached is not None else await anyio.to_thread.run_sync(keys.authenticate, token)
+        return await platform.keys.authenticate_async(token)
