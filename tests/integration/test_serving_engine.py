@@ -275,3 +275,30 @@ def test_deployment_api_errors(server: LiveServer) -> None:
         assert r.status_code == 404
     with httpx.Client(base_url=server.url) as anonymous:
         assert anonymous.get("/api/v1/deployments").status_code == 401
+
+
+def test_client_that_disconnects_cancels_its_queued_work(server: LiveServer) -> None:
+    """Three callers queue behind a long request and hang up: their work never runs."""
+    import http.client
+    import json
+    import threading
+
+    with server.client() as client:
+        _deploy(client, {"name": "patient", "routes": [{"model": "slow", "version": 1}],
+                         "serving": {"instances": 1, "timeout_s": 30}})
+        computed = metric(client.get("/metrics").text, "modelyard_compute_seconds_count", model="slow")
+        long_x = np.zeros((6, SLOW_WIDTH), np.float32)  # several hundred ms of work
+        first = threading.Thread(target=lambda: client.post("/v2/models/patient/infer", json=infer_body(long_x)))
+        first.start()
+        time.sleep(0.1)
+        body = json.dumps(infer_body(np.zeros((1, SLOW_WIDTH), np.float32)))
+        for _ in range(3):
+            conn = http.client.HTTPConnection("127.0.0.1", server.settings.http_port, timeout=5)
+            conn.request("POST", "/v2/models/patient/infer", body=body,
+                         headers={**server.headers, "Content-Type": "application/json"})
+            conn.sock.close()  # hang up while queued behind the long request
+            conn.close()
+        first.join(timeout=30)
+        time.sleep(0.5)
+        after = metric(client.get("/metrics").text, "modelyard_compute_seconds_count", model="slow")
+    assert after - computed == 1, "queued work of callers that hung up must not run"

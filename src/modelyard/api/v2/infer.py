@@ -41,27 +41,29 @@ class ClientGone(Exception):
     """The caller disconnected before its answer was ready; its work was cancelled."""
 
 
-async def _until_disconnect(receive: Receive) -> None:
+async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any]) -> bool:
     # After the body is read, the next ASGI message is ``http.disconnect`` (or never comes).
     while (await receive())["type"] != "http.disconnect":
         pass
+    task.cancel()
+    return True
 
 
 async def _unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
-    """Run ``work``; if the client disconnects first, cancel it (queued work is dropped)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_until_disconnect(receive))
+    """Await ``work`` in this task; if the client disconnects first, the task is cancelled (its
+    queued work is dropped) and :class:`ClientGone` is raised. One helper task per request."""
+    task = asyncio.current_task()
+    assert task is not None
+    watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, task))
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        task.cancel()
+        return await work
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            task.uncancel()
+            raise ClientGone from None
         raise
     finally:
         watcher.cancel()
-    if not task.done():
-        task.cancel()
-        raise ClientGone
-    return task.result()
 
 
 async def run_infer(
