@@ -283,10 +283,13 @@ def test_client_that_disconnects_cancels_its_queued_work(server: LiveServer) -> 
     import json
     import threading
 
+    assert server.platform is not None
+    register(server, "hangup", slow_model(server.settings.resolved_home / "hangup.onnx", SLOW_N),
+             config={"serving": {"batching": False}})
     with server.client() as client:
-        _deploy(client, {"name": "patient", "routes": [{"model": "slow", "version": 1}],
+        _deploy(client, {"name": "patient", "routes": [{"model": "hangup", "version": 1}],
                          "serving": {"instances": 1, "timeout_s": 30}})
-        computed = metric(client.get("/metrics").text, "modelyard_compute_seconds_count", model="slow")
+        computed = metric(client.get("/metrics").text, "modelyard_compute_seconds_count", model="hangup")
         long_x = np.zeros((6, SLOW_WIDTH), np.float32)  # several hundred ms of work
         first = threading.Thread(target=lambda: client.post("/v2/models/patient/infer", json=infer_body(long_x)))
         first.start()
@@ -300,5 +303,5 @@ def test_client_that_disconnects_cancels_its_queued_work(server: LiveServer) -> 
             conn.close()
         first.join(timeout=30)
         time.sleep(0.5)
-        after = metric(client.get("/metrics").text, "modelyard_compute_seconds_count", model="slow")
+        after = metric(client.get("/metrics").text, "modelyard_compute_seconds_count", model="hangup")
     assert after - computed == 1, "queued work of callers that hung up must not run"

@@ -298,7 +298,8 @@ def test_sigkill_mid_training_resumes_to_the_same_weights(tmp_path: Path) -> Non
     from sklearn.datasets import load_digits
 
     x = load_digits().data[:32].astype(np.float32)
-    body = {"type": "train", "model_name": "crash", "dataset": "builtin:digits", "epochs": 6, "seed": 7,
+    body = {"type": "train", "model_name": "crash", "dataset": "builtin:digits", "epochs": 30, "seed": 7,
+            "batch_size": 8,
             "learning_rate": 0.003, "hidden_sizes": [64]}
     env = {"MODELYARD_JOB_LEASE_S": "5", "MODELYARD_JOB_POLL_S": "0.2", "MODELYARD_GRPC_ENABLED": "false"}
 
