@@ -45,3 +45,13 @@ def test_concurrent_jobs_and_training_hours_quotas(live_server: LiveServer) -> N
             r = c.post("/api/v1/jobs", json=job)
             assert r.status_code == 429
             assert "training hours" in r.json()["error"]["message"]
+
+
+def test_stored_bytes_count_datasets_and_models_together(live_server: LiveServer) -> None:
+    csv = b"a,b,target\n" + b"".join(f"{i},{i * 2},{i % 2}\n".encode() for i in range(50))
+    artifact = add_model(add=3.0)
+    with live_server.client() as admin, _tenant(admin, "mixed", stored_bytes=len(csv) + len(artifact) - 1) as c:
+        assert c.post("/api/v1/datasets", params={"name": "d", "format": "csv"}, content=csv).status_code == 201
+        r = c.post("/api/v1/models/m/versions", content=artifact)
+        assert r.status_code == 429, r.text
+        assert "stored bytes" in r.json()["error"]["message"]

@@ -32,7 +32,7 @@ from modelyard.core.principal import Principal
 from modelyard.core.tenants import Quotas, TenantService
 from modelyard.errors import RateLimited
 from modelyard.store.db import Database
-from modelyard.store.tables import CounterRow, ModelRow, VersionRow
+from modelyard.store.tables import CounterRow, DatasetRow, ModelRow, VersionRow
 
 __all__ = ["Limits", "TokenBucket", "Counters", "day_window", "month_window"]
 
@@ -208,16 +208,21 @@ class Limits:
             self.counters.add(tenant_id, "tokens", day_window()[0], tokens)
 
     def check_storage(self, tenant_id: str, adding_bytes: int) -> None:
-        """Refuse storing ``adding_bytes`` more when it would exceed the tenant's stored bytes."""
+        """Refuse storing ``adding_bytes`` more when it would exceed the tenant's stored bytes
+        (model versions and datasets together)."""
         quota = self.quotas(tenant_id).stored_bytes
         if quota is None:
             return
         with self._db.read() as s:
-            used = s.scalar(
+            versions = s.scalar(
                 select(func.coalesce(func.sum(VersionRow.size_bytes), 0))
                 .join(ModelRow, ModelRow.id == VersionRow.model_id)
                 .where(ModelRow.tenant_id == tenant_id)
             ) or 0
+            datasets = s.scalar(
+                select(func.coalesce(func.sum(DatasetRow.size_bytes), 0)).where(DatasetRow.tenant_id == tenant_id)
+            ) or 0
+        used = int(versions) + int(datasets)
         if used + adding_bytes > quota:
             raise RateLimited(
                 f"tenant stored bytes limit reached ({quota} bytes; {used} used, {adding_bytes} more asked)",
