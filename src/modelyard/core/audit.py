@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from modelyard.core.flushing import BackgroundFlusher
 from modelyard.core.pages import Page, PageRequest
 from modelyard.store.db import Database
 from modelyard.store.tables import AuditRow, TenantRow
@@ -46,29 +47,16 @@ class AuditEntry:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-class AuditLog:
+class AuditLog(BackgroundFlusher):
     """Append-only audit entries in the database, written in batches."""
 
     def __init__(self, db: Database, *, flush_s: float = 0.5) -> None:
+        super().__init__(name="audit-flush", flush_s=flush_s)
         self._db = db
-        self._flush_s = flush_s
         self._pending: list[AuditRow] = []
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="audit-flush", daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._flush_s):
-            try:
-                self.flush()
-            except Exception:
-                log.exception("audit flush failed; will retry")
 
     def append(self, entry: AuditEntry) -> None:
         """Queue an entry (thread-safe, no I/O)."""
@@ -99,12 +87,6 @@ class AuditLog:
                 raise
             return len(batch)
 
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-        self.flush()
 
     def query(
         self,

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from modelyard.core.flushing import BackgroundFlusher
 from modelyard.store.db import Database
 from modelyard.store.tables import TenantRow, UsageRow
 
@@ -70,31 +71,17 @@ def price(
     )
 
 
-class UsageMeter:
+class UsageMeter(BackgroundFlusher):
     """Accumulates usage in memory and writes it to the database in batches."""
 
     def __init__(self, db: Database, *, prices: Mapping[str, float] | None = None, flush_s: float = 1.0) -> None:
+        super().__init__(name="usage-flush", flush_s=flush_s)
         self._db = db
         self.prices = dict(prices or {})
-        self._flush_s = flush_s
         self._pending: dict[tuple[str, str, datetime], list[float]] = {}
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Start the background flusher (idempotent)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="usage-flush", daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._flush_s):
-            try:
-                self.flush()
-            except Exception:
-                log.exception("usage flush failed; will retry")
 
     def record(
         self,
@@ -148,13 +135,6 @@ class UsageMeter:
                 raise
             return len(batch)
 
-    def close(self) -> None:
-        """Stop the flusher and write what is left."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-        self.flush()
 
     def query(
         self,
