@@ -28,7 +28,7 @@ __all__ = ["METHODS", "Step", "Source", "OptimizeResult", "parse_steps", "optimi
 METHODS = ("quantize-dynamic", "quantize-static", "prune", "fp16")
 _TORCH_METHODS = ("prune",)
 _OPTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "quantize-dynamic": {"per_channel": bool, "reduce_range": bool},
+    "quantize-dynamic": {"per_channel": bool, "reduce_range": bool, "keep_first_layer": bool},
     "quantize-static": {"samples": int, "per_channel": bool, "calibration_method": str, "format": str},
     "prune": {"sparsity": (int, float), "mode": str, "fine_tune_epochs": int, "learning_rate": (int, float),
               "batch_size": int},
@@ -204,7 +204,8 @@ def optimize(
         elif step.method == "quantize-dynamic":
             current = quantize.quantize_dynamic(current, out_dir / "model.onnx",
                                                 per_channel=bool(opts.get("per_channel", False)),
-                                                reduce_range=bool(opts.get("reduce_range", False)))
+                                                reduce_range=bool(opts.get("reduce_range", False)),
+                                                keep_first_layer=bool(opts.get("keep_first_layer", False)))
             torch_current = False
         elif step.method == "quantize-static":
             cal_session = measure.session(current)

@@ -49,16 +49,36 @@ def _quiet() -> None:
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
 
 
-def quantize_dynamic(src: Path, dst: Path, *, per_channel: bool = False, reduce_range: bool = False) -> Path:
-    """Write the dynamically int8-quantized ``src`` to ``dst``; returns ``dst``."""
+def quantize_dynamic(
+    src: Path, dst: Path, *, per_channel: bool = False, reduce_range: bool = False, keep_first_layer: bool = False
+) -> Path:
+    """Write the dynamically int8-quantized ``src`` to ``dst``; returns ``dst``.
+
+    ``keep_first_layer`` leaves the first matrix product in fp32: dynamic quantization gives the
+    activations one scale per tensor, and raw standardised features with a few extreme columns
+    (near-constant pixels, say) lose most of their resolution in the first layer.
+    """
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
     _refuse_quantized(src)
     _quiet()
+    exclude = _first_matmul(src) if keep_first_layer else []
     ort_quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-                         reduce_range=reduce_range)
+                         reduce_range=reduce_range, nodes_to_exclude=exclude)
     return dst
+
+
+def _first_matmul(path: Path) -> list[str]:
+    """The name of the graph's first MatMul/Gemm node (in topological order), if any."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Gemm") and node.name:
+            # ONNX Runtime's quantizer first splits a Gemm into ``<name>_MatMul`` + ``<name>_Add``.
+            return [node.name, f"{node.name}_MatMul"] if node.op_type == "Gemm" else [node.name]
+    return []
 
 
 class FeedReader:

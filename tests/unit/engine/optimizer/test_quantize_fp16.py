@@ -20,6 +20,17 @@ def test_dynamic_int8_shrinks_and_keeps_accuracy(tmp_path, digits, digits_source
     assert _acc(digits_source.onnx_path, digits, digits_source) - _acc(out, digits, digits_source) <= 0.01
 
 
+def test_dynamic_int8_can_keep_the_first_layer_in_fp32(tmp_path, digits, digits_source):
+    import onnx
+
+    full = quantize_dynamic(digits_source.onnx_path, tmp_path / "q.onnx")
+    kept = quantize_dynamic(digits_source.onnx_path, tmp_path / "k.onnx", keep_first_layer=True)
+    ops = [n.op_type for n in onnx.load(str(kept)).graph.node]
+    assert ops.count("MatMulInteger") == [n.op_type for n in onnx.load(str(full)).graph.node].count("MatMulInteger") - 1
+    assert model_facts(full).file_bytes < model_facts(kept).file_bytes < model_facts(digits_source.onnx_path).file_bytes
+    assert _acc(digits_source.onnx_path, digits, digits_source) - _acc(kept, digits, digits_source) <= 0.01
+
+
 def test_quantizing_twice_is_refused(tmp_path, digits_source):
     out = quantize_dynamic(digits_source.onnx_path, tmp_path / "q.onnx")
     with pytest.raises(ValidationFailed, match="already quantized"):
