@@ -35,7 +35,7 @@ from modelyard.jobs.runners import JOB_RUNNERS, runner_for
 __all__ = ["worker_id", "run_worker", "execute", "settings_payload", "main", "JobReporter"]
 
 log = logging.getLogger("modelyard.jobs")
-_STOP_POLL_S = 0.25
+_STOP_POLL_S = 0.05  # a cancel is seen within one epoch even when epochs take a tenth of a second
 
 
 def worker_id() -> str:
