@@ -55,3 +55,24 @@ def test_stored_bytes_count_datasets_and_models_together(live_server: LiveServer
         r = c.post("/api/v1/models/m/versions", content=artifact)
         assert r.status_code == 429, r.text
         assert "stored bytes" in r.json()["error"]["message"]
+
+
+def test_blob_deletes_consult_every_owner_of_a_blob(live_server: LiveServer) -> None:
+    """Registry and datasets each ask the whole platform before removing a file on delete, so a
+    blob another part still names (a dataset, a job's result) is never removed under it."""
+    csv = b"a,target\n1,0\n2,1\n3,0\n"
+    with live_server.client() as c:
+        assert c.post("/api/v1/models/m/versions", content=add_model(add=5.0)).status_code == 201
+        assert c.post("/api/v1/datasets", params={"name": "d", "format": "csv"}, content=csv).status_code == 201
+        version_sha = c.get("/api/v1/models/m/versions/1").json()["sha256"]
+        dataset_sha = c.get("/api/v1/datasets/d").json()["sha256"]
+    platform = live_server.platform
+    assert platform is not None
+    registry_hook, datasets_hook = platform.registry.referenced_elsewhere, platform.datasets.referenced_elsewhere
+    assert registry_hook is not None and datasets_hook is not None
+    assert registry_hook(dataset_sha) and datasets_hook(version_sha)
+    assert not registry_hook("0" * 64)
+    with live_server.client() as c:  # with no other owner, deletes do remove the files
+        assert c.delete("/api/v1/models/m").status_code == 204
+        assert c.delete("/api/v1/datasets/d").status_code in (200, 204)
+    assert not platform.artifacts.exists(version_sha) and not platform.artifacts.exists(dataset_sha)

@@ -150,6 +150,8 @@ class DatasetService:
         self._builtin_cache: dict[str, DatasetInfo] = {}
         #: called with (tenant_id, bytes) before a dataset is stored; raises to refuse (quotas).
         self.admit: Callable[[str, int], None] | None = None
+        #: whether something outside the datasets (model versions, job results) holds a blob too.
+        self.referenced_elsewhere: Callable[[str], bool] | None = None
 
     # -- writing ---------------------------------------------------------------------------
     def create(self, *, tenant_id: str, name: str, staged: StagedFile, fmt: str) -> tuple[DatasetInfo, bool]:
@@ -196,7 +198,7 @@ class DatasetService:
                 s.flush()
                 info = _info(row)
         except Exception as exc:
-            if not blob_existed and staged.sha256 not in self.referenced_blobs():
+            if not blob_existed and not self._blob_referenced(staged.sha256):
                 self._artifacts.delete(staged.sha256)
             from sqlalchemy.exc import IntegrityError
 
@@ -216,9 +218,14 @@ class DatasetService:
             if any((p or {}).get("dataset_id") == row.id for p in jobs):
                 raise Conflict(f"dataset {row.name!r} is used by a queued or running job")
             s.execute(delete(DatasetRow).where(DatasetRow.id == row.id))
-        if info.sha256 not in self.referenced_blobs():
+        if not self._blob_referenced(info.sha256):
             self._artifacts.delete(info.sha256)
         return info
+
+    def _blob_referenced(self, sha256: str) -> bool:
+        if sha256 in self.referenced_blobs():
+            return True
+        return self.referenced_elsewhere is not None and self.referenced_elsewhere(sha256)
 
     # -- reading ---------------------------------------------------------------------------
     @staticmethod

@@ -100,6 +100,9 @@ class Platform:
         platform.datasets = DatasetService(db, artifacts)
         platform.jobs = JobQueue(db, lease_s=settings.job_lease_s)
         registry.admit = platform.datasets.admit = platform.limits.check_storage
+        registry.referenced_elsewhere = platform.datasets.referenced_elsewhere = (
+            lambda sha256: sha256 in platform.referenced_blobs()
+        )
         platform.jobs.admit = platform.limits.admit_job
         platform.optimization = Optimization(registry=registry, datasets=platform.datasets, artifacts=artifacts, settings=settings)
         platform.llm = LanguageModels(

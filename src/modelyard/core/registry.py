@@ -145,6 +145,8 @@ class Registry:
         self.on_change: list[Callable[[], None]] = []
         #: called with (tenant_id, bytes) before anything is stored; raises to refuse (quotas).
         self.admit: Callable[[str, int], None] | None = None
+        #: whether something outside the registry (datasets, job results) holds a blob too.
+        self.referenced_elsewhere: Callable[[str], bool] | None = None
 
     # -- helpers ---------------------------------------------------------------------------
     def _changed(self) -> None:
@@ -356,7 +358,9 @@ class Registry:
 
     def _blob_referenced(self, sha256: str) -> bool:
         with self._db.read() as s:
-            return s.scalar(select(VersionRow.id).where(VersionRow.sha256 == sha256).limit(1)) is not None
+            if s.scalar(select(VersionRow.id).where(VersionRow.sha256 == sha256).limit(1)) is not None:
+                return True
+        return self.referenced_elsewhere is not None and self.referenced_elsewhere(sha256)
 
     def referenced_blobs(self) -> set[str]:
         with self._db.read() as s:
