@@ -66,9 +66,6 @@ class Metrics:
             "modelyard_shadow_latency_seconds", "Latency of mirrored (shadow) requests",
             ["deployment"], buckets=LATENCY_BUCKETS, registry=r,
         )
-        self.http_requests = Counter(
-            "modelyard_http_requests", "HTTP requests by route and status", ["route", "method", "status"], registry=r
-        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -11,10 +11,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from modelyard.core.registry import VersionInfo
 from tests.support.live import LiveServer
+from tests.support.slow_onnx import random_weights, tanh_loop_expected, tanh_loop_model
 
 WIDTH = 4
 SLOW_WIDTH = 64
-_SLOW_W = (np.random.default_rng(0).standard_normal((SLOW_WIDTH, SLOW_WIDTH)) / np.sqrt(SLOW_WIDTH)).astype(np.float32)
+_SLOW_W = random_weights(SLOW_WIDTH)
 
 
 def _save(graph: onnx.GraphProto, path: Path) -> Path:
@@ -54,42 +55,11 @@ def failing_model(path: Path) -> Path:
 
 def slow_model(path: Path, iterations: int) -> Path:
     """``x: FP32[-1, 64]`` through ``iterations`` rounds of tanh(x @ W): batchable and slow."""
-    body = helper.make_graph(
-        [
-            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-            helper.make_node("MatMul", ["state_in", "W"], ["mm"]),
-            helper.make_node("Tanh", ["mm"], ["state_out"]),
-        ],
-        "body",
-        [
-            helper.make_tensor_value_info("iter", TensorProto.INT64, []),
-            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("state_in", TensorProto.FLOAT, None),
-        ],
-        [
-            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("state_out", TensorProto.FLOAT, None),
-        ],
-    )
-    graph = helper.make_graph(
-        [helper.make_node("Loop", ["n", "keep_going", "x"], ["y"], body=body)],
-        "slow",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", SLOW_WIDTH])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", SLOW_WIDTH])],
-        initializer=[
-            numpy_helper.from_array(_SLOW_W, "W"),
-            numpy_helper.from_array(np.array(True), "keep_going"),
-            numpy_helper.from_array(np.array(iterations, np.int64), "n"),
-        ],
-    )
-    return _save(graph, path)
+    return tanh_loop_model(path, weights=_SLOW_W, iterations=iterations)
 
 
 def slow_expected(x: np.ndarray, iterations: int) -> np.ndarray:
-    y = x.astype(np.float32)
-    for _ in range(iterations):
-        y = np.tanh(y @ _SLOW_W)
-    return y
+    return tanh_loop_expected(x, _SLOW_W, iterations)
 
 
 def register(

@@ -1,9 +1,10 @@
 """API keys: creation, hashing, authentication and the first-start bootstrap.
 
 A key looks like ``my_<prefix>_<secret>``. Only ``sha256(key)`` is stored; lookup is by prefix
-and the hash is compared in constant time. Authentication results are cached in-process for a
-moment (``cache_ttl_s``) so the inference hot path does not query the database on every request;
-revoking a key or disabling a tenant in this process clears the cache at once.
+and the hash is compared in constant time. On the event loop (``authenticate_async``) results are
+cached in-process for a moment (``cache_ttl_s``) so the inference hot path does not query the
+database on every request; revoking a key or disabling a tenant in this process clears the cache
+at once.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -85,8 +85,6 @@ class KeyService:
 
     def __init__(self, db: Database, *, cache_ttl_s: float = 1.0) -> None:
         self._db = db
-        self._ttl = cache_ttl_s
-        self._cache: dict[str, tuple[float, Principal, datetime | None]] = {}
         self._async_cache: AsyncTTLCache[str, tuple[Principal, datetime | None]] = AsyncTTLCache(ttl_s=cache_ttl_s)
 
     # -- bootstrap -------------------------------------------------------------------------
@@ -190,7 +188,6 @@ class KeyService:
         return info
 
     def invalidate_cache(self) -> None:
-        self._cache.clear()
         self._async_cache.clear()
 
     async def authenticate_async(self, secret: str | None) -> Principal:
@@ -205,33 +202,12 @@ class KeyService:
         return principal
 
     # -- authentication --------------------------------------------------------------------
-    def cached(self, secret: str | None) -> Principal | None:
-        """The principal for ``secret`` if it was checked within the cache TTL, else ``None``."""
-        if not secret:
-            return None
-        hit = self._cache.get(secret)
-        if hit is None or time.monotonic() - hit[0] >= self._ttl:
-            return None
-        if hit[2] is not None and hit[2] <= datetime.now(timezone.utc):
-            return None
-        return hit[1]
-
     def authenticate(self, secret: str | None) -> Principal:
-        """The principal for a presented key, or ``Unauthenticated``."""
+        """The principal for a presented key, or ``Unauthenticated`` (blocking, uncached: the
+        event loop uses :meth:`authenticate_async`)."""
         if not secret:
             raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
-        now = time.monotonic()
-        hit = self._cache.get(secret)
-        if hit is not None and now - hit[0] < self._ttl:
-            expires = hit[2]
-            if expires is None or expires > datetime.now(timezone.utc):
-                return hit[1]
-            raise Unauthenticated("API key has expired")
-        principal, expires = self._lookup(secret)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[secret] = (now, principal, expires)
-        return principal
+        return self._lookup(secret)[0]
 
     def _lookup(self, secret: str) -> tuple[Principal, datetime | None]:
         prefix = _prefix_of(secret) or hash_key(secret)[:_PREFIX_LEN]

@@ -21,57 +21,19 @@ from modelyard.engine.isolation import ProcessRuntime
 from modelyard.errors import DeadlineExceeded, InvalidArtifact, InvalidInput, Unavailable
 from modelyard.runtimes.base import Runtime, RuntimeOptions
 from modelyard.tensors import TensorSpec
+from tests.support.slow_onnx import random_weights, tanh_loop_expected, tanh_loop_model
 
 WIDTH = 128
-WEIGHTS = (np.random.default_rng(0).standard_normal((WIDTH, WIDTH)) / np.sqrt(WIDTH)).astype(
-    np.float32
-)
+WEIGHTS = random_weights(WIDTH)
 
 
 def build_loop_model(path: Path) -> Path:
     """y = tanh(... tanh(tanh(x @ W) @ W) ...) repeated ``n`` times: ``n`` sets how slow it is."""
-    body = helper.make_graph(
-        [
-            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-            helper.make_node("MatMul", ["state_in", "W"], ["mm"]),
-            helper.make_node("Tanh", ["mm"], ["state_out"]),
-        ],
-        "body",
-        [
-            helper.make_tensor_value_info("iter", TensorProto.INT64, []),
-            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("state_in", TensorProto.FLOAT, None),
-        ],
-        [
-            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("state_out", TensorProto.FLOAT, None),
-        ],
-    )
-    graph = helper.make_graph(
-        [helper.make_node("Loop", ["n", "keep_going", "x"], ["y"], body=body)],
-        "slow",
-        [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", WIDTH]),
-            helper.make_tensor_value_info("n", TensorProto.INT64, []),
-        ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", WIDTH])],
-        initializer=[
-            numpy_helper.from_array(WEIGHTS, "W"),
-            numpy_helper.from_array(np.array(True), "keep_going"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
+    return tanh_loop_model(path, weights=WEIGHTS)
 
 
 def expected(x: np.ndarray, n: int) -> np.ndarray:
-    y = x
-    for _ in range(n):
-        y = np.tanh(y @ WEIGHTS)
-    return y
+    return tanh_loop_expected(x, WEIGHTS, n)
 
 
 def feed(x: np.ndarray, n: int) -> dict[str, np.ndarray]:
