@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     max_queue_delay_ms: float = Field(default=2.0, ge=0)
     max_queue_size: int = Field(default=256, ge=1)
     request_timeout_s: float = Field(default=30.0, gt=0)
+    inline_compute_us: float = Field(
+        default=500.0, ge=0,
+        description="batches of an in-process model that recently computed faster than this run on the "
+        "event loop instead of hopping to a thread (0: always a thread)",
+    )
     max_in_flight: int = Field(
         default=4096, ge=1, description="requests queued or computing in all versions; beyond it: 503"
     )

@@ -4,20 +4,37 @@ available) until SIGTERM/SIGINT, then drains in-flight requests and exits cleanl
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable
+from collections.abc import Coroutine
 from types import FrameType
+from typing import Any, TypeVar
+
 import uvicorn
 
 from modelyard.api.app import create_app
+from modelyard.api.v2.protocol import InferenceProtocol
 from modelyard.config import Settings
 from modelyard.core.demo import ensure_demo_model
 from modelyard.core.platform import Platform
 
-__all__ = ["run_server", "prepare_platform", "serve_async", "build_http_server"]
+__all__ = ["run_server", "prepare_platform", "serve_async", "build_http_server", "run_on_fast_loop"]
 
 log = logging.getLogger("modelyard.server")
+
+T = TypeVar("T")
+
+
+def run_on_fast_loop(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on uvloop (libuv: cheaper socket I/O and callbacks) where it is installed."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 class _DrainingServer(uvicorn.Server):
@@ -64,10 +81,14 @@ def prepare_platform(settings: Settings, *, announce: Callable[[str], None] = pr
 
 
 def build_http_server(settings: Settings, platform: Platform) -> uvicorn.Server:
-    """The uvicorn server for ``create_app``; readiness turns false on SIGTERM/SIGINT."""
+    """The uvicorn server for ``create_app``; readiness turns false on SIGTERM/SIGINT.
+
+    Its HTTP protocol (:class:`InferenceProtocol`) answers OIP v2 inference without the ASGI
+    stack; every other request goes to the app."""
     app = create_app(settings, platform=platform)
     config = uvicorn.Config(
         app,
+        http=InferenceProtocol.bound(platform),
         host=settings.host,
         port=settings.http_port,
         log_level=settings.log_level,
@@ -90,6 +111,10 @@ async def serve_async(settings: Settings, platform: Platform, http: uvicorn.Serv
     from modelyard.jobs.pool import JobWorkers
 
     job_workers = await asyncio.to_thread(JobWorkers(settings, platform.jobs).start)
+    # Everything the imports and the start made lives until exit: keep the collector from ever
+    # walking it again (full collections of those ~300k objects stalled requests ~100 ms at p99).
+    gc.collect()
+    gc.freeze()
     try:
         await http.serve()
     finally:
@@ -116,6 +141,6 @@ def run_server(settings: Settings, *, platform: Platform | None = None) -> int:
         finally:
             await platform.aclose()
 
-    asyncio.run(main())
+    run_on_fast_loop(main())
     return 0
 

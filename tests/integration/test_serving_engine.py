@@ -290,7 +290,9 @@ def test_client_that_disconnects_cancels_its_queued_work(server: LiveServer) -> 
         _deploy(client, {"name": "patient", "routes": [{"model": "hangup", "version": 1}],
                          "serving": {"instances": 1, "timeout_s": 30}})
         computed = metric(client.get("/metrics").text, "modelyard_compute_seconds_count", model="hangup")
-        long_x = np.zeros((6, SLOW_WIDTH), np.float32)  # several hundred ms of work
+        # Long enough that the callers below are still queued behind it when they hang up
+        # (6 rows, ~100 ms on a fast machine, raced the 0.1 s sleep).
+        long_x = np.zeros((24, SLOW_WIDTH), np.float32)
         first = threading.Thread(target=lambda: client.post("/v2/models/patient/infer", json=infer_body(long_x)))
         first.start()
         time.sleep(0.1)

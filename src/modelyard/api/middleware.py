@@ -13,19 +13,30 @@ responses pass through untouched.
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
-import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard.core.audit import AuditEntry
 
-__all__ = ["RequestIdMiddleware", "AuditMiddleware", "REQUEST_ID_HEADER"]
+__all__ = ["RequestIdMiddleware", "AuditMiddleware", "REQUEST_ID_HEADER", "request_id", "audit_entry"]
 
 REQUEST_ID_HEADER = "x-request-id"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: made ids: a random per-process prefix and a counter (unique, and cheap on the hot path)
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def request_id(given: str | None) -> str:
+    """The caller's ``X-Request-ID`` when it is a short safe token, else a new unique id."""
+    if given and _SAFE_ID.match(given):
+        return given
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -45,10 +56,9 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = _header(scope, REQUEST_ID_HEADER.encode())
-        request_id = given if given and _SAFE_ID.match(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-        raw = request_id.encode()
+        rid = request_id(_header(scope, REQUEST_ID_HEADER.encode()))
+        scope.setdefault("state", {})["request_id"] = rid
+        raw = rid.encode()
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -101,18 +111,25 @@ class AuditMiddleware:
         if audit is None:
             return
         state = scope.get("state") or {}
-        principal = state.get("principal")
-        client = scope.get("client")
         path = scope.get("path", "")
         query = scope.get("query_string", b"")
-        target = path + ("?" + query.decode("latin-1") if query else "")
-        audit.append(AuditEntry(
-            action=method,
-            object=target,
-            result=code,
-            request_id=str(state.get("request_id", "")),
-            tenant_id=getattr(principal, "tenant_id", None),
-            key_id=getattr(principal, "key_id", None),
-            role=getattr(principal, "role", None),
-            client=f"{client[0]}" if client else "",
+        audit.append(audit_entry(
+            method, path + ("?" + query.decode("latin-1") if query else ""), code,
+            str(state.get("request_id", "")), state.get("principal"), scope.get("client"),
         ))
+
+
+def audit_entry(
+    method: str, target: str, code: int, rid: str, principal: Any, client: tuple[str, int] | None
+) -> AuditEntry:
+    """The audit record of one HTTP call (``principal`` is ``None`` when unauthenticated)."""
+    return AuditEntry(
+        action=method,
+        object=target,
+        result=code,
+        request_id=rid,
+        tenant_id=getattr(principal, "tenant_id", None),
+        key_id=getattr(principal, "key_id", None),
+        role=getattr(principal, "role", None),
+        client=f"{client[0]}" if client else "",
+    )

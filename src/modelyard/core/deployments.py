@@ -321,12 +321,13 @@ class Deployments:
             total = s.scalar(count) or 0
             return Page([_deployment(r) for r in rows], total, page.page, page.page_size)
 
-    def cached(self, tenant_id: str, name: str) -> tuple[bool, DeploymentTraffic | None]:
-        """``(hit, traffic)`` from memory only: ``hit`` False means "ask :meth:`lookup`"."""
+    def cached(self, tenant_id: str, name: str) -> tuple[bool, DeploymentTraffic | None] | None:
+        """``(fresh, traffic)`` from memory only (``traffic`` is ``None`` for "no such
+        deployment"), or ``None`` when nothing is remembered: ask :meth:`refresh`."""
         entry = self._cache.get((tenant_id, name))
-        if entry is None or time.monotonic() - entry[0] >= self._ttl:
-            return False, None
-        return True, entry[1]
+        if entry is None:
+            return None
+        return time.monotonic() - entry[0] < self._ttl, entry[1]
 
     def stats(self, deployment: Deployment) -> dict[str, Any] | None:
         """Live traffic statistics of ``deployment`` (``None`` before its first request)."""
@@ -338,9 +339,13 @@ class Deployments:
 
     def lookup(self, tenant_id: str, name: str) -> DeploymentTraffic | None:
         """The traffic state of deployment ``name``, or ``None`` if there is none (cached)."""
-        hit, traffic = self.cached(tenant_id, name)
-        if hit:
-            return traffic
+        hit = self.cached(tenant_id, name)
+        if hit is not None and hit[0]:
+            return hit[1]
+        return self.refresh(tenant_id, name)
+
+    def refresh(self, tenant_id: str, name: str) -> DeploymentTraffic | None:
+        """Read deployment ``name`` from the database and remember it (blocking)."""
         try:
             deployment: Deployment | None = self.get(tenant_id, name)
         except DeploymentNotFound:

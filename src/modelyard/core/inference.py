@@ -12,6 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import anyio
 
 from modelyard import __version__
 from modelyard.core.limits import Limits
-from modelyard.core.cache import AsyncTTLCache
+from modelyard.core.cache import AsyncTTLCache, SingleFlight
 from modelyard.core.principal import Principal
 from modelyard.core.registry import Registry, VersionInfo
 from modelyard.core.usage import UsageMeter
@@ -98,6 +99,8 @@ class DataPlane:
             ttl_s=_RESOLVE_TTL_S
         )
         self._metric_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        #: database reads of deployments and quotas, one at a time per key
+        self._lookups: SingleFlight[tuple[str, str], Any] = SingleFlight()
         registry.on_change.append(self._resolved.clear)
 
     # -- server ----------------------------------------------------------------------------
@@ -121,12 +124,19 @@ class DataPlane:
         )
 
     async def deployment(self, principal: Principal, name: str) -> DeploymentTraffic | None:
-        """The deployment ``name`` of the caller's tenant, or ``None`` (answered from memory)."""
-        if self.deployments is None:
+        """The deployment ``name`` of the caller's tenant, or ``None``: answered from memory once
+        known (a stale answer is refreshed in the background, one database read at a time)."""
+        deployments = self.deployments
+        if deployments is None:
             return None
-        hit, traffic = self.deployments.cached(principal.tenant_id, name)
-        if not hit:
-            traffic = await anyio.to_thread.run_sync(self.deployments.lookup, principal.tenant_id, name)
+        key = (principal.tenant_id, name)
+        hit = deployments.cached(*key)
+        if hit is None:
+            traffic = await self._lookups.run(key, partial(deployments.refresh, *key))
+        else:
+            fresh, traffic = hit
+            if not fresh:
+                self._lookups.refresh(key, partial(deployments.refresh, *key))
         if traffic is not None:
             principal.require("infer")
             if not principal.in_scope(name):
@@ -357,13 +367,23 @@ class DataPlane:
     async def check_limits(self, principal: Principal) -> None:
         """Apply the key's rate limit and the tenant's daily quotas (429 ``RateLimited``).
 
-        The token bucket runs inline; quota counters (database writes) run in a thread, only
-        when the tenant has such a quota. gRPC and the OpenAI API go through this too."""
-        if self.limits is None:
+        The token bucket runs inline; the tenant's quotas come from memory (refreshed in the
+        background); quota counters (database writes) run in a thread, only when the tenant has
+        a daily quota. gRPC and the OpenAI API go through this too."""
+        limits = self.limits
+        if limits is None:
             return
-        self.limits.check_rate(principal)
-        if self.limits.daily_needs_io(principal.tenant_id):
-            await anyio.to_thread.run_sync(self.limits.check_daily, principal)
+        limits.check_rate(principal)
+        tenant = principal.tenant_id
+        hit = limits.cached_quotas(tenant)
+        if hit is None:
+            quotas = await self._lookups.run(("quotas", tenant), partial(limits.refresh_quotas, tenant))
+        else:
+            fresh, quotas = hit
+            if not fresh:
+                self._lookups.refresh(("quotas", tenant), partial(limits.refresh_quotas, tenant))
+        if limits.has_daily(quotas):
+            await anyio.to_thread.run_sync(limits.check_daily, principal)
 
     def _meter(self, principal: Principal, model: str, *, errors: int = 0, compute_s: float = 0.0) -> None:
         """Usage: one request (and an error) on ``model`` with its measured compute time."""

@@ -145,14 +145,29 @@ class Limits:
         self._quotas: dict[str, tuple[float, Quotas]] = {}
 
     def quotas(self, tenant_id: str) -> Quotas:
-        """The tenant's quotas (cached for ``quota_ttl_s``)."""
-        hit = self._quotas.get(tenant_id)
-        now = time.monotonic()
-        if hit is not None and now - hit[0] < self._ttl:
+        """The tenant's quotas (cached for ``quota_ttl_s``; blocking on a miss)."""
+        hit = self.cached_quotas(tenant_id)
+        if hit is not None and hit[0]:
             return hit[1]
+        return self.refresh_quotas(tenant_id)
+
+    def cached_quotas(self, tenant_id: str) -> tuple[bool, Quotas] | None:
+        """``(fresh, quotas)`` from memory only (no I/O), or ``None`` before the first load."""
+        hit = self._quotas.get(tenant_id)
+        if hit is None:
+            return None
+        return time.monotonic() - hit[0] < self._ttl, hit[1]
+
+    def refresh_quotas(self, tenant_id: str) -> Quotas:
+        """Load the tenant's quotas from the database and remember them (blocking)."""
         quotas = self._tenants.quotas(tenant_id)
-        self._quotas[tenant_id] = (now, quotas)
+        self._quotas[tenant_id] = (time.monotonic(), quotas)
         return quotas
+
+    @staticmethod
+    def has_daily(quotas: Quotas) -> bool:
+        """Whether checking these quotas counts in the database (a requests or tokens per day)."""
+        return quotas.requests_per_day is not None or quotas.tokens_per_day is not None
 
     def forget(self) -> None:
         """Drop cached quotas (after an admin changed them)."""
@@ -179,13 +194,6 @@ class Limits:
         """
         self.check_rate(principal)
         self.check_daily(principal)
-
-    def daily_needs_io(self, tenant_id: str) -> bool:
-        """Whether :meth:`check_daily` may touch the database (stale cache or a daily quota)."""
-        hit = self._quotas.get(tenant_id)
-        if hit is None or time.monotonic() - hit[0] >= self._ttl:
-            return True
-        return hit[1].requests_per_day is not None or hit[1].tokens_per_day is not None
 
     def check_daily(self, principal: Principal) -> None:
         """The tenant's requests/day and generated tokens/day (blocking)."""

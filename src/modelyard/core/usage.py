@@ -13,6 +13,7 @@ import csv
 import io
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
@@ -81,6 +82,8 @@ class UsageMeter(BackgroundFlusher):
         self._pending: dict[tuple[str, str, datetime], list[float]] = {}
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
+        self._hour_ends = 0.0  # time.time() when the current hour bucket ends
+        self._hour_now = _hour()
 
 
     def record(
@@ -96,7 +99,7 @@ class UsageMeter(BackgroundFlusher):
         at: datetime | None = None,
     ) -> None:
         """Add usage for (tenant, model or deployment, this hour). Thread-safe; no I/O."""
-        key = (tenant_id, model, _hour(at))
+        key = (tenant_id, model, _hour(at) if at is not None else self._current_hour())
         with self._lock:
             sums = self._pending.get(key)
             if sums is None:
@@ -106,6 +109,13 @@ class UsageMeter(BackgroundFlusher):
             sums[2] += input_tokens
             sums[3] += output_tokens
             sums[4] += compute_s
+
+    def _current_hour(self) -> datetime:
+        now = time.time()
+        if now >= self._hour_ends:  # recomputed once an hour, not on every request
+            self._hour_now = _hour()
+            self._hour_ends = self._hour_now.timestamp() + 3600
+        return self._hour_now
 
     def flush(self) -> int:
         """Write pending sums; returns how many rows were touched. On failure they are kept."""

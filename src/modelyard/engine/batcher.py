@@ -13,6 +13,13 @@ batches are computing, a free executor waits until its batch is full or its olde
 waited that long. With ``instances=1`` requests that queue while a batch computes are dispatched
 together as soon as it finishes, so batches fill by themselves as load grows.
 
+Where a batch computes. ``predict`` runs in the executor (a thread), so the event loop keeps
+moving bytes while a model computes. A thread hop costs two context switches and a loop wake-up
+(tens of microseconds), more than a small model's whole batch; so when ``inline_below_s`` is set
+and the recent batches of this version computed faster than that, a batch runs on the loop
+itself, one batch per loop turn (responses and new requests go between two batches). A version
+whose batches grow slower goes back to the executor at its next batch.
+
 Failure isolation: if a batched ``predict`` raises (or returns outputs that cannot be split by
 rows), every request of that batch is re-run alone, so one bad request fails only itself.
 """
@@ -42,6 +49,8 @@ PredictFn = Callable[[dict[str, np.ndarray], "list[str] | None"], dict[str, np.n
 _QUEUED, _RUNNING, _DROPPED = 0, 1, 2
 #: Timers may fire a hair early; a request this close to its delay counts as due.
 _TIMER_SLACK_S = 1e-4
+#: batches measured in the executor before a version may compute on the loop
+_MEASURED_BEFORE_INLINE = 3
 
 
 class BatchObserver(Protocol):
@@ -137,7 +146,9 @@ class DynamicBatcher:
     At most ``instances`` batches compute at once. At most ``max_queue_size`` requests wait;
     beyond that ``submit`` raises :class:`QueueFull` at once, with ``retry_after`` estimated from
     recent batch times. ``executor`` runs ``predict``; when omitted the batcher owns a thread pool
-    of ``instances`` threads and shuts it down in :meth:`close`.
+    of ``instances`` threads and shuts it down in :meth:`close`. ``inline_below_s``: batches
+    expected to compute in less than this run on the event loop (0: never); only for a
+    ``predict`` that computes in this process (never one that waits on another process).
     """
 
     def __init__(
@@ -150,6 +161,7 @@ class DynamicBatcher:
         instances: int = 1,
         executor: concurrent.futures.Executor | None = None,
         observer: BatchObserver | None = None,
+        inline_below_s: float = 0.0,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
@@ -182,6 +194,8 @@ class DynamicBatcher:
         self._closing = False
         self._drained: asyncio.Event | None = None
         self._batch_s = 0.0  # moving average of recent batch compute times
+        self._batches = 0  # batches computed so far
+        self._inline_below_s = inline_below_s
 
     # -- state -------------------------------------------------------------------------------
 
@@ -328,8 +342,12 @@ class DynamicBatcher:
             if chosen is None:
                 break
             batch = self._take(chosen, now)
-            if batch:
-                self._launch(batch, now)
+            if batch and self._launch(batch, now):
+                # Computed on the loop: let answers and new requests through before the next one.
+                if self._groups:
+                    self._dispatch_pending = True
+                    loop.call_soon(self._dispatch)
+                return
         if self._groups and self._busy < self._instances:
             oldest = min(g.items[0].enqueued for g in self._groups.values())
             self._wake = loop.call_at(oldest + self._delay_s, self._dispatch)
@@ -366,20 +384,26 @@ class DynamicBatcher:
             self._observer.queue_depth(self._queued)
         return tuple(batch)
 
-    def _launch(self, batch: tuple[_Request, ...], now: float) -> None:
+    def _launch(self, batch: tuple[_Request, ...], now: float) -> bool:
+        """Start computing ``batch``; True when it was computed on the loop (already finished)."""
         loop = self._loop
         assert loop is not None
         self._busy += 1
         self._computing += len(batch)
         self._running.add(batch)
+        if self._batch_s < self._inline_below_s and self._batches >= _MEASURED_BEFORE_INLINE:
+            outcomes, compute_s = self._run(batch)
+            self._complete(batch, now, outcomes, compute_s)
+            return True
         try:
             afut = loop.run_in_executor(self._executor, self._run, batch)
         except RuntimeError as exc:  # the executor was shut down under us
             err = Unavailable("this model version is shutting down")
             err.__cause__ = exc
             self._finish(batch, now, None, err)
-            return
+            return False
         afut.add_done_callback(partial(self._on_done, batch, now))
+        return False
 
     # -- compute (runs in the executor, off the loop) ----------------------------------------
 
@@ -432,6 +456,13 @@ class DynamicBatcher:
             err.__cause__ = exc
             self._finish(batch, dispatched, None, err)
             return
+        self._complete(batch, dispatched, outcomes, compute_s)
+        if self._groups and not self._dispatch_pending:
+            self._dispatch()
+
+    def _complete(
+        self, batch: tuple[_Request, ...], dispatched: float, outcomes: list[Any], compute_s: float
+    ) -> None:
         for item, outcome in zip(batch, outcomes):
             if item.future.done():
                 continue
@@ -440,6 +471,7 @@ class DynamicBatcher:
             else:
                 item.future.set_result(outcome)
         self._batch_s = compute_s if self._batch_s == 0.0 else 0.8 * self._batch_s + 0.2 * compute_s
+        self._batches += 1
         self._finish(batch, dispatched, compute_s, None)
 
     def _finish(
@@ -457,8 +489,8 @@ class DynamicBatcher:
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(error)
-        if self._groups and not self._dispatch_pending:
-            self._dispatch()
+            if self._groups and not self._dispatch_pending:
+                self._dispatch()
         if compute_s is not None and self._observer is not None:
             self._observer.on_batch(
                 sum(item.rows for item in batch), dispatched - batch[0].enqueued, compute_s

@@ -168,6 +168,8 @@ class LoadedModel:
     batchers: dict[_BatchKey, DynamicBatcher] = field(default_factory=dict)
     observer: _Observer | None = None
     retired: bool = False
+    #: batches faster than this compute on the event loop (0 for a worker process's runtime)
+    inline_below_s: float = 0.0
 
     def batcher(self, options: ServingOptions) -> DynamicBatcher:
         """The batcher for ``options`` (made on first use)."""
@@ -189,6 +191,7 @@ class LoadedModel:
                 max_queue_size=key[2],
                 instances=key[3],
                 observer=self.observer,
+                inline_below_s=self.inline_below_s,
             )
             self.batchers[key] = batcher
         return batcher
@@ -214,7 +217,9 @@ class ModelManager:
     ``cores`` is what ONNX Runtime thread counts are derived from; ``defaults`` the server-wide
     :class:`ServingOptions`; ``max_in_flight`` the server-wide bound on queued plus computing
     requests (beyond it the server is saturated: 503 with ``Retry-After``). ``loader`` builds a
-    runtime (process isolation wraps it); ``warm_up`` runs one zero row after each load.
+    runtime (process isolation wraps it); ``warm_up`` runs one zero row after each load;
+    ``inline_below_s`` lets batches of in-process runtimes that compute faster than that run on
+    the event loop (see the batcher).
     """
 
     def __init__(
@@ -230,6 +235,7 @@ class ModelManager:
         loader: RuntimeLoader = load_runtime,
         warm_up: bool = True,
         executor: Any = None,
+        inline_below_s: float = 0.0,
     ) -> None:
         self._options = options
         self._cores = cores or max(1, options.intra_op_threads)
@@ -241,6 +247,7 @@ class ModelManager:
         self._loader = loader
         self._warm_up = warm_up
         self._executor = executor  # None: the loop's default executor loads models
+        self._inline_below_s = inline_below_s
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loading: dict[str, asyncio.Future[LoadedModel]] = {}
         self._generation: dict[str, int] = {}
@@ -345,6 +352,7 @@ class ModelManager:
             source, runtime, runtime.memory_bytes(), elapsed,
             pinned=source.key in self._pinned or source.load_key in self._pinned,
             observer=_Observer(self._metrics, source.name, source.version),
+            inline_below_s=0.0 if source.isolated else self._inline_below_s,
         )
         async with self._lock:
             self._loaded[source.load_key] = model

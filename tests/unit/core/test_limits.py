@@ -119,7 +119,8 @@ def test_unlimited_tenant_needs_no_io_after_first_check(tmp_path: Path) -> None:
     tenants = TenantService(db, KeyService(db))
     limits = Limits(db=db, tenants=tenants, quota_ttl_s=60)
     t = tenants.create("free")
-    assert limits.daily_needs_io(t.id)
+    assert limits.cached_quotas(t.id) is None
     limits.check_request(_principal(t.id))
-    assert not limits.daily_needs_io(t.id)
+    cached = limits.cached_quotas(t.id)
+    assert cached is not None and cached[0] and not Limits.has_daily(cached[1])
     db.dispose()

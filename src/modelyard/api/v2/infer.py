@@ -1,9 +1,14 @@
-"""OIP v2 inference over raw ASGI: the one hot path of the REST data plane.
+"""OIP v2 inference answering: the one hot path of the REST data plane.
 
-``InferenceFastPath`` answers ``POST /v2/models/{m}[/versions/{v}]/infer`` without FastAPI's
-routing and dependency machinery (whose per-request cost dominated a tiny model's time); every
-other request goes on to the FastAPI app. The documented FastAPI routes call the same
-:func:`run_infer`, so both ways in share one implementation.
+:func:`answer_infer` turns an inference request (target, a few headers, the body) into the bytes
+of its answer: authentication, decoding, :meth:`DataPlane.infer`, encoding, and every failure
+mapped to its ``{"error": {"code", "message"}}`` body. Two ways in share it:
+
+* :class:`~modelyard.api.v2.protocol.InferenceProtocol`, the server's HTTP/1.1 protocol, calls it
+  straight from the parser callbacks (no ASGI scope, middleware chain or messages);
+* :class:`InferenceFastPath`, an ASGI middleware, for requests that reach the app as ASGI
+  (pipelined requests, in-process test clients); the documented FastAPI routes call
+  :func:`run_infer` too.
 """
 
 from __future__ import annotations
@@ -20,7 +25,17 @@ from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
 from modelyard.errors import InvalidInput, ModelYardError, PayloadTooLarge, Unauthenticated
 
-__all__ = ["InferenceFastPath", "run_infer", "InferResult", "ClientGone"]
+__all__ = [
+    "InferenceFastPath",
+    "answer_infer",
+    "run_infer",
+    "read_body",
+    "unless_disconnected",
+    "split_infer_path",
+    "error_result",
+    "InferResult",
+    "ClientGone",
+]
 
 log = logging.getLogger("modelyard.api")
 
@@ -35,10 +50,97 @@ _PREFIX = "/v2/models/"
 _SUFFIX = "/infer"
 _JSON = (b"content-type", b"application/json")
 _OCTETS = (b"content-type", b"application/octet-stream")
+_INTERNAL = orjson.dumps({"error": {"code": "internal", "message": "internal server error; see the server log"}})
 
 
 class ClientGone(Exception):
     """The caller disconnected before its answer was ready; its work was cancelled."""
+
+
+def split_infer_path(path: str) -> tuple[str, str | None] | None:
+    """``(model, version)`` of ``/v2/models/{m}[/versions/{v}]/infer``, else ``None``."""
+    if not (path.startswith(_PREFIX) and path.endswith(_SUFFIX)):
+        return None
+    parts = path[len(_PREFIX) : -len(_SUFFIX)].split("/")
+    if len(parts) == 1 and parts[0]:
+        return parts[0], None
+    if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
+        return parts[0], parts[2]
+    return None
+
+
+async def run_infer(
+    platform: Platform,
+    principal: Principal,
+    name: str,
+    version: str | None,
+    body: bytes,
+    header_length: str | None,
+) -> InferResult:
+    """Decode, infer, encode (errors propagate as :class:`ModelYardError`)."""
+    length: int | None = None
+    if header_length is not None:
+        if not header_length.isdigit():
+            raise InvalidInput(
+                f"Inference-Header-Content-Length must be a non-negative integer, got {header_length!r}"
+            )
+        length = int(header_length)
+    request = decode_infer_request(body, length)
+    response = await platform.dataplane.infer(principal, name, version, request, protocol="rest")
+    binary_default = bool(request.parameters.get("binary_data_output", False))
+    payload, json_length = encode_infer_response(response, requested=request.outputs, binary_default=binary_default)
+    if json_length is None:
+        return 200, [_JSON], payload
+    return 200, [_OCTETS, (b"inference-header-content-length", str(json_length).encode())], payload
+
+
+async def authenticate(platform: Platform, header: str | None) -> Principal:
+    """The principal of an ``Authorization: Bearer <key>`` header (401 when missing or bad)."""
+    token: str | None = None
+    if header:
+        scheme, _, rest = header.partition(" ")
+        if scheme.lower() != "bearer" or not rest.strip():
+            raise Unauthenticated("malformed Authorization header; expected 'Bearer <key>'")
+        token = rest.strip()
+    return await platform.keys.authenticate_async(token)
+
+
+def error_result(exc: ModelYardError) -> InferResult:
+    """The answer for ``exc``: its status, ``Retry-After`` / ``WWW-Authenticate`` and body."""
+    headers = [_JSON]
+    if exc.retry_after is not None:
+        headers.append((b"retry-after", str(max(1, int(round(exc.retry_after)))).encode()))
+    if exc.http_status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    return exc.http_status, headers, orjson.dumps(exc.to_body())
+
+
+async def answer_infer(
+    platform: Platform,
+    name: str,
+    version: str | None,
+    *,
+    authorization: str | None,
+    header_length: str | None,
+    body: bytes,
+    where: str,
+) -> tuple[InferResult, Principal | None]:
+    """Authenticate and run one inference request; every failure becomes its error answer.
+
+    Returns the answer and the authenticated principal (``None`` when authentication failed),
+    which the caller needs for the audit trail. Cancellation (the caller went away) propagates.
+    """
+    principal: Principal | None = None
+    try:
+        principal = await authenticate(platform, authorization)
+        return await run_infer(platform, principal, name, version, body, header_length), principal
+    except ModelYardError as exc:
+        if exc.http_status >= 500:
+            log.error("inference on %s failed: %s", where, exc.message, exc_info=exc)
+        return error_result(exc), principal
+    except Exception:
+        log.exception("unhandled error on POST %s", where)
+        return (500, [_JSON], _INTERNAL), principal
 
 
 async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any]) -> bool:
@@ -49,9 +151,9 @@ async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any]) -> bo
     return True
 
 
-async def _unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
-    """Await ``work`` in this task; if the client disconnects first, the task is cancelled (its
-    queued work is dropped) and :class:`ClientGone` is raised. One helper task per request."""
+async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+    """Await ``work`` in this task; if the ASGI client disconnects first, the task is cancelled
+    (its queued work is dropped) and :class:`ClientGone` is raised. One helper task per request."""
     task = asyncio.current_task()
     assert task is not None
     watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, task))
@@ -64,34 +166,6 @@ async def _unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
         raise
     finally:
         watcher.cancel()
-
-
-async def run_infer(
-    platform: Platform,
-    principal: Principal,
-    name: str,
-    version: str | None,
-    body: bytes,
-    header_length: str | None,
-    receive: Receive,
-) -> InferResult:
-    """Decode, infer (cancelled if the client goes away), encode."""
-    length: int | None = None
-    if header_length is not None:
-        if not header_length.isdigit():
-            raise InvalidInput(
-                f"Inference-Header-Content-Length must be a non-negative integer, got {header_length!r}"
-            )
-        length = int(header_length)
-    request = decode_infer_request(body, length)
-    response = await _unless_disconnected(
-        receive, platform.dataplane.infer(principal, name, version, request, protocol="rest")
-    )
-    binary_default = bool(request.parameters.get("binary_data_output", False))
-    payload, json_length = encode_infer_response(response, requested=request.outputs, binary_default=binary_default)
-    if json_length is None:
-        return 200, [_JSON], payload
-    return 200, [_OCTETS, (b"inference-header-content-length", str(json_length).encode())], payload
 
 
 async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
@@ -115,26 +189,6 @@ async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _split(path: str) -> tuple[str, str | None] | None:
-    if not (path.startswith(_PREFIX) and path.endswith(_SUFFIX)):
-        return None
-    parts = path[len(_PREFIX) : -len(_SUFFIX)].split("/")
-    if len(parts) == 1 and parts[0]:
-        return parts[0], None
-    if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
-        return parts[0], parts[2]
-    return None
-
-
-def _error(exc: ModelYardError) -> InferResult:
-    headers = [_JSON]
-    if exc.retry_after is not None:
-        headers.append((b"retry-after", str(max(1, int(round(exc.retry_after)))).encode()))
-    if exc.http_status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    return exc.http_status, headers, orjson.dumps(exc.to_body())
-
-
 class InferenceFastPath:
     """ASGI middleware serving OIP v2 inference directly; everything else passes through."""
 
@@ -142,7 +196,7 @@ class InferenceFastPath:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        target = _split(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        target = split_infer_path(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
         if target is None:
             await self.app(scope, receive, send)
             return
@@ -156,32 +210,20 @@ class InferenceFastPath:
             elif key == b"inference-header-content-length":
                 header_length = value.decode("latin-1")
         try:
-            principal = await self._authenticate(platform, auth)
-            scope.setdefault("state", {})["principal"] = principal
             body = await read_body(receive, declared, platform.settings.max_request_bytes)
-            status, headers, payload = await run_infer(
-                platform, principal, target[0], target[1], body, header_length, receive
+            (status, headers, payload), principal = await unless_disconnected(
+                receive,
+                answer_infer(
+                    platform, target[0], target[1],
+                    authorization=auth, header_length=header_length, body=body, where=scope["path"],
+                ),
             )
+            if principal is not None:
+                scope.setdefault("state", {})["principal"] = principal
         except ClientGone:
             return  # nobody is there to read an answer
-        except ModelYardError as exc:
-            if exc.http_status >= 500:
-                log.error("inference on %s failed: %s", scope["path"], exc.message, exc_info=exc)
-            status, headers, payload = _error(exc)
-        except Exception:
-            log.exception("unhandled error on POST %s", scope["path"])
-            body_500 = {"error": {"code": "internal", "message": "internal server error; see the server log"}}
-            status, headers, payload = 500, [_JSON], orjson.dumps(body_500)
+        except PayloadTooLarge as exc:
+            status, headers, payload = error_result(exc)
         headers.append((b"content-length", str(len(payload)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
-
-    @staticmethod
-    async def _authenticate(platform: Platform, header: str | None) -> Principal:
-        token: str | None = None
-        if header:
-            scheme, _, rest = header.partition(" ")
-            if scheme.lower() != "bearer" or not rest.strip():
-                raise Unauthenticated("malformed Authorization header; expected 'Bearer <key>'")
-            token = rest.strip()
-        return await platform.keys.authenticate_async(token)

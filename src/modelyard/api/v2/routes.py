@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from modelyard.api.deps import PlatformDep, PrincipalDep, platform_of
 from modelyard.api.errors import ERROR_SCHEMA
-from modelyard.api.v2.infer import ClientGone, read_body, run_infer
+from modelyard.api.v2.infer import ClientGone, read_body, run_infer, unless_disconnected
 from modelyard.core.principal import Principal
 
 __all__ = ["router", "health_router"]
@@ -79,10 +79,9 @@ async def _infer(request: Request, principal: Principal, name: str, version: str
         body = await read_body(
             request.receive, request.headers.get("content-length"), platform.settings.max_request_bytes
         )
-        status, headers, payload = await run_infer(
-            platform, principal, name, version, body,
-            request.headers.get("inference-header-content-length"), request.receive,
-        )
+        status, headers, payload = await unless_disconnected(request.receive, run_infer(
+            platform, principal, name, version, body, request.headers.get("inference-header-content-length"),
+        ))
     except ClientGone:
         return Response(status_code=499)  # nobody reads it; the work was cancelled
     return Response(payload, status_code=status, headers={k.decode(): v.decode() for k, v in headers})

@@ -1,0 +1,183 @@
+"""The server's HTTP/1.1 protocol on raw sockets: inference answered in place, everything else by
+the ASGI app, in request order on one connection; early 413, ``Expect: 100-continue``, request
+ids, HTTP/1.0, and the audit trail of refused keys."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelyard.core.demo import DEMO_MODEL
+from tests.support.live import LiveServer
+
+_SAMPLE = [float(v) for v in np.arange(64) % 16]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    home: Path = tmp_path_factory.mktemp("proto") / "home"
+    srv = LiveServer.build(home, grpc_enabled=False, demo_model=True, max_request_bytes=4096).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _infer_request(key: str, *, extra: str = "", body: bytes | None = None, version: str = "1.1") -> bytes:
+    payload = body if body is not None else json.dumps(
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": _SAMPLE}]}
+    ).encode()
+    head = (
+        f"POST /v2/models/{DEMO_MODEL}/infer HTTP/{version}\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n{extra}"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    )
+    return head.encode() + payload
+
+
+def _get(path: str, key: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
+
+
+class _Reader:
+    """Reads HTTP/1.1 responses (content-length framed) off one socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.buf = sock, b""
+
+    def _fill(self) -> bool:
+        chunk = self.sock.recv(65536)
+        self.buf += chunk
+        return bool(chunk)
+
+    def response(self) -> tuple[int, dict[str, str], bytes]:
+        while b"\r\n\r\n" not in self.buf:
+            assert self._fill(), "connection closed before a response"
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        length = int(headers.get("content-length", "0"))
+        while len(self.buf) < length:
+            assert self._fill(), "connection closed inside a body"
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return int(lines[0].split()[1]), headers, body
+
+    def closed(self) -> bool:
+        self.sock.settimeout(5)
+        return not self._fill()
+
+
+def _connect(server: LiveServer) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.settings.http_port), timeout=30)
+
+
+def test_pipelined_requests_are_answered_in_order(server: LiveServer) -> None:
+    """Inference, a management read, inference, a health check: four answers in that order."""
+    key = server.admin_key
+    with _connect(server) as sock:
+        sock.sendall(
+            _infer_request(key, extra="X-Request-ID: first\r\n")
+            + _get("/api/v1/models", key)
+            + _infer_request(key, extra="X-Request-ID: third\r\n")
+            + _get("/v2/health/ready", key)
+        )
+        reader = _Reader(sock)
+        answers = [reader.response() for _ in range(4)]
+    assert [a[0] for a in answers] == [200, 200, 200, 200]
+    assert answers[0][1]["x-request-id"] == "first" and answers[2][1]["x-request-id"] == "third"
+    assert json.loads(answers[0][2])["outputs"][0]["name"] == "label"
+    assert "items" in json.loads(answers[1][2])
+    assert json.loads(answers[2][2])["model_name"] == DEMO_MODEL
+    assert answers[3][2] == b"" or json.loads(answers[3][2]) is not None
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(server: LiveServer) -> None:
+    with _connect(server) as sock:
+        reader = _Reader(sock)
+        ids = set()
+        for _ in range(20):
+            sock.sendall(_infer_request(server.admin_key))
+            status, headers, body = reader.response()
+            assert status == 200 and json.loads(body)["outputs"][0]["data"] == [
+                json.loads(body)["outputs"][0]["data"][0]
+            ]
+            ids.add(headers["x-request-id"])
+    assert len(ids) == 20, "every answer gets its own request id"
+
+
+def test_body_over_the_limit_is_refused_at_once_and_the_connection_closed(server: LiveServer) -> None:
+    key = server.admin_key
+    with _connect(server) as sock:
+        head = (
+            f"POST /v2/models/{DEMO_MODEL}/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Length: 1000000\r\n\r\n"
+        ).encode()
+        sock.sendall(head + b"{" * 100)  # the rest of the body is never sent
+        reader = _Reader(sock)
+        status, headers, body = reader.response()
+        assert status == 413 and json.loads(body)["error"]["code"] == "payload_too_large"
+        assert headers.get("connection") == "close"
+        assert reader.closed()
+
+
+def test_chunked_body_over_the_limit_is_refused(server: LiveServer) -> None:
+    key = server.admin_key
+    with _connect(server) as sock:
+        head = (
+            f"POST /v2/models/{DEMO_MODEL}/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+            f"Transfer-Encoding: chunked\r\n\r\n"
+        ).encode()
+        chunk = b"a" * 3000
+        sock.sendall(head + b"%x\r\n" % len(chunk) + chunk + b"\r\n" + b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+        status, _, body = _Reader(sock).response()
+    assert status == 413 and json.loads(body)["error"]["code"] == "payload_too_large"
+
+
+def test_expect_100_continue_is_answered_before_the_body(server: LiveServer) -> None:
+    request = _infer_request(server.admin_key, extra="Expect: 100-continue\r\n")
+    head, _, body = request.partition(b"\r\n\r\n")
+    with _connect(server) as sock:
+        sock.sendall(head + b"\r\n\r\n")
+        interim = sock.recv(64)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(body)
+        reader = _Reader(sock)
+        reader.buf = interim[len(b"HTTP/1.1 100 Continue\r\n\r\n"):]
+        status, _, _ = reader.response()
+    assert status == 200
+
+
+def test_http_1_0_closes_after_the_answer(server: LiveServer) -> None:
+    with _connect(server) as sock:
+        sock.sendall(_infer_request(server.admin_key, version="1.0"))
+        reader = _Reader(sock)
+        status, headers, _ = reader.response()
+        assert status == 200 and headers.get("connection") == "close"
+        assert reader.closed()
+
+
+def test_a_refused_key_on_the_inference_path_is_audited(server: LiveServer) -> None:
+    with _connect(server) as sock:
+        sock.sendall(_infer_request("my_000000000000_not-a-real-key-at-all", extra="X-Request-ID: bad-key-1\r\n"))
+        status, headers, body = _Reader(sock).response()
+    assert status == 401 and headers["www-authenticate"] == "Bearer"
+    assert json.loads(body)["error"]["code"] == "unauthenticated"
+    assert server.platform is not None
+    server.platform.audit.flush()
+    with server.client() as client:
+        entries = client.get("/api/v1/audit", params={"page_size": 200}).json()["items"]
+    refused = [e for e in entries if e["request_id"] == "bad-key-1"]
+    assert refused and refused[0]["result"] == 401 and refused[0]["action"] == "POST"
+    assert refused[0]["object"] == f"/v2/models/{DEMO_MODEL}/infer"
+
+
+def test_malformed_request_line_gets_400(server: LiveServer) -> None:
+    with _connect(server) as sock:
+        sock.sendall(b"POST /v2/models/x/infer HTTP/1.1\r\nContent-Length: abc\r\n\r\n")
+        data = sock.recv(4096)
+    assert data.startswith(b"HTTP/1.1 400")
