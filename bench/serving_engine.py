@@ -541,14 +541,14 @@ def main() -> None:
         show("tiny: 1 client p50, batching on / off (target <= 1.2)",
              f"{on.pct(50):.3f} ms / {off.pct(50):.3f} ms = {on.pct(50) / off.pct(50):.2f}")
 
-        grpc_before = server_counter(url, key, "modelyard_requests_total", model="tiny", protocol="grpc")
-        errors_before = server_counter(url, key, "modelyard_errors_total", model="tiny")
+        grpc_before = server_counter(url, key, "modelyard_inference_requests_total", model="tiny", protocol="grpc")
+        errors_before = server_counter(url, key, "modelyard_inference_errors_total", model="tiny")
         if use_h2load:
             g = h2load_grpc(grpc_port, key, "tiny", x_tiny, c, s, tmp)
         else:
             g = asyncio.run(grpc_closed_loop(grpc_port, key, "tiny", x_tiny, c, s))
-        served = server_counter(url, key, "modelyard_requests_total", model="tiny", protocol="grpc") - grpc_before
-        errors = server_counter(url, key, "modelyard_errors_total", model="tiny") - errors_before
+        served = server_counter(url, key, "modelyard_inference_requests_total", model="tiny", protocol="grpc") - grpc_before
+        errors = server_counter(url, key, "modelyard_inference_errors_total", model="tiny") - errors_before
         show(f"tiny: gRPC req/s, 64 concurrent ({'h2load' if use_h2load else 'grpc.aio client'})",
              f"{g.rps:,.0f}  (mean {g.pct(50):.1f} ms; server counted {served:,.0f} calls, {errors:,.0f} errors)")
         show("tiny: ratio gRPC / REST binary (target >= 1)", f"{g.rps / ours.rps:.2f}")

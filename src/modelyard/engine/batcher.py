@@ -85,7 +85,6 @@ class _Request:
         "future",
         "enqueued",
         "deadline",
-        "timer",
         "state",
     )
 
@@ -105,7 +104,6 @@ class _Request:
         self.future = future
         self.enqueued = enqueued
         self.deadline: float | None = None
-        self.timer: asyncio.TimerHandle | None = None
         self.state = _QUEUED
 
 
@@ -195,6 +193,11 @@ class DynamicBatcher:
         self._drained: asyncio.Event | None = None
         self._batch_s = 0.0  # moving average of recent batch compute times
         self._batches = 0  # batches computed so far
+        # Deadlines: one FIFO per timeout value (so each is in deadline order) and one timer for
+        # the earliest, instead of a timer per request; answered requests leave from the front.
+        self._deadlines: dict[float, deque[_Request]] = {}
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_at = math.inf
         self._inline_below_s = inline_below_s
 
     # -- state -------------------------------------------------------------------------------
@@ -258,7 +261,12 @@ class DynamicBatcher:
         self._queued += 1
         if timeout_s is not None:
             item.deadline = now + timeout_s
-            item.timer = loop.call_at(item.deadline, self._expire, item)
+            waiting = self._deadlines.get(timeout_s)
+            if waiting is None:
+                waiting = self._deadlines[timeout_s] = deque()
+            waiting.append(item)
+            if item.deadline < self._deadline_at:
+                self._arm_deadline(item.deadline)
         if self._busy < self._instances and not self._dispatch_pending:
             # One loop turn later, so requests arriving together land in one batch.
             self._dispatch_pending = True
@@ -271,9 +279,6 @@ class DynamicBatcher:
             if item.state == _QUEUED:
                 self._unqueue(item, remove=True)
             raise
-        finally:
-            if item.timer is not None:
-                item.timer.cancel()
 
     def _retry_after(self) -> float:
         batches_ahead = math.ceil(self._queued / self._max_rows) / self._instances + 1
@@ -295,8 +300,41 @@ class DynamicBatcher:
             self._observer.queue_depth(self._queued)
         self._check_drained()
 
+    def _arm_deadline(self, at: float) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        assert self._loop is not None
+        self._deadline_at = at
+        self._deadline_timer = self._loop.call_at(at, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        """Fail every request whose deadline passed; re-arm for the next one."""
+        self._deadline_timer = None
+        self._deadline_at = math.inf
+        assert self._loop is not None
+        now = self._loop.time() + _TIMER_SLACK_S
+        for timeout, waiting in list(self._deadlines.items()):
+            while waiting:
+                item = waiting[0]
+                if item.future.done():
+                    waiting.popleft()
+                elif item.deadline is not None and item.deadline <= now:
+                    waiting.popleft()
+                    self._expire(item)
+                else:
+                    if item.deadline is not None and item.deadline < self._deadline_at:
+                        self._arm_deadline(item.deadline)
+                    break
+            if not waiting:
+                del self._deadlines[timeout]
+
+    def _forget_answered(self) -> None:
+        """Drop answered requests from the front of the deadline queues (keeps them short)."""
+        for waiting in self._deadlines.values():
+            while waiting and waiting[0].future.done():
+                waiting.popleft()
+
     def _expire(self, item: _Request) -> None:
-        item.timer = None
         if item.future.done():
             return
         if item.state == _QUEUED:
@@ -472,6 +510,8 @@ class DynamicBatcher:
                 item.future.set_result(outcome)
         self._batch_s = compute_s if self._batch_s == 0.0 else 0.8 * self._batch_s + 0.2 * compute_s
         self._batches += 1
+        if self._deadlines:
+            self._forget_answered()
         self._finish(batch, dispatched, compute_s, None)
 
     def _finish(
@@ -521,6 +561,9 @@ class DynamicBatcher:
         if self._wake is not None:
             self._wake.cancel()
             self._wake = None
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         if self._owns_executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
         return drained
