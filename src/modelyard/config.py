@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8000, ge=0, le=65535)
     grpc_port: int = Field(default=8001, ge=0, le=65535)
     grpc_enabled: bool = True
+    grpc_transport: Literal["native", "grpcio"] = Field(
+        default="native",
+        description="native: this package's HTTP/2 transport (fast); grpcio: grpcio's grpc.aio server",
+    )
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite in home")
     artifact_root: Path | None = Field(default=None, description="artifact folder; default: home/artifacts")
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)

@@ -20,7 +20,7 @@ import uvicorn
 
 from modelyard.config import Settings
 from modelyard.core.platform import Platform
-from modelyard.server import build_http_server, prepare_platform, serve_async
+from modelyard.server import build_http_server, prepare_platform, run_on_fast_loop, serve_async
 
 __all__ = ["LiveServer", "free_port", "make_admin_key", "ServerProcess"]
 
@@ -77,7 +77,7 @@ class LiveServer:
         self._server = build_http_server(self.settings, self.platform)
         platform, server, settings = self.platform, self._server, self.settings
         self._thread = threading.Thread(
-            target=lambda: asyncio.run(serve_async(settings, platform, server)), name="live-server", daemon=True
+            target=lambda: run_on_fast_loop(serve_async(settings, platform, server)), name="live-server", daemon=True
         )
         self._thread.start()
         deadline = time.monotonic() + 30

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from modelyard.api.v2.codec import (
+    PreparedRequest,
     decode_raw_tensor,
     encode_raw_tensor,
     select_outputs,
@@ -37,6 +38,11 @@ from modelyard.tensors import (
 )
 
 __all__ = [
+    "InferCall",
+    "RawMessage",
+    "EncodedMessage",
+    "infer_call",
+    "encode_response",
     "request_from_proto",
     "response_to_proto",
     "request_to_proto",
@@ -72,6 +78,64 @@ _CONTENT_FIELDS = (
 )
 _ALLOWED = ", ".join(DATATYPES)
 _INT64_MAX = 2**63 - 1
+
+
+class RawMessage:
+    """A ``ModelInferRequest`` still in wire bytes (the native transport hands these over, so
+    decoding errors are reported by the servicer like any other bad input)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class InferCall:
+    """A decoded ``ModelInfer`` call: where it goes and what it asks."""
+
+    __slots__ = ("model_name", "model_version", "request")
+
+    def __init__(self, model_name: str, model_version: str, request: InferenceRequest) -> None:
+        self.model_name, self.model_version, self.request = model_name, model_version, request
+
+
+#: the serialized request without its raw contents -> (model, version, what its requests share)
+_PREPARED: dict[bytes, tuple[str, str, PreparedRequest]] = {}
+_PREPARED_MAX = 1024
+
+
+def infer_call(message: pb.ModelInferRequest | RawMessage) -> InferCall:
+    """Decode a ``ModelInfer`` request (a message, or its wire bytes).
+
+    Clients send the same message, except for ``raw_input_contents``, with every request of one
+    shape; for wire bytes that part is decoded and checked once and remembered (a bounded memo),
+    and a request seen before only has its raw contents read. ``InvalidInput`` as
+    :func:`request_from_proto`.
+    """
+    if isinstance(message, RawMessage):
+        try:
+            message = pb.ModelInferRequest.FromString(message.data)
+        except Exception as exc:  # protobuf's DecodeError
+            raise InvalidInput(f"the ModelInferRequest message cannot be parsed: {exc}") from exc
+        raw = list(message.raw_input_contents)
+        if not raw:
+            return InferCall(message.model_name, message.model_version, request_from_proto(message))
+        message.ClearField("raw_input_contents")
+        key = message.SerializeToString()
+        hit = _PREPARED.get(key)
+        if hit is not None and len(raw) == len(hit[2].sizes):
+            return InferCall(hit[0], hit[1], hit[2].build(raw))
+        message.raw_input_contents.extend(raw)
+        request = request_from_proto(message)
+        if all(t.datatype != "BYTES" for t in request.inputs):
+            if len(_PREPARED) >= _PREPARED_MAX:
+                _PREPARED.clear()
+            _PREPARED[key] = (
+                message.model_name, message.model_version,
+                PreparedRequest(request, [t.data.nbytes for t in request.inputs]),
+            )
+        return InferCall(message.model_name, message.model_version, request)
+    return InferCall(message.model_name, message.model_version, request_from_proto(message))
 
 
 def request_from_proto(msg: pb.ModelInferRequest) -> InferenceRequest:
@@ -155,6 +219,53 @@ def response_to_proto(
         out = msg.outputs.add(name=t.name, datatype=t.datatype, shape=list(t.shape))
         _fill_tensor(out, t, "output", use_raw, msg.raw_output_contents)
     return msg
+
+
+class EncodedMessage(bytes):
+    """A message already in wire bytes; ``SerializeToString`` gives them back (the native
+    transport serializes whatever a servicer returns that way)."""
+
+    def SerializeToString(self) -> bytes:  # noqa: N802 - protobuf's name
+        return bytes(self)
+
+
+#: (model, version, id, outputs' name/datatype/shape) -> the serialized response without its
+#: raw contents (cleared when full)
+_RESPONSE_HEADS: dict[tuple[Any, ...], bytes] = {}
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_response(resp: InferenceResponse, *, requested: Sequence[RequestedOutput] | None = None) -> bytes:
+    """``response_to_proto(resp, raw=True, requested=...)`` serialized, without building the
+    message for every call: the part before ``raw_output_contents`` (names, datatypes, shapes)
+    is the same for every response of one shape and is made once; the raw contents
+    (``ModelInferResponse`` field 6) are appended to it."""
+    outputs = select_outputs(resp.outputs, requested)
+    if resp.parameters or any(t.parameters or t.datatype == "FP16" for t in outputs):
+        return response_to_proto(resp, raw=True, requested=requested).SerializeToString()
+    key = (resp.model_name, resp.model_version, resp.id, tuple((t.name, t.datatype, t.shape) for t in outputs))
+    head = _RESPONSE_HEADS.get(key)
+    if head is None:
+        msg = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id or "")
+        for t in outputs:
+            msg.outputs.add(name=t.name, datatype=t.datatype, shape=list(t.shape))
+        head = msg.SerializeToString()
+        if len(_RESPONSE_HEADS) >= 1024:
+            _RESPONSE_HEADS.clear()
+        _RESPONSE_HEADS[key] = head
+    parts = [head]
+    for t in outputs:
+        raw = encode_raw_tensor(wire_array(t, f"output {t.name!r}"), t.datatype)
+        parts += (b"\x32", _varint(len(raw)), raw)
+    return b"".join(parts)
 
 
 def request_to_proto(

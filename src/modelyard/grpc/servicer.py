@@ -8,6 +8,7 @@ messages REST shows.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -16,11 +17,12 @@ import grpc
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
 from modelyard.errors import ModelYardError, Unauthenticated
-from modelyard.grpc.codec import request_from_proto, response_to_proto
+from modelyard.grpc.codec import EncodedMessage, RawMessage, encode_response, infer_call, response_to_proto
+from modelyard.grpc.http2 import Http2GrpcServer, UnaryHandler
 from modelyard.grpc.proto import grpc_service_pb2 as pb
 from modelyard.grpc.proto import grpc_service_pb2_grpc as pb_grpc
 
-__all__ = ["InferenceServicer", "status_of"]
+__all__ = ["InferenceServicer", "status_of", "start_grpc_server", "unary_handlers"]
 
 log = logging.getLogger("modelyard.grpc")
 
@@ -34,8 +36,10 @@ def status_of(exc: ModelYardError) -> grpc.StatusCode:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """Thin adapter: decode, authenticate, call the data plane, encode."""
 
-    def __init__(self, platform: Platform) -> None:
+    def __init__(self, platform: Platform, *, encoded_responses: bool = False) -> None:
         self._platform = platform
+        #: return ModelInfer answers already serialized (the native transport takes bytes)
+        self._encoded = encoded_responses
 
     async def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
         token: str | None = None
@@ -98,28 +102,62 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
             principal = await self._principal(context)
-            infer_request = request_from_proto(request)
+            call = infer_call(request)
             response = await self._platform.dataplane.infer(
-                principal, request.model_name, request.model_version or None, infer_request, protocol="grpc"
+                principal, call.model_name, call.model_version or None, call.request, protocol="grpc"
             )
-            return response_to_proto(response, raw=True, requested=infer_request.outputs)
+            if self._encoded:
+                return EncodedMessage(encode_response(response, requested=call.request.outputs))
+            return response_to_proto(response, raw=True, requested=call.request.outputs)
 
         return await self._guard(context, work)
 
 
-async def start_grpc_server(platform: Platform, host: str, port: int) -> grpc.aio.Server:
-    """Start the aio gRPC server on the running event loop."""
+def unary_handlers(servicer: InferenceServicer) -> dict[str, UnaryHandler]:
+    """Every unary method of ``inference.GRPCInferenceService``: path -> (parser, method)."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers: dict[str, UnaryHandler] = {}
+    for method in service.methods:
+        if method.client_streaming or method.server_streaming:
+            continue  # ModelStreamInfer: answered UNIMPLEMENTED
+        parse = RawMessage if method.name == "ModelInfer" else getattr(pb, method.input_type.name).FromString
+        handlers[f"/{service.full_name}/{method.name}"] = (parse, getattr(servicer, method.name))
+    return handlers
+
+
+async def start_grpc_server(platform: Platform, host: str, port: int) -> Http2GrpcServer | grpc.aio.Server:
+    """Start the gRPC server on the running event loop: this package's HTTP/2 transport
+    (``grpc_transport = "native"``, the default) or grpcio's ``grpc.aio`` server."""
+    settings = platform.settings
+    tls = settings.tls_certfile is not None and settings.tls_keyfile is not None
+    address = f"{host}:{port}"
+    if settings.grpc_transport == "native":
+        context = None
+        if tls:
+            assert settings.tls_certfile is not None and settings.tls_keyfile is not None
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(settings.tls_certfile, settings.tls_keyfile)
+            context.set_alpn_protocols(["h2"])
+        native = Http2GrpcServer(
+            unary_handlers(InferenceServicer(platform, encoded_responses=True)),
+            max_message_bytes=settings.max_request_bytes,
+        )
+        try:
+            await native.start(host, port, ssl_context=context)
+        except OSError as exc:
+            raise RuntimeError(f"cannot bind gRPC on {address}: {exc}") from exc
+        log.info("gRPC listening on %s", address)
+        return native
     server = grpc.aio.server(
         options=[
-            ("grpc.max_receive_message_length", platform.settings.max_request_bytes),
-            ("grpc.max_send_message_length", platform.settings.max_request_bytes),
+            ("grpc.max_receive_message_length", settings.max_request_bytes),
+            ("grpc.max_send_message_length", settings.max_request_bytes),
             ("grpc.so_reuseport", 0),
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(platform), server)
-    address = f"{host}:{port}"
-    settings = platform.settings
-    if settings.tls_certfile is not None and settings.tls_keyfile is not None:
+    if tls:
+        assert settings.tls_certfile is not None and settings.tls_keyfile is not None
         credentials = grpc.ssl_server_credentials(
             [(settings.tls_keyfile.read_bytes(), settings.tls_certfile.read_bytes())]
         )
@@ -129,5 +167,5 @@ async def start_grpc_server(platform: Platform, host: str, port: int) -> grpc.ai
     if bound == 0:
         raise RuntimeError(f"cannot bind gRPC on {address}")
     await server.start()
-    log.info("gRPC listening on %s", address)
+    log.info("gRPC (grpcio) listening on %s", address)
     return server

@@ -46,6 +46,7 @@ except ImportError:  # pragma: no cover - exercised only where orjson is absent
 __all__ = [
     "HEADER_LENGTH_HEADER",
     "decode_infer_request",
+    "PreparedRequest",
     "encode_infer_response",
     "encode_infer_request",
     "decode_infer_response",
@@ -88,32 +89,34 @@ def decode_infer_request(
         if view.format == "B" and view.ndim == 1 and isinstance(header_length, int) and 0 <= header_length:
             prepared = _PREPARED.get(bytes(view[:header_length]))
             if prepared is not None and len(view) - header_length == prepared.total:
-                return prepared.build(view[header_length:])
+                return prepared.build_from(view[header_length:])
     request = _decode_request(body, header_length)
     if header_length is not None:
         _prepare(body, int(header_length), request)
     return request
 
 
-class _Prepared:
-    """How to read the binary part of requests that share one JSON header."""
+class PreparedRequest:
+    """What requests that share one header have in common (inputs' names, datatypes, shapes and
+    parameters; requested outputs; id; parameters): only their raw tensor bytes differ. Shared
+    with the gRPC codec, whose requests carry the same in ``raw_input_contents``."""
 
-    __slots__ = ("inputs", "outputs", "id", "parameters", "total")
+    __slots__ = ("inputs", "outputs", "id", "parameters", "sizes", "total")
 
-    def __init__(self, request: InferenceRequest, sizes: list[int]) -> None:
-        self.inputs = [(t.name, t.datatype, t.shape, t.parameters, size) for t, size in zip(request.inputs, sizes)]
+    def __init__(self, request: InferenceRequest, sizes: Sequence[int]) -> None:
+        self.inputs = [(t.name, t.datatype, t.shape, t.parameters) for t in request.inputs]
         self.outputs = request.outputs
         self.id = request.id
         self.parameters = request.parameters
+        self.sizes = tuple(sizes)
         self.total = sum(sizes)
 
-    def build(self, binary: memoryview) -> InferenceRequest:
+    def build(self, parts: Sequence[bytes | memoryview]) -> InferenceRequest:
+        """The request whose inputs' raw bytes are ``parts`` (one per input, in order)."""
         inputs = []
-        pos = 0
-        for name, datatype, shape, params, size in self.inputs:
-            array = decode_raw_tensor(binary[pos : pos + size], datatype=datatype, shape=shape, name=name)
+        for (name, datatype, shape, params), part in zip(self.inputs, parts):
+            array = decode_raw_tensor(part, datatype=datatype, shape=shape, name=f"input {name!r}")
             inputs.append(Tensor(name, datatype, shape, array, dict(params)))
-            pos += size
         return InferenceRequest(
             inputs=inputs,
             outputs=list(self.outputs) if self.outputs is not None else None,
@@ -121,9 +124,18 @@ class _Prepared:
             parameters=dict(self.parameters),
         )
 
+    def build_from(self, binary: memoryview) -> InferenceRequest:
+        """The request whose inputs' raw bytes follow each other in ``binary``."""
+        parts = []
+        pos = 0
+        for size in self.sizes:
+            parts.append(binary[pos : pos + size])
+            pos += size
+        return self.build(parts)
 
-#: JSON header bytes -> :class:`_Prepared` (cleared when full)
-_PREPARED: dict[bytes, _Prepared] = {}
+
+#: JSON header bytes -> :class:`PreparedRequest` (cleared when full)
+_PREPARED: dict[bytes, PreparedRequest] = {}
 _PREPARED_MAX = 1024
 
 
@@ -138,7 +150,7 @@ def _prepare(body: bytes | bytearray | memoryview, header_length: int, request: 
         return  # some input was JSON data
     if len(_PREPARED) >= _PREPARED_MAX:
         _PREPARED.clear()
-    _PREPARED[bytes(memoryview(body)[:header_length])] = _Prepared(request, sizes)
+    _PREPARED[bytes(memoryview(body)[:header_length])] = PreparedRequest(request, sizes)
 
 
 def _decode_request(
