@@ -1,0 +1,198 @@
+"""The native HTTP/2 gRPC transport against grpcio's and tritonclient's clients: large messages
+through flow control both ways, many calls multiplexed on one connection, unknown and streaming
+methods, deadlines, cancelled calls, unparsable messages, graceful stop; and the grpcio
+transport, still selectable, answering the same calls."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from modelyard.grpc.proto import grpc_service_pb2 as pb
+from tests.integration._serving import SLOW_WIDTH, metric, register, scale_model, slow_model
+from tests.integration.onnx_models import identity_model
+from tests.support.live import LiveServer
+
+_SERVICE = "/inference.GRPCInferenceService/"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    home: Path = tmp_path_factory.mktemp("grpc-native") / "home"
+    srv = LiveServer.build(home, grpc_enabled=True).start()
+    (home / "m").mkdir(parents=True, exist_ok=True)
+    (home / "m" / "identity.onnx").write_bytes(identity_model("FP32", ("n", 1024)))
+    register(srv, "identity", home / "m" / "identity.onnx")
+    register(srv, "scale", scale_model(home / "m" / "scale.onnx", 3.0))
+    register(srv, "slow", slow_model(home / "m" / "slow.onnx", 40_000), config={"serving": {"batching": False}})
+    # only the cancellation test computes on "patient"; its long call takes seconds
+    register(srv, "patient", slow_model(home / "m" / "patient.onnx", 160_000), config={"serving": {"batching": False}})
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _metadata(server: LiveServer) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {server.admin_key}"),)
+
+
+def _infer_request(model: str, x: np.ndarray, name: str = "x") -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name=name, datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(x.astype(np.float32).tobytes())
+    return request
+
+
+def _call(channel: grpc.Channel, method: str = "ModelInfer") -> grpc.UnaryUnaryMultiCallable:
+    return channel.unary_unary(
+        _SERVICE + method,
+        request_serializer=lambda m: m if isinstance(m, bytes) else m.SerializeToString(),
+        response_deserializer=pb.ModelInferResponse.FromString,
+    )
+
+
+def test_large_messages_flow_both_ways(server: LiveServer) -> None:
+    """8 MB in and 8 MB out: far past HTTP/2's default 64 KB windows on either side."""
+    x = np.random.default_rng(1).standard_normal((2048, 1024)).astype(np.float32)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    inp = grpcclient.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer("identity", [inp], headers={"authorization": f"Bearer {server.admin_key}"})
+    np.testing.assert_array_equal(result.as_numpy("y"), x)
+
+
+def test_many_calls_multiplexed_on_one_connection(server: LiveServer) -> None:
+    rng = np.random.default_rng(2)
+    inputs = [rng.standard_normal((1, 4)).astype(np.float32) for _ in range(200)]
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        call = _call(channel)
+        futures = [call.future(_infer_request("scale", x), metadata=_metadata(server)) for x in inputs]
+        for x, future in zip(inputs, futures):
+            answer = future.result(timeout=60)
+            y = np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(1, 4)
+            np.testing.assert_allclose(y, x * 3.0, rtol=1e-6)
+
+
+def test_unknown_and_streaming_methods_are_unimplemented(server: LiveServer) -> None:
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            _call(channel, "NoSuchMethod")(b"", metadata=_metadata(server), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        stream = channel.stream_stream(
+            _SERVICE + "ModelStreamInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelStreamInferResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            list(stream(iter([_infer_request("scale", np.ones((1, 4)))]), metadata=_metadata(server), timeout=10))
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_unparsable_message_is_invalid_argument(server: LiveServer) -> None:
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            _call(channel)(b"\xff\xff\xff\xff", metadata=_metadata(server), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "cannot be parsed" in (info.value.details() or "")
+
+
+def test_deadline_is_enforced(server: LiveServer) -> None:
+    x = np.zeros((64, SLOW_WIDTH), np.float32)  # about a second of work
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            _call(channel)(_infer_request("slow", x), metadata=_metadata(server), timeout=0.2)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 5
+
+
+def test_cancelled_calls_drop_their_queued_work(server: LiveServer) -> None:
+    """Three calls queue behind a long one and are cancelled: their work never runs."""
+    with server.client() as http:
+        before = metric(http.get("/metrics").text, "modelyard_compute_seconds_count", model="patient")
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        call = _call(channel)
+        long = call.future(_infer_request("patient", np.zeros((64, SLOW_WIDTH), np.float32)),
+                           metadata=_metadata(server))
+        time.sleep(0.2)
+        queued = [call.future(_infer_request("patient", np.zeros((1, SLOW_WIDTH), np.float32)),
+                              metadata=_metadata(server))
+                  for _ in range(3)]
+        time.sleep(0.2)
+        assert not long.done(), "the long call must still be computing when the others give up"
+        for future in queued:
+            future.cancel()
+        long.result(timeout=60)
+    time.sleep(0.5)
+    with server.client() as http:
+        after = metric(http.get("/metrics").text, "modelyard_compute_seconds_count", model="patient")
+    assert after - before == 1, "cancelled calls must not compute"
+
+
+def test_graceful_stop_finishes_calls_in_flight(tmp_path: Path) -> None:
+    srv = LiveServer.build(tmp_path / "home", grpc_enabled=True, drain_timeout_s=30).start()
+    try:
+        (tmp_path / "slow.onnx").parent.mkdir(exist_ok=True)
+        register(srv, "slow", slow_model(tmp_path / "slow.onnx", 20_000), config={"serving": {"batching": False}})
+        x = np.zeros((4, SLOW_WIDTH), np.float32)
+        with grpc.insecure_channel(srv.grpc_url) as channel:
+            future = _call(channel).future(_infer_request("slow", x), metadata=_metadata(srv))
+            time.sleep(0.3)
+            stopper = threading.Thread(target=srv.stop)
+            stopper.start()
+            answer = future.result(timeout=60)
+            stopper.join(timeout=60)
+        assert np.frombuffer(answer.raw_output_contents[0], np.float32).shape == (4 * SLOW_WIDTH,)
+    finally:
+        if srv.platform is not None and srv._thread is not None and srv._thread.is_alive():
+            srv.stop()
+
+
+def test_grpcio_transport_answers_the_same(tmp_path: Path) -> None:
+    srv = LiveServer.build(tmp_path / "home", grpc_enabled=True, grpc_transport="grpcio").start()
+    try:
+        register(srv, "scale", scale_model(tmp_path / "scale.onnx", 2.0))
+        client = grpcclient.InferenceServerClient(srv.grpc_url)
+        headers = {"authorization": f"Bearer {srv.admin_key}"}
+        assert client.is_server_live(headers=headers)
+        inp = grpcclient.InferInput("x", [1, 4], "FP32")
+        inp.set_data_from_numpy(np.ones((1, 4), np.float32))
+        np.testing.assert_allclose(client.infer("scale", [inp], headers=headers).as_numpy("y"), 2.0)
+    finally:
+        srv.stop()
+
+
+def test_native_server_serves_on_a_bare_loop() -> None:
+    """The transport needs nothing but a running loop (no grpcio server objects)."""
+    from modelyard.grpc.http2 import Http2GrpcServer
+
+    async def main() -> int:
+        async def echo(request: pb.ServerLiveRequest, context: object) -> pb.ServerLiveResponse:
+            return pb.ServerLiveResponse(live=True)
+
+        server = Http2GrpcServer({_SERVICE + "ServerLive": (pb.ServerLiveRequest.FromString, echo)},
+                                 max_message_bytes=1024)
+        await server.start("127.0.0.1", 0)
+        port = server.port
+
+        def call() -> bool:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                live = channel.unary_unary(_SERVICE + "ServerLive",
+                                           request_serializer=pb.ServerLiveRequest.SerializeToString,
+                                           response_deserializer=pb.ServerLiveResponse.FromString)
+                return bool(live(pb.ServerLiveRequest(), timeout=10).live)
+
+        ok = await asyncio.to_thread(call)
+        await server.stop(grace=1)
+        return int(ok)
+
+    assert asyncio.run(main()) == 1
