@@ -32,7 +32,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     (home / "m" / "identity.onnx").write_bytes(identity_model("FP32", ("n", 1024)))
     register(srv, "identity", home / "m" / "identity.onnx")
     register(srv, "scale", scale_model(home / "m" / "scale.onnx", 3.0))
-    register(srv, "slow", slow_model(home / "m" / "slow.onnx", 40_000), config={"serving": {"batching": False}})
+    register(srv, "slow", slow_model(home / "m" / "slow.onnx", 160_000), config={"serving": {"batching": False}})
     # only the cancellation test computes on "patient"; its long call takes seconds
     register(srv, "patient", slow_model(home / "m" / "patient.onnx", 160_000), config={"serving": {"batching": False}})
     try:
