@@ -449,6 +449,35 @@ def server_counter(url: str, key: str, name: str, **labels: str) -> float:
     return total
 
 
+def overload(model: str, port: int, req: Req, capacity: float, seconds: float, pid: int, clients: int) -> None:
+    """Open loop at 3x ``capacity`` for ``seconds``; then how fast p99 comes back."""
+    raw = req.raw()
+    baseline_p99 = asyncio.run(closed_loop(port, raw, clients, 2.0)).pct(99)
+    rss_before = rss_mb(pid)
+    over = asyncio.run(open_loop(port, raw, 3 * capacity, seconds))
+    rss_after = rss_mb(pid)
+    after = asyncio.run(closed_loop(port, raw, clients, 5.0))
+    stamps = np.asarray(after.stamps)
+    lat = np.asarray(after.latencies)
+    recovered = None
+    if len(stamps):
+        t0 = stamps.min()
+        for second in range(5):
+            window = lat[(stamps >= t0 + second) & (stamps < t0 + second + 1)]
+            if len(window) and np.percentile(window, 99) * 1000 <= 1.5 * baseline_p99:
+                recovered = second + 1
+                break
+    codes = {k: v for k, v in sorted(over.statuses.items())}
+    sent = sum(v for k, v in codes.items() if k != 0)
+    show(f"overload {model}: 3x capacity ({3 * capacity:,.0f}/s) for {seconds:g} s, sent",
+         f"{sent / over.seconds:,.0f}/s (Python open-loop generator)")
+    show(f"overload {model}: statuses (0 = no free connection of 1,024)", str(codes))
+    show(f"overload {model}: only 200/429/503 (target: yes)", str(set(codes) <= {200, 429, 503}))
+    show(f"overload {model}: goodput / capacity (target >= 0.9)", f"{over.rps / capacity:.2f}")
+    show(f"overload {model}: server RSS growth MB (target < 50)", f"{rss_after - rss_before:.1f}")
+    show(f"overload {model}: seconds until p99 <= 1.5x baseline (target <= 5)", str(recovered))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each closed-loop run")
@@ -553,32 +582,11 @@ def main() -> None:
              f"{g.rps:,.0f}  (mean {g.pct(50):.1f} ms; server counted {served:,.0f} calls, {errors:,.0f} errors)")
         show("tiny: ratio gRPC / REST binary (target >= 1)", f"{g.rps / ours.rps:.2f}")
 
-        capacity = ours.rps
-        rss_before = rss_mb(server.pid)
-        over = asyncio.run(open_loop(port, req["tiny"].raw(), 3 * capacity, args.overload_seconds))
-        rss_after = rss_mb(server.pid)
-        after = asyncio.run(closed_loop(port, req["tiny"].raw(), c, 5.0))
-        baseline_p99 = asyncio.run(closed_loop(port, req["tiny"].raw(), c, 2.0)).pct(99)
-        stamps = np.asarray(after.stamps)
-        lat = np.asarray(after.latencies)
-        recovered = None
-        if len(stamps):
-            t0 = stamps.min()
-            for second in range(5):
-                window = lat[(stamps >= t0 + second) & (stamps < t0 + second + 1)]
-                if len(window) and np.percentile(window, 99) * 1000 <= 1.5 * baseline_p99:
-                    recovered = second + 1
-                    break
-        codes = {k: v for k, v in sorted(over.statuses.items())}
-        answered = sum(v for k, v in codes.items() if k > 0)
-        show(f"overload: 3x capacity ({3 * capacity:,.0f}/s) for {args.overload_seconds:g} s, offered",
-             f"{sum(codes.values()) / over.seconds:,.0f}/s (Python open-loop generator)")
-        show("overload: statuses (0 = generator found no free connection)", str(codes))
-        show("overload: only 200/429/503 (target: yes)", str(set(codes) <= {200, 429, 503}))
-        show("overload: answered / s", f"{answered / over.seconds:,.0f}")
-        show("overload: goodput / capacity (target >= 0.9)", f"{over.rps / capacity:.2f}")
-        show("overload: server RSS growth MB (target < 50)", f"{rss_after - rss_before:.1f}")
-        show("overload: seconds until p99 <= 1.5x baseline (target <= 5)", str(recovered))
+        targets = [("tiny", req["tiny"], ours.rps)]
+        if not args.skip_medium:
+            targets.insert(0, ("medium", req["medium"], rest.rps))
+        for model, request, capacity in targets:
+            overload(model, port, request, capacity, args.overload_seconds, server.pid, c)
     finally:
         if plain is not None:
             plain.terminate()

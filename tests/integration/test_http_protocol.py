@@ -181,3 +181,79 @@ def test_malformed_request_line_gets_400(server: LiveServer) -> None:
         sock.sendall(b"POST /v2/models/x/infer HTTP/1.1\r\nContent-Length: abc\r\n\r\n")
         data = sock.recv(4096)
     assert data.startswith(b"HTTP/1.1 400")
+
+
+def _slow_server(tmp_path: Path, **settings: object) -> LiveServer:
+    from tests.integration._serving import register, slow_model
+
+    srv = LiveServer.build(tmp_path / "home", grpc_enabled=False, **settings).start()
+    register(srv, "slow", slow_model(tmp_path / "slow.onnx", 160_000),
+             config={"serving": {"batching": False, "max_queue_size": 1}})
+    return srv
+
+
+def _slow_request(key: str, rows: int, *, body: bytes | None = None) -> bytes:
+    payload = body if body is not None else json.dumps({"inputs": [
+        {"name": "x", "datatype": "FP32", "shape": [rows, 64], "data": [0.0] * (rows * 64)}]}).encode()
+    return (
+        f"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
+
+
+def test_a_full_queue_refuses_the_next_requests_unread(tmp_path: Path) -> None:
+    """After a 429, the same caller's next requests on that connection are refused before their
+    body is read (a malformed body still gets 429, not 400) while the queue stays full; once it
+    has room they are served again."""
+    srv = _slow_server(tmp_path)
+    key = srv.admin_key
+    try:
+        long_conn, queued_conn, conn = _connect(srv), _connect(srv), _connect(srv)
+        long_conn.sendall(_slow_request(key, 64))  # computes for a while
+        import time
+
+        time.sleep(0.3)
+        queued_conn.sendall(_slow_request(key, 1))  # fills the queue (max_queue_size 1)
+        time.sleep(0.2)
+        reader = _Reader(conn)
+        conn.sendall(_slow_request(key, 1))
+        status, headers, body = reader.response()
+        assert status == 429 and "retry-after" in headers, body
+        conn.sendall(_slow_request(key, 1, body=b"{not json"))
+        status, headers, body = reader.response()
+        assert status == 429 and json.loads(body)["error"]["code"] == "queue_full"
+        assert "retry-after" in headers and headers["x-request-id"]
+        assert _Reader(long_conn).response()[0] == 200
+        assert _Reader(queued_conn).response()[0] == 200
+        conn.sendall(_slow_request(key, 1, body=b"{not json"))
+        assert reader.response()[0] == 400, "with room in the queue the request is read again"
+        conn.sendall(_slow_request(key, 1))
+        assert reader.response()[0] == 200
+        for sock in (long_conn, queued_conn, conn):
+            sock.close()
+        with srv.client() as client:
+            text = client.get("/metrics").text
+        from tests.integration._serving import metric
+
+        assert metric(text, "modelyard_rejections_total", model="slow", reason="queue_full") == 2
+        assert metric(text, "modelyard_inference_errors_total", model="slow", code="queue_full") == 2
+    finally:
+        srv.stop()
+
+
+def test_a_saturated_server_answers_503_unread(tmp_path: Path) -> None:
+    srv = _slow_server(tmp_path, max_in_flight=1)
+    key = srv.admin_key
+    try:
+        with _connect(srv) as long_conn, _connect(srv) as conn:
+            long_conn.sendall(_slow_request(key, 64))
+            import time
+
+            time.sleep(0.3)
+            conn.sendall(_slow_request(key, 1, body=b"{not json"))
+            status, headers, body = _Reader(conn).response()
+            assert status == 503 and headers["retry-after"] == "1"
+            assert json.loads(body)["error"]["code"] == "unavailable"
+            assert _Reader(long_conn).response()[0] == 200
+    finally:
+        srv.stop()

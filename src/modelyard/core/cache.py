@@ -81,6 +81,11 @@ class AsyncTTLCache(Generic[K, V]):
     def discard(self, key: K) -> None:
         self._entries.pop(key, None)
 
+    def peek(self, key: K) -> V | None:
+        """The remembered value, fresh or stale, without loading (``None`` when absent)."""
+        hit = self._entries.get(key)
+        return hit[1] if hit is not None else None
+
     async def get(self, key: K, load: Callable[[], V]) -> V:
         hit = self._entries.get(key)
         if hit is not None:

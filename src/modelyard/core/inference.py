@@ -32,7 +32,7 @@ from modelyard.metrics import Metrics
 from modelyard.store.artifacts import ArtifactStore
 from modelyard.tensors import InferenceRequest, InferenceResponse, Tensor, TensorSpec
 
-__all__ = ["DataPlane", "SERVER_NAME", "EXTENSIONS"]
+__all__ = ["DataPlane", "QueueGate", "SERVER_NAME", "EXTENSIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +206,25 @@ class DataPlane:
         options = self.options(info, traffic)
         await self.manager.acquire(self.source(info, options), options)
         return True
+
+    # -- admission -------------------------------------------------------------------------
+    def queue_gate(self, principal: Principal, name: str, version: str | None) -> QueueGate | None:
+        """What a transport needs to refuse the next requests of this caller for this model
+        before reading them, while its queue stays full: from memory only (``None`` when the
+        target is a deployment, or anything is not known without a lookup)."""
+        tenant = principal.tenant_id
+        if version is None and self.deployments is not None:
+            hit = self.deployments.cached(tenant, name)
+            if hit is None or hit[1] is not None:
+                return None
+        info = self._resolved.peek((tenant, name, version))
+        if info is None:
+            return None
+        options = self.options(info)
+        batcher = self.manager.loaded_batcher(self.source(info, options), options)
+        if batcher is None:
+            return None
+        return QueueGate(self, principal, info, batcher)
 
     # -- inference -------------------------------------------------------------------------
     async def infer(
@@ -417,6 +436,32 @@ class DataPlane:
             if n not in known:
                 raise InvalidInput(f"unknown output {n!r}; the model has {', '.join(sorted(known))}")
         return names
+
+
+class QueueGate:
+    """Refuses requests to one version while its queue is full, at the cost of a comparison,
+    with the same answer (429, ``Retry-After``) and the same accounting as a request that went
+    all the way to the queue."""
+
+    __slots__ = ("_usage", "_principal", "_model", "_errors", "_batcher")
+
+    def __init__(self, plane: DataPlane, principal: Principal, info: VersionInfo, batcher: Any) -> None:
+        self._usage = plane.usage
+        self._principal = principal
+        self._model = info.model_name
+        self._errors = plane.metrics.errors.labels(info.model_name, str(info.version), "queue_full")
+        self._batcher = batcher
+
+    def refusal(self) -> ModelYardError | None:
+        """The error for a request arriving now, or ``None``: let it through."""
+        if self._batcher.closed:
+            return None
+        refused = self._batcher.refusal()
+        if refused is not None:
+            self._errors.inc()
+            if self._usage is not None:
+                self._usage.record(self._principal.tenant_id, self._model, errors=1)
+        return refused
 
 
 def _platform(fmt: str) -> str:

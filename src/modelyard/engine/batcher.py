@@ -240,13 +240,9 @@ class DynamicBatcher:
             if self._loop is not None and self.in_flight:
                 raise RuntimeError("DynamicBatcher is bound to another event loop")
             self._loop = loop
-        if self._queued >= self._max_queue:
-            if self._observer is not None:
-                self._observer.on_reject()
-            raise QueueFull(
-                f"the queue of this model version is full ({self._max_queue} requests)",
-                retry_after=self._retry_after(),
-            )
+        refused = self.refusal()
+        if refused is not None:
+            raise refused
         if timeout_s is not None and timeout_s <= 0:
             raise DeadlineExceeded("the request deadline passed before it was queued")
 
@@ -279,6 +275,18 @@ class DynamicBatcher:
             if item.state == _QUEUED:
                 self._unqueue(item, remove=True)
             raise
+
+    def refusal(self) -> QueueFull | None:
+        """When the queue is full: the :class:`QueueFull` a request would get now (counted as a
+        rejection), so a transport can refuse before it even reads the request; else ``None``."""
+        if self._queued < self._max_queue:
+            return None
+        if self._observer is not None:
+            self._observer.on_reject()
+        return QueueFull(
+            f"the queue of this model version is full ({self._max_queue} requests)",
+            retry_after=self._retry_after(),
+        )
 
     def _retry_after(self) -> float:
         batches_ahead = math.ceil(self._queued / self._max_rows) / self._instances + 1

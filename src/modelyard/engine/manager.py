@@ -466,8 +466,7 @@ class ModelManager:
         ``options.timeout_s``), and what the model raised for this request alone.
         """
         if self._total_in_flight >= self._max_in_flight:
-            self._saturated.inc()
-            raise Unavailable("the server is saturated; retry shortly", retry_after=1.0)
+            raise self.saturation()
         opts = options or self._defaults
         self._total_in_flight += 1
         try:
@@ -487,6 +486,23 @@ class ModelManager:
                     self._trim_soon()
         finally:
             self._total_in_flight -= 1
+
+    def loaded_batcher(self, source: ModelSource, options: ServingOptions | None = None) -> DynamicBatcher | None:
+        """The batcher ``predict`` would use for ``source`` right now, if it is loaded (no load)."""
+        model = self._loaded.get(source.load_key)
+        if model is None or model.retired:
+            return None
+        return model.batcher(options or self._defaults)
+
+    def saturation(self) -> Unavailable:
+        """The 503 a request gets while the server is saturated (counted as a rejection)."""
+        self._saturated.inc()
+        return Unavailable("the server is saturated; retry shortly", retry_after=1.0)
+
+    @property
+    def saturated(self) -> bool:
+        """Whether ``predict`` would refuse with 503 now (the server-wide in-flight bound)."""
+        return self._total_in_flight >= self._max_in_flight
 
     def _trim_soon(self) -> None:
         """Over budget (loads raced with busy versions): unload idle ones once they finish."""

@@ -28,14 +28,17 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from modelyard.api.middleware import audit_entry, request_id
 from modelyard.api.v2.infer import InferResult, answer_infer, error_result, split_infer_path
+from modelyard.core.inference import QueueGate
 from modelyard.core.platform import Platform
-from modelyard.errors import PayloadTooLarge
+from modelyard.errors import ModelYardError, PayloadTooLarge
 
 __all__ = ["InferenceProtocol"]
 
 log = logging.getLogger("modelyard.api")
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_GATE_TTL_S = 1.0
+_MAX_GATES = 4096
 
 
 class _Queued:
@@ -72,11 +75,15 @@ class InferenceProtocol(HttpToolsProtocol):
     """See the module docstring. Make a class bound to a platform with :meth:`bound`."""
 
     platform: ClassVar[Platform]
+    #: (path, Authorization) -> (since, gate), shared by the server's connections: after a 429,
+    #: the same caller's requests for the same model are refused unread while its queue stays
+    #: full (for at most the key cache's lifetime, so a revoked key is not answered for long)
+    gates: ClassVar[dict[tuple[str, str | None], tuple[float, QueueGate]]]
 
     @classmethod
     def bound(cls, platform: Platform) -> type[InferenceProtocol]:
         """The protocol class for uvicorn's ``Config(http=...)``, serving ``platform``."""
-        return type("InferenceProtocol", (cls,), {"platform": platform})
+        return type("InferenceProtocol", (cls,), {"platform": platform, "gates": {}})
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -85,6 +92,7 @@ class InferenceProtocol(HttpToolsProtocol):
         self._reading: _Inference | None = None  # body being received
         self._answering: _Inference | None = None  # task running; its answer is next to write
         self._discarding = False  # a refused request's remaining parser callbacks are ignored
+        self._idle_since: float | None = None  # when the last answer left, while idle
 
     # -- parser callbacks ------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -161,17 +169,59 @@ class InferenceProtocol(HttpToolsProtocol):
                 f"request body of {int(declared)} bytes is over the limit of {self._limit}"
             ))
             return
+        overload = self._overload(request)
+        if overload is not None:
+            if expect:
+                request.keep_alive = False  # the client may never send the body we would skip
+            self._refuse(request, overload)
+            return
         if expect:
             self.transport.write(_CONTINUE)
 
-    def _refuse(self, request: _Inference, exc: PayloadTooLarge) -> None:
-        """Answer at once and close: the rest of the body is never read."""
+    def _overload(self, request: _Inference) -> ModelYardError | None:
+        """Refuse before reading the body (the cheapest answer there is) when the server is
+        saturated (503), or when this connection's last answer for the same path and key was
+        429 and that queue is still full (429)."""
+        refused = self._gate_refusal(request)
+        if refused is not None:
+            return refused
+        manager = self.platform.manager
+        return manager.saturation() if manager.saturated else None
+
+    def _gate_refusal(self, request: _Inference) -> ModelYardError | None:
+        gates = self.gates
+        if not gates:
+            return None
+        key = (request.path, request.authorization)
+        entry = gates.get(key)
+        if entry is None:
+            return None
+        if self.loop.time() - entry[0] > _GATE_TTL_S:
+            del gates[key]
+            return None
+        return entry[1].refusal()
+
+    def _refuse(self, request: _Inference, exc: ModelYardError) -> None:
+        """Answer at once; the rest of the body is skipped unread. A body over the limit
+        closes the connection; an overload answer keeps it (the body is read past)."""
         self._reading = None
         self._discarding = True
-        request.keep_alive = False
+        if isinstance(exc, PayloadTooLarge):
+            request.keep_alive = False
         self._write(request, error_result(exc))
+        if request.keep_alive:
+            self.on_response_complete()
 
     async def _answer(self, request: _Inference) -> None:
+        # Requests read in one loop turn passed the gate together; the ones ahead of this one may
+        # have filled the queue since: ask again before any decoding.
+        refused = self._gate_refusal(request)
+        if refused is not None:
+            if self._answering is request:
+                self._answering = None
+                self._write(request, error_result(refused))
+                self.on_response_complete()
+            return
         chunks = request.chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
@@ -193,6 +243,15 @@ class InferenceProtocol(HttpToolsProtocol):
             self._answering = None
             self._write(request, result)
             self.on_response_complete()
+            if result[0] == 429 and principal is not None:
+                self._remember_gate(request, principal)
+
+    def _remember_gate(self, request: _Inference, principal: Any) -> None:
+        gate = self.platform.dataplane.queue_gate(principal, request.name, request.version)
+        if gate is not None:
+            if len(self.gates) >= _MAX_GATES:
+                self.gates.clear()
+            self.gates[(request.path, request.authorization)] = (self.loop.time(), gate)
 
     def _write(self, request: _Inference, result: InferResult) -> None:
         status, headers, payload = result
@@ -225,6 +284,36 @@ class InferenceProtocol(HttpToolsProtocol):
         ):
             self.cycle = _BEHIND_FAST_ANSWER  # uvicorn queues it until the fast answer is written
         super().on_headers_complete()
+
+    # -- keep-alive --------------------------------------------------------------------------
+    # uvicorn arms a timer after every answer and cancels it on the next request: two timer
+    # operations per request. Here one timer per connection checks when the connection went idle.
+    def _unset_keepalive_if_required(self) -> None:
+        self._idle_since = None
+
+    def on_response_complete(self) -> None:
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self._keep_alive_check)
+
+    def _keep_alive_check(self) -> None:
+        self.timeout_keep_alive_task = None
+        idle_since = self._idle_since
+        if idle_since is None or self.transport.is_closing():
+            return  # busy (the next answer arms the check again) or gone
+        left = idle_since + self.timeout_keep_alive - self.loop.time()
+        if left <= 0:
+            self.transport.close()
+        else:
+            self.timeout_keep_alive_task = self.loop.call_later(left, self._keep_alive_check)
 
     # -- connection ------------------------------------------------------------------------
     def connection_lost(self, exc: Exception | None) -> None:
