@@ -110,14 +110,16 @@ def test_keep_alive_serves_many_requests_on_one_connection(server: LiveServer) -
     assert len(ids) == 20, "every answer gets its own request id"
 
 
+def _head(key: str, framing: str) -> bytes:
+    return (
+        f"POST /v2/models/{DEMO_MODEL}/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+        f"{framing}\r\n\r\n"
+    ).encode()
+
+
 def test_body_over_the_limit_is_refused_at_once_and_the_connection_closed(server: LiveServer) -> None:
-    key = server.admin_key
     with _connect(server) as sock:
-        head = (
-            f"POST /v2/models/{DEMO_MODEL}/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
-            f"Content-Length: 1000000\r\n\r\n"
-        ).encode()
-        sock.sendall(head + b"{" * 100)  # the rest of the body is never sent
+        sock.sendall(_head(server.admin_key, "Content-Length: 1000000") + b"{" * 100)  # the rest never comes
         reader = _Reader(sock)
         status, headers, body = reader.response()
         assert status == 413 and json.loads(body)["error"]["code"] == "payload_too_large"
@@ -126,12 +128,8 @@ def test_body_over_the_limit_is_refused_at_once_and_the_connection_closed(server
 
 
 def test_chunked_body_over_the_limit_is_refused(server: LiveServer) -> None:
-    key = server.admin_key
     with _connect(server) as sock:
-        head = (
-            f"POST /v2/models/{DEMO_MODEL}/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
-            f"Transfer-Encoding: chunked\r\n\r\n"
-        ).encode()
+        head = _head(server.admin_key, "Transfer-Encoding: chunked")
         chunk = b"a" * 3000
         sock.sendall(head + b"%x\r\n" % len(chunk) + chunk + b"\r\n" + b"%x\r\n" % len(chunk) + chunk + b"\r\n")
         status, _, body = _Reader(sock).response()
