@@ -93,6 +93,7 @@ class DataPlane:
         self.folders: dict[str, Callable[[VersionInfo], Path]] = {}
         registry.on_version_removed.append(lambda v: manager.unload(v.key))
         self._options: dict[tuple[str, str, int], ServingOptions] = {}
+        self._sources: dict[tuple[str, bool], ModelSource] = {}
         self._shadows: set[asyncio.Task[None]] = set()
         self._rollbacks: set[asyncio.Task[None]] = set()
         self._resolved: AsyncTTLCache[tuple[str, str, str | None], VersionInfo] = AsyncTTLCache(
@@ -102,6 +103,7 @@ class DataPlane:
         #: database reads of deployments and quotas, one at a time per key
         self._lookups: SingleFlight[tuple[str, str], Any] = SingleFlight()
         registry.on_change.append(self._resolved.clear)
+        registry.on_change.append(self._sources.clear)
 
     # -- server ----------------------------------------------------------------------------
     def server_metadata(self) -> dict[str, Any]:
@@ -162,17 +164,26 @@ class DataPlane:
         return cached
 
     def source(self, info: VersionInfo, options: ServingOptions | None = None) -> ModelSource:
-        return ModelSource(
-            key=info.key,
-            name=info.model_name,
-            version=str(info.version),
-            format=info.format,
-            path=self._path_of(info),
-            config=info.config,
-            size_hint=info.size_bytes,
-            inputs=tuple(info.inputs),
-            isolated=(options or self.options(info)).isolation == "process",
-        )
+        """What the manager needs to load ``info`` (made once per version and isolation mode)."""
+        isolated = (options or self.options(info)).isolation == "process"
+        key = (info.id, isolated)
+        source = self._sources.get(key)
+        if source is None or source.key != info.key:
+            source = ModelSource(
+                key=info.key,
+                name=info.model_name,
+                version=str(info.version),
+                format=info.format,
+                path=self._path_of(info),
+                config=info.config,
+                size_hint=info.size_bytes,
+                inputs=tuple(info.inputs),
+                isolated=isolated,
+            )
+            if len(self._sources) > 10_000:
+                self._sources.clear()
+            self._sources[key] = source
+        return source
 
     def _path_of(self, info: VersionInfo) -> Callable[[], Path]:
         folder = self.folders.get(info.format)

@@ -391,3 +391,61 @@ def test_batching_default() -> None:
     assert not batching_default([dyn, fixed])
     assert not batching_default([scalar])
     assert not batching_default([])
+
+
+class ThreadRecorder(Model):
+    """A Model that notes the thread of every call, and can be made slow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+
+    def __call__(self, inputs: dict[str, np.ndarray], output_names: list[str] | None) -> dict[str, np.ndarray]:
+        self.threads.append(threading.get_ident())
+        return super().__call__(inputs, output_names)
+
+
+@pytest.mark.asyncio
+async def test_fast_batches_compute_on_the_loop_and_slow_ones_in_the_executor() -> None:
+    model = ThreadRecorder()
+    b = make(model, inline_below_s=0.05)
+    loop_thread = threading.get_ident()
+    for i in range(6):
+        out = await b.submit(request([i]), None)
+        assert out["id"].tolist() == [i]
+    assert all(t != loop_thread for t in model.threads[:3]), "measured in the executor first"
+    assert all(t == loop_thread for t in model.threads[3:]), "then computed on the loop"
+    model.delay_s = 0.5  # the next batch is slow: the one after it goes back to the executor
+    await b.submit(request([6]), None)
+    model.delay_s = 0.0
+    await b.submit(request([7]), None)
+    assert model.threads[-1] != loop_thread
+    await b.close()
+
+
+@pytest.mark.asyncio
+async def test_batches_computed_on_the_loop_leave_room_for_answers_between_them() -> None:
+    """Queued batches run one per loop turn, each caller gets its own rows, and deadlines and
+    failure isolation behave as in the executor."""
+    model = ThreadRecorder()
+    b = make(model, inline_below_s=0.05, max_batch_size=4)
+    for i in range(3):
+        await b.submit(request([i]), None)
+    results = await asyncio.gather(*(b.submit(request([10 + i]), None) for i in range(12)))
+    assert [r["id"].tolist() for r in results] == [[10 + i] for i in range(12)]
+    bad = request([99])
+    bad["x"][:] = np.nan
+    outcome = await asyncio.gather(b.submit(bad, None), b.submit(request([98]), None), return_exceptions=True)
+    assert isinstance(outcome[0], ValueError) and outcome[1]["id"].tolist() == [98]
+    assert all(t == threading.get_ident() for t in model.threads[3:])
+    await b.close()
+
+
+@pytest.mark.asyncio
+async def test_without_inline_batches_never_compute_on_the_loop() -> None:
+    model = ThreadRecorder()
+    b = make(model)
+    for i in range(6):
+        await b.submit(request([i]), None)
+    assert threading.get_ident() not in model.threads
+    await b.close()
