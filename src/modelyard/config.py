@@ -44,11 +44,10 @@ class Settings(BaseSettings):
     max_queue_delay_ms: float = Field(default=2.0, ge=0)
     max_queue_size: int = Field(default=256, ge=1)
     request_timeout_s: float = Field(default=30.0, gt=0)
-    inline_compute_us: float | None = Field(
-        default=None, ge=0,
+    inline_compute_us: float = Field(
+        default=500.0, ge=0,
         description="batches of an in-process model that recently computed faster than this run on the "
-        "event loop instead of hopping to a thread (0: always a thread); default 500, or 5000 with one "
-        "core, where a thread has no second core to use",
+        "event loop instead of hopping to a thread (0: always a thread)",
     )
     max_in_flight: int = Field(
         default=4096, ge=1, description="requests queued or computing in all versions; beyond it: 503"
@@ -94,13 +93,6 @@ class Settings(BaseSettings):
     default_key_rate_limit: float | None = Field(
         default=None, gt=0, description="requests/second for keys created without their own limit"
     )
-
-    @property
-    def resolved_inline_compute_us(self) -> float:
-        """``inline_compute_us``, or its default for the cores given."""
-        if self.inline_compute_us is not None:
-            return self.inline_compute_us
-        return 5000.0 if self.cores == 1 else 500.0
 
     @property
     def resolved_home(self) -> Path:

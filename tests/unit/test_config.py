@@ -1,4 +1,4 @@
-"""Settings defaults that depend on other settings."""
+"""Serving settings: defaults and what is refused."""
 
 from __future__ import annotations
 
@@ -7,13 +7,9 @@ import pytest
 from modelyard.config import Settings
 
 
-@pytest.mark.parametrize(
-    ("cores", "given", "expected"),
-    [(1, None, 5000.0), (2, None, 500.0), (16, None, 500.0), (1, 0.0, 0.0), (8, 1234.0, 1234.0)],
-)
-def test_inline_compute_default_follows_the_cores(cores: int, given: float | None, expected: float) -> None:
-    """With one core a thread has no second core to use, so longer batches compute on the loop."""
-    assert Settings(cores=cores, inline_compute_us=given).resolved_inline_compute_us == expected
+def test_inline_compute_default() -> None:
+    assert Settings().inline_compute_us == 500.0
+    assert Settings(inline_compute_us=0).inline_compute_us == 0.0
 
 
 def test_inline_compute_refuses_negative_values() -> None:
