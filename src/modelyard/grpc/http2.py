@@ -121,14 +121,38 @@ class CallContext:
         raise GrpcAbort(code, details)
 
 
+class _Head:
+    """A request's header block, decoded, with what a call derives from it (made once per
+    distinct block on a connection while the HPACK table is unchanged)."""
+
+    __slots__ = ("headers", "handler", "metadata", "timeout", "encoding")
+
+    def __init__(self, headers: list[tuple[bytes, bytes]], server: Http2GrpcServer) -> None:
+        self.headers = headers
+        self.handler = server.handler_for(headers)
+        metadata: list[tuple[str, str]] = []
+        self.timeout: float | None = None
+        self.encoding = b"identity"
+        for key, value in headers:
+            if key[:1] == b":":
+                continue
+            if key == b"grpc-timeout":
+                self.timeout = _timeout_s(value)
+            elif key == b"grpc-encoding":
+                self.encoding = value
+            elif not key.endswith(b"-bin"):
+                metadata.append((key.decode("latin-1"), value.decode("latin-1")))
+        self.metadata = tuple(metadata)
+
+
 class _Stream:
     __slots__ = (
-        "id", "headers", "chunks", "size", "credit", "task", "send_window", "pending", "answered", "timer",
+        "id", "head", "chunks", "size", "credit", "task", "send_window", "pending", "answered", "timer",
     )
 
     def __init__(self, stream_id: int, send_window: int) -> None:
         self.id = stream_id
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.head: _Head | None = None
         self.chunks: list[bytes] = []
         self.size = 0
         self.credit = 0  # bytes received and not yet given back as stream window
@@ -151,7 +175,7 @@ class _Connection(asyncio.Protocol):
         self.streams: dict[int, _Stream] = {}
         self.last_stream = 0
         self.decoder = hpack.Decoder()
-        self.memo: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        self.memo: dict[bytes, _Head] = {}
         self.continuing: tuple[int, int, bytearray] | None = None  # (stream, flags, block)
         self.send_window = _DEFAULT_WINDOW
         self.peer_initial_window = _DEFAULT_WINDOW
@@ -314,8 +338,8 @@ class _Connection(asyncio.Protocol):
             self.continuing = (stream_id, flags, bytearray(payload))
 
     def _headers_complete(self, stream_id: int, flags: int, block: bytes) -> None:
-        headers = self.memo.get(block)
-        if headers is None:
+        head = self.memo.get(block)
+        if head is None:
             table = self.decoder.header_table.dynamic_entries
             count, first = len(table), (table[0] if table else None)
             try:
@@ -326,10 +350,11 @@ class _Connection(asyncio.Protocol):
             # Remember a block that left the table as it was (no insertion, no size update):
             # the same bytes decode the same way until the table changes.
             unchanged = len(table) == count and (table[0] if table else None) is first
+            head = _Head(headers, self.server)
             if unchanged and block and block[0] & 0xE0 != 0x20:
                 if len(self.memo) > 256:
                     self.memo.clear()
-                self.memo[block] = headers
+                self.memo[block] = head
             else:
                 self.memo.clear()  # the table changed: remembered blocks may now mean otherwise
         stream = self.streams.get(stream_id)
@@ -341,12 +366,12 @@ class _Connection(asyncio.Protocol):
             return  # a closed stream's late frames
         self.last_stream = stream_id
         stream = _Stream(stream_id, self.peer_initial_window)
-        stream.headers = headers
+        stream.head = head
         self.streams[stream_id] = stream
         if self.closing or len(self.streams) > _MAX_STREAMS:
             self._answer_error(stream, grpc.StatusCode.UNAVAILABLE, "the server is shutting down or busy")
             return
-        if self.server.handler_for(headers) is None:
+        if head.handler is None:
             self._answer_error(stream, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
             return
         if flags & _END_STREAM:
@@ -387,22 +412,11 @@ class _Connection(asyncio.Protocol):
         stream.task = self.loop.create_task(self._call(stream, body))
 
     async def _call(self, stream: _Stream, body: bytes) -> None:
-        handler = self.server.handler_for(stream.headers)
-        assert handler is not None
-        decode, method = handler
-        metadata: list[tuple[str, str]] = []
-        timeout: float | None = None
-        encoding = b"identity"
-        for key, value in stream.headers:
-            if key[:1] == b":":
-                continue
-            if key == b"grpc-timeout":
-                timeout = _timeout_s(value)
-            elif key == b"grpc-encoding":
-                encoding = value
-            elif not key.endswith(b"-bin"):
-                metadata.append((key.decode("latin-1"), value.decode("latin-1")))
-        context = CallContext(tuple(metadata))
+        head = stream.head
+        assert head is not None and head.handler is not None
+        decode, method = head.handler
+        timeout, encoding = head.timeout, head.encoding
+        context = CallContext(head.metadata)
         try:
             if encoding != b"identity":
                 raise GrpcAbort(grpc.StatusCode.UNIMPLEMENTED, f"grpc-encoding {encoding.decode('latin-1')} is not supported")
