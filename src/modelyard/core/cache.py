@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 
@@ -100,12 +100,16 @@ class AsyncTTLCache(Generic[K, V]):
                 self._entries.clear()
             self._entries[key] = (time.monotonic(), value)
 
+        def forget_on_failure(future: asyncio.Future[V]) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                self.discard(key)
+
         future = self._flights.start(key, load, remember)
-        future.add_done_callback(lambda f: f.cancelled() or f.exception() is None or self.discard(key))
+        future.add_done_callback(forget_on_failure)
         return future
 
 
-def _retrieve(future: asyncio.Future[object]) -> None:
+def _retrieve(future: asyncio.Future[Any]) -> None:
     # A background refresh's failure is reported to the next caller, not logged as unretrieved.
     if not future.cancelled():
         future.exception()

@@ -112,30 +112,29 @@ def infer_call(message: pb.ModelInferRequest | RawMessage) -> InferCall:
     and a request seen before only has its raw contents read. ``InvalidInput`` as
     :func:`request_from_proto`.
     """
-    if isinstance(message, RawMessage):
-        try:
-            message = pb.ModelInferRequest.FromString(message.data)
-        except Exception as exc:  # protobuf's DecodeError
-            raise InvalidInput(f"the ModelInferRequest message cannot be parsed: {exc}") from exc
-        raw = list(message.raw_input_contents)
-        if not raw:
-            return InferCall(message.model_name, message.model_version, request_from_proto(message))
-        message.ClearField("raw_input_contents")
-        key = message.SerializeToString()
-        hit = _PREPARED.get(key)
-        if hit is not None and len(raw) == len(hit[2].sizes):
-            return InferCall(hit[0], hit[1], hit[2].build(raw))
-        message.raw_input_contents.extend(raw)
-        request = request_from_proto(message)
-        if all(t.datatype != "BYTES" for t in request.inputs):
-            if len(_PREPARED) >= _PREPARED_MAX:
-                _PREPARED.clear()
-            _PREPARED[key] = (
-                message.model_name, message.model_version,
-                PreparedRequest(request, [t.data.nbytes for t in request.inputs]),
-            )
-        return InferCall(message.model_name, message.model_version, request)
-    return InferCall(message.model_name, message.model_version, request_from_proto(message))
+    if not isinstance(message, RawMessage):
+        return InferCall(message.model_name, message.model_version, request_from_proto(message))
+    try:
+        msg = pb.ModelInferRequest.FromString(message.data)
+    except Exception as exc:  # protobuf's DecodeError
+        raise InvalidInput(f"the ModelInferRequest message cannot be parsed: {exc}") from exc
+    raw = list(msg.raw_input_contents)
+    if not raw:
+        return InferCall(msg.model_name, msg.model_version, request_from_proto(msg))
+    msg.ClearField("raw_input_contents")
+    key = msg.SerializeToString()
+    hit = _PREPARED.get(key)
+    if hit is not None and len(raw) == len(hit[2].sizes):
+        return InferCall(hit[0], hit[1], hit[2].build(raw))
+    msg.raw_input_contents.extend(raw)
+    request = request_from_proto(msg)
+    if all(t.datatype != "BYTES" for t in request.inputs):
+        if len(_PREPARED) >= _PREPARED_MAX:
+            _PREPARED.clear()
+        _PREPARED[key] = (
+            msg.model_name, msg.model_version, PreparedRequest(request, [t.data.nbytes for t in request.inputs]),
+        )
+    return InferCall(msg.model_name, msg.model_version, request)
 
 
 def request_from_proto(msg: pb.ModelInferRequest) -> InferenceRequest:

@@ -25,7 +25,7 @@ import logging
 import ssl
 import struct
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import grpc
@@ -186,10 +186,10 @@ class _Connection(asyncio.Protocol):
 
     # -- connection ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport
         self.server.connections.add(self)
         settings = _SETTING.pack(0x3, _MAX_STREAMS) + _SETTING.pack(0x4, _RECV_WINDOW)
-        transport.write(
+        self.transport.write(
             _frame(_SETTINGS, 0, 0, settings)
             + _frame(_WINDOW, 0, 0, (_RECV_WINDOW - _DEFAULT_WINDOW).to_bytes(4, "big"))
         )
@@ -277,9 +277,9 @@ class _Connection(asyncio.Protocol):
                 return
             self.continuing[2].extend(payload)
             if flags & _END_HEADERS:
-                stream, first_flags, block = self.continuing
+                continued_id, first_flags, block = self.continuing
                 self.continuing = None
-                self._headers_complete(stream, first_flags, bytes(block))
+                self._headers_complete(continued_id, first_flags, bytes(block))
         elif kind == _SETTINGS:
             if not flags & _ACK:
                 self._on_settings(payload)
@@ -292,13 +292,13 @@ class _Connection(asyncio.Protocol):
                 self.send_window += increment
                 for stream in list(self.streams.values()):
                     self._flush(stream)
-            elif (stream := self.streams.get(stream_id)) is not None:
-                stream.send_window += increment
-                self._flush(stream)
+            elif (window_stream := self.streams.get(stream_id)) is not None:
+                window_stream.send_window += increment
+                self._flush(window_stream)
         elif kind == _RST:
-            stream = self.streams.pop(stream_id, None)
-            if stream is not None and stream.task is not None:
-                stream.task.cancel()  # the caller gave up: its queued work is dropped
+            reset = self.streams.pop(stream_id, None)
+            if reset is not None and reset.task is not None:
+                reset.task.cancel()  # the caller gave up: its queued work is dropped
         elif kind == _GOAWAY:
             self.closing = True
             if not self.streams and self.transport is not None:
@@ -350,7 +350,7 @@ class _Connection(asyncio.Protocol):
             # Remember a block that left the table as it was (no insertion, no size update):
             # the same bytes decode the same way until the table changes.
             unchanged = len(table) == count and (table[0] if table else None) is first
-            head = _Head(headers, self.server)
+            head = _Head(list(headers), self.server)
             if unchanged and block and block[0] & 0xE0 != 0x20:
                 if len(self.memo) > 256:
                     self.memo.clear()
@@ -519,7 +519,7 @@ class Http2GrpcServer:
         self._handlers = {path.encode(): handler for path, handler in handlers.items()}
         self.max_message_bytes = max_message_bytes
         self.connections: set[_Connection] = set()
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
 
     def handler_for(self, headers: list[tuple[bytes, bytes]]) -> UnaryHandler | None:
         for key, value in headers:
