@@ -255,3 +255,23 @@ def test_a_saturated_server_answers_503_unread(tmp_path: Path) -> None:
             assert _Reader(long_conn).response()[0] == 200
     finally:
         srv.stop()
+
+
+@pytest.mark.slow
+def test_idle_keep_alive_connections_close_and_busy_ones_stay(server: LiveServer) -> None:
+    """One timer per connection replaces uvicorn's timer per answer: an idle connection still
+    closes after the keep-alive timeout (5 s), one that keeps asking stays open past it."""
+    import time
+
+    with _connect(server) as idle, _connect(server) as busy:
+        idle_reader, busy_reader = _Reader(idle), _Reader(busy)
+        idle.sendall(_infer_request(server.admin_key))
+        assert idle_reader.response()[0] == 200
+        started = time.monotonic()
+        while time.monotonic() - started < 7:
+            busy.sendall(_infer_request(server.admin_key))
+            assert busy_reader.response()[0] == 200
+            time.sleep(1)
+        assert idle_reader.closed(), "the idle connection outlived the keep-alive timeout"
+        busy.sendall(_infer_request(server.admin_key))
+        assert busy_reader.response()[0] == 200, "the busy connection was closed"
