@@ -196,3 +196,63 @@ def test_native_server_serves_on_a_bare_loop() -> None:
         return int(ok)
 
     assert asyncio.run(main()) == 1
+
+
+def _raw_call(server: LiveServer, message: bytes, *, preface: bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+              extra: tuple[tuple[str, str], ...] = ()) -> dict[bytes, bytes] | None:
+    """One unary call on a raw socket, frames built by hand; the answer's headers and trailers
+    (``None`` when the server closed the connection without answering)."""
+    import socket
+
+    import hpack
+
+    def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+        return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
+
+    block = hpack.Encoder().encode([
+        (":method", "POST"), (":scheme", "http"), (":path", _SERVICE + "ModelInfer"),
+        (":authority", "x"), ("content-type", "application/grpc"), ("te", "trailers"),
+        ("authorization", f"Bearer {server.admin_key}"), *extra,
+    ])
+    host, port = server.grpc_url.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(preface + frame(4, 0, 0, b"") + frame(1, 0x4, 1, block) + frame(0, 0x1, 1, message))
+        decoder, answer, buf = hpack.Decoder(), {}, b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return answer or None
+            buf += chunk
+            while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+                length, kind, flags = int.from_bytes(buf[:3], "big"), buf[3], buf[4]
+                payload, buf = buf[9 : 9 + length], buf[9 + length :]
+                if kind == 1:
+                    answer.update(dict(decoder.decode(payload, raw=True)))
+                    if flags & 0x1:
+                        return answer
+
+
+def test_a_client_that_does_not_speak_http2_is_sent_away(server: LiveServer) -> None:
+    assert _raw_call(server, b"", preface=b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"-" * 8) is None
+
+
+def test_a_message_whose_length_prefix_lies_is_refused(server: LiveServer) -> None:
+    body = _infer_request("scale", np.ones((1, 4), np.float32)).SerializeToString()
+    answer = _raw_call(server, b"\x00" + (len(body) + 10).to_bytes(4, "big") + body)
+    assert answer is not None and answer[b"grpc-status"] == b"13"
+    assert b"not one uncompressed gRPC message" in answer[b"grpc-message"]
+
+
+def test_compressed_messages_are_unimplemented(server: LiveServer) -> None:
+    with grpc.insecure_channel(server.grpc_url, compression=grpc.Compression.Gzip) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            _call(channel)(_infer_request("scale", np.ones((1, 4))), metadata=_metadata(server), timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "gzip" in (info.value.details() or "")
+
+
+def test_a_well_formed_raw_call_is_answered(server: LiveServer) -> None:
+    """The hand-built frames above are right: the same call with a true prefix succeeds."""
+    body = _infer_request("scale", np.ones((1, 4), np.float32)).SerializeToString()
+    answer = _raw_call(server, b"\x00" + len(body).to_bytes(4, "big") + body)
+    assert answer is not None and answer[b"grpc-status"] == b"0"

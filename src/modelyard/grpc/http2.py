@@ -1,8 +1,9 @@
 """gRPC over HTTP/2, served by the event loop itself: the unary calls of a gRPC service.
 
-Why not grpcio's server: its Python layer costs several hundred microseconds a call (measured:
-a handler that returns a constant answers 6.6k calls/s on one core under ``grpc.aio``, 13.8k
-with the threaded server), more than this server spends on a whole REST inference. Here one
+Why not grpcio's server: its Python layer costs several hundred microseconds a call, more than
+this server spends on a whole REST inference (``bench/serving_engine.py``: the same servicer
+answered 3.0k calls/s on one core under ``grpc.aio``, 26k on this transport; docs/benchmarks.md).
+Here one
 ``asyncio.Protocol`` per connection parses HTTP/2 frames, decodes headers with HPACK (``hpack``;
 a header block seen before on the connection is answered from a memo while the dynamic table is
 unchanged), runs each call as one task, and writes the response headers, message and trailers in
@@ -38,7 +39,6 @@ log = logging.getLogger("modelyard.grpc")
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _DATA, _HEADERS, _PRIORITY, _RST, _SETTINGS, _PUSH, _PING, _GOAWAY, _WINDOW, _CONT = range(10)
 _END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIO_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
-_HEADER = struct.Struct(">I")  # 24-bit length read through a leading zero byte
 _SETTING = struct.Struct(">HI")
 _DEFAULT_WINDOW = 65_535
 #: what this server lets a peer send before it must wait: large, so unary messages flow freely
@@ -46,7 +46,7 @@ _RECV_WINDOW = 16 * 1024 * 1024
 _REPLENISH = 1024 * 1024
 _MAX_FRAME_DEFAULT = 16_384
 _MAX_STREAMS = 1024
-_NO_ERROR, _PROTOCOL_ERROR, _FLOW_CONTROL_ERROR, _FRAME_SIZE_ERROR, _CANCEL = 0x0, 0x1, 0x3, 0x6, 0x8
+_NO_ERROR, _PROTOCOL_ERROR, _FLOW_CONTROL_ERROR, _FRAME_SIZE_ERROR = 0x0, 0x1, 0x3, 0x6
 
 #: ``(message bytes) -> request`` and ``(request, context) -> awaitable response``
 UnaryHandler = tuple[Callable[[bytes], Any], Callable[[Any, "CallContext"], Awaitable[Any]]]

@@ -180,8 +180,8 @@ class InferenceProtocol(HttpToolsProtocol):
 
     def _overload(self, request: _Inference) -> ModelYardError | None:
         """Refuse before reading the body (the cheapest answer there is) when the server is
-        saturated (503), or when this connection's last answer for the same path and key was
-        429 and that queue is still full (429)."""
+        saturated (503), or when a request with the same path and key got 429 within the last
+        second on any connection and that queue is still full (429)."""
         refused = self._gate_refusal(request)
         if refused is not None:
             return refused
