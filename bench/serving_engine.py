@@ -110,6 +110,7 @@ class Conn:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.idle_since = 0.0  # perf_counter() of the last answer (for the open loop's pool)
 
     @classmethod
     async def open(cls, port: int) -> Conn:
@@ -247,26 +248,42 @@ async def closed_loop(port: int, request: bytes, clients: int, seconds: float) -
     return result
 
 
-async def open_loop(port: int, request: bytes, rate: float, seconds: float, max_conns: int = 1024) -> Result:
+#: The server closes a keep-alive connection idle for 5 s (uvicorn's default); like any HTTP client
+#: pool, the open loop does not reuse one idle for longer than this, or its request would race
+#: the close and be counted as an error that is the generator's own.
+POOL_IDLE_S = 4.0
+#: Connections the open loop may hold: enough for a full queue's worth of waiting answers (the
+#: server's queue holds 512 per version) plus the refusals in flight.
+OPEN_LOOP_CONNS = 4096
+
+
+async def open_loop(port: int, request: bytes, rate: float, seconds: float, max_conns: int = OPEN_LOOP_CONNS) -> Result:
     """Requests start at ``rate``/s whatever the answers; each takes an idle connection or opens
-    one (up to ``max_conns``; beyond it the start is counted as status 0: generator-limited)."""
+    one (up to ``max_conns``; beyond it the start is counted as status 0: generator-limited).
+    Connection failures (refused, reset, closed before the answer) are counted as status -1."""
     idle: list[Conn] = []
     opened = 0
     result = Result(seconds)
     tasks: set[asyncio.Task[None]] = set()
 
     async def one(c: Conn | None) -> None:
-        if c is None:
-            c = await Conn.open(port)
+        nonlocal opened
         t = time.perf_counter()
         try:
+            if c is None:
+                c = await Conn.open(port)
             status = await c.call(request)
         except (ConnectionError, asyncio.IncompleteReadError):
             result.statuses[-1] += 1
+            opened -= 1
+            if c is not None:
+                c.close()
             return
         result.statuses[status] += 1
+        done = time.perf_counter()
         if status == 200:
-            result.latencies.append(time.perf_counter() - t)
+            result.latencies.append(done - t)
+        c.idle_since = done
         idle.append(c)
 
     started = time.perf_counter()
@@ -278,16 +295,20 @@ async def open_loop(port: int, request: bytes, rate: float, seconds: float, max_
         due = int((now - started) * rate)
         while n < due:
             n += 1
-            if idle:
-                conn: Conn | None = idle.pop()
-            elif opened < max_conns:
-                opened += 1
-                conn = None
-            else:
-                # Counted here, without a task: at tens of thousands a second, making tasks only
-                # to drop them would starve this generator's own core.
-                result.statuses[0] += 1
-                continue
+            conn: Conn | None = None
+            while idle and conn is None:
+                conn = idle.pop()
+                if now - conn.idle_since > POOL_IDLE_S:
+                    conn.close()  # the server may be closing it: open a fresh one instead
+                    conn = None
+                    opened -= 1
+            if conn is None:
+                if opened >= max_conns:
+                    # Counted here, without a task: at tens of thousands a second, making tasks
+                    # only to drop them would starve this generator's own core.
+                    result.statuses[0] += 1
+                    continue
+                opened += 1  # one() opens it
             task = asyncio.create_task(one(conn))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -474,7 +495,7 @@ def overload(model: str, port: int, req: Req, capacity: float, seconds: float, p
     sent = sum(v for k, v in codes.items() if k != 0)
     show(f"overload {model}: 3x capacity ({3 * capacity:,.0f}/s) for {seconds:g} s, sent",
          f"{sent / over.seconds:,.0f}/s (Python open-loop generator)")
-    show(f"overload {model}: statuses (0 = no free connection of 1,024)", str(codes))
+    show(f"overload {model}: statuses (0 = no free connection of {OPEN_LOOP_CONNS:,}; -1 = connection error)", str(codes))
     show(f"overload {model}: only 200/429/503 (target: yes)", str(set(codes) <= {200, 429, 503}))
     show(f"overload {model}: goodput / capacity (target >= 0.9)", f"{over.rps / capacity:.2f}")
     show(f"overload {model}: server RSS growth MB (target < 50)", f"{rss_after - rss_before:.1f}")
