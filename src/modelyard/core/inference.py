@@ -449,12 +449,21 @@ class DataPlane:
         return names
 
 
+#: Refusals a :class:`QueueGate` answers with one error object and counts at once.
+GATE_BUNDLE = 32
+
+
 class QueueGate:
     """Refuses requests to one version while its queue is full, at the cost of a comparison,
     with the same answer (429, ``Retry-After``) and the same accounting as a request that went
-    all the way to the queue."""
+    all the way to the queue.
 
-    __slots__ = ("_usage", "_principal", "_model", "_errors", "_batcher")
+    Built for floods: while the queue stays full :meth:`refusal` returns the same error object
+    (renewed every :data:`GATE_BUNDLE` refusals, so its ``Retry-After`` follows the queue), which
+    lets a transport reuse the answer it encoded; the refusals are counted (metrics, usage) in
+    bundles of that size, when the queue has room again, and on :meth:`flush`."""
+
+    __slots__ = ("_usage", "_principal", "_model", "_errors", "_batcher", "_refused", "_uncounted")
 
     def __init__(self, plane: DataPlane, principal: Principal, info: VersionInfo, batcher: Any) -> None:
         self._usage = plane.usage
@@ -462,17 +471,30 @@ class QueueGate:
         self._model = info.model_name
         self._errors = plane.metrics.errors.labels(info.model_name, str(info.version), "queue_full")
         self._batcher = batcher
+        self._refused: ModelYardError | None = None
+        self._uncounted = 0
 
     def refusal(self) -> ModelYardError | None:
         """The error for a request arriving now, or ``None``: let it through."""
-        if self._batcher.closed:
+        batcher = self._batcher
+        if batcher.closed or not batcher.full:
+            self.flush()
             return None
-        refused = self._batcher.refusal()
-        if refused is not None:
-            self._errors.inc()
-            if self._usage is not None:
-                self._usage.record(self._principal.tenant_id, self._model, errors=1)
+        self._uncounted += 1
+        refused = self._refused
+        if refused is None or self._uncounted >= GATE_BUNDLE:
+            self.flush()
+            refused = self._refused = batcher.queue_full()
         return refused
+
+    def flush(self) -> None:
+        """Count the refusals not counted yet (call when the gate is dropped)."""
+        n, self._uncounted = self._uncounted, 0
+        if n:
+            self._errors.inc(n)
+            self._batcher.count_rejections(n)
+            if self._usage is not None:
+                self._usage.record(self._principal.tenant_id, self._model, requests=n, errors=n)
 
 
 def _platform(fmt: str) -> str:

@@ -58,15 +58,14 @@ class BatchObserver(Protocol):
 
     ``on_batch``: one batch finished; ``size`` is its number of rows, ``queue_wait_s`` the wait
     of its oldest request, ``compute_s`` the time spent in ``predict`` (including re-runs).
-    ``on_reject``: a request was refused because the queue was full. ``queue_depth``: the number
-    of queued (not yet computing) requests changed to ``n``.
+    ``on_reject``: ``n`` requests were refused because the queue was full. The queue depth is
+    not pushed on every change: read :attr:`DynamicBatcher.queue_depth` when it is wanted (the
+    manager's gauge reads it at scrape time).
     """
 
     def on_batch(self, size: int, queue_wait_s: float, compute_s: float) -> None: ...
 
-    def on_reject(self) -> None: ...
-
-    def queue_depth(self, n: int) -> None: ...
+    def on_reject(self, n: int = 1) -> None: ...
 
 
 def batching_default(inputs: Sequence[TensorSpec]) -> bool:
@@ -267,8 +266,6 @@ class DynamicBatcher:
             # One loop turn later, so requests arriving together land in one batch.
             self._dispatch_pending = True
             loop.call_soon(self._dispatch)
-        if self._observer is not None:
-            self._observer.queue_depth(self._queued)
         try:
             return await item.future
         except asyncio.CancelledError:
@@ -281,12 +278,26 @@ class DynamicBatcher:
         rejection), so a transport can refuse before it even reads the request; else ``None``."""
         if self._queued < self._max_queue:
             return None
-        if self._observer is not None:
-            self._observer.on_reject()
+        self.count_rejections(1)
+        return self.queue_full()
+
+    @property
+    def full(self) -> bool:
+        """True while the queue holds ``max_queue_size`` requests: new ones are refused."""
+        return self._queued >= self._max_queue
+
+    def queue_full(self) -> QueueFull:
+        """The error a request refused now gets, with its ``Retry-After`` (not counted)."""
         return QueueFull(
             f"the queue of this model version is full ({self._max_queue} requests)",
             retry_after=self._retry_after(),
         )
+
+    def count_rejections(self, n: int) -> None:
+        """Count ``n`` requests refused because the queue was full (for refusals made outside
+        :meth:`submit`, which a caller may count in bundles)."""
+        if self._observer is not None:
+            self._observer.on_reject(n)
 
     def _retry_after(self) -> float:
         batches_ahead = math.ceil(self._queued / self._max_rows) / self._instances + 1
@@ -304,8 +315,6 @@ class DynamicBatcher:
             self._groups.pop(item.key, None)
         self._queued -= 1
         item.state = _DROPPED
-        if self._observer is not None:
-            self._observer.queue_depth(self._queued)
         self._check_drained()
 
     def _arm_deadline(self, at: float) -> None:
@@ -426,8 +435,6 @@ class DynamicBatcher:
         if not items:
             self._groups.pop(group.key, None)
         self._queued -= len(batch)
-        if batch and self._observer is not None:
-            self._observer.queue_depth(self._queued)
         return tuple(batch)
 
     def _launch(self, batch: tuple[_Request, ...], now: float) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -144,11 +145,19 @@ class _Observer:
         self._wait.observe(queue_wait_s)
         self._compute.observe(compute_s)
 
-    def on_reject(self) -> None:
-        self._reject.inc()
+    def on_reject(self, n: int = 1) -> None:
+        self._reject.inc(n)
 
-    def queue_depth(self, n: int) -> None:
-        self._depth.set(n)
+    def watch(self, model: LoadedModel) -> None:
+        """Make the queue-depth gauge read ``model``'s batchers when scraped (nothing is pushed
+        per request). Weakly: an unloaded version's runtime is not kept alive by its gauge."""
+        ref = weakref.ref(model)
+
+        def depth() -> int:
+            m = ref()
+            return 0 if m is None or m.retired else sum(b.queue_depth for b in list(m.batchers.values()))
+
+        self._depth.set_function(depth)
 
 
 _BatchKey = tuple[int, float, int, int]
@@ -354,6 +363,8 @@ class ModelManager:
             observer=_Observer(self._metrics, source.name, source.version),
             inline_below_s=0.0 if source.isolated else self._inline_below_s,
         )
+        if model.observer is not None:
+            model.observer.watch(model)
         async with self._lock:
             self._loaded[source.load_key] = model
             self._memory += model.memory_bytes

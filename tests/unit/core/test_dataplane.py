@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from modelyard.config import Settings
-from modelyard.core.inference import validate_inputs
+from modelyard.core.inference import GATE_BUNDLE, QueueGate, validate_inputs
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
-from modelyard.errors import InvalidInput, ModelNotFound, PermissionDenied, VersionNotFound
+from modelyard.errors import InvalidInput, ModelNotFound, PermissionDenied, QueueFull, VersionNotFound
 from modelyard.tensors import InferenceRequest, RequestedOutput, Tensor, TensorSpec
 from tests.integration.onnx_models import add_model
 
@@ -163,3 +163,48 @@ def test_failed_load_is_not_cached(platform: Platform, tenant: str) -> None:
     path.write_bytes(good)
     resp = asyncio.run(platform.dataplane.infer(who, "add", None, _req(x)))
     np.testing.assert_array_equal(resp.outputs[0].data, x + 1)
+
+
+class _FullQueue:
+    """A batcher stand-in whose queue is full until told otherwise."""
+
+    closed = False
+    full = True
+
+    def __init__(self) -> None:
+        self.made = 0
+        self.counted = 0
+
+    def queue_full(self) -> QueueFull:
+        self.made += 1
+        return QueueFull("the queue is full", retry_after=0.5)
+
+    def count_rejections(self, n: int) -> None:
+        self.counted += n
+
+
+def test_a_queue_gate_reuses_its_answer_and_counts_every_refusal(platform: Platform, tenant: str) -> None:
+    """A flood is answered with one error object per bundle of refusals; every refusal is
+    counted (metrics, usage) once the bundle fills, the queue has room, or the gate is flushed."""
+    info = _push(platform, tenant)
+    queue = _FullQueue()
+    gate = QueueGate(platform.dataplane, _principal(tenant), info, queue)
+    flood = GATE_BUNDLE * 2 + 5
+    answers = [gate.refusal() for _ in range(flood)]
+    assert all(isinstance(a, QueueFull) and a.retry_after == 0.5 for a in answers)
+    assert len({id(a) for a in answers}) == queue.made == 3, "one error object per bundle"
+    assert queue.counted == 1 + GATE_BUNDLE * 2, "the first refusal at once, then each full bundle"
+    queue.full = False
+    assert gate.refusal() is None
+    assert queue.counted == flood, "the rest is counted when the queue has room"
+    errors = platform.metrics.registry.get_sample_value(
+        "modelyard_inference_errors_total", {"model": "add", "version": "1", "code": "queue_full"}
+    )
+    assert errors == flood
+    (usage,) = platform.usage.query(tenant_id=tenant, model="add")
+    assert (usage.requests, usage.errors) == (flood, flood)
+    queue.full = True
+    gate.refusal()
+    gate.flush()
+    gate.flush()
+    assert queue.counted == flood + 1

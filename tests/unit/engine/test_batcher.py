@@ -22,16 +22,12 @@ class Recorder:
     def __init__(self) -> None:
         self.batches: list[tuple[int, float, float]] = []
         self.rejects = 0
-        self.depths: list[int] = []
 
     def on_batch(self, size: int, queue_wait_s: float, compute_s: float) -> None:
         self.batches.append((size, queue_wait_s, compute_s))
 
-    def on_reject(self) -> None:
-        self.rejects += 1
-
-    def queue_depth(self, n: int) -> None:
-        self.depths.append(n)
+    def on_reject(self, n: int = 1) -> None:
+        self.rejects += n
 
 
 class Model:

@@ -176,17 +176,13 @@ async def test_batcher_over_a_process_runtime(tmp_path: Path) -> None:
     onnx.save(model, tmp_path / "linear.onnx")
     rt = ProcessRuntime(fmt="onnx", path=tmp_path / "linear.onnx", options=RuntimeOptions())
     sizes: list[int] = []
-    depths: list[int] = []
 
     class Sizes:
         def on_batch(self, size: int, queue_wait_s: float, compute_s: float) -> None:
             sizes.append(size)
 
-        def on_reject(self) -> None:
+        def on_reject(self, n: int = 1) -> None:
             raise AssertionError("nothing should be rejected")
-
-        def queue_depth(self, n: int) -> None:
-            depths.append(n)
 
     batcher = DynamicBatcher(
         predict=rt.predict,
@@ -203,7 +199,7 @@ async def test_batcher_over_a_process_runtime(tmp_path: Path) -> None:
         for x, out in zip(xs, outs):
             np.testing.assert_allclose(out["y"], x @ WEIGHTS, rtol=1e-4, atol=1e-5)
         assert max(sizes) > 1 and sum(sizes) == 40
-        assert depths[-1] == 0
+        assert batcher.queue_depth == 0
         assert await batcher.close(5)
     finally:
         rt.close()

@@ -236,6 +236,35 @@ def test_timeout_queue_full_and_saturation() -> None:
     asyncio.run(main())
 
 
+def test_queue_depth_gauge_is_read_when_scraped() -> None:
+    """Nothing is pushed per request: the gauge sums the version's batchers when it is read, and
+    reads 0 once the version is unloaded (without keeping its runtime alive)."""
+
+    async def main() -> None:
+        metrics = Metrics()
+        m = ModelManager(
+            options=RuntimeOptions(), memory_budget_bytes=10_000, metrics=metrics, loader=Loader(delay=0.2),
+            cores=8, warm_up=False,
+        )
+
+        def depth() -> float | None:
+            return metrics.registry.get_sample_value("modelyard_queue_depth", {"model": "a", "version": "1"})
+
+        solo, wide = ServingOptions(batching=False), ServingOptions(batching=False, max_queue_size=99)
+        busy = [asyncio.create_task(m.predict(source("a"), {"x": X}, None, options=o)) for o in (solo, wide)]
+        await asyncio.sleep(0.05)  # one call computing in each batcher
+        queued = [asyncio.create_task(m.predict(source("a"), {"x": X}, None, options=o)) for o in (solo, wide, wide)]
+        await asyncio.sleep(0.02)
+        assert depth() == 3.0
+        await asyncio.gather(*busy, *queued)
+        assert depth() == 0.0
+        m.unload("a")
+        assert depth() == 0.0
+        await m.close()
+
+    asyncio.run(main())
+
+
 def test_serving_options_validation() -> None:
     base = ServingOptions()
     assert base.merged({"max_batch_size": 8, "timeout_s": None}).max_batch_size == 8

@@ -79,6 +79,8 @@ class InferenceProtocol(HttpToolsProtocol):
     #: the same caller's requests for the same model are refused unread while its queue stays
     #: full (for at most the key cache's lifetime, so a revoked key is not answered for long)
     gates: ClassVar[dict[tuple[str, str | None], tuple[float, QueueGate]]]
+    #: (error, default headers, keep-alive, head, tail): the last refusal's encoded answer
+    refusal_memo: ClassVar[tuple[Any, ...]] = (None, None, None, b"", b"")
 
     @classmethod
     def bound(cls, platform: Platform) -> type[InferenceProtocol]:
@@ -198,6 +200,7 @@ class InferenceProtocol(HttpToolsProtocol):
             return None
         if self.loop.time() - entry[0] > _GATE_TTL_S:
             del gates[key]
+            entry[1].flush()
             return None
         return entry[1].refusal()
 
@@ -208,7 +211,16 @@ class InferenceProtocol(HttpToolsProtocol):
         self._discarding = True
         if isinstance(exc, PayloadTooLarge):
             request.keep_alive = False
-        self._write(request, error_result(exc))
+        # A gate answers a flood with one error object: encode its answer once (per Date).
+        defaults = self.server_state.default_headers
+        memo = self.refusal_memo
+        if memo[0] is exc and memo[1] is defaults and memo[2] == request.keep_alive:
+            head, tail = memo[3], memo[4]
+        else:
+            status, headers, payload = error_result(exc)
+            head, tail = self._head(status, headers), self._tail(payload, request.keep_alive)
+            type(self).refusal_memo = (exc, defaults, request.keep_alive, head, tail)
+        self._send(request, head, tail)
         if request.keep_alive:
             self.on_response_complete()
 
@@ -250,23 +262,33 @@ class InferenceProtocol(HttpToolsProtocol):
         gate = self.platform.dataplane.queue_gate(principal, request.name, request.version)
         if gate is not None:
             if len(self.gates) >= _MAX_GATES:
+                for _, dropped in self.gates.values():
+                    dropped.flush()
                 self.gates.clear()
             self.gates[(request.path, request.authorization)] = (self.loop.time(), gate)
 
     def _write(self, request: _Inference, result: InferResult) -> None:
         status, headers, payload = result
+        self._send(request, self._head(status, headers), self._tail(payload, request.keep_alive))
+
+    def _head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+        """An answer's bytes before its ``x-request-id``."""
         parts = [STATUS_LINE[status]]
         for key, value in self.server_state.default_headers:
             parts += (key, b": ", value, b"\r\n")
         for key, value in headers:
             parts += (key, b": ", value, b"\r\n")
-        parts += (b"x-request-id: ", request.request_id.encode(), b"\r\n")
-        parts += (b"content-length: ", str(len(payload)).encode(), b"\r\n")
-        if not request.keep_alive:
-            parts.append(b"connection: close\r\n")
-        parts += (b"\r\n", payload)
+        return b"".join(parts)
+
+    @staticmethod
+    def _tail(payload: bytes, keep_alive: bool) -> bytes:
+        """An answer's bytes after its ``x-request-id``."""
+        close = b"" if keep_alive else b"connection: close\r\n"
+        return b"".join((b"content-length: ", str(len(payload)).encode(), b"\r\n", close, b"\r\n", payload))
+
+    def _send(self, request: _Inference, head: bytes, tail: bytes) -> None:
         transport = self.transport
-        transport.write(b"".join(parts))
+        transport.write(b"".join((head, b"x-request-id: ", request.request_id.encode(), b"\r\n", tail)))
         if not request.keep_alive:
             transport.close()
 
