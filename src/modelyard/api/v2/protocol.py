@@ -265,7 +265,11 @@ class InferenceProtocol(HttpToolsProtocol):
                 for _, dropped in self.gates.values():
                     dropped.flush()
                 self.gates.clear()
-            self.gates[(request.path, request.authorization)] = (self.loop.time(), gate)
+            key = (request.path, request.authorization)
+            replaced = self.gates.get(key)
+            if replaced is not None:
+                replaced[1].flush()  # its refusals not counted yet still count
+            self.gates[key] = (self.loop.time(), gate)
 
     def _write(self, request: _Inference, result: InferResult) -> None:
         status, headers, payload = result
