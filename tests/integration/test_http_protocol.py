@@ -221,6 +221,10 @@ def test_a_full_queue_refuses_the_next_requests_unread(tmp_path: Path) -> None:
         status, headers, body = reader.response()
         assert status == 429 and json.loads(body)["error"]["code"] == "queue_full"
         assert "retry-after" in headers and headers["x-request-id"]
+        conn.sendall(_slow_request(key, 1))  # answered from the encoded refusal: its own id
+        again = reader.response()
+        assert again[0] == 429 and again[2] == body and again[1]["retry-after"] == headers["retry-after"]
+        assert again[1]["x-request-id"] != headers["x-request-id"]
         assert _Reader(long_conn).response()[0] == 200
         assert _Reader(queued_conn).response()[0] == 200
         conn.sendall(_slow_request(key, 1, body=b"{not json"))
@@ -233,8 +237,8 @@ def test_a_full_queue_refuses_the_next_requests_unread(tmp_path: Path) -> None:
             text = client.get("/metrics").text
         from tests.integration._serving import metric
 
-        assert metric(text, "modelyard_rejections_total", model="slow", reason="queue_full") == 2
-        assert metric(text, "modelyard_inference_errors_total", model="slow", code="queue_full") == 2
+        assert metric(text, "modelyard_rejections_total", model="slow", reason="queue_full") == 3
+        assert metric(text, "modelyard_inference_errors_total", model="slow", code="queue_full") == 3
     finally:
         srv.stop()
 

@@ -32,7 +32,7 @@ from modelyard.metrics import Metrics
 from modelyard.store.artifacts import ArtifactStore
 from modelyard.tensors import InferenceRequest, InferenceResponse, Tensor, TensorSpec
 
-__all__ = ["DataPlane", "QueueGate", "SERVER_NAME", "EXTENSIONS"]
+__all__ = ["DataPlane", "QueueGate", "QueueGates", "SERVER_NAME", "EXTENSIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -495,6 +495,48 @@ class QueueGate:
             self._batcher.count_rejections(n)
             if self._usage is not None:
                 self._usage.record(self._principal.tenant_id, self._model, requests=n, errors=n)
+
+
+class QueueGates:
+    """The gates a transport keeps for the callers it just refused: ``key`` (e.g. path and
+    ``Authorization``) -> :class:`QueueGate`, each for ``ttl_s`` (so a revoked key is not answered
+    from here for long), at most ``max_entries`` at once. A gate that leaves the table (expired,
+    replaced, or the table full) counts its pending refusals first."""
+
+    __slots__ = ("_entries", "_ttl_s", "_max")
+
+    def __init__(self, ttl_s: float = 1.0, max_entries: int = 4096) -> None:
+        self._entries: dict[Any, tuple[float, QueueGate]] = {}
+        self._ttl_s = ttl_s
+        self._max = max_entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def refusal(self, key: Any, now: float) -> ModelYardError | None:
+        """The refusal for a request with ``key`` arriving at ``now``, or ``None``: let it through."""
+        if not self._entries:
+            return None
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if now - entry[0] > self._ttl_s:
+            del self._entries[key]
+            entry[1].flush()
+            return None
+        return entry[1].refusal()
+
+    def put(self, key: Any, gate: QueueGate, now: float) -> None:
+        """Refuse ``key``'s next requests through ``gate`` while its queue stays full."""
+        entries = self._entries
+        if len(entries) >= self._max:
+            for _, dropped in entries.values():
+                dropped.flush()
+            entries.clear()
+        replaced = entries.get(key)
+        if replaced is not None:
+            replaced[1].flush()
+        entries[key] = (now, gate)
 
 
 def _platform(fmt: str) -> str:

@@ -28,7 +28,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from modelyard.api.middleware import audit_entry, request_id
 from modelyard.api.v2.infer import InferResult, answer_infer, error_result, split_infer_path
-from modelyard.core.inference import QueueGate
+from modelyard.core.inference import QueueGates
 from modelyard.core.platform import Platform
 from modelyard.errors import ModelYardError, PayloadTooLarge
 
@@ -37,8 +37,6 @@ __all__ = ["InferenceProtocol"]
 log = logging.getLogger("modelyard.api")
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_GATE_TTL_S = 1.0
-_MAX_GATES = 4096
 
 
 class _Queued:
@@ -75,17 +73,17 @@ class InferenceProtocol(HttpToolsProtocol):
     """See the module docstring. Make a class bound to a platform with :meth:`bound`."""
 
     platform: ClassVar[Platform]
-    #: (path, Authorization) -> (since, gate), shared by the server's connections: after a 429,
-    #: the same caller's requests for the same model are refused unread while its queue stays
-    #: full (for at most the key cache's lifetime, so a revoked key is not answered for long)
-    gates: ClassVar[dict[tuple[str, str | None], tuple[float, QueueGate]]]
+    #: (path, Authorization) -> gate, shared by the server's connections: after a 429, the same
+    #: caller's requests for the same model are refused unread while its queue stays full (for at
+    #: most a second, so a revoked key is not answered from there for long)
+    gates: ClassVar[QueueGates]
     #: (error, default headers, keep-alive, head, tail): the last refusal's encoded answer
     refusal_memo: ClassVar[tuple[Any, ...]] = (None, None, None, b"", b"")
 
     @classmethod
     def bound(cls, platform: Platform) -> type[InferenceProtocol]:
         """The protocol class for uvicorn's ``Config(http=...)``, serving ``platform``."""
-        return type("InferenceProtocol", (cls,), {"platform": platform, "gates": {}})
+        return type("InferenceProtocol", (cls,), {"platform": platform, "gates": QueueGates()})
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -191,18 +189,7 @@ class InferenceProtocol(HttpToolsProtocol):
         return manager.saturation() if manager.saturated else None
 
     def _gate_refusal(self, request: _Inference) -> ModelYardError | None:
-        gates = self.gates
-        if not gates:
-            return None
-        key = (request.path, request.authorization)
-        entry = gates.get(key)
-        if entry is None:
-            return None
-        if self.loop.time() - entry[0] > _GATE_TTL_S:
-            del gates[key]
-            entry[1].flush()
-            return None
-        return entry[1].refusal()
+        return self.gates.refusal((request.path, request.authorization), self.loop.time())
 
     def _refuse(self, request: _Inference, exc: ModelYardError) -> None:
         """Answer at once; the rest of the body is skipped unread. A body over the limit
@@ -261,15 +248,7 @@ class InferenceProtocol(HttpToolsProtocol):
     def _remember_gate(self, request: _Inference, principal: Any) -> None:
         gate = self.platform.dataplane.queue_gate(principal, request.name, request.version)
         if gate is not None:
-            if len(self.gates) >= _MAX_GATES:
-                for _, dropped in self.gates.values():
-                    dropped.flush()
-                self.gates.clear()
-            key = (request.path, request.authorization)
-            replaced = self.gates.get(key)
-            if replaced is not None:
-                replaced[1].flush()  # its refusals not counted yet still count
-            self.gates[key] = (self.loop.time(), gate)
+            self.gates.put((request.path, request.authorization), gate, self.loop.time())
 
     def _write(self, request: _Inference, result: InferResult) -> None:
         status, headers, payload = result
