@@ -199,15 +199,26 @@ def _slow_request(key: str, rows: int, *, body: bytes | None = None) -> bytes:
     ).encode() + payload
 
 
-def test_a_full_queue_refuses_the_next_requests_unread(tmp_path: Path) -> None:
-    """After a 429, the same caller's next requests on that connection are refused before their
-    body is read (a malformed body still gets 429, not 400) while the queue stays full; once it
-    has room they are served again."""
+def _waiting_for_room(srv: LiveServer) -> int:
+    assert srv.platform is not None
+    return sum(b.waiting_for_room for m in srv.platform.manager.loaded() for b in m.batchers.values())
+
+
+def test_a_full_queue_refuses_unread_and_holds_the_refused_connections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a 429, the same caller's requests for that model are refused before their body is
+    read (a malformed body still gets 429, not 400) while the queue stays full, and a connection
+    just refused is not read again until the queue has room: its next request waits unread in
+    the socket, then is read and answered as usual."""
+    from modelyard.engine import batcher as batcher_module
+
+    monkeypatch.setattr(batcher_module, "ROOM_WAIT_MAX_S", 60.0)  # only room lets them in here
     srv = _slow_server(tmp_path)
     key = srv.admin_key
     try:
         long_conn, queued_conn, conn = _connect(srv), _connect(srv), _connect(srv)
-        long_conn.sendall(_slow_request(key, 64))  # computes for a while
+        long_conn.sendall(_slow_request(key, 64))  # computes for about a second
         import time
 
         time.sleep(0.3)
@@ -217,21 +228,26 @@ def test_a_full_queue_refuses_the_next_requests_unread(tmp_path: Path) -> None:
         conn.sendall(_slow_request(key, 1))
         status, headers, body = reader.response()
         assert status == 429 and "retry-after" in headers, body
-        conn.sendall(_slow_request(key, 1, body=b"{not json"))
-        status, headers, body = reader.response()
+        malformed, again = _connect(srv), _connect(srv)
+        malformed.sendall(_slow_request(key, 1, body=b"{not json"))
+        status, headers, body = _Reader(malformed).response()
         assert status == 429 and json.loads(body)["error"]["code"] == "queue_full"
         assert "retry-after" in headers and headers["x-request-id"]
-        conn.sendall(_slow_request(key, 1))  # answered from the encoded refusal: its own id
-        again = reader.response()
-        assert again[0] == 429 and again[2] == body and again[1]["retry-after"] == headers["retry-after"]
-        assert again[1]["x-request-id"] != headers["x-request-id"]
+        again.sendall(_slow_request(key, 1))  # answered from the encoded refusal: its own id
+        answer = _Reader(again).response()
+        assert answer[0] == 429 and answer[2] == body and answer[1]["retry-after"] == headers["retry-after"]
+        assert answer[1]["x-request-id"] != headers["x-request-id"]
+        assert _waiting_for_room(srv) == 3, "the three refused connections are not read"
+        conn.sendall(_slow_request(key, 1, body=b"{not json"))
+        time.sleep(0.1)
+        assert _waiting_for_room(srv) == 3, "the queue is still full: the request waits unread"
         assert _Reader(long_conn).response()[0] == 200
         assert _Reader(queued_conn).response()[0] == 200
-        conn.sendall(_slow_request(key, 1, body=b"{not json"))
-        assert reader.response()[0] == 400, "with room in the queue the request is read again"
+        assert reader.response()[0] == 400, "with room in the queue the request is read"
+        assert _waiting_for_room(srv) == 0
         conn.sendall(_slow_request(key, 1))
         assert reader.response()[0] == 200
-        for sock in (long_conn, queued_conn, conn):
+        for sock in (long_conn, queued_conn, conn, malformed, again):
             sock.close()
         with srv.client() as client:
             text = client.get("/metrics").text

@@ -487,6 +487,17 @@ class QueueGate:
             refused = self._refused = batcher.queue_full()
         return refused
 
+    @property
+    def no_room(self) -> bool:
+        """Whether a request read now would be refused, or would jump the queue of callers
+        waiting for room (see ``DynamicBatcher.no_room``)."""
+        batcher = self._batcher
+        return batcher.no_room and not batcher.closed
+
+    def when_room(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once the queue has room (see ``DynamicBatcher.when_room``)."""
+        self._batcher.when_room(callback)
+
     def flush(self) -> None:
         """Count the refusals not counted yet (call when the gate is dropped)."""
         n, self._uncounted = self._uncounted, 0
@@ -513,8 +524,8 @@ class QueueGates:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def refusal(self, key: Any, now: float) -> ModelYardError | None:
-        """The refusal for a request with ``key`` arriving at ``now``, or ``None``: let it through."""
+    def get(self, key: Any, now: float) -> QueueGate | None:
+        """``key``'s gate at ``now``, if it has one that has not expired."""
         if not self._entries:
             return None
         entry = self._entries.get(key)
@@ -524,7 +535,12 @@ class QueueGates:
             del self._entries[key]
             entry[1].flush()
             return None
-        return entry[1].refusal()
+        return entry[1]
+
+    def refusal(self, key: Any, now: float) -> ModelYardError | None:
+        """The refusal for a request with ``key`` arriving at ``now``, or ``None``: let it through."""
+        gate = self.get(key, now)
+        return None if gate is None else gate.refusal()
 
     def put(self, key: Any, gate: QueueGate, now: float) -> None:
         """Refuse ``key``'s next requests through ``gate`` while its queue stays full."""

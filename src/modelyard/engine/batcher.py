@@ -20,6 +20,11 @@ and the recent batches of this version computed faster than that, a batch runs o
 itself, one batch per loop turn (responses and new requests go between two batches). A version
 whose batches grow slower goes back to the executor at its next batch.
 
+Backpressure. A transport that stops reading a connection whose next request would only be refused
+(see :meth:`DynamicBatcher.when_room`) is called back, one connection per free slot and oldest
+first, as the queue gets room, so the excess waits unread in the client's socket and costs the
+server nothing; refusals (429) remain for whatever is read while the queue is full.
+
 Failure isolation: if a batched ``predict`` raises (or returns outputs that cannot be split by
 rows), every request of that batch is re-run alone, so one bad request fails only itself.
 """
@@ -51,6 +56,10 @@ _QUEUED, _RUNNING, _DROPPED = 0, 1, 2
 _TIMER_SLACK_S = 1e-4
 #: batches measured in the executor before a version may compute on the loop
 _MEASURED_BEFORE_INLINE = 3
+#: a transport waiting for room is called back after this long even if the queue never had any
+ROOM_WAIT_MAX_S = 1.0
+#: how long a slot is kept for the request of a waiter let in (its socket is read well before)
+_ROOM_RECOUNT_S = 0.005
 
 
 class BatchObserver(Protocol):
@@ -198,6 +207,10 @@ class DynamicBatcher:
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._deadline_at = math.inf
         self._inline_below_s = inline_below_s
+        # when_room callbacks, oldest first, with the time each is called back at the latest
+        self._room_waiters: deque[tuple[float, Callable[[], None]]] = deque()
+        self._room_timer: asyncio.TimerHandle | None = None
+        self._promised = 0  # slots given to waiters let in whose request has not come yet
 
     # -- state -------------------------------------------------------------------------------
 
@@ -254,6 +267,8 @@ class DynamicBatcher:
         group.items.append(item)
         group.rows += rows
         self._queued += 1
+        if self._promised:
+            self._promised -= 1  # most likely the request of a waiter let in (none is lost)
         if timeout_s is not None:
             item.deadline = now + timeout_s
             waiting = self._deadlines.get(timeout_s)
@@ -299,6 +314,64 @@ class DynamicBatcher:
         if self._observer is not None:
             self._observer.on_reject(n)
 
+    @property
+    def no_room(self) -> bool:
+        """True while a request read now would be refused, or would take a slot that waiters
+        for room (see :meth:`when_room`) were promised or are waiting for."""
+        return self._queued + self._promised >= self._max_queue or bool(self._room_waiters)
+
+    def when_room(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once, when the queue has room for one more request, when the
+        batcher closes, or after :data:`ROOM_WAIT_MAX_S` at the latest. For a transport that
+        stops reading a connection while its next request would be refused: waiters are let in
+        oldest first, one per free slot, and the slot is kept for the request a waiter's
+        connection is expected to send (for :data:`_ROOM_RECOUNT_S`; a connection whose next
+        request is for another model, or that sends none, does not keep the others waiting).
+        ``callback`` must be cheap and must not raise."""
+        loop = self._loop or asyncio.get_running_loop()
+        self._room_waiters.append((loop.time() + ROOM_WAIT_MAX_S, callback))
+        if self._closing or self._queued + self._promised < self._max_queue:
+            self._let_in()
+        elif self._room_timer is None:
+            self._room_timer = loop.call_at(self._room_waiters[0][0], self._on_room_timer)
+
+    @property
+    def waiting_for_room(self) -> int:
+        """Callbacks registered with :meth:`when_room` and not called yet."""
+        return len(self._room_waiters)
+
+    def _let_in(self) -> None:
+        """Call back as many room waiters as the queue has free slots that are not promised
+        (all of them once closing)."""
+        waiters = self._room_waiters
+        room = len(waiters) if self._closing else self._max_queue - self._queued - self._promised
+        while waiters and room > 0:
+            waiters.popleft()[1]()
+            room -= 1
+            self._promised += 1
+        if self._room_timer is not None:
+            self._room_timer.cancel()
+            self._room_timer = None
+        if waiters or self._promised:
+            loop = self._loop or asyncio.get_running_loop()
+            at = waiters[0][0] if waiters else math.inf
+            if self._promised:
+                at = min(at, loop.time() + _ROOM_RECOUNT_S)
+            self._room_timer = loop.call_at(at, self._on_room_timer)
+
+    def _on_room_timer(self) -> None:
+        """Promises not kept by now are void; waiters that waited :data:`ROOM_WAIT_MAX_S` are
+        let in, room or not; then as many more as there is room for."""
+        self._room_timer = None
+        self._promised = 0
+        waiters = self._room_waiters
+        loop = self._loop or asyncio.get_running_loop()
+        now = loop.time() + _TIMER_SLACK_S
+        while waiters and waiters[0][0] <= now:
+            waiters.popleft()[1]()
+        if waiters:
+            self._let_in()
+
     def _retry_after(self) -> float:
         batches_ahead = math.ceil(self._queued / self._max_rows) / self._instances + 1
         return round(max(0.01, self._batch_s * batches_ahead), 3)
@@ -315,6 +388,8 @@ class DynamicBatcher:
             self._groups.pop(item.key, None)
         self._queued -= 1
         item.state = _DROPPED
+        if self._room_waiters:
+            self._let_in()
         self._check_drained()
 
     def _arm_deadline(self, at: float) -> None:
@@ -397,6 +472,8 @@ class DynamicBatcher:
             if chosen is None:
                 break
             batch = self._take(chosen, now)
+            if self._room_waiters:
+                self._let_in()
             if batch and self._launch(batch, now):
                 # Computed on the loop: let answers and new requests through before the next one.
                 if self._groups:
@@ -563,6 +640,7 @@ class DynamicBatcher:
         """
         self._closing = True
         drained = True
+        self._let_in()  # waiting transports read their requests now (and are refused: closed)
         if self._loop is not None and self.in_flight:
             self._drained = asyncio.Event()
             if self._groups and not self._dispatch_pending:

@@ -445,3 +445,82 @@ async def test_without_inline_batches_never_compute_on_the_loop() -> None:
         await b.submit(request([i]), None)
     assert threading.get_ident() not in model.threads
     await b.close()
+
+
+class Stepped(Model):
+    """A Model whose every call waits for a permit (``step()``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.permits = threading.Semaphore(0)
+
+    def __call__(self, inputs: dict[str, np.ndarray], output_names: list[str] | None) -> dict[str, np.ndarray]:
+        assert self.permits.acquire(timeout=10), "never stepped"
+        return super().__call__(inputs, output_names)
+
+    def step(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.permits.release()
+
+
+@pytest.mark.asyncio
+async def test_waiters_for_room_are_let_in_oldest_first_one_per_free_slot() -> None:
+    """A transport holding a connection while the queue is full is called back when a slot
+    frees; one that does not use its slot (sends nothing) does not keep the next one waiting."""
+    model = Stepped()
+    b = make(model, max_batch_size=1, max_queue_size=2)
+    tasks = [asyncio.ensure_future(b.submit(request([0]), None))]
+    await wait_until(lambda: b.in_flight == 1 and b.queue_depth == 0)  # computing, stepped
+    tasks += [asyncio.ensure_future(b.submit(request([i]), None)) for i in (1, 2)]
+    await wait_until(lambda: b.full)
+    let_in: list[str] = []
+
+    def waiter(name: str, sends: bool) -> Callable[[], None]:
+        def callback() -> None:
+            let_in.append(name)
+            if sends:  # its request is read and queued a moment later, as a socket's would be
+                tasks.append(asyncio.ensure_future(b.submit(request([10 + len(tasks)]), None)))
+        return callback
+
+    for name, sends in (("a", True), ("b", False), ("c", True)):
+        b.when_room(waiter(name, sends))
+    assert let_in == [] and b.waiting_for_room == 3, "the queue is full: nobody is let in"
+    model.step()  # request 0 finishes, request 1 leaves the queue: one free slot
+    await wait_until(lambda: let_in == ["a"])
+    await asyncio.sleep(0.05)
+    assert let_in == ["a"] and b.full, "a's request took the slot"
+    model.step()  # one more slot: b is let in, sends nothing, so c gets it after a recount
+    await wait_until(lambda: let_in == ["a", "b", "c"])
+    assert b.waiting_for_room == 0
+    model.step(10)
+    results = await asyncio.gather(*tasks)
+    assert len(results) == 5 and all("y" in r for r in results)
+    await b.close(1)
+
+
+@pytest.mark.asyncio
+async def test_a_waiter_is_let_in_at_once_after_the_longest_wait_or_on_close(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelyard.engine import batcher as batcher_module
+
+    model = Stepped()
+    b = make(model, max_batch_size=1, max_queue_size=1)
+    let_in: list[str] = []
+    b.when_room(lambda: let_in.append("room"))
+    assert let_in == ["room"], "a queue with room lets a waiter in at once"
+    tasks = [asyncio.ensure_future(b.submit(request([0]), None))]
+    await wait_until(lambda: b.in_flight == 1 and b.queue_depth == 0)
+    tasks.append(asyncio.ensure_future(b.submit(request([1]), None)))
+    await wait_until(lambda: b.full)
+    monkeypatch.setattr(batcher_module, "ROOM_WAIT_MAX_S", 0.05)
+    b.when_room(lambda: let_in.append("waited"))
+    await asyncio.sleep(0.01)
+    assert let_in == ["room"]
+    await wait_until(lambda: "waited" in let_in, timeout=2)
+    assert b.full, "let in for having waited long enough, not for room"
+    monkeypatch.setattr(batcher_module, "ROOM_WAIT_MAX_S", 60.0)
+    b.when_room(lambda: let_in.append("closed"))
+    closing = asyncio.ensure_future(b.close(5))
+    await wait_until(lambda: "closed" in let_in, timeout=1)
+    model.step(2)
+    assert await closing is True
+    assert [t.result()["id"].tolist() for t in tasks] == [[0], [1]]

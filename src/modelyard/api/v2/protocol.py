@@ -16,6 +16,13 @@ log; ``Expect: 100-continue`` answered; a body over ``max_request_bytes`` refuse
 connection is then closed, as the rest of the body is not read); a client that disconnects
 cancels its request's task, which drops its queued work; on shutdown the answer in flight is
 written before the connection closes.
+
+Overload. After a caller got 429 (its model's queue full), its next requests for that model are
+refused before their body is read, and a connection of its that was just answered is not read
+again until the queue has room (``DynamicBatcher.when_room``): its next request waits in the
+client's socket, TCP backpressure, instead of costing the server a read and a refusal. On one core
+a refusal costs half as much as serving a small model, so refusing a flood would leave little for
+the requests that are served (see ``docs/serving.md``).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from modelyard.api.middleware import audit_entry, request_id
 from modelyard.api.v2.infer import InferResult, answer_infer, error_result, split_infer_path
-from modelyard.core.inference import QueueGates
+from modelyard.core.inference import QueueGate, QueueGates
 from modelyard.core.platform import Platform
 from modelyard.errors import ModelYardError, PayloadTooLarge
 
@@ -93,6 +100,7 @@ class InferenceProtocol(HttpToolsProtocol):
         self._answering: _Inference | None = None  # task running; its answer is next to write
         self._discarding = False  # a refused request's remaining parser callbacks are ignored
         self._idle_since: float | None = None  # when the last answer left, while idle
+        self._held = False  # not read until a full queue has room (see _hold)
 
     # -- parser callbacks ------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -169,27 +177,25 @@ class InferenceProtocol(HttpToolsProtocol):
                 f"request body of {int(declared)} bytes is over the limit of {self._limit}"
             ))
             return
-        overload = self._overload(request)
+        # Refused before the body is read (the cheapest answer there is) when a request with
+        # the same path and key got 429 within the last second on any connection and that queue
+        # is still full (429), or when the server is saturated (503).
+        gate = self._gate(request)
+        overload = None if gate is None else gate.refusal()
+        if overload is None and self.platform.manager.saturated:
+            overload = self.platform.manager.saturation()
         if overload is not None:
             if expect:
                 request.keep_alive = False  # the client may never send the body we would skip
             self._refuse(request, overload)
+            if gate is not None:
+                self._hold(gate, request)
             return
         if expect:
             self.transport.write(_CONTINUE)
 
-    def _overload(self, request: _Inference) -> ModelYardError | None:
-        """Refuse before reading the body (the cheapest answer there is) when the server is
-        saturated (503), or when a request with the same path and key got 429 within the last
-        second on any connection and that queue is still full (429)."""
-        refused = self._gate_refusal(request)
-        if refused is not None:
-            return refused
-        manager = self.platform.manager
-        return manager.saturation() if manager.saturated else None
-
-    def _gate_refusal(self, request: _Inference) -> ModelYardError | None:
-        return self.gates.refusal((request.path, request.authorization), self.loop.time())
+    def _gate(self, request: _Inference) -> QueueGate | None:
+        return self.gates.get((request.path, request.authorization), self.loop.time())
 
     def _refuse(self, request: _Inference, exc: ModelYardError) -> None:
         """Answer at once; the rest of the body is skipped unread. A body over the limit
@@ -214,12 +220,14 @@ class InferenceProtocol(HttpToolsProtocol):
     async def _answer(self, request: _Inference) -> None:
         # Requests read in one loop turn passed the gate together; the ones ahead of this one may
         # have filled the queue since: ask again before any decoding.
-        refused = self._gate_refusal(request)
+        gate = self._gate(request)
+        refused = None if gate is None else gate.refusal()
         if refused is not None:
             if self._answering is request:
                 self._answering = None
                 self._write(request, error_result(refused))
                 self.on_response_complete()
+                self._hold(gate, request)
             return
         chunks = request.chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -243,12 +251,45 @@ class InferenceProtocol(HttpToolsProtocol):
             self._write(request, result)
             self.on_response_complete()
             if result[0] == 429 and principal is not None:
-                self._remember_gate(request, principal)
+                gate = self._remember_gate(request, principal)
+            elif self.gates:  # a caller was refused lately: is this one's queue still full?
+                gate = self._gate(request)
+            else:
+                return
+            if gate is not None:
+                self._hold(gate, request)
 
-    def _remember_gate(self, request: _Inference, principal: Any) -> None:
+    def _remember_gate(self, request: _Inference, principal: Any) -> QueueGate | None:
         gate = self.platform.dataplane.queue_gate(principal, request.name, request.version)
         if gate is not None:
             self.gates.put((request.path, request.authorization), gate, self.loop.time())
+        return gate
+
+    # -- backpressure ------------------------------------------------------------------------
+    def _hold(self, gate: QueueGate, request: _Inference) -> None:
+        """Just answered ``request``: while ``gate``'s queue has no room, stop reading this
+        connection. Its next request waits unread in the client's socket, behind the callers
+        already waiting, until the queue has room for it (or a second at most) instead of being
+        read only to be refused."""
+        if self._held or not request.keep_alive or not gate.no_room or self.transport.is_closing():
+            return
+        self._held = True
+        self._idle_since = None  # a request may be waiting unread: not idle
+        self.flow.pause_reading()
+        gate.when_room(self._release)
+
+    def _release(self) -> None:
+        """The held queue has room (or the wait is over): read this connection again."""
+        if not self._held:
+            return
+        self._held = False
+        if self.transport.is_closing():
+            return
+        # Busy with a request pipelined behind the held one: its answer resumes reading.
+        cycle = self.cycle
+        if self._answering is None and not self.pipeline and (cycle is None or cycle.response_complete):
+            self.flow.resume_reading()
+            self._went_idle()
 
     def _write(self, request: _Inference, result: InferResult) -> None:
         status, headers, payload = result
@@ -305,6 +346,9 @@ class InferenceProtocol(HttpToolsProtocol):
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
             return
+        self._went_idle()
+
+    def _went_idle(self) -> None:
         self._idle_since = self.loop.time()
         if self.timeout_keep_alive_task is None:
             self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self._keep_alive_check)
