@@ -208,7 +208,7 @@ class DynamicBatcher:
         self._deadline_at = math.inf
         self._inline_below_s = inline_below_s
         # when_room callbacks, oldest first, with the time each is called back at the latest
-        self._room_waiters: deque[tuple[float, Callable[[], None]]] = deque()
+        self._room_waiters: deque[tuple[float, Callable[[], bool]]] = deque()
         self._room_timer: asyncio.TimerHandle | None = None
         self._promised = 0  # slots given to waiters let in whose request has not come yet
 
@@ -320,13 +320,14 @@ class DynamicBatcher:
         for room (see :meth:`when_room`) were promised or are waiting for."""
         return self._queued + self._promised >= self._max_queue or bool(self._room_waiters)
 
-    def when_room(self, callback: Callable[[], None]) -> None:
+    def when_room(self, callback: Callable[[], bool]) -> None:
         """Call ``callback()`` once, when the queue has room for one more request, when the
         batcher closes, or after :data:`ROOM_WAIT_MAX_S` at the latest. For a transport that
         stops reading a connection while its next request would be refused: waiters are let in
-        oldest first, one per free slot, and the slot is kept for the request a waiter's
-        connection is expected to send (for :data:`_ROOM_RECOUNT_S`; a connection whose next
-        request is for another model, or that sends none, does not keep the others waiting).
+        oldest first, one per free slot, and when ``callback()`` returns True (it reads its
+        connection again; False: it has gone) the slot is kept for the request the connection
+        is expected to send, for :data:`_ROOM_RECOUNT_S` (a connection whose next request is
+        for another model, or that sends none, does not keep the others waiting).
         ``callback`` must be cheap and must not raise."""
         loop = self._loop or asyncio.get_running_loop()
         self._room_waiters.append((loop.time() + ROOM_WAIT_MAX_S, callback))
@@ -346,9 +347,9 @@ class DynamicBatcher:
         waiters = self._room_waiters
         room = len(waiters) if self._closing else self._max_queue - self._queued - self._promised
         while waiters and room > 0:
-            waiters.popleft()[1]()
-            room -= 1
-            self._promised += 1
+            if waiters.popleft()[1]():
+                room -= 1
+                self._promised += 1
         if self._room_timer is not None:
             self._room_timer.cancel()
             self._room_timer = None

@@ -278,18 +278,24 @@ class InferenceProtocol(HttpToolsProtocol):
         self.flow.pause_reading()
         gate.when_room(self._release)
 
-    def _release(self) -> None:
-        """The held queue has room (or the wait is over): read this connection again."""
+    def _release(self) -> bool:
+        """The held queue has room (or the wait is over): read this connection again. False
+        when the connection is gone or busy (a request pipelined behind the held one: its
+        answer resumes reading), so the batcher does not keep a slot for it."""
         if not self._held:
-            return
+            return False
         self._held = False
-        if self.transport.is_closing():
-            return
-        # Busy with a request pipelined behind the held one: its answer resumes reading.
         cycle = self.cycle
-        if self._answering is None and not self.pipeline and (cycle is None or cycle.response_complete):
-            self.flow.resume_reading()
-            self._went_idle()
+        if (
+            self.transport.is_closing()
+            or self._answering is not None
+            or self.pipeline
+            or not (cycle is None or cycle.response_complete)
+        ):
+            return False
+        self.flow.resume_reading()
+        self._went_idle()
+        return True
 
     def _write(self, request: _Inference, result: InferResult) -> None:
         status, headers, payload = result
