@@ -537,11 +537,6 @@ class QueueGates:
             return None
         return entry[1]
 
-    def refusal(self, key: Any, now: float) -> ModelYardError | None:
-        """The refusal for a request with ``key`` arriving at ``now``, or ``None``: let it through."""
-        gate = self.get(key, now)
-        return None if gate is None else gate.refusal()
-
     def put(self, key: Any, gate: QueueGate, now: float) -> None:
         """Refuse ``key``'s next requests through ``gate`` while its queue stays full."""
         entries = self._entries

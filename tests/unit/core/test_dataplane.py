@@ -210,6 +210,11 @@ def test_a_queue_gate_reuses_its_answer_and_counts_every_refusal(platform: Platf
     assert queue.counted == flood + 1
 
 
+def _refusal(table: QueueGates, key: str, now: float) -> object:
+    gate = table.get(key, now)
+    return None if gate is None else gate.refusal()
+
+
 def test_a_gate_leaving_the_table_counts_its_pending_refusals(platform: Platform, tenant: str) -> None:
     """Expired, replaced or cleared for room: no refusal a gate answered goes uncounted."""
     info = _push(platform, tenant)
@@ -219,20 +224,20 @@ def test_a_gate_leaving_the_table_counts_its_pending_refusals(platform: Platform
     gates = [QueueGate(platform.dataplane, who, info, q) for q in queues]
 
     table.put("a", gates[0], now=0.0)
-    assert all(table.refusal("a", now=0.5) is not None for _ in range(3))
-    assert table.refusal("b", now=0.5) is None, "no gate for that caller"
-    assert table.refusal("a", now=1.6) is None, "expired"
+    assert all(_refusal(table, "a", now=0.5) is not None for _ in range(3))
+    assert _refusal(table, "b", now=0.5) is None, "no gate for that caller"
+    assert _refusal(table, "a", now=1.6) is None, "expired"
     assert queues[0].counted == 3 and len(table) == 0
 
     table.put("a", gates[1], now=2.0)
-    table.refusal("a", now=2.1)
-    table.refusal("a", now=2.1)
+    _refusal(table, "a", now=2.1)
+    _refusal(table, "a", now=2.1)
     table.put("a", gates[2], now=2.2)  # replaced
     assert queues[1].counted == 2
-    assert table.refusal("a", now=2.3) is not None
+    assert _refusal(table, "a", now=2.3) is not None
 
     table.put("b", gates[3], now=2.4)
-    table.refusal("b", now=2.4)
+    _refusal(table, "b", now=2.4)
     table.put("c", gates[3], now=2.5)  # the table is full: every gate in it is dropped
     assert (queues[2].counted, queues[3].counted) == (1, 1)
     assert len(table) == 1
