@@ -210,12 +210,15 @@ def test_a_full_queue_refuses_unread_and_holds_the_refused_connections(
     """After a 429, the same caller's requests for that model are refused before their body is
     read (a malformed body still gets 429, not 400) while the queue stays full, and a connection
     just refused is not read again until the queue has room: its next request waits unread in
-    the socket, then is read and answered as usual."""
+    the socket, then is read and answered as usual. A held connection is not idle: the
+    keep-alive timeout (made shorter than the hold here) does not close it under its request."""
     from modelyard.engine import batcher as batcher_module
 
     monkeypatch.setattr(batcher_module, "ROOM_WAIT_MAX_S", 60.0)  # only room lets them in here
     srv = _slow_server(tmp_path)
     key = srv.admin_key
+    assert srv._server is not None
+    srv._server.config.timeout_keep_alive = 0.25  # read by each new connection
     try:
         long_conn, queued_conn, conn = _connect(srv), _connect(srv), _connect(srv)
         long_conn.sendall(_slow_request(key, 64))  # computes for about a second

@@ -489,6 +489,7 @@ async def test_waiters_for_room_are_let_in_oldest_first_one_per_free_slot() -> N
     assert let_in == [] and b.waiting_for_room == 4, "the queue is full: nobody is let in"
     model.step()  # request 0 finishes, request 1 leaves the queue: one free slot
     await wait_until(lambda: let_in == ["a"])
+    assert b.no_room, "the free slot is a's until its request comes; others still wait"
     await asyncio.sleep(0.05)
     assert let_in == ["a"] and b.full, "a's request took the slot"
     model.step()  # one more slot: past the gone connection to b, who sends nothing: then c
