@@ -262,6 +262,48 @@ def test_a_full_queue_refuses_unread_and_holds_the_refused_connections(
         srv.stop()
 
 
+def test_a_request_held_unread_at_shutdown_is_answered_before_the_connection_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A held connection's next request may already wait in its socket when the server is told
+    to stop: it is read once the draining queue has room, answered (``connection: close``), and
+    only then is the connection closed, while an idle held connection is closed soon after."""
+    import time
+
+    from modelyard.engine import batcher as batcher_module
+
+    monkeypatch.setattr(batcher_module, "ROOM_WAIT_MAX_S", 60.0)  # only room lets them in here
+    srv = _slow_server(tmp_path)
+    key = srv.admin_key
+    assert srv._server is not None
+    try:
+        long_conn, queued_conn, conn, idle = _connect(srv), _connect(srv), _connect(srv), _connect(srv)
+        long_conn.sendall(_slow_request(key, 64))  # computes for about a second
+        time.sleep(0.3)
+        queued_conn.sendall(_slow_request(key, 1))  # fills the queue (max_queue_size 1)
+        time.sleep(0.2)
+        reader, idle_reader = _Reader(conn), _Reader(idle)
+        for sock, sock_reader in ((conn, reader), (idle, idle_reader)):
+            sock.sendall(_slow_request(key, 1))
+            assert sock_reader.response()[0] == 429
+        conn.sendall(_slow_request(key, 1))  # waits unread: the queue is still full
+        time.sleep(0.1)
+        assert _waiting_for_room(srv) == 2
+        stopped = time.monotonic()
+        srv._server.should_exit = True  # what SIGTERM does
+        assert _Reader(long_conn).response()[0] == 200
+        assert _Reader(queued_conn).response()[0] == 200
+        status, headers, _ = reader.response()
+        assert status == 200, "the request sent before the stop was lost"
+        assert headers.get("connection") == "close"
+        assert reader.closed() and idle_reader.closed()
+        assert time.monotonic() - stopped < 10
+        for sock in (long_conn, queued_conn, conn, idle):
+            sock.close()
+    finally:
+        srv.stop()
+
+
 def test_a_saturated_server_answers_503_unread(tmp_path: Path) -> None:
     srv = _slow_server(tmp_path, max_in_flight=1)
     key = srv.admin_key

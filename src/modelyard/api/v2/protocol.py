@@ -15,7 +15,8 @@ Behaviour kept from the ASGI path: ``X-Request-ID`` echoed or made; 401/403 reco
 log; ``Expect: 100-continue`` answered; a body over ``max_request_bytes`` refused with 413 (the
 connection is then closed, as the rest of the body is not read); a client that disconnects
 cancels its request's task, which drops its queued work; on shutdown the answer in flight is
-written before the connection closes.
+written before the connection closes, and a request waiting unread on a held connection (below) is
+read and answered first.
 
 Overload. After a caller got 429 (its model's queue full), its next requests for that model are
 refused before their body is read, and a connection of its that was just answered is not read
@@ -44,6 +45,8 @@ __all__ = ["InferenceProtocol"]
 log = logging.getLogger("modelyard.api")
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: at shutdown, how long a held connection let in is given for the request it held unread to arrive
+_LAST_REQUEST_S = 0.1
 
 
 class _Queued:
@@ -101,6 +104,7 @@ class InferenceProtocol(HttpToolsProtocol):
         self._discarding = False  # a refused request's remaining parser callbacks are ignored
         self._idle_since: float | None = None  # when the last answer left, while idle
         self._held = False  # not read until a full queue has room (see _hold)
+        self._last_request = False  # shut down while held: answer what waited unread, then close
 
     # -- parser callbacks ------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -170,7 +174,9 @@ class InferenceProtocol(HttpToolsProtocol):
             elif key == b"expect":
                 expect = value.strip().lower() == b"100-continue"
         request.request_id = request_id(given_id)
-        request.keep_alive = self.parser.should_keep_alive() and self.parser.get_http_version() != "1.0"
+        request.keep_alive = (
+            self.parser.should_keep_alive() and self.parser.get_http_version() != "1.0" and not self._last_request
+        )
         self._reading = request
         if declared is not None and declared.strip().isdigit() and int(declared) > self._limit:
             self._refuse(request, PayloadTooLarge(
@@ -295,7 +301,13 @@ class InferenceProtocol(HttpToolsProtocol):
             return False
         self.flow.resume_reading()
         self._went_idle()
+        if self._last_request:
+            self.loop.call_later(_LAST_REQUEST_S, self._close_if_idle)
         return True
+
+    def _close_if_idle(self) -> None:
+        if self._idle_since is not None and not self.transport.is_closing():
+            self.transport.close()  # nothing had waited unread
 
     def _write(self, request: _Inference, result: InferResult) -> None:
         status, headers, payload = result
@@ -352,6 +364,9 @@ class InferenceProtocol(HttpToolsProtocol):
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
             return
+        if self._last_request:
+            self.transport.close()  # the request that waited unread at shutdown is answered
+            return
         self._went_idle()
 
     def _went_idle(self) -> None:
@@ -381,5 +396,11 @@ class InferenceProtocol(HttpToolsProtocol):
     def shutdown(self) -> None:
         if self._answering is not None:
             self._answering.keep_alive = False  # close once the answer in flight is written
+            return
+        if self._held:
+            # Its next request may be waiting unread in the socket (see _hold), sent before the
+            # stop: closing now would lose it. Read it once the queue has room (the in-flight
+            # work drains it; a second at most), answer it, then close.
+            self._last_request = True
             return
         super().shutdown()
