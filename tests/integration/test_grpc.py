@@ -101,3 +101,49 @@ def test_errors_map_to_status_codes(demo_server: LiveServer, grpc_client: grpccl
         grpc_client.infer("digits", [bad_shape], headers=h)
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "shape" in err.value.message()
+
+
+def test_stream_infer(demo_server: LiveServer) -> None:
+    """``start_stream`` / ``async_stream_infer``: every request gets its own answer (matched by
+    id); a bad one gets an error and the stream goes on."""
+    import queue
+
+    x = load_digits().data[:12].astype(np.float32)
+    expected = _reference(demo_server, x)
+    answers: queue.Queue[tuple[object, InferenceServerException | None]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(demo_server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)), headers=_auth(demo_server))
+    try:
+        for i, row in enumerate(x):
+            inp = grpcclient.InferInput("input", [1, 64], "FP32")
+            inp.set_data_from_numpy(row.reshape(1, 64))
+            client.async_stream_infer("digits", [inp], request_id=f"row-{i}")
+            if i == 5:
+                wrong = grpcclient.InferInput("input", [1, 64], "FP64")
+                wrong.set_data_from_numpy(np.zeros((1, 64), np.float64))
+                client.async_stream_infer("digits", [wrong], request_id="wrong")
+    finally:
+        client.stop_stream()  # waits for the answers
+    results = [answers.get(timeout=30) for _ in range(len(x) + 1)]
+    errors = [error for _, error in results if error is not None]
+    assert len(errors) == 1 and "FP32" in errors[0].message()
+    labels = {}
+    for result, error in results:
+        if error is None:
+            labels[result.get_response().id] = result.as_numpy("label")[0]  # type: ignore[attr-defined]
+    assert labels == {f"row-{i}": expected["label"][i] for i in range(len(x))}
+
+
+def test_stream_infer_without_a_key_is_refused(demo_server: LiveServer) -> None:
+    import queue
+
+    answers: queue.Queue[tuple[object, InferenceServerException | None]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(demo_server.grpc_url)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    inp = grpcclient.InferInput("input", [1, 64], "FP32")
+    inp.set_data_from_numpy(np.zeros((1, 64), np.float32))
+    client.async_stream_infer("digits", [inp])
+    result, error = answers.get(timeout=30)
+    client.stop_stream()
+    assert result is None and error is not None
+    assert error.status() == "StatusCode.UNAUTHENTICATED" and "missing API key" in error.message()

@@ -1,6 +1,7 @@
 """The native HTTP/2 gRPC transport against grpcio's and tritonclient's clients: large messages
-through flow control both ways, many calls multiplexed on one connection, unknown and streaming
-methods, deadlines, cancelled calls, unparsable messages, graceful stop; and the grpcio
+through flow control both ways, many calls multiplexed on one connection, unknown methods,
+bidirectional streams (messages run concurrently, answers in completion order, deadlines, bad
+messages), deadlines, cancelled calls, unparsable messages, graceful stop; and the grpcio
 transport, still selectable, answering the same calls."""
 
 from __future__ import annotations
@@ -82,19 +83,70 @@ def test_many_calls_multiplexed_on_one_connection(server: LiveServer) -> None:
             np.testing.assert_allclose(y, x * 3.0, rtol=1e-6)
 
 
-def test_unknown_and_streaming_methods_are_unimplemented(server: LiveServer) -> None:
+def test_unknown_methods_are_unimplemented(server: LiveServer) -> None:
     with grpc.insecure_channel(server.grpc_url) as channel:
         with pytest.raises(grpc.RpcError) as info:
             _call(channel, "NoSuchMethod")(b"", metadata=_metadata(server), timeout=10)
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        stream = channel.stream_stream(
-            _SERVICE + "ModelStreamInfer",
-            request_serializer=pb.ModelInferRequest.SerializeToString,
-            response_deserializer=pb.ModelStreamInferResponse.FromString,
-        )
+
+
+def _stream(channel: grpc.Channel) -> grpc.StreamStreamMultiCallable:
+    return channel.stream_stream(
+        _SERVICE + "ModelStreamInfer",
+        request_serializer=lambda m: m if isinstance(m, bytes) else m.SerializeToString(),
+        response_deserializer=pb.ModelStreamInferResponse.FromString,
+    )
+
+
+def _tagged(model: str, x: np.ndarray, tag: str, name: str = "x") -> pb.ModelInferRequest:
+    request = _infer_request(model, x, name)
+    request.id = tag
+    return request
+
+
+def test_a_streams_messages_run_concurrently_and_answer_in_completion_order(server: LiveServer) -> None:
+    """A long message, then quick ones and a bad one: the quick answers (and the bad one's
+    error, which does not end the stream) come back before the long one; every answer carries
+    its request's id, and the stream then ends with OK."""
+    quick = [np.full((1, 4), i, np.float32) for i in range(5)]
+    messages = [_tagged("patient", np.zeros((64, SLOW_WIDTH), np.float32), "long")]
+    messages += [_tagged("scale", x, f"quick-{i}") for i, x in enumerate(quick)]
+    messages.append(_tagged("scale", np.ones((1, 3), np.float32), "bad"))  # the model takes [n, 4]
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        answers = list(_stream(channel)(iter(messages), metadata=_metadata(server), timeout=60))
+    assert len(answers) == len(messages)
+    order = [a.infer_response.id or "error" for a in answers]
+    assert order[-1] == "long", order
+    errors = [a.error_message for a in answers if a.error_message]
+    assert len(errors) == 1 and "shape" in errors[0]
+    for answer in answers:
+        if answer.infer_response.id.startswith("quick-"):
+            x = quick[int(answer.infer_response.id.split("-")[1])]
+            y = np.frombuffer(answer.infer_response.raw_output_contents[0], np.float32).reshape(1, 4)
+            np.testing.assert_allclose(y, x * 3.0, rtol=1e-6)
+
+
+def test_a_stream_with_no_messages_ends_ok_a_bad_key_ends_it_a_bad_message_does_not(server: LiveServer) -> None:
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        assert list(_stream(channel)(iter([]), metadata=_metadata(server), timeout=10)) == []
         with pytest.raises(grpc.RpcError) as info:
-            list(stream(iter([_infer_request("scale", np.ones((1, 4)))]), metadata=_metadata(server), timeout=10))
-        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            list(_stream(channel)(iter([_tagged("scale", np.ones((1, 4), np.float32), "a")]), timeout=10))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # a message that is not a ModelInferRequest is that message's error; the stream goes on
+        garbage, good = b"\xff\xff\xff\xff", _tagged("scale", np.ones((1, 4), np.float32), "good")
+        answers = list(_stream(channel)(iter([garbage, good]), metadata=_metadata(server), timeout=10))
+        assert len(answers) == 2 and "cannot be parsed" in answers[0].error_message
+        assert answers[1].infer_response.id == "good" and not answers[1].error_message
+
+
+def test_a_streams_deadline_ends_it_and_drops_its_work(server: LiveServer) -> None:
+    x = np.zeros((64, SLOW_WIDTH), np.float32)  # about a second of work
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            list(_stream(channel)(iter([_tagged("slow", x, "long")]), metadata=_metadata(server), timeout=0.2))
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 5
 
 
 def test_unparsable_message_is_invalid_argument(server: LiveServer) -> None:
@@ -167,6 +219,16 @@ def test_grpcio_transport_answers_the_same(tmp_path: Path) -> None:
         inp = grpcclient.InferInput("x", [1, 4], "FP32")
         inp.set_data_from_numpy(np.ones((1, 4), np.float32))
         np.testing.assert_allclose(client.infer("scale", [inp], headers=headers).as_numpy("y"), 2.0)
+        with grpc.insecure_channel(srv.grpc_url) as channel:
+            messages = [_tagged("scale", np.ones((1, 4), np.float32), "a"),
+                        _tagged("scale", np.ones((1, 3), np.float32), "bad"),
+                        _tagged("scale", np.full((1, 4), 2.0, np.float32), "b")]
+            answers = list(_stream(channel)(iter(messages), metadata=(("authorization", headers["authorization"]),),
+                                            timeout=30))
+        assert [a.infer_response.id for a in answers] == ["a", "", "b"]
+        assert "shape" in answers[1].error_message
+        y = np.frombuffer(answers[2].infer_response.raw_output_contents[0], np.float32)
+        np.testing.assert_allclose(y, 4.0)
     finally:
         srv.stop()
 

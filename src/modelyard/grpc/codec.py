@@ -43,6 +43,7 @@ __all__ = [
     "EncodedMessage",
     "infer_call",
     "encode_response",
+    "stream_response",
     "request_from_proto",
     "response_to_proto",
     "request_to_proto",
@@ -240,6 +241,12 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+def stream_response(encoded: bytes) -> EncodedMessage:
+    """A ``ModelStreamInferResponse`` around an already serialized ``ModelInferResponse`` (its
+    field 2, ``infer_response``), without parsing that again."""
+    return EncodedMessage(b"\x12" + _varint(len(encoded)) + encoded)
 
 
 def encode_response(resp: InferenceResponse, *, requested: Sequence[RequestedOutput] | None = None) -> bytes:

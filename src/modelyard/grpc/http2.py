@@ -1,4 +1,5 @@
-"""gRPC over HTTP/2, served by the event loop itself: the unary calls of a gRPC service.
+"""gRPC over HTTP/2, served by the event loop itself: the unary calls of a gRPC service, and
+bidirectional streams whose every request message gets one answer message.
 
 Why not grpcio's server: its Python layer costs several hundred microseconds a call, more than
 this server spends on a whole REST inference (``bench/serving_engine.py``: the same servicer
@@ -15,8 +16,15 @@ padding and priority; DATA with flow control both ways (connection and stream wi
 as messages are consumed; responses wait for the peer's window); PING; RST_STREAM (cancels the
 call: its queued work is dropped); GOAWAY (graceful: calls in flight finish); ``grpc-timeout``;
 ``authorization`` and other metadata; status and message in trailers, trailers-only answers for
-errors, ``UNIMPLEMENTED`` for unknown methods and streaming calls. Messages are not compressed
-(``grpc-encoding`` other than ``identity`` is refused).
+errors, ``UNIMPLEMENTED`` for unknown methods. Messages are not compressed (``grpc-encoding``
+other than ``identity`` is refused).
+
+Streams (a :data:`StreamHandler`, e.g. ``ModelStreamInfer``): each request message is read as soon
+as it is complete and runs as its own task, so the messages of one stream are batched together
+like separate calls; each answer leaves as soon as it is ready (completion order, under flow
+control), and the trailers (``grpc-status: 0``) follow the last answer once the client has ended
+its side. A handler that raises :class:`GrpcAbort` (e.g. a bad key) ends the whole stream with
+that status; ``grpc-timeout`` bounds the whole stream; a reset cancels every message in flight.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from urllib.parse import quote
 import grpc
 import hpack
 
-__all__ = ["Http2GrpcServer", "UnaryHandler", "CallContext", "GrpcAbort"]
+__all__ = ["Http2GrpcServer", "UnaryHandler", "StreamHandler", "CallContext", "GrpcAbort"]
 
 log = logging.getLogger("modelyard.grpc")
 
@@ -50,6 +58,8 @@ _NO_ERROR, _PROTOCOL_ERROR, _FLOW_CONTROL_ERROR, _FRAME_SIZE_ERROR = 0x0, 0x1, 0
 
 #: ``(message bytes) -> request`` and ``(request, context) -> awaitable response``
 UnaryHandler = tuple[Callable[[bytes], Any], Callable[[Any, "CallContext"], Awaitable[Any]]]
+#: the same, called for every request message of a stream: its answer message
+StreamHandler = UnaryHandler
 
 
 def _int(value: int, prefix: int, flags: int) -> bytes:
@@ -125,11 +135,11 @@ class _Head:
     """A request's header block, decoded, with what a call derives from it (made once per
     distinct block on a connection while the HPACK table is unchanged)."""
 
-    __slots__ = ("headers", "handler", "metadata", "timeout", "encoding")
+    __slots__ = ("headers", "handler", "streaming", "metadata", "timeout", "encoding")
 
     def __init__(self, headers: list[tuple[bytes, bytes]], server: Http2GrpcServer) -> None:
         self.headers = headers
-        self.handler = server.handler_for(headers)
+        self.handler, self.streaming = server.handler_for(headers)
         metadata: list[tuple[str, str]] = []
         self.timeout: float | None = None
         self.encoding = b"identity"
@@ -147,7 +157,8 @@ class _Head:
 
 class _Stream:
     __slots__ = (
-        "id", "head", "chunks", "size", "credit", "task", "send_window", "pending", "answered", "timer",
+        "id", "head", "chunks", "size", "credit", "task", "send_window", "pending", "trailers", "answered",
+        "timer", "calls", "ended", "started",
     )
 
     def __init__(self, stream_id: int, send_window: int) -> None:
@@ -156,11 +167,21 @@ class _Stream:
         self.chunks: list[bytes] = []
         self.size = 0
         self.credit = 0  # bytes received and not yet given back as stream window
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None  # a unary call's task
         self.send_window = send_window
-        self.pending: list[bytes] = []  # DATA payloads waiting for window, then the trailers
-        self.answered = False
+        self.pending: list[bytes] = []  # DATA payloads waiting for window
+        self.trailers: bytes | None = None  # sent once ``pending`` is empty
+        self.answered = False  # nothing more will be added to the answer
         self.timer: asyncio.TimerHandle | None = None
+        self.calls: set[asyncio.Task[None]] = set()  # a stream's messages in flight
+        self.ended = False  # a stream's client has sent its last message
+        self.started = False  # the response headers are sent
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        for call in self.calls:
+            call.cancel()
 
 
 class _Connection(asyncio.Protocol):
@@ -214,8 +235,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         for stream in self.streams.values():
-            if stream.task is not None:
-                stream.task.cancel()
+            stream.cancel()
         self.streams.clear()
         self.transport = None
 
@@ -297,8 +317,8 @@ class _Connection(asyncio.Protocol):
                 self._flush(window_stream)
         elif kind == _RST:
             reset = self.streams.pop(stream_id, None)
-            if reset is not None and reset.task is not None:
-                reset.task.cancel()  # the caller gave up: its queued work is dropped
+            if reset is not None:
+                reset.cancel()  # the caller gave up: its queued work is dropped
         elif kind == _GOAWAY:
             self.closing = True
             if not self.streams and self.transport is not None:
@@ -360,7 +380,7 @@ class _Connection(asyncio.Protocol):
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers from the client: the request is complete
             if flags & _END_STREAM:
-                self._dispatch(stream)
+                self._end_of_requests(stream)
             return
         if stream_id <= self.last_stream:
             return  # a closed stream's late frames
@@ -374,8 +394,15 @@ class _Connection(asyncio.Protocol):
         if head.handler is None:
             self._answer_error(stream, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
             return
+        if head.streaming:
+            if head.encoding != b"identity":
+                self._answer_error(stream, grpc.StatusCode.UNIMPLEMENTED,
+                                   f"grpc-encoding {head.encoding.decode('latin-1')} is not supported")
+                return
+            if head.timeout is not None:
+                stream.timer = self.loop.call_later(head.timeout, self._expire, stream)
         if flags & _END_STREAM:
-            self._dispatch(stream)
+            self._end_of_requests(stream)
 
     def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
         self.consumed += len(payload)
@@ -390,6 +417,10 @@ class _Connection(asyncio.Protocol):
             payload = payload[1 : len(payload) - payload[0]]
         stream.chunks.append(payload)
         stream.size += len(payload)
+        if stream.head is not None and stream.head.streaming:
+            self._stream_messages(stream)
+            if stream.answered:
+                return
         if stream.size > self.server.max_message_bytes + 5:
             self._answer_error(
                 stream, grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -401,9 +432,18 @@ class _Connection(asyncio.Protocol):
             self._send(_frame(_WINDOW, 0, stream_id, stream.credit.to_bytes(4, "big")))
             stream.credit = 0
         if flags & _END_STREAM:
-            self._dispatch(stream)
+            self._end_of_requests(stream)
 
     # -- calls -----------------------------------------------------------------------------
+    def _end_of_requests(self, stream: _Stream) -> None:
+        if stream.head is not None and stream.head.streaming:
+            stream.ended = True
+            if stream.chunks and not stream.answered:
+                self._answer_error(stream, grpc.StatusCode.INTERNAL, "the stream ended inside a message")
+            self._stream_done(stream)
+        else:
+            self._dispatch(stream)
+
     def _dispatch(self, stream: _Stream) -> None:
         if stream.answered or stream.task is not None:
             return
@@ -449,22 +489,103 @@ class _Connection(asyncio.Protocol):
         trailers = _OK_TRAILERS + b"".join(_literal(k.encode(), str(v).encode()) for k, v in context.trailing)
         self._answer(stream, b"\x00" + len(message).to_bytes(4, "big") + message, trailers)
 
+    # -- streams ---------------------------------------------------------------------------
+    def _stream_messages(self, stream: _Stream) -> None:
+        """Start a task for every complete message received on a stream so far."""
+        buf = stream.chunks[0] if len(stream.chunks) == 1 else b"".join(stream.chunks)
+        pos = 0
+        while len(buf) - pos >= 5 and not stream.answered:
+            if buf[pos] != 0:
+                self._answer_error(stream, grpc.StatusCode.UNIMPLEMENTED, "compressed messages are not supported")
+                return
+            length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
+            if length > self.server.max_message_bytes:
+                self._answer_error(
+                    stream, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"request message is over the limit of {self.server.max_message_bytes} bytes",
+                )
+                return
+            if len(buf) - pos < 5 + length:
+                break
+            call = self.loop.create_task(self._stream_call(stream, buf[pos + 5 : pos + 5 + length]))
+            stream.calls.add(call)
+            pos += 5 + length
+        rest = buf[pos:]
+        stream.chunks = [rest] if rest else []
+        stream.size = len(rest)
+
+    async def _stream_call(self, stream: _Stream, message: bytes) -> None:
+        head = stream.head
+        assert head is not None and head.handler is not None
+        decode, method = head.handler
+        try:
+            try:
+                request = decode(message)
+            except Exception as exc:
+                raise GrpcAbort(grpc.StatusCode.INTERNAL, f"a request message cannot be parsed: {exc}") from exc
+            response = await method(request, CallContext(head.metadata))
+        except GrpcAbort as exc:
+            self._answer_error(stream, exc.code, exc.details)
+            return
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            log.exception("unhandled error in gRPC stream")
+            self._answer_error(stream, grpc.StatusCode.INTERNAL, "internal server error; see the server log")
+            return
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                stream.calls.discard(task)
+        if stream.answered or self.transport is None or stream.id not in self.streams:
+            return
+        data = response.SerializeToString()
+        if not stream.started:
+            stream.started = True
+            self._send(_frame(_HEADERS, _END_HEADERS, stream.id, _RESPONSE_HEADERS))
+        stream.pending.append(b"\x00" + len(data).to_bytes(4, "big") + data)
+        self._flush(stream)
+        self._stream_done(stream)
+
+    def _stream_done(self, stream: _Stream) -> None:
+        """After the client's last message and the last answer: the trailers."""
+        if stream.ended and not stream.calls and not stream.answered and stream.id in self.streams:
+            stream.answered = True
+            if not stream.started:
+                stream.started = True
+                self._send(_frame(_HEADERS, _END_HEADERS, stream.id, _RESPONSE_HEADERS))
+            stream.trailers = _OK_TRAILERS
+            self._flush(stream)
+
+    def _expire(self, stream: _Stream) -> None:
+        stream.timer = None
+        if stream.id in self.streams and not stream.answered:
+            self._answer_error(stream, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+    # -- answers -----------------------------------------------------------------------------
     def _answer_error(
         self, stream: _Stream, code: grpc.StatusCode, details: str, trailing: Iterable[tuple[str, str]] = ()
     ) -> None:
-        """A trailers-only answer: status and message in the one HEADERS frame."""
+        """A trailers-only answer: status and message in the one HEADERS frame (or the trailers
+        after a stream's answers so far; the rest of the stream is cancelled)."""
         if stream.answered or self.transport is None:
             return
         stream.answered = True
         block = (
-            _RESPONSE_HEADERS
-            + _literal(b"grpc-status", str(code.value[0]).encode())
+            _literal(b"grpc-status", str(code.value[0]).encode())
             + _literal(b"grpc-message", _grpc_message(details))
             + b"".join(_literal(k.encode(), str(v).encode()) for k, v in trailing)
         )
+        if not stream.started:
+            block = _RESPONSE_HEADERS + block
         out = _frame(_HEADERS, _END_HEADERS | _END_STREAM, stream.id, block)
-        if stream.task is None:  # answered before the request ended: the rest is not wanted
+        if stream.task is None and not stream.ended:  # answered before the request ended: the rest is not wanted
             out += _frame(_RST, 0, stream.id, _NO_ERROR.to_bytes(4, "big"))
+        stream.pending = []
+        current = asyncio.current_task()
+        for call in stream.calls:
+            if call is not current:
+                call.cancel()
         self._send(out)
         self._close_stream(stream)
 
@@ -484,48 +605,67 @@ class _Connection(asyncio.Protocol):
             self._close_stream(stream)
             return
         self._send(head)
-        stream.pending = [message, trailers]
+        stream.started = True
+        stream.pending = [message]
+        stream.trailers = trailers
         self._flush(stream)
 
     def _flush(self, stream: _Stream) -> None:
-        """Send as much of a stream's waiting message as the windows allow, then its trailers."""
-        if not stream.pending or self.transport is None:
+        """Send as much of a stream's waiting messages as the windows allow, then its trailers
+        (once they are known)."""
+        if self.transport is None:
             return
-        message = stream.pending[0]
-        while message:
-            room = min(self.send_window, stream.send_window, self.peer_max_frame)
-            if room <= 0:
-                stream.pending[0] = message
-                return
-            chunk, message = message[:room], message[room:]
-            self.send_window -= len(chunk)
-            stream.send_window -= len(chunk)
-            self._send(_frame(_DATA, 0, stream.id, chunk))
-        self._send(_frame(_HEADERS, _END_HEADERS | _END_STREAM, stream.id, stream.pending[1]))
-        stream.pending = []
-        self._close_stream(stream)
+        pending = stream.pending
+        while pending:
+            message = pending[0]
+            while message:
+                room = min(self.send_window, stream.send_window, self.peer_max_frame)
+                if room <= 0:
+                    pending[0] = message
+                    return
+                chunk, message = message[:room], message[room:]
+                self.send_window -= len(chunk)
+                stream.send_window -= len(chunk)
+                self._send(_frame(_DATA, 0, stream.id, chunk))
+            pending.pop(0)
+        if stream.trailers is not None:
+            self._send(_frame(_HEADERS, _END_HEADERS | _END_STREAM, stream.id, stream.trailers))
+            stream.trailers = None
+            self._close_stream(stream)
 
     def _close_stream(self, stream: _Stream) -> None:
+        if stream.timer is not None:
+            stream.timer.cancel()
+            stream.timer = None
         self.streams.pop(stream.id, None)
         if self.closing and not self.streams and self.transport is not None:
             self._close()
 
 
 class Http2GrpcServer:
-    """A gRPC server for unary methods on the running loop. ``handlers`` maps a method path
-    (``/package.Service/Method``) to its :data:`UnaryHandler`."""
+    """A gRPC server on the running loop. ``handlers`` maps a method path
+    (``/package.Service/Method``) to its :data:`UnaryHandler`, ``streams`` a bidirectional
+    streaming method's path to its :data:`StreamHandler`."""
 
-    def __init__(self, handlers: dict[str, UnaryHandler], *, max_message_bytes: int) -> None:
-        self._handlers = {path.encode(): handler for path, handler in handlers.items()}
+    def __init__(
+        self,
+        handlers: dict[str, UnaryHandler],
+        *,
+        max_message_bytes: int,
+        streams: dict[str, StreamHandler] | None = None,
+    ) -> None:
+        self._handlers = {path.encode(): (handler, False) for path, handler in handlers.items()}
+        self._handlers.update({path.encode(): (handler, True) for path, handler in (streams or {}).items()})
         self.max_message_bytes = max_message_bytes
         self.connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
 
-    def handler_for(self, headers: list[tuple[bytes, bytes]]) -> UnaryHandler | None:
+    def handler_for(self, headers: list[tuple[bytes, bytes]]) -> tuple[UnaryHandler | None, bool]:
+        """The handler of a call's ``:path`` and whether it is a stream's."""
         for key, value in headers:
             if key == b":path":
-                return self._handlers.get(value)
-        return None
+                return self._handlers.get(value, (None, False))
+        return None, False
 
     async def start(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None) -> None:
         loop = asyncio.get_running_loop()

@@ -3,6 +3,13 @@
 Authentication comes from the ``authorization`` metadata (``Bearer <key>``); errors are mapped
 to gRPC status codes from the one error hierarchy (``ModelYardError.grpc_status``), with the same
 messages REST shows.
+
+``ModelStreamInfer`` (what ``tritonclient.grpc``'s ``start_stream``/``async_stream_infer`` use):
+every request message gets one ``ModelStreamInferResponse``; a request that fails gets its error
+in ``error_message`` and the stream goes on, as Triton does; a missing or bad key ends the stream
+with ``UNAUTHENTICATED``. On the native transport the messages of a stream run concurrently (they
+are batched like separate calls) and answers leave in completion order, matched by their ``id``;
+on the grpcio transport they are answered one after another.
 """
 
 from __future__ import annotations
@@ -17,12 +24,19 @@ import grpc
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
 from modelyard.errors import ModelYardError, Unauthenticated
-from modelyard.grpc.codec import EncodedMessage, RawMessage, encode_response, infer_call, response_to_proto
-from modelyard.grpc.http2 import Http2GrpcServer, UnaryHandler
+from modelyard.grpc.codec import (
+    EncodedMessage,
+    RawMessage,
+    encode_response,
+    infer_call,
+    response_to_proto,
+    stream_response,
+)
+from modelyard.grpc.http2 import Http2GrpcServer, StreamHandler, UnaryHandler
 from modelyard.grpc.proto import grpc_service_pb2 as pb
 from modelyard.grpc.proto import grpc_service_pb2_grpc as pb_grpc
 
-__all__ = ["InferenceServicer", "status_of", "start_grpc_server", "unary_handlers"]
+__all__ = ["InferenceServicer", "status_of", "start_grpc_server", "stream_handlers", "unary_handlers"]
 
 log = logging.getLogger("modelyard.grpc")
 
@@ -101,16 +115,44 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
-            principal = await self._principal(context)
-            call = infer_call(request)
-            response = await self._platform.dataplane.infer(
-                principal, call.model_name, call.model_version or None, call.request, protocol="grpc"
-            )
-            if self._encoded:
-                return EncodedMessage(encode_response(response, requested=call.request.outputs))
-            return response_to_proto(response, raw=True, requested=call.request.outputs)
+            return await self._infer(await self._principal(context), request)
 
         return await self._guard(context, work)
+
+    async def _infer(self, principal: Principal, request: Any) -> Any:
+        call = infer_call(request)
+        response = await self._platform.dataplane.infer(
+            principal, call.model_name, call.model_version or None, call.request, protocol="grpc"
+        )
+        if self._encoded:
+            return EncodedMessage(encode_response(response, requested=call.request.outputs))
+        return response_to_proto(response, raw=True, requested=call.request.outputs)
+
+    async def ModelStreamInfer(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        """grpcio's streaming method: the stream's messages one after another."""
+        async for request in request_iterator:
+            yield await self.stream_infer(request, context)
+
+    async def stream_infer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """One message of a ``ModelStreamInfer`` stream: its answer, or its error in
+        ``error_message`` (see the module docstring)."""
+        try:
+            principal = await self._principal(context)
+        except ModelYardError as exc:
+            await context.abort(status_of(exc), exc.public_message)
+            raise AssertionError("unreachable") from exc
+        try:
+            answer = await self._infer(principal, request)
+        except ModelYardError as exc:
+            if exc.http_status >= 500:
+                log.error("gRPC stream message failed: %s", exc.message, exc_info=exc)
+            return pb.ModelStreamInferResponse(error_message=exc.public_message)
+        except Exception:
+            log.exception("unhandled error in a gRPC stream message")
+            return pb.ModelStreamInferResponse(error_message="internal server error; see the server log")
+        if self._encoded:
+            return stream_response(answer)
+        return pb.ModelStreamInferResponse(infer_response=answer)
 
 
 def unary_handlers(servicer: InferenceServicer) -> dict[str, UnaryHandler]:
@@ -119,10 +161,16 @@ def unary_handlers(servicer: InferenceServicer) -> dict[str, UnaryHandler]:
     handlers: dict[str, UnaryHandler] = {}
     for method in service.methods:
         if method.client_streaming or method.server_streaming:
-            continue  # ModelStreamInfer: answered UNIMPLEMENTED
+            continue  # see stream_handlers
         parse = RawMessage if method.name == "ModelInfer" else getattr(pb, method.input_type.name).FromString
         handlers[f"/{service.full_name}/{method.name}"] = (parse, getattr(servicer, method.name))
     return handlers
+
+
+def stream_handlers(servicer: InferenceServicer) -> dict[str, StreamHandler]:
+    """``ModelStreamInfer`` for the native transport: path -> (parser, method per message)."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    return {f"/{service.full_name}/ModelStreamInfer": (RawMessage, servicer.stream_infer)}
 
 
 async def start_grpc_server(platform: Platform, host: str, port: int) -> Http2GrpcServer | grpc.aio.Server:
@@ -138,8 +186,10 @@ async def start_grpc_server(platform: Platform, host: str, port: int) -> Http2Gr
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(settings.tls_certfile, settings.tls_keyfile)
             context.set_alpn_protocols(["h2"])
+        servicer = InferenceServicer(platform, encoded_responses=True)
         native = Http2GrpcServer(
-            unary_handlers(InferenceServicer(platform, encoded_responses=True)),
+            unary_handlers(servicer),
+            streams=stream_handlers(servicer),
             max_message_bytes=settings.max_request_bytes,
         )
         try:
