@@ -139,6 +139,21 @@ def test_a_stream_with_no_messages_ends_ok_a_bad_key_ends_it_a_bad_message_does_
         assert answers[1].infer_response.id == "good" and not answers[1].error_message
 
 
+def test_large_stream_messages_flow_both_ways(server: LiveServer) -> None:
+    """Two 8 MB messages each way on one stream: past the default 64 KB windows, answers wait
+    for the client's window and the trailers wait for the answers."""
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal((2048, 1024)).astype(np.float32) for _ in range(2)]
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    with grpc.insecure_channel(server.grpc_url, options=options) as channel:
+        answers = list(_stream(channel)(iter([_tagged("identity", x, str(i)) for i, x in enumerate(xs)]),
+                                        metadata=_metadata(server), timeout=60))
+    assert sorted(a.infer_response.id for a in answers) == ["0", "1"]
+    for answer in answers:
+        y = np.frombuffer(answer.infer_response.raw_output_contents[0], np.float32).reshape(2048, 1024)
+        np.testing.assert_array_equal(y, xs[int(answer.infer_response.id)])
+
+
 def test_a_streams_deadline_ends_it_and_drops_its_work(server: LiveServer) -> None:
     x = np.zeros((64, SLOW_WIDTH), np.float32)  # about a second of work
     with grpc.insecure_channel(server.grpc_url) as channel:
@@ -188,6 +203,34 @@ def test_cancelled_calls_drop_their_queued_work(server: LiveServer) -> None:
     with server.client() as http:
         after = metric(http.get("/metrics").text, "modelyard_compute_seconds_count", model="patient")
     assert after - before == 1, "cancelled calls must not compute"
+
+
+def test_a_cancelled_stream_drops_its_queued_messages(server: LiveServer) -> None:
+    """A stream's long message computes while three more queue behind it; the stream is
+    cancelled: the three never compute."""
+    with server.client() as http:
+        before = metric(http.get("/metrics").text, "modelyard_compute_seconds_count", model="patient")
+    messages = [_tagged("patient", np.zeros((64, SLOW_WIDTH), np.float32), "long")]
+    messages += [_tagged("patient", np.zeros((1, SLOW_WIDTH), np.float32), f"q{i}") for i in range(3)]
+    opened = threading.Event()
+
+    def requests() -> Iterator[pb.ModelInferRequest]:
+        yield from messages
+        opened.wait(10)  # keep the client's side open until the stream is cancelled
+
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        call = _stream(channel)(requests(), metadata=_metadata(server))
+        time.sleep(0.5)
+        call.cancel()
+        opened.set()
+    with server.client() as http:
+        deadline = time.monotonic() + 30
+        while (after := metric(http.get("/metrics").text, "modelyard_compute_seconds_count", model="patient")) \
+                == before and time.monotonic() < deadline:
+            time.sleep(0.1)  # the long message computes to its end
+        time.sleep(0.5)  # the queued ones (milliseconds each) would have computed by now
+        after = metric(http.get("/metrics").text, "modelyard_compute_seconds_count", model="patient")
+    assert after - before == 1, "a cancelled stream's queued messages must not compute"
 
 
 def test_graceful_stop_finishes_calls_in_flight(tmp_path: Path) -> None:
