@@ -304,9 +304,10 @@ def test_native_server_serves_on_a_bare_loop() -> None:
 
 
 def _raw_call(server: LiveServer, message: bytes, *, preface: bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-              extra: tuple[tuple[str, str], ...] = ()) -> dict[bytes, bytes] | None:
-    """One unary call on a raw socket, frames built by hand; the answer's headers and trailers
-    (``None`` when the server closed the connection without answering)."""
+              extra: tuple[tuple[str, str], ...] = (), method: str = "ModelInfer") -> dict[bytes, bytes] | None:
+    """One call on a raw socket, frames built by hand, ``message`` in one DATA frame that ends
+    the client's side; the answer's headers and trailers (``None`` when the server closed the
+    connection without answering)."""
     import socket
 
     import hpack
@@ -315,7 +316,7 @@ def _raw_call(server: LiveServer, message: bytes, *, preface: bytes = b"PRI * HT
         return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
 
     block = hpack.Encoder().encode([
-        (":method", "POST"), (":scheme", "http"), (":path", _SERVICE + "ModelInfer"),
+        (":method", "POST"), (":scheme", "http"), (":path", _SERVICE + method),
         (":authority", "x"), ("content-type", "application/grpc"), ("te", "trailers"),
         ("authorization", f"Bearer {server.admin_key}"), *extra,
     ])
@@ -346,6 +347,16 @@ def test_a_message_whose_length_prefix_lies_is_refused(server: LiveServer) -> No
     answer = _raw_call(server, b"\x00" + (len(body) + 10).to_bytes(4, "big") + body)
     assert answer is not None and answer[b"grpc-status"] == b"13"
     assert b"not one uncompressed gRPC message" in answer[b"grpc-message"]
+
+
+def test_a_stream_that_ends_inside_a_message_is_refused(server: LiveServer) -> None:
+    body = _infer_request("scale", np.ones((1, 4), np.float32)).SerializeToString()
+    whole = b"\x00" + len(body).to_bytes(4, "big") + body
+    answer = _raw_call(server, whole + whole[:7], method="ModelStreamInfer")
+    assert answer is not None and answer[b"grpc-status"] == b"13"
+    assert b"ended inside a message" in answer[b"grpc-message"]
+    answer = _raw_call(server, whole + whole, method="ModelStreamInfer")  # the frames are right
+    assert answer is not None and answer[b"grpc-status"] == b"0"
 
 
 def test_compressed_messages_are_unimplemented(server: LiveServer) -> None:

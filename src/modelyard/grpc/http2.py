@@ -438,7 +438,7 @@ class _Connection(asyncio.Protocol):
     def _end_of_requests(self, stream: _Stream) -> None:
         if stream.head is not None and stream.head.streaming:
             stream.ended = True
-            if stream.chunks and not stream.answered:
+            if stream.size and not stream.answered:
                 self._answer_error(stream, grpc.StatusCode.INTERNAL, "the stream ended inside a message")
             self._stream_done(stream)
         else:
@@ -453,91 +453,89 @@ class _Connection(asyncio.Protocol):
 
     async def _call(self, stream: _Stream, body: bytes) -> None:
         head = stream.head
-        assert head is not None and head.handler is not None
-        decode, method = head.handler
-        timeout, encoding = head.timeout, head.encoding
-        context = CallContext(head.metadata)
-        try:
-            if encoding != b"identity":
-                raise GrpcAbort(grpc.StatusCode.UNIMPLEMENTED, f"grpc-encoding {encoding.decode('latin-1')} is not supported")
-            if len(body) < 5 or body[0] != 0 or int.from_bytes(body[1:5], "big") != len(body) - 5:
-                raise GrpcAbort(grpc.StatusCode.INTERNAL, "the request is not one uncompressed gRPC message")
-            try:
-                request = decode(body[5:])
-            except Exception as exc:
-                raise GrpcAbort(grpc.StatusCode.INTERNAL, f"the request message cannot be parsed: {exc}") from exc
-            if timeout is not None:
-                task = asyncio.current_task()
-                assert task is not None
-                stream.timer = self.loop.call_later(timeout, task.cancel)
-            response = await method(request, context)
-        except GrpcAbort as exc:
-            self._answer_error(stream, exc.code, exc.details, context.trailing)
+        assert head is not None
+        if head.encoding != b"identity":
+            encoding = head.encoding.decode("latin-1")
+            self._answer_error(stream, grpc.StatusCode.UNIMPLEMENTED, f"grpc-encoding {encoding} is not supported")
             return
+        if len(body) < 5 or body[0] != 0 or int.from_bytes(body[1:5], "big") != len(body) - 5:
+            self._answer_error(stream, grpc.StatusCode.INTERNAL, "the request is not one uncompressed gRPC message")
+            return
+        context = CallContext(head.metadata)
+        if head.timeout is not None:
+            task = asyncio.current_task()
+            assert task is not None
+            stream.timer = self.loop.call_later(head.timeout, task.cancel)
+        try:
+            response = await self._respond(stream, body[5:], context)
         except asyncio.CancelledError:
             if stream.timer is not None and stream.id in self.streams and not stream.answered:
                 self._answer_error(stream, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
             return
-        except Exception:
-            log.exception("unhandled error in gRPC call")
-            self._answer_error(stream, grpc.StatusCode.INTERNAL, "internal server error; see the server log")
-            return
         finally:
             if stream.timer is not None:
                 stream.timer.cancel()
+        if response is None:
+            return
         message = response.SerializeToString()
         trailers = _OK_TRAILERS + b"".join(_literal(k.encode(), str(v).encode()) for k, v in context.trailing)
         self._answer(stream, b"\x00" + len(message).to_bytes(4, "big") + message, trailers)
 
-    # -- streams ---------------------------------------------------------------------------
-    def _stream_messages(self, stream: _Stream) -> None:
-        """Start a task for every complete message received on a stream so far."""
-        buf = stream.chunks[0] if len(stream.chunks) == 1 else b"".join(stream.chunks)
-        pos = 0
-        while len(buf) - pos >= 5 and not stream.answered:
-            if buf[pos] != 0:
-                self._answer_error(stream, grpc.StatusCode.UNIMPLEMENTED, "compressed messages are not supported")
-                return
-            length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
-            if length > self.server.max_message_bytes:
-                self._answer_error(
-                    stream, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"request message is over the limit of {self.server.max_message_bytes} bytes",
-                )
-                return
-            if len(buf) - pos < 5 + length:
-                break
-            call = self.loop.create_task(self._stream_call(stream, buf[pos + 5 : pos + 5 + length]))
-            stream.calls.add(call)
-            pos += 5 + length
-        rest = buf[pos:]
-        stream.chunks = [rest] if rest else []
-        stream.size = len(rest)
-
-    async def _stream_call(self, stream: _Stream, message: bytes) -> None:
-        head = stream.head
-        assert head is not None and head.handler is not None
-        decode, method = head.handler
+    async def _respond(self, stream: _Stream, message: bytes, context: CallContext) -> Any:
+        """Decode one request message and run the handler on it: its response, or ``None``
+        once a failure has answered the stream with its status. Cancellation propagates."""
+        assert stream.head is not None and stream.head.handler is not None
+        decode, method = stream.head.handler
         try:
             try:
                 request = decode(message)
             except Exception as exc:
-                raise GrpcAbort(grpc.StatusCode.INTERNAL, f"a request message cannot be parsed: {exc}") from exc
-            response = await method(request, CallContext(head.metadata))
+                raise GrpcAbort(grpc.StatusCode.INTERNAL, f"the request message cannot be parsed: {exc}") from exc
+            return await method(request, context)
         except GrpcAbort as exc:
-            self._answer_error(stream, exc.code, exc.details)
-            return
+            self._answer_error(stream, exc.code, exc.details, context.trailing)
+        except Exception:
+            log.exception("unhandled error in gRPC call")
+            self._answer_error(stream, grpc.StatusCode.INTERNAL, "internal server error; see the server log")
+        return None
+
+    # -- streams ---------------------------------------------------------------------------
+    def _stream_messages(self, stream: _Stream) -> None:
+        """Start a task for every complete message received on a stream so far (the received
+        chunks are joined once a message is complete, not on every frame)."""
+        limit = self.server.max_message_bytes
+        while stream.size >= 5 and not stream.answered:
+            first = stream.chunks[0]
+            if len(first) < 5:
+                first = b"".join(stream.chunks)
+                stream.chunks = [first]
+            if first[0] != 0:
+                self._answer_error(stream, grpc.StatusCode.UNIMPLEMENTED, "compressed messages are not supported")
+                return
+            length = int.from_bytes(first[1:5], "big")
+            if length > limit:
+                self._answer_error(
+                    stream, grpc.StatusCode.RESOURCE_EXHAUSTED, f"request message is over the limit of {limit} bytes"
+                )
+                return
+            if stream.size < 5 + length:
+                return
+            buf = first if len(stream.chunks) == 1 else b"".join(stream.chunks)
+            rest = buf[5 + length :]
+            stream.chunks = [rest] if rest else []
+            stream.size = len(rest)
+            call = self.loop.create_task(self._stream_call(stream, buf[5 : 5 + length]))
+            stream.calls.add(call)
+
+    async def _stream_call(self, stream: _Stream, message: bytes) -> None:
+        assert stream.head is not None
+        try:
+            response = await self._respond(stream, message, CallContext(stream.head.metadata))
         except asyncio.CancelledError:
             return
-        except Exception:
-            log.exception("unhandled error in gRPC stream")
-            self._answer_error(stream, grpc.StatusCode.INTERNAL, "internal server error; see the server log")
-            return
         finally:
-            task = asyncio.current_task()
-            if task is not None:
-                stream.calls.discard(task)
-        if stream.answered or self.transport is None or stream.id not in self.streams:
+            stream.calls.discard(cast("asyncio.Task[None]", asyncio.current_task()))
+        if response is None or stream.answered or self.transport is None or stream.id not in self.streams:
             return
         data = response.SerializeToString()
         if not stream.started:
