@@ -252,6 +252,45 @@ def test_graceful_stop_finishes_calls_in_flight(tmp_path: Path) -> None:
             srv.stop()
 
 
+def test_a_stop_answers_a_streams_messages_in_flight_then_ends_the_open_streams(tmp_path: Path) -> None:
+    """Two streams stay open at the stop, one idle and one with a message computing: the message
+    is answered, then both end with UNAVAILABLE, and the stop does not wait for the drain
+    timeout (30 s here) for clients that never end their streams."""
+    srv = LiveServer.build(tmp_path / "home", grpc_enabled=True, drain_timeout_s=30).start()
+    release = threading.Event()
+    try:
+        register(srv, "scale", scale_model(tmp_path / "scale.onnx", 2.0))
+        register(srv, "slow", slow_model(tmp_path / "slow.onnx", 20_000), config={"serving": {"batching": False}})
+
+        def requests(message: pb.ModelInferRequest) -> Iterator[pb.ModelInferRequest]:
+            yield message
+            release.wait(60)  # the client never ends its side on its own
+
+        with grpc.insecure_channel(srv.grpc_url) as channel:
+            idle = _stream(channel)(requests(_tagged("scale", np.ones((1, 4), np.float32), "idle")),
+                                    metadata=_metadata(srv))
+            assert next(idle).infer_response.id == "idle"
+            busy = _stream(channel)(requests(_tagged("slow", np.zeros((4, SLOW_WIDTH), np.float32), "busy")),
+                                    metadata=_metadata(srv))
+            time.sleep(0.3)  # the slow message is computing
+            started = time.monotonic()
+            stopper = threading.Thread(target=srv.stop)
+            stopper.start()
+            assert next(busy).infer_response.id == "busy", "the message in flight is answered"
+            for stream in (busy, idle):
+                with pytest.raises(grpc.RpcError) as info:
+                    next(stream)
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "open a new stream" in (info.value.details() or "")
+            stopper.join(timeout=60)
+            assert time.monotonic() - started < 10, "the open streams held the stop up"
+            release.set()
+    finally:
+        release.set()
+        if srv.platform is not None and srv._thread is not None and srv._thread.is_alive():
+            srv.stop()
+
+
 def test_grpcio_transport_answers_the_same(tmp_path: Path) -> None:
     srv = LiveServer.build(tmp_path / "home", grpc_enabled=True, grpc_transport="grpcio").start()
     try:

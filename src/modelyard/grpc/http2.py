@@ -25,6 +25,9 @@ like separate calls; each answer leaves as soon as it is ready (completion order
 control), and the trailers (``grpc-status: 0``) follow the last answer once the client has ended
 its side. A handler that raises :class:`GrpcAbort` (e.g. a bad key) ends the whole stream with
 that status; ``grpc-timeout`` bounds the whole stream; a reset cancels every message in flight.
+When the server stops, a stream's messages in flight are answered, then the stream ends with
+``UNAVAILABLE`` (messages it had not started are not run): an idle open stream does not hold the
+stop up until the drain timeout.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ _REPLENISH = 1024 * 1024
 _MAX_FRAME_DEFAULT = 16_384
 _MAX_STREAMS = 1024
 _NO_ERROR, _PROTOCOL_ERROR, _FLOW_CONTROL_ERROR, _FRAME_SIZE_ERROR = 0x0, 0x1, 0x3, 0x6
+_STOPPING = "the server is stopping: request messages not answered on this stream were not run; open a new stream"
 
 #: ``(message bytes) -> request`` and ``(request, context) -> awaitable response``
 UnaryHandler = tuple[Callable[[bytes], Any], Callable[[Any, "CallContext"], Awaitable[Any]]]
@@ -94,6 +98,15 @@ def _grpc_message(text: str) -> bytes:
     """``grpc-message``: percent-encoded UTF-8, as the gRPC HTTP/2 spec asks."""
     return quote(text, safe=" !\"#$&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`"
                  "abcdefghijklmnopqrstuvwxyz{|}~").encode("ascii")
+
+
+def _status_block(code: grpc.StatusCode, details: str, trailing: Iterable[tuple[str, str]] = ()) -> bytes:
+    """Trailers for a call that ends with ``code``: status, message and trailing metadata."""
+    return (
+        _literal(b"grpc-status", str(code.value[0]).encode())
+        + _literal(b"grpc-message", _grpc_message(details))
+        + b"".join(_literal(k.encode(), str(v).encode()) for k, v in trailing)
+    )
 
 
 def _timeout_s(value: bytes) -> float | None:
@@ -202,7 +215,8 @@ class _Connection(asyncio.Protocol):
         self.peer_initial_window = _DEFAULT_WINDOW
         self.peer_max_frame = _MAX_FRAME_DEFAULT
         self.consumed = 0
-        self.closing = False
+        self.closing = False  # no new streams (either side sent GOAWAY)
+        self.stopping = False  # this server sent it: open streams end once their messages are answered
         self.out: list[bytes] = []
 
     # -- connection ------------------------------------------------------------------------
@@ -273,12 +287,14 @@ class _Connection(asyncio.Protocol):
             self._close()
 
     def goaway(self) -> None:
-        """Refuse new calls; close once the calls in flight are answered."""
-        self.closing = True
+        """Refuse new calls; close once the calls in flight are answered (and open streams ended)."""
+        self.closing = self.stopping = True
         if self.transport is not None:
             self._send(
                 _frame(_GOAWAY, 0, 0, self.last_stream.to_bytes(4, "big") + _NO_ERROR.to_bytes(4, "big"))
             )
+            for stream in list(self.streams.values()):
+                self._stop_stream(stream)
             if not self.streams:
                 self._close()
 
@@ -503,6 +519,9 @@ class _Connection(asyncio.Protocol):
     def _stream_messages(self, stream: _Stream) -> None:
         """Start a task for every complete message received on a stream so far (the received
         chunks are joined once a message is complete, not on every frame)."""
+        if self.stopping:
+            self._stop_stream(stream)  # what was not started is not run
+            return
         limit = self.server.max_message_bytes
         while stream.size >= 5 and not stream.answered:
             first = stream.chunks[0]
@@ -544,6 +563,7 @@ class _Connection(asyncio.Protocol):
         stream.pending.append(b"\x00" + len(data).to_bytes(4, "big") + data)
         self._flush(stream)
         self._stream_done(stream)
+        self._stop_stream(stream)
 
     def _stream_done(self, stream: _Stream) -> None:
         """After the client's last message and the last answer: the trailers."""
@@ -554,6 +574,18 @@ class _Connection(asyncio.Protocol):
                 self._send(_frame(_HEADERS, _END_HEADERS, stream.id, _RESPONSE_HEADERS))
             stream.trailers = _OK_TRAILERS
             self._flush(stream)
+
+    def _stop_stream(self, stream: _Stream) -> None:
+        """While the server stops: end a stream whose messages in flight are all answered."""
+        head = stream.head
+        if self.stopping and head is not None and head.streaming and not stream.calls and not stream.answered:
+            if stream.ended:
+                self._stream_done(stream)
+            elif stream.pending:  # answers still wait for the client's window: the status follows them
+                stream.answered = True
+                stream.trailers = _status_block(grpc.StatusCode.UNAVAILABLE, _STOPPING)
+            else:
+                self._answer_error(stream, grpc.StatusCode.UNAVAILABLE, _STOPPING)
 
     def _expire(self, stream: _Stream) -> None:
         stream.timer = None
@@ -569,11 +601,7 @@ class _Connection(asyncio.Protocol):
         if stream.answered or self.transport is None:
             return
         stream.answered = True
-        block = (
-            _literal(b"grpc-status", str(code.value[0]).encode())
-            + _literal(b"grpc-message", _grpc_message(details))
-            + b"".join(_literal(k.encode(), str(v).encode()) for k, v in trailing)
-        )
+        block = _status_block(code, details, trailing)
         if not stream.started:
             block = _RESPONSE_HEADERS + block
         out = _frame(_HEADERS, _END_HEADERS | _END_STREAM, stream.id, block)
