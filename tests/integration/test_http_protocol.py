@@ -304,6 +304,40 @@ def test_a_request_held_unread_at_shutdown_is_answered_before_the_connection_clo
         srv.stop()
 
 
+def test_a_revoked_key_gets_401_not_the_gates_429(tmp_path: Path) -> None:
+    """A caller refused with 429 is refused unread while the queue stays full; once its key is
+    revoked, its next request is authenticated again: 401, not the remembered 429."""
+    import time
+
+    from modelyard.client import Client
+
+    srv = _slow_server(tmp_path)
+    try:
+        with Client(url=srv.url, api_key=srv.admin_key) as admin:
+            created = admin.keys.create("inference", name="revoked soon")
+        long_conn, queued_conn = _connect(srv), _connect(srv)
+        long_conn.sendall(_slow_request(srv.admin_key, 64))  # computes for about a second
+        time.sleep(0.3)
+        queued_conn.sendall(_slow_request(srv.admin_key, 1))  # fills the queue (max_queue_size 1)
+        time.sleep(0.2)
+        for body in (None, b"{not json"):  # the malformed one is refused unread, from the gate
+            with _connect(srv) as conn:
+                conn.sendall(_slow_request(created.secret, 1, body=body))
+                assert _Reader(conn).response()[0] == 429
+        with Client(url=srv.url, api_key=srv.admin_key) as admin:
+            admin.keys.revoke(created.key.id)
+        with _connect(srv) as conn:
+            conn.sendall(_slow_request(created.secret, 1))
+            status, _, body = _Reader(conn).response()
+        assert status == 401 and "revoked" in json.loads(body)["error"]["message"]
+        assert _Reader(long_conn).response()[0] == 200
+        assert _Reader(queued_conn).response()[0] == 200
+        long_conn.close()
+        queued_conn.close()
+    finally:
+        srv.stop()
+
+
 def test_a_saturated_server_answers_503_unread(tmp_path: Path) -> None:
     srv = _slow_server(tmp_path, max_in_flight=1)
     key = srv.admin_key

@@ -190,6 +190,11 @@ class KeyService:
     def invalidate_cache(self) -> None:
         self._async_cache.clear()
 
+    def remembers(self, secret: str) -> bool:
+        """Whether ``secret`` was authenticated here and not forgotten since (a revocation, or
+        any change to keys, forgets them all at once)."""
+        return self._async_cache.peek(secret) is not None
+
     async def authenticate_async(self, secret: str | None) -> Principal:
         """:meth:`authenticate` for the event loop: answered from memory while a key's entry is
         fresh or being refreshed; the database lookup runs in a thread, once per key."""

@@ -20,10 +20,11 @@ from typing import Any, TypeVar
 
 import orjson
 
+from modelyard.api.deps import bearer_token
 from modelyard.api.v2.codec import decode_infer_request, encode_infer_response
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
-from modelyard.errors import InvalidInput, ModelYardError, PayloadTooLarge, Unauthenticated
+from modelyard.errors import InvalidInput, ModelYardError, PayloadTooLarge
 
 __all__ = [
     "InferenceFastPath",
@@ -96,13 +97,7 @@ async def run_infer(
 
 async def authenticate(platform: Platform, header: str | None) -> Principal:
     """The principal of an ``Authorization: Bearer <key>`` header (401 when missing or bad)."""
-    token: str | None = None
-    if header:
-        scheme, _, rest = header.partition(" ")
-        if scheme.lower() != "bearer" or not rest.strip():
-            raise Unauthenticated("malformed Authorization header; expected 'Bearer <key>'")
-        token = rest.strip()
-    return await platform.keys.authenticate_async(token)
+    return await platform.keys.authenticate_async(bearer_token(header))
 
 
 def error_result(exc: ModelYardError) -> InferResult:

@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from modelyard.api.deps import bearer_token
 from modelyard.api.middleware import audit_entry, request_id
 from modelyard.api.v2.infer import InferResult, answer_infer, error_result, split_infer_path
 from modelyard.core.inference import QueueGate, QueueGates
@@ -85,7 +86,8 @@ class InferenceProtocol(HttpToolsProtocol):
     platform: ClassVar[Platform]
     #: (path, Authorization) -> gate, shared by the server's connections: after a 429, the same
     #: caller's requests for the same model are refused unread while its queue stays full (for at
-    #: most a second, so a revoked key is not answered from there for long)
+    #: most a second), as long as the key service still remembers the key: a key revoked here is
+    #: authenticated again (401) rather than answered from a gate
     gates: ClassVar[QueueGates]
     #: (error, default headers, keep-alive, head, tail): the last refusal's encoded answer
     refusal_memo: ClassVar[tuple[Any, ...]] = (None, None, None, b"", b"")
@@ -201,7 +203,16 @@ class InferenceProtocol(HttpToolsProtocol):
             self.transport.write(_CONTINUE)
 
     def _gate(self, request: _Inference) -> QueueGate | None:
-        return self.gates.get((request.path, request.authorization), self.loop.time())
+        gate = self.gates.get((request.path, request.authorization), self.loop.time())
+        if gate is None:
+            return None
+        try:
+            token = bearer_token(request.authorization)
+        except ModelYardError:
+            return None
+        if token is None or not self.platform.keys.remembers(token):
+            return None  # the key was revoked (or forgotten) since its 429: authenticate it again
+        return gate
 
     def _refuse(self, request: _Inference, exc: ModelYardError) -> None:
         """Answer at once; the rest of the body is skipped unread. A body over the limit
