@@ -464,10 +464,10 @@ class Stepped(Model):
 
 
 @pytest.mark.asyncio
-async def test_waiters_for_room_are_let_in_oldest_first_one_per_free_slot() -> None:
+async def test_waiters_for_room_are_let_in_newest_first_one_per_free_slot() -> None:
     """A transport holding a connection while the queue is full is called back when a slot
-    frees; one whose connection has gone, or that does not use its slot (sends nothing), does
-    not keep the next one waiting."""
+    frees, the newest waiter first (adaptive LIFO); one whose connection has gone, or that does
+    not use its slot (sends nothing), does not keep the next one waiting."""
     model = Stepped()
     b = make(model, max_batch_size=1, max_queue_size=2)
     tasks = [asyncio.ensure_future(b.submit(request([0]), None))]
@@ -488,12 +488,12 @@ async def test_waiters_for_room_are_let_in_oldest_first_one_per_free_slot() -> N
         b.when_room(waiter(name, sends, gone))
     assert let_in == [] and b.waiting_for_room == 4, "the queue is full: nobody is let in"
     model.step()  # request 0 finishes, request 1 leaves the queue: one free slot
-    await wait_until(lambda: let_in == ["a"])
-    assert b.no_room, "the free slot is a's until its request comes; others still wait"
+    await wait_until(lambda: let_in == ["c"])
+    assert b.no_room, "the free slot is c's until its request comes; others still wait"
     await asyncio.sleep(0.05)
-    assert let_in == ["a"] and b.full, "a's request took the slot"
-    model.step()  # one more slot: past the gone connection to b, who sends nothing: then c
-    await wait_until(lambda: let_in == ["a", "gone", "b", "c"])
+    assert let_in == ["c"] and b.full, "c's request took the slot"
+    model.step()  # one more slot: b, who sends nothing, then past the gone connection to a
+    await wait_until(lambda: let_in == ["c", "b", "gone", "a"])
     assert b.waiting_for_room == 0
     model.step(10)
     results = await asyncio.gather(*tasks)

@@ -285,9 +285,9 @@ class InferenceProtocol(HttpToolsProtocol):
     # -- backpressure ------------------------------------------------------------------------
     def _hold(self, gate: QueueGate, request: _Inference) -> None:
         """Just answered ``request``: while ``gate``'s queue has no room, stop reading this
-        connection. Its next request waits unread in the client's socket, behind the callers
-        already waiting, until the queue has room for it (or a second at most) instead of being
-        read only to be refused."""
+        connection. Its next request waits unread in the client's socket until the queue has
+        room for it (waiters are let in newest first; a second at most, then it is read and
+        refused if the queue is still full) instead of being read only to be refused."""
         if self._held or not request.keep_alive or not gate.no_room or self.transport.is_closing():
             return
         self._held = True
