@@ -21,10 +21,11 @@ itself, one batch per loop turn (responses and new requests go between two batch
 whose batches grow slower goes back to the executor at its next batch.
 
 Backpressure. A transport that stops reading a connection whose next request would only be refused
-(see :meth:`DynamicBatcher.when_room`) is called back, one connection per free slot and newest
-first (adaptive LIFO: waiters exist only while the queue is full), as the queue gets room, so the
-excess waits unread in the client's socket and costs the server nothing; refusals (429) remain for
-whatever is read while the queue is full, including a connection that waited a full second.
+(see :meth:`DynamicBatcher.when_room`) is called back, one connection per free slot, as the
+queue gets room: newest first (adaptive LIFO: waiters exist only while the queue is full), except
+that waiters that have waited half a second go first, oldest first. The excess waits unread in
+the client's socket and costs the server nothing; refusals (429) remain for whatever is read while
+the queue is full (a connection is read after a second of waiting in any case).
 
 Failure isolation: if a batched ``predict`` raises (or returns outputs that cannot be split by
 rows), every request of that batch is re-run alone, so one bad request fails only itself.
@@ -59,6 +60,9 @@ _TIMER_SLACK_S = 1e-4
 _MEASURED_BEFORE_INLINE = 3
 #: a transport waiting for room is called back after this long even if the queue never had any
 ROOM_WAIT_MAX_S = 1.0
+#: waiters for room are let in newest first, except those that have waited this long: they go
+#: first, oldest first
+ROOM_AGED_S = 0.5
 #: how long a slot is kept for the request of a waiter let in (its socket is read well before)
 _ROOM_RECOUNT_S = 0.005
 
@@ -326,7 +330,8 @@ class DynamicBatcher:
         """Call ``callback()`` once, when the queue has room for one more request, when the
         batcher closes, or after :data:`ROOM_WAIT_MAX_S` at the latest. For a transport that
         stops reading a connection while its next request would be refused: waiters are let in
-        newest first, one per free slot, and when ``callback()`` returns True (it reads its
+        one per free slot, newest first except that those that have waited :data:`ROOM_AGED_S`
+        go first (oldest first), and when ``callback()`` returns True (it reads its
         connection again; False: it has gone) the slot is kept for the request the connection
         is expected to send, for :data:`_ROOM_RECOUNT_S` (a connection whose next request is
         for another model, or that sends none, does not keep the others waiting).
@@ -334,11 +339,10 @@ class DynamicBatcher:
 
         Why newest first: waiters exist only while the queue is full (overload). The connection
         answered last is the one whose client is surely still there, and its state (protocol
-        object, parser, socket) is still in the CPU's cache; the oldest waiter is the likeliest
-        to have been given up on, and it is read after :data:`ROOM_WAIT_MAX_S` in any case (and
-        refused if the queue is still full). With 1,024 connections at three times a small
-        model's capacity, this served 10-15% more requests than oldest first
-        (``docs/benchmarks.md``)."""
+        object, parser, socket) is still in the CPU's cache, so serving it costs less than
+        serving one untouched for a while. Aged waiters going first bound the wait, and keep
+        them from reaching :data:`ROOM_WAIT_MAX_S`, after which a connection is read even into
+        a full queue (and refused). See ``docs/benchmarks.md`` for what it changed."""
         loop = self._loop or asyncio.get_running_loop()
         self._room_waiters.append((loop.time() + ROOM_WAIT_MAX_S, callback))
         if self._closing or self._queued + self._promised < self._max_queue:
@@ -352,14 +356,23 @@ class DynamicBatcher:
         return len(self._room_waiters)
 
     def _let_in(self) -> None:
-        """Call back as many room waiters, newest first, as the queue has free slots that are
-        not promised (all of them once closing)."""
+        """Call back as many room waiters as the queue has free slots that are not promised (all
+        of them once closing): those that have waited :data:`ROOM_AGED_S` first, oldest first,
+        then the newest."""
         waiters = self._room_waiters
         room = len(waiters) if self._closing else self._max_queue - self._queued - self._promised
-        while waiters and room > 0:
-            if waiters.pop()[1]():
-                room -= 1
-                self._promised += 1
+        if waiters and room > 0:
+            loop = self._loop or asyncio.get_running_loop()
+            aged = loop.time() + ROOM_WAIT_MAX_S - ROOM_AGED_S  # waiters due before this have aged
+            while waiters and room > 0:
+                entry = waiters.popleft() if waiters[0][0] <= aged else waiters.pop()
+                if entry[1]():
+                    room -= 1
+                    self._promised += 1
+        self._arm_room_timer()
+
+    def _arm_room_timer(self) -> None:
+        waiters = self._room_waiters
         if self._room_timer is not None:
             self._room_timer.cancel()
             self._room_timer = None

@@ -502,6 +502,34 @@ async def test_waiters_for_room_are_let_in_newest_first_one_per_free_slot() -> N
 
 
 @pytest.mark.asyncio
+async def test_waiters_that_have_waited_long_go_before_newer_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Newest first, except that waiters past ``ROOM_AGED_S`` go first, oldest first: a busy
+    queue cannot keep an old waiter out until its hard limit."""
+    from modelyard.engine import batcher as batcher_module
+
+    monkeypatch.setattr(batcher_module, "ROOM_AGED_S", 0.05)
+    model = Stepped()
+    b = make(model, max_batch_size=1, max_queue_size=1)
+    tasks = [asyncio.ensure_future(b.submit(request([0]), None))]
+    await wait_until(lambda: b.in_flight == 1 and b.queue_depth == 0)
+    tasks.append(asyncio.ensure_future(b.submit(request([1]), None)))
+    await wait_until(lambda: b.full)
+    let_in: list[str] = []
+    for name in ("old", "older"):
+        b.when_room(lambda name=name: let_in.append(name) or True)
+    await asyncio.sleep(0.08)
+    for name in ("new", "newer"):
+        b.when_room(lambda name=name: let_in.append(name) or True)
+    assert let_in == []
+    model.step()  # one free slot; each one let in sends nothing, so the slot passes on after 5 ms
+    await wait_until(lambda: len(let_in) == 4)
+    assert let_in == ["old", "older", "newer", "new"]
+    model.step(10)
+    await asyncio.gather(*tasks)
+    await b.close(1)
+
+
+@pytest.mark.asyncio
 async def test_a_waiter_is_let_in_at_once_after_the_longest_wait_or_on_close(monkeypatch: pytest.MonkeyPatch) -> None:
     from modelyard.engine import batcher as batcher_module
 

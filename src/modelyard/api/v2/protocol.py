@@ -286,8 +286,9 @@ class InferenceProtocol(HttpToolsProtocol):
     def _hold(self, gate: QueueGate, request: _Inference) -> None:
         """Just answered ``request``: while ``gate``'s queue has no room, stop reading this
         connection. Its next request waits unread in the client's socket until the queue has
-        room for it (waiters are let in newest first; a second at most, then it is read and
-        refused if the queue is still full) instead of being read only to be refused."""
+        room for it (waiters are let in newest first, those that waited half a second before
+        them; after a second it is read, and refused if the queue is still full) instead of
+        being read only to be refused."""
         if self._held or not request.keep_alive or not gate.no_room or self.transport.is_closing():
             return
         self._held = True
