@@ -507,7 +507,7 @@ async def test_waiters_that_have_waited_long_go_before_newer_ones(monkeypatch: p
     queue cannot keep an old waiter out until its hard limit."""
     from modelyard.engine import batcher as batcher_module
 
-    monkeypatch.setattr(batcher_module, "ROOM_AGED_S", 0.05)
+    monkeypatch.setattr(batcher_module, "ROOM_AGED_S", 0.3)  # far from the 5 ms steps below
     model = Stepped()
     b = make(model, max_batch_size=1, max_queue_size=1)
     tasks = [asyncio.ensure_future(b.submit(request([0]), None))]
@@ -517,7 +517,7 @@ async def test_waiters_that_have_waited_long_go_before_newer_ones(monkeypatch: p
     let_in: list[str] = []
     for name in ("old", "older"):
         b.when_room(lambda name=name: let_in.append(name) or True)
-    await asyncio.sleep(0.08)
+    await asyncio.sleep(0.4)
     for name in ("new", "newer"):
         b.when_room(lambda name=name: let_in.append(name) or True)
     assert let_in == []
