@@ -36,6 +36,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     register(srv, "slow", slow_model(home / "m" / "slow.onnx", 160_000), config={"serving": {"batching": False}})
     # only the cancellation test computes on "patient"; its long call takes seconds
     register(srv, "patient", slow_model(home / "m" / "patient.onnx", 160_000), config={"serving": {"batching": False}})
+    register(srv, "tight", slow_model(home / "m" / "tight.onnx", 160_000),
+             config={"serving": {"batching": False, "max_queue_size": 1}})
     try:
         yield srv
     finally:
@@ -162,6 +164,23 @@ def test_a_streams_deadline_ends_it_and_drops_its_work(server: LiveServer) -> No
             list(_stream(channel)(iter([_tagged("slow", x, "long")]), metadata=_metadata(server), timeout=0.2))
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - started < 5
+
+
+def test_a_full_queue_is_resource_exhausted_with_retry_after(server: LiveServer) -> None:
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        call = _call(channel)
+        long = call.future(_infer_request("tight", np.zeros((64, SLOW_WIDTH), np.float32)), metadata=_metadata(server))
+        time.sleep(0.3)  # computing
+        queued = call.future(_infer_request("tight", np.zeros((1, SLOW_WIDTH), np.float32)), metadata=_metadata(server))
+        time.sleep(0.2)  # the queue (one request) is full
+        refused = call.future(_infer_request("tight", np.zeros((1, SLOW_WIDTH), np.float32)), metadata=_metadata(server))
+        error = refused.exception(timeout=30)
+        assert isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "queue" in (error.details() or "")
+        retry_after = dict(error.trailing_metadata() or ())["retry-after"]
+        assert int(retry_after) >= 1
+        long.result(timeout=60)
+        queued.result(timeout=60)
 
 
 def test_unparsable_message_is_invalid_argument(server: LiveServer) -> None:
