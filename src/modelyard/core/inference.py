@@ -537,6 +537,14 @@ class QueueGates:
             return None
         return entry[1]
 
+    def renew(self, key: Any, now: float) -> None:
+        """Keep ``key``'s gate ``ttl_s`` longer from ``now``: its caller found no room again.
+        While a flood goes on, its gate stays even when the queue never fills up again (the
+        caller's connections wait for room below the queue's limit)."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries[key] = (now, entry[1])
+
     def put(self, key: Any, gate: QueueGate, now: float) -> None:
         """Refuse ``key``'s next requests through ``gate`` while its queue stays full."""
         entries = self._entries

@@ -65,6 +65,10 @@ ROOM_WAIT_MAX_S = 1.0
 ROOM_AGED_S = 0.5
 #: how long a slot is kept for the request of a waiter let in (its socket is read well before)
 _ROOM_RECOUNT_S = 0.005
+#: waiters for room are let in while the queue holds fewer than this many full batches per
+#: instance (and at least :data:`LET_IN_MIN` requests): enough to keep every instance busy
+LET_IN_BATCHES = 3
+LET_IN_MIN = 64
 
 
 class BatchObserver(Protocol):
@@ -156,7 +160,8 @@ class DynamicBatcher:
 
     At most ``instances`` batches compute at once. At most ``max_queue_size`` requests wait;
     beyond that ``submit`` raises :class:`QueueFull` at once, with ``retry_after`` estimated from
-    recent batch times. ``executor`` runs ``predict``; when omitted the batcher owns a thread pool
+    recent batch times. Transports waiting for room (:meth:`when_room`) are let in only while
+    the queue is below :attr:`let_in_level`. ``executor`` runs ``predict``; when omitted the batcher owns a thread pool
     of ``instances`` threads and shuts it down in :meth:`close`. ``inline_below_s``: batches
     expected to compute in less than this run on the event loop (0: never); only for a
     ``predict`` that computes in this process (never one that waits on another process).
@@ -187,6 +192,7 @@ class DynamicBatcher:
         self._delay_s = max_queue_delay_ms / 1000.0
         self._max_queue = max_queue_size
         self._instances = instances
+        self._let_in_level = min(max_queue_size, max(LET_IN_MIN, LET_IN_BATCHES * max_batch_size * instances))
         self._owns_executor = executor is None
         self._executor: concurrent.futures.Executor = executor or (
             concurrent.futures.ThreadPoolExecutor(
@@ -229,6 +235,13 @@ class DynamicBatcher:
     def in_flight(self) -> int:
         """Requests queued or computing; a version with ``in_flight > 0`` is busy."""
         return self._queued + self._computing
+
+    @property
+    def let_in_level(self) -> int:
+        """Queued requests below which transports waiting for room are let in (see
+        :meth:`when_room`): three full batches per instance, at least 64, at most
+        ``max_queue_size``."""
+        return self._let_in_level
 
     @property
     def closed(self) -> bool:
@@ -322,9 +335,10 @@ class DynamicBatcher:
 
     @property
     def no_room(self) -> bool:
-        """True while a request read now would be refused, or would take a slot that waiters
-        for room (see :meth:`when_room`) were promised or are waiting for."""
-        return self._queued + self._promised >= self._max_queue or bool(self._room_waiters)
+        """True while the queue (with the slots promised to waiters let in) is at
+        :attr:`let_in_level` or over, or waiters for room (see :meth:`when_room`) wait: a
+        transport whose caller was refused should wait for room rather than read now."""
+        return self._queued + self._promised >= self._let_in_level or bool(self._room_waiters)
 
     def when_room(self, callback: Callable[[], bool]) -> None:
         """Call ``callback()`` once, when the queue has room for one more request, when the
@@ -337,6 +351,13 @@ class DynamicBatcher:
         for another model, or that sends none, does not keep the others waiting).
         ``callback`` must be cheap and must not raise.
 
+        Waiters are let in only while the queue is below :attr:`let_in_level` (three full batches
+        per instance by default), not up to ``max_queue_size``: that keeps every instance busy,
+        and a flood that has been refused once is then served from a short queue, while callers
+        not refused yet can still fill the queue to ``max_queue_size`` (a burst is absorbed).
+        A longer queue adds only waiting, and more connections active at once, which costs the
+        server through cache misses (``docs/benchmarks.md``).
+
         Why newest first: waiters exist only while the queue is full (overload). The connection
         answered last is the one whose client is surely still there, and its state (protocol
         object, parser, socket) is still in the CPU's cache, so serving it costs less than
@@ -345,7 +366,7 @@ class DynamicBatcher:
         a full queue (and refused). See ``docs/benchmarks.md`` for what it changed."""
         loop = self._loop or asyncio.get_running_loop()
         self._room_waiters.append((loop.time() + ROOM_WAIT_MAX_S, callback))
-        if self._closing or self._queued + self._promised < self._max_queue:
+        if self._closing or self._queued + self._promised < self._let_in_level:
             self._let_in()
         elif self._room_timer is None:
             self._room_timer = loop.call_at(self._room_waiters[0][0], self._on_room_timer)
@@ -356,11 +377,11 @@ class DynamicBatcher:
         return len(self._room_waiters)
 
     def _let_in(self) -> None:
-        """Call back as many room waiters as the queue has free slots that are not promised (all
-        of them once closing): those that have waited :data:`ROOM_AGED_S` first, oldest first,
-        then the newest."""
+        """Call back as many room waiters as the queue has slots below :attr:`let_in_level` that
+        are not promised (all of them once closing): those that have waited :data:`ROOM_AGED_S`
+        first, oldest first, then the newest."""
         waiters = self._room_waiters
-        room = len(waiters) if self._closing else self._max_queue - self._queued - self._promised
+        room = len(waiters) if self._closing else self._let_in_level - self._queued - self._promised
         if waiters and room > 0:
             loop = self._loop or asyncio.get_running_loop()
             aged = loop.time() + ROOM_WAIT_MAX_S - ROOM_AGED_S  # waiters due before this have aged

@@ -241,3 +241,17 @@ def test_a_gate_leaving_the_table_counts_its_pending_refusals(platform: Platform
     table.put("c", gates[3], now=2.5)  # the table is full: every gate in it is dropped
     assert (queues[2].counted, queues[3].counted) == (1, 1)
     assert len(table) == 1
+
+
+def test_a_gate_renewed_while_its_caller_finds_no_room_outlives_its_ttl(platform: Platform, tenant: str) -> None:
+    """A flood held below the queue's limit is refused no more, so no new gate is put; renewing
+    keeps its gate (and the holding) while its connections keep finding no room."""
+    info = _push(platform, tenant)
+    table = QueueGates(ttl_s=1.0)
+    table.put("a", QueueGate(platform.dataplane, _principal(tenant), info, _FullQueue()), now=0.0)
+    for now in (0.8, 1.6, 2.4):
+        table.renew("a", now)
+        assert table.get("a", now + 0.5) is not None, f"renewed at {now}"
+    assert table.get("a", 3.5) is None, "not renewed for over its ttl: gone"
+    table.renew("b", 3.5)
+    assert len(table) == 0, "renewing a caller without a gate puts none"

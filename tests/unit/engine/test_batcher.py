@@ -501,6 +501,42 @@ async def test_waiters_for_room_are_let_in_newest_first_one_per_free_slot() -> N
     await b.close(1)
 
 
+def test_let_in_level_is_three_batches_per_instance_within_the_queue() -> None:
+    model = Model()
+    assert make(model, max_batch_size=32, max_queue_size=256).let_in_level == 96
+    assert make(model, max_batch_size=32, max_queue_size=256, instances=2).let_in_level == 192
+    assert make(model, max_batch_size=1, max_queue_size=256).let_in_level == 64, "at least 64"
+    assert make(model, max_batch_size=32, max_queue_size=50).let_in_level == 50, "at most the queue"
+
+
+@pytest.mark.asyncio
+async def test_waiters_wait_while_the_queue_is_over_the_let_in_level_though_not_full() -> None:
+    """A burst from callers not refused yet fills the queue to ``max_queue_size``; a transport
+    waiting for room (its caller was refused) is let in only once the queue is below the let-in
+    level (three batches), so a refused flood is served from a short queue."""
+    model = Stepped()
+    b = make(model, max_batch_size=1, max_queue_size=100)  # let-in level: 64
+    assert b.let_in_level == 64
+    tasks = [asyncio.ensure_future(b.submit(request([0]), None))]
+    await wait_until(lambda: b.in_flight == 1 and b.queue_depth == 0)  # computing, stepped
+    tasks += [asyncio.ensure_future(b.submit(request([i]), None)) for i in range(1, 67)]
+    await wait_until(lambda: b.queue_depth == 66)
+    assert not b.full and b.refusal() is None, "a burst is queued up to max_queue_size"
+    assert b.no_room, "over the let-in level: a refused caller waits"
+    let_in: list[str] = []
+    b.when_room(lambda: let_in.append("held") or True)
+    model.step(2)  # two more leave the queue for the model: 64 queued
+    await wait_until(lambda: b.queue_depth == 64)
+    await asyncio.sleep(0.02)
+    assert let_in == [], "not let in at the level"
+    model.step()  # 63 queued: one slot under the level
+    await wait_until(lambda: let_in == ["held"])
+    model.step(100)
+    results = await asyncio.gather(*tasks)
+    assert [r["id"].tolist() for r in results] == [[i] for i in range(67)]
+    await b.close(1)
+
+
 @pytest.mark.asyncio
 async def test_waiters_that_have_waited_long_go_before_newer_ones(monkeypatch: pytest.MonkeyPatch) -> None:
     """Newest first, except that waiters past ``ROOM_AGED_S`` go first, oldest first: a busy

@@ -284,16 +284,18 @@ class InferenceProtocol(HttpToolsProtocol):
 
     # -- backpressure ------------------------------------------------------------------------
     def _hold(self, gate: QueueGate, request: _Inference) -> None:
-        """Just answered ``request``: while ``gate``'s queue has no room, stop reading this
-        connection. Its next request waits unread in the client's socket until the queue has
-        room for it (waiters are let in newest first, those that waited half a second before
-        them; after a second it is read, and refused if the queue is still full) instead of
-        being read only to be refused."""
+        """Just answered ``request``: while ``gate``'s queue has no room (it holds three batches
+        or more, see ``DynamicBatcher.let_in_level``), stop reading this connection. Its next
+        request waits unread in the client's socket until the queue has room for it (waiters are
+        let in newest first, those that waited half a second before them; after a second it is
+        read, and refused if the queue is full) instead of being read only to be refused. The
+        caller's gate is kept while its connections keep finding no room."""
         if self._held or not request.keep_alive or not gate.no_room or self.transport.is_closing():
             return
         self._held = True
         self._idle_since = None  # a request may be waiting unread: not idle
         self.flow.pause_reading()
+        self.gates.renew((request.path, request.authorization), self.loop.time())
         gate.when_room(self._release)
 
     def _release(self) -> bool:
