@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -181,12 +181,12 @@ def test_malformed_request_line_gets_400(server: LiveServer) -> None:
     assert data.startswith(b"HTTP/1.1 400")
 
 
-def _slow_server(tmp_path: Path, **settings: object) -> LiveServer:
+def _slow_server(tmp_path: Path, max_queue_size: int = 1, **settings: object) -> LiveServer:
     from tests.integration._serving import register, slow_model
 
     srv = LiveServer.build(tmp_path / "home", grpc_enabled=False, **settings).start()
     register(srv, "slow", slow_model(tmp_path / "slow.onnx", 160_000),
-             config={"serving": {"batching": False, "max_queue_size": 1}})
+             config={"serving": {"batching": False, "max_queue_size": max_queue_size}})
     return srv
 
 
@@ -258,6 +258,68 @@ def test_a_full_queue_refuses_unread_and_holds_the_refused_connections(
 
         assert metric(text, "modelyard_rejections_total", model="slow", reason="queue_full") == 3
         assert metric(text, "modelyard_inference_errors_total", model="slow", code="queue_full") == 3
+    finally:
+        srv.stop()
+
+
+def _until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.002)
+
+
+def test_a_refused_caller_waits_below_the_let_in_level_while_others_still_fill_the_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller refused once has its connection held until the queue is below the let-in level
+    (three batches), though the queue has room before that; a caller not refused is queued up
+    to ``max_queue_size`` meanwhile (a burst is absorbed, not refused)."""
+    from modelyard.engine import batcher as batcher_module
+
+    monkeypatch.setattr(batcher_module, "ROOM_WAIT_MAX_S", 60.0)  # only room lets them in here
+    monkeypatch.setattr(batcher_module, "LET_IN_MIN", 1)  # the level: three batches of one request
+    srv = _slow_server(tmp_path, max_queue_size=4)
+    key = srv.admin_key
+    assert srv.platform is not None
+    try:
+        with srv.client() as admin:
+            other_key = admin.post("/api/v1/keys", json={"role": "inference"}).json()["secret"]
+        long_conn = _connect(srv)
+        long_conn.sendall(_slow_request(key, 16))  # computes for about a second
+        _until(lambda: any(m.batchers for m in srv.platform.manager.loaded()))
+        (batcher,) = [b for m in srv.platform.manager.loaded() for b in m.batchers.values()]
+        assert batcher.let_in_level == 3
+        _until(lambda: batcher.in_flight == 1 and batcher.queue_depth == 0)
+        queued = [_connect(srv) for _ in range(4)]
+        for sock in queued:
+            sock.sendall(_slow_request(key, 4))
+        _until(lambda: batcher.full)
+        conn, other = _connect(srv), _connect(srv)
+        reader = _Reader(conn)
+        conn.sendall(_slow_request(key, 1))
+        assert reader.response()[0] == 429
+        conn.sendall(_slow_request(key, 1))  # waits unread
+        _until(lambda: batcher.queue_depth == 3)  # the long one is done: room, at the level
+        assert _waiting_for_room(srv) == 1 and not batcher.full, "held though the queue has room"
+        other.sendall(_slow_request(other_key, 1))  # a caller not refused: queued, over the level
+        _until(lambda: batcher.queue_depth == 4)
+        assert _waiting_for_room(srv) == 1
+        assert _Reader(long_conn).response()[0] == 200
+        for sock in queued:
+            assert _Reader(sock).response()[0] == 200
+        assert reader.response()[0] == 200, "let in once the queue went under the level"
+        assert _Reader(other).response()[0] == 200
+        assert _waiting_for_room(srv) == 0
+        for sock in (long_conn, *queued, conn, other):
+            sock.close()
+        with srv.client() as client:
+            text = client.get("/metrics").text
+        from tests.integration._serving import metric
+
+        assert metric(text, "modelyard_rejections_total", model="slow", reason="queue_full") == 1
     finally:
         srv.stop()
 
