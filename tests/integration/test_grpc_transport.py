@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -181,6 +181,67 @@ def test_a_full_queue_is_resource_exhausted_with_retry_after(server: LiveServer)
         assert int(retry_after) >= 1
         long.result(timeout=60)
         queued.result(timeout=60)
+
+
+def _until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.002)
+
+
+def test_a_refused_callers_next_calls_are_refused_undecoded_and_its_connection_waits_for_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After RESOURCE_EXHAUSTED, the same caller's next calls for that model are refused before
+    their message is decoded (one that is not a valid message past its model name still gets
+    RESOURCE_EXHAUSTED, with the same retry-after), and its connection is not read until the
+    queue has room: the call it sends meanwhile waits, then is served. Another caller's calls
+    are decoded as usual. Every refusal is counted."""
+    from modelyard.engine import batcher as batcher_module
+
+    monkeypatch.setattr(batcher_module, "ROOM_WAIT_MAX_S", 60.0)  # only room lets it in here
+    srv = LiveServer.build(tmp_path / "home", grpc_enabled=True).start()
+    register(srv, "tight", slow_model(tmp_path / "tight.onnx", 160_000),
+             config={"serving": {"batching": False, "max_queue_size": 1}})
+    assert srv.platform is not None
+    try:
+        with srv.client() as admin:
+            other = admin.post("/api/v1/keys", json={"role": "inference"}).json()["secret"]
+        undecodable = b"\x0a\x05tight\xff\xff\xff"  # the model's name, then not a message
+        with grpc.insecure_channel(srv.grpc_url) as channel, grpc.insecure_channel(srv.grpc_url) as second:
+            call, meta = _call(channel), _metadata(srv)
+            long = call.future(_infer_request("tight", np.zeros((16, SLOW_WIDTH), np.float32)), metadata=meta)
+            _until(lambda: any(m.batchers for m in srv.platform.manager.loaded()))
+            (batcher,) = [b for m in srv.platform.manager.loaded() for b in m.batchers.values()]
+            _until(lambda: batcher.in_flight == 1 and batcher.queue_depth == 0)
+            queued = call.future(_infer_request("tight", np.zeros((1, SLOW_WIDTH), np.float32)), metadata=meta)
+            _until(lambda: batcher.full)
+            refused = call.future(_infer_request("tight", np.zeros((1, SLOW_WIDTH), np.float32)), metadata=meta)
+            first = refused.exception(timeout=30)
+            assert isinstance(first, grpc.RpcError) and first.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            with pytest.raises(grpc.RpcError) as info:
+                _call(second)(undecodable, metadata=(("authorization", f"Bearer {other}"),), timeout=30)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, "another caller is decoded"
+            with pytest.raises(grpc.RpcError) as info:
+                call(undecodable, metadata=meta, timeout=30)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, "refused before decoding"
+            assert dict(info.value.trailing_metadata() or ())["retry-after"] == \
+                dict(first.trailing_metadata() or ())["retry-after"]
+            assert batcher.waiting_for_room == 1, "the refused connection is not read"
+            waiting = call.future(_infer_request("tight", np.ones((1, SLOW_WIDTH), np.float32)), metadata=meta)
+            time.sleep(0.2)
+            assert not waiting.done() and batcher.full, "its call waits unread while the queue is full"
+            long.result(timeout=60)
+            queued.result(timeout=60)
+            assert len(waiting.result(timeout=60).raw_output_contents) == 1, "read and served once there is room"
+            assert batcher.waiting_for_room == 0
+        with srv.client() as client:
+            text = client.get("/metrics").text
+        assert metric(text, "modelyard_rejections_total", model="tight", reason="queue_full") == 2
+        assert metric(text, "modelyard_inference_errors_total", model="tight", code="queue_full") == 2
+    finally:
+        srv.stop()
 
 
 def test_unparsable_message_is_invalid_argument(server: LiveServer) -> None:

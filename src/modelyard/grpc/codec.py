@@ -42,6 +42,7 @@ __all__ = [
     "RawMessage",
     "EncodedMessage",
     "infer_call",
+    "call_target",
     "encode_response",
     "stream_response",
     "request_from_proto",
@@ -89,6 +90,36 @@ class RawMessage:
 
     def __init__(self, data: bytes) -> None:
         self.data = data
+
+
+def call_target(data: bytes, start: int = 0) -> tuple[str, str] | None:
+    """``(model_name, model_version)`` of the serialized ``ModelInferRequest`` in ``data`` from
+    ``start``, read off its first fields without decoding the message (protobuf encoders write
+    fields in number order, and these are fields 1 and 2; an empty version is left out). ``None``
+    when the message does not start with them: the caller then decodes it as usual."""
+    found: list[str] = []
+    pos, end = start, len(data)
+    for tag in (0x0A, 0x12):  # field 1 and field 2, length-delimited
+        if pos >= end or data[pos] != tag:
+            break
+        length, shift, pos = 0, 0, pos + 1
+        while pos < end and data[pos] & 0x80 and shift < 28:
+            length |= (data[pos] & 0x7F) << shift
+            shift, pos = shift + 7, pos + 1
+        if pos >= end or data[pos] & 0x80:
+            return None
+        length |= data[pos] << shift
+        pos += 1
+        if pos + length > end:
+            return None
+        try:
+            found.append(data[pos : pos + length].decode())
+        except UnicodeDecodeError:
+            return None
+        pos += length
+    if not found:
+        return None
+    return found[0], found[1] if len(found) > 1 else ""
 
 
 class InferCall:

@@ -43,7 +43,7 @@ from urllib.parse import quote
 import grpc
 import hpack
 
-__all__ = ["Http2GrpcServer", "UnaryHandler", "StreamHandler", "CallContext", "GrpcAbort"]
+__all__ = ["Http2GrpcServer", "UnaryHandler", "StreamHandler", "Screen", "Refusal", "CallContext", "GrpcAbort"]
 
 log = logging.getLogger("modelyard.grpc")
 
@@ -64,6 +64,9 @@ _STOPPING = "the server is stopping: request messages not answered on this strea
 UnaryHandler = tuple[Callable[[bytes], Any], Callable[[Any, "CallContext"], Awaitable[Any]]]
 #: the same, called for every request message of a stream: its answer message
 StreamHandler = UnaryHandler
+#: ``(metadata, the gRPC-framed request message) -> refusal or None``: a unary call's screen,
+#: asked before a task is made or the message is decoded (see :class:`Refusal`)
+Screen = Callable[[tuple[tuple[str, str], ...], bytes], "Refusal | None"]
 
 
 def _int(value: int, prefix: int, flags: int) -> bytes:
@@ -124,6 +127,33 @@ class GrpcAbort(Exception):
         self.code, self.details = code, details
 
 
+class Refusal:
+    """The answer to a call refused by a :data:`Screen`: a status and its trailing metadata,
+    encoded once however many calls it answers (a flood is answered with the same object).
+
+    ``wait``: when given, the connection is not read after the refusal until ``wait`` calls back
+    (``wait(resume)``; ``resume()`` returns False when the connection has gone): its next
+    frames wait in the client's socket, TCP backpressure, instead of each costing a refusal."""
+
+    __slots__ = ("code", "details", "trailing", "wait", "_block")
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        trailing: Iterable[tuple[str, str]] = (),
+        wait: Callable[[Callable[[], bool]], None] | None = None,
+    ) -> None:
+        self.code, self.details, self.trailing, self.wait = code, details, tuple(trailing), wait
+        self._block: bytes | None = None
+
+    def block(self) -> bytes:
+        """The trailers-only header block that answers a refused call."""
+        if self._block is None:
+            self._block = _RESPONSE_HEADERS + _status_block(self.code, self.details, self.trailing)
+        return self._block
+
+
 class CallContext:
     """What a servicer method sees of its call (the subset of ``grpc.aio.ServicerContext`` the
     servicers here use): metadata in, trailing metadata out, and ``abort``."""
@@ -148,11 +178,11 @@ class _Head:
     """A request's header block, decoded, with what a call derives from it (made once per
     distinct block on a connection while the HPACK table is unchanged)."""
 
-    __slots__ = ("headers", "handler", "streaming", "metadata", "timeout", "encoding")
+    __slots__ = ("headers", "handler", "streaming", "screen", "metadata", "timeout", "encoding")
 
     def __init__(self, headers: list[tuple[bytes, bytes]], server: Http2GrpcServer) -> None:
         self.headers = headers
-        self.handler, self.streaming = server.handler_for(headers)
+        self.handler, self.streaming, self.screen = server.handler_for(headers)
         metadata: list[tuple[str, str]] = []
         self.timeout: float | None = None
         self.encoding = b"identity"
@@ -218,6 +248,7 @@ class _Connection(asyncio.Protocol):
         self.closing = False  # no new streams (either side sent GOAWAY)
         self.stopping = False  # this server sent it: open streams end once their messages are answered
         self.out: list[bytes] = []
+        self.held = False  # not read until a refusal's wait calls back (see Refusal)
 
     # -- connection ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -280,6 +311,16 @@ class _Connection(asyncio.Protocol):
             if self.transport is None:
                 return
         self.buf = buf[pos:]
+
+    def _resume(self) -> bool:
+        """A refusal's wait is over: read the connection again (False: it has gone)."""
+        if not self.held:
+            return False
+        self.held = False
+        if self.transport is None or self.transport.is_closing():
+            return False
+        self.transport.resume_reading()
+        return True
 
     def _fail(self, code: int) -> None:
         if self.transport is not None:
@@ -465,7 +506,25 @@ class _Connection(asyncio.Protocol):
             return
         body = stream.chunks[0] if len(stream.chunks) == 1 else b"".join(stream.chunks)
         stream.chunks = []
+        if self._refused(stream, body):
+            return  # answered here: no task, the message is not decoded
         stream.task = self.loop.create_task(self._call(stream, body))
+
+    def _refused(self, stream: _Stream, body: bytes) -> bool:
+        """Ask the call's screen (if any); True when it refused the call, which is answered."""
+        head = stream.head
+        if head is None or head.screen is None or head.encoding != b"identity":
+            return False
+        refusal = head.screen(head.metadata, body)
+        if refusal is None:
+            return False
+        stream.ended = True
+        self._answer_block(stream, refusal.block())
+        if refusal.wait is not None and not self.held and not self.closing and self.transport is not None:
+            self.held = True
+            self.transport.pause_reading()
+            refusal.wait(self._resume)
+        return True
 
     async def _call(self, stream: _Stream, body: bytes) -> None:
         head = stream.head
@@ -477,6 +536,8 @@ class _Connection(asyncio.Protocol):
         if len(body) < 5 or body[0] != 0 or int.from_bytes(body[1:5], "big") != len(body) - 5:
             self._answer_error(stream, grpc.StatusCode.INTERNAL, "the request is not one uncompressed gRPC message")
             return
+        if self._refused(stream, body):
+            return  # calls read together passed the screen together; those ahead may have filled the queue
         context = CallContext(head.metadata)
         if head.timeout is not None:
             task = asyncio.current_task()
@@ -600,10 +661,14 @@ class _Connection(asyncio.Protocol):
         after a stream's answers so far; the rest of the stream is cancelled)."""
         if stream.answered or self.transport is None:
             return
-        stream.answered = True
         block = _status_block(code, details, trailing)
-        if not stream.started:
-            block = _RESPONSE_HEADERS + block
+        self._answer_block(stream, block if stream.started else _RESPONSE_HEADERS + block)
+
+    def _answer_block(self, stream: _Stream, block: bytes) -> None:
+        """End ``stream`` with the trailers (or trailers-only answer) ``block``."""
+        if stream.answered or self.transport is None:
+            return
+        stream.answered = True
         out = _frame(_HEADERS, _END_HEADERS | _END_STREAM, stream.id, block)
         if stream.task is None and not stream.ended:  # answered before the request ended: the rest is not wanted
             out += _frame(_RST, 0, stream.id, _NO_ERROR.to_bytes(4, "big"))
@@ -671,7 +736,8 @@ class _Connection(asyncio.Protocol):
 class Http2GrpcServer:
     """A gRPC server on the running loop. ``handlers`` maps a method path
     (``/package.Service/Method``) to its :data:`UnaryHandler`, ``streams`` a bidirectional
-    streaming method's path to its :data:`StreamHandler`."""
+    streaming method's path to its :data:`StreamHandler`, ``screens`` a unary method's path to
+    its :data:`Screen`."""
 
     def __init__(
         self,
@@ -679,19 +745,23 @@ class Http2GrpcServer:
         *,
         max_message_bytes: int,
         streams: dict[str, StreamHandler] | None = None,
+        screens: dict[str, Screen] | None = None,
     ) -> None:
-        self._handlers = {path.encode(): (handler, False) for path, handler in handlers.items()}
-        self._handlers.update({path.encode(): (handler, True) for path, handler in (streams or {}).items()})
+        screens = screens or {}
+        self._handlers: dict[bytes, tuple[UnaryHandler | None, bool, Screen | None]] = {
+            path.encode(): (handler, False, screens.get(path)) for path, handler in handlers.items()
+        }
+        self._handlers.update({path.encode(): (handler, True, None) for path, handler in (streams or {}).items()})
         self.max_message_bytes = max_message_bytes
         self.connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
 
-    def handler_for(self, headers: list[tuple[bytes, bytes]]) -> tuple[UnaryHandler | None, bool]:
-        """The handler of a call's ``:path`` and whether it is a stream's."""
+    def handler_for(self, headers: list[tuple[bytes, bytes]]) -> tuple[UnaryHandler | None, bool, Screen | None]:
+        """The handler of a call's ``:path``, whether it is a stream's, and its screen."""
         for key, value in headers:
             if key == b":path":
-                return self._handlers.get(value, (None, False))
-        return None, False
+                return self._handlers.get(value, (None, False, None))
+        return None, False, None
 
     async def start(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None) -> None:
         loop = asyncio.get_running_loop()

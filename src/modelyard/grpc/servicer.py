@@ -10,33 +10,43 @@ in ``error_message`` and the stream goes on, as Triton does; a missing or bad ke
 with ``UNAUTHENTICATED``. On the native transport the messages of a stream run concurrently (they
 are batched like separate calls) and answers leave in completion order, matched by their ``id``;
 on the grpcio transport they are answered one after another.
+
+Overload. After a ``ModelInfer`` call got ``RESOURCE_EXHAUSTED`` (its model's queue full), the same
+caller's next calls for that model are refused by :meth:`InferenceServicer.screen` before their
+message is decoded, while the queue stays full (for at most a second at a time), with the same
+status, ``retry-after`` and accounting: on the native transport, without a task or a decode per
+refused call. Without it, a flood of calls costs a decode and a trip to the queue each, and on
+one core the refusals leave next to nothing for the calls that are served (docs/serving.md).
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
+from modelyard.core.inference import QueueGates
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
-from modelyard.errors import ModelYardError, Unauthenticated
+from modelyard.errors import ModelYardError, QueueFull, Unauthenticated
 from modelyard.grpc.codec import (
     EncodedMessage,
     RawMessage,
+    call_target,
     encode_response,
     infer_call,
     response_to_proto,
     stream_response,
 )
-from modelyard.grpc.http2 import Http2GrpcServer, StreamHandler, UnaryHandler
+from modelyard.grpc.http2 import Http2GrpcServer, Refusal, Screen, StreamHandler, UnaryHandler
 from modelyard.grpc.proto import grpc_service_pb2 as pb
 from modelyard.grpc.proto import grpc_service_pb2_grpc as pb_grpc
 
-__all__ = ["InferenceServicer", "status_of", "start_grpc_server", "stream_handlers", "unary_handlers"]
+__all__ = ["InferenceServicer", "status_of", "start_grpc_server", "stream_handlers", "unary_handlers", "screens"]
 
 log = logging.getLogger("modelyard.grpc")
 
@@ -47,6 +57,27 @@ def status_of(exc: ModelYardError) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, exc.grpc_status)
 
 
+def _trailing(exc: ModelYardError) -> tuple[tuple[str, str], ...]:
+    return () if exc.retry_after is None else (("retry-after", str(max(1, round(exc.retry_after)))),)
+
+
+def _authorization(metadata: tuple[tuple[str, str], ...]) -> str | None:
+    for key, value in metadata:
+        if key == "authorization":
+            return str(value)
+    return None
+
+
+def _token(header: str | None) -> str | None:
+    """The key of an ``authorization`` metadata value (``Bearer <key>``)."""
+    if header is None:
+        return None
+    scheme, _, rest = header.partition(" ")
+    if scheme.lower() != "bearer" or not rest.strip():
+        raise Unauthenticated("malformed authorization metadata; expected 'Bearer <key>'")
+    return rest.strip()
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """Thin adapter: decode, authenticate, call the data plane, encode."""
 
@@ -54,16 +85,56 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._platform = platform
         #: return ModelInfer answers already serialized (the native transport takes bytes)
         self._encoded = encoded_responses
+        #: ((model, version), authorization) -> gate, for :meth:`screen`
+        self._gates = QueueGates()
+        self._refusal: tuple[ModelYardError | None, Refusal | None] = (None, None)
 
     async def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
-        token: str | None = None
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                scheme, _, rest = str(value).partition(" ")
-                if scheme.lower() != "bearer" or not rest.strip():
-                    raise Unauthenticated("malformed authorization metadata; expected 'Bearer <key>'")
-                token = rest.strip()
+        token = _token(_authorization(tuple(context.invocation_metadata() or ())))
         return await self._platform.keys.authenticate_async(token)
+
+    def screen(self, metadata: tuple[tuple[str, str], ...], framed: bytes) -> Refusal | None:
+        """A :data:`~modelyard.grpc.http2.Screen` for ``ModelInfer``: the refusal of a call, read
+        off its first bytes, when the same caller (``authorization``) got ``RESOURCE_EXHAUSTED``
+        for the same model and version within the last second and that queue is still full;
+        else ``None`` (the call is decoded and run as usual). A key revoked since is
+        authenticated again rather than refused from here."""
+        if not self._gates:
+            return None
+        target = call_target(framed, 5)
+        if target is None:
+            return None
+        authorization = _authorization(metadata)
+        gate = self._gates.get((target, authorization), time.monotonic())
+        if gate is None:
+            return None
+        try:
+            token = _token(authorization)
+        except Unauthenticated:
+            return None
+        if token is None or not self._platform.keys.remembers(token):
+            return None
+        refused = gate.refusal()
+        if refused is None:
+            return None
+        last, refusal = self._refusal
+        if last is not refused or refusal is None:  # a gate answers 32 refusals with one error
+            refusal = Refusal(status_of(refused), refused.public_message, _trailing(refused), gate.when_room)
+            self._refusal = (refused, refusal)
+        return refusal
+
+    def _remember_gate(self, principal: Principal, request: Any, context: grpc.aio.ServicerContext) -> None:
+        """After a call's ``RESOURCE_EXHAUSTED``: screen the same caller's next calls for that model."""
+        if isinstance(request, RawMessage):
+            target = call_target(request.data)
+        else:
+            target = (request.model_name, request.model_version)
+        if target is None:
+            return
+        gate = self._platform.dataplane.queue_gate(principal, target[0], target[1] or None)
+        if gate is not None:
+            authorization = _authorization(tuple(context.invocation_metadata() or ()))
+            self._gates.put((target, authorization), gate, time.monotonic())
 
     async def _guard(self, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -72,7 +143,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if exc.http_status >= 500:
                 log.error("gRPC call failed: %s", exc.message, exc_info=exc)
             if exc.retry_after is not None:
-                context.set_trailing_metadata((("retry-after", str(max(1, round(exc.retry_after)))),))
+                context.set_trailing_metadata(_trailing(exc))
             await context.abort(status_of(exc), exc.public_message)
         except Exception:
             log.exception("unhandled error in gRPC call")
@@ -115,7 +186,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
-            return await self._infer(await self._principal(context), request)
+            principal = await self._principal(context)
+            try:
+                return await self._infer(principal, request)
+            except QueueFull:
+                self._remember_gate(principal, request, context)
+                raise
 
         return await self._guard(context, work)
 
@@ -173,6 +249,12 @@ def stream_handlers(servicer: InferenceServicer) -> dict[str, StreamHandler]:
     return {f"/{service.full_name}/ModelStreamInfer": (RawMessage, servicer.stream_infer)}
 
 
+def screens(servicer: InferenceServicer) -> dict[str, Screen]:
+    """``ModelInfer``'s screen for the native transport (see :meth:`InferenceServicer.screen`)."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    return {f"/{service.full_name}/ModelInfer": servicer.screen}
+
+
 async def start_grpc_server(platform: Platform, host: str, port: int) -> Http2GrpcServer | grpc.aio.Server:
     """Start the gRPC server on the running event loop: this package's HTTP/2 transport
     (``grpc_transport = "native"``, the default) or grpcio's ``grpc.aio`` server."""
@@ -190,6 +272,7 @@ async def start_grpc_server(platform: Platform, host: str, port: int) -> Http2Gr
         native = Http2GrpcServer(
             unary_handlers(servicer),
             streams=stream_handlers(servicer),
+            screens=screens(servicer),
             max_message_bytes=settings.max_request_bytes,
         )
         try:

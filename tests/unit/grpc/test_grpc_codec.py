@@ -11,6 +11,7 @@ import pytest
 
 from modelyard.errors import InvalidInput
 from modelyard.grpc.codec import (
+    call_target,
     parameters_from_proto,
     parameters_to_proto,
     request_from_proto,
@@ -313,3 +314,19 @@ def test_raw_numeric_input_decodes_without_extra_copies() -> None:
     got = request_from_proto(with_raw(request(shape=(4, 4)), data.tobytes()))
     assert_same(got.inputs[0].data, data.reshape(4, 4))
     assert not got.inputs[0].data.flags.writeable
+
+
+@pytest.mark.parametrize("name, version", [("tiny", ""), ("tiny", "3"), ("é" * 100, "12")])
+def test_call_target_reads_the_model_off_the_first_fields(name: str, version: str) -> None:
+    message = pb.ModelInferRequest(model_name=name, model_version=version, id="x")
+    message.raw_input_contents.append(b"\0" * 16)
+    data = message.SerializeToString()
+    assert call_target(data) == (name, version)
+    assert call_target(b"\0\0\0\0\0" + data, 5) == (name, version), "after the gRPC frame prefix"
+
+
+@pytest.mark.parametrize("data", [
+    b"", pb.ModelInferRequest(id="x").SerializeToString(), b"\x0a\x05ab", b"\x0a\xff", b"\x0a\x02\xff\xfe",
+])
+def test_call_target_is_none_unless_the_message_starts_with_a_model_name(data: bytes) -> None:
+    assert call_target(data) is None
