@@ -13,7 +13,8 @@ Figures (each printed with its ratio):
 5. overload: open-loop at 3x the measured capacity for ``--overload-seconds`` over up to 1,024
    connections: status codes, goodput / capacity (measured just before and after), server memory
    growth, and how long p99 takes to come back afterwards; for reference, a closed loop over
-   1,024 connections.
+   1,024 connections; then the same over gRPC with h2load (128 connections of 32 streams), the
+   outcome of every call taken from the server's counters.
 
 The load generator speaks HTTP/1.1 over raw keep-alive sockets (pre-built requests, Triton's
 binary tensor extension) so that it is not the bottleneck.
@@ -201,15 +202,19 @@ def grpc_frame(key: str, name: str, x: np.ndarray) -> bytes:
     return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
-def h2load_grpc(port: int, key: str, name: str, x: np.ndarray, clients: int, seconds: float, folder: Path) -> Result:
+def h2load_grpc(port: int, key: str, name: str, x: np.ndarray, clients: int, seconds: float, folder: Path,
+                *, conns: int | None = None, rps_per_conn: int | None = None) -> Result:
     """Closed loop with ``h2load`` (C, nghttp2): ``clients`` concurrent gRPC ``ModelInfer`` calls
-    (8 streams on each of clients/8 HTTP/2 connections). h2load sees HTTP statuses only, so the
-    gRPC outcome is checked on the server's counters (see ``main``)."""
+    (8 streams on each of clients/8 HTTP/2 connections, or ``conns`` connections). With
+    ``rps_per_conn`` each connection starts that many calls a second at most: an open loop as
+    long as streams are free. h2load sees HTTP statuses only, so the gRPC outcome is checked on
+    the server's counters (see ``main`` and ``grpc_overload``)."""
     data = folder / "grpc-request.bin"
     data.write_bytes(grpc_frame(key, name, x))
-    conns = max(1, clients // 8)
+    conns = conns or max(1, clients // 8)
+    rate = ["--rps", str(rps_per_conn)] if rps_per_conn else []
     out = subprocess.run(
-        ["taskset", "-c", str(CLIENT_CORE), "h2load", "-c", str(conns), "-m", str(clients // conns),
+        ["taskset", "-c", str(CLIENT_CORE), "h2load", "-c", str(conns), "-m", str(clients // conns), *rate,
          "-D", f"{seconds:g}", "-d", str(data), "-H", "content-type: application/grpc", "-H", "te: trailers",
          "-H", f"authorization: Bearer {key}",
          f"http://127.0.0.1:{port}/inference.GRPCInferenceService/ModelInfer"],
@@ -471,12 +476,48 @@ def start_plain(source: str, tmp: Path, model: Path, port: int) -> subprocess.Po
 
 
 def server_counter(url: str, key: str, name: str, **labels: str) -> float:
+    return sum(server_counters(url, key, name, "", **labels).values())
+
+
+def server_counters(url: str, key: str, name: str, by: str, **labels: str) -> Counter[str]:
+    """A counter's samples that match ``labels``, summed by the value of label ``by``."""
     text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"}).text
-    total = 0.0
+    totals: Counter[str] = Counter()
     for line in text.splitlines():
         if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+            found = re.search(f'{by}="([^"]*)"', line) if by else None
+            totals[found.group(1) if found else ""] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+#: the gRPC open loop: connections, and streams on each (h2load starts calls on free streams only)
+GRPC_OVERLOAD_CONNS, GRPC_OVERLOAD_STREAMS = 128, 32
+
+
+def grpc_overload(url: str, port: int, key: str, x: np.ndarray, clients: int, seconds: float, folder: Path) -> None:
+    """h2load at 3x the gRPC capacity (measured just before and after, ``clients`` calls in
+    flight, 5 s each) over 128 connections of 32 streams for ``seconds``; the outcome of every
+    call from the server's counters: served = answered - errors."""
+    before = h2load_grpc(port, key, "tiny", x, clients, 5.0, folder).rps
+    errors_before = server_counters(url, key, "modelyard_inference_errors_total", "code", model="tiny")
+    conns = GRPC_OVERLOAD_CONNS
+    over = h2load_grpc(port, key, "tiny", x, conns * GRPC_OVERLOAD_STREAMS, seconds, folder,
+                       conns=conns, rps_per_conn=int(3 * before / conns))
+    errors = server_counters(url, key, "modelyard_inference_errors_total", "code", model="tiny")
+    errors.subtract(errors_before)
+    errors = +errors  # codes that grew
+    capacity = (before + h2load_grpc(port, key, "tiny", x, clients, 5.0, folder).rps) / 2
+    answered = over.statuses[200]
+    served = answered - sum(errors.values())
+    label = "overload tiny gRPC"
+    show(f"{label}: 3x capacity ({3 * before:,.0f}/s) for {seconds:g} s, answered",
+         f"{answered / over.seconds:,.0f}/s (h2load --rps, {conns} connections x {GRPC_OVERLOAD_STREAMS} streams)")
+    show(f"{label}: errors by code (server counters)", str(dict(errors)))
+    # cancelled: the calls in flight when h2load stops (it closes its connections under them)
+    show(f"{label}: only OK / RESOURCE_EXHAUSTED / UNAVAILABLE, or cancelled by h2load at its end (target: yes)",
+         str(set(errors) <= {"queue_full", "unavailable", "cancelled"}))
+    show(f"{label}: goodput / capacity (target >= 0.9)",
+         f"{served / over.seconds / capacity:.2f}  ({served / over.seconds:,.0f} / {capacity:,.0f} calls/s)")
 
 
 def overload(model: str, port: int, req: Req, closed: Callable[[int, Req, int, float], Result],
@@ -627,6 +668,8 @@ def main() -> None:
 
         for model in ("tiny",) if args.skip_medium else ("medium", "tiny"):
             overload(model, port, req[model], closed, args.overload_seconds, server.pid, c)
+        if use_h2load:
+            grpc_overload(url, grpc_port, key, x_tiny, c, args.overload_seconds, tmp)
     finally:
         if plain is not None:
             plain.terminate()
