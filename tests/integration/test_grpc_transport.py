@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -20,7 +20,7 @@ import tritonclient.grpc as grpcclient
 from modelyard.grpc.proto import grpc_service_pb2 as pb
 from tests.integration._serving import SLOW_WIDTH, metric, register, scale_model, slow_model
 from tests.integration.onnx_models import identity_model
-from tests.support.live import LiveServer
+from tests.support.live import LiveServer, wait_until
 
 _SERVICE = "/inference.GRPCInferenceService/"
 
@@ -183,13 +183,6 @@ def test_a_full_queue_is_resource_exhausted_with_retry_after(server: LiveServer)
         queued.result(timeout=60)
 
 
-def _until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.002)
-
-
 def test_a_refused_callers_next_calls_are_refused_undecoded_and_its_connection_waits_for_room(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -212,11 +205,11 @@ def test_a_refused_callers_next_calls_are_refused_undecoded_and_its_connection_w
         with grpc.insecure_channel(srv.grpc_url) as channel, grpc.insecure_channel(srv.grpc_url) as second:
             call, meta = _call(channel), _metadata(srv)
             long = call.future(_infer_request("tight", np.zeros((16, SLOW_WIDTH), np.float32)), metadata=meta)
-            _until(lambda: any(m.batchers for m in srv.platform.manager.loaded()))
+            wait_until(lambda: any(m.batchers for m in srv.platform.manager.loaded()))
             (batcher,) = [b for m in srv.platform.manager.loaded() for b in m.batchers.values()]
-            _until(lambda: batcher.in_flight == 1 and batcher.queue_depth == 0)
+            wait_until(lambda: batcher.in_flight == 1 and batcher.queue_depth == 0)
             queued = call.future(_infer_request("tight", np.zeros((1, SLOW_WIDTH), np.float32)), metadata=meta)
-            _until(lambda: batcher.full)
+            wait_until(lambda: batcher.full)
             refused = call.future(_infer_request("tight", np.zeros((1, SLOW_WIDTH), np.float32)), metadata=meta)
             first = refused.exception(timeout=30)
             assert isinstance(first, grpc.RpcError) and first.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from modelyard.core.demo import DEMO_MODEL
-from tests.support.live import LiveServer
+from tests.support.live import LiveServer, wait_until
 
 _SAMPLE = [float(v) for v in np.arange(64) % 16]
 
@@ -262,15 +262,6 @@ def test_a_full_queue_refuses_unread_and_holds_the_refused_connections(
         srv.stop()
 
 
-def _until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.002)
-
-
 def test_a_refused_caller_waits_below_the_let_in_level_while_others_still_fill_the_queue(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -289,23 +280,23 @@ def test_a_refused_caller_waits_below_the_let_in_level_while_others_still_fill_t
             other_key = admin.post("/api/v1/keys", json={"role": "inference"}).json()["secret"]
         long_conn = _connect(srv)
         long_conn.sendall(_slow_request(key, 16))  # computes for about a second
-        _until(lambda: any(m.batchers for m in srv.platform.manager.loaded()))
+        wait_until(lambda: any(m.batchers for m in srv.platform.manager.loaded()))
         (batcher,) = [b for m in srv.platform.manager.loaded() for b in m.batchers.values()]
         assert batcher.let_in_level == 3
-        _until(lambda: batcher.in_flight == 1 and batcher.queue_depth == 0)
+        wait_until(lambda: batcher.in_flight == 1 and batcher.queue_depth == 0)
         queued = [_connect(srv) for _ in range(4)]
         for sock in queued:
             sock.sendall(_slow_request(key, 4))
-        _until(lambda: batcher.full)
+        wait_until(lambda: batcher.full)
         conn, other = _connect(srv), _connect(srv)
         reader = _Reader(conn)
         conn.sendall(_slow_request(key, 1))
         assert reader.response()[0] == 429
         conn.sendall(_slow_request(key, 1))  # waits unread
-        _until(lambda: batcher.queue_depth == 3)  # the long one is done: room, at the level
+        wait_until(lambda: batcher.queue_depth == 3)  # the long one is done: room, at the level
         assert _waiting_for_room(srv) == 1 and not batcher.full, "held though the queue has room"
         other.sendall(_slow_request(other_key, 1))  # a caller not refused: queued, over the level
-        _until(lambda: batcher.queue_depth == 4)
+        wait_until(lambda: batcher.queue_depth == 4)
         assert _waiting_for_room(srv) == 1
         assert _Reader(long_conn).response()[0] == 200
         for sock in queued:

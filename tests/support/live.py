@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -22,13 +23,21 @@ from modelyard.config import Settings
 from modelyard.core.platform import Platform
 from modelyard.server import build_http_server, prepare_platform, run_on_fast_loop, serve_async
 
-__all__ = ["LiveServer", "free_port", "make_admin_key", "ServerProcess"]
+__all__ = ["LiveServer", "free_port", "make_admin_key", "ServerProcess", "wait_until"]
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``cond`` (a server's state, read from the test's thread) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.002)
 
 
 def make_admin_key() -> str:
