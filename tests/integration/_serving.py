@@ -87,6 +87,14 @@ def output(body: dict[str, Any], name: str = "y") -> np.ndarray:
     raise KeyError(name)
 
 
+def queue_full_refusals(server: LiveServer, model: str) -> tuple[float, float]:
+    """A model's refusals for a full queue on the server's /metrics: (rejections, errors)."""
+    with server.client() as client:
+        text = client.get("/metrics").text
+    return (metric(text, "modelyard_rejections_total", model=model, reason="queue_full"),
+            metric(text, "modelyard_inference_errors_total", model=model, code="queue_full"))
+
+
 def metric(text: str, name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels`` in a /metrics text."""
     total = 0.0

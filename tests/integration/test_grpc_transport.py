@@ -18,7 +18,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from modelyard.grpc.proto import grpc_service_pb2 as pb
-from tests.integration._serving import SLOW_WIDTH, metric, register, scale_model, slow_model
+from tests.integration._serving import SLOW_WIDTH, metric, queue_full_refusals, register, scale_model, slow_model
 from tests.integration.onnx_models import identity_model
 from tests.support.live import LiveServer, wait_until
 
@@ -204,7 +204,7 @@ def test_a_refused_callers_next_calls_are_refused_undecoded_and_its_connection_w
         undecodable = b"\x0a\x05tight\xff\xff\xff"  # the model's name, then not a message
         with grpc.insecure_channel(srv.grpc_url) as channel, grpc.insecure_channel(srv.grpc_url) as second:
             call, meta = _call(channel), _metadata(srv)
-            long = call.future(_infer_request("tight", np.zeros((16, SLOW_WIDTH), np.float32)), metadata=meta)
+            long = call.future(_infer_request("tight", np.zeros((64, SLOW_WIDTH), np.float32)), metadata=meta)
             wait_until(lambda: any(m.batchers for m in srv.platform.manager.loaded()))
             (batcher,) = [b for m in srv.platform.manager.loaded() for b in m.batchers.values()]
             wait_until(lambda: batcher.in_flight == 1 and batcher.queue_depth == 0)
@@ -229,10 +229,7 @@ def test_a_refused_callers_next_calls_are_refused_undecoded_and_its_connection_w
             queued.result(timeout=60)
             assert len(waiting.result(timeout=60).raw_output_contents) == 1, "read and served once there is room"
             assert batcher.waiting_for_room == 0
-        with srv.client() as client:
-            text = client.get("/metrics").text
-        assert metric(text, "modelyard_rejections_total", model="tight", reason="queue_full") == 2
-        assert metric(text, "modelyard_inference_errors_total", model="tight", code="queue_full") == 2
+        assert queue_full_refusals(srv, "tight") == (2, 2)
     finally:
         srv.stop()
 

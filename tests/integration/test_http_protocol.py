@@ -252,12 +252,9 @@ def test_a_full_queue_refuses_unread_and_holds_the_refused_connections(
         assert reader.response()[0] == 200
         for sock in (long_conn, queued_conn, conn, malformed, again):
             sock.close()
-        with srv.client() as client:
-            text = client.get("/metrics").text
-        from tests.integration._serving import metric
+        from tests.integration._serving import queue_full_refusals
 
-        assert metric(text, "modelyard_rejections_total", model="slow", reason="queue_full") == 3
-        assert metric(text, "modelyard_inference_errors_total", model="slow", code="queue_full") == 3
+        assert queue_full_refusals(srv, "slow") == (3, 3)
     finally:
         srv.stop()
 
@@ -278,15 +275,17 @@ def test_a_refused_caller_waits_below_the_let_in_level_while_others_still_fill_t
     try:
         with srv.client() as admin:
             other_key = admin.post("/api/v1/keys", json={"role": "inference"}).json()["secret"]
+        # The load comes from another caller, never refused: only the refused caller's own
+        # connections are held (each of them, once answered, while the queue is at the level).
         long_conn = _connect(srv)
-        long_conn.sendall(_slow_request(key, 16))  # computes for about a second
+        long_conn.sendall(_slow_request(other_key, 16))  # computes for about a second
         wait_until(lambda: any(m.batchers for m in srv.platform.manager.loaded()))
         (batcher,) = [b for m in srv.platform.manager.loaded() for b in m.batchers.values()]
         assert batcher.let_in_level == 3
         wait_until(lambda: batcher.in_flight == 1 and batcher.queue_depth == 0)
         queued = [_connect(srv) for _ in range(4)]
         for sock in queued:
-            sock.sendall(_slow_request(key, 4))
+            sock.sendall(_slow_request(other_key, 4))
         wait_until(lambda: batcher.full)
         conn, other = _connect(srv), _connect(srv)
         reader = _Reader(conn)
@@ -295,7 +294,7 @@ def test_a_refused_caller_waits_below_the_let_in_level_while_others_still_fill_t
         conn.sendall(_slow_request(key, 1))  # waits unread
         wait_until(lambda: batcher.queue_depth == 3)  # the long one is done: room, at the level
         assert _waiting_for_room(srv) == 1 and not batcher.full, "held though the queue has room"
-        other.sendall(_slow_request(other_key, 1))  # a caller not refused: queued, over the level
+        other.sendall(_slow_request(other_key, 1))  # the caller not refused: queued, over the level
         wait_until(lambda: batcher.queue_depth == 4)
         assert _waiting_for_room(srv) == 1
         assert _Reader(long_conn).response()[0] == 200
@@ -306,11 +305,9 @@ def test_a_refused_caller_waits_below_the_let_in_level_while_others_still_fill_t
         assert _waiting_for_room(srv) == 0
         for sock in (long_conn, *queued, conn, other):
             sock.close()
-        with srv.client() as client:
-            text = client.get("/metrics").text
-        from tests.integration._serving import metric
+        from tests.integration._serving import queue_full_refusals
 
-        assert metric(text, "modelyard_rejections_total", model="slow", reason="queue_full") == 1
+        assert queue_full_refusals(srv, "slow") == (1, 1)
     finally:
         srv.stop()
 
