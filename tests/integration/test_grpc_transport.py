@@ -234,6 +234,52 @@ def test_a_refused_callers_next_calls_are_refused_undecoded_and_its_connection_w
         srv.stop()
 
 
+def test_a_revoked_callers_calls_are_authenticated_again_not_screened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller screened after RESOURCE_EXHAUSTED, once its key is revoked, is authenticated
+    again: UNAUTHENTICATED, not the remembered refusal."""
+    from modelyard.client import Client
+    from modelyard.core.inference import QueueGates
+    from modelyard.grpc import servicer as servicer_module
+
+    # the gate outlives the revocation's round trips however slow the machine
+    monkeypatch.setattr(servicer_module, "QueueGates", lambda: QueueGates(ttl_s=60.0))
+    srv = LiveServer.build(tmp_path / "home", grpc_enabled=True).start()
+    register(srv, "tight", slow_model(tmp_path / "tight.onnx", 400_000),  # 64 rows: seconds
+             config={"serving": {"batching": False, "max_queue_size": 1}})
+    assert srv.platform is not None
+    try:
+        with Client(url=srv.url, api_key=srv.admin_key) as admin:
+            created = admin.keys.create("inference", name="revoked soon")
+        flood = (("authorization", f"Bearer {created.secret}"),)
+        undecodable = b"\x0a\x05tight\xff\xff\xff"
+        with grpc.insecure_channel(srv.grpc_url) as channel:
+            call = _call(channel)
+            long = call.future(_infer_request("tight", np.zeros((64, SLOW_WIDTH), np.float32)), metadata=_metadata(srv))
+            wait_until(lambda: any(m.batchers for m in srv.platform.manager.loaded()))
+            (batcher,) = [b for m in srv.platform.manager.loaded() for b in m.batchers.values()]
+            wait_until(lambda: batcher.in_flight == 1)
+            queued = call.future(_infer_request("tight", np.zeros((1, SLOW_WIDTH), np.float32)), metadata=_metadata(srv))
+            wait_until(lambda: batcher.full)
+            codes = []
+            for message in (_infer_request("tight", np.zeros((1, SLOW_WIDTH), np.float32)), undecodable):
+                with grpc.insecure_channel(srv.grpc_url) as fresh, pytest.raises(grpc.RpcError) as info:
+                    _call(fresh)(message, metadata=flood, timeout=30)
+                codes.append(info.value.code())
+            assert codes == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2, "the second one from the screen"
+            with Client(url=srv.url, api_key=srv.admin_key) as admin:
+                admin.keys.revoke(created.key.id)
+            assert batcher.full, "the queue is still full: only the revocation stops the screen"
+            with grpc.insecure_channel(srv.grpc_url) as fresh, pytest.raises(grpc.RpcError) as info:
+                _call(fresh)(undecodable, metadata=flood, timeout=30)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            long.result(timeout=60)
+            queued.result(timeout=60)
+    finally:
+        srv.stop()
+
+
 def test_unparsable_message_is_invalid_argument(server: LiveServer) -> None:
     with grpc.insecure_channel(server.grpc_url) as channel:
         with pytest.raises(grpc.RpcError) as info:
