@@ -87,6 +87,11 @@ class ModelYardError(Exception):
         self.retry_after = retry_after
 
     @property
+    def retry_after_header(self) -> str | None:
+        """``retry_after`` as a ``Retry-After`` value (whole seconds, at least 1), if any."""
+        return None if self.retry_after is None else str(max(1, int(round(self.retry_after))))
+
+    @property
     def public_message(self) -> str:
         """The message a caller may see; server errors never leak internals."""
         if self.http_status >= 500 and not isinstance(self, _SafeServerError):

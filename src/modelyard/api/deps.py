@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from modelyard.core.keys import bearer_token
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
-from modelyard.errors import Unauthenticated
 
 __all__ = ["get_platform", "platform_of", "authenticate", "PlatformDep", "PrincipalDep", "bearer_token"]
 
@@ -24,15 +24,6 @@ def platform_of(request: Request) -> Platform:
 async def get_platform(request: Request) -> Platform:
     """Dependency form of :func:`platform_of` (async, so FastAPI runs it without a thread hop)."""
     return platform_of(request)
-
-
-def bearer_token(header: str | None) -> str | None:
-    if not header:
-        return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("malformed Authorization header; expected 'Bearer <key>'")
-    return token.strip()
 
 
 async def authenticate(

@@ -44,8 +44,8 @@ ERROR_SCHEMA: dict[str, Any] = {
 
 def error_response(exc: ModelYardError) -> JSONResponse:
     headers = {}
-    if exc.retry_after is not None:
-        headers["Retry-After"] = str(max(1, int(round(exc.retry_after))))
+    if exc.retry_after_header is not None:
+        headers["Retry-After"] = exc.retry_after_header
     if exc.http_status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(exc.to_body(), status_code=exc.http_status, headers=headers)

@@ -24,7 +24,7 @@ from modelyard.errors import KeyNotFound, Unauthenticated, ValidationFailed
 from modelyard.store.db import Database
 from modelyard.store.tables import ApiKeyRow, TenantRow
 
-__all__ = ["KeyService", "KeyInfo", "hash_key"]
+__all__ = ["KeyService", "KeyInfo", "hash_key", "bearer_token"]
 
 _PREFIX_LEN = 12
 
@@ -78,6 +78,17 @@ def _aware(ts: datetime | None) -> datetime | None:
     if ts is not None and ts.tzinfo is None:
         return ts.replace(tzinfo=timezone.utc)
     return ts
+
+
+def bearer_token(header: str | None, *, source: str = "Authorization header") -> str | None:
+    """The key of a ``Bearer <key>`` value (``None`` when there is none); 401 when malformed.
+    ``source`` names where it came from in the error (a header, gRPC metadata)."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated(f"malformed {source}; expected 'Bearer <key>'")
+    return token.strip()
 
 
 class KeyService:
@@ -190,10 +201,16 @@ class KeyService:
     def invalidate_cache(self) -> None:
         self._async_cache.clear()
 
-    def remembers(self, secret: str) -> bool:
-        """Whether ``secret`` was authenticated here and not forgotten since (a revocation, or
-        any change to keys, forgets them all at once)."""
-        return self._async_cache.peek(secret) is not None
+    def remembers(self, authorization: str | None) -> bool:
+        """Whether the key of an ``Authorization``-style value (``Bearer <key>``) was
+        authenticated here and not forgotten since (a revocation, or any change to keys, forgets
+        them all at once). False for a missing or malformed value. For answers made from memory
+        of a caller (overload gates): a key revoked since is authenticated again."""
+        try:
+            secret = bearer_token(authorization)
+        except Unauthenticated:
+            return False
+        return secret is not None and self._async_cache.peek(secret) is not None
 
     async def authenticate_async(self, secret: str | None) -> Principal:
         """:meth:`authenticate` for the event loop: answered from memory while a key's entry is

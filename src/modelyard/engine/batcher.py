@@ -162,9 +162,10 @@ class DynamicBatcher:
     beyond that ``submit`` raises :class:`QueueFull` at once, with ``retry_after`` estimated from
     recent batch times. Transports waiting for room (:meth:`when_room`) are let in only while
     the queue is below :attr:`let_in_level`. ``executor`` runs ``predict``; when omitted the
-    batcher owns a thread pool of ``instances`` threads and shuts it down in :meth:`close`. ``inline_below_s``: batches
-    expected to compute in less than this run on the event loop (0: never); only for a
-    ``predict`` that computes in this process (never one that waits on another process).
+    batcher owns a thread pool of ``instances`` threads and shuts it down in :meth:`close`.
+    ``inline_below_s``: batches expected to compute in less than this run on the event loop (0:
+    never); only for a ``predict`` that computes in this process (never one that waits on
+    another process).
     """
 
     def __init__(

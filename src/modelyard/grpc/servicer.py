@@ -30,9 +30,10 @@ from typing import Any, TypeVar
 import grpc
 
 from modelyard.core.inference import QueueGates
+from modelyard.core.keys import bearer_token
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
-from modelyard.errors import ModelYardError, QueueFull, Unauthenticated
+from modelyard.errors import ModelYardError, QueueFull
 from modelyard.grpc.codec import (
     EncodedMessage,
     RawMessage,
@@ -58,7 +59,7 @@ def status_of(exc: ModelYardError) -> grpc.StatusCode:
 
 
 def _trailing(exc: ModelYardError) -> tuple[tuple[str, str], ...]:
-    return () if exc.retry_after is None else (("retry-after", str(max(1, round(exc.retry_after)))),)
+    return () if exc.retry_after_header is None else (("retry-after", exc.retry_after_header),)
 
 
 def _authorization(metadata: tuple[tuple[str, str], ...]) -> str | None:
@@ -66,16 +67,6 @@ def _authorization(metadata: tuple[tuple[str, str], ...]) -> str | None:
         if key == "authorization":
             return str(value)
     return None
-
-
-def _token(header: str | None) -> str | None:
-    """The key of an ``authorization`` metadata value (``Bearer <key>``)."""
-    if header is None:
-        return None
-    scheme, _, rest = header.partition(" ")
-    if scheme.lower() != "bearer" or not rest.strip():
-        raise Unauthenticated("malformed authorization metadata; expected 'Bearer <key>'")
-    return rest.strip()
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -90,7 +81,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._refusal: tuple[ModelYardError | None, Refusal | None] = (None, None)
 
     async def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
-        token = _token(_authorization(tuple(context.invocation_metadata() or ())))
+        authorization = _authorization(tuple(context.invocation_metadata() or ()))
+        token = bearer_token(authorization, source="authorization metadata")
         return await self._platform.keys.authenticate_async(token)
 
     def screen(self, metadata: tuple[tuple[str, str], ...], framed: bytes) -> Refusal | None:
@@ -106,13 +98,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return None
         authorization = _authorization(metadata)
         gate = self._gates.get((target, authorization), time.monotonic())
-        if gate is None:
-            return None
-        try:
-            token = _token(authorization)
-        except Unauthenticated:
-            return None
-        if token is None or not self._platform.keys.remembers(token):
+        if gate is None or not self._platform.keys.remembers(authorization):
             return None
         refused = gate.refusal()
         if refused is None:

@@ -255,3 +255,23 @@ def test_a_gate_renewed_while_its_caller_finds_no_room_outlives_its_ttl(platform
     assert table.get("a", 3.5) is None, "not renewed for over its ttl: gone"
     table.renew("b", 3.5)
     assert len(table) == 0, "renewing a caller without a gate puts none"
+
+
+def test_the_key_service_remembers_only_keys_it_authenticated_and_not_revoked_since(
+    platform: Platform, tenant: str
+) -> None:
+    """What an overload gate asks before it answers a caller from memory."""
+    from modelyard.core.keys import bearer_token
+    from modelyard.errors import Unauthenticated
+
+    keys = platform.keys
+    info, secret = keys.create(tenant_id=tenant, role="inference")
+    for value in (None, "", "Bearer", "Basic abc", f"bearer{secret}", f"Bearer {secret}"):
+        assert not keys.remembers(value), f"{value!r}: never authenticated, or malformed"
+    asyncio.run(keys.authenticate_async(secret))
+    assert keys.remembers(f"Bearer {secret}") and keys.remembers(f"bearer  {secret} ")
+    keys.revoke(tenant, info.id)
+    assert not keys.remembers(f"Bearer {secret}"), "a revocation forgets it"
+    assert bearer_token(None) is None and bearer_token("Bearer  k ") == "k"
+    with pytest.raises(Unauthenticated, match="malformed authorization metadata"):
+        bearer_token("Basic abc", source="authorization metadata")

@@ -40,8 +40,8 @@ _Body = TypeVar("_Body", bound=BaseModel)
 
 def _openai_error(exc: ModelYardError) -> JSONResponse:
     headers = {}
-    if exc.retry_after is not None:
-        headers["Retry-After"] = str(max(1, int(round(exc.retry_after))))
+    if exc.retry_after_header is not None:
+        headers["Retry-After"] = exc.retry_after_header
     if exc.http_status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     param = exc.details.get("param", exc.details.get("field")) if exc.http_status < 500 else None

@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 import orjson
 
-from modelyard.api.deps import bearer_token
 from modelyard.api.v2.codec import decode_infer_request, encode_infer_response
+from modelyard.core.keys import bearer_token
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
 from modelyard.errors import InvalidInput, ModelYardError, PayloadTooLarge
@@ -103,8 +103,8 @@ async def authenticate(platform: Platform, header: str | None) -> Principal:
 def error_result(exc: ModelYardError) -> InferResult:
     """The answer for ``exc``: its status, ``Retry-After`` / ``WWW-Authenticate`` and body."""
     headers = [_JSON]
-    if exc.retry_after is not None:
-        headers.append((b"retry-after", str(max(1, int(round(exc.retry_after)))).encode()))
+    if exc.retry_after_header is not None:
+        headers.append((b"retry-after", exc.retry_after_header.encode()))
     if exc.http_status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
     return exc.http_status, headers, orjson.dumps(exc.to_body())

@@ -34,7 +34,6 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from modelyard.api.deps import bearer_token
 from modelyard.api.middleware import audit_entry, request_id
 from modelyard.api.v2.infer import InferResult, answer_infer, error_result, split_infer_path
 from modelyard.core.inference import QueueGate, QueueGates
@@ -204,14 +203,8 @@ class InferenceProtocol(HttpToolsProtocol):
 
     def _gate(self, request: _Inference) -> QueueGate | None:
         gate = self.gates.get((request.path, request.authorization), self.loop.time())
-        if gate is None:
-            return None
-        try:
-            token = bearer_token(request.authorization)
-        except ModelYardError:
-            return None
-        if token is None or not self.platform.keys.remembers(token):
-            return None  # the key was revoked (or forgotten) since its 429: authenticate it again
+        if gate is None or not self.platform.keys.remembers(request.authorization):
+            return None  # none, or its key was revoked since its 429: authenticate it again
         return gate
 
     def _refuse(self, request: _Inference, exc: ModelYardError) -> None:
