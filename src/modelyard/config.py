@@ -13,7 +13,14 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "INLINE_COMPUTE_US", "INLINE_COMPUTE_ONE_CORE_US"]
+
+#: batches faster than this compute on the event loop (a thread hop would cost more)
+INLINE_COMPUTE_US = 500.0
+#: the same on a server with one core, where a thread adds no parallelism, only preemption of
+#: the model by the loop (and cache refills); bounded so that a slow batch still leaves the loop
+#: answering health checks and other models within a few tens of milliseconds
+INLINE_COMPUTE_ONE_CORE_US = 25_000.0
 
 
 class Settings(BaseSettings):
@@ -37,17 +44,21 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     admin_key: SecretStr | None = Field(default=None, description="admin key for scripted installs")
-    cores: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    cores: int = Field(
+        default_factory=lambda: len(os.sched_getaffinity(0)) or 1, ge=1,
+        description="cores the server may use; default: those this process may run on (taskset, cpuset)",
+    )
     instances: int = Field(default=1, ge=1, le=64, description="executors per model version")
     memory_budget_bytes: int = Field(default=4 * 1024**3, ge=1)
-    max_batch_size: int = Field(default=32, ge=1)
+    max_batch_size: int = Field(default=64, ge=1)
     max_queue_delay_ms: float = Field(default=2.0, ge=0)
     max_queue_size: int = Field(default=256, ge=1)
     request_timeout_s: float = Field(default=30.0, gt=0)
-    inline_compute_us: float = Field(
-        default=500.0, ge=0,
+    inline_compute_us: float | None = Field(
+        default=None, ge=0,
         description="batches of an in-process model that recently computed faster than this run on the "
-        "event loop instead of hopping to a thread (0: always a thread)",
+        f"event loop instead of hopping to a thread (0: always a thread); default {INLINE_COMPUTE_US:g}, "
+        f"or {INLINE_COMPUTE_ONE_CORE_US:g} when the server has one core (a thread would only share it)",
     )
     max_in_flight: int = Field(
         default=4096, ge=1, description="requests queued or computing in all versions; beyond it: 503"
@@ -93,6 +104,13 @@ class Settings(BaseSettings):
     default_key_rate_limit: float | None = Field(
         default=None, gt=0, description="requests/second for keys created without their own limit"
     )
+
+    @property
+    def inline_below_s(self) -> float:
+        """``inline_compute_us`` in seconds, its default resolved by ``cores``."""
+        if self.inline_compute_us is not None:
+            return self.inline_compute_us / 1e6
+        return (INLINE_COMPUTE_ONE_CORE_US if self.cores == 1 else INLINE_COMPUTE_US) / 1e6
 
     @property
     def resolved_home(self) -> Path:

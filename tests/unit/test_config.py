@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from modelyard.config import Settings
+from modelyard.config import INLINE_COMPUTE_ONE_CORE_US, INLINE_COMPUTE_US, Settings
 
 
-def test_inline_compute_default() -> None:
-    assert Settings().inline_compute_us == 500.0
-    assert Settings(inline_compute_us=0).inline_compute_us == 0.0
+def test_inline_compute_default_depends_on_the_cores() -> None:
+    assert Settings(cores=2).inline_below_s == INLINE_COMPUTE_US / 1e6 == 0.0005
+    assert Settings(cores=1).inline_below_s == INLINE_COMPUTE_ONE_CORE_US / 1e6 == 0.025
+    assert Settings(cores=1, inline_compute_us=0).inline_below_s == 0.0
+    assert Settings(cores=8, inline_compute_us=2000).inline_below_s == 0.002
+
+
+def test_cores_default_to_those_the_process_may_run_on() -> None:
+    assert Settings().cores == len(os.sched_getaffinity(0))
 
 
 def test_inline_compute_refuses_negative_values() -> None:

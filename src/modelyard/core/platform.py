@@ -83,7 +83,7 @@ class Platform:
             ),
             max_in_flight=settings.max_in_flight,
             drain_timeout_s=settings.drain_timeout_s,
-            inline_below_s=settings.inline_compute_us / 1e6,
+            inline_below_s=settings.inline_below_s,
         )
         deployments = Deployments(db, registry)
         dataplane = DataPlane(

@@ -59,7 +59,7 @@ class ServingOptions:
     """
 
     batching: bool | None = None
-    max_batch_size: int = 32
+    max_batch_size: int = 64
     max_queue_delay_ms: float = 2.0
     max_queue_size: int = 256
     instances: int = 1

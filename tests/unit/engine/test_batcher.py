@@ -437,6 +437,64 @@ async def test_batches_computed_on_the_loop_leave_room_for_answers_between_them(
     await b.close()
 
 
+async def _warm_inline(b: DynamicBatcher) -> None:
+    for i in range(3):  # measured in the executor first
+        await b.submit(request([1000 + i]), None)
+
+
+@pytest.mark.asyncio
+async def test_a_batch_computed_on_the_loop_waits_for_a_loop_turn_that_brings_no_request() -> None:
+    """Requests that come a loop turn or two after the first ones (the next requests of callers
+    just answered) join their batch instead of making a small one of their own."""
+    model = ThreadRecorder()
+    b = make(model, inline_below_s=0.05, max_batch_size=64, max_queue_delay_ms=1000)
+    await _warm_inline(b)
+
+    async def after_turns(turns: int, i: int) -> dict[str, np.ndarray]:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        return await b.submit(request([i]), None)
+
+    results = await asyncio.gather(*(after_turns(i % 3, i) for i in range(9)))
+    assert [r["id"].tolist() for r in results] == [[i] for i in range(9)]
+    assert sorted(model.calls[-1]["id"].tolist()) == list(range(9)), "one batch of all nine"
+    assert model.threads[-1] == threading.get_ident()
+    await b.close()
+
+
+@pytest.mark.asyncio
+async def test_a_lone_request_computed_on_the_loop_is_not_held_back() -> None:
+    model = ThreadRecorder()
+    b = make(model, inline_below_s=0.05, max_queue_delay_ms=1000)
+    await _warm_inline(b)
+    started = time.perf_counter()
+    assert (await b.submit(request([7]), None))["id"].tolist() == [7]
+    assert time.perf_counter() - started < 0.5, "waited for the queue delay (1 s), not a quiet loop turn"
+    await b.close()
+
+
+@pytest.mark.asyncio
+async def test_the_wait_for_a_quiet_loop_turn_is_bounded_by_the_queue_delay() -> None:
+    """A request on every loop turn never leaves a quiet one: batches still go out once their
+    oldest request has waited ``max_queue_delay_ms``, well before the stream of requests ends."""
+    model = ThreadRecorder()
+    b = make(model, inline_below_s=0.05, max_batch_size=10_000, max_queue_size=100_000, max_queue_delay_ms=5)
+    await _warm_inline(b)
+    warm_batches = len(model.calls)
+    pending = []
+    until = time.perf_counter() + 0.1
+    i = 0
+    while time.perf_counter() < until:
+        pending.append(asyncio.ensure_future(b.submit(request([i]), None)))
+        i += 1
+        await asyncio.sleep(0)
+    computed_while_streaming = len(model.calls) - warm_batches
+    results = await asyncio.gather(*pending)
+    assert [r["id"].tolist() for r in results] == [[n] for n in range(i)]
+    assert computed_while_streaming >= 5, computed_while_streaming
+    await b.close()
+
+
 @pytest.mark.asyncio
 async def test_without_inline_batches_never_compute_on_the_loop() -> None:
     model = ThreadRecorder()
