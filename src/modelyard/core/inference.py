@@ -494,7 +494,7 @@ class QueueGate:
         batcher = self._batcher
         return batcher.no_room and not batcher.closed
 
-    def when_room(self, callback: Callable[[], bool]) -> None:
+    def when_room(self, callback: Callable[[], int]) -> None:
         """Call ``callback()`` once the queue has room (see ``DynamicBatcher.when_room``)."""
         self._batcher.when_room(callback)
 

@@ -29,7 +29,8 @@ wakes for every request that arrives mid-batch and evicts the model's weights fr
 there ``inline_below_s`` is large by default (see :class:`~modelyard.config.Settings`).
 
 Backpressure. A transport that stops reading a connection whose next request would only be refused
-(see :meth:`DynamicBatcher.when_room`) is called back, one connection per free slot, as the
+(see :meth:`DynamicBatcher.when_room`) is called back, one per free slot (an HTTP/2 connection
+takes as many slots as the calls it may bring), as the
 queue gets room: newest first (adaptive LIFO: waiters exist only while the queue is full), except
 that waiters that have waited half a second go first, oldest first. The excess waits unread in
 the client's socket and costs the server nothing; refusals (429) remain for whatever is read while
@@ -230,7 +231,7 @@ class DynamicBatcher:
         self._inline_below_s = inline_below_s
         # when_room callbacks in the order they came, with the time each is called back at the
         # latest; let in from the newest end, expired from the oldest
-        self._room_waiters: deque[tuple[float, Callable[[], bool]]] = deque()
+        self._room_waiters: deque[tuple[float, Callable[[], int]]] = deque()
         self._room_timer: asyncio.TimerHandle | None = None
         self._promised = 0  # slots given to waiters let in whose request has not come yet
 
@@ -351,16 +352,17 @@ class DynamicBatcher:
         transport whose caller was refused should wait for room rather than read now."""
         return self._queued + self._promised >= self._let_in_level or bool(self._room_waiters)
 
-    def when_room(self, callback: Callable[[], bool]) -> None:
+    def when_room(self, callback: Callable[[], int]) -> None:
         """Call ``callback()`` once, when the queue has room for one more request, when the
         batcher closes, or after :data:`ROOM_WAIT_MAX_S` at the latest. For a transport that
         stops reading a connection while its next request would be refused: waiters are let in
-        one per free slot, newest first except that those that have waited :data:`ROOM_AGED_S`
-        go first (oldest first), and when ``callback()`` returns True (it reads its
-        connection again; False: it has gone) the slot is kept for the request the connection
-        is expected to send, for :data:`_ROOM_RECOUNT_S` (a connection whose next request is
-        for another model, or that sends none, does not keep the others waiting).
-        ``callback`` must be cheap and must not raise.
+        while there are free slots, newest first except that those that have waited
+        :data:`ROOM_AGED_S` go first (oldest first). ``callback()`` reads its connection again
+        and returns how many requests that may bring (1 for HTTP/1.1; an HTTP/2 connection may
+        carry many calls at once; 0: it has gone or is busy): that many slots are kept for
+        them, for :data:`_ROOM_RECOUNT_S` (a connection whose next request is for another
+        model, or that sends none, does not keep the others waiting). ``callback`` must be
+        cheap and must not raise.
 
         Waiters are let in only while the queue is below :attr:`let_in_level` (three full batches
         per instance by default), not up to ``max_queue_size``: that keeps every instance busy,
@@ -398,9 +400,10 @@ class DynamicBatcher:
             aged = loop.time() + ROOM_WAIT_MAX_S - ROOM_AGED_S  # waiters due before this have aged
             while waiters and room > 0:
                 entry = waiters.popleft() if waiters[0][0] <= aged else waiters.pop()
-                if entry[1]():
-                    room -= 1
-                    self._promised += 1
+                brings = entry[1]()
+                if brings:
+                    room -= brings
+                    self._promised += brings
         self._arm_room_timer()
 
     def _arm_room_timer(self) -> None:

@@ -132,8 +132,9 @@ class Refusal:
     encoded once however many calls it answers (a flood is answered with the same object).
 
     ``wait``: when given, the connection is not read after the refusal until ``wait`` calls back
-    (``wait(resume)``; ``resume()`` returns False when the connection has gone): its next
-    frames wait in the client's socket, TCP backpressure, instead of each costing a refusal."""
+    (``wait(resume)``; ``resume()`` returns how many calls the connection may bring: as many as
+    were refused on it while it waited, at least one; 0 when it has gone): its next frames wait
+    in the client's socket, TCP backpressure, instead of each costing a refusal."""
 
     __slots__ = ("code", "details", "trailing", "wait", "_block")
 
@@ -142,7 +143,7 @@ class Refusal:
         code: grpc.StatusCode,
         details: str,
         trailing: Iterable[tuple[str, str]] = (),
-        wait: Callable[[Callable[[], bool]], None] | None = None,
+        wait: Callable[[Callable[[], int]], None] | None = None,
     ) -> None:
         self.code, self.details, self.trailing, self.wait = code, details, tuple(trailing), wait
         self._block: bytes | None = None
@@ -249,6 +250,7 @@ class _Connection(asyncio.Protocol):
         self.stopping = False  # this server sent it: open streams end once their messages are answered
         self.out: list[bytes] = []
         self.held = False  # not read until a refusal's wait calls back (see Refusal)
+        self.refused = 0  # calls refused by a screen since this connection was last read again
 
     # -- connection ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -312,15 +314,17 @@ class _Connection(asyncio.Protocol):
                 return
         self.buf = buf[pos:]
 
-    def _resume(self) -> bool:
-        """A refusal's wait is over: read the connection again (False: it has gone)."""
+    def _resume(self) -> int:
+        """A refusal's wait is over: read the connection again. Returns how many calls that may
+        bring: the client sends again about as many as were refused (0: the connection has gone)."""
         if not self.held:
-            return False
+            return 0
         self.held = False
+        brings, self.refused = max(1, self.refused), 0
         if self.transport is None or self.transport.is_closing():
-            return False
+            return 0
         self.transport.resume_reading()
-        return True
+        return brings
 
     def _fail(self, code: int) -> None:
         if self.transport is not None:
@@ -519,6 +523,7 @@ class _Connection(asyncio.Protocol):
         if refusal is None:
             return False
         stream.ended = True
+        self.refused += 1
         self._answer_block(stream, refusal.block())
         if refusal.wait is not None and not self.held and not self.closing and self.transport is not None:
             self.held = True

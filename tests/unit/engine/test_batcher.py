@@ -534,8 +534,8 @@ async def test_waiters_for_room_are_let_in_newest_first_one_per_free_slot() -> N
     await wait_until(lambda: b.full)
     let_in: list[str] = []
 
-    def waiter(name: str, sends: bool, gone: bool = False) -> Callable[[], bool]:
-        def callback() -> bool:
+    def waiter(name: str, sends: bool, gone: bool = False) -> Callable[[], int]:
+        def callback() -> int:
             let_in.append(name)
             if sends:  # its request is read and queued a moment later, as a socket's would be
                 tasks.append(asyncio.ensure_future(b.submit(request([10 + len(tasks)]), None)))
@@ -592,6 +592,42 @@ async def test_waiters_wait_while_the_queue_is_over_the_let_in_level_though_not_
     model.step(100)
     results = await asyncio.gather(*tasks)
     assert [r["id"].tolist() for r in results] == [[i] for i in range(67)]
+    await b.close(1)
+
+
+@pytest.mark.asyncio
+async def test_a_waiter_that_may_bring_several_requests_takes_as_many_slots() -> None:
+    """An HTTP/2 connection let in may carry many calls at once: its callback says how many,
+    and that many slots are kept for it, so other waiters are not let in on top of them."""
+    model = Stepped()
+    b = make(model, max_batch_size=5, max_queue_size=100)  # let-in level: 64
+    assert b.let_in_level == 64
+    tasks = [asyncio.ensure_future(b.submit(request([0]), None))]
+    await wait_until(lambda: b.in_flight == 1 and b.queue_depth == 0)  # computing, stepped
+    tasks += [asyncio.ensure_future(b.submit(request([i]), None)) for i in range(1, 67)]
+    await wait_until(lambda: b.queue_depth == 66)
+    let_in: list[str] = []
+
+    def connection(name: str, calls: int) -> Callable[[], int]:
+        def callback() -> int:
+            let_in.append(name)
+            for _ in range(calls):  # read and queued a moment later, as a socket's would be
+                tasks.append(asyncio.ensure_future(b.submit(request([100 + len(tasks)]), None)))
+            return calls
+        return callback
+
+    b.when_room(connection("one call", 1))
+    b.when_room(connection("three calls", 3))  # the newest: let in first
+    model.step()  # the first batch ends, the next five rows leave the queue: 61, three slots
+    await wait_until(lambda: let_in == ["three calls"])
+    await wait_until(lambda: b.queue_depth == 64)
+    await asyncio.sleep(0.02)
+    assert let_in == ["three calls"] and b.waiting_for_room == 1, "its three slots were not given twice"
+    model.step()  # five more leave: 59 queued
+    await wait_until(lambda: let_in == ["three calls", "one call"])
+    model.step(200)
+    results = await asyncio.gather(*tasks)
+    assert len(results) == 71 and all("y" in r for r in results)
     await b.close(1)
 
 
