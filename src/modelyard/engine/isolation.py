@@ -61,6 +61,9 @@ class ProcessRuntime:
     others in flight :class:`Unavailable`) and restarted.
     """
 
+    #: ``predict`` waits on the worker process (see ``runtimes.base.computes_in_caller``)
+    waits_elsewhere = True
+
     def __init__(
         self,
         *,

@@ -29,7 +29,7 @@ import numpy as np
 from modelyard.engine.batcher import DynamicBatcher, batching_default
 from modelyard.errors import Unavailable, ValidationFailed
 from modelyard.metrics import Metrics
-from modelyard.runtimes.base import Runtime, RuntimeOptions, load_runtime
+from modelyard.runtimes.base import Runtime, RuntimeOptions, computes_in_caller, load_runtime
 from modelyard.tensors import TensorSpec, numpy_dtype
 
 __all__ = [
@@ -361,7 +361,7 @@ class ModelManager:
             source, runtime, runtime.memory_bytes(), elapsed,
             pinned=source.key in self._pinned or source.load_key in self._pinned,
             observer=_Observer(self._metrics, source.name, source.version),
-            inline_below_s=0.0 if source.isolated else self._inline_below_s,
+            inline_below_s=self._inline_below_s if computes_in_caller(runtime) else 0.0,
         )
         if model.observer is not None:
             model.observer.watch(model)

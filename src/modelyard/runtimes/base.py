@@ -18,7 +18,10 @@ import numpy as np
 from modelyard.errors import InvalidArtifact
 from modelyard.tensors import TensorSpec
 
-__all__ = ["Runtime", "RuntimeOptions", "ArtifactInfo", "load_runtime", "inspect_artifact", "RUNTIME_MODULES"]
+__all__ = [
+    "Runtime", "RuntimeOptions", "ArtifactInfo", "load_runtime", "inspect_artifact", "RUNTIME_MODULES",
+    "computes_in_caller",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,14 @@ RUNTIME_MODULES: dict[str, str] = {
     "hf-text-classification": "modelyard.runtimes.hf_artifact",
     "upstream": "modelyard.runtimes.upstream",
 }
+
+
+def computes_in_caller(runtime: Any) -> bool:
+    """Whether ``runtime.predict`` computes in the calling thread. A runtime whose ``predict``
+    hands the work to another thread or process and waits for it says so with a true class
+    attribute ``waits_elsewhere``; such a ``predict`` is never called on the event loop (it
+    would block the loop on a wait, whatever its recent batches took)."""
+    return not getattr(runtime, "waits_elsewhere", False)
 
 
 def _module(fmt: str) -> Any:

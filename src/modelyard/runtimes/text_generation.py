@@ -58,6 +58,8 @@ class TextGenerationRuntime:
         TensorSpec("temperature", "FP32", (1,)),
     ]
     outputs = [TensorSpec("text_output", "BYTES", (-1,))]
+    #: ``predict`` waits on the generation engine's thread (see ``runtimes.base.computes_in_caller``)
+    waits_elsewhere = True
 
     def __init__(
         self,

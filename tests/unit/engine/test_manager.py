@@ -265,6 +265,43 @@ def test_queue_depth_gauge_is_read_when_scraped() -> None:
     asyncio.run(main())
 
 
+class WaitingRuntime(FakeRuntime):
+    """A runtime whose ``predict`` waits on another thread (as the generation engine's does)."""
+
+    waits_elsewhere = True
+
+
+def test_batches_compute_on_the_loop_only_for_runtimes_that_compute_in_the_caller() -> None:
+    threads: dict[str, set[int]] = {"computes": set(), "waits": set()}
+
+    def loader(fmt: str, path: Path, options: RuntimeOptions, metadata: dict[str, Any]) -> FakeRuntime:
+        kind = str(path)
+        runtime = (WaitingRuntime if kind == "waits" else FakeRuntime)(100, 0.0, options)
+        inner = runtime.predict
+
+        def predict(inputs: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
+            threads[kind].add(threading.get_ident())
+            return inner(inputs, output_names)
+
+        runtime.predict = predict  # type: ignore[method-assign]
+        return runtime
+
+    async def main() -> int:
+        m = ModelManager(
+            options=RuntimeOptions(), memory_budget_bytes=10_000, metrics=Metrics(), loader=loader, cores=1,
+            warm_up=False, inline_below_s=10.0,
+        )
+        for _ in range(8):
+            for kind in ("computes", "waits"):
+                await m.predict(source(kind), {"x": X}, None)
+        await m.close()
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert loop_thread in threads["computes"], "fast batches of an in-process runtime compute on the loop"
+    assert loop_thread not in threads["waits"], "a predict that waits elsewhere never runs on the loop"
+
+
 def test_serving_options_validation() -> None:
     base = ServingOptions()
     assert base.merged({"max_batch_size": 8, "timeout_s": None}).max_batch_size == 8
