@@ -23,6 +23,13 @@ INLINE_COMPUTE_US = 500.0
 INLINE_COMPUTE_ONE_CORE_US = 25_000.0
 
 
+def _usable_cores() -> int:
+    """The cores this process may run on (``taskset``, cpusets); all of them where the platform
+    cannot say (macOS)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
 class Settings(BaseSettings):
     """Every knob of a ModelYard server, read from ``MODELYARD_*`` variables."""
 
@@ -45,7 +52,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     admin_key: SecretStr | None = Field(default=None, description="admin key for scripted installs")
     cores: int = Field(
-        default_factory=lambda: len(os.sched_getaffinity(0)) or 1, ge=1,
+        default_factory=_usable_cores, ge=1,
         description="cores the server may use; default: those this process may run on (taskset, cpuset)",
     )
     instances: int = Field(default=1, ge=1, le=64, description="executors per model version")

@@ -16,8 +16,12 @@ def test_inline_compute_default_depends_on_the_cores() -> None:
     assert Settings(cores=8, inline_compute_us=2000).inline_below_s == 0.002
 
 
-def test_cores_default_to_those_the_process_may_run_on() -> None:
+def test_cores_default_to_those_the_process_may_run_on(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().cores == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert Settings().cores == 1
+    monkeypatch.delattr(os, "sched_getaffinity")  # macOS has none: every core counts
+    assert Settings().cores == (os.cpu_count() or 1)
 
 
 def test_inline_compute_refuses_negative_values() -> None:
