@@ -623,9 +623,13 @@ def main() -> None:
 
         if not args.skip_medium:
             closed(port, req["medium"], 8, 1.0)  # warm
+            batches = [server_counter(url, key, f"modelyard_batch_size_{k}", model="medium") for k in ("sum", "count")]
             rest = closed(port, req["medium"], c, s)
+            rows, count = (server_counter(url, key, f"modelyard_batch_size_{k}", model="medium") - before
+                           for k, before in zip(("sum", "count"), batches))
             ort_rows = in_process_ort(medium, 784, 32, s)
-            show("medium: REST rows/s, 64 clients, batching", f"{rest.rps:,.0f}  (p50 {rest.pct(50):.1f} ms, p99 {rest.pct(99):.1f} ms)")
+            show("medium: REST rows/s, 64 clients, batching", f"{rest.rps:,.0f}  (p50 {rest.pct(50):.1f} ms, "
+                 f"p99 {rest.pct(99):.1f} ms; {rows / max(count, 1):.0f} rows per batch)")
             show("medium: in-process ORT rows/s, batch 32, 1 thread", f"{ort_rows:,.0f}")
             show("medium: ratio REST / ORT (target >= 0.7)", f"{rest.rps / ort_rows:.2f}")
 
