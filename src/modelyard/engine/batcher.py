@@ -594,6 +594,10 @@ class DynamicBatcher:
         if self._computes_inline:
             outcomes, compute_s = self._run(batch)
             self._complete(batch, now, outcomes, compute_s)
+            if self._promised:
+                # The loop read nothing while it computed: the requests of waiters let in could
+                # not arrive, so their slots are kept for another _ROOM_RECOUNT_S from now.
+                self._arm_room_timer()
             return True
         try:
             afut = loop.run_in_executor(self._executor, self._run, batch)

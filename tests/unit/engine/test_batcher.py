@@ -496,6 +496,30 @@ async def test_the_wait_for_a_quiet_loop_turn_is_bounded_by_the_queue_delay() ->
 
 
 @pytest.mark.asyncio
+async def test_a_slot_kept_for_a_waiter_let_in_outlasts_a_batch_computed_on_the_loop() -> None:
+    """A waiter let in keeps its slot for a few milliseconds, for the request its connection
+    will send; a batch computed on the loop meanwhile blocks that read, so the wait counts from
+    the batch's end (else every slow batch would void the slots and let in more waiters than
+    there is room for: 429s)."""
+    model = ThreadRecorder()
+    b = make(model, inline_below_s=1.0, max_batch_size=1, max_queue_size=2)  # let-in level: 2
+    await _warm_inline(b)
+    model.delay_s = 0.03  # six times as long as a slot is kept (5 ms)
+    tasks = [asyncio.ensure_future(b.submit(request([i]), None)) for i in range(2)]
+    await asyncio.sleep(0)  # both queued: the queue is at the let-in level
+    assert b.queue_depth == 2 and b.no_room
+    let_in: list[str] = []
+    b.when_room(lambda: let_in.append("waiter") or 1)  # its request would come later
+    await wait_until(lambda: let_in == ["waiter"])  # let in as the first batch left the queue
+    for _ in range(3):  # the batches computed on the loop (30 ms each) are behind us
+        await asyncio.sleep(0)
+    assert b._promised == 1, "the slot was voided by a wait the loop spent computing"
+    results = await asyncio.gather(*tasks)
+    assert [r["id"].tolist() for r in results] == [[0], [1]]
+    await b.close()
+
+
+@pytest.mark.asyncio
 async def test_without_inline_batches_never_compute_on_the_loop() -> None:
     model = ThreadRecorder()
     b = make(model)
