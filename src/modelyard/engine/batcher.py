@@ -12,11 +12,12 @@ arrive together still share a batch). A version whose batches compute on the loo
 further, until a loop turn queues no new request: answers just written bring their clients' next
 requests a moment later, and those that arrive while a batch computes on the loop could not be
 read before it ends; without the wait they would make small batches of their own (on one core,
-64 clients of the medium model: batches of about 20 rows without the wait, about 60 with it). ``max_queue_delay_ms`` applies only
-under load: while other batches are computing, a free executor waits until its batch is full or
-its oldest request has waited that long (the wait for a quiet turn is bounded by it too). With
-``instances=1`` requests that queue while a batch computes are dispatched together as soon as it
-finishes, so batches fill by themselves as load grows.
+64 clients of the medium model: batches of about 20 rows without the wait, about 60 with it).
+``max_queue_delay_ms`` applies only under load: while other batches are computing, a free
+executor waits until its batch is full or its oldest request has waited that long (the wait for
+a quiet turn is bounded by it too). With ``instances=1`` requests that queue while a batch
+computes are dispatched together as soon as it finishes, so batches fill by themselves as load
+grows.
 
 Where a batch computes. ``predict`` runs in the executor (a thread), so the event loop keeps
 moving bytes while a model computes. A thread hop costs two context switches and a loop wake-up
@@ -30,11 +31,11 @@ there ``inline_below_s`` is large by default (see :class:`~modelyard.config.Sett
 
 Backpressure. A transport that stops reading a connection whose next request would only be refused
 (see :meth:`DynamicBatcher.when_room`) is called back, one per free slot (an HTTP/2 connection
-takes as many slots as the calls it may bring), as the
-queue gets room: newest first (adaptive LIFO: waiters exist only while the queue is full), except
-that waiters that have waited half a second go first, oldest first. The excess waits unread in
-the client's socket and costs the server nothing; refusals (429) remain for whatever is read while
-the queue is full (a connection is read after a second of waiting in any case).
+takes as many slots as the calls it may bring), as the queue gets room: newest first (adaptive
+LIFO: waiters exist only while the queue is full), except that waiters that have waited half a
+second go first, oldest first. The excess waits unread in the client's socket and costs the
+server nothing; refusals (429) remain for whatever is read while the queue is full (a connection
+is read after a second of waiting in any case).
 
 Failure isolation: if a batched ``predict`` raises (or returns outputs that cannot be split by
 rows), every request of that batch is re-run alone, so one bad request fails only itself.

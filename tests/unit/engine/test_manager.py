@@ -279,7 +279,7 @@ def test_batches_compute_on_the_loop_only_for_runtimes_that_compute_in_the_calle
         runtime = (WaitingRuntime if kind == "waits" else FakeRuntime)(100, 0.0, options)
         inner = runtime.predict
 
-        def predict(inputs: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
+        def predict(inputs: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, Any]:
             threads[kind].add(threading.get_ident())
             return inner(inputs, output_names)
 
