@@ -591,18 +591,26 @@ def test_let_in_level_is_three_batches_per_instance_within_the_queue() -> None:
     assert make(model, max_batch_size=32, max_queue_size=50).let_in_level == 50, "at most the queue"
 
 
+async def _over_the_let_in_level(
+    model: Stepped, max_batch_size: int
+) -> tuple[DynamicBatcher, list[asyncio.Future[dict[str, np.ndarray]]]]:
+    """A batcher whose let-in level is 64, computing request 0 (stepped) with 66 more queued."""
+    b = make(model, max_batch_size=max_batch_size, max_queue_size=100)
+    assert b.let_in_level == 64
+    tasks = [asyncio.ensure_future(b.submit(request([0]), None))]
+    await wait_until(lambda: b.in_flight == 1 and b.queue_depth == 0)  # computing, stepped
+    tasks += [asyncio.ensure_future(b.submit(request([i]), None)) for i in range(1, 67)]
+    await wait_until(lambda: b.queue_depth == 66)
+    return b, tasks
+
+
 @pytest.mark.asyncio
 async def test_waiters_wait_while_the_queue_is_over_the_let_in_level_though_not_full() -> None:
     """A burst from callers not refused yet fills the queue to ``max_queue_size``; a transport
     waiting for room (its caller was refused) is let in only once the queue is below the let-in
     level (three batches), so a refused flood is served from a short queue."""
     model = Stepped()
-    b = make(model, max_batch_size=1, max_queue_size=100)  # let-in level: 64
-    assert b.let_in_level == 64
-    tasks = [asyncio.ensure_future(b.submit(request([0]), None))]
-    await wait_until(lambda: b.in_flight == 1 and b.queue_depth == 0)  # computing, stepped
-    tasks += [asyncio.ensure_future(b.submit(request([i]), None)) for i in range(1, 67)]
-    await wait_until(lambda: b.queue_depth == 66)
+    b, tasks = await _over_the_let_in_level(model, max_batch_size=1)
     assert not b.full and b.refusal() is None, "a burst is queued up to max_queue_size"
     assert b.no_room, "over the let-in level: a refused caller waits"
     let_in: list[str] = []
@@ -624,12 +632,7 @@ async def test_a_waiter_that_may_bring_several_requests_takes_as_many_slots() ->
     """An HTTP/2 connection let in may carry many calls at once: its callback says how many,
     and that many slots are kept for it, so other waiters are not let in on top of them."""
     model = Stepped()
-    b = make(model, max_batch_size=5, max_queue_size=100)  # let-in level: 64
-    assert b.let_in_level == 64
-    tasks = [asyncio.ensure_future(b.submit(request([0]), None))]
-    await wait_until(lambda: b.in_flight == 1 and b.queue_depth == 0)  # computing, stepped
-    tasks += [asyncio.ensure_future(b.submit(request([i]), None)) for i in range(1, 67)]
-    await wait_until(lambda: b.queue_depth == 66)
+    b, tasks = await _over_the_let_in_level(model, max_batch_size=5)
     let_in: list[str] = []
 
     def connection(name: str, calls: int) -> Callable[[], int]:
