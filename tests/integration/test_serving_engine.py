@@ -307,3 +307,34 @@ def test_client_that_disconnects_cancels_its_queued_work(server: LiveServer) -> 
         time.sleep(0.5)
         after = metric(client.get("/metrics").text, "modelyard_compute_seconds_count", model="hangup")
     assert after - computed == 1, "queued work of callers that hung up must not run"
+
+
+def test_a_one_core_server_batches_on_the_event_loop_and_answers_each_caller(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """With one core, batches up to 25 ms compute on the event loop and wait for a quiet loop
+    turn: concurrent callers still share batches and each gets its own rows back."""
+    tmp = tmp_path_factory.mktemp("one-core")
+    live = LiveServer.build(tmp / "home", builtin_models=False, cores=1).start()
+    try:
+        assert live.settings.inline_below_s == 0.025
+        register(live, "double", scale_model(tmp / "two.onnx", 2.0))
+        xs = [np.full((1, 4), i, np.float32) for i in range(32)]
+        with live.client() as client:
+
+            def call(x: np.ndarray) -> np.ndarray:
+                r = client.post("/v2/models/double/infer", json=infer_body(x))
+                assert r.status_code == 200, r.text
+                return output(r.json())
+
+            with ThreadPoolExecutor(32) as pool:
+                for _ in range(5):  # the first batches are measured on a thread, the rest on the loop
+                    results = list(pool.map(call, xs))
+                    for x, y in zip(xs, results):
+                        np.testing.assert_array_equal(y, x * 2)
+            text = client.get("/metrics").text
+        batches = metric(text, "modelyard_batch_size_count", model="double")
+        assert metric(text, "modelyard_batch_size_sum", model="double") == 160
+        assert batches < 160, "nothing was merged"
+    finally:
+        live.stop()
