@@ -17,6 +17,7 @@ def test_inline_compute_default_depends_on_the_cores() -> None:
 
 
 def test_cores_default_to_those_the_process_may_run_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MODELYARD_CORES", raising=False)
     assert Settings().cores == len(os.sched_getaffinity(0))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     assert Settings().cores == 1
