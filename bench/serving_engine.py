@@ -490,6 +490,12 @@ def server_counters(url: str, key: str, name: str, by: str, **labels: str) -> Co
     return totals
 
 
+def batch_totals(url: str, key: str, model: str) -> tuple[float, float]:
+    """Rows and batches a model has computed so far (the server's batch-size histogram)."""
+    return (server_counter(url, key, "modelyard_batch_size_sum", model=model),
+            server_counter(url, key, "modelyard_batch_size_count", model=model))
+
+
 #: the gRPC open loop: connections, and streams on each (h2load starts calls on free streams only)
 GRPC_OVERLOAD_CONNS, GRPC_OVERLOAD_STREAMS = 128, 32
 
@@ -623,13 +629,13 @@ def main() -> None:
 
         if not args.skip_medium:
             closed(port, req["medium"], 8, 1.0)  # warm
-            batches = [server_counter(url, key, f"modelyard_batch_size_{k}", model="medium") for k in ("sum", "count")]
+            rows_before, batches_before = batch_totals(url, key, "medium")
             rest = closed(port, req["medium"], c, s)
-            rows, count = (server_counter(url, key, f"modelyard_batch_size_{k}", model="medium") - before
-                           for k, before in zip(("sum", "count"), batches))
+            rows, batches = batch_totals(url, key, "medium")
+            per_batch = (rows - rows_before) / max(1.0, batches - batches_before)
             ort_rows = in_process_ort(medium, 784, 32, s)
             show("medium: REST rows/s, 64 clients, batching", f"{rest.rps:,.0f}  (p50 {rest.pct(50):.1f} ms, "
-                 f"p99 {rest.pct(99):.1f} ms; {rows / max(count, 1):.0f} rows per batch)")
+                 f"p99 {rest.pct(99):.1f} ms; {per_batch:.0f} rows per batch)")
             show("medium: in-process ORT rows/s, batch 32, 1 thread", f"{ort_rows:,.0f}")
             show("medium: ratio REST / ORT (target >= 0.7)", f"{rest.rps / ort_rows:.2f}")
 

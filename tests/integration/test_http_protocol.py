@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from modelyard.core.demo import DEMO_MODEL
+from tests.integration._serving import queue_full_refusals
 from tests.support.live import LiveServer, wait_until
 
 _SAMPLE = [float(v) for v in np.arange(64) % 16]
@@ -252,8 +253,6 @@ def test_a_full_queue_refuses_unread_and_holds_the_refused_connections(
         assert reader.response()[0] == 200
         for sock in (long_conn, queued_conn, conn, malformed, again):
             sock.close()
-        from tests.integration._serving import queue_full_refusals
-
         assert queue_full_refusals(srv, "slow") == (3, 3)
     finally:
         srv.stop()
@@ -305,8 +304,6 @@ def test_a_refused_caller_waits_below_the_let_in_level_while_others_still_fill_t
         assert _waiting_for_room(srv) == 0
         for sock in (long_conn, *queued, conn, other):
             sock.close()
-        from tests.integration._serving import queue_full_refusals
-
         assert queue_full_refusals(srv, "slow") == (1, 1)
     finally:
         srv.stop()

@@ -174,8 +174,8 @@ class DynamicBatcher:
     the queue is below :attr:`let_in_level`. ``executor`` runs ``predict``; when omitted the
     batcher owns a thread pool of ``instances`` threads and shuts it down in :meth:`close`.
     ``inline_below_s``: batches expected to compute in less than this run on the event loop (0:
-    never); only for a ``predict`` that computes in this process (never one that waits on
-    another process).
+    never); only for a ``predict`` that computes in the calling thread (never one that waits on
+    another thread or process: see ``runtimes.base.computes_in_caller``).
     """
 
     def __init__(

@@ -291,12 +291,13 @@ class InferenceProtocol(HttpToolsProtocol):
         self.gates.renew((request.path, request.authorization), self.loop.time())
         gate.when_room(self._release)
 
-    def _release(self) -> bool:
-        """The held queue has room (or the wait is over): read this connection again. False
-        when the connection is gone or busy (a request pipelined behind the held one: its
-        answer resumes reading), so the batcher does not keep a slot for it."""
+    def _release(self) -> int:
+        """The held queue has room (or the wait is over): read this connection again. Returns
+        how many requests that brings: one (HTTP/1.1 carries one at a time), or 0 when the
+        connection is gone or busy (a request pipelined behind the held one: its answer resumes
+        reading), so the batcher does not keep a slot for it."""
         if not self._held:
-            return False
+            return 0
         self._held = False
         cycle = self.cycle
         if (
@@ -305,12 +306,12 @@ class InferenceProtocol(HttpToolsProtocol):
             or self.pipeline
             or not (cycle is None or cycle.response_complete)
         ):
-            return False
+            return 0
         self.flow.resume_reading()
         self._went_idle()
         if self._last_request:
             self.loop.call_later(_LAST_REQUEST_S, self._close_if_idle)
-        return True
+        return 1
 
     def _close_if_idle(self) -> None:
         if self._idle_since is not None and not self.transport.is_closing():
