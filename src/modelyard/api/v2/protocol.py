@@ -63,7 +63,7 @@ class _Inference:
 
     __slots__ = (
         "name", "version", "path", "authorization", "header_length", "request_id",
-        "chunks", "size", "keep_alive", "task",
+        "chunks", "size", "keep_alive", "task", "gate",
     )
 
     def __init__(self, name: str, version: str | None, path: str) -> None:
@@ -77,6 +77,8 @@ class _Inference:
         self.size = 0
         self.keep_alive = True
         self.task: asyncio.Task[None] | None = None
+        #: its caller's gate when it had one as the request arrived (see ``_gate``)
+        self.gate: QueueGate | None = None
 
 
 class InferenceProtocol(HttpToolsProtocol):
@@ -202,9 +204,17 @@ class InferenceProtocol(HttpToolsProtocol):
             self.transport.write(_CONTINUE)
 
     def _gate(self, request: _Inference) -> QueueGate | None:
+        """The gate of ``request``'s caller, if it has one. Looked up once as the request
+        arrives (``request.gate``), again only while it had none: under a flood every request
+        passes here, and a lookup costs a hash of the key and a check that the key is still
+        known, about as much as the rest of holding a connection."""
+        gate = request.gate
+        if gate is not None or not self.gates:
+            return gate
         gate = self.gates.get((request.path, request.authorization), self.loop.time())
         if gate is None or not self.platform.keys.remembers(request.authorization):
             return None  # none, or its key was revoked since its 429: authenticate it again
+        request.gate = gate
         return gate
 
     def _refuse(self, request: _Inference, exc: ModelYardError) -> None:
