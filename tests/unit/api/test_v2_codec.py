@@ -254,6 +254,30 @@ def test_binary_unaligned_input_is_copied_and_correct() -> None:
     assert_same(got, data)
 
 
+@pytest.mark.parametrize("pad", [0, 1])
+def test_requests_sharing_a_header_each_get_their_own_checked_data(pad: int) -> None:
+    """The second request with a header seen before is read from the remembered header: its
+    arrays are still its own bytes, copied when unaligned, and BOOL bytes are still checked."""
+    codec._PREPARED.clear()
+    header = json.dumps({"inputs": [
+        {"name": "x", "datatype": "FP32", "shape": [1, 3], "parameters": {"binary_data_size": 12}},
+        {"name": "m", "datatype": "BOOL", "shape": [2], "parameters": {"binary_data_size": 2}},
+    ]}).encode() + b" " * pad
+    decoded = []
+    for row in ([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]):
+        data = np.array([row], dtype=np.float32)
+        decoded.append(decode_infer_request(header + data.tobytes() + b"\x01\x00", len(header)))
+    assert header in codec._PREPARED  # the second request took the remembered header's path
+    for request, want in zip(decoded, ([[1, 2, 3]], [[4, 5, 6]])):
+        x, m = request.inputs
+        assert x.data.flags.aligned
+        assert_same(x.data, np.array(want, dtype=np.float32))
+        assert_same(m.data, np.array([True, False]))
+        assert x.parameters == {} and m.parameters == {}
+    bad = header + np.zeros((1, 3), np.float32).tobytes() + b"\x02\x00"
+    assert "BOOL binary data must hold only bytes 0 and 1" in raises(bad, len(header))
+
+
 def test_bytes_serialization_matches_tritonclient() -> None:
     from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 

@@ -101,7 +101,7 @@ class PreparedRequest:
     parameters; requested outputs; id; parameters): only their raw tensor bytes differ. Shared
     with the gRPC codec, whose requests carry the same in ``raw_input_contents``."""
 
-    __slots__ = ("inputs", "outputs", "id", "parameters", "sizes", "total")
+    __slots__ = ("inputs", "outputs", "id", "parameters", "sizes", "total", "_plain")
 
     def __init__(self, request: InferenceRequest, sizes: Sequence[int]) -> None:
         self.inputs = [(t.name, t.datatype, t.shape, t.parameters) for t in request.inputs]
@@ -110,12 +110,25 @@ class PreparedRequest:
         self.parameters = request.parameters
         self.sizes = tuple(sizes)
         self.total = sum(sizes)
+        # Per input, its wire dtype and element count when any bytes of the right size are a
+        # valid value (numbers other than BOOL): those are read without decode_raw_tensor's
+        # checks, which the first request of this header passed. None: decode and check.
+        self._plain = [
+            None if datatype in ("BYTES", "BOOL") else (DATATYPES[datatype].newbyteorder("<"), element_count(shape))
+            for _, datatype, shape, _ in self.inputs
+        ]
 
     def build(self, parts: Sequence[bytes | memoryview]) -> InferenceRequest:
         """The request whose inputs' raw bytes are ``parts`` (one per input, in order)."""
         inputs = []
-        for (name, datatype, shape, params), part in zip(self.inputs, parts):
-            array = decode_raw_tensor(part, datatype=datatype, shape=shape, name=f"input {name!r}")
+        for (name, datatype, shape, params), plain, size, part in zip(self.inputs, self._plain, self.sizes, parts):
+            if plain is not None and len(part) == size:
+                array = np.frombuffer(part, dtype=plain[0], count=plain[1])
+                if not array.flags.aligned:
+                    array = array.copy()
+                array = array.reshape(shape)
+            else:
+                array = decode_raw_tensor(part, datatype=datatype, shape=shape, name=f"input {name!r}")
             inputs.append(Tensor(name, datatype, shape, array, dict(params)))
         return InferenceRequest(
             inputs=inputs,
