@@ -110,6 +110,16 @@ def test_response_round_trip_every_datatype(datatype: str, binary: bool) -> None
     assert_same(out.data, array)
 
 
+@pytest.mark.parametrize("rows", [2, 40_000])  # small outputs are copied, large ones viewed
+def test_binary_outputs_small_and_large_round_trip(rows: int) -> None:
+    array = np.arange(rows * 3, dtype=np.float32).reshape(rows, 3)[:, ::-1]  # not contiguous
+    resp = InferenceResponse(model_name="m", model_version="1", outputs=[Tensor.from_array("out", array)])
+    body, header_length = encode_infer_response(resp, requested=None, binary_default=True)
+    (out,) = decode_infer_response(body, header_length).outputs
+    assert len(body) - header_length == array.nbytes
+    assert_same(out.data, array)
+
+
 @pytest.mark.parametrize("datatype", ALL)
 @pytest.mark.parametrize("binary", [False, True])
 def test_tritonclient_http_request_bytes_decode(datatype: str, binary: bool) -> None:
