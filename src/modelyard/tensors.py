@@ -91,7 +91,10 @@ class TensorSpec:
     def accepts_shape(self, shape: tuple[int, ...]) -> bool:
         if len(shape) != len(self.shape):
             return False
-        return all(want == -1 or want == got for want, got in zip(self.shape, shape))
+        for want, got in zip(self.shape, shape):
+            if want != got and want != -1:
+                return False
+        return True
 
 
 @dataclass(frozen=True, slots=True)
