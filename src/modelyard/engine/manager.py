@@ -179,9 +179,15 @@ class LoadedModel:
     retired: bool = False
     #: batches faster than this compute on the event loop (0 for a worker process's runtime)
     inline_below_s: float = 0.0
+    #: the options last asked for and their batcher: a version's requests come with the same
+    #: (immutable) options object, so most requests find their batcher here
+    _last: tuple[ServingOptions, DynamicBatcher] | None = field(default=None, init=False, repr=False)
 
     def batcher(self, options: ServingOptions) -> DynamicBatcher:
         """The batcher for ``options`` (made on first use)."""
+        last = self._last
+        if last is not None and last[0] is options:
+            return last[1]
         batching = options.batching
         if batching is None:
             batching = batching_default(list(self.source.inputs or self.runtime.inputs))
@@ -203,6 +209,7 @@ class LoadedModel:
                 inline_below_s=self.inline_below_s,
             )
             self.batchers[key] = batcher
+        self._last = (options, batcher)
         return batcher
 
 
