@@ -45,6 +45,8 @@ __all__ = ["InferenceProtocol"]
 log = logging.getLogger("modelyard.api")
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: distinct answer heads remembered per second (see ``InferenceProtocol._head``)
+_HEADS_KEPT = 64
 #: at shutdown, how long a held connection let in is given for the request it held unread to arrive
 _LAST_REQUEST_S = 0.1
 
@@ -92,6 +94,9 @@ class InferenceProtocol(HttpToolsProtocol):
     gates: ClassVar[QueueGates]
     #: (error, default headers, keep-alive, head, tail): the last refusal's encoded answer
     refusal_memo: ClassVar[tuple[Any, ...]] = (None, None, None, b"", b"")
+    #: (default headers, {(status, *headers): head}): the heads answers had, made once per
+    #: ``Date`` (uvicorn replaces its default headers every second)
+    head_memo: ClassVar[tuple[Any, dict[tuple[Any, ...], bytes]]] = (None, {})
 
     @classmethod
     def bound(cls, platform: Platform) -> type[InferenceProtocol]:
@@ -332,13 +337,23 @@ class InferenceProtocol(HttpToolsProtocol):
         self._send(request, self._head(status, headers), self._tail(payload, request.keep_alive))
 
     def _head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
-        """An answer's bytes before its ``x-request-id``."""
-        parts = [STATUS_LINE[status]]
-        for key, value in self.server_state.default_headers:
-            parts += (key, b": ", value, b"\r\n")
-        for key, value in headers:
-            parts += (key, b": ", value, b"\r\n")
-        return b"".join(parts)
+        """An answer's bytes before its ``x-request-id`` (answers of one model share them)."""
+        defaults = self.server_state.default_headers
+        memo = self.head_memo
+        if memo[0] is not defaults:
+            memo = type(self).head_memo = (defaults, {})
+        key = (status, *headers)
+        head = memo[1].get(key)
+        if head is None:
+            parts = [STATUS_LINE[status]]
+            for name, value in defaults:
+                parts += (name, b": ", value, b"\r\n")
+            for name, value in headers:
+                parts += (name, b": ", value, b"\r\n")
+            head = b"".join(parts)
+            if len(memo[1]) < _HEADS_KEPT:
+                memo[1][key] = head
+        return head
 
     @staticmethod
     def _tail(payload: bytes, keep_alive: bool) -> bytes:
