@@ -314,10 +314,8 @@ class ModelManager:
         Concurrent first requests share one load; a failed load is not cached.
         """
         key = source.load_key
-        model = self._loaded.get(key)
+        model = self._touch(key)
         if model is not None:
-            self._loaded.move_to_end(key)
-            model.last_used = time.monotonic()
             return model
         self._loop = asyncio.get_running_loop()
         fut = self._loading.get(key)
@@ -335,6 +333,14 @@ class ModelManager:
             fut.set_result(model)
             return model
         return await asyncio.shield(fut)
+
+    def _touch(self, key: str) -> LoadedModel | None:
+        """The loaded model of ``key``, marked most recently used; ``None`` when not loaded."""
+        model = self._loaded.get(key)
+        if model is not None:
+            self._loaded.move_to_end(key)
+            model.last_used = time.monotonic()
+        return model
 
     async def _load(self, source: ModelSource, options: ServingOptions) -> LoadedModel:
         loop = asyncio.get_running_loop()
@@ -488,7 +494,9 @@ class ModelManager:
         opts = options or self._defaults
         self._total_in_flight += 1
         try:
-            model = await self.acquire(source, opts)
+            model = self._touch(source.load_key)  # loaded: no coroutine to make and await
+            if model is None:
+                model = await self.acquire(source, opts)
             while model.retired:  # evicted between its load and this request: load it again
                 model = await self.acquire(source, opts)
             batcher = model.batcher(opts)

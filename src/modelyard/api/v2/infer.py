@@ -95,11 +95,6 @@ async def run_infer(
     return 200, [_OCTETS, (b"inference-header-content-length", str(json_length).encode())], payload
 
 
-async def authenticate(platform: Platform, header: str | None) -> Principal:
-    """The principal of an ``Authorization: Bearer <key>`` header (401 when missing or bad)."""
-    return await platform.keys.authenticate_async(bearer_token(header))
-
-
 def error_result(exc: ModelYardError) -> InferResult:
     """The answer for ``exc``: its status, ``Retry-After`` / ``WWW-Authenticate`` and body."""
     headers = [_JSON]
@@ -127,7 +122,7 @@ async def answer_infer(
     """
     principal: Principal | None = None
     try:
-        principal = await authenticate(platform, authorization)
+        principal = await platform.keys.authenticate_async(bearer_token(authorization))  # 401 when missing or bad
         return await run_infer(platform, principal, name, version, body, header_length), principal
     except ModelYardError as exc:
         if exc.http_status >= 500:
