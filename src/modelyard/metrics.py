@@ -6,12 +6,122 @@ one process never collide; ``/metrics`` renders ``Metrics.registry``.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
 
-__all__ = ["Metrics", "LATENCY_BUCKETS"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.samples import Sample
+
+__all__ = ["Metrics", "LATENCY_BUCKETS", "LoopCounter", "LoopHistogram"]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class _LoopCount:
+    """A counter child: a plain number (see :class:`LoopCounter`)."""
+
+    __slots__ = ("value", "created")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class _LoopObservations:
+    """A histogram child: counts per bucket and a sum (see :class:`LoopHistogram`)."""
+
+    __slots__ = ("bounds", "counts", "sum", "created")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: over every bound (+Inf)
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self.bounds, amount)] += 1
+        self.sum += amount
+
+
+class _LoopFamily:
+    """Labelled children made on first use; a collector for the registry it joins."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], object] = {}
+        registry.register(self)
+
+    def _child(self, values: tuple[str, ...], make: Callable[[], object]) -> object:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+            child = self._children[values] = make()
+        return child
+
+
+class LoopCounter(_LoopFamily):
+    """A labelled counter for the per-request path, exposed like ``prometheus_client.Counter``
+    (``_total`` and ``_created``). A child is a plain number without a lock: about a tenth of a
+    ``Counter`` child's cost. Update its children from one thread (the event loop)."""
+
+    def labels(self, *values: str) -> _LoopCount:
+        return self._child(values, _LoopCount)  # type: ignore[return-value]
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in list(self._children.items()):
+            assert isinstance(child, _LoopCount)
+            family.add_metric(values, child.value, created=child.created)
+        yield family
+
+
+class LoopHistogram(_LoopFamily):
+    """A labelled histogram for the per-request path, exposed like
+    ``prometheus_client.Histogram`` (``_bucket``, ``_count``, ``_sum``, ``_created``). An
+    observation is a bisection and two additions, without a lock. Update its children from one
+    thread (the event loop)."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], *, buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        super().__init__(name, documentation, labelnames, registry)
+        self.bounds = tuple(float(b) for b in buckets)
+
+    def labels(self, *values: str) -> _LoopObservations:
+        bounds = self.bounds
+        return self._child(values, lambda: _LoopObservations(bounds))  # type: ignore[return-value]
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        created = []
+        for values, child in list(self._children.items()):
+            assert isinstance(child, _LoopObservations)
+            running, buckets = 0, []
+            for bound, count in zip((*self.bounds, float("inf")), child.counts):
+                running += count
+                buckets.append(("+Inf" if bound == float("inf") else _bound(bound), float(running)))
+            family.add_metric(values, buckets, child.sum)
+            created.append(Sample(self.name + "_created", dict(zip(self.labelnames, values)), child.created))
+        yield family
+        if created:
+            gauge = Metric(self.name + "_created", self.documentation, "gauge")
+            gauge.samples = created
+            yield gauge
+
+
+def _bound(value: float) -> str:
+    """A bucket bound as prometheus_client writes it (``0.5``, ``1.0``)."""
+    return repr(float(value))
 
 
 class Metrics:
@@ -19,13 +129,14 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
+        # The two families every request updates: loop-local (see LoopCounter, LoopHistogram).
+        self.requests = LoopCounter(
             "modelyard_inference_requests", "Inference requests", ["model", "version", "protocol"], registry=r
         )
         self.errors = Counter(
             "modelyard_inference_errors", "Inference requests that failed", ["model", "version", "code"], registry=r
         )
-        self.latency = Histogram(
+        self.latency = LoopHistogram(
             "modelyard_inference_latency_seconds", "End-to-end inference latency",
             ["model", "version"], buckets=LATENCY_BUCKETS, registry=r,
         )
