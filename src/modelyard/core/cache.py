@@ -86,6 +86,14 @@ class AsyncTTLCache(Generic[K, V]):
         hit = self._entries.get(key)
         return hit[1] if hit is not None else None
 
+    def fresh(self, key: K) -> V | None:
+        """The remembered value while it is fresh, without a coroutine (``None`` when absent or
+        stale: then :meth:`get` it, which refreshes)."""
+        hit = self._entries.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self._ttl:
+            return hit[1]
+        return None
+
     async def get(self, key: K, load: Callable[[], V]) -> V:
         hit = self._entries.get(key)
         if hit is not None:

@@ -123,13 +123,22 @@ class DataPlane:
 
     # -- models ----------------------------------------------------------------------------
     async def resolve(self, principal: Principal, name: str, version: str | None) -> VersionInfo:
-        principal.require("infer")
-        if not principal.in_scope(name):
-            raise ModelNotFound(f"model {name!r} not found")
+        known = self._known(principal, name, version)
+        if known is not None:
+            return known
         tenant = principal.tenant_id
         return await self._resolved.get(
             (tenant, name, version), lambda: self.registry.resolve(tenant, name, version)
         )
+
+    def _known(self, principal: Principal, name: str, version: str | None) -> VersionInfo | None:
+        """:meth:`resolve` from memory while the answer is fresh (``None``: await ``resolve``).
+        The caller's permission and scope are checked either way. Per request, a coroutine
+        fewer."""
+        principal.require("infer")
+        if not principal.in_scope(name):
+            raise ModelNotFound(f"model {name!r} not found")
+        return self._resolved.fresh((principal.tenant_id, name, version))
 
     async def deployment(self, principal: Principal, name: str) -> DeploymentTraffic | None:
         """The deployment ``name`` of the caller's tenant, or ``None``: answered from memory once
@@ -145,6 +154,19 @@ class DataPlane:
             fresh, traffic = hit
             if not fresh:
                 self._lookups.refresh(key, partial(deployments.refresh, *key))
+        return self._may_use(principal, name, traffic)
+
+    def _deployment_now(self, principal: Principal, name: str) -> tuple[bool, DeploymentTraffic | None]:
+        """``(True, what deployment() answers)`` when memory answers it fresh, without a
+        coroutine; ``(False, None)``: await :meth:`deployment`."""
+        assert self.deployments is not None
+        hit = self.deployments.cached(principal.tenant_id, name)
+        if hit is None or not hit[0]:
+            return False, None
+        return True, self._may_use(principal, name, hit[1])
+
+    @staticmethod
+    def _may_use(principal: Principal, name: str, traffic: DeploymentTraffic | None) -> DeploymentTraffic | None:
         if traffic is not None:
             principal.require("infer")
             if not principal.in_scope(name):
@@ -257,12 +279,18 @@ class DataPlane:
         deployment and no version is given). Overload: 429 (queue full) or 503 (saturated);
         the deadline (``timeout_s`` of the serving settings): 504."""
         started = time.perf_counter()
-        await self.check_limits(principal)
+        # What memory answers is answered without a coroutine (the usual request).
+        if not self._within_limits(principal):
+            await self._check_daily(principal)
         if version is None and self.deployments is not None:
-            traffic = await self.deployment(principal, name)
+            known, traffic = self._deployment_now(principal, name)
+            if not known:
+                traffic = await self.deployment(principal, name)
             if traffic is not None:
                 return await self._infer_deployment(principal, name, traffic, request, protocol, started)
-        info = await self.resolve(principal, name, version)
+        info = self._known(principal, name, version)
+        if info is None:
+            info = await self.resolve(principal, name, version)
         options = self.options(info)
         children = self._children(info, protocol)
         children[0].inc()
@@ -406,18 +434,36 @@ class DataPlane:
         The token bucket runs inline; the tenant's quotas come from memory (refreshed in the
         background); quota counters (database writes) run in a thread, only when the tenant has
         a daily quota. gRPC and the OpenAI API go through this too."""
+        if not self._within_limits(principal):
+            await self._check_daily(principal)
+
+    def _within_limits(self, principal: Principal) -> bool:
+        """The rate limit (raises), and whether that is all: the tenant's quotas are known
+        (a stale copy is refreshed in the background) and none is per day. False: await
+        :meth:`_check_daily`."""
         limits = self.limits
         if limits is None:
-            return
+            return True
         limits.check_rate(principal)
+        tenant = principal.tenant_id
+        hit = limits.cached_quotas(tenant)
+        if hit is None:
+            return False
+        fresh, quotas = hit
+        if not fresh:
+            self._lookups.refresh(("quotas", tenant), partial(limits.refresh_quotas, tenant))
+        return not limits.has_daily(quotas)
+
+    async def _check_daily(self, principal: Principal) -> None:
+        """The tenant's daily quotas (loaded first when not known yet), counted in the database."""
+        limits = self.limits
+        assert limits is not None
         tenant = principal.tenant_id
         hit = limits.cached_quotas(tenant)
         if hit is None:
             quotas = await self._lookups.run(("quotas", tenant), partial(limits.refresh_quotas, tenant))
         else:
-            fresh, quotas = hit
-            if not fresh:
-                self._lookups.refresh(("quotas", tenant), partial(limits.refresh_quotas, tenant))
+            quotas = hit[1]
         if limits.has_daily(quotas):
             await anyio.to_thread.run_sync(limits.check_daily, principal)
 
