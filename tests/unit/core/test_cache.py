@@ -67,3 +67,15 @@ async def test_a_failed_refresh_evicts_so_the_next_caller_sees_the_error() -> No
     await asyncio.sleep(0.1)
     with pytest.raises(PermissionError):
         await cache.get("k", load)
+
+
+async def test_fresh_answers_from_memory_only_while_the_entry_is_fresh() -> None:
+    """``fresh`` is the coroutine-free path of the hot loop: a fresh entry, else None (the
+    caller then awaits ``get``, which refreshes a stale one)."""
+    cache: AsyncTTLCache[str, int] = AsyncTTLCache(ttl_s=0.05)
+    assert cache.fresh("k") is None, "absent"
+    assert await cache.get("k", lambda: 1) == 1
+    assert cache.fresh("k") == 1
+    await asyncio.sleep(0.06)
+    assert cache.fresh("k") is None, "stale: get it instead"
+    assert cache.peek("k") == 1, "still remembered"

@@ -101,8 +101,16 @@ def test_infer_resolves_and_matches(platform: Platform, tenant: str) -> None:
 def test_permission_is_checked(platform: Platform, tenant: str) -> None:
     _push(platform, tenant)
     nobody = Principal(key_id="k", tenant_id=tenant, tenant_name="d", role="nobody")
-    with pytest.raises(PermissionDenied):
-        asyncio.run(platform.dataplane.infer(nobody, "add", None, _req(np.zeros((1, 3), np.float32))))
+    x = np.zeros((1, 3), np.float32)
+
+    async def run() -> None:
+        with pytest.raises(PermissionDenied):
+            await platform.dataplane.infer(nobody, "add", None, _req(x))
+        await platform.dataplane.infer(_principal(tenant), "add", None, _req(x))  # now answered from memory
+        with pytest.raises(PermissionDenied):
+            await platform.dataplane.infer(nobody, "add", None, _req(x))
+
+    asyncio.run(run())
 
 
 def test_concurrent_first_requests_share_one_load(platform: Platform, tenant: str) -> None:

@@ -118,7 +118,7 @@ class PreparedRequest:
         # valid value (numbers other than BOOL): those are read without decode_raw_tensor's
         # checks, which the first request of this header passed. None: decode and check.
         self._plain = [
-            None if datatype in ("BYTES", "BOOL") else (DATATYPES[datatype].newbyteorder("<"), element_count(shape))
+            None if datatype in ("BYTES", "BOOL") else (_WIRE[datatype], element_count(shape))
             for _, datatype, shape, _ in self.inputs
         ]
 
