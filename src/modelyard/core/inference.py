@@ -550,6 +550,10 @@ class QueueGate:
         """Call ``callback()`` once the queue has room (see ``DynamicBatcher.when_room``)."""
         self._batcher.when_room(callback)
 
+    def claim_return(self) -> bool:
+        """Whether a slot was kept for a caller just answered (see ``DynamicBatcher.claim_return``)."""
+        return bool(self._batcher.claim_return())
+
     def flush(self) -> None:
         """Count the refusals not counted yet (call when the gate is dropped)."""
         n, self._uncounted = self._uncounted, 0

@@ -482,7 +482,9 @@ async def test_the_wait_for_a_quiet_loop_turn_is_bounded_by_the_queue_delay() ->
     await _warm_inline(b)
     warm_batches = len(model.calls)
     pending = []
-    until = time.perf_counter() + 0.1
+    # A 5 ms delay makes dozens of batches in 0.25 s; the margin absorbs a stall of the test
+    # process (a garbage collection of the suite's heap can take tens of milliseconds).
+    until = time.perf_counter() + 0.25
     i = 0
     while time.perf_counter() < until:
         pending.append(asyncio.ensure_future(b.submit(request([i]), None)))
@@ -517,6 +519,58 @@ async def test_a_slot_kept_for_a_waiter_let_in_outlasts_a_batch_computed_on_the_
     results = await asyncio.gather(*tasks)
     assert [r["id"].tolist() for r in results] == [[0], [1]]
     await b.close()
+
+
+@pytest.mark.asyncio
+async def test_the_callers_of_a_batch_computed_on_the_loop_keep_their_slots_before_newer_waiters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While waiters exist, the room a batch computed on the loop makes is kept for the callers
+    it answers (after waiters that have aged): each may claim one slot and read on instead of
+    waiting; slots not claimed, or whose request does not come, go to the waiters in the end."""
+    from modelyard.engine import batcher as batcher_module
+
+    monkeypatch.setattr(batcher_module, "_ROOM_RECOUNT_S", 0.3)  # far from this test's steps
+    let_in: list[str] = []
+    seen: list[tuple[list[str], list[bool]]] = []
+
+    class AfterBatch(Recorder):
+        def on_batch(self, size: int, queue_wait_s: float, compute_s: float) -> None:
+            super().on_batch(size, queue_wait_s, compute_s)
+            if len(self.batches) == 4:  # the first batch after the three warm-up ones
+                seen.append((list(let_in), [b.claim_return() for _ in range(3)]))
+
+    model = ThreadRecorder()
+    b = make(model, inline_below_s=1.0, max_batch_size=2, max_queue_size=4, observer=AfterBatch())
+    await _warm_inline(b)
+    tasks = [asyncio.ensure_future(b.submit(request([i]), None)) for i in range(4)]
+    await asyncio.sleep(0)  # all four queued: the queue is at the let-in level
+    for name in ("older", "newer"):
+        b.when_room(lambda name=name: let_in.append(name) or 1)
+    assert not b.claim_return(), "no batch taken yet: no slot kept"
+    await wait_until(lambda: bool(seen))
+    assert seen == [([], [True, True, False])], "its two slots were kept for its two callers, one each"
+    await wait_until(lambda: len(let_in) == 2)  # unclaimed or unused slots reach the waiters
+    results = await asyncio.gather(*tasks)
+    assert [r["id"].tolist() for r in results] == [[i] for i in range(4)]
+    await b.close()
+
+
+@pytest.mark.asyncio
+async def test_a_batch_on_a_thread_keeps_no_slots_for_its_callers() -> None:
+    model = Stepped()
+    b = make(model, max_batch_size=1, max_queue_size=2)
+    tasks = [asyncio.ensure_future(b.submit(request([0]), None))]
+    await wait_until(lambda: b.in_flight == 1 and b.queue_depth == 0)  # computing, stepped
+    tasks += [asyncio.ensure_future(b.submit(request([i]), None)) for i in (1, 2)]
+    await wait_until(lambda: b.full)
+    b.when_room(lambda: 1)
+    model.step()
+    await wait_until(lambda: b.waiting_for_room == 0)  # let in at once: nothing kept
+    assert not b.claim_return()
+    model.step(10)
+    await asyncio.gather(*tasks)
+    await b.close(1)
 
 
 @pytest.mark.asyncio

@@ -300,6 +300,8 @@ class InferenceProtocol(HttpToolsProtocol):
         caller's gate is kept while its connections keep finding no room."""
         if self._held or not request.keep_alive or not gate.no_room or self.transport.is_closing():
             return
+        if gate.claim_return():
+            return  # a slot was kept for the callers of the batch that answered it: read on
         self._held = True
         self._idle_since = None  # a request may be waiting unread: not idle
         self.flow.pause_reading()
