@@ -556,14 +556,23 @@ async def test_the_callers_of_a_batch_computed_on_the_loop_keep_their_slots_befo
     await b.close()
 
 
-@pytest.mark.asyncio
-async def test_a_batch_on_a_thread_keeps_no_slots_for_its_callers() -> None:
-    model = Stepped()
+async def _full_while_computing(
+    model: Stepped,
+) -> tuple[DynamicBatcher, list[asyncio.Future[dict[str, np.ndarray]]]]:
+    """A batcher of one-row batches on a thread, computing request 0 (stepped), with requests 1
+    and 2 filling its queue of two."""
     b = make(model, max_batch_size=1, max_queue_size=2)
     tasks = [asyncio.ensure_future(b.submit(request([0]), None))]
     await wait_until(lambda: b.in_flight == 1 and b.queue_depth == 0)  # computing, stepped
     tasks += [asyncio.ensure_future(b.submit(request([i]), None)) for i in (1, 2)]
     await wait_until(lambda: b.full)
+    return b, tasks
+
+
+@pytest.mark.asyncio
+async def test_a_batch_on_a_thread_keeps_no_slots_for_its_callers() -> None:
+    model = Stepped()
+    b, tasks = await _full_while_computing(model)
     b.when_room(lambda: 1)
     model.step()
     await wait_until(lambda: b.waiting_for_room == 0)  # let in at once: nothing kept
@@ -605,11 +614,7 @@ async def test_waiters_for_room_are_let_in_newest_first_one_per_free_slot() -> N
     frees, the newest waiter first (adaptive LIFO); one whose connection has gone, or that does
     not use its slot (sends nothing), does not keep the next one waiting."""
     model = Stepped()
-    b = make(model, max_batch_size=1, max_queue_size=2)
-    tasks = [asyncio.ensure_future(b.submit(request([0]), None))]
-    await wait_until(lambda: b.in_flight == 1 and b.queue_depth == 0)  # computing, stepped
-    tasks += [asyncio.ensure_future(b.submit(request([i]), None)) for i in (1, 2)]
-    await wait_until(lambda: b.full)
+    b, tasks = await _full_while_computing(model)
     let_in: list[str] = []
 
     def waiter(name: str, sends: bool, gone: bool = False) -> Callable[[], int]:
