@@ -35,7 +35,10 @@ takes as many slots as the calls it may bring), as the queue gets room: newest f
 LIFO: waiters exist only while the queue is full), except that waiters that have waited half a
 second go first, oldest first. The excess waits unread in the client's socket and costs the
 server nothing; refusals (429) remain for whatever is read while the queue is full (a connection
-is read after a second of waiting in any case).
+is read after a second of waiting in any case). While waiters exist, the room a batch computed on
+the loop makes goes to those that have aged, then is kept for the callers that batch answers
+(:meth:`DynamicBatcher.claim_return`): they read on rather than wait for the next batch, as
+newest-first would have them do, which spares each request of a flood the wait's bookkeeping.
 
 Failure isolation: if a batched ``predict`` raises (or returns outputs that cannot be split by
 rows), every request of that batch is re-run alone, so one bad request fails only itself.
