@@ -297,7 +297,9 @@ class InferenceProtocol(HttpToolsProtocol):
         request waits unread in the client's socket until the queue has room for it (waiters are
         let in newest first, those that waited half a second before them; after a second it is
         read, and refused if the queue is full) instead of being read only to be refused. The
-        caller's gate is kept while its connections keep finding no room."""
+        caller's gate is kept while its connections keep finding no room. A connection for which
+        a slot was kept (answered by a batch computed on the loop while others waited: see
+        ``DynamicBatcher.claim_return``) takes it and reads on."""
         if self._held or not request.keep_alive or not gate.no_room or self.transport.is_closing():
             return
         if gate.claim_return():
