@@ -30,6 +30,8 @@ class _LoopCount:
         self.created = time.time()
 
     def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError("a counter only goes up; use a gauge for values that go down")
         self.value += amount
 
 

@@ -33,6 +33,8 @@ def test_loop_families_check_their_labels_and_names() -> None:
     counter = LoopCounter("t_requests", "Requests", ["model"], registry=registry)
     with pytest.raises(ValueError, match="takes labels"):
         counter.labels("a", "extra")
+    with pytest.raises(ValueError, match="only goes up"):
+        counter.labels("a").inc(-1)
     with pytest.raises(ValueError, match="Duplicated timeseries"):
         Counter("t_requests", "Again", ["model"], registry=registry)
 
