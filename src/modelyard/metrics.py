@@ -9,6 +9,9 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from itertools import accumulate
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -51,17 +54,20 @@ class _LoopObservations:
         self.sum += amount
 
 
-class _LoopFamily:
+C = TypeVar("C")
+
+
+class _LoopFamily(Generic[C]):
     """Labelled children made on first use; a collector for the registry it joins."""
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
-        self._children: dict[tuple[str, ...], object] = {}
+        self._children: dict[tuple[str, ...], C] = {}
         registry.register(self)
 
-    def _child(self, values: tuple[str, ...], make: Callable[[], object]) -> object:
+    def _child(self, values: tuple[str, ...], make: Callable[[], C]) -> C:
         child = self._children.get(values)
         if child is None:
             if len(values) != len(self.labelnames):
@@ -70,23 +76,22 @@ class _LoopFamily:
         return child
 
 
-class LoopCounter(_LoopFamily):
+class LoopCounter(_LoopFamily[_LoopCount]):
     """A labelled counter for the per-request path, exposed like ``prometheus_client.Counter``
     (``_total`` and ``_created``). A child is a plain number without a lock: about a tenth of a
     ``Counter`` child's cost. Update its children from one thread (the event loop)."""
 
     def labels(self, *values: str) -> _LoopCount:
-        return self._child(values, _LoopCount)  # type: ignore[return-value]
+        return self._child(values, _LoopCount)
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for values, child in list(self._children.items()):
-            assert isinstance(child, _LoopCount)
             family.add_metric(values, child.value, created=child.created)
         yield family
 
 
-class LoopHistogram(_LoopFamily):
+class LoopHistogram(_LoopFamily[_LoopObservations]):
     """A labelled histogram for the per-request path, exposed like
     ``prometheus_client.Histogram`` (``_bucket``, ``_count``, ``_sum``, ``_created``). An
     observation is a bisection and two additions, without a lock. Update its children from one
@@ -98,32 +103,24 @@ class LoopHistogram(_LoopFamily):
     ) -> None:
         super().__init__(name, documentation, labelnames, registry)
         self.bounds = tuple(float(b) for b in buckets)
+        # each bucket's ``le`` label as prometheus_client writes it (``0.5``, ``1.0``, ``+Inf``)
+        self._les = [repr(b) for b in self.bounds] + ["+Inf"]
 
     def labels(self, *values: str) -> _LoopObservations:
-        bounds = self.bounds
-        return self._child(values, lambda: _LoopObservations(bounds))  # type: ignore[return-value]
+        return self._child(values, partial(_LoopObservations, self.bounds))
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        created = []
+        created = Metric(self.name + "_created", self.documentation, "gauge")
         for values, child in list(self._children.items()):
-            assert isinstance(child, _LoopObservations)
-            running, buckets = 0, []
-            for bound, count in zip((*self.bounds, float("inf")), child.counts):
-                running += count
-                buckets.append(("+Inf" if bound == float("inf") else _bound(bound), float(running)))
-            family.add_metric(values, buckets, child.sum)
-            created.append(Sample(self.name + "_created", dict(zip(self.labelnames, values)), child.created))
+            cumulative = [float(n) for n in accumulate(child.counts)]
+            family.add_metric(values, list(zip(self._les, cumulative)), child.sum)
+            created.samples.append(
+                Sample(self.name + "_created", dict(zip(self.labelnames, values)), child.created)
+            )
         yield family
-        if created:
-            gauge = Metric(self.name + "_created", self.documentation, "gauge")
-            gauge.samples = created
-            yield gauge
-
-
-def _bound(value: float) -> str:
-    """A bucket bound as prometheus_client writes it (``0.5``, ``1.0``)."""
-    return repr(float(value))
+        if created.samples:
+            yield created
 
 
 class Metrics:

@@ -552,7 +552,7 @@ class QueueGate:
 
     def claim_return(self) -> bool:
         """Whether a slot was kept for a caller just answered (see ``DynamicBatcher.claim_return``)."""
-        return bool(self._batcher.claim_return())
+        return self._batcher.claim_return()
 
     def flush(self) -> None:
         """Count the refusals not counted yet (call when the gate is dropped)."""
