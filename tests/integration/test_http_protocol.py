@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,6 +110,24 @@ def test_keep_alive_serves_many_requests_on_one_connection(server: LiveServer) -
             ]
             ids.add(headers["x-request-id"])
     assert len(ids) == 20, "every answer gets its own request id"
+
+
+def test_answers_share_their_head_but_carry_the_current_date(server: LiveServer) -> None:
+    """Answers' heads are remembered (status line and headers), per ``Date``: a second later the
+    same answer carries the new date, and an error answer its own status and headers."""
+    with _connect(server) as sock:
+        reader = _Reader(sock)
+        sock.sendall(_infer_request(server.admin_key))
+        status, first, _ = reader.response()
+        time.sleep(1.2)  # uvicorn renews its date header every tick; seconds are its resolution
+        sock.sendall(_infer_request(server.admin_key))
+        _, second, _ = reader.response()
+        sock.sendall(_infer_request("my_wrong_key"))
+        refused, third, _ = reader.response()
+    assert status == 200 and first["content-type"] == second["content-type"] == "application/json"
+    assert first["date"] != second["date"], "the remembered head followed the date"
+    assert first["x-request-id"] != second["x-request-id"]
+    assert refused == 401 and third["www-authenticate"] == "Bearer"
 
 
 def _head(key: str, framing: str) -> bytes:
