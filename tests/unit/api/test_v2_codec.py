@@ -286,6 +286,8 @@ def test_requests_sharing_a_header_each_get_their_own_checked_data(pad: int) -> 
         assert x.parameters == {} and m.parameters == {}
     bad = header + np.zeros((1, 3), np.float32).tobytes() + b"\x02\x00"
     assert "BOOL binary data must hold only bytes 0 and 1" in raises(bad, len(header))
+    short = header + np.zeros((1, 3), np.float32).tobytes() + b"\x01"
+    assert "binary" in raises(short, len(header)), "a body short of the remembered sizes is refused"
 
 
 def test_bytes_serialization_matches_tritonclient() -> None:
