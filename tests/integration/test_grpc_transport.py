@@ -186,11 +186,12 @@ def test_a_full_queue_is_resource_exhausted_with_retry_after(server: LiveServer)
 def test_a_refused_callers_next_calls_are_refused_undecoded_and_its_connection_waits_for_room(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """After RESOURCE_EXHAUSTED, the same caller's next calls for that model are refused before
-    their message is decoded (one that is not a valid message past its model name still gets
-    RESOURCE_EXHAUSTED, with the same retry-after), and its connection is not read until the
-    queue has room: the call it sends meanwhile waits, then is served. Another caller's calls
-    are decoded as usual. Every refusal is counted."""
+    """After RESOURCE_EXHAUSTED, the caller's connection is not read until the queue has room:
+    the call it sends meanwhile waits, then is served. Its next calls on other connections for
+    that model are refused before their message is decoded (one that is not a valid message
+    past its model name still gets RESOURCE_EXHAUSTED, with the same retry-after), and those
+    connections wait for room too. Another caller's calls are decoded as usual. Every refusal
+    is counted."""
     from modelyard.engine import batcher as batcher_module
 
     monkeypatch.setattr(batcher_module, "ROOM_WAIT_MAX_S", 60.0)  # only room lets it in here
@@ -202,7 +203,12 @@ def test_a_refused_callers_next_calls_are_refused_undecoded_and_its_connection_w
         with srv.client() as admin:
             other = admin.post("/api/v1/keys", json={"role": "inference"}).json()["secret"]
         undecodable = b"\x0a\x05tight\xff\xff\xff"  # the model's name, then not a message
-        with grpc.insecure_channel(srv.grpc_url) as channel, grpc.insecure_channel(srv.grpc_url) as second:
+        own = [("grpc.use_local_subchannel_pool", 1)]  # its own connection (channels share one by default)
+        with (
+            grpc.insecure_channel(srv.grpc_url) as channel,
+            grpc.insecure_channel(srv.grpc_url, options=own) as second,
+            grpc.insecure_channel(srv.grpc_url, options=own) as third,
+        ):
             call, meta = _call(channel), _metadata(srv)
             long = call.future(_infer_request("tight", np.zeros((64, SLOW_WIDTH), np.float32)), metadata=meta)
             wait_until(lambda: any(m.batchers for m in srv.platform.manager.loaded()))
@@ -213,22 +219,23 @@ def test_a_refused_callers_next_calls_are_refused_undecoded_and_its_connection_w
             refused = call.future(_infer_request("tight", np.zeros((1, SLOW_WIDTH), np.float32)), metadata=meta)
             first = refused.exception(timeout=30)
             assert isinstance(first, grpc.RpcError) and first.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert batcher.waiting_for_room == 1, "the refused connection is not read from then on"
             with pytest.raises(grpc.RpcError) as info:
                 _call(second)(undecodable, metadata=(("authorization", f"Bearer {other}"),), timeout=30)
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, "another caller is decoded"
             with pytest.raises(grpc.RpcError) as info:
-                call(undecodable, metadata=meta, timeout=30)
+                _call(third)(undecodable, metadata=meta, timeout=30)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, "refused before decoding"
             assert dict(info.value.trailing_metadata() or ())["retry-after"] == \
                 dict(first.trailing_metadata() or ())["retry-after"]
-            assert batcher.waiting_for_room == 1, "the refused connection is not read"
+            assert batcher.waiting_for_room == 2, "the caller's other connection waits for room too"
             waiting = call.future(_infer_request("tight", np.ones((1, SLOW_WIDTH), np.float32)), metadata=meta)
             time.sleep(0.2)
             assert not waiting.done() and batcher.full, "its call waits unread while the queue is full"
             long.result(timeout=60)
             queued.result(timeout=60)
             assert len(waiting.result(timeout=60).raw_output_contents) == 1, "read and served once there is room"
-            assert batcher.waiting_for_room == 0
+            wait_until(lambda: batcher.waiting_for_room == 0)
         assert queue_full_refusals(srv, "tight") == (2, 2)
     finally:
         srv.stop()

@@ -43,7 +43,9 @@ from urllib.parse import quote
 import grpc
 import hpack
 
-__all__ = ["Http2GrpcServer", "UnaryHandler", "StreamHandler", "Screen", "Refusal", "CallContext", "GrpcAbort"]
+__all__ = [
+    "Http2GrpcServer", "UnaryHandler", "StreamHandler", "Screen", "Hold", "Wait", "Refusal", "CallContext", "GrpcAbort",
+]
 
 log = logging.getLogger("modelyard.grpc")
 
@@ -67,6 +69,12 @@ StreamHandler = UnaryHandler
 #: ``(metadata, the gRPC-framed request message) -> refusal or None``: a unary call's screen,
 #: asked before a task is made or the message is decoded (see :class:`Refusal`)
 Screen = Callable[[tuple[tuple[str, str], ...], bytes], "Refusal | None"]
+#: ``wait(resume)``: call ``resume()`` once the connection may be read again (see :class:`Refusal`)
+Wait = Callable[[Callable[[], int]], None]
+#: ``(metadata, the gRPC-framed request message) -> wait or None``: asked after a unary call was
+#: answered; a wait when the connection should not be read until ``wait`` calls back (its client's
+#: next calls would be refused now: they wait in its socket instead)
+Hold = Callable[[tuple[tuple[str, str], ...], bytes], "Wait | None"]
 
 
 def _int(value: int, prefix: int, flags: int) -> bytes:
@@ -132,9 +140,9 @@ class Refusal:
     encoded once however many calls it answers (a flood is answered with the same object).
 
     ``wait``: when given, the connection is not read after the refusal until ``wait`` calls back
-    (``wait(resume)``; ``resume()`` returns how many calls the connection may bring: as many as
-    were refused on it while it waited, at least one; 0 when it has gone): its next frames wait
-    in the client's socket, TCP backpressure, instead of each costing a refusal."""
+    (a :data:`Wait`; ``resume()`` returns how many calls the connection may bring: one for each
+    call answered on it since it was held, this one included; 0 when it has gone): its next
+    frames wait in the client's socket, TCP backpressure, instead of each costing a refusal."""
 
     __slots__ = ("code", "details", "trailing", "wait", "_block")
 
@@ -143,7 +151,7 @@ class Refusal:
         code: grpc.StatusCode,
         details: str,
         trailing: Iterable[tuple[str, str]] = (),
-        wait: Callable[[Callable[[], int]], None] | None = None,
+        wait: Wait | None = None,
     ) -> None:
         self.code, self.details, self.trailing, self.wait = code, details, tuple(trailing), wait
         self._block: bytes | None = None
@@ -175,15 +183,20 @@ class CallContext:
         raise GrpcAbort(code, details)
 
 
+#: a method path's handler, whether it is a stream's, its screen and its hold
+_Route = tuple[UnaryHandler | None, bool, Screen | None, Hold | None]
+_NO_ROUTE: _Route = (None, False, None, None)
+
+
 class _Head:
     """A request's header block, decoded, with what a call derives from it (made once per
     distinct block on a connection while the HPACK table is unchanged)."""
 
-    __slots__ = ("headers", "handler", "streaming", "screen", "metadata", "timeout", "encoding")
+    __slots__ = ("headers", "handler", "streaming", "screen", "hold", "metadata", "timeout", "encoding")
 
     def __init__(self, headers: list[tuple[bytes, bytes]], server: Http2GrpcServer) -> None:
         self.headers = headers
-        self.handler, self.streaming, self.screen = server.handler_for(headers)
+        self.handler, self.streaming, self.screen, self.hold = server.handler_for(headers)
         metadata: list[tuple[str, str]] = []
         self.timeout: float | None = None
         self.encoding = b"identity"
@@ -249,8 +262,8 @@ class _Connection(asyncio.Protocol):
         self.closing = False  # no new streams (either side sent GOAWAY)
         self.stopping = False  # this server sent it: open streams end once their messages are answered
         self.out: list[bytes] = []
-        self.held = False  # not read until a refusal's wait calls back (see Refusal)
-        self.refused = 0  # calls refused by a screen since this connection was last read again
+        self.held = False  # not read until a wait calls back (see Refusal and Hold)
+        self.brings = 0  # while held: calls answered since, each of which its client may send again
 
     # -- connection ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -314,13 +327,24 @@ class _Connection(asyncio.Protocol):
                 return
         self.buf = buf[pos:]
 
+    def _pause(self, wait: Wait) -> None:
+        """Stop reading until ``wait`` calls back (:meth:`_resume`); the call just answered is
+        the first that the connection may bring when it is read again."""
+        if self.held or self.closing or self.transport is None:
+            return
+        self.held = True
+        self.brings = 1
+        self.transport.pause_reading()
+        wait(self._resume)
+
     def _resume(self) -> int:
-        """A refusal's wait is over: read the connection again. Returns how many calls that may
-        bring: the client sends again about as many as were refused (0: the connection has gone)."""
+        """A wait is over: read the connection again. Returns how many calls that may bring:
+        its client sends again about as many as were answered (refused or served) since it was
+        held, each of which freed a stream (0: the connection has gone)."""
         if not self.held:
             return 0
         self.held = False
-        brings, self.refused = max(1, self.refused), 0
+        brings, self.brings = self.brings, 0
         if self.transport is None or self.transport.is_closing():
             return 0
         self.transport.resume_reading()
@@ -523,12 +547,9 @@ class _Connection(asyncio.Protocol):
         if refusal is None:
             return False
         stream.ended = True
-        self.refused += 1
         self._answer_block(stream, refusal.block())
-        if refusal.wait is not None and not self.held and not self.closing and self.transport is not None:
-            self.held = True
-            self.transport.pause_reading()
-            refusal.wait(self._resume)
+        if refusal.wait is not None:
+            self._pause(refusal.wait)
         return True
 
     async def _call(self, stream: _Stream, body: bytes) -> None:
@@ -557,11 +578,14 @@ class _Connection(asyncio.Protocol):
         finally:
             if stream.timer is not None:
                 stream.timer.cancel()
-        if response is None:
-            return
-        message = response.SerializeToString()
-        trailers = _OK_TRAILERS + b"".join(_literal(k.encode(), str(v).encode()) for k, v in context.trailing)
-        self._answer(stream, b"\x00" + len(message).to_bytes(4, "big") + message, trailers)
+        if response is not None:
+            message = response.SerializeToString()
+            trailers = _OK_TRAILERS + b"".join(_literal(k.encode(), str(v).encode()) for k, v in context.trailing)
+            self._answer(stream, b"\x00" + len(message).to_bytes(4, "big") + message, trailers)
+        if head.hold is not None and not self.held:
+            wait = head.hold(head.metadata, body)
+            if wait is not None:
+                self._pause(wait)
 
     async def _respond(self, stream: _Stream, message: bytes, context: CallContext) -> Any:
         """Decode one request message and run the handler on it: its response, or ``None``
@@ -734,6 +758,8 @@ class _Connection(asyncio.Protocol):
             stream.timer.cancel()
             stream.timer = None
         self.streams.pop(stream.id, None)
+        if self.held:
+            self.brings += 1
         if self.closing and not self.streams and self.transport is not None:
             self._close()
 
@@ -742,7 +768,7 @@ class Http2GrpcServer:
     """A gRPC server on the running loop. ``handlers`` maps a method path
     (``/package.Service/Method``) to its :data:`UnaryHandler`, ``streams`` a bidirectional
     streaming method's path to its :data:`StreamHandler`, ``screens`` a unary method's path to
-    its :data:`Screen`."""
+    its :data:`Screen`, ``holds`` a unary method's path to its :data:`Hold`."""
 
     def __init__(
         self,
@@ -751,22 +777,25 @@ class Http2GrpcServer:
         max_message_bytes: int,
         streams: dict[str, StreamHandler] | None = None,
         screens: dict[str, Screen] | None = None,
+        holds: dict[str, Hold] | None = None,
     ) -> None:
-        screens = screens or {}
-        self._handlers: dict[bytes, tuple[UnaryHandler | None, bool, Screen | None]] = {
-            path.encode(): (handler, False, screens.get(path)) for path, handler in handlers.items()
+        screens, holds = screens or {}, holds or {}
+        self._handlers: dict[bytes, _Route] = {
+            path.encode(): (handler, False, screens.get(path), holds.get(path)) for path, handler in handlers.items()
         }
-        self._handlers.update({path.encode(): (handler, True, None) for path, handler in (streams or {}).items()})
+        self._handlers.update(
+            {path.encode(): (handler, True, None, None) for path, handler in (streams or {}).items()}
+        )
         self.max_message_bytes = max_message_bytes
         self.connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
 
-    def handler_for(self, headers: list[tuple[bytes, bytes]]) -> tuple[UnaryHandler | None, bool, Screen | None]:
-        """The handler of a call's ``:path``, whether it is a stream's, and its screen."""
+    def handler_for(self, headers: list[tuple[bytes, bytes]]) -> _Route:
+        """The handler of a call's ``:path``, whether it is a stream's, its screen and its hold."""
         for key, value in headers:
             if key == b":path":
-                return self._handlers.get(value, (None, False, None))
-        return None, False, None
+                return self._handlers.get(value, _NO_ROUTE)
+        return _NO_ROUTE
 
     async def start(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None) -> None:
         loop = asyncio.get_running_loop()

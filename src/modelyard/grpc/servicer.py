@@ -17,6 +17,9 @@ message is decoded, while the queue stays full (for at most a second at a time),
 status, ``retry-after`` and accounting: on the native transport, without a task or a decode per
 refused call. Without it, a flood of calls costs a decode and a trip to the queue each, and on
 one core the refusals leave next to nothing for the calls that are served (docs/serving.md).
+While such a caller's queue has no room, its connection is not read after a call of its is
+answered, served or refused (:meth:`InferenceServicer.hold`), until the queue has room: its next
+calls wait in its socket rather than each being read only to be refused.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from modelyard.core.inference import QueueGates
+from modelyard.core.inference import QueueGate, QueueGates
 from modelyard.core.keys import bearer_token
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
@@ -43,15 +46,19 @@ from modelyard.grpc.codec import (
     response_to_proto,
     stream_response,
 )
-from modelyard.grpc.http2 import Http2GrpcServer, Refusal, Screen, StreamHandler, UnaryHandler
+from modelyard.grpc.http2 import Hold, Http2GrpcServer, Refusal, Screen, StreamHandler, UnaryHandler, Wait
 from modelyard.grpc.proto import grpc_service_pb2 as pb
 from modelyard.grpc.proto import grpc_service_pb2_grpc as pb_grpc
 
-__all__ = ["InferenceServicer", "status_of", "start_grpc_server", "stream_handlers", "unary_handlers", "screens"]
+__all__ = [
+    "InferenceServicer", "status_of", "start_grpc_server", "stream_handlers", "unary_handlers", "screens", "holds",
+]
 
 log = logging.getLogger("modelyard.grpc")
 
 T = TypeVar("T")
+
+_MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
 def status_of(exc: ModelYardError) -> grpc.StatusCode:
@@ -91,15 +98,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         for the same model and version within the last second and that queue is still full;
         else ``None`` (the call is decoded and run as usual). A key revoked since is
         authenticated again rather than refused from here."""
-        if not self._gates:
+        found = self._gate(metadata, framed)
+        if found is None:
             return None
-        target = call_target(framed, 5)
-        if target is None:
-            return None
-        authorization = _authorization(metadata)
-        gate = self._gates.get((target, authorization), time.monotonic())
-        if gate is None or not self._platform.keys.remembers(authorization):
-            return None
+        gate = found[1]
         refused = gate.refusal()
         if refused is None:
             return None
@@ -108,6 +110,36 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             refusal = Refusal(status_of(refused), refused.public_message, _trailing(refused), gate.when_room)
             self._refusal = (refused, refusal)
         return refusal
+
+    def hold(self, metadata: tuple[tuple[str, str], ...], framed: bytes) -> Wait | None:
+        """A :data:`~modelyard.grpc.http2.Hold` for ``ModelInfer``: after a call of a caller
+        screened lately (see :meth:`screen`) is answered, the wait for room while its queue has
+        none, so the connection is not read meanwhile: its client's next calls wait in its
+        socket instead of each being read to be refused, as HTTP/1.1 connections do
+        (``api/v2/protocol.py``). ``None`` when the queue has room, or when a slot was kept for
+        this caller as one of the batch just computed (``QueueGate.claim_return``): it reads on."""
+        found = self._gate(metadata, framed)
+        if found is None:
+            return None
+        key, gate = found
+        if not gate.no_room or gate.claim_return():
+            return None
+        self._gates.renew(key, time.monotonic())  # still flooding: keep screening it
+        return gate.when_room
+
+    def _gate(self, metadata: tuple[tuple[str, str], ...], framed: bytes) -> tuple[Any, QueueGate] | None:
+        """The gate of a call's caller and model (with its key in the table), if it has one."""
+        if not self._gates:
+            return None
+        target = call_target(framed, 5)
+        if target is None:
+            return None
+        authorization = _authorization(metadata)
+        key = (target, authorization)
+        gate = self._gates.get(key, time.monotonic())
+        if gate is None or not self._platform.keys.remembers(authorization):
+            return None
+        return key, gate
 
     def _remember_gate(self, principal: Principal, request: Any, context: grpc.aio.ServicerContext) -> None:
         """After a call's ``RESOURCE_EXHAUSTED``: screen the same caller's next calls for that model."""
@@ -237,8 +269,12 @@ def stream_handlers(servicer: InferenceServicer) -> dict[str, StreamHandler]:
 
 def screens(servicer: InferenceServicer) -> dict[str, Screen]:
     """``ModelInfer``'s screen for the native transport (see :meth:`InferenceServicer.screen`)."""
-    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-    return {f"/{service.full_name}/ModelInfer": servicer.screen}
+    return {_MODEL_INFER: servicer.screen}
+
+
+def holds(servicer: InferenceServicer) -> dict[str, Hold]:
+    """``ModelInfer``'s hold for the native transport (see :meth:`InferenceServicer.hold`)."""
+    return {_MODEL_INFER: servicer.hold}
 
 
 async def start_grpc_server(platform: Platform, host: str, port: int) -> Http2GrpcServer | grpc.aio.Server:
@@ -259,6 +295,7 @@ async def start_grpc_server(platform: Platform, host: str, port: int) -> Http2Gr
             unary_handlers(servicer),
             streams=stream_handlers(servicer),
             screens=screens(servicer),
+            holds=holds(servicer),
             max_message_bytes=settings.max_request_bytes,
         )
         try:

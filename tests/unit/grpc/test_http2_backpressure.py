@@ -1,5 +1,6 @@
-"""The native HTTP/2 transport's backpressure after a screen's refusals: a held connection, read
-again, says how many calls it may bring (as many as were refused on it while it waited)."""
+"""The native HTTP/2 transport's backpressure: a connection held after a screen's refusal, or
+after a call its method's hold says should wait for room, read again, says how many calls it may
+bring (one for each call answered on it since it was held)."""
 
 from __future__ import annotations
 
@@ -82,4 +83,56 @@ async def test_a_held_connection_that_has_gone_brings_nothing() -> None:
 async def test_a_call_the_screen_lets_through_is_not_counted() -> None:
     connection, transport, head = _connection(lambda metadata, body: None)
     assert not _refuse(connection, head, 1)
-    assert connection.refused == 0 and connection.out == [] and transport.paused == 0
+    assert connection.brings == 0 and connection.out == [] and transport.paused == 0
+
+
+class _Answer:
+    def SerializeToString(self) -> bytes:
+        return b"ok"
+
+
+def _answering_connection(hold: Callable[..., Any]) -> tuple[_Connection, FakeTransport, _Head]:
+    async def handler(request: Any, context: Any) -> Any:
+        return _Answer()
+
+    server = Http2GrpcServer({PATH: (bytes, handler)}, holds={PATH: hold}, max_message_bytes=1 << 20)
+    connection = _Connection(server)
+    transport = FakeTransport()
+    connection.transport = transport  # type: ignore[assignment]
+    return connection, transport, _Head([(b":path", PATH.encode())], server)
+
+
+async def _serve(connection: _Connection, head: _Head, stream_id: int) -> None:
+    stream = _Stream(stream_id, 65_535)
+    stream.head = head
+    connection.streams[stream_id] = stream
+    await connection._call(stream, b"\x00\x00\x00\x00\x02hi")
+
+
+@pytest.mark.asyncio
+async def test_a_connection_is_held_after_a_served_call_when_its_hold_says_so() -> None:
+    """After a call is answered, the method's hold is asked (with the framed message); a wait
+    back stops reading the connection. Calls answered while it is held are counted: each freed
+    a stream that its client will fill again once the connection is read."""
+    waits: list[Callable[[], int]] = []
+    asked: list[bytes] = []
+
+    def hold(metadata: Any, framed: bytes) -> Callable[[Callable[[], int]], None]:
+        asked.append(framed)
+        return waits.append
+
+    connection, transport, head = _answering_connection(hold)
+    await _serve(connection, head, 1)
+    assert asked == [b"\x00\x00\x00\x00\x02hi"] and b"ok" in b"".join(connection.out), "answered first"
+    assert transport.paused == 1 and len(waits) == 1 and 1 not in connection.streams
+    await _serve(connection, head, 3)  # in flight when it was held: answered, not asked again
+    assert len(asked) == 1 and transport.paused == 1
+    assert waits[0]() == 2, "two calls answered: its client may send two"
+    assert transport.resumed == 1 and not connection.held
+
+
+@pytest.mark.asyncio
+async def test_a_connection_whose_hold_finds_room_reads_on() -> None:
+    connection, transport, head = _answering_connection(lambda metadata, framed: None)
+    await _serve(connection, head, 1)
+    assert transport.paused == 0 and not connection.held and b"ok" in b"".join(connection.out)
