@@ -281,12 +281,12 @@ def test_a_refused_caller_waits_below_the_let_in_level_while_others_still_fill_t
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A caller refused once has its connection held until the queue is below the let-in level
-    (three batches), though the queue has room before that; a caller not refused is queued up
+    (two batches), though the queue has room before that; a caller not refused is queued up
     to ``max_queue_size`` meanwhile (a burst is absorbed, not refused)."""
     from modelyard.engine import batcher as batcher_module
 
     monkeypatch.setattr(batcher_module, "ROOM_WAIT_MAX_S", 60.0)  # only room lets them in here
-    monkeypatch.setattr(batcher_module, "LET_IN_MIN", 1)  # the level: three batches of one request
+    monkeypatch.setattr(batcher_module, "LET_IN_MIN", 1)  # the level: two batches of one request
     srv = _slow_server(tmp_path, max_queue_size=4)
     key = srv.admin_key
     assert srv.platform is not None
@@ -299,7 +299,7 @@ def test_a_refused_caller_waits_below_the_let_in_level_while_others_still_fill_t
         long_conn.sendall(_slow_request(other_key, 16))  # computes for about a second
         wait_until(lambda: any(m.batchers for m in srv.platform.manager.loaded()))
         (batcher,) = [b for m in srv.platform.manager.loaded() for b in m.batchers.values()]
-        assert batcher.let_in_level == 3
+        assert batcher.let_in_level == 2
         wait_until(lambda: batcher.in_flight == 1 and batcher.queue_depth == 0)
         queued = [_connect(srv) for _ in range(4)]
         for sock in queued:
@@ -310,7 +310,7 @@ def test_a_refused_caller_waits_below_the_let_in_level_while_others_still_fill_t
         conn.sendall(_slow_request(key, 1))
         assert reader.response()[0] == 429
         conn.sendall(_slow_request(key, 1))  # waits unread
-        wait_until(lambda: batcher.queue_depth == 3)  # the long one is done: room, at the level
+        wait_until(lambda: batcher.queue_depth == 3)  # the long one is done: room, over the level
         assert _waiting_for_room(srv) == 1 and not batcher.full, "held though the queue has room"
         other.sendall(_slow_request(other_key, 1))  # the caller not refused: queued, over the level
         wait_until(lambda: batcher.queue_depth == 4)

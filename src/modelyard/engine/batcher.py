@@ -79,8 +79,12 @@ ROOM_AGED_S = 0.5
 #: how long a slot is kept for the request of a waiter let in (its socket is read well before)
 _ROOM_RECOUNT_S = 0.005
 #: waiters for room are let in while the queue holds fewer than this many full batches per
-#: instance (and at least :data:`LET_IN_MIN` requests): enough to keep every instance busy
-LET_IN_BATCHES = 3
+#: instance (and at least :data:`LET_IN_MIN` requests): enough to keep every instance busy (one
+#: batch queued while another fills), and no more: each request in flight adds to the memory the
+#: loop touches per request (docs/benchmarks.md: with two instead of three, a tiny model's flood
+#: was served at 0.88 instead of 0.84 of its capacity, mean of five alternating runs, and waited
+#: a third less)
+LET_IN_BATCHES = 2
 LET_IN_MIN = 64
 
 
@@ -257,7 +261,7 @@ class DynamicBatcher:
     @property
     def let_in_level(self) -> int:
         """Queued requests below which transports waiting for room are let in (see
-        :meth:`when_room`): three full batches per instance, at least 64, at most
+        :meth:`when_room`): two full batches per instance, at least 64, at most
         ``max_queue_size``."""
         return self._let_in_level
 
@@ -371,7 +375,7 @@ class DynamicBatcher:
         model, or that sends none, does not keep the others waiting). ``callback`` must be
         cheap and must not raise.
 
-        Waiters are let in only while the queue is below :attr:`let_in_level` (three full batches
+        Waiters are let in only while the queue is below :attr:`let_in_level` (two full batches
         per instance by default), not up to ``max_queue_size``: that keeps every instance busy,
         and a flood that has been refused once is then served from a short queue, while callers
         not refused yet can still fill the queue to ``max_queue_size`` (a burst is absorbed).

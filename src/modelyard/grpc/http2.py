@@ -582,7 +582,7 @@ class _Connection(asyncio.Protocol):
             message = response.SerializeToString()
             trailers = _OK_TRAILERS + b"".join(_literal(k.encode(), str(v).encode()) for k, v in context.trailing)
             self._answer(stream, b"\x00" + len(message).to_bytes(4, "big") + message, trailers)
-        if head.hold is not None and not self.held:
+        if head.hold is not None and not self.held and self.transport is not None:
             wait = head.hold(head.metadata, body)
             if wait is not None:
                 self._pause(wait)

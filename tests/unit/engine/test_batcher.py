@@ -642,12 +642,12 @@ async def test_waiters_for_room_are_let_in_newest_first_one_per_free_slot() -> N
     await b.close(1)
 
 
-def test_let_in_level_is_three_batches_per_instance_within_the_queue() -> None:
+def test_let_in_level_is_two_batches_per_instance_within_the_queue() -> None:
     model = Model()
-    assert make(model, max_batch_size=32, max_queue_size=256).let_in_level == 96
-    assert make(model, max_batch_size=32, max_queue_size=256, instances=2).let_in_level == 192
-    assert make(model, max_batch_size=1, max_queue_size=256).let_in_level == 64, "at least 64"
-    assert make(model, max_batch_size=32, max_queue_size=50).let_in_level == 50, "at most the queue"
+    assert make(model, max_batch_size=64, max_queue_size=256).let_in_level == 128
+    assert make(model, max_batch_size=64, max_queue_size=512, instances=3).let_in_level == 384
+    assert make(model, max_batch_size=16, max_queue_size=256).let_in_level == 64, "at least 64"
+    assert make(model, max_batch_size=64, max_queue_size=100).let_in_level == 100, "at most the queue"
 
 
 async def _over_the_let_in_level(
@@ -667,7 +667,7 @@ async def _over_the_let_in_level(
 async def test_waiters_wait_while_the_queue_is_over_the_let_in_level_though_not_full() -> None:
     """A burst from callers not refused yet fills the queue to ``max_queue_size``; a transport
     waiting for room (its caller was refused) is let in only once the queue is below the let-in
-    level (three batches), so a refused flood is served from a short queue."""
+    level, so a refused flood is served from a short queue."""
     model = Stepped()
     b, tasks = await _over_the_let_in_level(model, max_batch_size=1)
     assert not b.full and b.refusal() is None, "a burst is queued up to max_queue_size"

@@ -35,22 +35,49 @@ class FakeTransport:
         return self.closing
 
 
-def _connection(screen: Callable[..., Refusal | None]) -> tuple[_Connection, FakeTransport, _Head]:
-    async def handler(request: Any, context: Any) -> Any:
-        raise AssertionError("a screened call never reaches its handler")
+async def _unreachable(request: Any, context: Any) -> Any:
+    raise AssertionError("a screened call never reaches its handler")
 
-    server = Http2GrpcServer({PATH: (bytes, handler)}, screens={PATH: screen}, max_message_bytes=1 << 20)
+
+async def _answered(request: Any, context: Any) -> Any:
+    return _Answer()
+
+
+class _Answer:
+    def SerializeToString(self) -> bytes:
+        return b"ok"
+
+
+def _connection(
+    screen: Callable[..., Refusal | None] | None = None,
+    hold: Callable[..., Any] | None = None,
+    handler: Callable[[Any, Any], Any] = _unreachable,
+) -> tuple[_Connection, FakeTransport, _Head]:
+    server = Http2GrpcServer(
+        {PATH: (bytes, handler)},
+        screens={PATH: screen} if screen else None,
+        holds={PATH: hold} if hold else None,
+        max_message_bytes=1 << 20,
+    )
     connection = _Connection(server)
     transport = FakeTransport()
     connection.transport = transport  # type: ignore[assignment]
     return connection, transport, _Head([(b":path", PATH.encode())], server)
 
 
-def _refuse(connection: _Connection, head: _Head, stream_id: int) -> bool:
+def _open(connection: _Connection, head: _Head, stream_id: int) -> _Stream:
     stream = _Stream(stream_id, 65_535)
     stream.head = head
     connection.streams[stream_id] = stream
-    return connection._refused(stream, b"\x00\x00\x00\x00\x00")
+    return stream
+
+
+def _refuse(connection: _Connection, head: _Head, stream_id: int) -> bool:
+    return connection._refused(_open(connection, head, stream_id), b"\x00\x00\x00\x00\x00")
+
+
+async def _serve(connection: _Connection, head: _Head, stream_id: int) -> None:
+    await connection._call(_open(connection, head, stream_id), b"\x00\x00\x00\x00\x02hi")
 
 
 @pytest.mark.asyncio
@@ -86,29 +113,6 @@ async def test_a_call_the_screen_lets_through_is_not_counted() -> None:
     assert connection.brings == 0 and connection.out == [] and transport.paused == 0
 
 
-class _Answer:
-    def SerializeToString(self) -> bytes:
-        return b"ok"
-
-
-def _answering_connection(hold: Callable[..., Any]) -> tuple[_Connection, FakeTransport, _Head]:
-    async def handler(request: Any, context: Any) -> Any:
-        return _Answer()
-
-    server = Http2GrpcServer({PATH: (bytes, handler)}, holds={PATH: hold}, max_message_bytes=1 << 20)
-    connection = _Connection(server)
-    transport = FakeTransport()
-    connection.transport = transport  # type: ignore[assignment]
-    return connection, transport, _Head([(b":path", PATH.encode())], server)
-
-
-async def _serve(connection: _Connection, head: _Head, stream_id: int) -> None:
-    stream = _Stream(stream_id, 65_535)
-    stream.head = head
-    connection.streams[stream_id] = stream
-    await connection._call(stream, b"\x00\x00\x00\x00\x02hi")
-
-
 @pytest.mark.asyncio
 async def test_a_connection_is_held_after_a_served_call_when_its_hold_says_so() -> None:
     """After a call is answered, the method's hold is asked (with the framed message); a wait
@@ -121,7 +125,7 @@ async def test_a_connection_is_held_after_a_served_call_when_its_hold_says_so() 
         asked.append(framed)
         return waits.append
 
-    connection, transport, head = _answering_connection(hold)
+    connection, transport, head = _connection(hold=hold, handler=_answered)
     await _serve(connection, head, 1)
     assert asked == [b"\x00\x00\x00\x00\x02hi"] and b"ok" in b"".join(connection.out), "answered first"
     assert transport.paused == 1 and len(waits) == 1 and 1 not in connection.streams
@@ -133,6 +137,6 @@ async def test_a_connection_is_held_after_a_served_call_when_its_hold_says_so() 
 
 @pytest.mark.asyncio
 async def test_a_connection_whose_hold_finds_room_reads_on() -> None:
-    connection, transport, head = _answering_connection(lambda metadata, framed: None)
+    connection, transport, head = _connection(hold=lambda metadata, framed: None, handler=_answered)
     await _serve(connection, head, 1)
     assert transport.paused == 0 and not connection.held and b"ok" in b"".join(connection.out)

@@ -292,7 +292,7 @@ class InferenceProtocol(HttpToolsProtocol):
 
     # -- backpressure ------------------------------------------------------------------------
     def _hold(self, gate: QueueGate, request: _Inference) -> None:
-        """Just answered ``request``: while ``gate``'s queue has no room (it holds three batches
+        """Just answered ``request``: while ``gate``'s queue has no room (it holds two batches
         or more, see ``DynamicBatcher.let_in_level``), stop reading this connection. Its next
         request waits unread in the client's socket until the queue has room for it (waiters are
         let in newest first, those that waited half a second before them; after a second it is
