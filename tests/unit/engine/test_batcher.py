@@ -650,6 +650,16 @@ def test_let_in_level_is_two_batches_per_instance_within_the_queue() -> None:
     assert make(model, max_batch_size=64, max_queue_size=100).let_in_level == 100, "at most the queue"
 
 
+@pytest.mark.asyncio
+async def test_let_in_level_is_one_batch_per_instance_while_batches_compute_on_the_loop() -> None:
+    """Nothing is read while a batch computes on the loop: a second batch queued would only wait."""
+    b = make(ThreadRecorder(), inline_below_s=1.0, max_batch_size=100, max_queue_size=1000)
+    assert b.let_in_level == 200, "two batches while they compute on a thread"
+    await _warm_inline(b)
+    assert b.let_in_level == 100, "one batch once they compute on the loop"
+    await b.close()
+
+
 async def _over_the_let_in_level(
     model: Stepped, max_batch_size: int
 ) -> tuple[DynamicBatcher, list[asyncio.Future[dict[str, np.ndarray]]]]:
