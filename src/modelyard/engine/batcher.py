@@ -83,10 +83,13 @@ _ROOM_RECOUNT_S = 0.005
 #: batch queued while another computes on its thread), and no more: each request in flight adds
 #: to the memory the loop touches per request (docs/benchmarks.md)
 LET_IN_BATCHES = 2
-#: the same while batches compute on the loop: nothing is read while one computes, so a second
-#: batch queued would only wait (a tiny model's flood: 0.88-0.92 of its capacity served with
-#: one, 0.75-0.93 with two, p50 waits 2 against 9-11 ms; docs/benchmarks.md)
-LET_IN_BATCHES_ON_LOOP = 1
+#: the same while short batches compute on the loop (recently in under :data:`SHORT_BATCH_S`):
+#: there the loop's own cost per request outweighs the model's, and a second batch queued would
+#: only add requests in flight (a tiny model's flood: 0.88-0.92 of its capacity served with one,
+#: 0.75-0.93 with two, p50 waits 2 against 9-11 ms). Longer batches keep two: with one, a 15 ms
+#: batch was sometimes short and most of a flood waited its half second (docs/benchmarks.md)
+LET_IN_BATCHES_SHORT = 1
+SHORT_BATCH_S = 0.002
 LET_IN_MIN = 64
 
 
@@ -212,9 +215,9 @@ class DynamicBatcher:
         self._delay_s = max_queue_delay_ms / 1000.0
         self._max_queue = max_queue_size
         self._instances = instances
-        self._let_in_levels = tuple(  # (batches on threads, batches on the loop)
+        self._let_in_levels = tuple(  # (usual, short batches on the loop)
             min(max_queue_size, max(LET_IN_MIN, batches * max_batch_size * instances))
-            for batches in (LET_IN_BATCHES, LET_IN_BATCHES_ON_LOOP)
+            for batches in (LET_IN_BATCHES, LET_IN_BATCHES_SHORT)
         )
         self._owns_executor = executor is None
         self._executor: concurrent.futures.Executor = executor or (
@@ -266,9 +269,9 @@ class DynamicBatcher:
     @property
     def let_in_level(self) -> int:
         """Queued requests below which transports waiting for room are let in (see
-        :meth:`when_room`): two full batches per instance (one while batches compute on the
-        loop), at least 64, at most ``max_queue_size``."""
-        return self._let_in_levels[self._computes_inline]
+        :meth:`when_room`): two full batches per instance (one while short batches compute on
+        the loop, see :data:`LET_IN_BATCHES_SHORT`), at least 64, at most ``max_queue_size``."""
+        return self._let_in_levels[self._computes_inline and self._batch_s < SHORT_BATCH_S]
 
     @property
     def closed(self) -> bool:
@@ -381,10 +384,10 @@ class DynamicBatcher:
         cheap and must not raise.
 
         Waiters are let in only while the queue is below :attr:`let_in_level` (two full batches
-        per instance by default, one on the loop), not up to ``max_queue_size``: that keeps
-        every instance busy, and a flood that has been refused once is then served from a short
-        queue, while callers not refused yet can still fill the queue to ``max_queue_size`` (a
-        burst is absorbed).
+        per instance by default, one for short ones on the loop), not up to
+        ``max_queue_size``: that keeps every instance busy, and a flood that has been refused
+        once is then served from a short queue, while callers not refused yet can still fill the
+        queue to ``max_queue_size`` (a burst is absorbed).
         A longer queue adds only waiting, and more connections active at once, which costs the
         server through cache misses (``docs/benchmarks.md``).
 

@@ -651,12 +651,18 @@ def test_let_in_level_is_two_batches_per_instance_within_the_queue() -> None:
 
 
 @pytest.mark.asyncio
-async def test_let_in_level_is_one_batch_per_instance_while_batches_compute_on_the_loop() -> None:
-    """Nothing is read while a batch computes on the loop: a second batch queued would only wait."""
-    b = make(ThreadRecorder(), inline_below_s=1.0, max_batch_size=100, max_queue_size=1000)
+async def test_let_in_level_is_one_batch_per_instance_while_short_batches_compute_on_the_loop() -> None:
+    """Where the loop's cost per request outweighs the model's (short batches on the loop), a
+    second batch queued would only add requests in flight; longer batches keep two."""
+    model = ThreadRecorder()
+    b = make(model, inline_below_s=1.0, max_batch_size=100, max_queue_size=1000)
     assert b.let_in_level == 200, "two batches while they compute on a thread"
     await _warm_inline(b)
-    assert b.let_in_level == 100, "one batch once they compute on the loop"
+    assert b.let_in_level == 100, "one batch once short batches compute on the loop"
+    model.delay_s = 0.01  # five times SHORT_BATCH_S
+    for i in range(3):  # still on the loop (under inline_below_s); the average rises over it
+        await b.submit(request([i]), None)
+    assert b.let_in_level == 200, "two batches again once they are long"
     await b.close()
 
 
