@@ -58,7 +58,8 @@ log = logging.getLogger("modelyard.grpc")
 
 T = TypeVar("T")
 
-_MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+_MODEL_INFER = f"/{_SERVICE.full_name}/ModelInfer"
 
 
 def status_of(exc: ModelYardError) -> grpc.StatusCode:
@@ -251,20 +252,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 def unary_handlers(servicer: InferenceServicer) -> dict[str, UnaryHandler]:
     """Every unary method of ``inference.GRPCInferenceService``: path -> (parser, method)."""
-    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     handlers: dict[str, UnaryHandler] = {}
-    for method in service.methods:
+    for method in _SERVICE.methods:
         if method.client_streaming or method.server_streaming:
             continue  # see stream_handlers
         parse = RawMessage if method.name == "ModelInfer" else getattr(pb, method.input_type.name).FromString
-        handlers[f"/{service.full_name}/{method.name}"] = (parse, getattr(servicer, method.name))
+        handlers[f"/{_SERVICE.full_name}/{method.name}"] = (parse, getattr(servicer, method.name))
     return handlers
 
 
 def stream_handlers(servicer: InferenceServicer) -> dict[str, StreamHandler]:
     """``ModelStreamInfer`` for the native transport: path -> (parser, method per message)."""
-    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-    return {f"/{service.full_name}/ModelStreamInfer": (RawMessage, servicer.stream_infer)}
+    return {f"/{_SERVICE.full_name}/ModelStreamInfer": (RawMessage, servicer.stream_infer)}
 
 
 def screens(servicer: InferenceServicer) -> dict[str, Screen]:
