@@ -241,6 +241,57 @@ def test_a_refused_callers_next_calls_are_refused_undecoded_and_its_connection_w
         srv.stop()
 
 
+def test_a_screened_callers_connection_is_held_after_a_served_call_while_its_queue_has_no_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a caller has been refused, a call of its that is *served* while the queue still has
+    no room leaves its connection unread too (as HTTP/1.1 does after an answer): the next call
+    sent on it waits in the socket until the connection is let in, then is served."""
+    from modelyard.core.inference import QueueGates
+    from modelyard.engine import batcher as batcher_module
+    from modelyard.grpc import servicer as servicer_module
+
+    monkeypatch.setattr(batcher_module, "ROOM_WAIT_MAX_S", 60.0)  # only room lets them in here
+    monkeypatch.setattr(batcher_module, "_ROOM_RECOUNT_S", 60.0)  # a slot let in stays promised
+    # the caller's gate outlives the long batch however slow the machine
+    monkeypatch.setattr(servicer_module, "QueueGates", lambda: QueueGates(ttl_s=60.0))
+    srv = LiveServer.build(tmp_path / "home", grpc_enabled=True).start()
+    register(srv, "tight", slow_model(tmp_path / "tight.onnx", 160_000),
+             config={"serving": {"batching": False, "max_queue_size": 1}})
+    assert srv.platform is not None
+    own = [("grpc.use_local_subchannel_pool", 1)]  # a connection each (channels share one by default)
+    meta = _metadata(srv)
+    x = np.zeros((1, SLOW_WIDTH), np.float32)
+    try:
+        with (
+            grpc.insecure_channel(srv.grpc_url, options=own) as first,
+            grpc.insecure_channel(srv.grpc_url, options=own) as second,
+            grpc.insecure_channel(srv.grpc_url, options=own) as third,
+        ):
+            long = _call(first).future(_infer_request("tight", np.zeros((64, SLOW_WIDTH), np.float32)), metadata=meta)
+            wait_until(lambda: any(m.batchers for m in srv.platform.manager.loaded()))
+            (batcher,) = [b for m in srv.platform.manager.loaded() for b in m.batchers.values()]
+            wait_until(lambda: batcher.in_flight == 1 and batcher.queue_depth == 0)
+            queued = _call(second).future(_infer_request("tight", x), metadata=meta)
+            wait_until(lambda: batcher.full)
+            with pytest.raises(grpc.RpcError) as info:
+                _call(third)(_infer_request("tight", x), metadata=meta, timeout=30)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert batcher.waiting_for_room == 1, "the refused connection waits for room"
+            long.result(timeout=60)  # served as `queued` starts: the refused one is let in, its slot kept
+            assert batcher.waiting_for_room == 1, "the served call's connection waits in its place"
+            waiting = _call(first).future(_infer_request("tight", np.ones((1, SLOW_WIDTH), np.float32)), metadata=meta)
+            filler = _call(third).future(_infer_request("tight", x), metadata=meta)  # takes the kept slot
+            time.sleep(0.3)
+            assert not waiting.done(), "sent on the held connection: not read yet"
+            queued.result(timeout=60)
+            filler.result(timeout=60)
+            assert len(waiting.result(timeout=60).raw_output_contents) == 1, "read once let in, and served"
+        assert queue_full_refusals(srv, "tight") == (1, 1)
+    finally:
+        srv.stop()
+
+
 def test_a_revoked_callers_calls_are_authenticated_again_not_screened(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
