@@ -479,6 +479,18 @@ def server_counter(url: str, key: str, name: str, **labels: str) -> float:
     return sum(server_counters(url, key, name, "", **labels).values())
 
 
+def tiny_errors(url: str, key: str) -> Counter[str]:
+    """The tiny model's inference errors so far, by code (server counters)."""
+    return server_counters(url, key, "modelyard_inference_errors_total", "code", model="tiny")
+
+
+def errors_since(url: str, key: str, before: Counter[str]) -> Counter[str]:
+    """The tiny model's errors since ``before`` (:func:`tiny_errors`), by the codes that grew."""
+    errors = tiny_errors(url, key)
+    errors.subtract(before)
+    return +errors
+
+
 def server_counters(url: str, key: str, name: str, by: str, **labels: str) -> Counter[str]:
     """A counter's samples that match ``labels``, summed by the value of label ``by``."""
     text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"}).text
@@ -505,13 +517,11 @@ def grpc_overload(url: str, port: int, key: str, x: np.ndarray, clients: int, se
     flight, 5 s each) over 128 connections of 32 streams for ``seconds``; the outcome of every
     call from the server's counters: served = answered - errors."""
     before = h2load_grpc(port, key, "tiny", x, clients, 5.0, folder).rps
-    errors_before = server_counters(url, key, "modelyard_inference_errors_total", "code", model="tiny")
+    errors_before = tiny_errors(url, key)
     conns = GRPC_OVERLOAD_CONNS
     over = h2load_grpc(port, key, "tiny", x, conns * GRPC_OVERLOAD_STREAMS, seconds, folder,
                        conns=conns, rps_per_conn=int(3 * before / conns))
-    errors = server_counters(url, key, "modelyard_inference_errors_total", "code", model="tiny")
-    errors.subtract(errors_before)
-    errors = +errors  # codes that grew
+    errors = errors_since(url, key, errors_before)
     capacity = (before + h2load_grpc(port, key, "tiny", x, clients, 5.0, folder).rps) / 2
     answered = over.statuses[200]
     served = answered - sum(errors.values())
@@ -665,15 +675,15 @@ def main() -> None:
              f"{on.pct(50):.3f} ms / {off.pct(50):.3f} ms = {on.pct(50) / off.pct(50):.2f}")
 
         grpc_before = server_counter(url, key, "modelyard_inference_requests_total", model="tiny", protocol="grpc")
-        errors_before = server_counter(url, key, "modelyard_inference_errors_total", model="tiny")
+        errors_before = tiny_errors(url, key)
         if use_h2load:
             g = h2load_grpc(grpc_port, key, "tiny", x_tiny, c, s, tmp)
         else:
             g = asyncio.run(grpc_closed_loop(grpc_port, key, "tiny", x_tiny, c, s))
         served = server_counter(url, key, "modelyard_inference_requests_total", model="tiny", protocol="grpc") - grpc_before
-        errors = server_counter(url, key, "modelyard_inference_errors_total", model="tiny") - errors_before
+        errors = errors_since(url, key, errors_before)  # ``cancelled``: calls in flight as h2load stopped
         show(f"tiny: gRPC req/s, 64 concurrent ({'h2load' if use_h2load else 'grpc.aio client'})",
-             f"{g.rps:,.0f}  (mean {g.pct(50):.1f} ms; server counted {served:,.0f} calls, {errors:,.0f} errors)")
+             f"{g.rps:,.0f}  (mean {g.pct(50):.1f} ms; server counted {served:,.0f} calls, errors {dict(errors) or 0})")
         show("tiny: ratio gRPC / REST binary (target >= 1)", f"{g.rps / ours.rps:.2f}")
 
         for model in ("tiny",) if args.skip_medium else ("medium", "tiny"):
