@@ -215,10 +215,11 @@ class DynamicBatcher:
         self._delay_s = max_queue_delay_ms / 1000.0
         self._max_queue = max_queue_size
         self._instances = instances
-        self._let_in_levels = tuple(  # (usual, short batches on the loop)
-            min(max_queue_size, max(LET_IN_MIN, batches * max_batch_size * instances))
-            for batches in (LET_IN_BATCHES, LET_IN_BATCHES_SHORT)
-        )
+        def level(batches: int) -> int:
+            return min(max_queue_size, max(LET_IN_MIN, batches * max_batch_size * instances))
+
+        self._let_in_level = level(LET_IN_BATCHES)
+        self._let_in_level_short = level(LET_IN_BATCHES_SHORT)  # short batches on the loop
         self._owns_executor = executor is None
         self._executor: concurrent.futures.Executor = executor or (
             concurrent.futures.ThreadPoolExecutor(
@@ -271,7 +272,9 @@ class DynamicBatcher:
         """Queued requests below which transports waiting for room are let in (see
         :meth:`when_room`): two full batches per instance (one while short batches compute on
         the loop, see :data:`LET_IN_BATCHES_SHORT`), at least 64, at most ``max_queue_size``."""
-        return self._let_in_levels[self._computes_inline and self._batch_s < SHORT_BATCH_S]
+        if self._computes_inline and self._batch_s < SHORT_BATCH_S:
+            return self._let_in_level_short
+        return self._let_in_level
 
     @property
     def closed(self) -> bool:
