@@ -1,0 +1,180 @@
+"""Benchmark: what serving many connections costs per answer, ModelYard against two 30-line
+uvloop + httptools servers written below and measured in the same run.
+
+Each server runs pinned to core 0 and ``wrk`` on core 1; closed loops alternate 64 and 1,024
+keep-alive connections (one request in flight on each), two passes. For each count the script
+prints the answers per second and the server's CPU time per answer (user + system, from
+``/proc``), then the ratio of the CPU per answer at 1,024 connections to that at 64:
+
+* **sync**: a server that answers each request in the parser callback that completed it, a fixed
+  60-byte answer: the floor of what a connection costs (the socket, its transport, the parser,
+  the protocol object);
+* **deferred**: the same, but each request is answered by a task awaiting a future that is set
+  on a later loop turn, 64 at a time: the shape of a batching server with one task per request;
+* **ModelYard**: the tiny digits model over OIP v2 binary tensors, default settings.
+
+Why: the tiny model's overload target compares a flood over 1,024 connections with a 64-client
+capacity. This shows how much of the gap any asyncio server of that shape pays
+(``docs/benchmarks.md``).
+
+    apt-get install wrk
+    python bench/connections.py [--seconds 5] [--passes 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from models import tiny_digits  # noqa: E402
+from serving_engine import (  # noqa: E402
+    CLIENT_CORE, SERVER_CORE, Req, _free_port, oip_request, show, wait_ready, wrk_closed_loop,
+)
+
+COUNTS = (64, 1024)
+
+_MINIMAL = '''
+import asyncio, os, sys
+import httptools, uvloop
+
+ANSWER = b"HTTP/1.1 200 OK\\r\\ncontent-type: application/json\\r\\ncontent-length: 60\\r\\n\\r\\n" + b"x" * 60
+DEFERRED = os.environ["MINIMAL_MODE"] == "deferred"
+pending = []
+
+def answer_some():
+    batch = pending[:64]
+    del pending[:64]
+    for future in batch:
+        future.set_result(ANSWER)
+    if pending:
+        asyncio.get_running_loop().call_soon(answer_some)
+
+async def answer(transport, future):
+    data = await future
+    if not transport.is_closing():
+        transport.write(data)
+
+class Protocol(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.parser = transport, httptools.HttpRequestParser(self)
+
+    def data_received(self, data):
+        self.parser.feed_data(data)
+
+    def on_message_complete(self):
+        if not DEFERRED:
+            self.transport.write(ANSWER)
+            return
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        loop.create_task(answer(self.transport, future))
+        if not pending:
+            loop.call_soon(answer_some)
+        pending.append(future)
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(Protocol, "127.0.0.1", int(sys.argv[1]), backlog=4096)
+    await server.serve_forever()
+
+uvloop.run(main())
+'''
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(label: str, pid: int, port: int, req: Req, seconds: float, passes: int, folder: Path) -> None:
+    """Alternate the connection counts ``passes`` times; print each run, then the CPU ratio."""
+    wrk_closed_loop(port, req, COUNTS[0], 1.0, folder)  # warm
+    per_answer: dict[int, list[float]] = {c: [] for c in COUNTS}
+    for _ in range(passes):
+        for conns in COUNTS:
+            before = cpu_seconds(pid)
+            result = wrk_closed_loop(port, req, conns, seconds, folder)
+            answers = sum(n for status, n in result.statuses.items() if status != -1)
+            us = (cpu_seconds(pid) - before) / max(1, answers) * 1e6
+            per_answer[conns].append(us)
+            refused = result.statuses[-2]
+            show(f"{label}: {conns:,} connections", f"{result.rps:,.0f} req/s, server CPU {us:.1f} µs per answer"
+                 + (f" ({refused:,} non-2xx)" if refused else ""))
+    low, high = (float(np.mean(per_answer[c])) for c in COUNTS)
+    show(f"{label}: CPU per answer, {COUNTS[1]:,} / {COUNTS[0]} connections", f"{high / low:.2f}")
+
+
+def served(start: Callable[[], subprocess.Popen[bytes]], url: str) -> subprocess.Popen[bytes]:
+    proc = start()
+    try:
+        wait_ready(url, proc)
+    except BaseException:
+        proc.terminate()
+        raise
+    return proc
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each closed loop")
+    parser.add_argument("--passes", type=int, default=2, help="times each connection count is run")
+    args = parser.parse_args()
+    if len(os.sched_getaffinity(0)) < 2:
+        sys.exit("needs two cores (servers on core 0, wrk on core 1)")
+    if shutil.which("wrk") is None:
+        sys.exit("needs wrk (apt-get install wrk)")
+    os.sched_setaffinity(0, {CLIENT_CORE})
+    tmp = Path(tempfile.mkdtemp(prefix="modelyard-bench-"))
+    (tmp / "minimal.py").write_text(textwrap.dedent(_MINIMAL))
+    key = f"my_{secrets.token_hex(6)}_{secrets.token_urlsafe(24)}"
+    x = np.random.default_rng(0).random((1, 64)).astype(np.float32) * 16
+    req = oip_request("/v2/models/tiny/infer", key, "input", x, "label")
+    print(f"# connections: servers on core {SERVER_CORE}, wrk on core {CLIENT_CORE}, {args.seconds:g} s per run, "
+          f"{args.passes} passes", flush=True)
+
+    for mode in ("sync", "deferred"):
+        port = _free_port()
+        proc = served(lambda: subprocess.Popen(
+            ["taskset", "-c", str(SERVER_CORE), sys.executable, str(tmp / "minimal.py"), str(port)],
+            env={**os.environ, "MINIMAL_MODE": mode}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ), f"http://127.0.0.1:{port}/")
+        try:
+            measure(f"minimal {mode}", proc.pid, port, req, args.seconds, args.passes, tmp)
+        finally:
+            proc.terminate()
+            proc.wait()
+
+    port, grpc_port = _free_port(), _free_port()
+    env = {**os.environ, "MODELYARD_HOME": str(tmp / "home"), "MODELYARD_ADMIN_KEY": key,
+           "MODELYARD_CORES": "1", "MODELYARD_BUILTIN_MODELS": "false", "MODELYARD_LOG_LEVEL": "warning"}
+    url = f"http://127.0.0.1:{port}"
+    server = served(lambda: subprocess.Popen(
+        ["taskset", "-c", str(SERVER_CORE), sys.executable, "-m", "modelyard", "serve",
+         "--port", str(port), "--grpc-port", str(grpc_port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "wb"),
+    ), f"{url}/v2/health/ready")
+    try:
+        httpx.post(f"{url}/api/v1/models/tiny/versions", params={"stage": "production"},
+                   content=tiny_digits(tmp / "tiny.onnx").read_bytes(), timeout=120,
+                   headers={"content-type": "application/octet-stream", "Authorization": f"Bearer {key}"},
+                   ).raise_for_status()
+        measure("ModelYard tiny", server.pid, port, req, args.seconds, args.passes, tmp)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()
