@@ -391,15 +391,15 @@ class DynamicBatcher:
         ``max_queue_size``: that keeps every instance busy, and a flood that has been refused
         once is then served from a short queue, while callers not refused yet can still fill the
         queue to ``max_queue_size`` (a burst is absorbed).
-        A longer queue adds only waiting, and more connections active at once, which costs the
-        server through cache misses (``docs/benchmarks.md``).
+        A longer queue adds only waiting, and more requests in flight, each of which costs the
+        server more the more there are (``docs/benchmarks.md``, "Many connections").
 
         Why newest first: waiters exist only while the queue is full (overload). The connection
-        answered last is the one whose client is surely still there, and its state (protocol
-        object, parser, socket) is still in the CPU's cache, so serving it costs less than
-        serving one untouched for a while. Aged waiters going first bound the wait, and keep
-        them from reaching :data:`ROOM_WAIT_MAX_S`, after which a connection is read even into
-        a full queue (and refused). See ``docs/benchmarks.md`` for what it changed."""
+        answered last is the one whose client is surely still there; served oldest first, a
+        flood's goodput was lower (``docs/serving.md``). Aged waiters going first bound the
+        wait, and keep them from reaching :data:`ROOM_WAIT_MAX_S`, after which a connection is
+        read even into a full queue (and refused). See ``docs/benchmarks.md`` for what it
+        changed."""
         loop = self._loop or asyncio.get_running_loop()
         self._room_waiters.append((loop.time() + ROOM_WAIT_MAX_S, callback))
         if self._closing or self._queued + self._promised < self.let_in_level:
