@@ -328,6 +328,76 @@ def test_a_refused_caller_waits_below_the_let_in_level_while_others_still_fill_t
         srv.stop()
 
 
+def test_the_callers_of_a_batch_computed_on_the_loop_claim_kept_slots_and_read_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a refused caller's connection waits for room, a batch computed on the event loop
+    keeps the room it makes for the callers it answers (``DynamicBatcher.claim_return``): their
+    connections are not held but read on, and their next requests are served; the connection
+    that waited is let in and served too, and only the one request was refused."""
+    from modelyard.engine import batcher as batcher_module
+    from modelyard.engine.batcher import DynamicBatcher
+    from tests.integration._serving import register, slow_model
+
+    monkeypatch.setattr(batcher_module, "ROOM_WAIT_MAX_S", 60.0)  # only room lets a waiter in here
+    monkeypatch.setattr(batcher_module, "LET_IN_MIN", 1)  # the level: max_queue_size (2)
+    claims: list[bool] = []
+    claim_return = DynamicBatcher.claim_return
+
+    def recorded(self: DynamicBatcher) -> bool:
+        claims.append(claim_return(self))
+        return claims[-1]
+
+    monkeypatch.setattr(DynamicBatcher, "claim_return", recorded)
+    # Every batch computes on the loop (after the first few, measured on a thread): the loop
+    # reads nothing while one computes, so what is sent meanwhile arrives in one loop turn.
+    srv = LiveServer.build(tmp_path / "home", grpc_enabled=False, inline_compute_us=60_000_000).start()
+    key = srv.admin_key
+    try:
+        register(srv, "slow", slow_model(tmp_path / "slow.onnx", 40_000),  # 1 row 50 ms, 64 rows 250 ms
+                 config={"serving": {"max_batch_size": 2, "max_queue_size": 2}})
+        long_conn = _connect(srv)
+        long_reader = _Reader(long_conn)
+        for _ in range(3):  # measured on a thread, then on the loop
+            long_conn.sendall(_slow_request(key, 1))
+            assert long_reader.response()[0] == 200
+        assert srv.platform is not None
+        (batcher,) = [b for m in srv.platform.manager.loaded() for b in m.batchers.values()]
+        assert batcher.let_in_level == 2
+        conns = [_connect(srv) for _ in range(3)]
+        readers = [_Reader(sock) for sock in conns]
+        for sock, reader in zip(conns, readers):  # accepted and read by the server before the batch
+            sock.sendall(_get("/v2/health/live", key))
+            assert reader.response()[0] == 200
+        long_conn.sendall(_slow_request(key, 64))
+        wait_until(lambda: batcher.in_flight == 1 and batcher.queue_depth == 0)  # computing, on the loop
+        for sock in conns:
+            sock.sendall(_slow_request(key, 1))
+        assert long_reader.response()[0] == 200
+        # Read in one loop turn: two fill the queue, the third is refused and its connection held.
+        # The batch of those two is taken while it waits: its two slots are kept for them.
+        statuses = [reader.response()[0] for reader in readers]
+        assert sorted(statuses) == [200, 200, 429], statuses
+        # The refused connection found no slot kept (it is held); each caller of the batch taken
+        # while it waited found one.
+        wait_until(lambda: len(claims) >= 3)
+        assert claims[:3] == [False, True, True], claims
+        served = [i for i, status in enumerate(statuses) if status == 200]
+        (refused,) = [i for i, status in enumerate(statuses) if status == 429]
+        for i in served:  # read on, not held: their next requests are served
+            conns[i].sendall(_slow_request(key, 1))
+        for i in served:
+            assert readers[i].response()[0] == 200
+        conns[refused].sendall(_slow_request(key, 1))  # let in by now, or once it has aged
+        assert readers[refused].response()[0] == 200
+        assert _waiting_for_room(srv) == 0
+        for sock in (long_conn, *conns):
+            sock.close()
+        assert queue_full_refusals(srv, "slow") == (1, 1)
+    finally:
+        srv.stop()
+
+
 def test_a_request_held_unread_at_shutdown_is_answered_before_the_connection_closes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
