@@ -26,13 +26,14 @@ from modelyard.core.registry import Registry, VersionInfo
 from modelyard.core.usage import UsageMeter
 from modelyard.core.deployments import Deployments, DeploymentTraffic, Route
 from modelyard.core.routing import outputs_agree
-from modelyard.engine.manager import ModelManager, ModelSource, ServingOptions
-from modelyard.errors import InvalidInput, ModelNotFound, ModelYardError, RateLimited
+from modelyard.engine.batcher import DynamicBatcher, Queued
+from modelyard.engine.manager import LoadedModel, ModelManager, ModelSource, ServingOptions
+from modelyard.errors import InvalidInput, ModelNotFound, ModelYardError, RateLimited, Unavailable
 from modelyard.metrics import Metrics
 from modelyard.store.artifacts import ArtifactStore
 from modelyard.tensors import InferenceRequest, InferenceResponse, Tensor, TensorSpec
 
-__all__ = ["DataPlane", "QueueGate", "QueueGates", "SERVER_NAME", "EXTENSIONS"]
+__all__ = ["DataPlane", "PendingInference", "QueueGate", "QueueGates", "SERVER_NAME", "EXTENSIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -298,11 +299,69 @@ class DataPlane:
             output_names, arrays = self._prepare(info, request)
             results = await self.manager.predict(self.source(info, options), arrays, output_names, options=options)
         except BaseException as exc:
-            self._count_error(info, exc)
-            self._meter(principal, info.model_name, errors=1)
+            self._failed(principal, info, exc)
             raise
+        return self._answered(principal, info, children[1], started, results, output_names, request)
+
+    def start(
+        self,
+        principal: Principal,
+        name: str,
+        version: str | None,
+        request: InferenceRequest,
+        *,
+        protocol: str = "rest",
+    ) -> PendingInference | None:
+        """:meth:`infer` without a coroutine, for a transport that answers from a callback:
+        when memory answers everything the request needs and its version is loaded (the usual
+        request), it is queued and returned; ``None``: await :meth:`infer` instead (nothing was
+        done or counted). Raises what ``infer`` raises before the model answers."""
+        started = time.perf_counter()
+        if version is None and self.deployments is not None:
+            known, traffic = self._deployment_now(principal, name)
+            if not known or traffic is not None:
+                return None
+        info = self._known(principal, name, version)
+        if info is None:
+            return None
+        options = self.options(info)
+        source = self.source(info, options)
+        manager = self.manager
+        if manager.loaded_batcher(source, options) is None:
+            return None
+        limits = self.limits
+        if limits is not None:
+            if not self._no_daily_quota(limits, principal):
+                return None
+            limits.check_rate(principal)
+        children = self._children(info, protocol)
+        children[0].inc()
+        try:
+            output_names, arrays = self._prepare(info, request)
+            queued = manager.enqueue(source, arrays, output_names, options=options)
+            if queued is None:  # retired since the check above (nothing awaited in between)
+                raise Unavailable("this model version is being unloaded; retry", retry_after=1.0)
+        except BaseException as exc:
+            self._failed(principal, info, exc)
+            raise
+        return PendingInference(self, principal, info, children[1], started, output_names, request, queued)
+
+    def _failed(self, principal: Principal, info: VersionInfo, exc: BaseException) -> None:
+        self._count_error(info, exc)
+        self._meter(principal, info.model_name, errors=1)
+
+    def _answered(
+        self,
+        principal: Principal,
+        info: VersionInfo,
+        latency: Any,
+        started: float,
+        results: dict[str, Any],
+        output_names: list[str] | None,
+        request: InferenceRequest,
+    ) -> InferenceResponse:
         elapsed = time.perf_counter() - started
-        children[1].observe(elapsed)
+        latency.observe(elapsed)
         self._meter(principal, info.model_name, compute_s=elapsed)
         return self._response(info.model_name, info, results, output_names, request)
 
@@ -445,6 +504,11 @@ class DataPlane:
         if limits is None:
             return True
         limits.check_rate(principal)
+        return self._no_daily_quota(limits, principal)
+
+    def _no_daily_quota(self, limits: Limits, principal: Principal) -> bool:
+        """Whether memory knows the tenant's quotas (a stale copy is refreshed in the
+        background) and none of them is per day."""
         tenant = principal.tenant_id
         hit = limits.cached_quotas(tenant)
         if hit is None:
@@ -499,6 +563,55 @@ class DataPlane:
             if n not in known:
                 raise InvalidInput(f"unknown output {n!r}; the model has {', '.join(sorted(known))}")
         return names
+
+
+class PendingInference:
+    """A request :meth:`DataPlane.start` queued: once its ``future`` is done, :meth:`finish`
+    (exactly once) returns the response or raises what the request failed with, and does the
+    accounting ``infer`` does after the model answered. :meth:`cancel` if the caller went away
+    (``finish`` then raises ``CancelledError``)."""
+
+    __slots__ = ("_plane", "_principal", "_info", "_latency", "_started", "_output_names", "_request", "_model",
+                 "_batcher", "_queued")
+
+    def __init__(
+        self,
+        plane: DataPlane,
+        principal: Principal,
+        info: VersionInfo,
+        latency: Any,
+        started: float,
+        output_names: list[str] | None,
+        request: InferenceRequest,
+        queued: tuple[LoadedModel, DynamicBatcher, Queued],
+    ) -> None:
+        self._plane = plane
+        self._principal = principal
+        self._info = info
+        self._latency = latency
+        self._started = started
+        self._output_names = output_names
+        self._request = request
+        self._model, self._batcher, self._queued = queued
+
+    @property
+    def future(self) -> asyncio.Future[dict[str, Any]]:
+        return self._queued.future
+
+    def cancel(self) -> None:
+        self._batcher.withdraw(self._queued)
+
+    def finish(self) -> InferenceResponse:
+        plane = self._plane
+        plane.manager.release(self._model)
+        try:
+            results = self._queued.future.result()
+        except BaseException as exc:
+            plane._failed(self._principal, self._info, exc)
+            raise
+        return plane._answered(
+            self._principal, self._info, self._latency, self._started, results, self._output_names, self._request
+        )
 
 
 #: Refusals a :class:`QueueGate` answers with one error object and counts at once.

@@ -212,6 +212,20 @@ class KeyService:
             return False
         return secret is not None and self._async_cache.peek(secret) is not None
 
+    def known(self, secret: str | None) -> Principal | None:
+        """:meth:`authenticate_async` from memory, without a coroutine: the principal while the
+        key's entry is fresh and the key unexpired; ``None``: await ``authenticate_async``
+        (which also answers a missing, unknown or expired key)."""
+        if not secret:
+            return None
+        hit = self._async_cache.fresh(secret)
+        if hit is None:
+            return None
+        principal, expires = hit
+        if expires is not None and expires <= datetime.now(timezone.utc):
+            return None
+        return principal
+
     async def authenticate_async(self, secret: str | None) -> Principal:
         """:meth:`authenticate` for the event loop: answered from memory while a key's entry is
         fresh or being refreshed; the database lookup runs in a thread, once per key."""

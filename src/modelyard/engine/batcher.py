@@ -61,7 +61,7 @@ import numpy as np
 from modelyard.errors import DeadlineExceeded, QueueFull, Unavailable
 from modelyard.tensors import TensorSpec
 
-__all__ = ["DynamicBatcher", "BatchObserver", "PredictFn", "batching_default"]
+__all__ = ["DynamicBatcher", "BatchObserver", "PredictFn", "Queued", "batching_default"]
 
 #: A runtime's blocking ``predict(inputs, output_names) -> outputs``.
 PredictFn = Callable[[dict[str, np.ndarray], "list[str] | None"], dict[str, np.ndarray]]
@@ -113,7 +113,7 @@ def batching_default(inputs: Sequence[TensorSpec]) -> bool:
     return bool(inputs) and all(len(s.shape) >= 1 and s.shape[0] == -1 for s in inputs)
 
 
-class _Request:
+class Queued:
     """One caller's pending work (mutable state owned by the event loop)."""
 
     __slots__ = (
@@ -153,7 +153,7 @@ class _Group:
 
     def __init__(self, key: Hashable) -> None:
         self.key = key
-        self.items: deque[_Request] = deque()
+        self.items: deque[Queued] = deque()
         self.rows = 0
 
 
@@ -232,7 +232,7 @@ class DynamicBatcher:
         self._queued = 0
         self._computing = 0
         self._busy = 0
-        self._running: set[tuple[_Request, ...]] = set()
+        self._running: set[tuple[Queued, ...]] = set()
         self._dispatch_pending = False
         self._arrived = 0  # requests queued since the last _dispatch
         self._wake: asyncio.TimerHandle | None = None
@@ -242,7 +242,7 @@ class DynamicBatcher:
         self._batches = 0  # batches computed so far
         # Deadlines: one FIFO per timeout value (so each is in deadline order) and one timer for
         # the earliest, instead of a timer per request; answered requests leave from the front.
-        self._deadlines: dict[float, deque[_Request]] = {}
+        self._deadlines: dict[float, deque[Queued]] = {}
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._deadline_at = math.inf
         self._inline_below_s = inline_below_s
@@ -297,6 +297,23 @@ class DynamicBatcher:
         dropped and never runs), and whatever ``predict`` raised for this request alone.
         Cancelling the awaiting task removes queued work.
         """
+        queued = self.enqueue(inputs, output_names, timeout_s=timeout_s)
+        try:
+            return await queued.future
+        except asyncio.CancelledError:
+            self.withdraw(queued)
+            raise
+
+    def enqueue(
+        self,
+        inputs: dict[str, np.ndarray],
+        output_names: list[str] | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> Queued:
+        """:meth:`submit` without a coroutine, for a transport that answers from a callback:
+        queue the request (raising as ``submit`` does) and return it; its ``future`` gets the
+        outputs or the error. :meth:`withdraw` it if its caller goes away."""
         if self._closing:
             raise Unavailable("this model version is shutting down", retry_after=1.0)
         loop = asyncio.get_running_loop()
@@ -312,7 +329,7 @@ class DynamicBatcher:
 
         key, rows = _group_key(inputs, output_names)
         now = loop.time()
-        item = _Request(inputs, output_names, rows, key, loop.create_future(), now)
+        item = Queued(inputs, output_names, rows, key, loop.create_future(), now)
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group(key)
@@ -334,12 +351,14 @@ class DynamicBatcher:
             # One loop turn later, so requests arriving together land in one batch.
             self._dispatch_pending = True
             loop.call_soon(self._dispatch)
-        try:
-            return await item.future
-        except asyncio.CancelledError:
-            if item.state == _QUEUED:
-                self._unqueue(item, remove=True)
-            raise
+        return item
+
+    def withdraw(self, queued: Queued) -> None:
+        """Its caller went away: drop ``queued`` (from :meth:`enqueue`) if it has not started
+        computing, and cancel its future (a computing batch still answers the others)."""
+        if queued.state == _QUEUED:
+            self._unqueue(queued, remove=True)
+        queued.future.cancel()
 
     def refusal(self) -> QueueFull | None:
         """When the queue is full: the :class:`QueueFull` a request would get now (counted as a
@@ -484,7 +503,7 @@ class DynamicBatcher:
 
     # -- queue bookkeeping -------------------------------------------------------------------
 
-    def _unqueue(self, item: _Request, *, remove: bool) -> None:
+    def _unqueue(self, item: Queued, *, remove: bool) -> None:
         """Take ``item`` out of the queue accounting (and out of its group when ``remove``)."""
         group = self._groups[item.key]
         if remove:
@@ -532,7 +551,7 @@ class DynamicBatcher:
             while waiting and waiting[0].future.done():
                 waiting.popleft()
 
-    def _expire(self, item: _Request) -> None:
+    def _expire(self, item: Queued) -> None:
         if item.future.done():
             return
         if item.state == _QUEUED:
@@ -603,9 +622,9 @@ class DynamicBatcher:
             oldest = min(g.items[0].enqueued for g in self._groups.values())
             self._wake = loop.call_at(oldest + self._delay_s, self._dispatch)
 
-    def _take(self, group: _Group, now: float) -> tuple[_Request, ...]:
+    def _take(self, group: _Group, now: float) -> tuple[Queued, ...]:
         """Pop up to ``max_batch_size`` rows of live requests (always at least one request)."""
-        batch: list[_Request] = []
+        batch: list[Queued] = []
         rows = 0
         items = group.items
         while items:
@@ -633,7 +652,7 @@ class DynamicBatcher:
         self._queued -= len(batch)
         return tuple(batch)
 
-    def _launch(self, batch: tuple[_Request, ...], now: float) -> bool:
+    def _launch(self, batch: tuple[Queued, ...], now: float) -> bool:
         """Start computing ``batch``; True when it was computed on the loop (already finished)."""
         loop = self._loop
         assert loop is not None
@@ -660,7 +679,7 @@ class DynamicBatcher:
 
     # -- compute (runs in the executor, off the loop) ----------------------------------------
 
-    def _run(self, batch: tuple[_Request, ...]) -> tuple[list[Any], float]:
+    def _run(self, batch: tuple[Queued, ...]) -> tuple[list[Any], float]:
         started = time.perf_counter()
         if len(batch) == 1:
             outcomes = [self._call_one(batch[0])]
@@ -668,13 +687,13 @@ class DynamicBatcher:
             outcomes = self._call_batch(batch)
         return outcomes, time.perf_counter() - started
 
-    def _call_one(self, item: _Request) -> dict[str, np.ndarray] | BaseException:
+    def _call_one(self, item: Queued) -> dict[str, np.ndarray] | BaseException:
         try:
             return self._predict(item.inputs, item.output_names)
         except Exception as exc:
             return exc
 
-    def _call_batch(self, batch: tuple[_Request, ...]) -> list[Any]:
+    def _call_batch(self, batch: tuple[Queued, ...]) -> list[Any]:
         first = batch[0]
         total = sum(item.rows for item in batch)
         try:
@@ -700,7 +719,7 @@ class DynamicBatcher:
     # -- completion (back on the loop) -------------------------------------------------------
 
     def _on_done(
-        self, batch: tuple[_Request, ...], dispatched: float, afut: asyncio.Future[Any]
+        self, batch: tuple[Queued, ...], dispatched: float, afut: asyncio.Future[Any]
     ) -> None:
         try:
             outcomes, compute_s = afut.result()
@@ -714,7 +733,7 @@ class DynamicBatcher:
             self._dispatch()
 
     def _complete(
-        self, batch: tuple[_Request, ...], dispatched: float, outcomes: list[Any], compute_s: float
+        self, batch: tuple[Queued, ...], dispatched: float, outcomes: list[Any], compute_s: float
     ) -> None:
         for item, outcome in zip(batch, outcomes):
             if item.future.done():
@@ -731,7 +750,7 @@ class DynamicBatcher:
 
     def _finish(
         self,
-        batch: tuple[_Request, ...],
+        batch: tuple[Queued, ...],
         dispatched: float,
         compute_s: float | None,
         error: BaseException | None,

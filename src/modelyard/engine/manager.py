@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from modelyard.engine.batcher import DynamicBatcher, batching_default
+from modelyard.engine.batcher import DynamicBatcher, Queued, batching_default
 from modelyard.errors import Unavailable, ValidationFailed
 from modelyard.metrics import Metrics
 from modelyard.runtimes.base import Runtime, RuntimeOptions, computes_in_caller, load_runtime
@@ -506,12 +506,43 @@ class ModelManager:
                     inputs, output_names, timeout_s=timeout_s if timeout_s is not None else opts.timeout_s
                 )
             finally:
-                model.in_flight -= 1
-                model.last_used = time.monotonic()
-                if self._memory > self._budget and not self._trimming:
-                    self._trim_soon()
+                self._done_with(model)
         finally:
             self._total_in_flight -= 1
+
+    def enqueue(
+        self,
+        source: ModelSource,
+        inputs: dict[str, np.ndarray],
+        output_names: list[str] | None,
+        *,
+        options: ServingOptions,
+    ) -> tuple[LoadedModel, DynamicBatcher, Queued] | None:
+        """:meth:`predict` without a coroutine, for a version already loaded (``None``: not
+        loaded, or retired; await :meth:`predict`): the request is queued (raising as
+        ``predict`` does) and counted in flight until :meth:`release` is called with the model
+        once its future is done; the batcher is the one to ``withdraw`` it from."""
+        if self._total_in_flight >= self._max_in_flight:
+            raise self.saturation()
+        model = self._touch(source.load_key)
+        if model is None or model.retired:
+            return None
+        batcher = model.batcher(options)
+        queued = batcher.enqueue(inputs, output_names, timeout_s=options.timeout_s)
+        self._total_in_flight += 1
+        model.in_flight += 1
+        return model, batcher, queued
+
+    def release(self, model: LoadedModel) -> None:
+        """A request from :meth:`enqueue` is done (answered, failed or withdrawn)."""
+        self._done_with(model)
+        self._total_in_flight -= 1
+
+    def _done_with(self, model: LoadedModel) -> None:
+        model.in_flight -= 1
+        model.last_used = time.monotonic()
+        if self._memory > self._budget and not self._trimming:
+            self._trim_soon()
 
     def loaded_batcher(self, source: ModelSource, options: ServingOptions | None = None) -> DynamicBatcher | None:
         """The batcher ``predict`` would use for ``source`` right now, if it is loaded (no load)."""

@@ -22,13 +22,17 @@ import orjson
 
 from modelyard.api.v2.codec import decode_infer_request, encode_infer_response
 from modelyard.core.keys import bearer_token
+from modelyard.core.inference import PendingInference
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
 from modelyard.errors import InvalidInput, ModelYardError, PayloadTooLarge
+from modelyard.tensors import InferenceRequest, InferenceResponse
 
 __all__ = [
+    "Answering",
     "InferenceFastPath",
     "answer_infer",
+    "start_answer",
     "run_infer",
     "read_body",
     "unless_disconnected",
@@ -79,6 +83,11 @@ async def run_infer(
     header_length: str | None,
 ) -> InferResult:
     """Decode, infer, encode (errors propagate as :class:`ModelYardError`)."""
+    request = _decode(body, header_length)
+    return _encoded(await platform.dataplane.infer(principal, name, version, request, protocol="rest"), request)
+
+
+def _decode(body: bytes, header_length: str | None) -> InferenceRequest:
     length: int | None = None
     if header_length is not None:
         if not header_length.isdigit():
@@ -86,8 +95,10 @@ async def run_infer(
                 f"Inference-Header-Content-Length must be a non-negative integer, got {header_length!r}"
             )
         length = int(header_length)
-    request = decode_infer_request(body, length)
-    response = await platform.dataplane.infer(principal, name, version, request, protocol="rest")
+    return decode_infer_request(body, length)
+
+
+def _encoded(response: InferenceResponse, request: InferenceRequest) -> InferResult:
     binary_default = bool(request.parameters.get("binary_data_output", False))
     payload, json_length = encode_infer_response(response, requested=request.outputs, binary_default=binary_default)
     if json_length is None:
@@ -124,13 +135,76 @@ async def answer_infer(
     try:
         principal = await platform.keys.authenticate_async(bearer_token(authorization))  # 401 when missing or bad
         return await run_infer(platform, principal, name, version, body, header_length), principal
-    except ModelYardError as exc:
+    except Exception as exc:
+        return _failure(exc, where), principal
+
+
+def start_answer(
+    platform: Platform,
+    name: str,
+    version: str | None,
+    *,
+    authorization: str | None,
+    header_length: str | None,
+    body: bytes,
+    where: str,
+) -> tuple[Principal, InferResult | Answering] | None:
+    """:func:`answer_infer` without a coroutine, for a transport that answers from a callback
+    (the usual request: its key, model and quotas known from memory, its version loaded).
+
+    ``None``: await :func:`answer_infer` instead (nothing was counted). Else the principal and
+    either the answer (an error found before the request was queued) or the queued request:
+    once its ``future`` is done, :meth:`Answering.answer` makes the answer."""
+    try:
+        secret = bearer_token(authorization)
+    except ModelYardError:
+        return None  # answer_infer answers a malformed Authorization (401, audited)
+    principal = platform.keys.known(secret)
+    if principal is None:
+        return None
+    try:
+        request = _decode(body, header_length)
+        pending = platform.dataplane.start(principal, name, version, request, protocol="rest")
+    except Exception as exc:
+        return principal, _failure(exc, where)
+    if pending is None:
+        return None
+    return principal, Answering(pending, request, where)
+
+
+class Answering:
+    """A request :func:`start_answer` queued (see there)."""
+
+    __slots__ = ("_pending", "_request", "_where")
+
+    def __init__(self, pending: PendingInference, request: InferenceRequest, where: str) -> None:
+        self._pending, self._request, self._where = pending, request, where
+
+    @property
+    def future(self) -> asyncio.Future[Any]:
+        return self._pending.future
+
+    def cancel(self) -> None:
+        """The caller went away: drop its queued work (:meth:`answer` then raises
+        ``CancelledError``)."""
+        self._pending.cancel()
+
+    def answer(self) -> InferResult:
+        """The answer, once ``future`` is done (call once; ``CancelledError`` if cancelled)."""
+        try:
+            return _encoded(self._pending.finish(), self._request)
+        except Exception as exc:
+            return _failure(exc, self._where)
+
+
+def _failure(exc: Exception, where: str) -> InferResult:
+    """The answer for a request that failed with ``exc``; unexpected errors are logged."""
+    if isinstance(exc, ModelYardError):
         if exc.http_status >= 500:
             log.error("inference on %s failed: %s", where, exc.message, exc_info=exc)
-        return error_result(exc), principal
-    except Exception:
-        log.exception("unhandled error on POST %s", where)
-        return (500, [_JSON], _INTERNAL), principal
+        return error_result(exc)
+    log.exception("unhandled error on POST %s", where, exc_info=exc)
+    return 500, [_JSON], _INTERNAL
 
 
 async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any]) -> bool:

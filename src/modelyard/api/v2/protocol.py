@@ -30,14 +30,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from modelyard.api.middleware import audit_entry, request_id
-from modelyard.api.v2.infer import InferResult, answer_infer, error_result, split_infer_path
+from modelyard.api.v2.infer import Answering, InferResult, answer_infer, error_result, split_infer_path, start_answer
 from modelyard.core.inference import QueueGate, QueueGates
 from modelyard.core.platform import Platform
+from modelyard.core.principal import Principal
 from modelyard.errors import ModelYardError, PayloadTooLarge
 
 __all__ = ["InferenceProtocol"]
@@ -65,7 +67,7 @@ class _Inference:
 
     __slots__ = (
         "name", "version", "path", "authorization", "header_length", "request_id",
-        "chunks", "size", "keep_alive", "task", "gate",
+        "chunks", "size", "keep_alive", "task", "answering", "gate",
     )
 
     def __init__(self, name: str, version: str | None, path: str) -> None:
@@ -78,7 +80,9 @@ class _Inference:
         self.chunks: list[bytes] = []
         self.size = 0
         self.keep_alive = True
+        #: how it is being answered: a task (see ``_answer``), or a queued request (``_answered``)
         self.task: asyncio.Task[None] | None = None
+        self.answering: Answering | None = None
         #: its caller's gate when it had one as the request arrived (see ``_gate``)
         self.gate: QueueGate | None = None
 
@@ -162,7 +166,9 @@ class InferenceProtocol(HttpToolsProtocol):
             return
         self._reading = None
         self._answering = request
-        request.task = self.loop.create_task(self._answer(request))
+        # Started a loop turn later, with every request read in this one: what a batch gathers
+        # depends on it (a batch on the loop is taken in the first turn that queues nothing new).
+        self.loop.call_soon(self._start, request)
 
     # -- the inference path ----------------------------------------------------------------
     def _begin(self, name: str, version: str | None, path: str) -> None:
@@ -242,20 +248,46 @@ class InferenceProtocol(HttpToolsProtocol):
         if request.keep_alive:
             self.on_response_complete()
 
-    async def _answer(self, request: _Inference) -> None:
+    def _start(self, request: _Inference) -> None:
+        """Answer ``request``, its body read: from a callback on its queued work when memory
+        answers everything it needs (the usual request: no task, no coroutine), else from a
+        task (:meth:`_answer`)."""
         # Requests read in one loop turn passed the gate together; the ones ahead of this one may
         # have filled the queue since: ask again before any decoding.
         gate = self._gate(request)
         refused = None if gate is None else gate.refusal()
         if refused is not None:
-            if self._answering is request:
-                self._answering = None
-                self._write(request, error_result(refused))
-                self.on_response_complete()
-                self._hold(gate, request)
+            self._answering = None
+            self._write(request, error_result(refused))
+            self.on_response_complete()
+            self._hold(gate, request)
             return
         chunks = request.chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        started = start_answer(
+            self.platform, request.name, request.version,
+            authorization=request.authorization, header_length=request.header_length, body=body, where=request.path,
+        )
+        if started is None:
+            request.task = self.loop.create_task(self._answer(request, body))
+            return
+        principal, outcome = started
+        if isinstance(outcome, Answering):
+            request.answering = outcome
+            outcome.future.add_done_callback(partial(self._answered, request, principal))
+        else:
+            self._deliver(request, outcome, principal)
+
+    def _answered(self, request: _Inference, principal: Principal, _: Any) -> None:
+        answering = request.answering
+        assert answering is not None
+        try:
+            result = answering.answer()
+        except asyncio.CancelledError:
+            return  # the client went away; its queued work was dropped
+        self._deliver(request, result, principal)
+
+    async def _answer(self, request: _Inference, body: bytes) -> None:
         try:
             result, principal = await answer_infer(
                 self.platform, request.name, request.version,
@@ -264,6 +296,11 @@ class InferenceProtocol(HttpToolsProtocol):
             )
         except asyncio.CancelledError:
             return  # the client went away; its queued work was dropped
+        self._deliver(request, result, principal)
+
+    def _deliver(self, request: _Inference, result: InferResult, principal: Principal | None) -> None:
+        """Write ``request``'s answer (if the connection still waits for it), then see whether
+        its caller's queue has room to read on."""
         try:
             if result[0] in (401, 403):
                 self.platform.audit.append(
@@ -427,8 +464,11 @@ class InferenceProtocol(HttpToolsProtocol):
         request, self._answering = self._answering, None
         self._reading = None
         super().connection_lost(exc)
-        if request is not None and request.task is not None:
-            request.task.cancel()
+        if request is not None:
+            if request.task is not None:
+                request.task.cancel()
+            elif request.answering is not None:
+                request.answering.cancel()
 
     def shutdown(self) -> None:
         if self._answering is not None:
