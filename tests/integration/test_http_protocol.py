@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -397,6 +398,49 @@ def test_the_callers_of_a_batch_computed_on_the_loop_claim_kept_slots_and_read_o
         for sock in (long_conn, *conns):
             sock.close()
         assert queue_full_refusals(srv, "slow") == (1, 1)
+    finally:
+        srv.stop()
+
+
+def test_the_usual_request_is_answered_from_a_callback_and_a_hang_up_drops_its_queued_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once its model is resolved and loaded and its key known, a request is answered from a
+    callback on its queued work, not a task (``start_answer``); callers that hang up while
+    queued behind a long request have their work dropped: it never computes."""
+    from modelyard.api.v2.protocol import InferenceProtocol
+    from tests.integration._serving import metric
+
+    tasks: list[str] = []
+    answer = InferenceProtocol._answer
+
+    async def counted(self: InferenceProtocol, request: Any, body: bytes) -> None:
+        tasks.append(f"{request.path} {request.size}")
+        await answer(self, request, body)
+
+    monkeypatch.setattr(InferenceProtocol, "_answer", counted)
+    srv = _slow_server(tmp_path, max_queue_size=8)
+    key = srv.admin_key
+    try:
+        long_conn = _connect(srv)
+        long_reader = _Reader(long_conn)
+        long_conn.sendall(_slow_request(key, 1))
+        assert long_reader.response()[0] == 200
+        assert len(tasks) == 1, "the first request loads the model: a task"
+        long_conn.sendall(_slow_request(key, 64))  # computes for about a second
+        time.sleep(0.2)
+        for _ in range(3):
+            with _connect(srv) as sock:
+                sock.sendall(_slow_request(key, 1))
+                time.sleep(0.05)  # queued behind the long one, then hang up
+        assert long_reader.response()[0] == 200
+        long_conn.sendall(_slow_request(key, 1))
+        assert long_reader.response()[0] == 200
+        assert len(tasks) == 1, f"the usual requests took a task: {tasks}"
+        with srv.client() as client:
+            computed = metric(client.get("/metrics").text, "modelyard_compute_seconds_count", model="slow")
+        assert computed == 3, "the work of callers that hung up ran"
+        long_conn.close()
     finally:
         srv.stop()
 

@@ -86,21 +86,22 @@ class AsyncTTLCache(Generic[K, V]):
         hit = self._entries.get(key)
         return hit[1] if hit is not None else None
 
-    def fresh(self, key: K) -> V | None:
-        """The remembered value while it is fresh, without a coroutine (``None`` when absent or
-        stale: then :meth:`get` it, which refreshes)."""
-        hit = self._entries.get(key)
-        if hit is not None and time.monotonic() - hit[0] < self._ttl:
-            return hit[1]
-        return None
-
     async def get(self, key: K, load: Callable[[], V]) -> V:
-        hit = self._entries.get(key)
+        hit = self.now(key, load)
         if hit is not None:
-            if time.monotonic() - hit[0] >= self._ttl and key not in self._flights:
-                self._start(key, load).add_done_callback(_retrieve)
-            return hit[1]
+            return hit
         return await asyncio.shield(self._start(key, load))
+
+    def now(self, key: K, load: Callable[[], V]) -> V | None:
+        """:meth:`get` without a coroutine: the remembered value, fresh or stale (then one
+        background refresh is started, as ``get`` does); ``None`` when nothing is remembered
+        (then await ``get``). Call it on the event loop."""
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        if time.monotonic() - hit[0] >= self._ttl and key not in self._flights:
+            self._start(key, load).add_done_callback(_retrieve)
+        return hit[1]
 
     def _start(self, key: K, load: Callable[[], V]) -> asyncio.Future[V]:
         def remember(value: V) -> None:

@@ -133,13 +133,14 @@ class DataPlane:
         )
 
     def _known(self, principal: Principal, name: str, version: str | None) -> VersionInfo | None:
-        """:meth:`resolve` from memory while the answer is fresh (``None``: await ``resolve``).
-        The caller's permission and scope are checked either way. Per request, a coroutine
-        fewer."""
+        """:meth:`resolve` from memory (a stale answer is refreshed in the background, as
+        ``resolve`` does; ``None``: await ``resolve``). The caller's permission and scope are
+        checked either way. Per request, a coroutine fewer."""
         principal.require("infer")
         if not principal.in_scope(name):
             raise ModelNotFound(f"model {name!r} not found")
-        return self._resolved.fresh((principal.tenant_id, name, version))
+        tenant = principal.tenant_id
+        return self._resolved.now((tenant, name, version), lambda: self.registry.resolve(tenant, name, version))
 
     async def deployment(self, principal: Principal, name: str) -> DeploymentTraffic | None:
         """The deployment ``name`` of the caller's tenant, or ``None``: answered from memory once
@@ -147,24 +148,27 @@ class DataPlane:
         deployments = self.deployments
         if deployments is None:
             return None
+        known, traffic = self._deployment_now(principal, name)
+        if known:
+            return traffic
         key = (principal.tenant_id, name)
-        hit = deployments.cached(*key)
-        if hit is None:
-            traffic = await self._lookups.run(key, partial(deployments.refresh, *key))
-        else:
-            fresh, traffic = hit
-            if not fresh:
-                self._lookups.refresh(key, partial(deployments.refresh, *key))
+        traffic = await self._lookups.run(key, partial(deployments.refresh, *key))
         return self._may_use(principal, name, traffic)
 
     def _deployment_now(self, principal: Principal, name: str) -> tuple[bool, DeploymentTraffic | None]:
-        """``(True, what deployment() answers)`` when memory answers it fresh, without a
-        coroutine; ``(False, None)``: await :meth:`deployment`."""
-        assert self.deployments is not None
-        hit = self.deployments.cached(principal.tenant_id, name)
-        if hit is None or not hit[0]:
+        """``(True, what deployment() answers)`` when memory answers it, without a coroutine (a
+        stale answer is refreshed in the background, as ``deployment()`` does); ``(False,
+        None)``: await :meth:`deployment`."""
+        deployments = self.deployments
+        assert deployments is not None
+        key = (principal.tenant_id, name)
+        hit = deployments.cached(*key)
+        if hit is None:
             return False, None
-        return True, self._may_use(principal, name, hit[1])
+        fresh, traffic = hit
+        if not fresh:
+            self._lookups.refresh(key, partial(deployments.refresh, *key))
+        return True, self._may_use(principal, name, traffic)
 
     @staticmethod
     def _may_use(principal: Principal, name: str, traffic: DeploymentTraffic | None) -> DeploymentTraffic | None:

@@ -213,12 +213,13 @@ class KeyService:
         return secret is not None and self._async_cache.peek(secret) is not None
 
     def known(self, secret: str | None) -> Principal | None:
-        """:meth:`authenticate_async` from memory, without a coroutine: the principal while the
-        key's entry is fresh and the key unexpired; ``None``: await ``authenticate_async``
-        (which also answers a missing, unknown or expired key)."""
+        """:meth:`authenticate_async` from memory, without a coroutine: the principal of a key
+        remembered and unexpired (a stale entry is refreshed in the background, as
+        ``authenticate_async`` does); ``None``: await ``authenticate_async`` (which also answers
+        a missing, unknown or expired key). Call it on the event loop."""
         if not secret:
             return None
-        hit = self._async_cache.fresh(secret)
+        hit = self._async_cache.now(secret, lambda: self._lookup(secret))
         if hit is None:
             return None
         principal, expires = hit

@@ -69,13 +69,23 @@ async def test_a_failed_refresh_evicts_so_the_next_caller_sees_the_error() -> No
         await cache.get("k", load)
 
 
-async def test_fresh_answers_from_memory_only_while_the_entry_is_fresh() -> None:
-    """``fresh`` is the coroutine-free path of the hot loop: a fresh entry, else None (the
-    caller then awaits ``get``, which refreshes a stale one)."""
+async def test_now_answers_from_memory_and_refreshes_a_stale_entry_in_the_background() -> None:
+    """``now`` is the coroutine-free path of the hot loop: what ``get`` answers from memory
+    (fresh, or stale with one background refresh started), else None (the caller then awaits
+    ``get``)."""
     cache: AsyncTTLCache[str, int] = AsyncTTLCache(ttl_s=0.05)
-    assert cache.fresh("k") is None, "absent"
-    assert await cache.get("k", lambda: 1) == 1
-    assert cache.fresh("k") == 1
+    loads: list[int] = []
+
+    def load() -> int:
+        loads.append(1)
+        return len(loads)
+
+    assert cache.now("k", load) is None and loads == [], "absent: nothing loaded"
+    assert await cache.get("k", load) == 1
+    assert cache.now("k", load) == 1 and len(loads) == 1, "fresh: no load"
     await asyncio.sleep(0.06)
-    assert cache.fresh("k") is None, "stale: get it instead"
-    assert cache.peek("k") == 1, "still remembered"
+    assert cache.now("k", load) == 1, "stale: still answered"
+    assert cache.now("k", load) == 1, "one refresh at a time"
+    await asyncio.sleep(0.1)
+    assert loads == [1, 1] and cache.now("k", load) == 2, "refreshed in the background"
+    assert cache.peek("k") == 2

@@ -15,7 +15,7 @@ from modelyard.config import Settings
 from modelyard.core.inference import GATE_BUNDLE, QueueGate, QueueGates, validate_inputs
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
-from modelyard.errors import InvalidInput, ModelNotFound, PermissionDenied, QueueFull, VersionNotFound
+from modelyard.errors import InvalidInput, ModelNotFound, PermissionDenied, QueueFull, RateLimited, VersionNotFound
 from modelyard.tensors import InferenceRequest, RequestedOutput, Tensor, TensorSpec
 from tests.integration.onnx_models import add_model
 
@@ -276,10 +276,74 @@ def test_the_key_service_remembers_only_keys_it_authenticated_and_not_revoked_si
     info, secret = keys.create(tenant_id=tenant, role="inference")
     for value in (None, "", "Bearer", "Basic abc", f"bearer{secret}", f"Bearer {secret}"):
         assert not keys.remembers(value), f"{value!r}: never authenticated, or malformed"
-    asyncio.run(keys.authenticate_async(secret))
+    assert keys.known(secret) is None and keys.known(None) is None
+    principal = asyncio.run(keys.authenticate_async(secret))
     assert keys.remembers(f"Bearer {secret}") and keys.remembers(f"bearer  {secret} ")
+    assert keys.known(secret) == principal, "the callback path's authentication, from memory"
     keys.revoke(tenant, info.id)
     assert not keys.remembers(f"Bearer {secret}"), "a revocation forgets it"
+    assert keys.known(secret) is None
     assert bearer_token(None) is None and bearer_token("Bearer  k ") == "k"
     with pytest.raises(Unauthenticated, match="malformed authorization metadata"):
         bearer_token("Basic abc", source="authorization metadata")
+
+
+def test_start_queues_what_memory_answers_and_finishes_as_infer_does(platform: Platform, tenant: str) -> None:
+    """``DataPlane.start`` (the REST callback path) queues a request without a coroutine only
+    once its model is resolved and loaded, answers what ``infer`` answers, counts the same, and
+    a cancelled one drops its work and leaves nothing in flight."""
+    _push(platform, tenant, add=5.0, stage="production")
+    who = _principal(tenant)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    plane = platform.dataplane
+
+    async def run() -> None:
+        assert plane.start(who, "add", None, _req(x)) is None, "not resolved yet: await infer"
+        expected = await plane.infer(who, "add", None, _req(x))  # resolves and loads
+        pending = plane.start(who, "add", None, _req(x, ["z"]))
+        assert pending is not None and platform.manager.in_flight == 1
+        await asyncio.wait_for(asyncio.shield(pending.future), 10)
+        resp = pending.finish()
+        assert platform.manager.in_flight == 0
+        assert resp.model_version == expected.model_version and [o.name for o in resp.outputs] == ["z"]
+        np.testing.assert_array_equal(resp.outputs[0].data, x * 2)
+        with pytest.raises(InvalidInput, match="nope"):
+            plane.start(who, "add", None, _req(x, ["nope"]))
+        with pytest.raises(ModelNotFound):  # the caller's scopes are checked from memory too
+            plane.start(_principal(tenant, scopes=("else",)), "add", None, _req(x))
+        cancelled = plane.start(who, "add", None, _req(x))
+        assert cancelled is not None
+        cancelled.cancel()  # the caller went away before its batch was taken
+        await asyncio.sleep(0.05)
+        assert cancelled.future.cancelled()
+        with pytest.raises(asyncio.CancelledError):
+            cancelled.finish()
+        assert platform.manager.in_flight == 0
+
+    asyncio.run(run())
+    text = platform.metrics.render().decode()
+    assert 'modelyard_inference_requests_total{model="add",protocol="rest",version="1"} 4.0' in text
+    assert 'modelyard_inference_errors_total{code="invalid_input",model="add",version="1"} 1.0' in text
+    assert 'modelyard_inference_errors_total{code="cancelled",model="add",version="1"} 1.0' in text
+
+
+def test_start_leaves_a_tenant_with_a_daily_quota_to_infer_without_taking_a_token(
+    platform: Platform, tenant: str
+) -> None:
+    """A daily quota is counted in the database, which the callback path does not do: ``start``
+    answers ``None`` before the key's rate limit is applied, so ``infer`` applies it once."""
+    from modelyard.core.tenants import Quotas
+
+    limited = platform.tenants.create("limited", quotas=Quotas(requests_per_day=100))
+    _push(platform, limited.id, add=1.0, stage="production")
+    who = Principal(key_id="k2", tenant_id=limited.id, tenant_name="limited", role="developer", rate_limit=0.001)
+    x = np.zeros((1, 3), np.float32)
+    plane = platform.dataplane
+
+    async def run() -> None:
+        await plane.infer(who, "add", None, _req(x))  # the bucket's one token; quotas now known
+        assert plane.start(who, "add", None, _req(x)) is None
+        with pytest.raises(RateLimited):
+            await plane.infer(who, "add", None, _req(x))
+
+    asyncio.run(run())

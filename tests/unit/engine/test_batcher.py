@@ -333,6 +333,28 @@ async def test_cancelled_request_never_runs() -> None:
 
 
 @pytest.mark.asyncio
+async def test_enqueue_answers_through_the_future_and_withdraw_drops_queued_work() -> None:
+    """``enqueue`` is ``submit`` for a caller that answers from a callback: the future gets the
+    outputs; ``withdraw`` (its caller went away) drops the request while queued and cancels
+    its future, and the rest of the batch is answered."""
+    gate = threading.Event()
+    model = Model(gate=gate)
+    b = make(model)
+    running = b.enqueue(request([0]), None)
+    await wait_until(model.started.is_set)
+    doomed, kept = b.enqueue(request([42]), None), b.enqueue(request([7]), None)
+    assert b.queue_depth == 2
+    b.withdraw(doomed)
+    assert doomed.future.cancelled() and b.queue_depth == 1
+    b.withdraw(doomed)  # twice is harmless
+    gate.set()
+    assert (await running.future)["id"].tolist() == [0]
+    assert (await kept.future)["id"].tolist() == [7]
+    assert 42 not in model.seen_ids() and b.in_flight == 0
+    await b.close(1)
+
+
+@pytest.mark.asyncio
 async def test_close_drains_queued_and_running_work_then_refuses() -> None:
     model = Model(delay_s=0.02)
     b = make(model, max_batch_size=2, max_queue_delay_ms=1000, instances=2)

@@ -176,6 +176,30 @@ def test_unload_lets_in_flight_requests_finish() -> None:
     asyncio.run(main())
 
 
+def test_enqueue_serves_only_loaded_versions_and_counts_them_in_flight_until_released() -> None:
+    """``enqueue`` (``predict`` without a coroutine) answers ``None`` for a version not loaded,
+    refuses as ``predict`` does, and keeps the request in flight (so it is neither evicted nor
+    unaccounted at a drain) until ``release``."""
+    async def main() -> None:
+        loader = Loader()
+        m = manager(loader, max_in_flight=1)
+        opts = ServingOptions()
+        assert m.enqueue(source("a"), {"x": X}, None, options=opts) is None and loader.loads == []
+        await m.acquire(source("a"), opts)
+        queued = m.enqueue(source("a"), {"x": X}, None, options=opts)
+        assert queued is not None
+        model, batcher, item = queued
+        assert m.in_flight == 1 and model.in_flight == 1 and batcher.in_flight == 1
+        with pytest.raises(Unavailable):  # one in flight: saturated
+            m.enqueue(source("a"), {"x": X}, None, options=opts)
+        np.testing.assert_array_equal((await item.future)["y"], X * 2)
+        m.release(model)
+        assert m.in_flight == 0 and model.in_flight == 0
+        await m.close()
+
+    asyncio.run(main())
+
+
 def test_batching_merges_and_isolates_a_bad_request() -> None:
     async def main() -> None:
         loader = Loader(delay=0.05)

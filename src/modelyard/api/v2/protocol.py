@@ -252,6 +252,8 @@ class InferenceProtocol(HttpToolsProtocol):
         """Answer ``request``, its body read: from a callback on its queued work when memory
         answers everything it needs (the usual request: no task, no coroutine), else from a
         task (:meth:`_answer`)."""
+        if self._answering is not request:
+            return  # the connection was lost since the request was read: nothing to start
         # Requests read in one loop turn passed the gate together; the ones ahead of this one may
         # have filled the queue since: ask again before any decoding.
         gate = self._gate(request)
