@@ -5,7 +5,9 @@ of its answer: authentication, decoding, :meth:`DataPlane.infer`, encoding, and 
 mapped to its ``{"error": {"code", "message"}}`` body. Two ways in share it:
 
 * :class:`~modelyard.api.v2.protocol.InferenceProtocol`, the server's HTTP/1.1 protocol, calls it
-  straight from the parser callbacks (no ASGI scope, middleware chain or messages);
+  straight from the parser callbacks (no ASGI scope, middleware chain or messages); for the usual
+  request (everything it needs known from memory) it calls :func:`start_answer` instead, the same
+  steps without a task or a coroutine, and makes the answer in a callback on the queued work;
 * :class:`InferenceFastPath`, an ASGI middleware, for requests that reach the app as ASGI
   (pipelined requests, in-process test clients); the documented FastAPI routes call
   :func:`run_infer` too.

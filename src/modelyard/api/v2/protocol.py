@@ -1,11 +1,14 @@
 """The server's HTTP/1.1 protocol: uvicorn's httptools protocol, with OIP v2 inference answered in place.
 
 ``POST /v2/models/{m}[/versions/{v}]/infer`` is recognised as soon as its request line and headers
-are parsed. Its body is collected by the parser callbacks and one task per request authenticates,
-infers and encodes through :func:`~modelyard.api.v2.infer.answer_infer` (the same code the ASGI
-routes use), then writes the answer's bytes to the socket itself. No ASGI scope, middleware chain,
-receive/send messages or helper tasks exist for it: on a small model that per-request event-loop
-cost, not the model, decides throughput (see ``docs/benchmarks.md``).
+are parsed. Its body is collected by the parser callbacks; a loop turn after it was read, it is
+authenticated, decoded, checked and queued without a coroutine
+(:func:`~modelyard.api.v2.infer.start_answer`) and answered from a callback on its queued work,
+or, when something it needs is not in memory (a key or model not seen lately, a deployment), by a
+task through :func:`~modelyard.api.v2.infer.answer_infer` (the same code the ASGI routes use).
+Either way the protocol writes the answer's bytes to the socket itself. No ASGI scope,
+middleware chain, receive/send messages or helper tasks exist for it: on a small model that
+per-request event-loop cost, not the model, decides throughput (see ``docs/benchmarks.md``).
 
 Everything else goes to the ASGI app exactly as uvicorn would send it, including an inference
 request that arrives while an earlier request of the same connection is still being answered
