@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -585,3 +586,34 @@ def test_a_well_formed_raw_call_is_answered(server: LiveServer) -> None:
     body = _infer_request("scale", np.ones((1, 4), np.float32)).SerializeToString()
     answer = _raw_call(server, b"\x00" + len(body).to_bytes(4, "big") + body)
     assert answer is not None and answer[b"grpc-status"] == b"0"
+
+
+def test_the_usual_call_is_answered_without_a_task(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once its model is loaded and its key known, a ``ModelInfer`` call is queued and answered
+    from a callback (``InferenceServicer.start``), not a task; its answer is the same, and a
+    failure found before the queue (an unknown output) still gets its status."""
+    from modelyard.grpc.http2 import _Connection
+
+    tasks: list[int] = []
+    call_task = _Connection._call
+
+    async def counted(self: _Connection, stream: Any, body: bytes) -> None:
+        tasks.append(stream.id)
+        await call_task(self, stream, body)
+
+    monkeypatch.setattr(_Connection, "_call", counted)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        call = _call(channel)
+        call(_infer_request("scale", x), metadata=_metadata(server), timeout=30)  # may load: a task
+        before = len(tasks)
+        for _ in range(3):
+            answer = call(_infer_request("scale", x), metadata=_metadata(server))
+            assert np.array_equal(np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(2, 4), x * 3)
+        assert len(tasks) == before, "the usual calls took a task"
+        request = _infer_request("scale", x)
+        request.outputs.add(name="nope")
+        with pytest.raises(grpc.RpcError) as info:
+            call(request, metadata=_metadata(server))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "nope" in (info.value.details() or "")
+        assert len(tasks) == before

@@ -37,7 +37,8 @@ import logging
 import ssl
 import struct
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, cast
+from functools import partial
+from typing import Any, Protocol, cast
 from urllib.parse import quote
 
 import grpc
@@ -75,6 +76,23 @@ Wait = Callable[[Callable[[], int]], None]
 #: answered; a wait when the connection should not be read until ``wait`` calls back (its client's
 #: next calls would be refused now: they wait in its socket instead)
 Hold = Callable[[tuple[tuple[str, str], ...], bytes], "Wait | None"]
+#: ``(metadata, the gRPC-framed request message) -> started call, refusal or None``: a unary
+#: call answered without a task when it can be (see :class:`Started`); ``None``: the call takes
+#: its task as usual (nothing was done)
+Start = Callable[[tuple[tuple[str, str], ...], bytes], "Started | Refusal | None"]
+
+
+class Started(Protocol):
+    """A unary call a :data:`Start` began: once ``future`` is done, ``answer()`` (called once)
+    gives the response message's bytes, or the refusal that ends the call with its status;
+    ``cancel()`` when the client went away (``answer`` then raises ``CancelledError``)."""
+
+    @property
+    def future(self) -> asyncio.Future[Any]: ...
+
+    def answer(self) -> bytes | Refusal: ...
+
+    def cancel(self) -> None: ...
 
 
 def _int(value: int, prefix: int, flags: int) -> bytes:
@@ -183,20 +201,20 @@ class CallContext:
         raise GrpcAbort(code, details)
 
 
-#: a method path's handler, whether it is a stream's, its screen and its hold
-_Route = tuple[UnaryHandler | None, bool, Screen | None, Hold | None]
-_NO_ROUTE: _Route = (None, False, None, None)
+#: a method path's handler, whether it is a stream's, its screen, its hold and its start
+_Route = tuple[UnaryHandler | None, bool, Screen | None, Hold | None, Start | None]
+_NO_ROUTE: _Route = (None, False, None, None, None)
 
 
 class _Head:
     """A request's header block, decoded, with what a call derives from it (made once per
     distinct block on a connection while the HPACK table is unchanged)."""
 
-    __slots__ = ("headers", "handler", "streaming", "screen", "hold", "metadata", "timeout", "encoding")
+    __slots__ = ("headers", "handler", "streaming", "screen", "hold", "start", "metadata", "timeout", "encoding")
 
     def __init__(self, headers: list[tuple[bytes, bytes]], server: Http2GrpcServer) -> None:
         self.headers = headers
-        self.handler, self.streaming, self.screen, self.hold = server.handler_for(headers)
+        self.handler, self.streaming, self.screen, self.hold, self.start = server.handler_for(headers)
         metadata: list[tuple[str, str]] = []
         self.timeout: float | None = None
         self.encoding = b"identity"
@@ -214,7 +232,7 @@ class _Head:
 
 class _Stream:
     __slots__ = (
-        "id", "head", "chunks", "size", "credit", "task", "send_window", "pending", "trailers", "answered",
+        "id", "head", "chunks", "size", "credit", "task", "call", "send_window", "pending", "trailers", "answered",
         "timer", "calls", "ended", "started",
     )
 
@@ -225,6 +243,7 @@ class _Stream:
         self.size = 0
         self.credit = 0  # bytes received and not yet given back as stream window
         self.task: asyncio.Task[None] | None = None  # a unary call's task
+        self.call: Started | None = None  # or the unary call started without a task
         self.send_window = send_window
         self.pending: list[bytes] = []  # DATA payloads waiting for window
         self.trailers: bytes | None = None  # sent once ``pending`` is empty
@@ -237,6 +256,8 @@ class _Stream:
     def cancel(self) -> None:
         if self.task is not None:
             self.task.cancel()
+        elif self.call is not None:
+            self.call.cancel()
         for call in self.calls:
             call.cancel()
 
@@ -530,13 +551,51 @@ class _Connection(asyncio.Protocol):
             self._dispatch(stream)
 
     def _dispatch(self, stream: _Stream) -> None:
-        if stream.answered or stream.task is not None:
+        if stream.answered or stream.task is not None or stream.call is not None:
             return
         body = stream.chunks[0] if len(stream.chunks) == 1 else b"".join(stream.chunks)
         stream.chunks = []
         if self._refused(stream, body):
             return  # answered here: no task, the message is not decoded
+        head = stream.head
+        if (
+            head is not None and head.start is not None and head.timeout is None and head.encoding == b"identity"
+            and len(body) >= 5 and body[0] == 0 and int.from_bytes(body[1:5], "big") == len(body) - 5
+        ):
+            started = head.start(head.metadata, body)
+            if started is not None:
+                stream.ended = True
+                if isinstance(started, Refusal):
+                    self._answer_block(stream, started.block())
+                    self._hold_after(head, body)
+                else:
+                    stream.call = started
+                    started.future.add_done_callback(partial(self._call_done, stream, body))
+                return
         stream.task = self.loop.create_task(self._call(stream, body))
+
+    def _call_done(self, stream: _Stream, body: bytes, _: Any) -> None:
+        """A call started without a task (see :data:`Start`) has its answer: send it."""
+        call, stream.call = stream.call, None
+        if call is None:
+            return
+        try:
+            answer = call.answer()
+        except asyncio.CancelledError:
+            return  # the client went away; its queued work was dropped
+        if isinstance(answer, Refusal):
+            self._answer_error(stream, answer.code, answer.details, answer.trailing)
+        else:
+            self._answer(stream, b"\x00" + len(answer).to_bytes(4, "big") + answer, _OK_TRAILERS)
+        assert stream.head is not None
+        self._hold_after(stream.head, body)
+
+    def _hold_after(self, head: _Head, body: bytes) -> None:
+        """After a unary call was answered: stop reading while its hold says so."""
+        if head.hold is not None and not self.held and self.transport is not None:
+            wait = head.hold(head.metadata, body)
+            if wait is not None:
+                self._pause(wait)
 
     def _refused(self, stream: _Stream, body: bytes) -> bool:
         """Ask the call's screen (if any); True when it refused the call, which is answered."""
@@ -582,10 +641,7 @@ class _Connection(asyncio.Protocol):
             message = response.SerializeToString()
             trailers = _OK_TRAILERS + b"".join(_literal(k.encode(), str(v).encode()) for k, v in context.trailing)
             self._answer(stream, b"\x00" + len(message).to_bytes(4, "big") + message, trailers)
-        if head.hold is not None and not self.held and self.transport is not None:
-            wait = head.hold(head.metadata, body)
-            if wait is not None:
-                self._pause(wait)
+        self._hold_after(head, body)
 
     async def _respond(self, stream: _Stream, message: bytes, context: CallContext) -> Any:
         """Decode one request message and run the handler on it: its response, or ``None``
@@ -768,7 +824,8 @@ class Http2GrpcServer:
     """A gRPC server on the running loop. ``handlers`` maps a method path
     (``/package.Service/Method``) to its :data:`UnaryHandler`, ``streams`` a bidirectional
     streaming method's path to its :data:`StreamHandler`, ``screens`` a unary method's path to
-    its :data:`Screen`, ``holds`` a unary method's path to its :data:`Hold`."""
+    its :data:`Screen`, ``holds`` a unary method's path to its :data:`Hold`, ``starts`` a unary
+    method's path to its :data:`Start`."""
 
     def __init__(
         self,
@@ -778,13 +835,15 @@ class Http2GrpcServer:
         streams: dict[str, StreamHandler] | None = None,
         screens: dict[str, Screen] | None = None,
         holds: dict[str, Hold] | None = None,
+        starts: dict[str, Start] | None = None,
     ) -> None:
-        screens, holds = screens or {}, holds or {}
+        screens, holds, starts = screens or {}, holds or {}, starts or {}
         self._handlers: dict[bytes, _Route] = {
-            path.encode(): (handler, False, screens.get(path), holds.get(path)) for path, handler in handlers.items()
+            path.encode(): (handler, False, screens.get(path), holds.get(path), starts.get(path))
+            for path, handler in handlers.items()
         }
         self._handlers.update(
-            {path.encode(): (handler, True, None, None) for path, handler in (streams or {}).items()}
+            {path.encode(): (handler, True, None, None, None) for path, handler in (streams or {}).items()}
         )
         self.max_message_bytes = max_message_bytes
         self.connections: set[_Connection] = set()

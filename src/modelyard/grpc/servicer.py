@@ -24,6 +24,7 @@ calls wait in its socket rather than each being read only to be refused.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
@@ -32,7 +33,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from modelyard.core.inference import QueueGate, QueueGates
+from modelyard.core.inference import PendingInference, QueueGate, QueueGates
 from modelyard.core.keys import bearer_token
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
@@ -46,7 +47,17 @@ from modelyard.grpc.codec import (
     response_to_proto,
     stream_response,
 )
-from modelyard.grpc.http2 import Hold, Http2GrpcServer, Refusal, Screen, StreamHandler, UnaryHandler, Wait
+from modelyard.grpc.http2 import (
+    Hold,
+    Http2GrpcServer,
+    Refusal,
+    Screen,
+    Start,
+    Started,
+    StreamHandler,
+    UnaryHandler,
+    Wait,
+)
 from modelyard.grpc.proto import grpc_service_pb2 as pb
 from modelyard.grpc.proto import grpc_service_pb2_grpc as pb_grpc
 
@@ -148,12 +159,46 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             target = call_target(request.data)
         else:
             target = (request.model_name, request.model_version)
+        self._remember(principal, target, tuple(context.invocation_metadata() or ()))
+
+    def _remember(
+        self, principal: Principal, target: tuple[str, str] | None, metadata: tuple[tuple[str, str], ...]
+    ) -> None:
         if target is None:
             return
         gate = self._platform.dataplane.queue_gate(principal, target[0], target[1] or None)
         if gate is not None:
-            authorization = _authorization(tuple(context.invocation_metadata() or ()))
-            self._gates.put((target, authorization), gate, time.monotonic())
+            self._gates.put((target, _authorization(metadata)), gate, time.monotonic())
+
+    def start(self, metadata: tuple[tuple[str, str], ...], framed: bytes) -> Started | Refusal | None:
+        """A :data:`~modelyard.grpc.http2.Start` for ``ModelInfer`` on the native transport: the
+        usual call (its key, model and quotas known from memory, its version loaded) queued
+        without a task or a coroutine (``DataPlane.start``), answered from a callback on its
+        queued work; a refusal when it fails before that; ``None``: the call takes its task
+        (nothing was done)."""
+        try:
+            token = bearer_token(_authorization(metadata), source="authorization metadata")
+        except ModelYardError:
+            return None  # ModelInfer answers a malformed key
+        principal = self._platform.keys.known(token)
+        if principal is None:
+            return None
+        try:
+            call = infer_call(RawMessage(framed[5:]))
+            pending = self._platform.dataplane.start(
+                principal, call.model_name, call.model_version or None, call.request, protocol="grpc"
+            )
+        except QueueFull as exc:
+            self._remember(principal, call_target(framed, 5), metadata)
+            return _refusal(exc)
+        except ModelYardError as exc:
+            return _refusal(exc)
+        except Exception:
+            log.exception("unhandled error in gRPC call")
+            return Refusal(grpc.StatusCode.INTERNAL, "internal server error; see the server log")
+        if pending is None:
+            return None
+        return _Started(pending, call.request.outputs)
 
     async def _guard(self, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -250,6 +295,38 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelStreamInferResponse(infer_response=answer)
 
 
+def _refusal(exc: ModelYardError) -> Refusal:
+    """How a call that failed with ``exc`` is answered (logged when it is the server's fault)."""
+    if exc.http_status >= 500:
+        log.error("gRPC call failed: %s", exc.message, exc_info=exc)
+    return Refusal(status_of(exc), exc.public_message, _trailing(exc))
+
+
+class _Started:
+    """A ``ModelInfer`` call :meth:`InferenceServicer.start` queued (see :class:`Started`)."""
+
+    __slots__ = ("_pending", "_requested")
+
+    def __init__(self, pending: PendingInference, requested: Any) -> None:
+        self._pending, self._requested = pending, requested
+
+    @property
+    def future(self) -> asyncio.Future[Any]:
+        return self._pending.future
+
+    def cancel(self) -> None:
+        self._pending.cancel()
+
+    def answer(self) -> bytes | Refusal:
+        try:
+            return encode_response(self._pending.finish(), requested=self._requested)
+        except ModelYardError as exc:
+            return _refusal(exc)
+        except Exception:
+            log.exception("unhandled error in gRPC call")
+            return Refusal(grpc.StatusCode.INTERNAL, "internal server error; see the server log")
+
+
 def unary_handlers(servicer: InferenceServicer) -> dict[str, UnaryHandler]:
     """Every unary method of ``inference.GRPCInferenceService``: path -> (parser, method)."""
     handlers: dict[str, UnaryHandler] = {}
@@ -276,6 +353,11 @@ def holds(servicer: InferenceServicer) -> dict[str, Hold]:
     return {_MODEL_INFER: servicer.hold}
 
 
+def starts(servicer: InferenceServicer) -> dict[str, Start]:
+    """``ModelInfer``'s start for the native transport (see :meth:`InferenceServicer.start`)."""
+    return {_MODEL_INFER: servicer.start}
+
+
 async def start_grpc_server(platform: Platform, host: str, port: int) -> Http2GrpcServer | grpc.aio.Server:
     """Start the gRPC server on the running event loop: this package's HTTP/2 transport
     (``grpc_transport = "native"``, the default) or grpcio's ``grpc.aio`` server."""
@@ -295,6 +377,7 @@ async def start_grpc_server(platform: Platform, host: str, port: int) -> Http2Gr
             streams=stream_handlers(servicer),
             screens=screens(servicer),
             holds=holds(servicer),
+            starts=starts(servicer),
             max_message_bytes=settings.max_request_bytes,
         )
         try:
