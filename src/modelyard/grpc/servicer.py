@@ -71,6 +71,7 @@ T = TypeVar("T")
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 _MODEL_INFER = f"/{_SERVICE.full_name}/ModelInfer"
+_INTERNAL = "internal server error; see the server log"
 
 
 def status_of(exc: ModelYardError) -> grpc.StatusCode:
@@ -195,7 +196,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return _refusal(exc)
         except Exception:
             log.exception("unhandled error in gRPC call")
-            return Refusal(grpc.StatusCode.INTERNAL, "internal server error; see the server log")
+            return Refusal(grpc.StatusCode.INTERNAL, _INTERNAL)
         if pending is None:
             return None
         return _Started(pending, call.request.outputs)
@@ -204,14 +205,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return await work()
         except ModelYardError as exc:
-            if exc.http_status >= 500:
-                log.error("gRPC call failed: %s", exc.message, exc_info=exc)
-            if exc.retry_after is not None:
-                context.set_trailing_metadata(_trailing(exc))
-            await context.abort(status_of(exc), exc.public_message)
+            refusal = _refusal(exc)
+            if refusal.trailing:
+                context.set_trailing_metadata(refusal.trailing)
+            await context.abort(refusal.code, refusal.details)
         except Exception:
             log.exception("unhandled error in gRPC call")
-            await context.abort(grpc.StatusCode.INTERNAL, "internal server error; see the server log")
+            await context.abort(grpc.StatusCode.INTERNAL, _INTERNAL)
         raise AssertionError("unreachable")
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -289,7 +289,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return pb.ModelStreamInferResponse(error_message=exc.public_message)
         except Exception:
             log.exception("unhandled error in a gRPC stream message")
-            return pb.ModelStreamInferResponse(error_message="internal server error; see the server log")
+            return pb.ModelStreamInferResponse(error_message=_INTERNAL)
         if self._encoded:
             return stream_response(answer)
         return pb.ModelStreamInferResponse(infer_response=answer)
@@ -324,7 +324,7 @@ class _Started:
             return _refusal(exc)
         except Exception:
             log.exception("unhandled error in gRPC call")
-            return Refusal(grpc.StatusCode.INTERNAL, "internal server error; see the server log")
+            return Refusal(grpc.StatusCode.INTERNAL, _INTERNAL)
 
 
 def unary_handlers(servicer: InferenceServicer) -> dict[str, UnaryHandler]:
