@@ -28,7 +28,7 @@ from modelyard.core.deployments import Deployments, DeploymentTraffic, Route
 from modelyard.core.routing import outputs_agree
 from modelyard.engine.batcher import DynamicBatcher, Queued
 from modelyard.engine.manager import LoadedModel, ModelManager, ModelSource, ServingOptions
-from modelyard.errors import InvalidInput, ModelNotFound, ModelYardError, RateLimited, Unavailable
+from modelyard.errors import InvalidInput, ModelNotFound, ModelYardError, RateLimited
 from modelyard.metrics import Metrics
 from modelyard.store.artifacts import ArtifactStore
 from modelyard.tensors import InferenceRequest, InferenceResponse, Tensor, TensorSpec
@@ -343,8 +343,7 @@ class DataPlane:
         try:
             output_names, arrays = self._prepare(info, request)
             queued = manager.enqueue(source, arrays, output_names, options=options)
-            if queued is None:  # retired since the check above (nothing awaited in between)
-                raise Unavailable("this model version is being unloaded; retry", retry_after=1.0)
+            assert queued is not None, "loaded above, and nothing was awaited since"
         except BaseException as exc:
             self._failed(principal, info, exc)
             raise
@@ -601,6 +600,10 @@ class PendingInference:
     @property
     def future(self) -> asyncio.Future[dict[str, Any]]:
         return self._queued.future
+
+    @property
+    def request(self) -> InferenceRequest:
+        return self._request
 
     def cancel(self) -> None:
         self._batcher.withdraw(self._queued)

@@ -95,6 +95,11 @@ class Started(Protocol):
     def cancel(self) -> None: ...
 
 
+def _one_message(body: bytes) -> bool:
+    """Whether a unary call's request body is exactly one uncompressed gRPC message."""
+    return len(body) >= 5 and body[0] == 0 and int.from_bytes(body[1:5], "big") == len(body) - 5
+
+
 def _int(value: int, prefix: int, flags: int) -> bytes:
     """An HPACK integer with a ``prefix``-bit prefix (RFC 7541 §5.1)."""
     limit = (1 << prefix) - 1
@@ -560,7 +565,7 @@ class _Connection(asyncio.Protocol):
         head = stream.head
         if (
             head is not None and head.start is not None and head.timeout is None and head.encoding == b"identity"
-            and len(body) >= 5 and body[0] == 0 and int.from_bytes(body[1:5], "big") == len(body) - 5
+            and _one_message(body)
         ):
             started = head.start(head.metadata, body)
             if started is not None:
@@ -618,7 +623,7 @@ class _Connection(asyncio.Protocol):
             encoding = head.encoding.decode("latin-1")
             self._answer_error(stream, grpc.StatusCode.UNIMPLEMENTED, f"grpc-encoding {encoding} is not supported")
             return
-        if len(body) < 5 or body[0] != 0 or int.from_bytes(body[1:5], "big") != len(body) - 5:
+        if not _one_message(body):
             self._answer_error(stream, grpc.StatusCode.INTERNAL, "the request is not one uncompressed gRPC message")
             return
         if self._refused(stream, body):

@@ -199,7 +199,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return Refusal(grpc.StatusCode.INTERNAL, _INTERNAL)
         if pending is None:
             return None
-        return _Started(pending, call.request.outputs)
+        return _Started(pending)
 
     async def _guard(self, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -305,10 +305,10 @@ def _refusal(exc: ModelYardError) -> Refusal:
 class _Started:
     """A ``ModelInfer`` call :meth:`InferenceServicer.start` queued (see :class:`Started`)."""
 
-    __slots__ = ("_pending", "_requested")
+    __slots__ = ("_pending",)
 
-    def __init__(self, pending: PendingInference, requested: Any) -> None:
-        self._pending, self._requested = pending, requested
+    def __init__(self, pending: PendingInference) -> None:
+        self._pending = pending
 
     @property
     def future(self) -> asyncio.Future[Any]:
@@ -319,7 +319,8 @@ class _Started:
 
     def answer(self) -> bytes | Refusal:
         try:
-            return encode_response(self._pending.finish(), requested=self._requested)
+            pending = self._pending
+            return encode_response(pending.finish(), requested=pending.request.outputs)
         except ModelYardError as exc:
             return _refusal(exc)
         except Exception:

@@ -31,10 +31,10 @@ from modelyard.errors import InvalidInput, ModelYardError, PayloadTooLarge
 from modelyard.tensors import InferenceRequest, InferenceResponse
 
 __all__ = [
-    "Answering",
     "InferenceFastPath",
     "answer_infer",
     "start_answer",
+    "finish_answer",
     "run_infer",
     "read_body",
     "unless_disconnected",
@@ -150,13 +150,13 @@ def start_answer(
     header_length: str | None,
     body: bytes,
     where: str,
-) -> tuple[Principal, InferResult | Answering] | None:
+) -> tuple[Principal, InferResult | PendingInference] | None:
     """:func:`answer_infer` without a coroutine, for a transport that answers from a callback
     (the usual request: its key, model and quotas known from memory, its version loaded).
 
     ``None``: await :func:`answer_infer` instead (nothing was counted). Else the principal and
     either the answer (an error found before the request was queued) or the queued request:
-    once its ``future`` is done, :meth:`Answering.answer` makes the answer."""
+    once its ``future`` is done, :func:`finish_answer` makes the answer."""
     try:
         secret = bearer_token(authorization)
     except ModelYardError:
@@ -171,32 +171,16 @@ def start_answer(
         return principal, _failure(exc, where)
     if pending is None:
         return None
-    return principal, Answering(pending, request, where)
+    return principal, pending
 
 
-class Answering:
-    """A request :func:`start_answer` queued (see there)."""
-
-    __slots__ = ("_pending", "_request", "_where")
-
-    def __init__(self, pending: PendingInference, request: InferenceRequest, where: str) -> None:
-        self._pending, self._request, self._where = pending, request, where
-
-    @property
-    def future(self) -> asyncio.Future[Any]:
-        return self._pending.future
-
-    def cancel(self) -> None:
-        """The caller went away: drop its queued work (:meth:`answer` then raises
-        ``CancelledError``)."""
-        self._pending.cancel()
-
-    def answer(self) -> InferResult:
-        """The answer, once ``future`` is done (call once; ``CancelledError`` if cancelled)."""
-        try:
-            return _encoded(self._pending.finish(), self._request)
-        except Exception as exc:
-            return _failure(exc, self._where)
+def finish_answer(pending: PendingInference, where: str) -> InferResult:
+    """The answer of a request :func:`start_answer` queued, once its ``future`` is done (call
+    once; ``CancelledError`` when the caller went away and it was cancelled)."""
+    try:
+        return _encoded(pending.finish(), pending.request)
+    except Exception as exc:
+        return _failure(exc, where)
 
 
 def _failure(exc: Exception, where: str) -> InferResult:

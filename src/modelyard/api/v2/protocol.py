@@ -39,8 +39,15 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from modelyard.api.middleware import audit_entry, request_id
-from modelyard.api.v2.infer import Answering, InferResult, answer_infer, error_result, split_infer_path, start_answer
-from modelyard.core.inference import QueueGate, QueueGates
+from modelyard.api.v2.infer import (
+    InferResult,
+    answer_infer,
+    error_result,
+    finish_answer,
+    split_infer_path,
+    start_answer,
+)
+from modelyard.core.inference import PendingInference, QueueGate, QueueGates
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
 from modelyard.errors import ModelYardError, PayloadTooLarge
@@ -85,7 +92,7 @@ class _Inference:
         self.keep_alive = True
         #: how it is being answered: a task (see ``_answer``), or a queued request (``_answered``)
         self.task: asyncio.Task[None] | None = None
-        self.answering: Answering | None = None
+        self.answering: PendingInference | None = None
         #: its caller's gate when it had one as the request arrived (see ``_gate``)
         self.gate: QueueGate | None = None
 
@@ -277,17 +284,17 @@ class InferenceProtocol(HttpToolsProtocol):
             request.task = self.loop.create_task(self._answer(request, body))
             return
         principal, outcome = started
-        if isinstance(outcome, Answering):
+        if isinstance(outcome, PendingInference):
             request.answering = outcome
             outcome.future.add_done_callback(partial(self._answered, request, principal))
         else:
             self._deliver(request, outcome, principal)
 
     def _answered(self, request: _Inference, principal: Principal, _: Any) -> None:
-        answering = request.answering
-        assert answering is not None
+        pending = request.answering
+        assert pending is not None
         try:
-            result = answering.answer()
+            result = finish_answer(pending, request.path)
         except asyncio.CancelledError:
             return  # the client went away; its queued work was dropped
         self._deliver(request, result, principal)
