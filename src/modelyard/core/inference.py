@@ -650,7 +650,8 @@ class QueueGate:
         """The error for a request arriving now, or ``None``: let it through."""
         batcher = self._batcher
         if batcher.closed or not batcher.full:
-            self.flush()
+            if self._uncounted:
+                self.flush()
             return None
         self._uncounted += 1
         refused = self._refused

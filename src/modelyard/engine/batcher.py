@@ -79,17 +79,11 @@ ROOM_AGED_S = 0.5
 #: how long a slot is kept for the request of a waiter let in (its socket is read well before)
 _ROOM_RECOUNT_S = 0.005
 #: waiters for room are let in while the queue holds fewer than this many full batches per
-#: instance (and at least :data:`LET_IN_MIN` requests): enough to keep every instance busy (one
-#: batch queued while another computes on its thread), and no more: each request in flight adds
-#: to the memory the loop touches per request (docs/benchmarks.md)
+#: instance (and at least :data:`LET_IN_MIN` requests): enough to keep every instance busy (a
+#: batch queued while another computes on its thread; on the loop, the next batch forms while
+#: the callers of the last one send their next requests), and no more: requests in flight cost
+#: the loop more the more there are (docs/benchmarks.md, "Many connections")
 LET_IN_BATCHES = 2
-#: the same while short batches compute on the loop (recently in under :data:`SHORT_BATCH_S`):
-#: there the loop's own cost per request outweighs the model's, and a second batch queued would
-#: only add requests in flight (a tiny model's flood: 0.88-0.92 of its capacity served with one,
-#: 0.75-0.93 with two, p50 waits 2 against 9-11 ms). Longer batches keep two: with one, a 15 ms
-#: batch was sometimes short and most of a flood waited its half second (docs/benchmarks.md)
-LET_IN_BATCHES_SHORT = 1
-SHORT_BATCH_S = 0.002
 LET_IN_MIN = 64
 
 
@@ -215,11 +209,9 @@ class DynamicBatcher:
         self._delay_s = max_queue_delay_ms / 1000.0
         self._max_queue = max_queue_size
         self._instances = instances
-        def level(batches: int) -> int:
-            return min(max_queue_size, max(LET_IN_MIN, batches * max_batch_size * instances))
-
-        self._let_in_level = level(LET_IN_BATCHES)
-        self._let_in_level_short = level(LET_IN_BATCHES_SHORT)  # short batches on the loop
+        self._let_in_level = min(
+            max_queue_size, max(LET_IN_MIN, LET_IN_BATCHES * max_batch_size * instances)
+        )
         self._owns_executor = executor is None
         self._executor: concurrent.futures.Executor = executor or (
             concurrent.futures.ThreadPoolExecutor(
@@ -270,10 +262,8 @@ class DynamicBatcher:
     @property
     def let_in_level(self) -> int:
         """Queued requests below which transports waiting for room are let in (see
-        :meth:`when_room`): two full batches per instance (one while short batches compute on
-        the loop, see :data:`LET_IN_BATCHES_SHORT`), at least 64, at most ``max_queue_size``."""
-        if self._computes_inline and self._batch_s < SHORT_BATCH_S:
-            return self._let_in_level_short
+        :meth:`when_room`): two full batches per instance, at least 64, at most
+        ``max_queue_size``."""
         return self._let_in_level
 
     @property
@@ -391,7 +381,7 @@ class DynamicBatcher:
         """True while the queue (with the slots promised to waiters let in) is at
         :attr:`let_in_level` or over, or waiters for room (see :meth:`when_room`) wait: a
         transport whose caller was refused should wait for room rather than read now."""
-        return self._queued + self._promised >= self.let_in_level or bool(self._room_waiters)
+        return self._queued + self._promised >= self._let_in_level or bool(self._room_waiters)
 
     def when_room(self, callback: Callable[[], int]) -> None:
         """Call ``callback()`` once, when the queue has room for one more request, when the
@@ -406,8 +396,7 @@ class DynamicBatcher:
         cheap and must not raise.
 
         Waiters are let in only while the queue is below :attr:`let_in_level` (two full batches
-        per instance by default, one for short ones on the loop), not up to
-        ``max_queue_size``: that keeps every instance busy, and a flood that has been refused
+        per instance by default), not up to ``max_queue_size``: that keeps every instance busy, and a flood that has been refused
         once is then served from a short queue, while callers not refused yet can still fill the
         queue to ``max_queue_size`` (a burst is absorbed).
         A longer queue adds only waiting, and more requests in flight, each of which costs the
@@ -421,7 +410,7 @@ class DynamicBatcher:
         changed."""
         loop = self._loop or asyncio.get_running_loop()
         self._room_waiters.append((loop.time() + ROOM_WAIT_MAX_S, callback))
-        if self._closing or self._queued + self._promised < self.let_in_level:
+        if self._closing or self._queued + self._promised < self._let_in_level:
             self._let_in()
         elif self._room_timer is None:
             self._room_timer = loop.call_at(self._room_waiters[0][0], self._on_room_timer)
@@ -452,7 +441,7 @@ class DynamicBatcher:
         first, oldest first; then keep up to ``returns`` slots for the callers of the batch
         just taken (see :meth:`claim_return`); then the newest waiters."""
         waiters = self._room_waiters
-        room = len(waiters) if self._closing else self.let_in_level - self._queued - self._promised
+        room = len(waiters) if self._closing else self._let_in_level - self._queued - self._promised
         if waiters and room > 0:
             loop = self._loop or asyncio.get_running_loop()
             aged = loop.time() + ROOM_WAIT_MAX_S - ROOM_AGED_S  # waiters due before this have aged
