@@ -136,9 +136,18 @@ class DataPlane:
         """:meth:`resolve` from memory (a stale answer is refreshed in the background, as
         ``resolve`` does; ``None``: await ``resolve``). The caller's permission and scope are
         checked either way. Per request, a coroutine fewer."""
+        self._may_infer(principal, name)
+        return self._remembered(principal, name, version)
+
+    @staticmethod
+    def _may_infer(principal: Principal, name: str) -> None:
+        """403 without the permission to infer; 404 for a model outside the caller's scopes."""
         principal.require("infer")
         if not principal.in_scope(name):
             raise ModelNotFound(f"model {name!r} not found")
+
+    def _remembered(self, principal: Principal, name: str, version: str | None) -> VersionInfo | None:
+        """:meth:`_known` before the caller's permission and scope are checked."""
         tenant = principal.tenant_id
         return self._resolved.now((tenant, name, version), lambda: self.registry.resolve(tenant, name, version))
 
@@ -325,7 +334,7 @@ class DataPlane:
             known, traffic = self._deployment_now(principal, name)
             if not known or traffic is not None:
                 return None
-        info = self._known(principal, name, version)
+        info = self._remembered(principal, name, version)
         if info is None:
             return None
         options = self.options(info)
@@ -338,6 +347,8 @@ class DataPlane:
             if not self._no_daily_quota(limits, principal):
                 return None
             limits.check_rate(principal)
+        # checked in infer's order (the rate limit first), and only once nothing is left to infer
+        self._may_infer(principal, name)
         children = self._children(info, protocol)
         children[0].inc()
         try:

@@ -327,6 +327,28 @@ def test_start_queues_what_memory_answers_and_finishes_as_infer_does(platform: P
     assert 'modelyard_inference_errors_total{code="cancelled",model="add",version="1"} 1.0' in text
 
 
+def test_start_refuses_in_infers_order_the_rate_limit_before_the_scope(platform: Platform, tenant: str) -> None:
+    """A caller both over its rate limit and outside the model's scopes gets 429 from the
+    callback path, as from ``infer``; with a token left, 404."""
+    _push(platform, tenant, add=1.0, stage="production")
+    x = np.zeros((1, 3), np.float32)
+    plane = platform.dataplane
+    outside = Principal(key_id="s", tenant_id=tenant, tenant_name="default", role="developer",
+                        scopes=("else",), rate_limit=0.001)
+
+    async def run() -> None:
+        await plane.infer(_principal(tenant), "add", None, _req(x))  # resolved and loaded
+        with pytest.raises(ModelNotFound):  # the bucket's one token taken, then the scope
+            plane.start(outside, "add", None, _req(x))
+        with pytest.raises(RateLimited):
+            plane.start(outside, "add", None, _req(x))
+        with pytest.raises(RateLimited):
+            await plane.infer(outside, "add", None, _req(x))
+        assert platform.manager.in_flight == 0
+
+    asyncio.run(run())
+
+
 def test_start_leaves_a_tenant_with_a_daily_quota_to_infer_without_taking_a_token(
     platform: Platform, tenant: str
 ) -> None:
