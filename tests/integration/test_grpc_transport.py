@@ -318,7 +318,9 @@ def test_a_revoked_callers_calls_are_authenticated_again_not_screened(
             long = call.future(_infer_request("tight", np.zeros((64, SLOW_WIDTH), np.float32)), metadata=_metadata(srv))
             wait_until(lambda: any(m.batchers for m in srv.platform.manager.loaded()))
             (batcher,) = [b for m in srv.platform.manager.loaded() for b in m.batchers.values()]
-            wait_until(lambda: batcher.in_flight == 1)
+            # computing, not just queued: else `full` below is met by the long call itself, and the
+            # flood can reach the queue before the queued call does (and be served)
+            wait_until(lambda: batcher.in_flight == 1 and batcher.queue_depth == 0)
             queued = call.future(_infer_request("tight", np.zeros((1, SLOW_WIDTH), np.float32)), metadata=_metadata(srv))
             wait_until(lambda: batcher.full)
             codes = []
