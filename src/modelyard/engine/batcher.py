@@ -396,9 +396,9 @@ class DynamicBatcher:
         cheap and must not raise.
 
         Waiters are let in only while the queue is below :attr:`let_in_level` (two full batches
-        per instance by default), not up to ``max_queue_size``: that keeps every instance busy, and a flood that has been refused
-        once is then served from a short queue, while callers not refused yet can still fill the
-        queue to ``max_queue_size`` (a burst is absorbed).
+        per instance by default), not up to ``max_queue_size``: that keeps every instance busy,
+        and a flood that has been refused once is then served from a short queue, while callers
+        not refused yet can still fill the queue to ``max_queue_size`` (a burst is absorbed).
         A longer queue adds only waiting, and more requests in flight, each of which costs the
         server more the more there are (``docs/benchmarks.md``, "Many connections").
 
