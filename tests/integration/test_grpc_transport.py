@@ -619,3 +619,43 @@ def test_the_usual_call_is_answered_without_a_task(server: LiveServer, monkeypat
             call(request, metadata=_metadata(server))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "nope" in (info.value.details() or "")
         assert len(tasks) == before
+
+
+def test_an_unexpected_failure_ends_the_call_internal_on_every_path(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error that is not a ``ModelYardError`` ends a ``ModelInfer`` call ``INTERNAL`` with a
+    pointer to the log, whether it happens in the call's task, before a callback-path call is
+    queued, or as its answer is made; the details are logged, not sent."""
+    from modelyard.core.inference import DataPlane
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret detail")
+
+    async def broken_infer(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret detail")
+
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        call = _call(channel)
+        call(_infer_request("scale", x), metadata=_metadata(server), timeout=30)  # loaded and known
+        for where, patches in (
+            ("the task", {"start": lambda *a, **k: None, "infer": broken_infer}),
+            ("before the queue", {"start": broken}),
+        ):
+            with monkeypatch.context() as m:
+                for name, value in patches.items():
+                    m.setattr(DataPlane, name, value)
+                with pytest.raises(grpc.RpcError) as info:  # no deadline: the callback path may take it
+                    call(_infer_request("scale", x), metadata=_metadata(server))
+            assert info.value.code() == grpc.StatusCode.INTERNAL, where
+            assert info.value.details() == "internal server error; see the server log", where
+        with monkeypatch.context() as m:  # after the request was released: nothing left in flight
+            m.setattr(DataPlane, "_answered", broken)
+            with pytest.raises(grpc.RpcError) as info:
+                call(_infer_request("scale", x), metadata=_metadata(server))
+        assert info.value.code() == grpc.StatusCode.INTERNAL, "as its answer is made"
+        answer = call(_infer_request("scale", x), metadata=_metadata(server))
+        assert np.array_equal(np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(2, 4), x * 3)
+    assert server.platform is not None and server.platform.manager.in_flight == 0
+    assert "secret detail" in caplog.text

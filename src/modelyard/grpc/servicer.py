@@ -192,11 +192,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except QueueFull as exc:
             self._remember(principal, call_target(framed, 5), metadata)
             return _refusal(exc)
-        except ModelYardError as exc:
+        except Exception as exc:
             return _refusal(exc)
-        except Exception:
-            log.exception("unhandled error in gRPC call")
-            return Refusal(grpc.StatusCode.INTERNAL, _INTERNAL)
         if pending is None:
             return None
         return _Started(pending)
@@ -204,14 +201,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _guard(self, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
         try:
             return await work()
-        except ModelYardError as exc:
+        except Exception as exc:
             refusal = _refusal(exc)
             if refusal.trailing:
                 context.set_trailing_metadata(refusal.trailing)
             await context.abort(refusal.code, refusal.details)
-        except Exception:
-            log.exception("unhandled error in gRPC call")
-            await context.abort(grpc.StatusCode.INTERNAL, _INTERNAL)
         raise AssertionError("unreachable")
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -295,8 +289,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelStreamInferResponse(infer_response=answer)
 
 
-def _refusal(exc: ModelYardError) -> Refusal:
-    """How a call that failed with ``exc`` is answered (logged when it is the server's fault)."""
+def _refusal(exc: Exception) -> Refusal:
+    """How a call that failed with ``exc`` is answered (logged when it is the server's fault;
+    an error that is not a :class:`ModelYardError` is ``INTERNAL``, its details in the log)."""
+    if not isinstance(exc, ModelYardError):
+        log.error("unhandled error in gRPC call", exc_info=exc)
+        return Refusal(grpc.StatusCode.INTERNAL, _INTERNAL)
     if exc.http_status >= 500:
         log.error("gRPC call failed: %s", exc.message, exc_info=exc)
     return Refusal(status_of(exc), exc.public_message, _trailing(exc))
@@ -321,11 +319,8 @@ class _Started:
         try:
             pending = self._pending
             return encode_response(pending.finish(), requested=pending.request.outputs)
-        except ModelYardError as exc:
+        except Exception as exc:
             return _refusal(exc)
-        except Exception:
-            log.exception("unhandled error in gRPC call")
-            return Refusal(grpc.StatusCode.INTERNAL, _INTERNAL)
 
 
 def unary_handlers(servicer: InferenceServicer) -> dict[str, UnaryHandler]:
