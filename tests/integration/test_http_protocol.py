@@ -131,6 +131,102 @@ def test_answers_share_their_head_but_carry_the_current_date(server: LiveServer)
     assert refused == 401 and third["www-authenticate"] == "Bearer"
 
 
+def _counting_begins(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Inference requests whose head the parser read (``InferenceProtocol._begin``), by path."""
+    from modelyard.api.v2.protocol import InferenceProtocol
+
+    begun: list[str] = []
+    begin = InferenceProtocol._begin
+
+    def counted(self: InferenceProtocol, name: str, version: str | None, path: str) -> None:
+        begun.append(path)
+        begin(self, name, version, path)
+
+    monkeypatch.setattr(InferenceProtocol, "_begin", counted)
+    return begun
+
+
+def _two_inputs(key: str) -> tuple[bytes, bytes]:
+    """Two requests with the same head (the same length) and different inputs."""
+    first = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": _SAMPLE}]})
+    second = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": _SAMPLE[::-1]}]})
+    assert len(first) == len(second)
+    return _infer_request(key, body=first.encode()), _infer_request(key, body=second.encode())
+
+
+def _alone(server: LiveServer, request: bytes) -> dict[str, Any]:
+    """The outputs of ``request`` sent first on a connection of its own (read by the parser)."""
+    with _connect(server) as sock:
+        sock.sendall(request)
+        status, _, body = _Reader(sock).response()
+    assert status == 200, body
+    return dict(json.loads(body))
+
+
+def test_a_request_with_the_last_heads_bytes_skips_the_parser_and_gets_its_own_answer(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keep-alive client's request whose head is byte for byte its last one's is read without
+    the parser; each such request is still answered from its own body, with its own id."""
+    first, second = _two_inputs(server.admin_key)
+    expected = [_alone(server, first), _alone(server, second)]
+    assert expected[0]["outputs"] != expected[1]["outputs"], "the two inputs must tell answers apart"
+    begun = _counting_begins(monkeypatch)
+    with _connect(server) as sock:
+        reader = _Reader(sock)
+        answers, ids = [], set()
+        for request in (first, second, first, second):
+            sock.sendall(request)
+            status, headers, body = reader.response()
+            assert status == 200, body
+            answers.append(json.loads(body))
+            ids.add(headers["x-request-id"])
+    assert answers == expected * 2
+    assert len(ids) == 4
+    assert len(begun) == 1, "only the first head was parsed"
+
+
+def test_a_remembered_head_whose_body_comes_later_or_with_another_request_is_read_as_usual(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The head alone, its body in a later packet: the parser reads it. A request pipelined
+    behind one taken without the parser is answered after it, in order."""
+    first, second = _two_inputs(server.admin_key)
+    expected = [_alone(server, first), _alone(server, second)]
+    begun = _counting_begins(monkeypatch)
+    head, _, body = second.partition(b"\r\n\r\n")
+    with _connect(server) as sock:
+        reader = _Reader(sock)
+        sock.sendall(first)
+        assert json.loads(reader.response()[2]) == expected[0]
+        sock.sendall(head + b"\r\n\r\n")
+        time.sleep(0.05)
+        sock.sendall(body)
+        assert json.loads(reader.response()[2]) == expected[1]
+        sock.sendall(first + second + _get("/v2/health/live", server.admin_key))
+        answers = [reader.response() for _ in range(3)]
+    assert [a[0] for a in answers] == [200, 200, 200]
+    assert [json.loads(a[2]) for a in answers[:2]] == expected
+    assert json.loads(answers[2][2]) == {"live": True}
+    assert len(begun) == 2, "the first request and the split one were parsed; the pipelined ones not"
+
+
+def test_heads_that_differ_are_each_parsed(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another request id, or a request that closes the connection: a head of its own."""
+    begun = _counting_begins(monkeypatch)
+    with _connect(server) as sock:
+        reader = _Reader(sock)
+        for given in ("a", "b", "b"):
+            sock.sendall(_infer_request(server.admin_key, extra=f"X-Request-ID: {given}\r\n"))
+            status, headers, _ = reader.response()
+            assert status == 200 and headers["x-request-id"] == given
+        sock.sendall(_infer_request(server.admin_key, extra="Connection: close\r\n"))
+        status, headers, _ = reader.response()
+        assert status == 200 and headers.get("connection") == "close"
+        assert reader.closed()
+    assert len(begun) == 3, "a, b, then the closing one (the second b was remembered)"
+
+
 def _head(key: str, framing: str) -> bytes:
     return (
         f"POST /v2/models/{DEMO_MODEL}/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
@@ -531,7 +627,7 @@ def test_a_revoked_key_gets_401_not_the_gates_429(tmp_path: Path) -> None:
         srv.stop()
 
 
-def test_a_saturated_server_answers_503_unread(tmp_path: Path) -> None:
+def test_a_saturated_server_answers_503_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     srv = _slow_server(tmp_path, max_in_flight=1)
     key = srv.admin_key
     try:
@@ -541,10 +637,18 @@ def test_a_saturated_server_answers_503_unread(tmp_path: Path) -> None:
 
             time.sleep(0.3)
             conn.sendall(_slow_request(key, 1, body=b"{not json"))
-            status, headers, body = _Reader(conn).response()
+            reader = _Reader(conn)
+            status, headers, body = reader.response()
             assert status == 503 and headers["retry-after"] == "1"
             assert json.loads(body)["error"]["code"] == "unavailable"
+            begun = _counting_begins(monkeypatch)
+            for _ in range(2):  # the same head again: refused without the parser too
+                conn.sendall(_slow_request(key, 1))
+                assert reader.response()[0] == 503
             assert _Reader(long_conn).response()[0] == 200
+            conn.sendall(_slow_request(key, 1))
+            assert reader.response()[0] == 200
+            assert len(begun) == 1
     finally:
         srv.stop()
 

@@ -120,6 +120,35 @@ def test_binary_outputs_small_and_large_round_trip(rows: int) -> None:
     assert_same(out.data, array)
 
 
+def test_answers_of_one_shape_share_a_remembered_header_and_carry_their_own_bytes() -> None:
+    """An all-binary answer's JSON header is encoded once per model, version and outputs'
+    names, datatypes and shapes; each answer still carries its own values, and anything else
+    (another shape, an id, data of another dtype) gets a header of its own."""
+    codec._BINARY_HEADS.clear()
+
+    def answer(array: np.ndarray, **fields: object) -> tuple[bytes, int | None]:
+        resp = InferenceResponse(model_name="m", model_version="1", outputs=[Tensor.from_array("out", array)],
+                                 **fields)  # type: ignore[arg-type]
+        return encode_infer_response(resp, requested=None, binary_default=True)
+
+    first, second = np.array([[1, 2, 3]], np.float32), np.array([[4, 5, 6]], np.float32)
+    (body1, length1), (body2, length2) = answer(first), answer(second)
+    assert len(codec._BINARY_HEADS) == 1 and length1 == length2 and body1[:length1] == body2[:length2]
+    assert_same(decode_infer_response(body2, length2).outputs[0].data, second)
+    taller = np.arange(6, dtype=np.float32).reshape(2, 3)
+    body, length = answer(taller)
+    assert_same(decode_infer_response(body, length).outputs[0].data, taller)
+    for rid in ("a", "b"):
+        body, length = answer(first, id=rid)
+        assert decode_infer_response(body, length).id == rid
+    wide = Tensor(name="out", datatype="FP32", shape=(1, 3), data=np.array([[7, 8, 9]], np.float64))
+    resp = InferenceResponse(model_name="m", model_version="1", outputs=[wide])
+    body, length = encode_infer_response(resp, requested=None, binary_default=True)
+    assert len(body) - length == 12, "float64 data of an FP32 tensor goes as 4-byte floats"
+    assert_same(decode_infer_response(body, length).outputs[0].data, np.array([[7, 8, 9]], np.float32))
+    assert len(codec._BINARY_HEADS) == 2, "one header per shape; ids and converted data are not remembered"
+
+
 @pytest.mark.parametrize("datatype", ALL)
 @pytest.mark.parametrize("binary", [False, True])
 def test_tritonclient_http_request_bytes_decode(datatype: str, binary: bool) -> None:

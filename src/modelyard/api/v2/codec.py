@@ -214,6 +214,11 @@ def encode_infer_response(
     """
     outputs = select_outputs(resp.outputs, requested)
     flags = _binary_flags(requested)
+    key = _binary_head_key(resp, outputs, flags, binary_default)
+    if key is not None:
+        head = _BINARY_HEADS.get(key)
+        if head is not None:
+            return b"".join([head, *[_raw_chunk(t.data, t.datatype, "") for t in outputs]]), len(head)
     doc: dict[str, Any] = {"model_name": resp.model_name, "model_version": resp.model_version}
     if resp.id is not None:
         doc["id"] = resp.id
@@ -223,7 +228,43 @@ def encode_infer_response(
         outputs, "output", lambda name: flags.get(name, binary_default)
     )
     doc["outputs"] = entries
-    return _assemble(doc, chunks)
+    body, length = _assemble(doc, chunks)
+    if key is not None and length is not None:
+        if len(_BINARY_HEADS) >= _BINARY_HEADS_MAX:
+            _BINARY_HEADS.clear()
+        _BINARY_HEADS[key] = body[:length]
+    return body, length
+
+
+#: an all-binary response's JSON header, by what it is made of (see ``_binary_head_key``)
+_BINARY_HEADS: dict[tuple[Any, ...], bytes] = {}
+_BINARY_HEADS_MAX = 1024
+
+
+def _binary_head_key(
+    resp: InferenceResponse, outputs: Sequence[Tensor], flags: Mapping[str, bool], binary_default: bool
+) -> tuple[Any, ...] | None:
+    """What the JSON header of ``resp`` depends on, when all of it is: every output numeric,
+    sent binary, without parameters, its array already of its datatype and shape (so only the
+    raw bytes differ between answers of one model to requests of one shape); else ``None``.
+    Encoding that header once saves most of an answer's encoding (the twin of the decoder's
+    ``PreparedRequest``)."""
+    if resp.id is not None or resp.parameters:
+        return None
+    key: list[Any] = [resp.model_name, resp.model_version]
+    for t in outputs:
+        data = t.data
+        if (
+            t.parameters
+            or not flags.get(t.name, binary_default)
+            or t.datatype not in _WIRE
+            or not isinstance(data, np.ndarray)
+            or data.dtype != DATATYPES[t.datatype]
+            or data.shape != t.shape
+        ):
+            return None
+        key.append((t.name, t.datatype, t.shape))
+    return tuple(key)
 
 
 def encode_infer_request(

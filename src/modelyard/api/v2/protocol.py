@@ -10,6 +10,11 @@ Either way the protocol writes the answer's bytes to the socket itself. No ASGI 
 middleware chain, receive/send messages or helper tasks exist for it: on a small model that
 per-request event-loop cost, not the model, decides throughput (see ``docs/benchmarks.md``).
 
+A keep-alive client sends the same head (request line and headers: the path, the key, the
+framing) with every request to one model. A request whose head is byte for byte the last
+inference head of its connection, arriving with its whole body, is taken as that head said,
+without the parser: its callbacks and the head's decoding were about a tenth of a request's cost.
+
 Everything else goes to the ASGI app exactly as uvicorn would send it, including an inference
 request that arrives while an earlier request of the same connection is still being answered
 (HTTP pipelining), so answers always leave in request order.
@@ -97,6 +102,36 @@ class _Inference:
         self.gate: QueueGate | None = None
 
 
+class _RequestHead:
+    """What an inference request's head (request line and headers) says, remembered with its
+    bytes: a keep-alive client sends the same head with every request to one model (the same
+    path, key and framing headers), and a request whose head is byte for byte the last one's
+    means the same, so it is taken without the parser (see ``InferenceProtocol.data_received``)."""
+
+    __slots__ = ("raw", "length", "name", "version", "path", "authorization", "header_length", "given_id")
+
+    def __init__(self, raw: bytes, length: int, request: _Inference, given_id: str | None) -> None:
+        self.raw = raw
+        self.length = length  # its Content-Length
+        self.name = request.name
+        self.version = request.version
+        self.path = request.path
+        self.authorization = request.authorization
+        self.header_length = request.header_length
+        self.given_id = given_id
+
+
+def _head_of(chunk: bytes) -> bytes | None:
+    """The head at the start of ``chunk`` (through its empty line), when it starts with its
+    request line and every line of it ends in CRLF: then it ends at the first empty line,
+    whatever the parser tolerates."""
+    end = chunk.find(b"\r\n\r\n")
+    if end < 0 or not chunk.startswith(b"POST /"):
+        return None
+    head = chunk[: end + 4]
+    return head if head.count(b"\n") == head.count(b"\r\n") else None
+
+
 class InferenceProtocol(HttpToolsProtocol):
     """See the module docstring. Make a class bound to a platform with :meth:`bound`."""
 
@@ -127,6 +162,28 @@ class InferenceProtocol(HttpToolsProtocol):
         self._idle_since: float | None = None  # when the last answer left, while idle
         self._held = False  # not read until a full queue has room (see _hold)
         self._last_request = False  # shut down while held: answer what waited unread, then close
+        self._between = True  # the parser is between two requests
+        self._chunk = b""  # the data being parsed, while it begins between two requests
+        self._chunk_head = b""  # that data, once the request being parsed began with it
+        self._last_head: _RequestHead | None = None  # of the last inference request parsed
+
+    def data_received(self, data: bytes) -> None:
+        """Parse ``data``; a request whose head is the connection's last inference head, byte
+        for byte, with its whole body in ``data``, is taken as that head says without the
+        parser (its callbacks and the head's decoding cost about as much as the rest of
+        reading a request)."""
+        head = self._last_head
+        if head is not None and self._between and data.startswith(head.raw) and self._may_answer_now():
+            end = len(head.raw) + head.length
+            if len(data) >= end:
+                self._idle_since = None
+                self._take(head, data[len(head.raw) : end])
+                if len(data) == end:
+                    return
+                data = data[end:]  # pipelined behind it: the parser, between two requests
+        self._chunk = data if self._between else b""
+        super().data_received(data)
+        self._chunk = self._chunk_head = b""
 
     # -- parser callbacks ------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -134,19 +191,20 @@ class InferenceProtocol(HttpToolsProtocol):
         self.url = b""
         self._raw = []
         self.expect_100_continue = False
+        self._between = False
+        self._chunk_head, self._chunk = self._chunk, b""
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._raw.append((name, value))
 
+    def _may_answer_now(self) -> bool:
+        """Whether a request read now can be answered in place: nothing of this connection is
+        being answered (else it is queued behind, through the ASGI path, to keep the order)."""
+        return self._answering is None and not self.pipeline and (self.cycle is None or self.cycle.response_complete)
+
     def on_headers_complete(self) -> None:
         parser = self.parser
-        if (
-            parser.get_method() == b"POST"
-            and self._answering is None
-            and not self.pipeline
-            and (self.cycle is None or self.cycle.response_complete)
-            and not parser.should_upgrade()
-        ):
+        if parser.get_method() == b"POST" and self._may_answer_now() and not parser.should_upgrade():
             path = self.url.partition(b"?")[0]
             target = split_infer_path(path.decode("latin-1")) if b"%" not in path else None
             if target is not None:
@@ -167,6 +225,7 @@ class InferenceProtocol(HttpToolsProtocol):
         request.chunks.append(body)
 
     def on_message_complete(self) -> None:
+        self._between = True
         request = self._reading
         if request is None:
             if self._discarding:
@@ -184,7 +243,7 @@ class InferenceProtocol(HttpToolsProtocol):
     def _begin(self, name: str, version: str | None, path: str) -> None:
         request = _Inference(name, version, path)
         declared = given_id = None
-        expect = False
+        expect = chunked = False
         for key, value in self._raw:
             key = key.lower()
             if key == b"authorization":
@@ -197,19 +256,45 @@ class InferenceProtocol(HttpToolsProtocol):
                 given_id = value.decode("latin-1").strip()
             elif key == b"expect":
                 expect = value.strip().lower() == b"100-continue"
+            elif key == b"transfer-encoding":
+                chunked = True
         request.request_id = request_id(given_id)
         request.keep_alive = (
             self.parser.should_keep_alive() and self.parser.get_http_version() != "1.0" and not self._last_request
         )
         self._reading = request
-        if declared is not None and declared.strip().isdigit() and int(declared) > self._limit:
-            self._refuse(request, PayloadTooLarge(
-                f"request body of {int(declared)} bytes is over the limit of {self._limit}"
-            ))
+        length = int(declared) if declared is not None and declared.strip().isdigit() else None
+        if length is not None and length > self._limit:
+            self._refuse(request, PayloadTooLarge(f"request body of {length} bytes is over the limit of {self._limit}"))
             return
-        # Refused before the body is read (the cheapest answer there is) when a request with
-        # the same path and key got 429 within the last second on any connection and that queue
-        # is still full (429), or when the server is saturated (503).
+        chunk, self._chunk_head = self._chunk_head, b""
+        if chunk and length is not None and request.keep_alive and not expect and not chunked:
+            raw = _head_of(chunk)
+            if raw is not None:
+                self._last_head = _RequestHead(raw, length, request, given_id)
+        self._admit(request, expect)
+
+    def _take(self, head: _RequestHead, body: bytes) -> None:
+        """A request whose head is ``head``'s bytes, and its whole ``body``: what the parser's
+        callbacks would have done with it."""
+        request = _Inference(head.name, head.version, head.path)
+        request.authorization = head.authorization
+        request.header_length = head.header_length
+        request.request_id = request_id(head.given_id)
+        request.keep_alive = not self._last_request
+        self._reading = request
+        if self._admit(request, False):
+            request.chunks.append(body)
+            request.size = len(body)
+            self.on_message_complete()
+        else:
+            self._discarding = False  # refused: its body is read past already
+
+    def _admit(self, request: _Inference, expect: bool) -> bool:
+        """Let ``request``'s body be read (True), or refuse it at once (False): when a request
+        with the same path and key got 429 within the last second on any connection and that
+        queue is still full (429), or when the server is saturated (503). Refused before the body
+        is read: the cheapest answer there is."""
         gate = self._gate(request)
         overload = None if gate is None else gate.refusal()
         if overload is None and self.platform.manager.saturated:
@@ -220,9 +305,10 @@ class InferenceProtocol(HttpToolsProtocol):
             self._refuse(request, overload)
             if gate is not None:
                 self._hold(gate, request)
-            return
+            return False
         if expect:
             self.transport.write(_CONTINUE)
+        return True
 
     def _gate(self, request: _Inference) -> QueueGate | None:
         """The gate of ``request``'s caller, if it has one. Looked up once as the request
