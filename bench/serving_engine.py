@@ -5,11 +5,13 @@ the same run. The server is pinned to core 0 and this load generator to core 1 (
 Figures (each printed with its ratio):
 
 1. medium MLP (784-2048-2048-2048-10 fp32), 64 closed-loop clients, one row each, REST with
-   batching vs in-process ONNX Runtime at batch 32 on one core (rows/s);
+   batching vs in-process ONNX Runtime at batch 32 on one core (rows/s; ONNX Runtime measured
+   just before and just after the server's run, half as long each, and the mean taken);
 2. tiny digits MLP, 64 clients: ModelYard REST with batching vs a plain FastAPI + uvicorn + ORT
    server without batching (written below, a dozen lines), plus p99/p50;
 3. tiny model, one client at a time: p50 with batching on vs off (two deployments of one version);
-4. tiny model, 64 clients: gRPC vs REST throughput;
+4. tiny model, 64 clients: gRPC vs REST throughput (the same input, the same output asked for;
+   REST measured just before and just after gRPC, and the mean taken);
 5. overload: open-loop at 3x the measured capacity for ``--overload-seconds`` over up to 1,024
    connections: status codes, goodput / capacity (measured just before and after), server memory
    growth, and how long p99 takes to come back afterwards; for reference, a closed loop over
@@ -193,10 +195,12 @@ def wrk_closed_loop(port: int, req: Req, clients: int, seconds: float, folder: P
 
 
 def grpc_frame(key: str, name: str, x: np.ndarray) -> bytes:
+    """The gRPC twin of the REST request: the same input, the same one output asked for."""
     from modelyard.grpc.proto import grpc_service_pb2 as pb
 
     request = pb.ModelInferRequest(model_name=name)
     request.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+    request.outputs.add(name="label")
     request.raw_input_contents.append(x.astype(np.float32).tobytes())
     message = request.SerializeToString()
     return b"\x00" + len(message).to_bytes(4, "big") + message
@@ -639,14 +643,19 @@ def main() -> None:
 
         if not args.skip_medium:
             closed(port, req["medium"], 8, 1.0)  # warm
+            # ONNX Runtime alone just before and just after the server's run (the mean of the
+            # two): this VM's speed drifts within minutes, as the overload's capacity does
+            ort_before = in_process_ort(medium, 784, 32, s / 2)
             rows_before, batches_before = batch_totals(url, key, "medium")
             rest = closed(port, req["medium"], c, s)
             rows, batches = batch_totals(url, key, "medium")
             per_batch = (rows - rows_before) / max(1.0, batches - batches_before)
-            ort_rows = in_process_ort(medium, 784, 32, s)
+            ort_after = in_process_ort(medium, 784, 32, s / 2)
+            ort_rows = (ort_before + ort_after) / 2
             show("medium: REST rows/s, 64 clients, batching", f"{rest.rps:,.0f}  (p50 {rest.pct(50):.1f} ms, "
                  f"p99 {rest.pct(99):.1f} ms; {per_batch:.0f} rows per batch)")
-            show("medium: in-process ORT rows/s, batch 32, 1 thread", f"{ort_rows:,.0f}")
+            show("medium: in-process ORT rows/s, batch 32, 1 thread",
+                 f"{ort_rows:,.0f}  (just before {ort_before:,.0f}, just after {ort_after:,.0f})")
             show("medium: ratio REST / ORT (target >= 0.7)", f"{rest.rps / ort_rows:.2f}")
 
         closed(port, req["tiny"], c, 1.0)  # warm
@@ -674,6 +683,9 @@ def main() -> None:
         show("tiny: 1 client p50, batching on / off (target <= 1.2)",
              f"{on.pct(50):.3f} ms / {off.pct(50):.3f} ms = {on.pct(50) / off.pct(50):.2f}")
 
+        # REST again just before and just after gRPC (the mean of the two): the first REST run
+        # was a minute earlier, and this VM's speed drifts within minutes
+        rest_before = closed(port, req["tiny"], c, s).rps
         grpc_before = server_counter(url, key, "modelyard_inference_requests_total", model="tiny", protocol="grpc")
         errors_before = tiny_errors(url, key)
         if use_h2load:
@@ -682,9 +694,11 @@ def main() -> None:
             g = asyncio.run(grpc_closed_loop(grpc_port, key, "tiny", x_tiny, c, s))
         served = server_counter(url, key, "modelyard_inference_requests_total", model="tiny", protocol="grpc") - grpc_before
         errors = errors_since(url, key, errors_before)  # ``cancelled``: calls in flight as h2load stopped
+        rest_near = (rest_before + closed(port, req["tiny"], c, s).rps) / 2
         show(f"tiny: gRPC req/s, 64 concurrent ({'h2load' if use_h2load else 'grpc.aio client'})",
              f"{g.rps:,.0f}  (mean {g.pct(50):.1f} ms; server counted {served:,.0f} calls, errors {dict(errors) or 0})")
-        show("tiny: ratio gRPC / REST binary (target >= 1)", f"{g.rps / ours.rps:.2f}")
+        show("tiny: ratio gRPC / REST binary (target >= 1)",
+             f"{g.rps / rest_near:.2f}  (REST binary {rest_near:,.0f} req/s, the mean of runs just before and after)")
 
         for model in ("tiny",) if args.skip_medium else ("medium", "tiny"):
             overload(model, port, req[model], closed, args.overload_seconds, server.pid, c)
