@@ -131,9 +131,42 @@ class InferCall:
         self.model_name, self.model_version, self.request = model_name, model_version, request
 
 
-#: the serialized request without its raw contents -> (model, version, what its requests share)
-_PREPARED: dict[bytes, tuple[str, str, PreparedRequest]] = {}
+class _Prepared:
+    """What the requests of one serialized prefix (the message without its raw contents) share:
+    their target, their :class:`PreparedRequest`, and the bytes that stand before each raw
+    content when an encoder writes them after the prefix (field 7's tag and the length)."""
+
+    __slots__ = ("prefix", "model_name", "model_version", "request", "tags")
+
+    def __init__(self, prefix: bytes, model_name: str, model_version: str, request: PreparedRequest) -> None:
+        self.prefix = prefix
+        self.model_name = model_name
+        self.model_version = model_version
+        self.request = request
+        self.tags = tuple(b"\x3a" + _varint(size) for size in request.sizes)
+
+    def contents(self, data: bytes) -> list[bytes] | None:
+        """The raw contents of ``data`` when it is this prefix followed by exactly one raw
+        content of the remembered size per input (then it means what the prefix says with those
+        contents, as protobuf reads a repeated field's entries in order); else ``None``."""
+        if not data.startswith(self.prefix):
+            return None
+        parts = []
+        pos = len(self.prefix)
+        for tag, size in zip(self.tags, self.request.sizes):
+            if data[pos : pos + len(tag)] != tag:
+                return None
+            pos += len(tag)
+            parts.append(data[pos : pos + size])
+            pos += size
+        return parts if pos == len(data) else None
+
+
+#: the serialized request without its raw contents -> what its requests share
+_PREPARED: dict[bytes, _Prepared] = {}
 _PREPARED_MAX = 1024
+#: the prepared request of the last call decoded: the next one like it is read off its bytes
+_last: _Prepared | None = None
 
 
 def infer_call(message: pb.ModelInferRequest | RawMessage) -> InferCall:
@@ -141,11 +174,19 @@ def infer_call(message: pb.ModelInferRequest | RawMessage) -> InferCall:
 
     Clients send the same message, except for ``raw_input_contents``, with every request of one
     shape; for wire bytes that part is decoded and checked once and remembered (a bounded memo),
-    and a request seen before only has its raw contents read. ``InvalidInput`` as
-    :func:`request_from_proto`.
+    and a request seen before only has its raw contents read. A request whose bytes are the last
+    such request's other fields followed by its raw contents (protobuf encoders write fields in
+    number order, and the raw contents are the last field) is not even parsed: its contents are
+    cut from its bytes. ``InvalidInput`` as :func:`request_from_proto`.
     """
+    global _last
     if not isinstance(message, RawMessage):
         return InferCall(message.model_name, message.model_version, request_from_proto(message))
+    last = _last
+    if last is not None:
+        parts = last.contents(message.data)
+        if parts is not None:
+            return InferCall(last.model_name, last.model_version, last.request.build(parts))
     try:
         msg = pb.ModelInferRequest.FromString(message.data)
     except Exception as exc:  # protobuf's DecodeError
@@ -156,16 +197,16 @@ def infer_call(message: pb.ModelInferRequest | RawMessage) -> InferCall:
     msg.ClearField("raw_input_contents")
     key = msg.SerializeToString()
     hit = _PREPARED.get(key)
-    if hit is not None and len(raw) == len(hit[2].sizes):
-        return InferCall(hit[0], hit[1], hit[2].build(raw))
+    if hit is not None and len(raw) == len(hit.request.sizes):
+        _last = hit
+        return InferCall(hit.model_name, hit.model_version, hit.request.build(raw))
     msg.raw_input_contents.extend(raw)
     request = request_from_proto(msg)
     if all(t.datatype != "BYTES" for t in request.inputs):
         if len(_PREPARED) >= _PREPARED_MAX:
             _PREPARED.clear()
-        _PREPARED[key] = (
-            msg.model_name, msg.model_version, PreparedRequest(request, [t.data.nbytes for t in request.inputs]),
-        )
+        prepared = PreparedRequest(request, [t.data.nbytes for t in request.inputs])
+        _PREPARED[key] = _last = _Prepared(key, msg.model_name, msg.model_version, prepared)
     return InferCall(msg.model_name, msg.model_version, request)
 
 

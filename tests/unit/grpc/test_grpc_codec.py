@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 
 from modelyard.errors import InvalidInput
+from modelyard.grpc import codec
 from modelyard.grpc.codec import (
+    RawMessage,
     call_target,
+    infer_call,
     parameters_from_proto,
     parameters_to_proto,
     request_from_proto,
@@ -330,3 +333,30 @@ def test_call_target_reads_the_model_off_the_first_fields(name: str, version: st
 ])
 def test_call_target_is_none_unless_the_message_starts_with_a_model_name(data: bytes) -> None:
     assert call_target(data) is None
+
+
+def test_calls_that_differ_only_in_raw_contents_are_read_off_their_bytes_each_its_own() -> None:
+    """After one call has been decoded, the next whose bytes are the same other fields followed
+    by its raw contents is not parsed again, and still gets its own values; bytes that say
+    anything more (another field after the contents, a content of another size) are parsed."""
+    def call(values: list[float], tail: bytes = b"") -> bytes:
+        message = pb.ModelInferRequest(model_name="m", id="a")
+        message.inputs.add(name="x", datatype="FP32", shape=[1, len(values)])
+        message.raw_input_contents.append(np.array(values, np.float32).tobytes())
+        return message.SerializeToString() + tail
+
+    first = infer_call(RawMessage(call([1, 2, 3])))
+    assert codec._last is not None and call([4, 5, 6]).startswith(codec._last.prefix)
+    second = infer_call(RawMessage(call([4, 5, 6])))
+    assert (second.model_name, second.request.id) == ("m", "a")
+    assert_same(first.request.inputs[0].data, np.array([[1, 2, 3]], np.float32))
+    assert_same(second.request.inputs[0].data, np.array([[4, 5, 6]], np.float32))
+    assert codec._last.contents(call([7, 8, 9], tail=b"\x1a\x01z")) is None
+    later = infer_call(RawMessage(call([7, 8, 9], tail=b"\x1a\x01z")))  # field 3 again: id "z"
+    assert later.request.id == "z"
+    assert_same(later.request.inputs[0].data, np.array([[7, 8, 9]], np.float32))
+    short = pb.ModelInferRequest.FromString(call([1, 2, 3]))
+    short.raw_input_contents[0] = b"\0" * 8
+    assert codec._last.contents(short.SerializeToString()) is None
+    with pytest.raises(InvalidInput, match=r"input .x.: binary data is 8 bytes but shape \[1, 3\] of FP32 needs 12"):
+        infer_call(RawMessage(short.SerializeToString()))
