@@ -126,6 +126,10 @@ def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
 #: ``:status: 200`` (static index 8) and ``content-type: application/grpc`` (name index 31)
 _RESPONSE_HEADERS = b"\x88" + b"\x0f\x10" + _int(16, 7, 0) + b"application/grpc"
 _OK_TRAILERS = _literal(b"grpc-status", b"0")
+#: what stands before a stream id in an answer's three frames (see ``_Connection._answer``)
+_HEAD_FRAME = len(_RESPONSE_HEADERS).to_bytes(3, "big") + bytes((_HEADERS, _END_HEADERS))
+_DATA_FRAME = bytes((_DATA, 0))
+_TRAILERS_FRAME = bytes((_HEADERS, _END_HEADERS | _END_STREAM))
 
 
 def _grpc_message(text: str) -> bytes:
@@ -591,7 +595,7 @@ class _Connection(asyncio.Protocol):
         if isinstance(answer, Refusal):
             self._answer_error(stream, answer.code, answer.details, answer.trailing)
         else:
-            self._answer(stream, b"\x00" + len(answer).to_bytes(4, "big") + answer, _OK_TRAILERS)
+            self._answer(stream, answer, _OK_TRAILERS)
         assert stream.head is not None
         self._hold_after(stream.head, body)
 
@@ -645,7 +649,7 @@ class _Connection(asyncio.Protocol):
         if response is not None:
             message = response.SerializeToString()
             trailers = _OK_TRAILERS + b"".join(_literal(k.encode(), str(v).encode()) for k, v in context.trailing)
-            self._answer(stream, b"\x00" + len(message).to_bytes(4, "big") + message, trailers)
+            self._answer(stream, message, trailers)
         self._hold_after(head, body)
 
     async def _respond(self, stream: _Stream, message: bytes, context: CallContext) -> Any:
@@ -770,24 +774,27 @@ class _Connection(asyncio.Protocol):
         self._send(out)
         self._close_stream(stream)
 
-    def _answer(self, stream: _Stream, message: bytes, trailers: bytes) -> None:
+    def _answer(self, stream: _Stream, answer: bytes, trailers: bytes) -> None:
+        """Send a unary call's one message (``answer``, serialized) and its ``trailers``: when
+        the windows allow, the head, the message and the trailers in one write, made in one join."""
         if stream.answered or self.transport is None or stream.id not in self.streams:
             return
         stream.answered = True
-        head = _frame(_HEADERS, _END_HEADERS, stream.id, _RESPONSE_HEADERS)
-        size = len(message)
+        size = len(answer) + 5  # the gRPC message prefix: not compressed, the length
         if size <= self.send_window and size <= stream.send_window and size <= self.peer_max_frame:
             self.send_window -= size
             stream.send_window -= size
-            self._send(
-                head + _frame(_DATA, 0, stream.id, message)
-                + _frame(_HEADERS, _END_HEADERS | _END_STREAM, stream.id, trailers)
-            )
+            sid = stream.id.to_bytes(4, "big")
+            self._send(b"".join((
+                _HEAD_FRAME, sid, _RESPONSE_HEADERS,
+                size.to_bytes(3, "big"), _DATA_FRAME, sid, b"\x00", len(answer).to_bytes(4, "big"), answer,
+                len(trailers).to_bytes(3, "big"), _TRAILERS_FRAME, sid, trailers,
+            )))
             self._close_stream(stream)
             return
-        self._send(head)
+        self._send(_frame(_HEADERS, _END_HEADERS, stream.id, _RESPONSE_HEADERS))
         stream.started = True
-        stream.pending = [message]
+        stream.pending = [b"\x00" + len(answer).to_bytes(4, "big") + answer]
         stream.trailers = trailers
         self._flush(stream)
 
