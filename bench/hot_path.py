@@ -8,7 +8,11 @@ same run (no sockets, one core: the figures behind docs/serving.md's "per-reques
    view of the same array (what it returned for every size before);
 3. decoding a binary request: a header seen before (the prepared path) against the same body
    decoded from its JSON header;
-4. ``answer_infer`` (authenticate, decode, the data plane, the batcher, encode) for 64 requests at
+4. encoding a binary answer: its JSON header remembered for its model and shape against the same
+   answer encoded in full (the memo emptied first, then filled again, as a first answer does);
+5. decoding a gRPC ``ModelInfer`` call: read off its bytes (the same other fields as the last call)
+   against parsed with protobuf and its remembered prefix looked up (what it did before);
+6. ``answer_infer`` (authenticate, decode, the data plane, the batcher, encode) for 64 requests at
    a time on uvloop, against the same requests taken straight to the version's batcher (decode,
    submit, encode): what the data plane's checks and accounting cost per request.
 
@@ -34,7 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from modelyard.api.v2 import codec
 from modelyard.api.v2.infer import answer_infer
 from modelyard.metrics import LATENCY_BUCKETS, LoopCounter, LoopHistogram
-from modelyard.tensors import InferenceResponse, Tensor
+from modelyard.tensors import InferenceResponse, RequestedOutput, Tensor
 
 
 def per_call_ns(fn: Callable[[], object], seconds: float) -> float:
@@ -101,6 +105,45 @@ def decoding(seconds: float) -> None:
          per_call_ns(lambda: codec._decode_request(body, header_length), seconds), "ns")
 
 
+def encoding(seconds: float) -> None:
+    out = np.arange(10, dtype=np.float32).reshape(1, 10)
+    requested = [RequestedOutput("logits", {"binary_data": True})]
+
+    def answer() -> tuple[bytes, int | None]:
+        response = InferenceResponse("m", "1", [Tensor.from_array("logits", out)])
+        return codec.encode_infer_response(response, requested=requested, binary_default=False)
+
+    def encoded_in_full() -> tuple[bytes, int | None]:
+        codec._BINARY_HEADS.clear()
+        return answer()
+
+    answer()  # its header is now remembered
+    show("encode a binary answer: header remembered / encoded in full",
+         per_call_ns(answer, seconds), per_call_ns(encoded_in_full, seconds), "ns")
+
+
+def grpc_decoding(seconds: float) -> None:
+    from modelyard.grpc import codec as grpc_codec
+    from modelyard.grpc.proto import grpc_service_pb2 as pb
+
+    def message(values: np.ndarray) -> bytes:
+        request = pb.ModelInferRequest(model_name="m")
+        request.inputs.add(name="input", datatype="FP32", shape=list(values.shape))
+        request.raw_input_contents.append(values.tobytes())
+        return request.SerializeToString()
+
+    data = message(np.arange(64, dtype=np.float32).reshape(1, 64))
+    call = grpc_codec.RawMessage(data)
+    grpc_codec.infer_call(call)  # remembered, and the last call decoded
+
+    def parsed() -> object:
+        grpc_codec._last = None  # not read off the bytes: parsed, then its prefix looked up
+        return grpc_codec.infer_call(call)
+
+    show("decode a gRPC call: read off its bytes / parsed, prefix remembered",
+         per_call_ns(lambda: grpc_codec.infer_call(call), seconds), per_call_ns(parsed, seconds), "ns")
+
+
 def answer_path(rounds: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="modelyard-hot-path-"))
     key = f"my_{secrets.token_hex(6)}_{secrets.token_urlsafe(24)}"
@@ -161,6 +204,8 @@ def main() -> None:
     metrics(args.seconds)
     output_bytes(args.seconds)
     decoding(args.seconds)
+    encoding(args.seconds)
+    grpc_decoding(args.seconds)
     answer_path(args.rounds)
 
 

@@ -74,7 +74,20 @@ def test_large_messages_flow_both_ways(server: LiveServer) -> None:
     np.testing.assert_array_equal(result.as_numpy("y"), x)
 
 
-def test_many_calls_multiplexed_on_one_connection(server: LiveServer) -> None:
+def test_many_calls_multiplexed_on_one_connection(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each of 200 calls of one shape gets its own answer; after the first, they are read off
+    their bytes (the prefix they share with the call before), not parsed again."""
+    from modelyard.grpc import codec
+
+    read_off: list[int] = []
+    contents = codec._Prepared.contents
+
+    def counted(self: codec._Prepared, data: bytes) -> list[bytes] | None:
+        parts = contents(self, data)
+        read_off.append(parts is not None)
+        return parts
+
+    monkeypatch.setattr(codec._Prepared, "contents", counted)
     rng = np.random.default_rng(2)
     inputs = [rng.standard_normal((1, 4)).astype(np.float32) for _ in range(200)]
     with grpc.insecure_channel(server.grpc_url) as channel:
@@ -84,6 +97,7 @@ def test_many_calls_multiplexed_on_one_connection(server: LiveServer) -> None:
             answer = future.result(timeout=60)
             y = np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(1, 4)
             np.testing.assert_allclose(y, x * 3.0, rtol=1e-6)
+    assert sum(read_off) >= 199, f"{sum(read_off)} of 200 calls read off their bytes"
 
 
 def test_unknown_methods_are_unimplemented(server: LiveServer) -> None:

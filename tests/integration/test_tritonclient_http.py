@@ -80,6 +80,26 @@ def test_digits_round_trip_matches_onnxruntime(
     assert response["id"] == "r-42" and response["model_name"] == "digits" and response["model_version"] == "1"
 
 
+def test_binary_answers_of_one_shape_share_their_header_and_carry_their_own_values(
+    server: LiveServer, triton: httpclient.InferenceServerClient
+) -> None:
+    """Without a request id, an all-binary answer's JSON header is encoded once for its model and
+    shape and then remembered: the answers that share it still carry their own values."""
+    from modelyard.api.v2 import codec
+
+    codec._BINARY_HEADS.clear()
+    data = load_digits().data.astype(np.float32)
+    for x in (data[:8], data[8:16], data[16:24]):
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=True)
+        outputs = [httpclient.InferRequestedOutput(name, binary_data=True) for name in ("probabilities", "label")]
+        result = triton.infer("digits", [inp], outputs=outputs, headers=_auth(server))
+        expected = _reference(server, x)
+        np.testing.assert_array_equal(result.as_numpy("label"), expected["label"])
+        np.testing.assert_allclose(result.as_numpy("probabilities"), expected["probabilities"], rtol=0, atol=1e-7)
+    assert [key[0] for key in codec._BINARY_HEADS] == ["digits"], "one header for the three answers"
+
+
 def test_explicit_version_and_default_outputs(server: LiveServer, triton: httpclient.InferenceServerClient) -> None:
     x = np.zeros((2, 64), np.float32)
     inp = httpclient.InferInput("input", [2, 64], "FP32")

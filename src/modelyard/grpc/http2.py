@@ -119,6 +119,11 @@ def _literal(name: bytes, value: bytes) -> bytes:
     return b"\x00" + _int(len(name), 7, 0) + name + _int(len(value), 7, 0) + value
 
 
+def _message(data: bytes) -> bytes:
+    """``data`` as one gRPC message on the wire: not compressed, then its length."""
+    return b"\x00" + len(data).to_bytes(4, "big") + data
+
+
 def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
     return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
 
@@ -715,7 +720,7 @@ class _Connection(asyncio.Protocol):
         if not stream.started:
             stream.started = True
             self._send(_frame(_HEADERS, _END_HEADERS, stream.id, _RESPONSE_HEADERS))
-        stream.pending.append(b"\x00" + len(data).to_bytes(4, "big") + data)
+        stream.pending.append(_message(data))
         self._flush(stream)
         self._stream_done(stream)
         self._stop_stream(stream)
@@ -780,21 +785,22 @@ class _Connection(asyncio.Protocol):
         if stream.answered or self.transport is None or stream.id not in self.streams:
             return
         stream.answered = True
-        size = len(answer) + 5  # the gRPC message prefix: not compressed, the length
+        message = _message(answer)
+        size = len(message)
         if size <= self.send_window and size <= stream.send_window and size <= self.peer_max_frame:
             self.send_window -= size
             stream.send_window -= size
             sid = stream.id.to_bytes(4, "big")
             self._send(b"".join((
                 _HEAD_FRAME, sid, _RESPONSE_HEADERS,
-                size.to_bytes(3, "big"), _DATA_FRAME, sid, b"\x00", len(answer).to_bytes(4, "big"), answer,
+                size.to_bytes(3, "big"), _DATA_FRAME, sid, message,
                 len(trailers).to_bytes(3, "big"), _TRAILERS_FRAME, sid, trailers,
             )))
             self._close_stream(stream)
             return
         self._send(_frame(_HEADERS, _END_HEADERS, stream.id, _RESPONSE_HEADERS))
         stream.started = True
-        stream.pending = [b"\x00" + len(answer).to_bytes(4, "big") + answer]
+        stream.pending = [message]
         stream.trailers = trailers
         self._flush(stream)
 

@@ -13,7 +13,9 @@ per-request event-loop cost, not the model, decides throughput (see ``docs/bench
 A keep-alive client sends the same head (request line and headers: the path, the key, the
 framing) with every request to one model. A request whose head is byte for byte the last
 inference head of its connection, arriving with its whole body, is taken as that head said,
-without the parser: its callbacks and the head's decoding were about a tenth of a request's cost.
+without the parser. With the answer's remembered header (``codec.encode_infer_response``), that
+took a tiny model's request from 37-44 to 31-34 µs of the server's user time
+(``docs/benchmarks.md``, "Measured in the twelfth session").
 
 Everything else goes to the ASGI app exactly as uvicorn would send it, including an inference
 request that arrives while an earlier request of the same connection is still being answered
@@ -170,13 +172,12 @@ class InferenceProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         """Parse ``data``; a request whose head is the connection's last inference head, byte
         for byte, with its whole body in ``data``, is taken as that head says without the
-        parser (its callbacks and the head's decoding cost about as much as the rest of
-        reading a request)."""
+        parser (see the module docstring)."""
         head = self._last_head
         if head is not None and self._between and data.startswith(head.raw) and self._may_answer_now():
             end = len(head.raw) + head.length
             if len(data) >= end:
-                self._idle_since = None
+                self._unset_keepalive_if_required()
                 self._take(head, data[len(head.raw) : end])
                 if len(data) == end:
                     return
