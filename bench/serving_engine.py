@@ -11,7 +11,8 @@ Figures (each printed with its ratio):
    server without batching (written below, a dozen lines), plus p99/p50;
 3. tiny model, one client at a time: p50 with batching on vs off (two deployments of one version);
 4. tiny model, 64 clients: gRPC vs REST throughput (the same input, the same output asked for;
-   REST measured just before and just after gRPC, and the mean taken);
+   four windows of half ``--seconds`` each, alternating REST, gRPC, gRPC, REST, ..., the totals
+   compared);
 5. overload: open-loop at 3x the measured capacity for ``--overload-seconds`` over up to 1,024
    connections: status codes, goodput / capacity (measured just before and after), server memory
    growth, and how long p99 takes to come back afterwards; for reference, a closed loop over
@@ -266,6 +267,11 @@ async def closed_loop(port: int, request: bytes, clients: int, seconds: float) -
 #: pool, the open loop does not reuse one idle for longer than this, or its request would race
 #: the close and be counted as an error that is the generator's own.
 POOL_IDLE_S = 4.0
+#: An overload's capacity is measured for this long just before it and just after it (the mean
+#: is taken): the flood lasts a minute, and this VM's speed changes within one (in one series of
+#: rig runs, capacities of 11k and 20k requests a second a minute apart); 5 s windows each caught
+#: one speed, so the ratio swung with them
+CAPACITY_S = 10.0
 #: Connections the open loop may hold. HTTP/1.1 carries one request per connection at a time, so
 #: an overload needs more connections than the server queues (256 by default, plus a batch
 #: computing): with fewer, the queue never fills and the run is a closed loop in disguise. With
@@ -527,15 +533,15 @@ GRPC_OVERLOAD_CONNS, GRPC_OVERLOAD_STREAMS = 128, 32
 
 def grpc_overload(url: str, port: int, key: str, x: np.ndarray, clients: int, seconds: float, folder: Path) -> None:
     """h2load at 3x the gRPC capacity (measured just before and after, ``clients`` calls in
-    flight, 5 s each) over 128 connections of 32 streams for ``seconds``; the outcome of every
+    flight, ``CAPACITY_S`` each) over 128 connections of 32 streams for ``seconds``; the outcome of every
     call from the server's counters: served = answered - errors."""
-    before = h2load_grpc(port, key, "tiny", x, clients, 5.0, folder).rps
+    before = h2load_grpc(port, key, "tiny", x, clients, CAPACITY_S, folder).rps
     errors_before = tiny_errors(url, key)
     conns = GRPC_OVERLOAD_CONNS
     over = h2load_grpc(port, key, "tiny", x, conns * GRPC_OVERLOAD_STREAMS, seconds, folder,
                        conns=conns, rps_per_conn=int(3 * before / conns))
     errors = errors_since(url, key, errors_before)
-    capacity = (before + h2load_grpc(port, key, "tiny", x, clients, 5.0, folder).rps) / 2
+    capacity = (before + h2load_grpc(port, key, "tiny", x, clients, CAPACITY_S, folder).rps) / 2
     answered = over.statuses[200]
     served = answered - sum(errors.values())
     label = "overload tiny gRPC"
@@ -553,18 +559,18 @@ def overload(model: str, port: int, req: Req, closed: Callable[[int, Req, int, f
              seconds: float, pid: int, clients: int, conns: int = OPEN_LOOP_CONNS) -> None:
     """Open loop at 3x capacity for ``seconds`` over at most ``conns`` connections; then how
     fast p99 comes back. Capacity (``clients`` closed-loop clients) is measured right before and
-    right after, 5 s each, as this machine's speed drifts by a fifth over minutes; goodput is
+    right after, ``CAPACITY_S`` each, as this machine's speed drifts within minutes; goodput is
     compared with their mean. For reference, a closed loop over as many connections as the open
     loop holds: what the server does with that many connections when none of them waits."""
     raw = req.raw()
     baseline_p99 = run_generator(closed_loop(port, raw, clients, 2.0)).pct(99)
     same_conns = closed(port, req, conns, 5.0).rps
-    before = closed(port, req, clients, 5.0).rps
+    before = closed(port, req, clients, CAPACITY_S).rps
     rss_before = rss_mb(pid)
     over = run_generator(open_loop(port, raw, 3 * before, seconds, conns))
     rss_after = rss_mb(pid)
     after = run_generator(closed_loop(port, raw, clients, 5.0))
-    capacity = (before + closed(port, req, clients, 5.0).rps) / 2
+    capacity = (before + closed(port, req, clients, CAPACITY_S).rps) / 2
     stamps = np.asarray(after.stamps)
     lat = np.asarray(after.latencies)
     recovered = None
@@ -692,22 +698,30 @@ def main() -> None:
         show("tiny: 1 client p50, batching on / off (target <= 1.2)",
              f"{on.pct(50):.3f} ms / {off.pct(50):.3f} ms = {on.pct(50) / off.pct(50):.2f}")
 
-        # REST again just before and just after gRPC (the mean of the two): the first REST run
-        # was a minute earlier, and this VM's speed drifts within minutes
-        rest_before = closed(port, req["tiny"], c, s).rps
+        # gRPC and REST in alternating windows, ABBA (REST, gRPC, gRPC, REST, ...), the totals
+        # compared: this VM's speed drifts within minutes, and a drift hits both alike
         grpc_before = server_counter(url, key, "modelyard_inference_requests_total", model="tiny", protocol="grpc")
         errors_before = tiny_errors(url, key)
-        if use_h2load:
-            g = h2load_grpc(grpc_port, key, "tiny", x_tiny, c, s, tmp)
-        else:
-            g = asyncio.run(grpc_closed_loop(grpc_port, key, "tiny", x_tiny, c, s))
+        window = s / 2
+        runs: dict[str, list[Result]] = {"rest": [], "grpc": []}
+        for protocol in ("rest", "grpc", "grpc", "rest") * 2:
+            if protocol == "rest":
+                runs["rest"].append(closed(port, req["tiny"], c, window))
+            elif use_h2load:
+                runs["grpc"].append(h2load_grpc(grpc_port, key, "tiny", x_tiny, c, window, tmp))
+            else:
+                runs["grpc"].append(asyncio.run(grpc_closed_loop(grpc_port, key, "tiny", x_tiny, c, window)))
         served = server_counter(url, key, "modelyard_inference_requests_total", model="tiny", protocol="grpc") - grpc_before
         errors = errors_since(url, key, errors_before)  # ``cancelled``: calls in flight as h2load stopped
-        rest_near = (rest_before + closed(port, req["tiny"], c, s).rps) / 2
+        rest_rps, grpc_rps = (sum(r.ok for r in runs[p]) / sum(r.seconds for r in runs[p]) for p in ("rest", "grpc"))
+        mean_ms = np.mean([r.pct(50) for r in runs["grpc"]])
         show(f"tiny: gRPC req/s, 64 concurrent ({'h2load' if use_h2load else 'grpc.aio client'})",
-             f"{g.rps:,.0f}  (mean {g.pct(50):.1f} ms; server counted {served:,.0f} calls, errors {dict(errors) or 0})")
+             f"{grpc_rps:,.0f}  (mean {mean_ms:.1f} ms; server counted {served:,.0f} calls, "
+             f"errors {dict(errors) or 0})")
+        pairs = ", ".join(f"{g.rps / r.rps:.2f}" for r, g in zip(runs["rest"], runs["grpc"]))
         show("tiny: ratio gRPC / REST binary (target >= 1)",
-             f"{g.rps / rest_near:.2f}  (REST binary {rest_near:,.0f} req/s, the mean of runs just before and after)")
+             f"{grpc_rps / rest_rps:.2f}  (REST binary {rest_rps:,.0f} req/s; four {window:g} s windows each, "
+             f"alternating REST, gRPC, gRPC, REST; per pair {pairs})")
 
         for model in ("tiny",) if args.skip_medium else ("medium", "tiny"):
             overload(model, port, req[model], closed, args.overload_seconds, server.pid, c)

@@ -635,6 +635,119 @@ def test_the_usual_call_is_answered_without_a_task(server: LiveServer, monkeypat
         assert len(tasks) == before
 
 
+def test_a_unary_calls_frames_read_together_give_each_call_its_own_answer(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call whose header block was seen before and whose message follows in one DATA frame
+    that ends the stream is started as its frames are read together (``_unary_call``); each
+    gets its own answer. Calls framed otherwise take the frame-by-frame path and are answered
+    the same: a message in two DATA frames, an empty DATA frame ending the stream, a call with
+    ``grpc-timeout``, a DATA frame that arrives in a later packet, a message whose prefix lies."""
+    import socket
+
+    import hpack
+
+    from modelyard.grpc.http2 import _Connection
+
+    together: list[int] = []
+    unary_call = _Connection._unary_call
+
+    def counted(self: _Connection, stream_id: int, block: bytes, buf: bytes, pos: int) -> int:
+        end = unary_call(self, stream_id, block, buf, pos)
+        if end:
+            together.append(stream_id)
+        return end
+
+    monkeypatch.setattr(_Connection, "_unary_call", counted)
+
+    def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+        return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
+
+    encoder, decoder = hpack.Encoder(), hpack.Decoder()
+    headers = [
+        (":method", "POST"), (":scheme", "http"), (":path", _SERVICE + "ModelInfer"), (":authority", "x"),
+        ("content-type", "application/grpc"), ("te", "trailers"), ("authorization", f"Bearer {server.admin_key}"),
+    ]
+    rng = np.random.default_rng(5)
+    host, port = server.grpc_url.split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b""))
+        buf = b""
+
+        def answer(stream_id: int) -> tuple[dict[bytes, bytes], bytes]:
+            nonlocal buf
+            fields: dict[bytes, bytes] = {}
+            data = b""
+            while True:
+                while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+                    length, kind, flags = int.from_bytes(buf[:3], "big"), buf[3], buf[4]
+                    sid = int.from_bytes(buf[5:9], "big")
+                    payload, buf = buf[9 : 9 + length], buf[9 + length :]
+                    if sid != stream_id:
+                        continue  # settings, window updates
+                    if kind == 0:
+                        data += payload
+                    elif kind == 1:
+                        fields.update(dict(decoder.decode(payload, raw=True)))
+                        if flags & 0x1:
+                            return fields, data
+                chunk = sock.recv(65536)
+                assert chunk, "the server closed the connection"
+                buf += chunk
+
+        def message(x: np.ndarray) -> bytes:
+            body = _infer_request("scale", x).SerializeToString()
+            return b"\x00" + len(body).to_bytes(4, "big") + body
+
+        def check(stream_id: int, x: np.ndarray) -> None:
+            fields, data = answer(stream_id)
+            assert fields[b"grpc-status"] == b"0", fields
+            y = np.frombuffer(pb.ModelInferResponse.FromString(data[5:]).raw_output_contents[0], np.float32)
+            np.testing.assert_allclose(y.reshape(x.shape), x * 3.0, rtol=1e-6)
+
+        stream_id = -1
+        for _ in range(6):  # the same header block each time once the table has it
+            stream_id += 2
+            x = rng.standard_normal((1, 4)).astype(np.float32)
+            sock.sendall(frame(1, 0x4, stream_id, encoder.encode(headers)) + frame(0, 0x1, stream_id, message(x)))
+            check(stream_id, x)
+        assert together and together == list(range(stream_id - 2 * (len(together) - 1), stream_id + 1, 2))
+        assert len(together) >= 4, together
+        read_together = len(together)
+
+        block = encoder.encode(headers)
+        x = rng.standard_normal((1, 4)).astype(np.float32)
+        whole = message(x)
+        stream_id += 2
+        sock.sendall(frame(1, 0x4, stream_id, block) + frame(0, 0, stream_id, whole[:9])
+                     + frame(0, 0x1, stream_id, whole[9:]))
+        check(stream_id, x)
+        stream_id += 2
+        sock.sendall(frame(1, 0x4, stream_id, block) + frame(0, 0, stream_id, whole) + frame(0, 0x1, stream_id, b""))
+        check(stream_id, x)
+        stream_id += 2
+        sock.sendall(frame(1, 0x4, stream_id, block))
+        time.sleep(0.05)
+        sock.sendall(frame(0, 0x1, stream_id, whole))
+        check(stream_id, x)
+        stream_id += 2
+        sock.sendall(frame(1, 0x4, stream_id, encoder.encode([*headers, ("grpc-timeout", "10S")]))
+                     + frame(0, 0x1, stream_id, whole))
+        check(stream_id, x)
+        assert len(together) == read_together, "calls framed otherwise took the frame-by-frame path"
+
+        block = encoder.encode(headers)  # the timeout's header went into the table: indices moved
+        stream_id += 2
+        sock.sendall(frame(1, 0x4, stream_id, block) + frame(0, 0x1, stream_id, whole[:1] + b"\xff" + whole[2:]))
+        fields, _ = answer(stream_id)
+        assert fields[b"grpc-status"] == b"13", fields
+        assert b"not one uncompressed gRPC message" in fields[b"grpc-message"]
+        stream_id += 2
+        sock.sendall(frame(1, 0x4, stream_id, block) + frame(0, 0x1, stream_id, whole))
+        check(stream_id, x)
+        assert len(together) == read_together + 1
+
+
 def test_an_unexpected_failure_ends_the_call_internal_on_every_path(
     server: LiveServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

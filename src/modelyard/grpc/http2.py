@@ -357,7 +357,11 @@ class _Connection(asyncio.Protocol):
             stream_id = int.from_bytes(buf[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
             payload = buf[pos + 9 : pos + 9 + length]
             pos += 9 + length
-            self._frame_received(kind, flags, stream_id, payload)
+            after = self._unary_call(stream_id, payload, buf, pos) if kind == _HEADERS and flags == _END_HEADERS else 0
+            if after:
+                pos = after
+            else:
+                self._frame_received(kind, flags, stream_id, payload)
             if self.transport is None:
                 return
         self.buf = buf[pos:]
@@ -401,6 +405,37 @@ class _Connection(asyncio.Protocol):
                 self._stop_stream(stream)
             if not self.streams:
                 self._close()
+
+    def _unary_call(self, stream_id: int, block: bytes, buf: bytes, pos: int) -> int:
+        """The usual unary call, read in one go: a HEADERS frame whose block was seen before on
+        this connection (its ``_Head`` remembered), for a method started without a task, and
+        right behind it in ``buf`` (at ``pos``) the call's whole message in one DATA frame that
+        ends the stream. Such a call is started here, without the frame-by-frame bookkeeping of
+        a stream that may get more frames (what every unary call of a gRPC client looks like).
+        Returns where the DATA frame ends, or 0 when the frames are not such a call (nothing was
+        done: they take the general path)."""
+        head = self.memo.get(block)
+        if (
+            head is None or head.start is None or head.timeout is not None or head.encoding != b"identity"
+            or self.continuing is not None or self.closing or stream_id <= self.last_stream or not stream_id & 1
+            or len(self.streams) >= _MAX_STREAMS or len(buf) - pos < 9
+            or buf[pos + 3] != _DATA or buf[pos + 4] != _END_STREAM
+            or int.from_bytes(buf[pos + 5 : pos + 9], "big") & 0x7FFFFFFF != stream_id
+        ):
+            return 0
+        end = pos + 9 + int.from_bytes(buf[pos : pos + 3], "big")
+        body = buf[pos + 9 : end]
+        if len(buf) < end or len(body) > self.server.max_message_bytes + 5 or not _one_message(body):
+            return 0
+        self.consumed += len(body)
+        if self.consumed >= _REPLENISH:
+            self._send(_frame(_WINDOW, 0, 0, self.consumed.to_bytes(4, "big")))
+            self.consumed = 0
+        self.last_stream = stream_id
+        stream = self.streams[stream_id] = _Stream(stream_id, self.peer_initial_window)
+        stream.head = head
+        self._start_unary(stream, head, body)
+        return end
 
     # -- frames ----------------------------------------------------------------------------
     def _frame_received(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
@@ -569,24 +604,34 @@ class _Connection(asyncio.Protocol):
             return
         body = stream.chunks[0] if len(stream.chunks) == 1 else b"".join(stream.chunks)
         stream.chunks = []
-        if self._refused(stream, body):
-            return  # answered here: no task, the message is not decoded
         head = stream.head
         if (
             head is not None and head.start is not None and head.timeout is None and head.encoding == b"identity"
             and _one_message(body)
         ):
-            started = head.start(head.metadata, body)
-            if started is not None:
-                stream.ended = True
-                if isinstance(started, Refusal):
-                    self._answer_block(stream, started.block())
-                    self._hold_after(head, body)
-                else:
-                    stream.call = started
-                    started.future.add_done_callback(partial(self._call_done, stream, body))
-                return
+            self._start_unary(stream, head, body)
+            return
+        if self._refused(stream, body):
+            return  # answered here: no task, the message is not decoded
         stream.task = self.loop.create_task(self._call(stream, body))
+
+    def _start_unary(self, stream: _Stream, head: _Head, body: bytes) -> None:
+        """A unary call of a method with a :data:`Start` (one uncompressed message, no
+        timeout): screened, then started without a task when its start can, else in a task."""
+        if self._refused(stream, body):
+            return  # answered here: no task, the message is not decoded
+        assert head.start is not None
+        started = head.start(head.metadata, body)
+        if started is None:
+            stream.task = self.loop.create_task(self._call(stream, body))
+            return
+        stream.ended = True
+        if isinstance(started, Refusal):
+            self._answer_block(stream, started.block())
+            self._hold_after(head, body)
+        else:
+            stream.call = started
+            started.future.add_done_callback(partial(self._call_done, stream, body))
 
     def _call_done(self, stream: _Stream, body: bytes, _: Any) -> None:
         """A call started without a task (see :data:`Start`) has its answer: send it."""
