@@ -11,8 +11,8 @@ Figures (each printed with its ratio):
    server without batching (written below, a dozen lines), plus p99/p50;
 3. tiny model, one client at a time: p50 with batching on vs off (two deployments of one version);
 4. tiny model, 64 clients: gRPC vs REST throughput (the same input, the same output asked for;
-   four windows of half ``--seconds`` each, alternating REST, gRPC, gRPC, REST, ..., the totals
-   compared);
+   four windows of half ``--seconds`` (whole seconds) each, alternating REST, gRPC, gRPC, REST,
+   ..., the totals compared);
 5. overload: open-loop at 3x the measured capacity for ``--overload-seconds`` over up to 1,024
    connections: status codes, goodput / capacity (measured just before and after), server memory
    growth, and how long p99 takes to come back afterwards; for reference, a closed loop over
@@ -702,7 +702,7 @@ def main() -> None:
         # compared: this VM's speed drifts within minutes, and a drift hits both alike
         grpc_before = server_counter(url, key, "modelyard_inference_requests_total", model="tiny", protocol="grpc")
         errors_before = tiny_errors(url, key)
-        window = s / 2
+        window = float(max(1, int(s / 2)))  # whole seconds: wrk takes no fractions
         runs: dict[str, list[Result]] = {"rest": [], "grpc": []}
         for protocol in ("rest", "grpc", "grpc", "rest") * 2:
             if protocol == "rest":
