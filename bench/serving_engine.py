@@ -2,17 +2,18 @@
 the same run. The server is pinned to core 0 and this load generator to core 1 (``taskset`` /
 ``sched_setaffinity``); the server gets ``MODELYARD_CORES=1``.
 
-Figures (each printed with its ratio):
+Figures (each printed with its ratio). Where both sides of a ratio can be measured on the running
+server (1, 3, 4), they are measured in alternating windows, ABBA twice (``abba``): this VM's
+cores change speed within seconds, so sides measured one after the other would compare moments as
+much as servers. While an overload and its capacity runs are measured, a probe times a fixed loop
+on the server's core (``CoreSpeed``), so that a ratio taken while the core's speed changed shows it.
 
 1. medium MLP (784-2048-2048-2048-10 fp32), 64 closed-loop clients, one row each, REST with
-   batching vs in-process ONNX Runtime at batch 32 on one core (rows/s; ONNX Runtime measured
-   just before and just after the server's run, half as long each, and the mean taken);
+   batching vs in-process ONNX Runtime at batch 32 on the server's core (rows/s);
 2. tiny digits MLP, 64 clients: ModelYard REST with batching vs a plain FastAPI + uvicorn + ORT
    server without batching (written below, a dozen lines), plus p99/p50;
 3. tiny model, one client at a time: p50 with batching on vs off (two deployments of one version);
-4. tiny model, 64 clients: gRPC vs REST throughput (the same input, the same output asked for;
-   four windows of half ``--seconds`` (whole seconds) each, alternating REST, gRPC, gRPC, REST,
-   ..., the totals compared);
+4. tiny model, 64 clients: gRPC vs REST throughput (the same input, the same output asked for);
 5. overload: open-loop at 3x the measured capacity for ``--overload-seconds`` over up to 1,024
    connections: status codes, goodput / capacity (measured just before and after), server memory
    growth, and how long p99 takes to come back afterwards; for reference, a closed loop over
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
@@ -458,6 +460,77 @@ def show(label: str, value: str, command: str = "") -> None:
     print(f"{label:<62} {value}", flush=True)
 
 
+#: A probe pinned to the server's core, at the lowest priority: every 0.2 s it times a fixed loop
+#: by its own CPU time (so waiting for the core is not counted, while a slower core is), about 1 ms
+#: of work: a third of a percent of the core
+_PROBE = """
+import os, sys, time
+os.nice(19)
+while True:
+    started = time.thread_time_ns()
+    n = 0
+    for i in range(20000):
+        n += i
+    print(time.monotonic(), 20000e3 / (time.thread_time_ns() - started), flush=True)
+    time.sleep(0.2)
+"""
+
+
+class CoreSpeed:
+    """The server's core's speed over time (million loop iterations per second of CPU time), from
+    :data:`_PROBE` in its own process; :meth:`mean` over a window of ``time.monotonic()``."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._proc = subprocess.Popen(["taskset", "-c", str(SERVER_CORE), sys.executable, "-c", _PROBE],
+                                      stdout=subprocess.PIPE, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            at, speed = line.split()
+            self.samples.append((float(at), float(speed)))
+
+    def mean(self, start: float, end: float) -> float:
+        speeds = [v for t, v in self.samples if start <= t <= end]
+        return float(np.mean(speeds)) if speeds else float("nan")
+
+    def close(self) -> None:
+        self._proc.terminate()
+        self._proc.wait()
+
+
+def show_speed(label: str, speed: CoreSpeed, marks: list[float]) -> None:
+    """The server core's speed while an overload's capacity was measured before it, during it,
+    and while its capacity was measured after it (``marks``: the five edges, the third to the
+    fourth skipped: the recovery's run)."""
+    before, over, after = (speed.mean(marks[i], marks[i + 1]) for i in (0, 1, 3))
+    show(f"{label}: server core speed, capacity before / overload / capacity after",
+         f"{before:.1f} / {over:.1f} / {after:.1f} M loops/s (overload / capacity: {2 * over / (before + after):.2f})")
+
+
+def abba(first: Callable[[float], Result], second: Callable[[float], Result], seconds: float
+         ) -> tuple[list[Result], list[Result]]:
+    """Measure two things in alternating windows, ABBA twice (first, second, second, first, ...),
+    about ``seconds`` in all for each (whole seconds per window: wrk takes no fractions). This
+    VM's cores change speed within seconds (a loop's speed swings 1.7x between one second and
+    the next, the other core's at other times: docs/benchmarks.md), so two things measured one
+    after the other compare the moments as much as the things; alternated, each sees the same
+    mix of moments, and a linear drift cancels."""
+    window = float(max(1, round(seconds / 4)))
+    runs: tuple[list[Result], list[Result]] = ([], [])
+    for which in (0, 1, 1, 0) * 2:
+        runs[which].append((first, second)[which](window))
+    return runs
+
+
+def total_rps(runs: list[Result]) -> float:
+    """Answers per second over all of ``runs`` together."""
+    return sum(r.ok for r in runs) / sum(r.seconds for r in runs)
+
+
 def in_process_ort(path: Path, width: int, batch: int, seconds: float) -> float:
     """Rows/s of ONNX Runtime in this process, one thread, fixed batch (on the server's core)."""
     import onnxruntime as ort
@@ -479,6 +552,13 @@ def in_process_ort(path: Path, width: int, batch: int, seconds: float) -> float:
         return n / (time.perf_counter() - started)
     finally:
         os.sched_setaffinity(0, {CLIENT_CORE})
+
+
+def ort_result(path: Path, width: int, batch: int, seconds: float) -> Result:
+    """:func:`in_process_ort` as a :class:`Result` (rows counted as answers)."""
+    result = Result(seconds)
+    result.statuses[200] = round(in_process_ort(path, width, batch, seconds) * seconds)
+    return result
 
 
 def start_plain(source: str, tmp: Path, model: Path, port: int) -> subprocess.Popen[bytes]:
@@ -531,17 +611,23 @@ def batch_totals(url: str, key: str, model: str) -> tuple[float, float]:
 GRPC_OVERLOAD_CONNS, GRPC_OVERLOAD_STREAMS = 128, 32
 
 
-def grpc_overload(url: str, port: int, key: str, x: np.ndarray, clients: int, seconds: float, folder: Path) -> None:
+def grpc_overload(url: str, port: int, key: str, x: np.ndarray, clients: int, seconds: float, folder: Path,
+                  speed: CoreSpeed) -> None:
     """h2load at 3x the gRPC capacity (measured just before and after, ``clients`` calls in
     flight, ``CAPACITY_S`` each) over 128 connections of 32 streams for ``seconds``; the outcome of every
     call from the server's counters: served = answered - errors."""
+    marks = [time.monotonic()]
     before = h2load_grpc(port, key, "tiny", x, clients, CAPACITY_S, folder).rps
     errors_before = tiny_errors(url, key)
     conns = GRPC_OVERLOAD_CONNS
+    marks.append(time.monotonic())
     over = h2load_grpc(port, key, "tiny", x, conns * GRPC_OVERLOAD_STREAMS, seconds, folder,
                        conns=conns, rps_per_conn=int(3 * before / conns))
+    marks.append(time.monotonic())
     errors = errors_since(url, key, errors_before)
+    marks.append(time.monotonic())
     capacity = (before + h2load_grpc(port, key, "tiny", x, clients, CAPACITY_S, folder).rps) / 2
+    marks.append(time.monotonic())
     answered = over.statuses[200]
     served = answered - sum(errors.values())
     label = "overload tiny gRPC"
@@ -553,10 +639,11 @@ def grpc_overload(url: str, port: int, key: str, x: np.ndarray, clients: int, se
          str(set(errors) <= {"queue_full", "unavailable", "cancelled"}))
     show(f"{label}: goodput / capacity (target >= 0.9)",
          f"{served / over.seconds / capacity:.2f}  ({served / over.seconds:,.0f} / {capacity:,.0f} calls/s)")
+    show_speed(label, speed, marks)
 
 
 def overload(model: str, port: int, req: Req, closed: Callable[[int, Req, int, float], Result],
-             seconds: float, pid: int, clients: int, conns: int = OPEN_LOOP_CONNS) -> None:
+             seconds: float, pid: int, clients: int, speed: CoreSpeed, conns: int = OPEN_LOOP_CONNS) -> None:
     """Open loop at 3x capacity for ``seconds`` over at most ``conns`` connections; then how
     fast p99 comes back. Capacity (``clients`` closed-loop clients) is measured right before and
     right after, ``CAPACITY_S`` each, as this machine's speed drifts within minutes; goodput is
@@ -565,12 +652,17 @@ def overload(model: str, port: int, req: Req, closed: Callable[[int, Req, int, f
     raw = req.raw()
     baseline_p99 = run_generator(closed_loop(port, raw, clients, 2.0)).pct(99)
     same_conns = closed(port, req, conns, 5.0).rps
+    marks = [time.monotonic()]
     before = closed(port, req, clients, CAPACITY_S).rps
     rss_before = rss_mb(pid)
+    marks.append(time.monotonic())
     over = run_generator(open_loop(port, raw, 3 * before, seconds, conns))
+    marks.append(time.monotonic())
     rss_after = rss_mb(pid)
     after = run_generator(closed_loop(port, raw, clients, 5.0))
+    marks.append(time.monotonic())
     capacity = (before + closed(port, req, clients, CAPACITY_S).rps) / 2
+    marks.append(time.monotonic())
     stamps = np.asarray(after.stamps)
     lat = np.asarray(after.latencies)
     recovered = None
@@ -594,6 +686,7 @@ def overload(model: str, port: int, req: Req, closed: Callable[[int, Req, int, f
          f"p99 {over.pct(99):.0f} ms from the start of the send)")
     show(f"{label}: closed loop over {conns:,} connections / capacity", f"{same_conns / capacity:.2f}  "
          f"(goodput / that: {over.rps / same_conns:.2f})")
+    show_speed(label, speed, marks)
     show(f"{label}: server RSS growth MB (target < 50)", f"{rss_after - rss_before:.1f}")
     show(f"{label}: seconds until p99 <= 1.5x baseline (target <= 5)", str(recovered))
 
@@ -658,20 +751,21 @@ def main() -> None:
 
         if not args.skip_medium:
             closed(port, req["medium"], 8, 1.0)  # warm
-            # ONNX Runtime alone just before and just after the server's run (the mean of the
-            # two): this VM's speed drifts within minutes, as the overload's capacity does
-            ort_before = in_process_ort(medium, 784, 32, s / 2)
+            # ONNX Runtime alone and the server in alternating windows (ABBA, see abba)
             rows_before, batches_before = batch_totals(url, key, "medium")
-            rest = closed(port, req["medium"], c, s)
+            ort_runs, rest_runs = abba(lambda t: ort_result(medium, 784, 32, t),
+                                       lambda t: closed(port, req["medium"], c, t), s * 2)
             rows, batches = batch_totals(url, key, "medium")
             per_batch = (rows - rows_before) / max(1.0, batches - batches_before)
-            ort_after = in_process_ort(medium, 784, 32, s / 2)
-            ort_rows = (ort_before + ort_after) / 2
-            show("medium: REST rows/s, 64 clients, batching", f"{rest.rps:,.0f}  (p50 {rest.pct(50):.1f} ms, "
-                 f"p99 {rest.pct(99):.1f} ms; {per_batch:.0f} rows per batch)")
+            ort_rows, rest_rows = total_rps(ort_runs), total_rps(rest_runs)
+            p50, p99 = (np.mean([r.pct(q) for r in rest_runs]) for q in (50, 99))
+            show("medium: REST rows/s, 64 clients, batching", f"{rest_rows:,.0f}  (p50 {p50:.1f} ms, "
+                 f"p99 {p99:.1f} ms, the windows' mean; {per_batch:.0f} rows per batch)")
             show("medium: in-process ORT rows/s, batch 32, 1 thread",
-                 f"{ort_rows:,.0f}  (just before {ort_before:,.0f}, just after {ort_after:,.0f})")
-            show("medium: ratio REST / ORT (target >= 0.7)", f"{rest.rps / ort_rows:.2f}")
+                 f"{ort_rows:,.0f}  (windows: {', '.join(f'{r.rps:,.0f}' for r in ort_runs)})")
+            show("medium: ratio REST / ORT (target >= 0.7)",
+                 f"{rest_rows / ort_rows:.2f}  (four windows each, alternating ORT, REST, REST, ORT, ...; "
+                 f"REST windows: {', '.join(f'{r.rps:,.0f}' for r in rest_runs)})")
 
         closed(port, req["tiny"], c, 1.0)  # warm
         ours = closed(port, req["tiny"], c, s)
@@ -693,40 +787,42 @@ def main() -> None:
             show(f"tiny: ratio ModelYard / plain {encoding} (target >= 3)", f"{mine.rps / base.rps:.2f}")
         show("tiny: p99 / p50, binary (target <= 4)", f"{ours.pct(99) / ours.pct(50):.2f}")
 
-        on = closed(port, req["tiny-batched"], 1, s)
-        off = closed(port, req["tiny-unbatched"], 1, s)
+        on_runs, off_runs = abba(lambda t: closed(port, req["tiny-batched"], 1, t),
+                                 lambda t: closed(port, req["tiny-unbatched"], 1, t), s * 2)
+        on, off = (float(np.mean([r.pct(50) for r in runs])) for runs in (on_runs, off_runs))
         show("tiny: 1 client p50, batching on / off (target <= 1.2)",
-             f"{on.pct(50):.3f} ms / {off.pct(50):.3f} ms = {on.pct(50) / off.pct(50):.2f}")
+             f"{on:.3f} ms / {off:.3f} ms = {on / off:.2f}  (the mean p50 of four windows each, alternating)")
 
         # gRPC and REST in alternating windows, ABBA (REST, gRPC, gRPC, REST, ...), the totals
         # compared: this VM's speed drifts within minutes, and a drift hits both alike
         grpc_before = server_counter(url, key, "modelyard_inference_requests_total", model="tiny", protocol="grpc")
         errors_before = tiny_errors(url, key)
-        window = float(max(1, int(s / 2)))  # whole seconds: wrk takes no fractions
-        runs: dict[str, list[Result]] = {"rest": [], "grpc": []}
-        for protocol in ("rest", "grpc", "grpc", "rest") * 2:
-            if protocol == "rest":
-                runs["rest"].append(closed(port, req["tiny"], c, window))
-            elif use_h2load:
-                runs["grpc"].append(h2load_grpc(grpc_port, key, "tiny", x_tiny, c, window, tmp))
-            else:
-                runs["grpc"].append(asyncio.run(grpc_closed_loop(grpc_port, key, "tiny", x_tiny, c, window)))
+        rest_runs, grpc_runs = abba(
+            lambda t: closed(port, req["tiny"], c, t),
+            (lambda t: h2load_grpc(grpc_port, key, "tiny", x_tiny, c, t, tmp)) if use_h2load
+            else (lambda t: asyncio.run(grpc_closed_loop(grpc_port, key, "tiny", x_tiny, c, t))),
+            s * 2,
+        )
         served = server_counter(url, key, "modelyard_inference_requests_total", model="tiny", protocol="grpc") - grpc_before
         errors = errors_since(url, key, errors_before)  # ``cancelled``: calls in flight as h2load stopped
-        rest_rps, grpc_rps = (sum(r.ok for r in runs[p]) / sum(r.seconds for r in runs[p]) for p in ("rest", "grpc"))
-        mean_ms = np.mean([r.pct(50) for r in runs["grpc"]])
+        rest_rps, grpc_rps = total_rps(rest_runs), total_rps(grpc_runs)
+        mean_ms = np.mean([r.pct(50) for r in grpc_runs])
         show(f"tiny: gRPC req/s, 64 concurrent ({'h2load' if use_h2load else 'grpc.aio client'})",
              f"{grpc_rps:,.0f}  (mean {mean_ms:.1f} ms; server counted {served:,.0f} calls, "
              f"errors {dict(errors) or 0})")
-        pairs = ", ".join(f"{g.rps / r.rps:.2f}" for r, g in zip(runs["rest"], runs["grpc"]))
+        pairs = ", ".join(f"{g.rps / r.rps:.2f}" for r, g in zip(rest_runs, grpc_runs))
         show("tiny: ratio gRPC / REST binary (target >= 1)",
-             f"{grpc_rps / rest_rps:.2f}  (REST binary {rest_rps:,.0f} req/s; four {window:g} s windows each, "
-             f"alternating REST, gRPC, gRPC, REST; per pair {pairs})")
+             f"{grpc_rps / rest_rps:.2f}  (REST binary {rest_rps:,.0f} req/s; four windows each, "
+             f"alternating REST, gRPC, gRPC, REST, ...; per pair {pairs})")
 
-        for model in ("tiny",) if args.skip_medium else ("medium", "tiny"):
-            overload(model, port, req[model], closed, args.overload_seconds, server.pid, c)
-        if use_h2load:
-            grpc_overload(url, grpc_port, key, x_tiny, c, args.overload_seconds, tmp)
+        speed = CoreSpeed()
+        try:
+            for model in ("tiny",) if args.skip_medium else ("medium", "tiny"):
+                overload(model, port, req[model], closed, args.overload_seconds, server.pid, c, speed)
+            if use_h2load:
+                grpc_overload(url, grpc_port, key, x_tiny, c, args.overload_seconds, tmp, speed)
+        finally:
+            speed.close()
     finally:
         if plain is not None:
             plain.terminate()
