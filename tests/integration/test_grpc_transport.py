@@ -635,30 +635,31 @@ def test_the_usual_call_is_answered_without_a_task(server: LiveServer, monkeypat
         assert len(tasks) == before
 
 
-def test_a_unary_calls_frames_read_together_give_each_call_its_own_answer(
+def test_a_unary_calls_whole_message_in_one_frame_is_started_at_once_and_answered_its_own(
     server: LiveServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A call whose header block was seen before and whose message follows in one DATA frame
-    that ends the stream is started as its frames are read together (``_unary_call``); each
-    gets its own answer. Calls framed otherwise take the frame-by-frame path and are answered
-    the same: a message in two DATA frames, an empty DATA frame ending the stream, a call with
-    ``grpc-timeout``, a DATA frame that arrives in a later packet, a message whose prefix lies."""
+    """A DATA frame that holds a unary call's whole message and ends its stream, on a stream
+    that received nothing else, starts the call at once (``_whole_message``), whether it follows
+    its HEADERS frame, comes after the HEADERS frames of several calls (as h2load sends them), or
+    arrives in a later read; each call gets its own answer. Calls framed otherwise take the
+    frame-by-frame path and are answered the same: a message in two DATA frames, an empty DATA
+    frame ending the stream, a call with ``grpc-timeout``, a message whose prefix lies."""
     import socket
 
     import hpack
 
     from modelyard.grpc.http2 import _Connection
 
-    together: list[int] = []
-    unary_call = _Connection._unary_call
+    started: list[int] = []
+    whole_message = _Connection._whole_message
 
-    def counted(self: _Connection, stream_id: int, block: bytes, buf: bytes, pos: int) -> int:
-        end = unary_call(self, stream_id, block, buf, pos)
-        if end:
-            together.append(stream_id)
-        return end
+    def counted(self: _Connection, stream_id: int, payload: bytes) -> bool:
+        taken = whole_message(self, stream_id, payload)
+        if taken:
+            started.append(stream_id)
+        return taken
 
-    monkeypatch.setattr(_Connection, "_unary_call", counted)
+    monkeypatch.setattr(_Connection, "_whole_message", counted)
 
     def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
         return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
@@ -673,79 +674,82 @@ def test_a_unary_calls_frames_read_together_give_each_call_its_own_answer(
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b""))
         buf = b""
+        answers: dict[int, tuple[dict[bytes, bytes], bytes]] = {}
+        data: dict[int, bytes] = {}
 
         def answer(stream_id: int) -> tuple[dict[bytes, bytes], bytes]:
             nonlocal buf
-            fields: dict[bytes, bytes] = {}
-            data = b""
-            while True:
+            while stream_id not in answers:
                 while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
                     length, kind, flags = int.from_bytes(buf[:3], "big"), buf[3], buf[4]
                     sid = int.from_bytes(buf[5:9], "big")
                     payload, buf = buf[9 : 9 + length], buf[9 + length :]
-                    if sid != stream_id:
+                    if sid == 0:
                         continue  # settings, window updates
                     if kind == 0:
-                        data += payload
+                        data[sid] = data.get(sid, b"") + payload
                     elif kind == 1:
-                        fields.update(dict(decoder.decode(payload, raw=True)))
+                        fields = dict(decoder.decode(payload, raw=True))
                         if flags & 0x1:
-                            return fields, data
+                            answers[sid] = (fields, data.pop(sid, b""))
+                if stream_id in answers:
+                    break
                 chunk = sock.recv(65536)
                 assert chunk, "the server closed the connection"
                 buf += chunk
+            return answers.pop(stream_id)
 
         def message(x: np.ndarray) -> bytes:
             body = _infer_request("scale", x).SerializeToString()
             return b"\x00" + len(body).to_bytes(4, "big") + body
 
         def check(stream_id: int, x: np.ndarray) -> None:
-            fields, data = answer(stream_id)
+            fields, body = answer(stream_id)
             assert fields[b"grpc-status"] == b"0", fields
-            y = np.frombuffer(pb.ModelInferResponse.FromString(data[5:]).raw_output_contents[0], np.float32)
+            y = np.frombuffer(pb.ModelInferResponse.FromString(body[5:]).raw_output_contents[0], np.float32)
             np.testing.assert_allclose(y.reshape(x.shape), x * 3.0, rtol=1e-6)
 
-        stream_id = -1
-        for _ in range(6):  # the same header block each time once the table has it
-            stream_id += 2
-            x = rng.standard_normal((1, 4)).astype(np.float32)
-            sock.sendall(frame(1, 0x4, stream_id, encoder.encode(headers)) + frame(0, 0x1, stream_id, message(x)))
-            check(stream_id, x)
-        assert together and together == list(range(stream_id - 2 * (len(together) - 1), stream_id + 1, 2))
-        assert len(together) >= 4, together
-        read_together = len(together)
-
+        ids = iter(range(1, 1000, 2))
         block = encoder.encode(headers)
-        x = rng.standard_normal((1, 4)).astype(np.float32)
-        whole = message(x)
-        stream_id += 2
-        sock.sendall(frame(1, 0x4, stream_id, block) + frame(0, 0, stream_id, whole[:9])
-                     + frame(0, 0x1, stream_id, whole[9:]))
-        check(stream_id, x)
-        stream_id += 2
-        sock.sendall(frame(1, 0x4, stream_id, block) + frame(0, 0, stream_id, whole) + frame(0, 0x1, stream_id, b""))
-        check(stream_id, x)
-        stream_id += 2
-        sock.sendall(frame(1, 0x4, stream_id, block))
+        for _ in range(3):  # each call's frames one after the other
+            sid, x = next(ids), rng.standard_normal((1, 4)).astype(np.float32)
+            sock.sendall(frame(1, 0x4, sid, block) + frame(0, 0x1, sid, message(x)))
+            check(sid, x)
+            block = encoder.encode(headers)  # the table has them now: the same block from here on
+        calls = [(next(ids), rng.standard_normal((1, 4)).astype(np.float32)) for _ in range(4)]
+        sock.sendall(b"".join(frame(1, 0x4, sid, block) for sid, _ in calls)
+                     + b"".join(frame(0, 0x1, sid, message(x)) for sid, x in calls))  # as h2load sends them
+        for sid, x in calls:
+            check(sid, x)
+        sid, x = next(ids), rng.standard_normal((1, 4)).astype(np.float32)
+        sock.sendall(frame(1, 0x4, sid, block))
         time.sleep(0.05)
-        sock.sendall(frame(0, 0x1, stream_id, whole))
-        check(stream_id, x)
-        stream_id += 2
-        sock.sendall(frame(1, 0x4, stream_id, encoder.encode([*headers, ("grpc-timeout", "10S")]))
-                     + frame(0, 0x1, stream_id, whole))
-        check(stream_id, x)
-        assert len(together) == read_together, "calls framed otherwise took the frame-by-frame path"
+        sock.sendall(frame(0, 0x1, sid, message(x)))  # in a later read
+        check(sid, x)
+        assert started == list(range(1, sid + 1, 2)), started
 
+        whole = message(x)
+        sid = next(ids)
+        sock.sendall(frame(1, 0x4, sid, block) + frame(0, 0, sid, whole[:9]) + frame(0, 0x1, sid, whole[9:]))
+        check(sid, x)
+        sid = next(ids)
+        sock.sendall(frame(1, 0x4, sid, block) + frame(0, 0, sid, whole) + frame(0, 0x1, sid, b""))
+        check(sid, x)
+        sid = next(ids)
+        timed = encoder.encode([*headers, ("grpc-timeout", "10S")])
+        sock.sendall(frame(1, 0x4, sid, timed) + frame(0, 0x1, sid, whole))
+        check(sid, x)
         block = encoder.encode(headers)  # the timeout's header went into the table: indices moved
-        stream_id += 2
-        sock.sendall(frame(1, 0x4, stream_id, block) + frame(0, 0x1, stream_id, whole[:1] + b"\xff" + whole[2:]))
-        fields, _ = answer(stream_id)
+        sid = next(ids)
+        sock.sendall(frame(1, 0x4, sid, block) + frame(0, 0x1, sid, whole[:1] + b"\xff" + whole[2:]))
+        fields, _ = answer(sid)
         assert fields[b"grpc-status"] == b"13", fields
         assert b"not one uncompressed gRPC message" in fields[b"grpc-message"]
-        stream_id += 2
-        sock.sendall(frame(1, 0x4, stream_id, block) + frame(0, 0x1, stream_id, whole))
-        check(stream_id, x)
-        assert len(together) == read_together + 1
+        assert len(started) == 8, "calls framed otherwise took the frame-by-frame path"
+        sid = next(ids)
+        sock.sendall(frame(1, 0x4, sid, block) + frame(0, 0x1, sid, whole))
+        check(sid, x)
+        assert started[-1] == sid and len(started) == 9
 
 
 def test_an_unexpected_failure_ends_the_call_internal_on_every_path(

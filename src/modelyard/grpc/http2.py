@@ -54,6 +54,8 @@ _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _DATA, _HEADERS, _PRIORITY, _RST, _SETTINGS, _PUSH, _PING, _GOAWAY, _WINDOW, _CONT = range(10)
 _END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIO_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
 _SETTING = struct.Struct(">HI")
+#: a frame's 9-byte head: its 24-bit length (as 8 + 16 bits), type, flags and stream id
+_FRAME_HEAD = struct.Struct(">BHBBI")
 _DEFAULT_WINDOW = 65_535
 #: what this server lets a peer send before it must wait: large, so unary messages flow freely
 _RECV_WINDOW = 16 * 1024 * 1024
@@ -347,20 +349,17 @@ class _Connection(asyncio.Protocol):
             buf = buf[len(_PREFACE) :]
         pos, end = 0, len(buf)
         while end - pos >= 9:
-            length = int.from_bytes(buf[pos : pos + 3], "big")
+            high, low, kind, flags, stream_id = _FRAME_HEAD.unpack_from(buf, pos)
+            length = high << 16 | low
             if length > _RECV_WINDOW:
                 self._fail(_FRAME_SIZE_ERROR)
                 return
             if end - pos < 9 + length:
                 break
-            kind, flags = buf[pos + 3], buf[pos + 4]
-            stream_id = int.from_bytes(buf[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
+            stream_id &= 0x7FFFFFFF
             payload = buf[pos + 9 : pos + 9 + length]
             pos += 9 + length
-            after = self._unary_call(stream_id, payload, buf, pos) if kind == _HEADERS and flags == _END_HEADERS else 0
-            if after:
-                pos = after
-            else:
+            if not (kind == _DATA and flags == _END_STREAM and self._whole_message(stream_id, payload)):
                 self._frame_received(kind, flags, stream_id, payload)
             if self.transport is None:
                 return
@@ -406,36 +405,28 @@ class _Connection(asyncio.Protocol):
             if not self.streams:
                 self._close()
 
-    def _unary_call(self, stream_id: int, block: bytes, buf: bytes, pos: int) -> int:
-        """The usual unary call, read in one go: a HEADERS frame whose block was seen before on
-        this connection (its ``_Head`` remembered), for a method started without a task, and
-        right behind it in ``buf`` (at ``pos``) the call's whole message in one DATA frame that
-        ends the stream. Such a call is started here, without the frame-by-frame bookkeeping of
-        a stream that may get more frames (what every unary call of a gRPC client looks like).
-        Returns where the DATA frame ends, or 0 when the frames are not such a call (nothing was
-        done: they take the general path)."""
-        head = self.memo.get(block)
+    def _whole_message(self, stream_id: int, payload: bytes) -> bool:
+        """The usual unary call's DATA frame: its whole message in one frame that ends the
+        stream, on a stream that has received nothing else, for a method started without a task
+        (no ``grpc-timeout``, not compressed). Started here, without the bookkeeping of a frame
+        that may be followed by more; False when the frame is not such a one (nothing was done:
+        it takes the general path)."""
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.size or stream.answered or stream.task is not None or stream.call is not None:
+            return False
+        head = stream.head
         if (
             head is None or head.start is None or head.timeout is not None or head.encoding != b"identity"
-            or self.continuing is not None or self.closing or stream_id <= self.last_stream or not stream_id & 1
-            or len(self.streams) >= _MAX_STREAMS or len(buf) - pos < 9
-            or buf[pos + 3] != _DATA or buf[pos + 4] != _END_STREAM
-            or int.from_bytes(buf[pos + 5 : pos + 9], "big") & 0x7FFFFFFF != stream_id
+            or self.continuing is not None or len(payload) > self.server.max_message_bytes + 5
+            or not _one_message(payload)
         ):
-            return 0
-        end = pos + 9 + int.from_bytes(buf[pos : pos + 3], "big")
-        body = buf[pos + 9 : end]
-        if len(buf) < end or len(body) > self.server.max_message_bytes + 5 or not _one_message(body):
-            return 0
-        self.consumed += len(body)
-        if self.consumed >= _REPLENISH:
+            return False
+        self.consumed += len(payload)
+        if self.consumed >= _REPLENISH and self.transport is not None:
             self._send(_frame(_WINDOW, 0, 0, self.consumed.to_bytes(4, "big")))
             self.consumed = 0
-        self.last_stream = stream_id
-        stream = self.streams[stream_id] = _Stream(stream_id, self.peer_initial_window)
-        stream.head = head
-        self._start_unary(stream, head, body)
-        return end
+        self._start_unary(stream, head, payload)
+        return True
 
     # -- frames ----------------------------------------------------------------------------
     def _frame_received(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
