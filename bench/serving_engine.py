@@ -3,7 +3,7 @@ the same run. The server is pinned to core 0 and this load generator to core 1 (
 ``sched_setaffinity``); the server gets ``MODELYARD_CORES=1``.
 
 Figures (each printed with its ratio). Where both sides of a ratio can be measured on the running
-server (1, 3, 4), they are measured in alternating windows, ABBA twice (``abba``): this VM's
+server (1, 3, 4), they are measured in alternating one-second windows, ABBA (``abba``): this VM's
 cores change speed within seconds, so sides measured one after the other would compare moments as
 much as servers. While an overload and its capacity runs are measured, a probe times a fixed loop
 on the server's core (``CoreSpeed``), so that a ratio taken while the core's speed changed shows it.
@@ -513,17 +513,23 @@ def show_speed(label: str, speed: CoreSpeed, marks: list[float]) -> None:
 
 def abba(first: Callable[[float], Result], second: Callable[[float], Result], seconds: float
          ) -> tuple[list[Result], list[Result]]:
-    """Measure two things in alternating windows, ABBA twice (first, second, second, first, ...),
-    about ``seconds`` in all for each (whole seconds per window: wrk takes no fractions). This
-    VM's cores change speed within seconds (a loop's speed swings 1.7x between one second and
-    the next, the other core's at other times: docs/benchmarks.md), so two things measured one
-    after the other compare the moments as much as the things; alternated, each sees the same
-    mix of moments, and a linear drift cancels."""
-    window = float(max(1, round(seconds / 4)))
+    """Measure two things in alternating one-second windows, ABBA (first, second, second, first,
+    ...), ``seconds`` in all for each (rounded to whole ABBA rounds: two windows each). This VM's
+    cores change speed within seconds (a loop's speed swings 1.7x from one second to the next,
+    the other core's at other times: docs/benchmarks.md), so two things measured one after the
+    other compare the moments as much as the things; in short alternating windows each sees the
+    same mix of moments, and a linear drift cancels."""
     runs: tuple[list[Result], list[Result]] = ([], [])
-    for which in (0, 1, 1, 0) * 2:
-        runs[which].append((first, second)[which](window))
+    for _ in range(max(1, round(seconds / 2))):
+        for which in (0, 1, 1, 0):
+            runs[which].append((first, second)[which](1.0))
     return runs
+
+
+def spread(runs: list[Result]) -> str:
+    """The range of ``runs``' rates: how much the windows differed."""
+    rates = [r.rps for r in runs]
+    return f"windows {min(rates):,.0f}-{max(rates):,.0f}"
 
 
 def total_rps(runs: list[Result]) -> float:
@@ -761,11 +767,10 @@ def main() -> None:
             p50, p99 = (np.mean([r.pct(q) for r in rest_runs]) for q in (50, 99))
             show("medium: REST rows/s, 64 clients, batching", f"{rest_rows:,.0f}  (p50 {p50:.1f} ms, "
                  f"p99 {p99:.1f} ms, the windows' mean; {per_batch:.0f} rows per batch)")
-            show("medium: in-process ORT rows/s, batch 32, 1 thread",
-                 f"{ort_rows:,.0f}  (windows: {', '.join(f'{r.rps:,.0f}' for r in ort_runs)})")
+            show("medium: in-process ORT rows/s, batch 32, 1 thread", f"{ort_rows:,.0f}  ({spread(ort_runs)})")
             show("medium: ratio REST / ORT (target >= 0.7)",
-                 f"{rest_rows / ort_rows:.2f}  (four windows each, alternating ORT, REST, REST, ORT, ...; "
-                 f"REST windows: {', '.join(f'{r.rps:,.0f}' for r in rest_runs)})")
+                 f"{rest_rows / ort_rows:.2f}  ({len(rest_runs)} one-second windows each, alternating; "
+                 f"REST {spread(rest_runs)})")
 
         closed(port, req["tiny"], c, 1.0)  # warm
         ours = closed(port, req["tiny"], c, s)
@@ -791,10 +796,10 @@ def main() -> None:
                                  lambda t: closed(port, req["tiny-unbatched"], 1, t), s * 2)
         on, off = (float(np.mean([r.pct(50) for r in runs])) for runs in (on_runs, off_runs))
         show("tiny: 1 client p50, batching on / off (target <= 1.2)",
-             f"{on:.3f} ms / {off:.3f} ms = {on / off:.2f}  (the mean p50 of four windows each, alternating)")
+             f"{on:.3f} ms / {off:.3f} ms = {on / off:.2f}  (the mean p50 of {len(on_runs)} one-second windows "
+             "each, alternating)")
 
-        # gRPC and REST in alternating windows, ABBA (REST, gRPC, gRPC, REST, ...), the totals
-        # compared: this VM's speed drifts within minutes, and a drift hits both alike
+        # gRPC and REST in alternating windows (see abba), the totals compared
         grpc_before = server_counter(url, key, "modelyard_inference_requests_total", model="tiny", protocol="grpc")
         errors_before = tiny_errors(url, key)
         rest_runs, grpc_runs = abba(
@@ -810,10 +815,10 @@ def main() -> None:
         show(f"tiny: gRPC req/s, 64 concurrent ({'h2load' if use_h2load else 'grpc.aio client'})",
              f"{grpc_rps:,.0f}  (mean {mean_ms:.1f} ms; server counted {served:,.0f} calls, "
              f"errors {dict(errors) or 0})")
-        pairs = ", ".join(f"{g.rps / r.rps:.2f}" for r, g in zip(rest_runs, grpc_runs))
+        pairs = [g.rps / r.rps for r, g in zip(rest_runs, grpc_runs)]
         show("tiny: ratio gRPC / REST binary (target >= 1)",
-             f"{grpc_rps / rest_rps:.2f}  (REST binary {rest_rps:,.0f} req/s; four windows each, "
-             f"alternating REST, gRPC, gRPC, REST, ...; per pair {pairs})")
+             f"{grpc_rps / rest_rps:.2f}  (REST binary {rest_rps:,.0f} req/s; {len(pairs)} one-second windows each, "
+             f"alternating; adjacent pairs {min(pairs):.2f}-{max(pairs):.2f}, median {np.median(pairs):.2f})")
 
         speed = CoreSpeed()
         try:

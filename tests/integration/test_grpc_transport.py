@@ -638,8 +638,10 @@ def test_the_usual_call_is_answered_without_a_task(server: LiveServer, monkeypat
 def test_a_unary_calls_whole_message_in_one_frame_is_started_at_once_and_answered_its_own(
     server: LiveServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A DATA frame that holds a unary call's whole message and ends its stream, on a stream
-    that received nothing else, starts the call at once (``_whole_message``), whether it follows
+    """A HEADERS frame whose block the connection has decoded before opens its stream at once
+    (``_new_call``), and a DATA frame that holds a unary call's whole message and ends its
+    stream, on a stream that received nothing else, starts the call at once
+    (``_whole_message``), whether it follows
     its HEADERS frame, comes after the HEADERS frames of several calls (as h2load sends them), or
     arrives in a later read; each call gets its own answer. Calls framed otherwise take the
     frame-by-frame path and are answered the same: a message in two DATA frames, an empty DATA
@@ -660,6 +662,16 @@ def test_a_unary_calls_whole_message_in_one_frame_is_started_at_once_and_answere
         return taken
 
     monkeypatch.setattr(_Connection, "_whole_message", counted)
+    opened: list[int] = []
+    new_call = _Connection._new_call
+
+    def counted_headers(self: _Connection, stream_id: int, block: bytes) -> bool:
+        taken = new_call(self, stream_id, block)
+        if taken:
+            opened.append(stream_id)
+        return taken
+
+    monkeypatch.setattr(_Connection, "_new_call", counted_headers)
 
     def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
         return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
@@ -750,6 +762,11 @@ def test_a_unary_calls_whole_message_in_one_frame_is_started_at_once_and_answere
         sock.sendall(frame(1, 0x4, sid, block) + frame(0, 0x1, sid, whole))
         check(sid, x)
         assert started[-1] == sid and len(started) == 9
+        # A HEADERS frame whose block was decoded before on the connection, while the table
+        # stayed as it was, opens its stream without the general path: not the first two calls
+        # (their blocks changed the table, then were seen for the first time), nor the timeout's,
+        # nor the first call after it changed the table again.
+        assert opened == [5, 7, 9, 11, 13, 15, 17, 19, sid], opened
 
 
 def test_an_unexpected_failure_ends_the_call_internal_on_every_path(

@@ -56,6 +56,8 @@ _END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIO_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
 _SETTING = struct.Struct(">HI")
 #: a frame's 9-byte head: its 24-bit length (as 8 + 16 bits), type, flags and stream id
 _FRAME_HEAD = struct.Struct(">BHBBI")
+#: a gRPC message's length, after its compressed flag
+_LENGTH = struct.Struct(">I")
 _DEFAULT_WINDOW = 65_535
 #: what this server lets a peer send before it must wait: large, so unary messages flow freely
 _RECV_WINDOW = 16 * 1024 * 1024
@@ -137,6 +139,7 @@ _OK_TRAILERS = _literal(b"grpc-status", b"0")
 _HEAD_FRAME = len(_RESPONSE_HEADERS).to_bytes(3, "big") + bytes((_HEADERS, _END_HEADERS))
 _DATA_FRAME = bytes((_DATA, 0))
 _TRAILERS_FRAME = bytes((_HEADERS, _END_HEADERS | _END_STREAM))
+_OK_TAIL = len(_OK_TRAILERS).to_bytes(3, "big") + _TRAILERS_FRAME
 
 
 def _grpc_message(text: str) -> bytes:
@@ -359,7 +362,10 @@ class _Connection(asyncio.Protocol):
             stream_id &= 0x7FFFFFFF
             payload = buf[pos + 9 : pos + 9 + length]
             pos += 9 + length
-            if not (kind == _DATA and flags == _END_STREAM and self._whole_message(stream_id, payload)):
+            if kind == _DATA:
+                if not (flags == _END_STREAM and self._whole_message(stream_id, payload)):
+                    self._frame_received(kind, flags, stream_id, payload)
+            elif not (kind == _HEADERS and flags == _END_HEADERS and self._new_call(stream_id, payload)):
                 self._frame_received(kind, flags, stream_id, payload)
             if self.transport is None:
                 return
@@ -405,6 +411,23 @@ class _Connection(asyncio.Protocol):
             if not self.streams:
                 self._close()
 
+    def _new_call(self, stream_id: int, block: bytes) -> bool:
+        """The usual HEADERS frame of a unary call: a new stream whose header block was seen
+        before on this connection (its ``_Head`` remembered), not the end of the stream. Its
+        stream is opened here, as ``_headers_complete`` would; False when the frame is not such
+        a one (nothing was done: it takes the general path)."""
+        head = self.memo.get(block)
+        if (
+            head is None or head.handler is None or head.streaming or self.continuing is not None
+            or stream_id <= self.last_stream or not stream_id & 1 or self.closing
+            or len(self.streams) >= _MAX_STREAMS
+        ):
+            return False
+        self.last_stream = stream_id
+        stream = self.streams[stream_id] = _Stream(stream_id, self.peer_initial_window)
+        stream.head = head
+        return True
+
     def _whole_message(self, stream_id: int, payload: bytes) -> bool:
         """The usual unary call's DATA frame: its whole message in one frame that ends the
         stream, on a stream that has received nothing else, for a method started without a task
@@ -418,7 +441,7 @@ class _Connection(asyncio.Protocol):
         if (
             head is None or head.start is None or head.timeout is not None or head.encoding != b"identity"
             or self.continuing is not None or len(payload) > self.server.max_message_bytes + 5
-            or not _one_message(payload)
+            or payload[:1] != b"\x00" or _LENGTH.unpack_from(payload, 1)[0] != len(payload) - 5
         ):
             return False
         self.consumed += len(payload)
@@ -821,22 +844,22 @@ class _Connection(asyncio.Protocol):
         if stream.answered or self.transport is None or stream.id not in self.streams:
             return
         stream.answered = True
-        message = _message(answer)
-        size = len(message)
+        size = len(answer) + 5
         if size <= self.send_window and size <= stream.send_window and size <= self.peer_max_frame:
             self.send_window -= size
             stream.send_window -= size
             sid = stream.id.to_bytes(4, "big")
+            tail = _OK_TAIL if trailers is _OK_TRAILERS else len(trailers).to_bytes(3, "big") + _TRAILERS_FRAME
             self._send(b"".join((
                 _HEAD_FRAME, sid, _RESPONSE_HEADERS,
-                size.to_bytes(3, "big"), _DATA_FRAME, sid, message,
-                len(trailers).to_bytes(3, "big"), _TRAILERS_FRAME, sid, trailers,
+                size.to_bytes(3, "big"), _DATA_FRAME, sid, b"\x00", len(answer).to_bytes(4, "big"), answer,
+                tail, sid, trailers,
             )))
             self._close_stream(stream)
             return
         self._send(_frame(_HEADERS, _END_HEADERS, stream.id, _RESPONSE_HEADERS))
         stream.started = True
-        stream.pending = [message]
+        stream.pending = [_message(answer)]
         stream.trailers = trailers
         self._flush(stream)
 

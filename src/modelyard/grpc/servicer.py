@@ -99,6 +99,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         #: ((model, version), authorization) -> gate, for :meth:`screen`
         self._gates = QueueGates()
         self._refusal: tuple[ModelYardError | None, Refusal | None] = (None, None)
+        #: (metadata, its bearer token): the transport hands every call of one header block the
+        #: same metadata tuple, so the key is read off it once (see :meth:`start`)
+        self._token: tuple[tuple[tuple[str, str], ...] | None, str | None] = (None, None)
 
     async def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
         authorization = _authorization(tuple(context.invocation_metadata() or ()))
@@ -177,10 +180,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         without a task or a coroutine (``DataPlane.start``), answered from a callback on its
         queued work; a refusal when it fails before that; ``None``: the call takes its task
         (nothing was done)."""
-        try:
-            token = bearer_token(_authorization(metadata), source="authorization metadata")
-        except ModelYardError:
-            return None  # ModelInfer answers a malformed key
+        memo = self._token
+        if memo[0] is metadata:
+            token = memo[1]
+        else:
+            try:
+                token = bearer_token(_authorization(metadata), source="authorization metadata")
+            except ModelYardError:
+                return None  # ModelInfer answers a malformed key
+            self._token = (metadata, token)
         principal = self._platform.keys.known(token)
         if principal is None:
             return None
