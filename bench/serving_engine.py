@@ -478,9 +478,11 @@ while True:
 
 class CoreSpeed:
     """The server's core's speed over time (million loop iterations per second of CPU time), from
-    :data:`_PROBE` in its own process; :meth:`mean` over a window of ``time.monotonic()``."""
+    :data:`_PROBE` in its own process; :meth:`mean` over a window of ``time.monotonic()``.
+    :meth:`mark` notes a phase's edge: the time and the server's CPU time so far."""
 
-    def __init__(self) -> None:
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
         self.samples: list[tuple[float, float]] = []
         self._proc = subprocess.Popen(["taskset", "-c", str(SERVER_CORE), sys.executable, "-c", _PROBE],
                                       stdout=subprocess.PIPE, text=True)
@@ -497,18 +499,27 @@ class CoreSpeed:
         speeds = [v for t, v in self.samples if start <= t <= end]
         return float(np.mean(speeds)) if speeds else float("nan")
 
+    def mark(self) -> tuple[float, float]:
+        fields = Path(f"/proc/{self.server_pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return time.monotonic(), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def close(self) -> None:
         self._proc.terminate()
         self._proc.wait()
 
 
-def show_speed(label: str, speed: CoreSpeed, marks: list[float]) -> None:
-    """The server core's speed while an overload's capacity was measured before it, during it,
-    and while its capacity was measured after it (``marks``: the five edges, the third to the
-    fourth skipped: the recovery's run)."""
-    before, over, after = (speed.mean(marks[i], marks[i + 1]) for i in (0, 1, 3))
+def show_speed(label: str, speed: CoreSpeed, marks: list[tuple[float, float]]) -> None:
+    """While an overload's capacity was measured before it, during it, and while its capacity
+    was measured after it (``marks``: the five edges from :meth:`CoreSpeed.mark`, the third to the
+    fourth skipped: the recovery's run): the server core's speed, and how busy the server was
+    (its CPU time over the wall time: under 1, it waited for the load generator)."""
+    phases = [(marks[i], marks[i + 1]) for i in (0, 1, 3)]
+    before, over, after = (speed.mean(a[0], b[0]) for a, b in phases)
     show(f"{label}: server core speed, capacity before / overload / capacity after",
          f"{before:.1f} / {over:.1f} / {after:.1f} M loops/s (overload / capacity: {2 * over / (before + after):.2f})")
+    busy = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in phases]
+    show(f"{label}: server busy (CPU / wall), capacity before / overload / capacity after",
+         " / ".join(f"{b:.2f}" for b in busy))
 
 
 def abba(first: Callable[[float], Result], second: Callable[[float], Result], seconds: float
@@ -622,18 +633,18 @@ def grpc_overload(url: str, port: int, key: str, x: np.ndarray, clients: int, se
     """h2load at 3x the gRPC capacity (measured just before and after, ``clients`` calls in
     flight, ``CAPACITY_S`` each) over 128 connections of 32 streams for ``seconds``; the outcome of every
     call from the server's counters: served = answered - errors."""
-    marks = [time.monotonic()]
+    marks = [speed.mark()]
     before = h2load_grpc(port, key, "tiny", x, clients, CAPACITY_S, folder).rps
     errors_before = tiny_errors(url, key)
     conns = GRPC_OVERLOAD_CONNS
-    marks.append(time.monotonic())
+    marks.append(speed.mark())
     over = h2load_grpc(port, key, "tiny", x, conns * GRPC_OVERLOAD_STREAMS, seconds, folder,
                        conns=conns, rps_per_conn=int(3 * before / conns))
-    marks.append(time.monotonic())
+    marks.append(speed.mark())
     errors = errors_since(url, key, errors_before)
-    marks.append(time.monotonic())
+    marks.append(speed.mark())
     capacity = (before + h2load_grpc(port, key, "tiny", x, clients, CAPACITY_S, folder).rps) / 2
-    marks.append(time.monotonic())
+    marks.append(speed.mark())
     answered = over.statuses[200]
     served = answered - sum(errors.values())
     label = "overload tiny gRPC"
@@ -658,17 +669,17 @@ def overload(model: str, port: int, req: Req, closed: Callable[[int, Req, int, f
     raw = req.raw()
     baseline_p99 = run_generator(closed_loop(port, raw, clients, 2.0)).pct(99)
     same_conns = closed(port, req, conns, 5.0).rps
-    marks = [time.monotonic()]
+    marks = [speed.mark()]
     before = closed(port, req, clients, CAPACITY_S).rps
     rss_before = rss_mb(pid)
-    marks.append(time.monotonic())
+    marks.append(speed.mark())
     over = run_generator(open_loop(port, raw, 3 * before, seconds, conns))
-    marks.append(time.monotonic())
+    marks.append(speed.mark())
     rss_after = rss_mb(pid)
     after = run_generator(closed_loop(port, raw, clients, 5.0))
-    marks.append(time.monotonic())
+    marks.append(speed.mark())
     capacity = (before + closed(port, req, clients, CAPACITY_S).rps) / 2
-    marks.append(time.monotonic())
+    marks.append(speed.mark())
     stamps = np.asarray(after.stamps)
     lat = np.asarray(after.latencies)
     recovered = None
@@ -820,7 +831,7 @@ def main() -> None:
              f"{grpc_rps / rest_rps:.2f}  (REST binary {rest_rps:,.0f} req/s; {len(pairs)} one-second windows each, "
              f"alternating; adjacent pairs {min(pairs):.2f}-{max(pairs):.2f}, median {np.median(pairs):.2f})")
 
-        speed = CoreSpeed()
+        speed = CoreSpeed(server.pid)
         try:
             for model in ("tiny",) if args.skip_medium else ("medium", "tiny"):
                 overload(model, port, req[model], closed, args.overload_seconds, server.pid, c, speed)
