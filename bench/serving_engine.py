@@ -3,10 +3,11 @@ the same run. The server is pinned to core 0 and this load generator to core 1 (
 ``sched_setaffinity``); the server gets ``MODELYARD_CORES=1``.
 
 Figures (each printed with its ratio). Where both sides of a ratio can be measured on the running
-server (1, 3, 4), they are measured in alternating one-second windows, ABBA (``abba``): this VM's
-cores change speed within seconds, so sides measured one after the other would compare moments as
-much as servers. While an overload and its capacity runs are measured, a probe times a fixed loop
-on the server's core (``CoreSpeed``), so that a ratio taken while the core's speed changed shows it.
+server (1, 3, 4), they are measured in alternating windows, ABBA (``abba``; one second, three for
+the medium model): this VM's cores change speed within seconds, so sides measured one after the
+other would compare moments as much as servers. While an overload and its capacity runs are
+measured, a probe times a fixed loop on the server's core (``CoreSpeed``), so that a ratio taken
+while the core's speed changed shows it.
 
 1. medium MLP (784-2048-2048-2048-10 fp32), 64 closed-loop clients, one row each, REST with
    batching vs in-process ONNX Runtime at batch 32 on the server's core (rows/s);
@@ -522,18 +523,20 @@ def show_speed(label: str, speed: CoreSpeed, marks: list[tuple[float, float]]) -
          " / ".join(f"{b:.2f}" for b in busy))
 
 
-def abba(first: Callable[[float], Result], second: Callable[[float], Result], seconds: float
-         ) -> tuple[list[Result], list[Result]]:
-    """Measure two things in alternating one-second windows, ABBA (first, second, second, first,
-    ...), ``seconds`` in all for each (rounded to whole ABBA rounds: two windows each). This VM's
-    cores change speed within seconds (a loop's speed swings 1.7x from one second to the next,
-    the other core's at other times: docs/benchmarks.md), so two things measured one after the
-    other compare the moments as much as the things; in short alternating windows each sees the
-    same mix of moments, and a linear drift cancels."""
+def abba(first: Callable[[float], Result], second: Callable[[float], Result], seconds: float,
+         window: float = 1.0) -> tuple[list[Result], list[Result]]:
+    """Measure two things in alternating windows of ``window`` seconds (whole seconds: wrk takes
+    no fractions), ABBA (first, second, second, first, ...), about ``seconds`` in all for each
+    (whole ABBA rounds: two windows each). This VM's cores change speed within seconds (a loop's
+    speed swings 1.7x from one second to the next, the other core's at other moments:
+    docs/benchmarks.md), so two things measured one after the other compare the moments as much
+    as the things; in short alternating windows each sees the same mix of moments, and a linear
+    drift cancels. A window must still be long against what each start costs (connections
+    opened, a model's weights back in the cache after the other side ran)."""
     runs: tuple[list[Result], list[Result]] = ([], [])
-    for _ in range(max(1, round(seconds / 2))):
+    for _ in range(max(1, round(seconds / (2 * window)))):
         for which in (0, 1, 1, 0):
-            runs[which].append((first, second)[which](1.0))
+            runs[which].append((first, second)[which](window))
     return runs
 
 
@@ -770,8 +773,12 @@ def main() -> None:
             closed(port, req["medium"], 8, 1.0)  # warm
             # ONNX Runtime alone and the server in alternating windows (ABBA, see abba)
             rows_before, batches_before = batch_totals(url, key, "medium")
+            # three-second windows: each REST window starts cold (after ONNX Runtime's own copy
+            # of the 40 MB of weights ran on this core, new connections), and in one-second
+            # windows its batches were short (26-33 rows in three full runs, 35-55 in a rig,
+            # against 53-57 over 5 s)
             ort_runs, rest_runs = abba(lambda t: ort_result(medium, 784, 32, t),
-                                       lambda t: closed(port, req["medium"], c, t), s * 2)
+                                       lambda t: closed(port, req["medium"], c, t), s * 2.4, window=3.0)
             rows, batches = batch_totals(url, key, "medium")
             per_batch = (rows - rows_before) / max(1.0, batches - batches_before)
             ort_rows, rest_rows = total_rps(ort_runs), total_rps(rest_runs)
@@ -780,7 +787,7 @@ def main() -> None:
                  f"p99 {p99:.1f} ms, the windows' mean; {per_batch:.0f} rows per batch)")
             show("medium: in-process ORT rows/s, batch 32, 1 thread", f"{ort_rows:,.0f}  ({spread(ort_runs)})")
             show("medium: ratio REST / ORT (target >= 0.7)",
-                 f"{rest_rows / ort_rows:.2f}  ({len(rest_runs)} one-second windows each, alternating; "
+                 f"{rest_rows / ort_rows:.2f}  ({len(rest_runs)} three-second windows each, alternating; "
                  f"REST {spread(rest_runs)})")
 
         closed(port, req["tiny"], c, 1.0)  # warm

@@ -757,6 +757,10 @@ def test_a_unary_calls_whole_message_in_one_frame_is_started_at_once_and_answere
         fields, _ = answer(sid)
         assert fields[b"grpc-status"] == b"13", fields
         assert b"not one uncompressed gRPC message" in fields[b"grpc-message"]
+        sid = next(ids)
+        sock.sendall(frame(1, 0x4, sid, block) + frame(0, 0x1, sid, whole[:3]))  # shorter than a prefix
+        fields, _ = answer(sid)
+        assert fields[b"grpc-status"] == b"13", fields
         assert len(started) == 8, "calls framed otherwise took the frame-by-frame path"
         sid = next(ids)
         sock.sendall(frame(1, 0x4, sid, block) + frame(0, 0x1, sid, whole))
@@ -766,7 +770,7 @@ def test_a_unary_calls_whole_message_in_one_frame_is_started_at_once_and_answere
         # stayed as it was, opens its stream without the general path: not the first two calls
         # (their blocks changed the table, then were seen for the first time), nor the timeout's,
         # nor the first call after it changed the table again.
-        assert opened == [5, 7, 9, 11, 13, 15, 17, 19, sid], opened
+        assert opened == [5, 7, 9, 11, 13, 15, 17, 19, sid - 2, sid], opened
 
 
 def test_an_unexpected_failure_ends_the_call_internal_on_every_path(

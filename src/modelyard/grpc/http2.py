@@ -441,7 +441,7 @@ class _Connection(asyncio.Protocol):
         if (
             head is None or head.start is None or head.timeout is not None or head.encoding != b"identity"
             or self.continuing is not None or len(payload) > self.server.max_message_bytes + 5
-            or payload[:1] != b"\x00" or _LENGTH.unpack_from(payload, 1)[0] != len(payload) - 5
+            or len(payload) < 5 or payload[0] != 0 or _LENGTH.unpack_from(payload, 1)[0] != len(payload) - 5
         ):
             return False
         self.consumed += len(payload)
