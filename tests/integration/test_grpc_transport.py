@@ -641,37 +641,32 @@ def test_a_unary_calls_whole_message_in_one_frame_is_started_at_once_and_answere
     """A HEADERS frame whose block the connection has decoded before opens its stream at once
     (``_new_call``), and a DATA frame that holds a unary call's whole message and ends its
     stream, on a stream that received nothing else, starts the call at once
-    (``_whole_message``), whether it follows
-    its HEADERS frame, comes after the HEADERS frames of several calls (as h2load sends them), or
-    arrives in a later read; each call gets its own answer. Calls framed otherwise take the
-    frame-by-frame path and are answered the same: a message in two DATA frames, an empty DATA
-    frame ending the stream, a call with ``grpc-timeout``, a message whose prefix lies."""
+    (``_whole_message``), whether it follows its HEADERS frame, comes after the HEADERS frames of
+    several calls (as h2load sends them), or arrives in a later read; each call gets its own
+    answer. Calls framed otherwise take the frame-by-frame path and are answered the same: a
+    message in two DATA frames, an empty DATA frame ending the stream, a call with
+    ``grpc-timeout``, a message whose prefix lies, a frame shorter than a prefix."""
     import socket
 
     import hpack
 
     from modelyard.grpc.http2 import _Connection
 
-    started: list[int] = []
-    whole_message = _Connection._whole_message
+    def taken_by(fast_path: str) -> list[int]:
+        """The stream ids for which ``_Connection.<fast_path>`` took its frame."""
+        taken: list[int] = []
+        original = getattr(_Connection, fast_path)
 
-    def counted(self: _Connection, stream_id: int, payload: bytes) -> bool:
-        taken = whole_message(self, stream_id, payload)
-        if taken:
-            started.append(stream_id)
+        def counted(self: _Connection, stream_id: int, payload: bytes) -> bool:
+            took = original(self, stream_id, payload)
+            if took:
+                taken.append(stream_id)
+            return bool(took)
+
+        monkeypatch.setattr(_Connection, fast_path, counted)
         return taken
 
-    monkeypatch.setattr(_Connection, "_whole_message", counted)
-    opened: list[int] = []
-    new_call = _Connection._new_call
-
-    def counted_headers(self: _Connection, stream_id: int, block: bytes) -> bool:
-        taken = new_call(self, stream_id, block)
-        if taken:
-            opened.append(stream_id)
-        return taken
-
-    monkeypatch.setattr(_Connection, "_new_call", counted_headers)
+    started, opened = taken_by("_whole_message"), taken_by("_new_call")
 
     def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
         return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
