@@ -463,9 +463,9 @@ def show(label: str, value: str, command: str = "") -> None:
 
 #: A probe pinned to the server's core, at the lowest priority: every 0.2 s it times a fixed loop
 #: by its own CPU time (so waiting for the core is not counted, while a slower core is), about 1 ms
-#: of work: a third of a percent of the core
+#: of work: half a percent of the core
 _PROBE = """
-import os, sys, time
+import os, time
 os.nice(19)
 while True:
     started = time.thread_time_ns()
