@@ -101,7 +101,7 @@ class Started(Protocol):
 
 def _one_message(body: bytes) -> bool:
     """Whether a unary call's request body is exactly one uncompressed gRPC message."""
-    return len(body) >= 5 and body[0] == 0 and int.from_bytes(body[1:5], "big") == len(body) - 5
+    return len(body) >= 5 and body[0] == 0 and _LENGTH.unpack_from(body, 1)[0] == len(body) - 5
 
 
 def _int(value: int, prefix: int, flags: int) -> bytes:
@@ -227,7 +227,8 @@ _NO_ROUTE: _Route = (None, False, None, None, None)
 
 class _Head:
     """A request's header block, decoded, with what a call derives from it (made once per
-    distinct block on a connection while the HPACK table is unchanged)."""
+    distinct block on a connection while the HPACK table is unchanged). ``start`` is the
+    method's :data:`Start` only for a call it may start: no ``grpc-timeout``, not compressed."""
 
     __slots__ = ("headers", "handler", "streaming", "screen", "hold", "start", "metadata", "timeout", "encoding")
 
@@ -247,6 +248,8 @@ class _Head:
             elif not key.endswith(b"-bin"):
                 metadata.append((key.decode("latin-1"), value.decode("latin-1")))
         self.metadata = tuple(metadata)
+        if self.timeout is not None or self.encoding != b"identity":
+            self.start = None  # such a call takes its task (its deadline, its encoding refused there)
 
 
 class _Stream:
@@ -423,9 +426,7 @@ class _Connection(asyncio.Protocol):
             or len(self.streams) >= _MAX_STREAMS
         ):
             return False
-        self.last_stream = stream_id
-        stream = self.streams[stream_id] = _Stream(stream_id, self.peer_initial_window)
-        stream.head = head
+        self._open(stream_id, head)
         return True
 
     def _whole_message(self, stream_id: int, payload: bytes) -> bool:
@@ -439,17 +440,27 @@ class _Connection(asyncio.Protocol):
             return False
         head = stream.head
         if (
-            head is None or head.start is None or head.timeout is not None or head.encoding != b"identity"
-            or self.continuing is not None or len(payload) > self.server.max_message_bytes + 5
-            or len(payload) < 5 or payload[0] != 0 or _LENGTH.unpack_from(payload, 1)[0] != len(payload) - 5
+            head is None or head.start is None or self.continuing is not None
+            or len(payload) > self.server.max_message_bytes + 5 or not _one_message(payload)
         ):
             return False
-        self.consumed += len(payload)
+        self._consume(len(payload))
+        self._start_unary(stream, head, payload)
+        return True
+
+    def _open(self, stream_id: int, head: _Head) -> _Stream:
+        """A new stream for a call whose headers are ``head``."""
+        self.last_stream = stream_id
+        stream = self.streams[stream_id] = _Stream(stream_id, self.peer_initial_window)
+        stream.head = head
+        return stream
+
+    def _consume(self, size: int) -> None:
+        """``size`` bytes of DATA were received: give the connection's window back in steps."""
+        self.consumed += size
         if self.consumed >= _REPLENISH and self.transport is not None:
             self._send(_frame(_WINDOW, 0, 0, self.consumed.to_bytes(4, "big")))
             self.consumed = 0
-        self._start_unary(stream, head, payload)
-        return True
 
     # -- frames ----------------------------------------------------------------------------
     def _frame_received(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
@@ -553,10 +564,7 @@ class _Connection(asyncio.Protocol):
             return
         if stream_id <= self.last_stream:
             return  # a closed stream's late frames
-        self.last_stream = stream_id
-        stream = _Stream(stream_id, self.peer_initial_window)
-        stream.head = head
-        self.streams[stream_id] = stream
+        stream = self._open(stream_id, head)
         if self.closing or len(self.streams) > _MAX_STREAMS:
             self._answer_error(stream, grpc.StatusCode.UNAVAILABLE, "the server is shutting down or busy")
             return
@@ -574,11 +582,7 @@ class _Connection(asyncio.Protocol):
             self._end_of_requests(stream)
 
     def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
-        self.consumed += len(payload)
-        if self.consumed >= _REPLENISH and self.transport is not None:
-            increment = self.consumed.to_bytes(4, "big")
-            self.consumed = 0
-            self._send(_frame(_WINDOW, 0, 0, increment))
+        self._consume(len(payload))
         stream = self.streams.get(stream_id)
         if stream is None or stream.answered:
             return
@@ -619,10 +623,7 @@ class _Connection(asyncio.Protocol):
         body = stream.chunks[0] if len(stream.chunks) == 1 else b"".join(stream.chunks)
         stream.chunks = []
         head = stream.head
-        if (
-            head is not None and head.start is not None and head.timeout is None and head.encoding == b"identity"
-            and _one_message(body)
-        ):
+        if head is not None and head.start is not None and _one_message(body):
             self._start_unary(stream, head, body)
             return
         if self._refused(stream, body):
@@ -630,8 +631,8 @@ class _Connection(asyncio.Protocol):
         stream.task = self.loop.create_task(self._call(stream, body))
 
     def _start_unary(self, stream: _Stream, head: _Head, body: bytes) -> None:
-        """A unary call of a method with a :data:`Start` (one uncompressed message, no
-        timeout): screened, then started without a task when its start can, else in a task."""
+        """A unary call whose ``head`` has a :data:`Start`, its body one message: screened, then
+        started without a task when its start can, else in a task."""
         if self._refused(stream, body):
             return  # answered here: no task, the message is not decoded
         assert head.start is not None
