@@ -406,7 +406,7 @@ class DynamicBatcher:
         answered last is the one whose client is surely still there; served oldest first, a
         flood's goodput was lower (``docs/serving.md``). Aged waiters going first bound the
         wait, and keep them from reaching :data:`ROOM_WAIT_MAX_S`, after which a connection is
-        read even into a full queue (and refused). See ``docs/benchmarks.md`` for what it
+        read even into a full queue (and refused). See ``docs/benchmarks-history.md`` for what it
         changed."""
         loop = self._loop or asyncio.get_running_loop()
         self._room_waiters.append((loop.time() + ROOM_WAIT_MAX_S, callback))

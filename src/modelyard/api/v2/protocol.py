@@ -15,7 +15,7 @@ framing) with every request to one model. A request whose head is byte for byte 
 inference head of its connection, arriving with its whole body, is taken as that head said,
 without the parser. With the answer's remembered header (``codec.encode_infer_response``), that
 took a tiny model's request from 37-44 to 31-34 µs of the server's user time
-(``docs/benchmarks.md``, "Measured in the twelfth session").
+(``docs/benchmarks-history.md``, "Rig measurements, twelfth session").
 
 Everything else goes to the ASGI app exactly as uvicorn would send it, including an inference
 request that arrives while an earlier request of the same connection is still being answered
