@@ -123,9 +123,14 @@ def _literal(name: bytes, value: bytes) -> bytes:
     return b"\x00" + _int(len(name), 7, 0) + name + _int(len(value), 7, 0) + value
 
 
+def _prefix(size: int) -> bytes:
+    """The 5 bytes before a gRPC message of ``size`` bytes: not compressed, then its length."""
+    return b"\x00" + size.to_bytes(4, "big")
+
+
 def _message(data: bytes) -> bytes:
-    """``data`` as one gRPC message on the wire: not compressed, then its length."""
-    return b"\x00" + len(data).to_bytes(4, "big") + data
+    """``data`` as one gRPC message on the wire."""
+    return _prefix(len(data)) + data
 
 
 def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
@@ -853,7 +858,7 @@ class _Connection(asyncio.Protocol):
             tail = _OK_TAIL if trailers is _OK_TRAILERS else len(trailers).to_bytes(3, "big") + _TRAILERS_FRAME
             self._send(b"".join((
                 _HEAD_FRAME, sid, _RESPONSE_HEADERS,
-                size.to_bytes(3, "big"), _DATA_FRAME, sid, b"\x00", len(answer).to_bytes(4, "big"), answer,
+                size.to_bytes(3, "big"), _DATA_FRAME, sid, _prefix(len(answer)), answer,
                 tail, sid, trailers,
             )))
             self._close_stream(stream)
