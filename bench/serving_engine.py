@@ -512,8 +512,9 @@ class CoreSpeed:
 def show_speed(label: str, speed: CoreSpeed, marks: list[tuple[float, float]]) -> None:
     """While an overload's capacity was measured before it, during it, and while its capacity
     was measured after it (``marks``: the five edges from :meth:`CoreSpeed.mark`, the third to the
-    fourth skipped: the recovery's run, or the read of the server's counters): the server core's speed, and how busy the server was
-    (its CPU time over the wall time: under 1, it waited for the load generator)."""
+    fourth skipped: the recovery's run, or the read of the server's counters): the server core's
+    speed, and how busy the server was (its CPU time over the wall time: under 1, it waited for the
+    load generator)."""
     phases = [(marks[i], marks[i + 1]) for i in (0, 1, 3)]
     before, over, after = (speed.mean(a[0], b[0]) for a, b in phases)
     show(f"{label}: server core speed, capacity before / overload / capacity after",
