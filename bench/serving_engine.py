@@ -808,7 +808,10 @@ def main() -> None:
             encoding = "JSON" if mine is ours_json else "binary"
             show(f"tiny: {label} req/s", f"{base.rps:,.0f}  (p50 {base.pct(50):.1f} ms, p99 {base.pct(99):.1f} ms)")
             show(f"tiny: ModelYard REST {encoding} req/s, batching", f"{mine.rps:,.0f}  (p50 {mine.pct(50):.1f} ms, p99 {mine.pct(99):.1f} ms)")
-            show(f"tiny: ratio ModelYard / plain {encoding} (target >= 3)", f"{mine.rps / base.rps:.2f}")
+            # The target names the FastAPI server written as its documentation teaches; the
+            # hand-tuned one is a stricter comparison, shown against the same 3 for reference.
+            aim = "target >= 3" if mine is ours_json else "stricter than the target; 3 for reference"
+            show(f"tiny: ratio ModelYard / plain {encoding} ({aim})", f"{mine.rps / base.rps:.2f}")
         show("tiny: p99 / p50, binary (target <= 4)", f"{ours.pct(99) / ours.pct(50):.2f}")
 
         on_runs, off_runs = abba(lambda t: closed(port, req["tiny-batched"], 1, t),
