@@ -13,6 +13,11 @@ further, until a loop turn queues no new request: answers just written bring the
 requests a moment later, and those that arrive while a batch computes on the loop could not be
 read before it ends; without the wait they would make small batches of their own (on one core,
 64 clients of the medium model: batches of about 20 rows without the wait, about 60 with it).
+The quiet turn can come before those callers are back (the loop spends it writing their answers):
+after a batch computed on the loop, the next one also waits for as many requests as that batch
+answered, for at most what a small batch of the version costs and ``max_queue_delay_ms``, where
+a small batch costs at least :data:`_RETURNS_WORTH_S` (a large model: otherwise its first caller
+back got a batch of its own, whose one row cost an eighth of what 63 rows did).
 ``max_queue_delay_ms`` applies only under load: while other batches are computing, a free
 executor waits until its batch is full or its oldest request has waited that long (the wait for
 a quiet turn is bounded by it too). With ``instances=1`` requests that queue while a batch
@@ -76,6 +81,11 @@ ROOM_WAIT_MAX_S = 1.0
 #: waiters for room are let in newest first, except those that have waited this long: they go
 #: first, oldest first
 ROOM_AGED_S = 0.5
+#: a batch computed on the loop makes the next one wait for its callers' next requests only when a
+#: small batch of the version costs at least this: a client's round trip on loopback is well under
+#: it, so the wait pays; for a small model (tens of microseconds a batch) waiting costs more than
+#: a short batch does (a tiny model's flood lost a tenth of its goodput to it)
+_RETURNS_WORTH_S = 0.0005
 #: how long a slot is kept for the request of a waiter let in (its socket is read well before)
 _ROOM_RECOUNT_S = 0.005
 #: waiters for room are let in while the queue holds fewer than this many full batches per
@@ -232,6 +242,15 @@ class DynamicBatcher:
         self._drained: asyncio.Event | None = None
         self._batch_s = 0.0  # moving average of recent batch compute times
         self._batches = 0  # batches computed so far
+        # what a small batch computed on the loop costs (at most a quarter of max_batch_size
+        # rows; moving average): mostly a batch's fixed cost, which a batch formed too early wastes
+        self._small_rows = max(1, max_batch_size // 4)
+        self._small_batch_s = 0.0
+        # after a batch computed on the loop: how many of its callers' next requests have not
+        # arrived yet, and until when (perf_counter; 0: from the next dispatch on) the next
+        # batch waits for them
+        self._returning = 0
+        self._returns_by = 0.0
         # Deadlines: one FIFO per timeout value (so each is in deadline order) and one timer for
         # the earliest, instead of a timer per request; answered requests leave from the front.
         self._deadlines: dict[float, deque[Queued]] = {}
@@ -327,6 +346,8 @@ class DynamicBatcher:
         group.rows += rows
         self._queued += 1
         self._arrived += 1
+        if self._returning:
+            self._returning -= 1
         if self._promised:
             self._promised -= 1  # most likely the request of a waiter let in (none is lost)
         if timeout_s is not None:
@@ -564,13 +585,34 @@ class DynamicBatcher:
         """Whether the next batch computes on the loop (recent batches were fast enough)."""
         return self._batch_s < self._inline_below_s and self._batches >= _MEASURED_BEFORE_INLINE
 
-    def _is_due(self, group: _Group, now: float, settled: bool) -> bool:
-        return (
-            (self._busy == 0 and settled)
-            or self._closing
-            or group.rows >= self._max_rows
-            or now - group.items[0].enqueued >= self._delay_s - _TIMER_SLACK_S
-        )
+    def _is_due(self, group: _Group, now: float, settled: bool, awaiting: bool) -> bool:
+        if self._closing or group.rows >= self._max_rows:
+            return True
+        if awaiting:
+            return False
+        return (self._busy == 0 and settled) or now - group.items[0].enqueued >= self._delay_s - _TIMER_SLACK_S
+
+    def _learn_small_batch(self, compute_s: float) -> None:
+        """Fold a small batch computed on the loop into :attr:`_small_batch_s` (only those: on
+        a thread, a batch's time includes whatever else ran on the core meanwhile). A stall (a
+        busy host, a collection) counts at most twice the estimate, so one cannot make a small
+        model wait for its callers."""
+        small = self._small_batch_s
+        self._small_batch_s = compute_s if small == 0.0 else 0.8 * small + 0.2 * min(compute_s, 2 * small)
+
+    def _awaits_returns(self) -> bool:
+        """Whether the next batch still waits for the next requests of the last batch computed
+        on the loop (see :meth:`_launch`); its time starts at the first dispatch after that
+        batch, once its answers have been written."""
+        if not self._returning:
+            return False
+        clock = time.perf_counter()
+        if self._returns_by == 0.0:
+            self._returns_by = clock + min(self._delay_s, self._small_batch_s)
+        if clock < self._returns_by and self._computes_inline:
+            return True
+        self._returning = 0
+        return False
 
     def _dispatch(self) -> None:
         """Start batches while executors are free and some group is due."""
@@ -581,13 +623,15 @@ class DynamicBatcher:
         loop = self._loop
         assert loop is not None
         now = loop.time()
-        # A batch that will compute on the loop waits for a loop turn that queues nothing new.
+        # A batch that will compute on the loop waits for a loop turn that queues nothing new,
+        # and for the next requests of the last batch's callers (see _launch).
         settled = not self._arrived or not self._computes_inline
         self._arrived = 0
+        awaiting = self._awaits_returns()
         while self._busy < self._instances and self._groups:
             chosen: _Group | None = None
             for group in self._groups.values():
-                if self._is_due(group, now, settled) and (
+                if self._is_due(group, now, settled, awaiting) and (
                     chosen is None or group.items[0].enqueued < chosen.items[0].enqueued
                 ):
                     chosen = group
@@ -604,7 +648,7 @@ class DynamicBatcher:
                     self._dispatch_pending = True
                     loop.call_soon(self._dispatch)
                 return
-        if not settled and self._busy == 0 and self._groups:
+        if (awaiting or not settled) and self._busy == 0 and self._groups:
             self._dispatch_pending = True
             loop.call_soon(self._dispatch)
         elif self._groups and self._busy < self._instances:
@@ -651,6 +695,17 @@ class DynamicBatcher:
         if self._computes_inline:
             outcomes, compute_s = self._run(batch)
             self._complete(batch, now, outcomes, compute_s)
+            if len(batch) <= self._small_rows and sum(item.rows for item in batch) <= self._small_rows:
+                self._learn_small_batch(compute_s)
+            # Its callers' next requests come a moment after their answers, and the loop could
+            # read none while it computed: the next batch waits for as many requests as this one
+            # answered (a closed loop's clients come back), for at most what a small batch costs
+            # (what forming the next one too early would waste) and max_queue_delay_ms. Without
+            # it, on one core, 64 clients of a 40 MB model fell into batches of 63 rows and of 1
+            # (docs/benchmarks.md, "Rig measurements, fifteenth session").
+            if self._small_batch_s >= _RETURNS_WORTH_S:
+                self._returning = len(batch)
+                self._returns_by = 0.0  # counted from the next dispatch: the answers are written by then
             if self._promised:
                 # The loop read nothing while it computed: the requests of waiters let in could
                 # not arrive, so their slots are kept for another _ROOM_RECOUNT_S from now.

@@ -519,6 +519,69 @@ async def test_the_wait_for_a_quiet_loop_turn_is_bounded_by_the_queue_delay() ->
     await b.close()
 
 
+async def _closed_loop_batches(model: ThreadRecorder, b: DynamicBatcher, rounds: int) -> list[int]:
+    """Eight callers in a closed loop for ``rounds`` requests each: caller 0 sends its next
+    request at once, the others a millisecond after their answer (their round trip). Returns
+    the rows of every batch computed after the warm-up."""
+    await _warm_inline(b)
+    first = len(model.calls)
+
+    async def caller(c: int) -> None:
+        for r in range(rounds):
+            out = await b.submit(request([c * 100 + r]), None)
+            assert out["id"].tolist() == [c * 100 + r]
+            if c:
+                await asyncio.sleep(0.001)
+
+    await asyncio.gather(*(caller(c) for c in range(8)))
+    return [len(call["id"]) for call in model.calls[first:]]
+
+
+@pytest.mark.asyncio
+async def test_a_batch_costly_to_compute_small_waits_for_the_callers_of_the_last_one() -> None:
+    """A version whose batches cost milliseconds even when small (the weights of a large model
+    stream through the cache whatever the rows): after a batch computed on the loop, the next
+    one waits (a little) for that batch's callers, so the one caller that comes back first does
+    not get a batch of its own. Without it the callers fell into batches of 1 and 7."""
+    model = ThreadRecorder()
+    model.delay_s = 0.02
+    b = make(model, inline_below_s=0.1, max_batch_size=64, max_queue_delay_ms=500)
+    sizes = await _closed_loop_batches(model, b, rounds=6)
+    assert sum(sizes) == 48
+    assert sizes[1:] == [8] * (len(sizes) - 1), sizes  # the first forms as the callers start
+    await b.close()
+
+
+@pytest.mark.asyncio
+async def test_a_batch_cheap_to_compute_small_does_not_wait_for_callers() -> None:
+    """A version whose small batches cost microseconds does not wait for the callers of the
+    last batch: a short batch costs it less than the wait would (the first caller back goes
+    alone at the first quiet loop turn)."""
+    model = ThreadRecorder()
+    b = make(model, inline_below_s=0.1, max_batch_size=64, max_queue_delay_ms=500)
+    sizes = await _closed_loop_batches(model, b, rounds=6)
+    assert sum(sizes) == 48
+    assert 1 in sizes[1:], sizes
+    await b.close()
+
+
+@pytest.mark.asyncio
+async def test_the_wait_for_callers_that_do_not_come_back_is_short() -> None:
+    """Seven one-shot callers and one that keeps calling, on a version whose small batches cost
+    20 ms: after the first batch the lone caller waits at most about what a small batch costs,
+    not the queue delay (500 ms), and it is never held back once it is the only caller."""
+    model = ThreadRecorder()
+    model.delay_s = 0.02
+    b = make(model, inline_below_s=0.1, max_batch_size=64, max_queue_delay_ms=500)
+    await _warm_inline(b)
+    await asyncio.gather(*(b.submit(request([i]), None) for i in range(8)))
+    for i in range(5):
+        started = time.perf_counter()
+        assert (await b.submit(request([10 + i]), None))["id"].tolist() == [10 + i]
+        assert time.perf_counter() - started < 0.25, f"request {i} waited for the queue delay"
+    await b.close()
+
+
 @pytest.mark.asyncio
 async def test_a_slot_kept_for_a_waiter_let_in_outlasts_a_batch_computed_on_the_loop() -> None:
     """A waiter let in keeps its slot for a few milliseconds, for the request its connection
