@@ -16,7 +16,7 @@ read before it ends; without the wait they would make small batches of their own
 The quiet turn can come before those callers are back (the loop spends it writing their answers):
 after a batch computed on the loop, the next one also waits for as many requests as that batch
 answered, for at most what a small batch of the version costs and ``max_queue_delay_ms``, where
-a small batch costs at least :data:`_RETURNS_WORTH_S` (a large model: otherwise its first caller
+its batches take at least :data:`_RETURNS_WORTH_S` (a large model: otherwise its first caller
 back got a batch of its own, whose one row cost an eighth of what 63 rows did).
 ``max_queue_delay_ms`` applies only under load: while other batches are computing, a free
 executor waits until its batch is full or its oldest request has waited that long (the wait for
@@ -81,11 +81,11 @@ ROOM_WAIT_MAX_S = 1.0
 #: waiters for room are let in newest first, except those that have waited this long: they go
 #: first, oldest first
 ROOM_AGED_S = 0.5
-#: a batch computed on the loop makes the next one wait for its callers' next requests only when a
-#: small batch of the version costs at least this: a client's round trip on loopback is well under
-#: it, so the wait pays; for a small model (tens of microseconds a batch) waiting costs more than
-#: a short batch does (a tiny model's flood lost a tenth of its goodput to it)
-_RETURNS_WORTH_S = 0.0005
+#: a batch computed on the loop makes the next one wait for its callers' next requests only when
+#: the version's batches take at least this long (moving average): a client's round trip on
+#: loopback is well under it, so the wait pays; for a small model (tens of microseconds a batch)
+#: waiting costs more than a short batch does (a tiny model's flood lost a tenth of its goodput)
+_RETURNS_WORTH_S = 0.001
 #: how long a slot is kept for the request of a waiter let in (its socket is read well before)
 _ROOM_RECOUNT_S = 0.005
 #: waiters for room are let in while the queue holds fewer than this many full batches per
@@ -594,11 +594,11 @@ class DynamicBatcher:
 
     def _learn_small_batch(self, compute_s: float) -> None:
         """Fold a small batch computed on the loop into :attr:`_small_batch_s` (only those: on
-        a thread, a batch's time includes whatever else ran on the core meanwhile). A stall (a
-        busy host, a collection) counts at most twice the estimate, so one cannot make a small
-        model wait for its callers."""
+        a thread, a batch's time includes whatever else ran on the core meanwhile): the lowest
+        seen, rising by at most 5% a batch, so a stall (a busy host, a collection) does not
+        count and a version that got slower is followed."""
         small = self._small_batch_s
-        self._small_batch_s = compute_s if small == 0.0 else 0.8 * small + 0.2 * min(compute_s, 2 * small)
+        self._small_batch_s = compute_s if small == 0.0 else min(compute_s, 1.05 * small)
 
     def _awaits_returns(self) -> bool:
         """Whether the next batch still waits for the next requests of the last batch computed
@@ -700,10 +700,11 @@ class DynamicBatcher:
             # Its callers' next requests come a moment after their answers, and the loop could
             # read none while it computed: the next batch waits for as many requests as this one
             # answered (a closed loop's clients come back), for at most what a small batch costs
-            # (what forming the next one too early would waste) and max_queue_delay_ms. Without
+            # (what forming the next one too early would waste) and max_queue_delay_ms, when its
+            # batches take long enough for the wait to pay (_RETURNS_WORTH_S). Without
             # it, on one core, 64 clients of a 40 MB model fell into batches of 63 rows and of 1
             # (docs/benchmarks.md, "Rig measurements, fifteenth session").
-            if self._small_batch_s >= _RETURNS_WORTH_S:
+            if self._batch_s >= _RETURNS_WORTH_S and self._small_batch_s:
                 self._returning = len(batch)
                 self._returns_by = 0.0  # counted from the next dispatch: the answers are written by then
             if self._promised:
