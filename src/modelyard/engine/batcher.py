@@ -703,7 +703,7 @@ class DynamicBatcher:
             # (what forming the next one too early would waste) and max_queue_delay_ms, when its
             # batches take long enough for the wait to pay (_RETURNS_WORTH_S). Without
             # it, on one core, 64 clients of a 40 MB model fell into batches of 63 rows and of 1
-            # (docs/benchmarks.md, "Rig measurements, fifteenth session").
+            # (docs/serving.md, "Batching").
             if self._batch_s >= _RETURNS_WORTH_S and self._small_batch_s:
                 self._returning = len(batch)
                 self._returns_by = 0.0  # counted from the next dispatch: the answers are written by then
