@@ -243,7 +243,8 @@ class DynamicBatcher:
         self._batch_s = 0.0  # moving average of recent batch compute times
         self._batches = 0  # batches computed so far
         # what a small batch computed on the loop costs (at most a quarter of max_batch_size
-        # rows; moving average): mostly a batch's fixed cost, which a batch formed too early wastes
+        # rows; see _learn_small_batch): mostly a batch's fixed cost, which a batch formed too
+        # early wastes
         self._small_rows = max(1, max_batch_size // 4)
         self._small_batch_s = 0.0
         # after a batch computed on the loop: how many of its callers' next requests have not
@@ -695,6 +696,7 @@ class DynamicBatcher:
         if self._computes_inline:
             outcomes, compute_s = self._run(batch)
             self._complete(batch, now, outcomes, compute_s)
+            # (the length first: a full batch is not summed)
             if len(batch) <= self._small_rows and sum(item.rows for item in batch) <= self._small_rows:
                 self._learn_small_batch(compute_s)
             # Its callers' next requests come a moment after their answers, and the loop could
