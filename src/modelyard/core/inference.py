@@ -168,6 +168,11 @@ class DataPlane:
         """``(True, what deployment() answers)`` when memory answers it, without a coroutine (a
         stale answer is refreshed in the background, as ``deployment()`` does); ``(False,
         None)``: await :meth:`deployment`."""
+        known, traffic = self._cached_deployment(principal, name)
+        return known, self._may_use(principal, name, traffic)
+
+    def _cached_deployment(self, principal: Principal, name: str) -> tuple[bool, DeploymentTraffic | None]:
+        """:meth:`_deployment_now` before the caller's permission and scope are checked."""
         deployments = self.deployments
         assert deployments is not None
         key = (principal.tenant_id, name)
@@ -177,7 +182,7 @@ class DataPlane:
         fresh, traffic = hit
         if not fresh:
             self._lookups.refresh(key, partial(deployments.refresh, *key))
-        return True, self._may_use(principal, name, traffic)
+        return True, traffic
 
     @staticmethod
     def _may_use(principal: Principal, name: str, traffic: DeploymentTraffic | None) -> DeploymentTraffic | None:
@@ -327,17 +332,23 @@ class DataPlane:
     ) -> PendingInference | None:
         """:meth:`infer` without a coroutine, for a transport that answers from a callback:
         when memory answers everything the request needs and its version is loaded (the usual
-        request), it is queued and returned; ``None``: await :meth:`infer` instead (nothing was
-        done or counted). Raises what ``infer`` raises before the model answers."""
+        request, to a model or to a deployment), it is queued and returned; ``None``: await
+        :meth:`infer` instead (nothing was done or counted). Raises what ``infer`` raises before
+        the model answers, in the same order."""
         started = time.perf_counter()
+        traffic = route = None
         if version is None and self.deployments is not None:
-            known, traffic = self._deployment_now(principal, name)
-            if not known or traffic is not None:
+            known, traffic = self._cached_deployment(principal, name)
+            if not known:
                 return None
-        info = self._remembered(principal, name, version)
+        if traffic is None:
+            info = self._remembered(principal, name, version)
+        else:
+            route = traffic.deployment.primary if traffic.rolling_back else traffic.pick()
+            info = self._remembered(principal, route.model, str(route.version))
         if info is None:
             return None
-        options = self.options(info)
+        options = self.options(info, traffic)
         source = self.source(info, options)
         manager = self.manager
         if manager.loaded_batcher(source, options) is None:
@@ -348,21 +359,47 @@ class DataPlane:
                 return None
             limits.check_rate(principal)
         # checked in infer's order (the rate limit first), and only once nothing is left to infer
-        self._may_infer(principal, name)
+        if traffic is None or route is None:
+            self._may_infer(principal, name)
+        else:
+            self._may_use(principal, name, traffic)
+            self._may_infer(principal, route.model)  # as infer's resolve of the route does
         children = self._children(info, protocol)
         children[0].inc()
         try:
             output_names, arrays = self._prepare(info, request)
+        except BaseException as exc:
+            self._failed(principal, info, exc, None if route is None else name)
+            raise
+        served = None if traffic is None or route is None else _Served(name, traffic, route, arrays)
+        try:
             queued = manager.enqueue(source, arrays, output_names, options=options)
             assert queued is not None, "loaded above, and nothing was awaited since"
         except BaseException as exc:
-            self._failed(principal, info, exc)
+            self._failed(principal, info, exc, name, served, started)
             raise
-        return PendingInference(self, principal, info, children[1], started, output_names, request, queued)
+        return PendingInference(self, principal, info, children[1], started, output_names, request, queued, served)
 
-    def _failed(self, principal: Principal, info: VersionInfo, exc: BaseException) -> None:
+    def _failed(
+        self,
+        principal: Principal,
+        info: VersionInfo,
+        exc: BaseException,
+        name: str | None = None,
+        served: _Served | None = None,
+        started: float = 0.0,
+    ) -> None:
+        """Count a request that failed: on its version's errors, and on the usage of ``name``
+        (the model, or the deployment it was sent to). A deployment's request that reached its
+        version (``served``) counts against its route too (see :meth:`_record`), unless it was
+        refused for a rate or cancelled by its caller."""
         self._count_error(info, exc)
-        self._meter(principal, info.model_name, errors=1)
+        if served is None:
+            self._meter(principal, name or info.model_name, errors=1)
+            return
+        self._meter(principal, served.name, errors=1)
+        if not isinstance(exc, (RateLimited, asyncio.CancelledError)):
+            self._record(principal, served.name, served.traffic, served.route, False, time.perf_counter() - started)
 
     def _answered(
         self,
@@ -396,25 +433,38 @@ class DataPlane:
         try:
             output_names, arrays = self._prepare(info, request)
         except BaseException as exc:
-            self._count_error(info, exc)
-            self._meter(principal, name, errors=1)
+            self._failed(principal, info, exc, name)
             raise
+        served = _Served(name, traffic, route, arrays)
         try:
             results = await self.manager.predict(self.source(info, options), arrays, output_names, options=options)
         except BaseException as exc:
-            self._count_error(info, exc)
-            self._meter(principal, name, errors=1)
-            if not isinstance(exc, (RateLimited, asyncio.CancelledError)):
-                self._record(principal, name, traffic, route, False, time.perf_counter() - started)
+            self._failed(principal, info, exc, name, served, started)
             raise
+        return self._served(principal, info, children[1], started, results, output_names, request, served)
+
+    def _served(
+        self,
+        principal: Principal,
+        info: VersionInfo,
+        latency: Any,
+        started: float,
+        results: dict[str, Any],
+        output_names: list[str] | None,
+        request: InferenceRequest,
+        served: _Served,
+    ) -> InferenceResponse:
+        """:meth:`_answered` for a deployment's request: counted on the deployment, recorded on
+        its route (the canary's error window), mirrored to the shadow for its share."""
         elapsed = time.perf_counter() - started
-        children[1].observe(elapsed)
-        self._meter(principal, name, compute_s=elapsed)
-        self._record(principal, name, traffic, route, True, elapsed)
+        latency.observe(elapsed)
+        self._meter(principal, served.name, compute_s=elapsed)
+        traffic = served.traffic
+        self._record(principal, served.name, traffic, served.route, True, elapsed)
         shadow = traffic.deployment.shadow
         if shadow is not None and (shadow.share >= 1.0 or random.random() < shadow.share):
-            self._mirror(principal, traffic, arrays, results, elapsed)
-        return self._response(name, info, results, output_names, request)
+            self._mirror(principal, traffic, served.arrays, results, elapsed)
+        return self._response(served.name, info, results, output_names, request)
 
     def _record(
         self, principal: Principal, name: str, traffic: DeploymentTraffic, route: Route, ok: bool, latency_s: float
@@ -579,6 +629,16 @@ class DataPlane:
         return names
 
 
+class _Served:
+    """What a deployment's request needs once its version answered: the deployment's name,
+    its traffic (route statistics, shadow), the route taken and the inputs (for the shadow)."""
+
+    __slots__ = ("name", "traffic", "route", "arrays")
+
+    def __init__(self, name: str, traffic: DeploymentTraffic, route: Route, arrays: dict[str, Any]) -> None:
+        self.name, self.traffic, self.route, self.arrays = name, traffic, route, arrays
+
+
 class PendingInference:
     """A request :meth:`DataPlane.start` queued: once its ``future`` is done, :meth:`finish`
     (exactly once) returns the response or raises what the request failed with, and does the
@@ -586,7 +646,7 @@ class PendingInference:
     (``finish`` then raises ``CancelledError``)."""
 
     __slots__ = ("_plane", "_principal", "_info", "_latency", "_started", "_output_names", "_request", "_model",
-                 "_batcher", "_queued")
+                 "_batcher", "_queued", "_served")
 
     def __init__(
         self,
@@ -598,6 +658,7 @@ class PendingInference:
         output_names: list[str] | None,
         request: InferenceRequest,
         queued: tuple[LoadedModel, DynamicBatcher, Queued],
+        served: _Served | None = None,
     ) -> None:
         self._plane = plane
         self._principal = principal
@@ -607,6 +668,7 @@ class PendingInference:
         self._output_names = output_names
         self._request = request
         self._model, self._batcher, self._queued = queued
+        self._served = served  # sent to a deployment
 
     @property
     def future(self) -> asyncio.Future[dict[str, Any]]:
@@ -622,11 +684,17 @@ class PendingInference:
     def finish(self) -> InferenceResponse:
         plane = self._plane
         plane.manager.release(self._model)
+        served = self._served
         try:
             results = self._queued.future.result()
         except BaseException as exc:
-            plane._failed(self._principal, self._info, exc)
+            plane._failed(self._principal, self._info, exc, None, served, self._started)
             raise
+        if served is not None:
+            return plane._served(
+                self._principal, self._info, self._latency, self._started, results, self._output_names,
+                self._request, served,
+            )
         return plane._answered(
             self._principal, self._info, self._latency, self._started, results, self._output_names, self._request
         )

@@ -17,7 +17,7 @@ from modelyard.core.deployments import DeploymentTraffic, Route, parse_routes, p
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
 from modelyard.core.routing import ErrorWindow, WeightedChoice, outputs_agree
-from modelyard.errors import Conflict, DeploymentNotFound, ValidationFailed, VersionNotFound
+from modelyard.errors import Conflict, DeploymentNotFound, ModelNotFound, ValidationFailed, VersionNotFound
 from modelyard.tensors import InferenceRequest, Tensor
 from tests.integration._serving import scale_model
 
@@ -139,3 +139,51 @@ def test_dataplane_routes_a_deployment_and_mirrors(platform: Platform, tenant: s
     asyncio.run(main())
     stats = platform.deployments.lookup(tenant, "web").shadow  # type: ignore[union-attr]
     assert stats.requests == 1 and stats.disagreements == 1
+
+
+def test_start_queues_a_deployments_request_and_finishes_as_infer_does(platform: Platform, tenant: str) -> None:
+    """``DataPlane.start`` (the callback path of REST and gRPC) serves a deployment once it and
+    its versions are in memory: each request takes a route by weight, is answered in the
+    deployment's name, and is counted as ``infer`` counts it: on the route's statistics (the
+    canary's error window), on the deployment's usage, and mirrored to the shadow."""
+    platform.deployments.create(
+        tenant, "web", routes=[{"model": "m", "version": 1, "weight": 50}, {"model": "m", "version": 2, "weight": 50}],
+        shadow={"model": "m", "version": 2},
+    )
+    who = Principal(key_id="k", tenant_id=tenant, tenant_name="default", role="inference")
+    x = np.ones((2, 4), np.float32)
+    plane = platform.dataplane
+
+    def request() -> InferenceRequest:
+        return InferenceRequest(inputs=[Tensor.from_array("x", x)], id="1")
+
+    async def main() -> Counter[str]:
+        assert plane.start(who, "web", None, request()) is None, "its versions not loaded yet: await infer"
+        for version in ("1", "2"):
+            await plane.infer(who, "m", version, request())  # both routes resolved and loaded
+        await plane.infer(who, "web", None, request())
+        with pytest.raises(ModelNotFound):  # the caller's scopes are checked from memory too
+            plane.start(Principal(key_id="s", tenant_id=tenant, tenant_name="default", role="inference",
+                                  scopes=("else",)), "web", None, request())
+        versions: Counter[str] = Counter()
+        for _ in range(40):
+            pending = plane.start(who, "web", None, request())
+            assert pending is not None
+            await asyncio.wait_for(asyncio.shield(pending.future), 10)
+            response = pending.finish()
+            assert response.model_name == "web"
+            np.testing.assert_allclose(response.outputs[0].data, x * float(response.model_version))
+            versions[response.model_version] += 1
+        await asyncio.sleep(0.3)  # the shadow runs after the answer
+        return versions
+
+    versions = asyncio.run(main())
+    assert set(versions) == {"1", "2"} and sum(versions.values()) == 40
+    traffic = platform.deployments.lookup(tenant, "web")
+    assert traffic is not None
+    assert sum(stats.requests for stats in traffic.routes.values()) == 41
+    shadow = traffic.shadow  # version 2's answers agree with the shadow (version 2), version 1's do not
+    assert shadow.requests == 41
+    assert (shadow.agreements, shadow.disagreements) == (traffic.routes["m:2"].requests, traffic.routes["m:1"].requests)
+    usage = {r.model: r.requests for r in platform.usage.query(tenant_id=tenant)}
+    assert usage["web"] == 41 and usage["m"] == 2

@@ -4,7 +4,7 @@
 are parsed. Its body is collected by the parser callbacks; a loop turn after it was read, it is
 authenticated, decoded, checked and queued without a coroutine
 (:func:`~modelyard.api.v2.infer.start_answer`) and answered from a callback on its queued work,
-or, when something it needs is not in memory (a key or model not seen lately, a deployment), by a
+or, when something it needs is not in memory (a key, model or deployment not seen lately), by a
 task through :func:`~modelyard.api.v2.infer.answer_infer` (the same code the ASGI routes use).
 Either way the protocol writes the answer's bytes to the socket itself. No ASGI scope,
 middleware chain, receive/send messages or helper tasks exist for it: on a small model that
