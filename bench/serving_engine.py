@@ -18,8 +18,9 @@ while the core's speed changed shows it.
 5. overload: open-loop at 3x the measured capacity for ``--overload-seconds`` over up to 1,024
    connections: status codes, goodput / capacity (measured just before and after), server memory
    growth, and how long p99 takes to come back afterwards; for reference, a closed loop over
-   1,024 connections; then the same over gRPC with h2load (128 connections of 32 streams), the
-   outcome of every call taken from the server's counters.
+   1,024 connections; the tiny model's flood again through a deployment (not a listed target);
+   then the same over gRPC with h2load (128 connections of 32 streams), the outcome of every
+   call taken from the server's counters.
 
 The load generator speaks HTTP/1.1 over raw keep-alive sockets (pre-built requests, Triton's
 binary tensor extension), on uvloop, so that it is not the bottleneck.
@@ -845,6 +846,9 @@ def main() -> None:
         try:
             for model in ("tiny",) if args.skip_medium else ("medium", "tiny"):
                 overload(model, port, req[model], closed, args.overload_seconds, server.pid, c, speed)
+            # not a listed target: the same flood through a deployment (its own gate)
+            overload("tiny deployment", port, req["tiny-batched"], closed, args.overload_seconds, server.pid, c,
+                     speed)
             if use_h2load:
                 grpc_overload(url, grpc_port, key, x_tiny, c, args.overload_seconds, tmp, speed)
         finally:

@@ -307,11 +307,11 @@ def _slow_server(tmp_path: Path, max_queue_size: int = 1, **settings: object) ->
     return srv
 
 
-def _slow_request(key: str, rows: int, *, body: bytes | None = None) -> bytes:
+def _slow_request(key: str, rows: int, *, body: bytes | None = None, name: str = "slow") -> bytes:
     payload = body if body is not None else json.dumps({"inputs": [
         {"name": "x", "datatype": "FP32", "shape": [rows, 64], "data": [0.0] * (rows * 64)}]}).encode()
     return (
-        f"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+        f"POST /v2/models/{name}/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
     ).encode() + payload
 
@@ -372,6 +372,42 @@ def test_a_full_queue_refuses_unread_and_holds_the_refused_connections(
         for sock in (long_conn, queued_conn, conn, malformed, again):
             sock.close()
         assert queue_full_refusals(srv, "slow") == (3, 3)
+    finally:
+        srv.stop()
+
+
+def test_a_deployments_caller_refused_once_is_refused_unread_while_its_queue_is_full(tmp_path: Path) -> None:
+    """A deployment's flood is refused before its bodies are read, as a model's is: after a
+    429, a malformed request to the deployment gets 429 (its body unread), not 400; once the
+    queue has room the deployment answers again."""
+    srv = _slow_server(tmp_path)
+    key = srv.admin_key
+    try:
+        with srv.client() as admin:
+            admin.post("/api/v1/deployments", json={"name": "slowdep", "routes": [{"model": "slow", "version": 1}]},
+                       ).raise_for_status()
+        warm = _connect(srv)
+        warm.sendall(_slow_request(key, 1, name="slowdep"))  # loads the version; the deployment known
+        assert _Reader(warm).response()[0] == 200
+        long_conn, queued_conn = _connect(srv), _connect(srv)
+        long_conn.sendall(_slow_request(key, 64, name="slowdep"))  # computes for about a second
+        time.sleep(0.3)
+        queued_conn.sendall(_slow_request(key, 1, name="slowdep"))  # fills the queue (max_queue_size 1)
+        time.sleep(0.2)
+        refused, malformed = _connect(srv), _connect(srv)
+        refused.sendall(_slow_request(key, 1, name="slowdep"))
+        status, headers, _ = _Reader(refused).response()
+        assert status == 429 and "retry-after" in headers
+        malformed.sendall(_slow_request(key, 1, body=b"{not json", name="slowdep"))
+        status, _, body = _Reader(malformed).response()
+        assert status == 429 and json.loads(body)["error"]["code"] == "queue_full", "refused unread"
+        assert _Reader(long_conn).response()[0] == 200
+        assert _Reader(queued_conn).response()[0] == 200
+        again = _connect(srv)
+        again.sendall(_slow_request(key, 1, name="slowdep"))
+        assert _Reader(again).response()[0] == 200, "the queue has room: answered"
+        for sock in (warm, long_conn, queued_conn, refused, malformed, again):
+            sock.close()
     finally:
         srv.stop()
 

@@ -273,16 +273,45 @@ class DataPlane:
         tenant = principal.tenant_id
         if version is None and self.deployments is not None:
             hit = self.deployments.cached(tenant, name)
-            if hit is None or hit[1] is not None:
+            if hit is None:
                 return None
+            if hit[1] is not None:
+                return self._deployment_gate(principal, name, hit[1])
+        queue = self._loaded_queue(tenant, name, version)
+        if queue is None:
+            return None
+        return QueueGate(self, principal, *queue)
+
+    def _deployment_gate(self, principal: Principal, name: str, traffic: DeploymentTraffic) -> QueueGate | None:
+        """:meth:`queue_gate` for deployment ``name``: over the queues of the versions its
+        traffic goes to, the heaviest route's first."""
+        deployment = traffic.deployment
+        if traffic.rolling_back:
+            routes = [deployment.primary]
+        else:
+            routes = sorted((r for r in deployment.routes if r.weight > 0), key=lambda r: -r.weight)
+        queues = []
+        for route in routes:
+            queue = self._loaded_queue(principal.tenant_id, route.model, str(route.version), traffic)
+            if queue is None:
+                return None
+            queues.append(queue)
+        if self.deployments is None or not queues:
+            return None
+        return DeploymentGate(self, principal, self.deployments, traffic, queues)
+
+    def _loaded_queue(
+        self, tenant: str, name: str, version: str | None, traffic: DeploymentTraffic | None = None
+    ) -> tuple[VersionInfo, DynamicBatcher] | None:
+        """The version ``name`` ``version`` resolves to and its batcher, from memory only."""
         info = self._resolved.peek((tenant, name, version))
         if info is None:
             return None
-        options = self.options(info)
+        options = self.options(info, traffic)
         batcher = self.manager.loaded_batcher(self.source(info, options), options)
         if batcher is None:
             return None
-        return QueueGate(self, principal, info, batcher)
+        return info, batcher
 
     # -- inference -------------------------------------------------------------------------
     async def infer(
@@ -762,6 +791,49 @@ class QueueGate:
             self._batcher.count_rejections(n)
             if self._usage is not None:
                 self._usage.record(self._principal.tenant_id, self._model, requests=n, errors=n)
+
+
+class DeploymentGate(QueueGate):
+    """A :class:`QueueGate` for a deployment: it refuses while the queue of every version the
+    deployment's traffic goes to is full, and lets everything through once the deployment
+    changed (a new 429 then makes a new gate). Connections wait for room on the queue of its
+    heaviest route (``queues[0]``); refusals are counted on that version's errors and on the
+    deployment's usage, as a request refused by a full queue after it was read."""
+
+    __slots__ = ("_deployments", "_key", "_revision", "_others")
+
+    def __init__(
+        self,
+        plane: DataPlane,
+        principal: Principal,
+        deployments: Deployments,
+        traffic: DeploymentTraffic,
+        queues: list[tuple[VersionInfo, Any]],
+    ) -> None:
+        super().__init__(plane, principal, *queues[0])
+        deployment = traffic.deployment
+        self._model = deployment.name
+        self._deployments = deployments
+        self._key = (deployment.tenant_id, deployment.name)
+        self._revision = (deployment.id, deployment.revision)
+        self._others = tuple(batcher for _, batcher in queues[1:])
+
+    def refusal(self) -> ModelYardError | None:
+        if self._current() and all(batcher.full and not batcher.closed for batcher in self._others):
+            return super().refusal()
+        if self._uncounted:
+            self.flush()
+        return None
+
+    def _current(self) -> bool:
+        """Whether the deployment is still the revision the gate was made for."""
+        hit = self._deployments.cached(*self._key)
+        traffic = None if hit is None else hit[1]
+        return traffic is not None and (traffic.deployment.id, traffic.deployment.revision) == self._revision
+
+    @property
+    def no_room(self) -> bool:
+        return super().no_room and all(batcher.no_room for batcher in self._others)
 
 
 class QueueGates:

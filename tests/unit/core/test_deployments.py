@@ -14,10 +14,18 @@ import pytest
 
 from modelyard.config import Settings
 from modelyard.core.deployments import DeploymentTraffic, Route, parse_routes, parse_serving
+from modelyard.core.inference import DeploymentGate
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
 from modelyard.core.routing import ErrorWindow, WeightedChoice, outputs_agree
-from modelyard.errors import Conflict, DeploymentNotFound, ModelNotFound, ValidationFailed, VersionNotFound
+from modelyard.errors import (
+    Conflict,
+    DeploymentNotFound,
+    ModelNotFound,
+    QueueFull,
+    ValidationFailed,
+    VersionNotFound,
+)
 from modelyard.tensors import InferenceRequest, Tensor
 from tests.integration._serving import scale_model
 
@@ -187,3 +195,62 @@ def test_start_queues_a_deployments_request_and_finishes_as_infer_does(platform:
     assert (shadow.agreements, shadow.disagreements) == (traffic.routes["m:2"].requests, traffic.routes["m:1"].requests)
     usage = {r.model: r.requests for r in platform.usage.query(tenant_id=tenant)}
     assert usage["web"] == 41 and usage["m"] == 2
+
+
+class _Queue:
+    """A batcher stand-in: full, and with no room, until told otherwise."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.full = self.no_room = True
+        self.counted = 0
+
+    def queue_full(self) -> QueueFull:
+        return QueueFull("the queue is full", retry_after=0.5)
+
+    def count_rejections(self, n: int) -> None:
+        self.counted += n
+
+
+def test_a_deployments_gate_refuses_while_every_routes_queue_is_full(platform: Platform, tenant: str) -> None:
+    """After a 429 a deployment's caller is refused unread (``DataPlane.queue_gate``, as for a
+    model) while the queues of all its routes are full, is let through while one has room, and
+    no longer once the deployment changed. Refusals count on the deployment's usage and on the
+    heaviest route's version, as a request refused after it was read."""
+    platform.deployments.create(
+        tenant, "web", routes=[{"model": "m", "version": 1, "weight": 10}, {"model": "m", "version": 2, "weight": 90}],
+    )
+    who = Principal(key_id="k", tenant_id=tenant, tenant_name="default", role="inference")
+    plane = platform.dataplane
+    x = np.ones((1, 4), np.float32)
+    assert plane.queue_gate(who, "web", None) is None, "its versions are not loaded: no gate"
+
+    async def load() -> None:
+        for version in ("1", "2"):
+            await plane.infer(who, "m", version, InferenceRequest(inputs=[Tensor.from_array("x", x)]))
+
+    asyncio.run(load())
+    gate = plane.queue_gate(who, "web", None)
+    assert isinstance(gate, DeploymentGate) and gate.refusal() is None, "empty queues: let through"
+
+    traffic = platform.deployments.lookup(tenant, "web")
+    assert traffic is not None
+    infos = {v: platform.registry.resolve(tenant, "m", v) for v in ("1", "2")}
+    heaviest, canary = _Queue(), _Queue()
+    gate = DeploymentGate(plane, who, platform.deployments, traffic, [(infos["2"], heaviest), (infos["1"], canary)])
+    assert isinstance(gate.refusal(), QueueFull) and gate.no_room
+    canary.full = canary.no_room = False  # the canary has room: its requests may go there
+    assert gate.refusal() is None and not gate.no_room
+    assert heaviest.counted == 1, "the refusal made is counted once the gate lets through"
+    canary.full = True
+    assert isinstance(gate.refusal(), QueueFull)
+    platform.deployments.set_weights(tenant, "web", {"m:1": 50, "m:2": 50})
+    assert gate.refusal() is None, "the deployment changed since the gate was made"
+    assert heaviest.counted == 2
+    errors = platform.metrics.registry.get_sample_value(
+        "modelyard_inference_errors_total", {"model": "m", "version": "2", "code": "queue_full"}
+    )
+    assert errors == 2
+    usage = {r.model: (r.requests, r.errors) for r in platform.usage.query(tenant_id=tenant)}
+    assert usage["web"] == (2, 2)
