@@ -276,15 +276,15 @@ class DataPlane:
             if hit is None:
                 return None
             if hit[1] is not None:
-                return self._deployment_gate(principal, name, hit[1])
+                return self._deployment_gate(principal, hit[1])
         queue = self._loaded_queue(tenant, name, version)
         if queue is None:
             return None
         return QueueGate(self, principal, *queue)
 
-    def _deployment_gate(self, principal: Principal, name: str, traffic: DeploymentTraffic) -> QueueGate | None:
-        """:meth:`queue_gate` for deployment ``name``: over the queues of the versions its
-        traffic goes to, the heaviest route's first."""
+    def _deployment_gate(self, principal: Principal, traffic: DeploymentTraffic) -> QueueGate | None:
+        """:meth:`queue_gate` for a deployment: over the queues of the versions its traffic
+        goes to, the heaviest route's first."""
         deployment = traffic.deployment
         if traffic.rolling_back:
             routes = [deployment.primary]

@@ -123,6 +123,24 @@ def test_error_window_and_rollback_trigger(platform: Platform, tenant: str) -> N
     assert traffic.rolling_back
 
 
+def test_an_error_window_holds_slices_not_requests() -> None:
+    """A busy route's window keeps its memory bounded: outcomes are counted per slice of the
+    window (a sixtieth), and a slice leaves once all of it is older than the window."""
+    import tracemalloc
+
+    window = ErrorWindow(60)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for i in range(200_000):  # 100 s at 2k requests a second, one in ten an error
+        window.add(i % 10 != 0, now=1000.0 + i / 2000)
+    grown = sum(stat.size_diff for stat in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    tracemalloc.stop()
+    assert grown < 50_000, f"{grown} bytes held for 200,000 outcomes"
+    n, errors = window.counts(now=1100.0)
+    assert 120_000 <= n <= 122_000 and errors * 10 == pytest.approx(n, abs=10)  # the last 60-61 s
+    assert window.counts(now=1161.0) == (0, 0), "all of it older than the window"
+
+
 def test_outputs_agree() -> None:
     a = {"y": np.array([[1.0, 2.0]], np.float32), "label": np.array([3])}
     assert outputs_agree(a, {"y": a["y"] + 1e-7, "label": np.array([3])})
