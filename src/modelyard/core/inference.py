@@ -283,22 +283,14 @@ class DataPlane:
         return QueueGate(self, principal, *queue)
 
     def _deployment_gate(self, principal: Principal, traffic: DeploymentTraffic) -> QueueGate | None:
-        """:meth:`queue_gate` for a deployment: over the queues of the versions its traffic
-        goes to, the heaviest route's first."""
+        """:meth:`queue_gate` for a deployment: on the queue of its heaviest route (the primary
+        while it rolls back), where most of its traffic goes."""
         deployment = traffic.deployment
-        if traffic.rolling_back:
-            routes = [deployment.primary]
-        else:
-            routes = sorted((r for r in deployment.routes if r.weight > 0), key=lambda r: -r.weight)
-        queues = []
-        for route in routes:
-            queue = self._loaded_queue(principal.tenant_id, route.model, str(route.version), traffic)
-            if queue is None:
-                return None
-            queues.append(queue)
-        if self.deployments is None or not queues:
+        route = deployment.primary if traffic.rolling_back else max(deployment.routes, key=lambda r: r.weight)
+        queue = self._loaded_queue(principal.tenant_id, route.model, str(route.version), traffic)
+        if queue is None or self.deployments is None:
             return None
-        return DeploymentGate(self, principal, self.deployments, traffic, queues)
+        return DeploymentGate(self, principal, self.deployments, traffic, *queue)
 
     def _loaded_queue(
         self, tenant: str, name: str, version: str | None, traffic: DeploymentTraffic | None = None
@@ -794,32 +786,28 @@ class QueueGate:
 
 
 class DeploymentGate(QueueGate):
-    """A :class:`QueueGate` for a deployment: it refuses while the queue of every version the
-    deployment's traffic goes to is full, and lets everything through once the deployment
-    changed (a new 429 then makes a new gate). Connections wait for room on the queue of its
-    heaviest route (``queues[0]``); refusals are counted on that version's errors and on the
-    deployment's usage, as a request refused by a full queue after it was read."""
+    """A :class:`QueueGate` for a deployment, on the queue of its heaviest route: while that
+    queue is full the deployment's callers are refused unread, the share that would have gone to
+    a lighter route too (on one core the routes share the core: a flood fills them all), and once
+    the deployment changed everything is let through (a new 429 then makes a new gate).
+    Refusals are counted on that version's errors and on the deployment's usage, as a request
+    refused by a full queue after it was read."""
 
-    __slots__ = ("_deployments", "_key", "_revision", "_others")
+    __slots__ = ("_deployments", "_key", "_revision")
 
     def __init__(
-        self,
-        plane: DataPlane,
-        principal: Principal,
-        deployments: Deployments,
-        traffic: DeploymentTraffic,
-        queues: list[tuple[VersionInfo, Any]],
+        self, plane: DataPlane, principal: Principal, deployments: Deployments, traffic: DeploymentTraffic,
+        info: VersionInfo, batcher: Any,
     ) -> None:
-        super().__init__(plane, principal, *queues[0])
+        super().__init__(plane, principal, info, batcher)
         deployment = traffic.deployment
         self._model = deployment.name
         self._deployments = deployments
         self._key = (deployment.tenant_id, deployment.name)
         self._revision = (deployment.id, deployment.revision)
-        self._others = tuple(batcher for _, batcher in queues[1:])
 
     def refusal(self) -> ModelYardError | None:
-        if self._current() and all(batcher.full and not batcher.closed for batcher in self._others):
+        if self._current():
             return super().refusal()
         if self._uncounted:
             self.flush()
@@ -830,10 +818,6 @@ class DeploymentGate(QueueGate):
         hit = self._deployments.cached(*self._key)
         traffic = None if hit is None else hit[1]
         return traffic is not None and (traffic.deployment.id, traffic.deployment.revision) == self._revision
-
-    @property
-    def no_room(self) -> bool:
-        return super().no_room and all(batcher.no_room for batcher in self._others)
 
 
 class QueueGates:

@@ -216,12 +216,12 @@ def test_start_queues_a_deployments_request_and_finishes_as_infer_does(platform:
 
 
 class _Queue:
-    """A batcher stand-in: full, and with no room, until told otherwise."""
+    """A batcher stand-in: full until told otherwise."""
 
     closed = False
+    full = True
 
     def __init__(self) -> None:
-        self.full = self.no_room = True
         self.counted = 0
 
     def queue_full(self) -> QueueFull:
@@ -231,11 +231,13 @@ class _Queue:
         self.counted += n
 
 
-def test_a_deployments_gate_refuses_while_every_routes_queue_is_full(platform: Platform, tenant: str) -> None:
+def test_a_deployments_gate_refuses_while_its_heaviest_routes_queue_is_full(
+    platform: Platform, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """After a 429 a deployment's caller is refused unread (``DataPlane.queue_gate``, as for a
-    model) while the queues of all its routes are full, is let through while one has room, and
-    no longer once the deployment changed. Refusals count on the deployment's usage and on the
-    heaviest route's version, as a request refused after it was read."""
+    model) while the queue of the deployment's heaviest route is full, and no longer once the
+    deployment changed. Refusals count on that version's errors and on the deployment's usage,
+    as a request refused after it was read."""
     platform.deployments.create(
         tenant, "web", routes=[{"model": "m", "version": 1, "weight": 10}, {"model": "m", "version": 2, "weight": 90}],
     )
@@ -250,18 +252,25 @@ def test_a_deployments_gate_refuses_while_every_routes_queue_is_full(platform: P
 
     asyncio.run(load())
     gate = plane.queue_gate(who, "web", None)
-    assert isinstance(gate, DeploymentGate) and gate.refusal() is None, "empty queues: let through"
+    assert isinstance(gate, DeploymentGate) and gate.refusal() is None, "an empty queue: let through"
+    real = platform.manager.loaded_batcher
+    full = _Queue()  # version 2's queue full, version 1's empty
+    monkeypatch.setattr(platform.manager, "loaded_batcher",
+                        lambda source, options=None: full if source.version == "2" else real(source, options))
+    gate = plane.queue_gate(who, "web", None)
+    assert gate is not None and isinstance(gate.refusal(), QueueFull), "gated on the heaviest route"
+    monkeypatch.undo()
 
     traffic = platform.deployments.lookup(tenant, "web")
     assert traffic is not None
-    infos = {v: platform.registry.resolve(tenant, "m", v) for v in ("1", "2")}
-    heaviest, canary = _Queue(), _Queue()
-    gate = DeploymentGate(plane, who, platform.deployments, traffic, [(infos["2"], heaviest), (infos["1"], canary)])
-    assert isinstance(gate.refusal(), QueueFull) and gate.no_room
-    canary.full = canary.no_room = False  # the canary has room: its requests may go there
-    assert gate.refusal() is None and not gate.no_room
+    heaviest = _Queue()
+    gate = DeploymentGate(plane, who, platform.deployments, traffic, platform.registry.resolve(tenant, "m", "2"),
+                          heaviest)
+    assert isinstance(gate.refusal(), QueueFull)
+    heaviest.full = False
+    assert gate.refusal() is None
     assert heaviest.counted == 1, "the refusal made is counted once the gate lets through"
-    canary.full = True
+    heaviest.full = True
     assert isinstance(gate.refusal(), QueueFull)
     platform.deployments.set_weights(tenant, "web", {"m:1": 50, "m:2": 50})
     assert gate.refusal() is None, "the deployment changed since the gate was made"
@@ -269,6 +278,6 @@ def test_a_deployments_gate_refuses_while_every_routes_queue_is_full(platform: P
     errors = platform.metrics.registry.get_sample_value(
         "modelyard_inference_errors_total", {"model": "m", "version": "2", "code": "queue_full"}
     )
-    assert errors == 2
+    assert errors == 3, "two refusals here, and the first gate's one"
     usage = {r.model: (r.requests, r.errors) for r in platform.usage.query(tenant_id=tenant)}
-    assert usage["web"] == (2, 2)
+    assert usage["web"] == (3, 3)
