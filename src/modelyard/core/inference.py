@@ -431,11 +431,23 @@ class DataPlane:
         results: dict[str, Any],
         output_names: list[str] | None,
         request: InferenceRequest,
+        served: _Served | None = None,
     ) -> InferenceResponse:
+        """Count a request its version answered and make its response. A deployment's request
+        (``served``) is counted on the deployment, recorded on its route (the canary's error
+        window), mirrored to the shadow for its share, and answered in the deployment's name."""
         elapsed = time.perf_counter() - started
         latency.observe(elapsed)
-        self._meter(principal, info.model_name, compute_s=elapsed)
-        return self._response(info.model_name, info, results, output_names, request)
+        if served is None:
+            self._meter(principal, info.model_name, compute_s=elapsed)
+            return self._response(info.model_name, info, results, output_names, request)
+        self._meter(principal, served.name, compute_s=elapsed)
+        traffic = served.traffic
+        self._record(principal, served.name, traffic, served.route, True, elapsed)
+        shadow = traffic.deployment.shadow
+        if shadow is not None and (shadow.share >= 1.0 or random.random() < shadow.share):
+            self._mirror(principal, traffic, served.arrays, results, elapsed)
+        return self._response(served.name, info, results, output_names, request)
 
     async def _infer_deployment(
         self,
@@ -462,30 +474,7 @@ class DataPlane:
         except BaseException as exc:
             self._failed(principal, info, exc, name, served, started)
             raise
-        return self._served(principal, info, children[1], started, results, output_names, request, served)
-
-    def _served(
-        self,
-        principal: Principal,
-        info: VersionInfo,
-        latency: Any,
-        started: float,
-        results: dict[str, Any],
-        output_names: list[str] | None,
-        request: InferenceRequest,
-        served: _Served,
-    ) -> InferenceResponse:
-        """:meth:`_answered` for a deployment's request: counted on the deployment, recorded on
-        its route (the canary's error window), mirrored to the shadow for its share."""
-        elapsed = time.perf_counter() - started
-        latency.observe(elapsed)
-        self._meter(principal, served.name, compute_s=elapsed)
-        traffic = served.traffic
-        self._record(principal, served.name, traffic, served.route, True, elapsed)
-        shadow = traffic.deployment.shadow
-        if shadow is not None and (shadow.share >= 1.0 or random.random() < shadow.share):
-            self._mirror(principal, traffic, served.arrays, results, elapsed)
-        return self._response(served.name, info, results, output_names, request)
+        return self._answered(principal, info, children[1], started, results, output_names, request, served)
 
     def _record(
         self, principal: Principal, name: str, traffic: DeploymentTraffic, route: Route, ok: bool, latency_s: float
@@ -711,13 +700,9 @@ class PendingInference:
         except BaseException as exc:
             plane._failed(self._principal, self._info, exc, None, served, self._started)
             raise
-        if served is not None:
-            return plane._served(
-                self._principal, self._info, self._latency, self._started, results, self._output_names,
-                self._request, served,
-            )
         return plane._answered(
-            self._principal, self._info, self._latency, self._started, results, self._output_names, self._request
+            self._principal, self._info, self._latency, self._started, results, self._output_names, self._request,
+            served,
         )
 
 
