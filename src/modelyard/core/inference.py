@@ -397,7 +397,7 @@ class DataPlane:
             queued = manager.enqueue(source, arrays, output_names, options=options)
             assert queued is not None, "loaded above, and nothing was awaited since"
         except BaseException as exc:
-            self._failed(principal, info, exc, name, served, started)
+            self._failed(principal, info, exc, served=served, started=started)
             raise
         return PendingInference(self, principal, info, children[1], started, output_names, request, queued, served)
 
@@ -411,9 +411,10 @@ class DataPlane:
         started: float = 0.0,
     ) -> None:
         """Count a request that failed: on its version's errors, and on the usage of ``name``
-        (the model, or the deployment it was sent to). A deployment's request that reached its
-        version (``served``) counts against its route too (see :meth:`_record`), unless it was
-        refused for a rate or cancelled by its caller."""
+        (the deployment, for its request refused before it was queued), else of its model. A
+        deployment's request that reached its version (``served``) counts on the deployment's
+        usage and against its route (see :meth:`_record`), unless it was refused for a rate or
+        cancelled by its caller."""
         self._count_error(info, exc)
         if served is None:
             self._meter(principal, name or info.model_name, errors=1)
@@ -472,7 +473,7 @@ class DataPlane:
         try:
             results = await self.manager.predict(self.source(info, options), arrays, output_names, options=options)
         except BaseException as exc:
-            self._failed(principal, info, exc, name, served, started)
+            self._failed(principal, info, exc, served=served, started=started)
             raise
         return self._answered(principal, info, children[1], started, results, output_names, request, served)
 
@@ -698,7 +699,7 @@ class PendingInference:
         try:
             results = self._queued.future.result()
         except BaseException as exc:
-            plane._failed(self._principal, self._info, exc, None, served, self._started)
+            plane._failed(self._principal, self._info, exc, served=served, started=self._started)
             raise
         return plane._answered(
             self._principal, self._info, self._latency, self._started, results, self._output_names, self._request,
