@@ -774,8 +774,9 @@ class QueueGate:
 class DeploymentGate(QueueGate):
     """A :class:`QueueGate` for a deployment, on the queue of its heaviest route: while that
     queue is full the deployment's callers are refused unread, the share that would have gone to
-    a lighter route too (on one core the routes share the core: a flood fills them all), and once
-    the deployment changed everything is let through (a new 429 then makes a new gate).
+    a lighter route too (those let through still pick their route by weight; waiting for every
+    route's queue to fill, a canary's flood was never refused: its small queue did not fill), and
+    once the deployment changed everything is let through (a new 429 then makes a new gate).
     Refusals are counted on that version's errors and on the deployment's usage, as a request
     refused by a full queue after it was read."""
 
