@@ -15,6 +15,7 @@ while the core's speed changed shows it.
    server without batching (written below, a dozen lines), plus p99/p50;
 3. tiny model, one client at a time: p50 with batching on vs off (two deployments of one version);
 4. tiny model, 64 clients: gRPC vs REST throughput (the same input, the same output asked for);
+   and, not a listed target, REST through a one-route deployment vs the model's own path;
 5. overload: open-loop at 3x the measured capacity for ``--overload-seconds`` over up to 1,024
    connections: status codes, goodput / capacity (measured just before and after), server memory
    growth, and how long p99 takes to come back afterwards; for reference, a closed loop over
@@ -841,6 +842,17 @@ def main() -> None:
         show("tiny: ratio gRPC / REST binary (target >= 1)",
              f"{grpc_rps / rest_rps:.2f}  (REST binary {rest_rps:,.0f} req/s; {len(pairs)} one-second windows each, "
              f"alternating; adjacent pairs {min(pairs):.2f}-{max(pairs):.2f}, median {np.median(pairs):.2f})")
+
+        # not a listed target: a deployment's request (route, canary window, usage) against the
+        # model's own, the same version, in alternating windows
+        model_runs, dep_runs = abba(lambda t: closed(port, req["tiny"], c, t),
+                                    lambda t: closed(port, req["tiny-batched"], c, t), s * 2)
+        model_rps, dep_rps = total_rps(model_runs), total_rps(dep_runs)
+        show("tiny: REST binary req/s through a one-route deployment", f"{dep_rps:,.0f}  (p50 "
+             f"{np.mean([r.pct(50) for r in dep_runs]):.1f} ms, the windows' mean)")
+        show("tiny: ratio deployment / the model's own path (not listed)",
+             f"{dep_rps / model_rps:.2f}  (the model {model_rps:,.0f} req/s; {len(dep_runs)} one-second windows "
+             "each, alternating)")
 
         speed = CoreSpeed(server.pid)
         try:

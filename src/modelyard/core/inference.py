@@ -288,9 +288,9 @@ class DataPlane:
         deployment = traffic.deployment
         route = deployment.primary if traffic.rolling_back else max(deployment.routes, key=lambda r: r.weight)
         queue = self._loaded_queue(principal.tenant_id, route.model, str(route.version), traffic)
-        if queue is None or self.deployments is None:
+        if queue is None:
             return None
-        return DeploymentGate(self, principal, self.deployments, traffic, *queue)
+        return DeploymentGate(self, principal, traffic, *queue)
 
     def _loaded_queue(
         self, tenant: str, name: str, version: str | None, traffic: DeploymentTraffic | None = None
@@ -783,13 +783,13 @@ class DeploymentGate(QueueGate):
     __slots__ = ("_deployments", "_key", "_revision")
 
     def __init__(
-        self, plane: DataPlane, principal: Principal, deployments: Deployments, traffic: DeploymentTraffic,
-        info: VersionInfo, batcher: Any,
+        self, plane: DataPlane, principal: Principal, traffic: DeploymentTraffic, info: VersionInfo, batcher: Any
     ) -> None:
         super().__init__(plane, principal, info, batcher)
+        assert plane.deployments is not None, "a deployment's traffic comes from the plane's deployments"
         deployment = traffic.deployment
         self._model = deployment.name
-        self._deployments = deployments
+        self._deployments = plane.deployments
         self._key = (deployment.tenant_id, deployment.name)
         self._revision = (deployment.id, deployment.revision)
 

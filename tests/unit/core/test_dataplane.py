@@ -18,6 +18,7 @@ from modelyard.core.principal import Principal
 from modelyard.errors import InvalidInput, ModelNotFound, PermissionDenied, QueueFull, RateLimited, VersionNotFound
 from modelyard.tensors import InferenceRequest, RequestedOutput, Tensor, TensorSpec
 from tests.integration.onnx_models import add_model
+from tests.support.queues import FullQueue
 
 
 @pytest.fixture
@@ -173,29 +174,11 @@ def test_failed_load_is_not_cached(platform: Platform, tenant: str) -> None:
     np.testing.assert_array_equal(resp.outputs[0].data, x + 1)
 
 
-class _FullQueue:
-    """A batcher stand-in whose queue is full until told otherwise."""
-
-    closed = False
-    full = True
-
-    def __init__(self) -> None:
-        self.made = 0
-        self.counted = 0
-
-    def queue_full(self) -> QueueFull:
-        self.made += 1
-        return QueueFull("the queue is full", retry_after=0.5)
-
-    def count_rejections(self, n: int) -> None:
-        self.counted += n
-
-
 def test_a_queue_gate_reuses_its_answer_and_counts_every_refusal(platform: Platform, tenant: str) -> None:
     """A flood is answered with one error object per bundle of refusals; every refusal is
     counted (metrics, usage) once the bundle fills, the queue has room, or the gate is flushed."""
     info = _push(platform, tenant)
-    queue = _FullQueue()
+    queue = FullQueue()
     gate = QueueGate(platform.dataplane, _principal(tenant), info, queue)
     flood = GATE_BUNDLE * 2 + 5
     answers = [gate.refusal() for _ in range(flood)]
@@ -228,7 +211,7 @@ def test_a_gate_leaving_the_table_counts_its_pending_refusals(platform: Platform
     info = _push(platform, tenant)
     who = _principal(tenant)
     table = QueueGates(ttl_s=1.0, max_entries=2)
-    queues = [_FullQueue() for _ in range(4)]
+    queues = [FullQueue() for _ in range(4)]
     gates = [QueueGate(platform.dataplane, who, info, q) for q in queues]
 
     table.put("a", gates[0], now=0.0)
@@ -256,7 +239,7 @@ def test_a_gate_renewed_while_its_caller_finds_no_room_outlives_its_ttl(platform
     keeps its gate (and the holding) while its connections keep finding no room."""
     info = _push(platform, tenant)
     table = QueueGates(ttl_s=1.0)
-    table.put("a", QueueGate(platform.dataplane, _principal(tenant), info, _FullQueue()), now=0.0)
+    table.put("a", QueueGate(platform.dataplane, _principal(tenant), info, FullQueue()), now=0.0)
     for now in (0.8, 1.6, 2.4):
         table.renew("a", now)
         assert table.get("a", now + 0.5) is not None, f"renewed at {now}"

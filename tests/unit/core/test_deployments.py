@@ -28,6 +28,7 @@ from modelyard.errors import (
 )
 from modelyard.tensors import InferenceRequest, Tensor
 from tests.integration._serving import scale_model
+from tests.support.queues import FullQueue
 
 
 @pytest.fixture
@@ -215,22 +216,6 @@ def test_start_queues_a_deployments_request_and_finishes_as_infer_does(platform:
     assert usage["web"] == 41 and usage["m"] == 2
 
 
-class _Queue:
-    """A batcher stand-in: full until told otherwise."""
-
-    closed = False
-    full = True
-
-    def __init__(self) -> None:
-        self.counted = 0
-
-    def queue_full(self) -> QueueFull:
-        return QueueFull("the queue is full", retry_after=0.5)
-
-    def count_rejections(self, n: int) -> None:
-        self.counted += n
-
-
 def test_a_deployments_gate_refuses_while_its_heaviest_routes_queue_is_full(
     platform: Platform, tenant: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -254,7 +239,7 @@ def test_a_deployments_gate_refuses_while_its_heaviest_routes_queue_is_full(
     gate = plane.queue_gate(who, "web", None)
     assert isinstance(gate, DeploymentGate) and gate.refusal() is None, "an empty queue: let through"
     real = platform.manager.loaded_batcher
-    full = _Queue()  # version 2's queue full, version 1's empty
+    full = FullQueue()  # version 2's queue full, version 1's empty
     monkeypatch.setattr(platform.manager, "loaded_batcher",
                         lambda source, options=None: full if source.version == "2" else real(source, options))
     gate = plane.queue_gate(who, "web", None)
@@ -263,9 +248,8 @@ def test_a_deployments_gate_refuses_while_its_heaviest_routes_queue_is_full(
 
     traffic = platform.deployments.lookup(tenant, "web")
     assert traffic is not None
-    heaviest = _Queue()
-    gate = DeploymentGate(plane, who, platform.deployments, traffic, platform.registry.resolve(tenant, "m", "2"),
-                          heaviest)
+    heaviest = FullQueue()
+    gate = DeploymentGate(plane, who, traffic, platform.registry.resolve(tenant, "m", "2"), heaviest)
     assert isinstance(gate.refusal(), QueueFull)
     heaviest.full = False
     assert gate.refusal() is None
