@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime
 from typing import Any
 
@@ -243,6 +244,21 @@ class DeploymentTraffic:
 
     def pick(self) -> Route:
         return self.deployment.routes[self.choice.pick()]
+
+    def next_route(self) -> Route:
+        """The route of the next request: picked by weight, the primary while rolling back."""
+        return self.deployment.primary if self.rolling_back else self.pick()
+
+    @cached_property
+    def heaviest(self) -> Route:
+        """The route with the largest weight (the first of equals)."""
+        return max(self.deployment.routes, key=lambda r: r.weight)
+
+    @property
+    def gate_route(self) -> Route:
+        """The route whose queue holds back the deployment's callers in an overload (see
+        ``DeploymentGate``): where most of its traffic goes, the primary while rolling back."""
+        return self.deployment.primary if self.rolling_back else self.heaviest
 
     def record(self, route: Route, ok: bool, latency_s: float) -> bool:
         """Count one outcome; True when it trips the rollback policy (once per revision)."""

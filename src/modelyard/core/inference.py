@@ -285,8 +285,7 @@ class DataPlane:
     def _deployment_gate(self, principal: Principal, traffic: DeploymentTraffic) -> QueueGate | None:
         """:meth:`queue_gate` for a deployment: on the queue of its heaviest route (the primary
         while it rolls back), where most of its traffic goes."""
-        deployment = traffic.deployment
-        route = deployment.primary if traffic.rolling_back else max(deployment.routes, key=lambda r: r.weight)
+        route = traffic.gate_route
         queue = self._loaded_queue(principal.tenant_id, route.model, str(route.version), traffic)
         if queue is None:
             return None
@@ -304,6 +303,18 @@ class DataPlane:
         if batcher is None:
             return None
         return info, batcher
+
+    def _route(self, principal: Principal, traffic: DeploymentTraffic) -> Route:
+        """The route of a deployment's request. One that goes to another route than the one
+        whose queue holds back the deployment's callers in an overload (``gate_route``, see
+        :class:`DeploymentGate`) frees the slot that queue may have kept for it."""
+        route = traffic.next_route()
+        gate = traffic.gate_route
+        if route is not gate:
+            queue = self._loaded_queue(principal.tenant_id, gate.model, str(gate.version), traffic)
+            if queue is not None:
+                queue[1].spent_elsewhere()
+        return route
 
     # -- inference -------------------------------------------------------------------------
     async def infer(
@@ -365,7 +376,7 @@ class DataPlane:
         if traffic is None:
             info = self._remembered(principal, name, version)
         else:
-            route = traffic.deployment.primary if traffic.rolling_back else traffic.pick()
+            route = self._route(principal, traffic)
             info = self._remembered(principal, route.model, str(route.version))
         if info is None:
             return None
@@ -459,7 +470,7 @@ class DataPlane:
         protocol: str,
         started: float,
     ) -> InferenceResponse:
-        route = traffic.deployment.primary if traffic.rolling_back else traffic.pick()
+        route = self._route(principal, traffic)
         info = await self._route_info(principal, route)
         options = self.options(info, traffic)
         children = self._children(info, protocol)

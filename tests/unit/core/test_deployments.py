@@ -265,3 +265,48 @@ def test_a_deployments_gate_refuses_while_its_heaviest_routes_queue_is_full(
     assert errors == 3, "two refusals here, and the first gate's one"
     usage = {r.model: (r.requests, r.errors) for r in platform.usage.query(tenant_id=tenant)}
     assert usage["web"] == (3, 3)
+
+
+def test_a_request_routed_off_the_gated_route_frees_its_slot_there(
+    platform: Platform, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deployment's callers wait for room on its heaviest route's queue (``DeploymentGate``),
+    so a slot kept there may be for a request that the weights then send to a lighter route: each
+    such request frees one slot on the heaviest route's queue, and a request to the heaviest
+    route takes its slot there as it is queued (the slot is not freed twice). While rolling
+    back, every request goes to the primary, and the gate waits on its queue."""
+    from modelyard.engine.batcher import DynamicBatcher
+
+    platform.deployments.create(
+        tenant, "web", routes=[{"model": "m", "version": 1, "weight": 30}, {"model": "m", "version": 2, "weight": 70}],
+    )
+    who = Principal(key_id="k", tenant_id=tenant, tenant_name="default", role="inference")
+    plane = platform.dataplane
+    x = np.ones((1, 4), np.float32)
+    freed: list[int] = []
+    monkeypatch.setattr(DynamicBatcher, "spent_elsewhere", lambda self: freed.append(id(self)))
+
+    def request() -> InferenceRequest:
+        return InferenceRequest(inputs=[Tensor.from_array("x", x)])
+
+    async def main() -> Counter[str]:
+        for version in ("1", "2"):
+            await plane.infer(who, "m", version, request())  # both routes resolved and loaded
+        versions: Counter[str] = Counter()
+        for _ in range(100):
+            pending = plane.start(who, "web", None, request())
+            assert pending is not None
+            await asyncio.wait_for(asyncio.shield(pending.future), 10)
+            versions[pending.finish().model_version] += 1
+        return versions
+
+    versions = asyncio.run(main())
+    assert versions["1"] > 0 and versions["2"] > 0
+    assert len(freed) == versions["1"], "one slot freed per request routed off the heaviest route"
+    heaviest = plane._loaded_queue(tenant, "m", "2")
+    assert heaviest is not None and set(freed) == {id(heaviest[1])}, "freed on the heaviest route's queue"
+
+    traffic = platform.deployments.lookup(tenant, "web")
+    assert traffic is not None and traffic.gate_route.version == 2
+    traffic.rolling_back = True
+    assert traffic.gate_route == traffic.deployment.primary and traffic.next_route() == traffic.deployment.primary

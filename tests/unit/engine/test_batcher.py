@@ -668,6 +668,33 @@ async def test_a_batch_on_a_thread_keeps_no_slots_for_its_callers() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_slot_whose_request_went_to_another_queue_goes_to_the_next_waiter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A waiter let in whose request went to another queue (a deployment's lighter route: its
+    callers wait on its heaviest route's queue) gives its slot back at once: the next waiter is
+    let in, without waiting for the slot's recount."""
+    from modelyard.engine import batcher as batcher_module
+
+    monkeypatch.setattr(batcher_module, "_ROOM_RECOUNT_S", 30.0)  # no recount within this test
+    model = Stepped()
+    b, tasks = await _full_while_computing(model)  # let-in level 2: the queue is at it
+    let_in: list[str] = []
+    for name in ("older", "newer"):
+        b.when_room(lambda name=name: let_in.append(name) or 1)
+    model.step()  # request 1 leaves the queue: one slot, for the newest waiter
+    await wait_until(lambda: let_in == ["newer"])
+    assert b.no_room, "the slot is kept for the request of the waiter let in"
+    b.spent_elsewhere()
+    assert let_in == ["newer", "older"], "the slot its request did not take went to the next waiter"
+    b.spent_elsewhere()  # more than was kept: nothing to give back, nothing goes negative
+    assert b._promised == 0 and let_in == ["newer", "older"]
+    model.step(10)
+    await asyncio.gather(*tasks)
+    await b.close(1)
+
+
+@pytest.mark.asyncio
 async def test_without_inline_batches_never_compute_on_the_loop() -> None:
     model = ThreadRecorder()
     b = make(model)
