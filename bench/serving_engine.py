@@ -19,7 +19,8 @@ while the core's speed changed shows it.
 5. overload: open-loop at 3x the measured capacity for ``--overload-seconds`` over up to 1,024
    connections: status codes, goodput / capacity (measured just before and after), server memory
    growth, and how long p99 takes to come back afterwards; for reference, a closed loop over
-   1,024 connections; the tiny model's flood again through a deployment (not a listed target);
+   1,024 connections; the tiny model's flood again through a one-route deployment and through a
+   90/10 canary deployment of two versions of it (not listed targets);
    then the same over gRPC with h2load (128 connections of 32 streams), the outcome of every
    call taken from the server's counters.
 
@@ -754,10 +755,17 @@ def main() -> None:
                 r = http.post(f"/api/v1/models/{name}/versions", params={"stage": "production"},
                               content=path.read_bytes(), headers={"content-type": "application/octet-stream"})
                 r.raise_for_status()
+            # the same model again, as version 2 (not in production): the canary of a deployment
+            r = http.post("/api/v1/models/tiny/versions", content=tiny.read_bytes(),
+                          headers={"content-type": "application/octet-stream"})
+            r.raise_for_status()
             for dep, batching in (("tiny-batched", True), ("tiny-unbatched", False)):
                 r = http.post("/api/v1/deployments", json={
                     "name": dep, "routes": [{"model": "tiny", "version": 1}], "serving": {"batching": batching}})
                 r.raise_for_status()
+            r = http.post("/api/v1/deployments", json={"name": "tiny-canary", "routes": [
+                {"model": "tiny", "version": 1, "weight": 90}, {"model": "tiny", "version": 2, "weight": 10}]})
+            r.raise_for_status()
         rng = np.random.default_rng(0)
         x_tiny, x_medium = rng.random((1, 64)).astype(np.float32) * 16, rng.random((1, 784)).astype(np.float32)
         req = {
@@ -765,6 +773,7 @@ def main() -> None:
             "tiny-json": oip_json_request("/v2/models/tiny/infer", key, "input", x_tiny),
             "tiny-batched": oip_request("/v2/models/tiny-batched/infer", key, "input", x_tiny, "label"),
             "tiny-unbatched": oip_request("/v2/models/tiny-unbatched/infer", key, "input", x_tiny, "label"),
+            "tiny-canary": oip_request("/v2/models/tiny-canary/infer", key, "input", x_tiny, "label"),
             "medium": oip_request("/v2/models/medium/infer", key, "input", x_medium, "logits"),
         }
         c, s = args.clients, args.seconds
@@ -858,8 +867,11 @@ def main() -> None:
         try:
             for model in ("tiny",) if args.skip_medium else ("medium", "tiny"):
                 overload(model, port, req[model], closed, args.overload_seconds, server.pid, c, speed)
-            # not a listed target: the same flood through a deployment (its own gate)
+            # not listed targets: the same flood through a deployment (its own gate), and through
+            # a canary deployment (90/10 between two versions of the model)
             overload("tiny deployment", port, req["tiny-batched"], closed, args.overload_seconds, server.pid, c,
+                     speed)
+            overload("tiny canary 90/10", port, req["tiny-canary"], closed, args.overload_seconds, server.pid, c,
                      speed)
             if use_h2load:
                 grpc_overload(url, grpc_port, key, x_tiny, c, args.overload_seconds, tmp, speed)
