@@ -687,8 +687,12 @@ async def test_a_slot_whose_request_went_to_another_queue_goes_to_the_next_waite
     assert b.no_room, "the slot is kept for the request of the waiter let in"
     b.spent_elsewhere()
     assert let_in == ["newer", "older"], "the slot its request did not take went to the next waiter"
+    b.spent_elsewhere()  # the older waiter's request went elsewhere too: no waiter left to let in
     b.spent_elsewhere()  # more than was kept: nothing to give back, nothing goes negative
     assert b._promised == 0 and let_in == ["newer", "older"]
+    b._returning = 1  # a caller of the last batch on the loop, whose next request the next batch awaits
+    b.spent_elsewhere()
+    assert b._returning == 0, "a request that went elsewhere is not awaited"
     model.step(10)
     await asyncio.gather(*tasks)
     await b.close(1)
