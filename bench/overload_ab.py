@@ -1,0 +1,160 @@
+"""Benchmark: the tiny model's overload, one code against another (or one path against another),
+in alternating rounds: what a change to the serving engine does to a flood, measured beside its
+baseline on the same core at nearly the same moment.
+
+Each source tree (``--src``, one or more ``src`` folders: this checkout's and, say, a ``git
+archive`` of the commit before a change) gets its own ``modelyard serve`` pinned to core 0
+(``MODELYARD_CORES=1``), the load on core 1. Each round loads every server in turn (ABBA: the
+order flips every round): a 64-client closed loop (``wrk``) for the capacity, then the bench's
+open loop at 3x that capacity over 1,024 connections. Per server and round it prints the
+capacity, the flood's goodput and their ratio, the server's CPU time per answer (user and
+system), and the rows per batch of each version during the flood. ``--target`` floods the model
+itself (``model``), a one-route deployment of it (``deployment``) or a deployment split 90/10
+between two versions of it (``canary``).
+
+A full bench run (``serving_engine.py``) measures a 60 s flood once; on this VM the core's speed
+moves within minutes, so comparing two codes takes alternating rounds: read the goodputs of
+adjacent rounds side by side, not one ratio.
+
+    python bench/overload_ab.py --src src --src /tmp/before/src [--rounds 4] [--flood-seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from models import tiny_digits  # noqa: E402
+from serving_engine import (  # noqa: E402
+    CLIENT_CORE,
+    OPEN_LOOP_CONNS,
+    SERVER_CORE,
+    Req,
+    _free_port,
+    oip_request,
+    open_loop,
+    run_generator,
+    wait_ready,
+    wrk_closed_loop,
+)
+
+#: the second version of a canary's model gets this share of its traffic
+CANARY_SHARE = 10
+
+
+@dataclass
+class Server:
+    src: str
+    proc: subprocess.Popen[bytes]
+    url: str
+    port: int
+    key: str
+    req: Req
+
+
+def start(src: str, tiny: Path, target: str, tmp: Path) -> Server:
+    """``modelyard serve`` from the source tree ``src`` on core 0, with the tiny model (twice for a
+    canary) and the deployment ``target`` asks for."""
+    key = f"my_{secrets.token_hex(6)}_{secrets.token_urlsafe(24)}"
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(src).resolve()), "MODELYARD_HOME": str(tmp / f"home-{port}"),
+           "MODELYARD_ADMIN_KEY": key, "MODELYARD_CORES": "1", "MODELYARD_BUILTIN_MODELS": "false",
+           "MODELYARD_LOG_LEVEL": "warning"}
+    proc = subprocess.Popen(
+        ["taskset", "-c", str(SERVER_CORE), sys.executable, "-m", "modelyard", "serve", "--port", str(port),
+         "--grpc-port", "0"],
+        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / f"server-{port}.log", "wb"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(f"{url}/v2/health/ready", proc)
+    routes = {"model": None, "deployment": [{"model": "tiny", "version": 1}],
+              "canary": [{"model": "tiny", "version": 1, "weight": 100 - CANARY_SHARE},
+                         {"model": "tiny", "version": 2, "weight": CANARY_SHARE}]}[target]
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as http:
+        for stage in ("production", "staging")[: 2 if target == "canary" else 1]:
+            r = http.post("/api/v1/models/tiny/versions", params={"stage": stage}, content=tiny.read_bytes(),
+                          headers={"content-type": "application/octet-stream"})
+            r.raise_for_status()
+        if routes is not None:
+            http.post("/api/v1/deployments", json={"name": "flooded", "routes": routes}).raise_for_status()
+    x = np.random.default_rng(0).random((1, 64)).astype(np.float32) * 16
+    path = "/v2/models/tiny/infer" if routes is None else "/v2/models/flooded/infer"
+    return Server(src, proc, url, port, key, oip_request(path, key, "input", x, "label"))
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """The process's user and system CPU seconds so far (``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def batch_sums(server: Server) -> dict[str, tuple[float, float]]:
+    """Per version of the tiny model: (batches, rows) so far, from the server's metrics."""
+    text = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {server.key}"}, timeout=30).text
+    out: dict[str, list[float]] = {}
+    for kind, labels, value in re.findall(r'^modelyard_batch_size_(count|sum)\{([^}]*)\} (\S+)$', text, re.M):
+        version = re.search(r'version="([^"]+)"', labels)
+        if version is not None:
+            out.setdefault(version.group(1), [0.0, 0.0])[kind == "sum"] += float(value)
+    return {v: (b, r) for v, (b, r) in out.items()}
+
+
+def flood_round(server: Server, seconds: float, tmp: Path) -> str:
+    capacity = wrk_closed_loop(server.port, server.req, 64, 5.0, tmp).rps
+    batches_before, (user0, sys0) = batch_sums(server), cpu_seconds(server.proc.pid)
+    over = run_generator(open_loop(server.port, server.req.raw(), 3 * capacity, seconds, OPEN_LOOP_CONNS))
+    (user1, sys1), batches_after = cpu_seconds(server.proc.pid), batch_sums(server)
+    answers = max(1, sum(n for code, n in over.statuses.items() if code > 0))
+    rows = {v: (r - batches_before.get(v, (0, 0))[1]) / max(1.0, b - batches_before.get(v, (0, 0))[0])
+            for v, (b, r) in sorted(batches_after.items())}
+    per_batch = ", ".join(f"v{v} {n:.0f}" for v, n in rows.items())
+    codes = {code: n for code, n in sorted(over.statuses.items()) if code != 0}
+    return (f"capacity {capacity:8,.0f}  flood {over.rps:8,.0f} req/s = {over.rps / capacity:.3f}  "
+            f"CPU {1e6 * (user1 - user0) / answers:5.1f} user + {1e6 * (sys1 - sys0) / answers:4.1f} system µs "
+            f"an answer  rows/batch {per_batch}  {codes}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--src", action="append", required=True, help="a source tree's src folder (repeat)")
+    parser.add_argument("--target", choices=["model", "deployment", "canary"], default="model")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--flood-seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    if len(os.sched_getaffinity(0)) < 2 or shutil.which("wrk") is None:
+        sys.exit("needs two cores and wrk (apt-get install wrk)")
+    os.sched_setaffinity(0, {CLIENT_CORE})
+    tmp = Path(tempfile.mkdtemp(prefix="modelyard-overload-ab-"))
+    tiny = tiny_digits(tmp / "tiny.onnx")
+    servers: list[Server] = []
+    try:
+        for src in args.src:
+            servers.append(start(src, tiny, args.target, tmp))
+        for server in servers:
+            wrk_closed_loop(server.port, server.req, 64, 2.0, tmp)  # warm
+        print(f"# overload_ab: {args.target}, servers on core {SERVER_CORE}, generators on core {CLIENT_CORE}, "
+              f"{args.flood_seconds:g} s floods at 3x capacity over {OPEN_LOOP_CONNS:,} connections", flush=True)
+        for r in range(args.rounds):
+            for server in servers if r % 2 == 0 else servers[::-1]:
+                print(f"round {r + 1} {server.src:>24}: {flood_round(server, args.flood_seconds, tmp)}", flush=True)
+    finally:
+        for server in servers:
+            server.proc.terminate()
+            server.proc.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()
