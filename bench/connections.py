@@ -40,7 +40,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import tiny_digits  # noqa: E402
 from serving_engine import (  # noqa: E402
-    CLIENT_CORE, SERVER_CORE, Req, _free_port, oip_request, show, wait_ready, wrk_closed_loop,
+    CLIENT_CORE, SERVER_CORE, Req, _free_port, cpu_times, oip_request, show, start_modelyard, wait_ready,
+    wrk_closed_loop,
 )
 
 COUNTS = (64, 1024)
@@ -94,8 +95,7 @@ uvloop.run(main())
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(cpu_times(pid))
 
 
 def measure(label: str, pid: int, port: int, req: Req, seconds: float, passes: int, folder: Path) -> None:
@@ -157,14 +157,8 @@ def main() -> None:
             proc.wait()
 
     port, grpc_port = _free_port(), _free_port()
-    env = {**os.environ, "MODELYARD_HOME": str(tmp / "home"), "MODELYARD_ADMIN_KEY": key,
-           "MODELYARD_CORES": "1", "MODELYARD_BUILTIN_MODELS": "false", "MODELYARD_LOG_LEVEL": "warning"}
     url = f"http://127.0.0.1:{port}"
-    server = served(lambda: subprocess.Popen(
-        ["taskset", "-c", str(SERVER_CORE), sys.executable, "-m", "modelyard", "serve",
-         "--port", str(port), "--grpc-port", str(grpc_port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "wb"),
-    ), f"{url}/v2/health/ready")
+    server = served(lambda: start_modelyard(port, grpc_port, key, tmp), f"{url}/v2/health/ready")
     try:
         httpx.post(f"{url}/api/v1/models/tiny/versions", params={"stage": "production"},
                    content=tiny_digits(tmp / "tiny.onnx").read_bytes(), timeout=120,

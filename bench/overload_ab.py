@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import secrets
 import shutil
 import subprocess
@@ -43,9 +42,12 @@ from serving_engine import (  # noqa: E402
     SERVER_CORE,
     Req,
     _free_port,
+    cpu_times,
     oip_request,
     open_loop,
     run_generator,
+    server_counters,
+    start_modelyard,
     wait_ready,
     wrk_closed_loop,
 )
@@ -56,7 +58,7 @@ CANARY_SHARE = 10
 
 @dataclass
 class Server:
-    src: str
+    src: Path
     proc: subprocess.Popen[bytes]
     url: str
     port: int
@@ -64,19 +66,12 @@ class Server:
     req: Req
 
 
-def start(src: str, tiny: Path, target: str, tmp: Path) -> Server:
+def start(src: Path, tiny: Path, target: str, tmp: Path) -> Server:
     """``modelyard serve`` from the source tree ``src`` on core 0, with the tiny model (twice for a
     canary) and the deployment ``target`` asks for."""
     key = f"my_{secrets.token_hex(6)}_{secrets.token_urlsafe(24)}"
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(Path(src).resolve()), "MODELYARD_HOME": str(tmp / f"home-{port}"),
-           "MODELYARD_ADMIN_KEY": key, "MODELYARD_CORES": "1", "MODELYARD_BUILTIN_MODELS": "false",
-           "MODELYARD_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen(
-        ["taskset", "-c", str(SERVER_CORE), sys.executable, "-m", "modelyard", "serve", "--port", str(port),
-         "--grpc-port", "0"],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / f"server-{port}.log", "wb"),
-    )
+    proc = start_modelyard(port, 0, key, tmp, src)
     url = f"http://127.0.0.1:{port}"
     wait_ready(f"{url}/v2/health/ready", proc)
     routes = {"model": None, "deployment": [{"model": "tiny", "version": 1}],
@@ -94,29 +89,18 @@ def start(src: str, tiny: Path, target: str, tmp: Path) -> Server:
     return Server(src, proc, url, port, key, oip_request(path, key, "input", x, "label"))
 
 
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """The process's user and system CPU seconds so far (``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
-
 def batch_sums(server: Server) -> dict[str, tuple[float, float]]:
-    """Per version of the tiny model: (batches, rows) so far, from the server's metrics."""
-    text = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {server.key}"}, timeout=30).text
-    out: dict[str, list[float]] = {}
-    for kind, labels, value in re.findall(r'^modelyard_batch_size_(count|sum)\{([^}]*)\} (\S+)$', text, re.M):
-        version = re.search(r'version="([^"]+)"', labels)
-        if version is not None:
-            out.setdefault(version.group(1), [0.0, 0.0])[kind == "sum"] += float(value)
-    return {v: (b, r) for v, (b, r) in out.items()}
+    """Per version of the tiny model: (batches, rows) so far, from the server's batch-size histogram."""
+    batches, rows = (server_counters(server.url, server.key, f"modelyard_batch_size_{kind}", "version", model="tiny")
+                     for kind in ("count", "sum"))
+    return {version: (batches[version], rows[version]) for version in batches}
 
 
 def flood_round(server: Server, seconds: float, tmp: Path) -> str:
     capacity = wrk_closed_loop(server.port, server.req, 64, 5.0, tmp).rps
-    batches_before, (user0, sys0) = batch_sums(server), cpu_seconds(server.proc.pid)
+    batches_before, (user0, sys0) = batch_sums(server), cpu_times(server.proc.pid)
     over = run_generator(open_loop(server.port, server.req.raw(), 3 * capacity, seconds, OPEN_LOOP_CONNS))
-    (user1, sys1), batches_after = cpu_seconds(server.proc.pid), batch_sums(server)
+    (user1, sys1), batches_after = cpu_times(server.proc.pid), batch_sums(server)
     answers = max(1, sum(n for code, n in over.statuses.items() if code > 0))
     rows = {v: (r - batches_before.get(v, (0, 0))[1]) / max(1.0, b - batches_before.get(v, (0, 0))[0])
             for v, (b, r) in sorted(batches_after.items())}
@@ -129,7 +113,8 @@ def flood_round(server: Server, seconds: float, tmp: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--src", action="append", required=True, help="a source tree's src folder (repeat)")
+    parser.add_argument("--src", action="append", type=Path, required=True,
+                        help="a source tree's src folder (repeat)")
     parser.add_argument("--target", choices=["model", "deployment", "canary"], default="model")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--flood-seconds", type=float, default=10.0)
@@ -149,7 +134,7 @@ def main() -> None:
               f"{args.flood_seconds:g} s floods at 3x capacity over {OPEN_LOOP_CONNS:,} connections", flush=True)
         for r in range(args.rounds):
             for server in servers if r % 2 == 0 else servers[::-1]:
-                print(f"round {r + 1} {server.src:>24}: {flood_round(server, args.flood_seconds, tmp)}", flush=True)
+                print(f"round {r + 1} {str(server.src):>24}: {flood_round(server, args.flood_seconds, tmp)}", flush=True)
     finally:
         for server in servers:
             server.proc.terminate()

@@ -453,6 +453,28 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) ->
     raise RuntimeError(f"{url} not ready")
 
 
+def start_modelyard(port: int, grpc_port: int, key: str, folder: Path, src: Path | None = None) -> subprocess.Popen[bytes]:
+    """``modelyard serve`` pinned to the server's core with one core's settings, its home and log
+    in ``folder``, the admin key ``key``; ``src``: run that source tree instead of the installed
+    package (another commit's ``src``, for comparisons). Not waited for: see :func:`wait_ready`."""
+    env = {**os.environ, "MODELYARD_HOME": str(folder / f"home-{port}"), "MODELYARD_ADMIN_KEY": key,
+           "MODELYARD_CORES": "1", "MODELYARD_BUILTIN_MODELS": "false", "MODELYARD_LOG_LEVEL": "warning"}
+    if src is not None:
+        env["PYTHONPATH"] = str(src.resolve())
+    return subprocess.Popen(
+        ["taskset", "-c", str(SERVER_CORE), sys.executable, "-m", "modelyard", "serve",
+         "--port", str(port), "--grpc-port", str(grpc_port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=open(folder / f"server-{port}.log", "wb"),
+    )
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid`` so far (``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -739,13 +761,7 @@ def main() -> None:
     key = f"my_{secrets.token_hex(6)}_{secrets.token_urlsafe(24)}"
     port, grpc_port, plain_port = _free_port(), _free_port(), _free_port()
     tiny, medium = tiny_digits(tmp / "tiny.onnx"), medium_mlp(tmp / "medium.onnx")
-    env = {**os.environ, "MODELYARD_HOME": str(tmp / "home"), "MODELYARD_ADMIN_KEY": key,
-           "MODELYARD_CORES": "1", "MODELYARD_BUILTIN_MODELS": "false", "MODELYARD_LOG_LEVEL": "warning"}
-    server = subprocess.Popen(
-        ["taskset", "-c", str(SERVER_CORE), sys.executable, "-m", "modelyard", "serve",
-         "--port", str(port), "--grpc-port", str(grpc_port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "wb"),
-    )
+    server = start_modelyard(port, grpc_port, key, tmp)
     plain = None
     try:
         url = f"http://127.0.0.1:{port}"
