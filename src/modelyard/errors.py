@@ -18,6 +18,7 @@ attributes, so a given failure looks the same on every transport.
     │   └── ... (dataset, job, deployment, tenant, key)
     ├── Conflict                        409 conflict
     ├── PayloadTooLarge                 413 payload_too_large
+    ├── UnsupportedMediaType            415 unsupported_media_type
     ├── ValidationFailed                422 validation_failed
     ├── RateLimited                     429 rate_limited        (carries retry_after)
     ├── Upstream errors                 502 / 504
@@ -49,6 +50,7 @@ __all__ = [
     "KeyNotFound",
     "Conflict",
     "PayloadTooLarge",
+    "UnsupportedMediaType",
     "ValidationFailed",
     "RateLimited",
     "QueueFull",
@@ -172,6 +174,10 @@ class Conflict(ModelYardError):
 
 class PayloadTooLarge(ModelYardError):
     code, http_status, grpc_status, exit_code = "payload_too_large", 413, "RESOURCE_EXHAUSTED", 2
+
+
+class UnsupportedMediaType(ModelYardError):
+    code, http_status, grpc_status, exit_code = "unsupported_media_type", 415, "INVALID_ARGUMENT", 2
 
 
 class ValidationFailed(ModelYardError):

@@ -198,6 +198,29 @@ def test_schema_errors_and_unknown_routes(client: httpx.Client) -> None:
     _error(client.put("/api/v1/models/s"), 405)
 
 
+
+def test_curl_defaults_work_and_other_types_get_415(client: httpx.Client) -> None:
+    """curl's -d and --data-binary send application/x-www-form-urlencoded: the README's commands
+    must work as written, for a JSON body and for an upload read as bytes."""
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    r = client.post("/api/v1/models/c/versions", params={"stage": "production"}, content=add_model(), headers=form)
+    assert r.status_code == 201, r.text
+    r = client.patch("/api/v1/models/c", content=b'{"description": "from curl"}', headers=form)
+    assert r.status_code == 200 and r.json()["description"] == "from curl"
+    r = client.post("/api/v1/deployments", content=b'{"name": "web", "routes": [{"model": "c", "version": 1}]}',
+                    headers=form)
+    assert r.status_code == 201, r.text
+    r = client.post("/v2/models/web/infer", headers=form,
+                    content=b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}')
+    assert r.status_code == 200, r.text
+
+    error = _error(client.patch("/api/v1/models/c", content=b'<description>x</description>',
+                                headers={"Content-Type": "application/xml"}), 415, "unsupported_media_type")
+    assert "application/json" in error["message"]
+    error = _error(client.patch("/api/v1/models/c", content=b"description=x", headers=form), 400, "bad_request")
+    assert error["message"].startswith("malformed JSON in the request body")
+    assert client.get("/api/v1/models/c").json()["description"] == "from curl"  # neither changed it
+
 def test_openapi_documents_the_routes(client: httpx.Client) -> None:
     doc = client.get("/openapi.json").json()
     for path in ("/api/v1/models", "/api/v1/models/{name}/versions", "/v2/models/{model_name}/infer"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -43,3 +44,39 @@ def test_sdk_and_cli_manage_a_deployment(live_server: LiveServer, tmp_path: Path
     assert runner.invoke(app, ["deploy", "delete", "api"]).exit_code == 0
     result = runner.invoke(app, ["deploy", "show", "api"])
     assert result.exit_code == DeploymentNotFound.exit_code
+
+
+def test_cli_update_changes_what_it_is_given_and_keeps_the_rest(
+    live_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    register(live_server, "u", scale_model(tmp_path / "a.onnx", 1.0))
+    register(live_server, "u", scale_model(tmp_path / "b.onnx", 3.0))
+    monkeypatch.setenv("MODELYARD_URL", live_server.url)
+    monkeypatch.setenv("MODELYARD_API_KEY", live_server.admin_key)
+    runner = CliRunner()
+
+    def deploy(*args: str) -> dict:
+        result = runner.invoke(app, ["deploy", *args, "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    deploy("create", "upd", "u:1", "--max-error-rate", "0.3")
+    dep = deploy("update", "upd", "--shadow", "u:2=0.25", "--serving", '{"max_batch_size": 4}')
+    assert dep["shadow"] == {"model": "u", "version": 2, "share": 0.25}
+    assert dep["serving"] == {"max_batch_size": 4}
+    assert dep["rollback"]["max_error_rate"] == 0.3 and dep["routes"] == [{"model": "u", "version": 1, "weight": 100.0}]
+    dep = deploy("update", "upd", "u:1=80", "u:2=20")
+    assert [(r["version"], r["weight"]) for r in dep["routes"]] == [(1, 80.0), (2, 20.0)]
+    assert dep["shadow"] is not None and dep["serving"] == {"max_batch_size": 4}  # kept
+    dep = deploy("update", "upd", "--no-shadow", "--no-rollback", "--description", "two routes")
+    assert dep["shadow"] is None and dep["rollback"] is None and dep["description"] == "two routes"
+    assert dep["revision"] == 4
+
+    for bad, says in [((), "nothing to change"), (("--shadow", "u:2", "--no-shadow"), "not both"),
+                      (("--serving", "[1]"), "JSON object"), (("--serving", "{oops"), "JSON object"),
+                      (("--shadow", "u"), "MODEL:VERSION")]:
+        result = runner.invoke(app, ["deploy", "update", "upd", *bad])
+        assert result.exit_code == 2 and says in result.output, result.output
+    result = runner.invoke(app, ["deploy", "update", "upd", "--serving", '{"max_batch_size": 0}'])
+    assert result.exit_code == ValidationFailed.exit_code, result.output
+    assert deploy("show", "upd")["revision"] == 4  # the refused changes changed nothing

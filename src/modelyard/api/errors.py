@@ -67,7 +67,11 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     msg = first.get("msg", "invalid request")
     status = 400 if first.get("type") == "json_invalid" else 422
     code = "bad_request" if status == 400 else "validation_failed"
-    message = f"malformed JSON: {msg}" if status == 400 else (f"{field}: {msg}" if field else msg)
+    if status == 400:  # loc is ("body", offset): no field
+        reason = first.get("ctx", {}).get("error", msg)
+        message, field = f"malformed JSON in the request body: {reason} (char {field or 0})", ""
+    else:
+        message = f"{field}: {msg}" if field else msg
     body: dict[str, Any] = {"error": {"code": code, "message": message}}
     if field:
         body["error"]["details"] = {"field": field}

@@ -37,6 +37,26 @@ def _route(text: str) -> dict[str, Any]:
     return {"model": model, "version": int(version), "weight": w}
 
 
+def _shadow(text: str | None) -> dict[str, Any] | None:
+    """``MODEL:VERSION[=SHARE]`` as a shadow (all requests mirrored without a share)."""
+    if not text:
+        return None
+    s = _route(text)
+    return {"model": s["model"], "version": s["version"], "share": s["weight"] if "=" in text else 1.0}
+
+
+def _serving(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"--serving must be a JSON object: {exc}") from None
+    if not isinstance(settings, dict):
+        raise typer.BadParameter(f"--serving must be a JSON object, e.g. {{\"max_batch_size\": 16}}, got {text!r}")
+    return settings
+
+
 def _show(dep: Any, json_out: bool) -> None:
     if json_out:
         print_json(dep.to_dict())
@@ -71,16 +91,54 @@ def create(
 
         modelyard deploy create web digits:1=90 digits:2=10 --max-error-rate 0.2
     """
-    shadow_body = None
-    if shadow:
-        s = _route(shadow)
-        shadow_body = {"model": s["model"], "version": s["version"], "share": s["weight"] if "=" in shadow else 1.0}
     dep = client().deployments.create(
-        name, [_route(r) for r in routes], shadow=shadow_body,
-        serving=json.loads(serving) if serving else None,
+        name, [_route(r) for r in routes], shadow=_shadow(shadow), serving=_serving(serving),
         rollback={"max_error_rate": max_error_rate, "window_s": window_s} if max_error_rate is not None else None,
     )
     _show(dep, json_out)
+
+
+@app.command("update")
+@handles_errors
+def update(
+    name: Annotated[str, typer.Argument(help="Deployment name.")],
+    routes: Annotated[
+        list[str] | None, typer.Argument(help="New routes MODEL:VERSION[=WEIGHT] ..., primary first.")
+    ] = None,
+    shadow: Annotated[str | None, typer.Option(help="Mirror MODEL:VERSION[=SHARE] (replaces any shadow).")] = None,
+    no_shadow: Annotated[bool, typer.Option("--no-shadow", help="Stop mirroring.")] = False,
+    serving: Annotated[str | None, typer.Option(help='Serving settings as JSON (replace the old ones).')] = None,
+    max_error_rate: Annotated[float | None, typer.Option(help="Roll canaries back above this error rate.")] = None,
+    window_s: Annotated[float, typer.Option(help="Error-rate window (seconds), with --max-error-rate.")] = 60.0,
+    no_rollback: Annotated[bool, typer.Option("--no-rollback", help="No automatic rollback.")] = False,
+    description: Annotated[str | None, typer.Option(help="New description.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Change a deployment's routes, shadow, serving settings or rollback policy (each change
+    takes effect at once; requests in flight finish where they are). What is not given stays.
+
+    Examples:
+
+        modelyard deploy update web --shadow digits:3=0.25
+
+        modelyard deploy update web --serving '{"max_batch_size": 16, "timeout_s": 2}'
+
+        modelyard deploy update web --no-shadow --no-rollback
+    """
+    if shadow and no_shadow:
+        raise typer.BadParameter("give --shadow or --no-shadow, not both")
+    if max_error_rate is not None and no_rollback:
+        raise typer.BadParameter("give --max-error-rate or --no-rollback, not both")
+    changes: dict[str, Any] = {
+        "routes": [_route(r) for r in routes] if routes else None,
+        "shadow": _shadow(shadow), "remove_shadow": no_shadow or None,
+        "serving": _serving(serving), "description": description,
+        "rollback": {"max_error_rate": max_error_rate, "window_s": window_s} if max_error_rate is not None else None,
+        "remove_rollback": no_rollback or None,
+    }
+    if all(v is None for v in changes.values()):
+        raise typer.BadParameter("nothing to change: give routes or an option (see --help)")
+    _show(client().deployments.update(name, **changes), json_out)
 
 
 @app.command("list")

@@ -28,6 +28,7 @@ from modelyard.api.openai.protocol import (
     error_body,
 )
 from modelyard.api.openai.serving import OpenAIServing, Stream
+from modelyard.api.routing import JsonBodyRoute
 from modelyard.api.routes.models import version_out
 from modelyard.api.schemas import ERRORS, StrictBody
 from modelyard.core.principal import Principal
@@ -178,7 +179,7 @@ async def embeddings(request: Request, principal: PrincipalDep) -> Response:
 
 
 # -- upstream registration (management API) --------------------------------------------------
-upstream_router = APIRouter(prefix="/api/v1/models", tags=["models"], responses=ERRORS)
+upstream_router = APIRouter(prefix="/api/v1/models", tags=["models"], responses=ERRORS, route_class=JsonBodyRoute)
 
 
 class UpstreamIn(StrictBody):

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from modelyard.api.deps import PlatformDep, PrincipalDep
+from modelyard.api.routing import JsonBodyRoute
 from modelyard.api.schemas import ERRORS, PageOut, page_out
 from modelyard.core.audit import AuditEntry
 from modelyard.core.pages import Page, PageRequest
@@ -18,7 +19,7 @@ from modelyard.errors import PermissionDenied
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/v1/audit", tags=["audit"], responses=ERRORS)
+router = APIRouter(prefix="/api/v1/audit", tags=["audit"], responses=ERRORS, route_class=JsonBodyRoute)
 
 
 class AuditOut(BaseModel):

@@ -9,12 +9,15 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from modelyard.api.deps import PlatformDep, PrincipalDep
+from modelyard.api.routing import JsonBodyRoute
 from modelyard.api.schemas import ERRORS
 from modelyard.core.optimization import parse_versions
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/v1/models", tags=["models"], responses={**ERRORS, 503: ERRORS[429]})
+router = APIRouter(
+    prefix="/api/v1/models", tags=["models"], responses={**ERRORS, 503: ERRORS[429]}, route_class=JsonBodyRoute
+)
 
 
 class CompareRow(BaseModel):

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel
 
 from modelyard.api.deps import PlatformDep, PrincipalDep
+from modelyard.api.routing import JsonBodyRoute
 from modelyard.api.schemas import ERRORS, PageOut, PageQ, SizeQ, page_out
 from modelyard.api.uploads import stage_upload, upload_doc
 from modelyard.core.datasets import BUILTIN_DATASETS, DatasetInfo, format_from_name
@@ -18,7 +19,7 @@ from modelyard.core.pages import PageRequest
 
 __all__ = ["router", "dataset_out"]
 
-router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"], responses=ERRORS)
+router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"], responses=ERRORS, route_class=JsonBodyRoute)
 
 
 class ColumnOut(BaseModel):

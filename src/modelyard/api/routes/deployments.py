@@ -15,6 +15,7 @@ from fastapi import APIRouter, status
 from pydantic import BaseModel, Field
 
 from modelyard.api.deps import PlatformDep, PrincipalDep
+from modelyard.api.routing import JsonBodyRoute
 from modelyard.api.schemas import ERRORS, PageOut, PageQ, SizeQ, StrictBody, page_out
 from modelyard.core.deployments import Deployment
 from modelyard.core.pages import PageRequest
@@ -24,7 +25,7 @@ from modelyard.errors import DeploymentNotFound
 
 __all__ = ["router", "deployment_out"]
 
-router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"], responses=ERRORS)
+router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"], responses=ERRORS, route_class=JsonBodyRoute)
 
 
 class RouteIn(StrictBody):

@@ -15,6 +15,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelyard.api.deps import PlatformDep, PrincipalDep
+from modelyard.api.routing import JsonBodyRoute
 from modelyard.api.schemas import ERRORS, PageOut, PageQ, SizeQ, page_out
 from modelyard.core.jobs import JobEvent, JobInfo
 from modelyard.core.pages import PageRequest
@@ -23,7 +24,7 @@ from modelyard.jobs.runners import runner_for
 
 __all__ = ["router", "job_out"]
 
-router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], responses=ERRORS)
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], responses=ERRORS, route_class=JsonBodyRoute)
 
 _POLL_S = 0.25
 _KEEPALIVE_S = 15.0

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, Field
 
 from modelyard.api.deps import PlatformDep, PrincipalDep
+from modelyard.api.routing import JsonBodyRoute
 from modelyard.api.routes.tenants import requires
 from modelyard.api.schemas import ERRORS, StrictBody
 from modelyard.core.keys import KeyInfo
@@ -21,7 +22,7 @@ from modelyard.errors import PermissionDenied, ValidationFailed
 
 __all__ = ["router", "key_out"]
 
-router = APIRouter(prefix="/api/v1/keys", tags=["keys"], responses=ERRORS)
+router = APIRouter(prefix="/api/v1/keys", tags=["keys"], responses=ERRORS, route_class=JsonBodyRoute)
 
 _ROLE_PATTERN = "^(" + "|".join(ROLES) + ")$"
 _SCOPE = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]

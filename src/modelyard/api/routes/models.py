@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, Request, status
 from pydantic import BaseModel, Field
 
 from modelyard.api.deps import PlatformDep, PrincipalDep
+from modelyard.api.routing import JsonBodyRoute
 from modelyard.api.schemas import ERRORS, PageOut, PageQ, SizeQ, StrictBody, page_out
 from modelyard.api.uploads import stage_upload, upload_doc
 from modelyard.core.llm import HF_FORMATS
@@ -21,7 +22,7 @@ from modelyard.errors import ModelNotFound, ValidationFailed
 
 __all__ = ["router", "version_out", "model_out"]
 
-router = APIRouter(prefix="/api/v1/models", tags=["models"], responses=ERRORS)
+router = APIRouter(prefix="/api/v1/models", tags=["models"], responses=ERRORS, route_class=JsonBodyRoute)
 
 
 class TensorOut(BaseModel):

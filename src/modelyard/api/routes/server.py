@@ -9,11 +9,12 @@ from starlette.responses import Response
 
 from modelyard import __version__
 from modelyard.api.deps import PlatformDep, PrincipalDep
+from modelyard.api.routing import JsonBodyRoute
 from modelyard.api.schemas import ERRORS
 
 __all__ = ["router"]
 
-router = APIRouter(responses=ERRORS)
+router = APIRouter(responses=ERRORS, route_class=JsonBodyRoute)
 
 
 @router.get("/metrics", tags=["server"], summary="Prometheus metrics (text format)")

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, status
 from pydantic import BaseModel, Field
 
 from modelyard.api.deps import PlatformDep, PrincipalDep
+from modelyard.api.routing import JsonBodyRoute
 from modelyard.api.schemas import ERRORS, PageOut, StrictBody, page_out
 from modelyard.core.pages import PageRequest
 from modelyard.core.tenants import Quotas, TenantInfo
@@ -28,7 +29,8 @@ def requires(action: str) -> Any:
 
 
 router = APIRouter(
-    prefix="/api/v1/tenants", tags=["tenants"], responses=ERRORS, dependencies=[requires("tenants:manage")]
+    prefix="/api/v1/tenants", tags=["tenants"], responses=ERRORS, dependencies=[requires("tenants:manage")],
+    route_class=JsonBodyRoute,
 )
 
 

@@ -12,13 +12,14 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from modelyard.api.deps import PlatformDep, PrincipalDep
+from modelyard.api.routing import JsonBodyRoute
 from modelyard.api.schemas import ERRORS
 from modelyard.core.usage import UsageRecord, price, to_csv
 from modelyard.errors import PermissionDenied
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/v1/usage", tags=["usage"], responses=ERRORS)
+router = APIRouter(prefix="/api/v1/usage", tags=["usage"], responses=ERRORS, route_class=JsonBodyRoute)
 
 
 class UsageItem(BaseModel):
