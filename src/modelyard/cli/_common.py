@@ -162,6 +162,17 @@ def print_table(
         console.print(table)
 
 
+def json_object(text: str, flag: str, example: str = '{"max_batch_size": 16}') -> dict[str, Any]:
+    """An option's value parsed as a JSON object, or a usage error (exit 2) naming ``flag``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"{flag} must be a JSON object, e.g. {example}: {exc}") from None
+    if not isinstance(value, dict):
+        raise typer.BadParameter(f"{flag} must be a JSON object, e.g. {example}, got {text!r}")
+    return value
+
+
 def human_bytes(n: int) -> str:
     """``1536`` -> ``1.5 KiB``."""
     size = float(n)

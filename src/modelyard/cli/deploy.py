@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import typer
 
-from modelyard.cli._common import client, handles_errors, print_json, print_table
+from modelyard.cli._common import client, handles_errors, json_object, print_json, print_table
 
 __all__ = ["app"]
 
@@ -46,15 +45,7 @@ def _shadow(text: str | None) -> dict[str, Any] | None:
 
 
 def _serving(text: str | None) -> dict[str, Any] | None:
-    if not text:
-        return None
-    try:
-        settings = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise typer.BadParameter(f"--serving must be a JSON object: {exc}") from None
-    if not isinstance(settings, dict):
-        raise typer.BadParameter(f"--serving must be a JSON object, e.g. {{\"max_batch_size\": 16}}, got {text!r}")
-    return settings
+    return json_object(text, "--serving") if text else None
 
 
 def _show(dep: Any, json_out: bool) -> None:

@@ -1,13 +1,16 @@
-"""``modelyard models``: push, list, show, version history, promote and delete models."""
+"""``modelyard models``: push, list, show, version history, update, promote and delete models."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from modelyard.cli._common import client, escape, handles_errors, human_bytes, out, print_json, print_table
+from modelyard.cli._common import (
+    client, escape, handles_errors, human_bytes, json_object, out, print_json, print_table,
+)
 
 if TYPE_CHECKING:
     from modelyard.client import ModelVersion
@@ -215,6 +218,56 @@ def promote(
         print_json(v.to_dict())
         return
     out().print(f"{v.model} version {v.version} is now in stage {v.stage}.", highlight=False)
+
+
+@app.command("update")
+@handles_errors
+def update(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int | None, typer.Option("--version", "-v", help="Change this version, not the model.")] = None,
+    description: Annotated[str | None, typer.Option(help="New description.")] = None,
+    serving: Annotated[
+        str | None, typer.Option(help='Serving settings as JSON, e.g. {"max_batch_size": 16} (replace the old ones).')
+    ] = None,
+    no_serving: Annotated[bool, typer.Option("--no-serving", help="Drop the serving settings.")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Change a model's or a version's description or serving settings (batching, queue,
+    instances, isolation, timeout: see docs/serving.md). A model's settings apply to all its
+    versions; a version's own settings and a deployment's go over them. They take effect at the
+    next request, without a reload.
+
+    Examples:
+
+        modelyard models update digits --serving '{"max_batch_size": 32, "timeout_s": 5}'
+
+        modelyard models update digits -v 2 --serving '{"isolation": "process"}'
+
+        modelyard models update digits -v 2 --no-serving --description "back to the model's"
+    """
+    if serving is not None and no_serving:
+        raise typer.BadParameter("give --serving or --no-serving, not both")
+    if description is None and serving is None and not no_serving:
+        raise typer.BadParameter("nothing to change: give --description, --serving or --no-serving")
+    settings = json_object(serving, "--serving") if serving is not None else None
+    with client() as sdk:
+        tags = None
+        if settings is not None or no_serving:  # the serving settings are the "serving" tag
+            current = sdk.models.get(name) if version is None else sdk.models.get_version(name, version)
+            tags = {k: v for k, v in current.tags.items() if k != "serving"}
+            if settings:
+                tags["serving"] = settings
+        if version is None:
+            changed: Any = sdk.models.update(name, description=description, tags=tags)
+        else:
+            changed = sdk.models.update_version(name, version, description=description, tags=tags)
+    if json_out:
+        print_json(changed.to_dict())
+        return
+    what = name if version is None else f"{name} version {version}"
+    settings_now = changed.tags.get("serving")
+    out().print(f"Updated {what}; serving settings: {json.dumps(settings_now) if settings_now else 'none of its own'}.",
+                highlight=False)
 
 
 @app.command("delete")

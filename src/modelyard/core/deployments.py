@@ -29,7 +29,7 @@ from modelyard.core.names import check_name
 from modelyard.core.pages import Page, PageRequest
 from modelyard.core.registry import Registry
 from modelyard.core.routing import ErrorWindow, RouteStats, ShadowStats, WeightedChoice
-from modelyard.engine.manager import ServingOptions
+from modelyard.engine.manager import parse_serving
 from modelyard.errors import Conflict, DeploymentNotFound, ValidationFailed
 from modelyard.store.db import Database
 from modelyard.store.tables import DeploymentRow, utcnow
@@ -182,16 +182,6 @@ def parse_rollback(raw: Any) -> RollbackPolicy | None:
     if not 0 <= policy.max_error_rate <= 1 or not 0 < policy.window_s <= 86_400 or not 1 <= policy.min_requests <= 1_000_000:
         raise ValidationFailed("rollback settings are out of range", details={"field": "rollback"})
     return policy
-
-
-def parse_serving(raw: Any) -> dict[str, Any]:
-    """Validate serving overrides (the fields of :class:`ServingOptions`) and return them."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        raise ValidationFailed("serving must be an object", details={"field": "serving"})
-    ServingOptions().merged(raw)  # raises ValidationFailed naming the bad field
-    return {k: v for k, v in raw.items() if v is not None}
 
 
 def _deployment(row: DeploymentRow) -> Deployment:

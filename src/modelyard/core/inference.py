@@ -99,7 +99,7 @@ class DataPlane:
         #: format -> how a version of it becomes a loadable folder (e.g. extracted HF archives)
         self.folders: dict[str, Callable[[VersionInfo], Path]] = {}
         registry.on_version_removed.append(lambda v: manager.unload(v.key))
-        self._options: dict[tuple[str, str, int], ServingOptions] = {}
+        self._options: dict[tuple[str, str, int], tuple[VersionInfo, ServingOptions]] = {}
         self._sources: dict[tuple[str, bool], ModelSource] = {}
         self._shadows: set[asyncio.Task[None]] = set()
         self._rollbacks: set[asyncio.Task[None]] = set()
@@ -196,19 +196,27 @@ class DataPlane:
         return await self.resolve(principal, route.model, str(route.version))
 
     def options(self, info: VersionInfo, deployment: DeploymentTraffic | None = None) -> ServingOptions:
-        """Serving settings: server defaults < the version's ``serving`` tag and config < the
-        deployment's ``serving``."""
+        """Serving settings: server defaults < the model's ``serving`` tag < the version's
+        ``serving`` tag and config < the deployment's ``serving``. Remembered per version and
+        deployment revision for as long as ``info`` is the version's current record: a record
+        read again (after a change here, or after the resolve cache's TTL, for a change made on
+        another server) has its settings merged again."""
         dep = deployment.deployment if deployment is not None else None
         key = (info.id, dep.id if dep else "", dep.revision if dep else 0)
-        cached = self._options.get(key)
-        if cached is None:
-            cached = self.manager.defaults.merged(info.tags.get("serving")).merged(info.config.get("serving"))
-            if dep is not None:
-                cached = cached.merged(dep.serving)
-            if len(self._options) > 10_000:
-                self._options.clear()
-            self._options[key] = cached
-        return cached
+        hit = self._options.get(key)
+        if hit is not None and hit[0] is info:
+            return hit[1]
+        options = (
+            self.manager.defaults.merged(info.model_serving)
+            .merged(info.tags.get("serving"))
+            .merged(info.config.get("serving"))
+        )
+        if dep is not None:
+            options = options.merged(dep.serving)
+        if len(self._options) > 10_000:
+            self._options.clear()
+        self._options[key] = (info, options)
+        return options
 
     def source(self, info: VersionInfo, options: ServingOptions | None = None) -> ModelSource:
         """What the manager needs to load ``info`` (made once per version and isolation mode)."""

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from modelyard.core.names import check_name
 from modelyard.core.pages import Page, PageRequest
 from modelyard.core.policy import refuse_unsafe
+from modelyard.engine.manager import parse_serving
 from modelyard.errors import ModelNotFound, ValidationFailed, VersionNotFound
 from modelyard.runtimes.base import inspect_artifact
 from modelyard.store.artifacts import ArtifactStore, StagedFile
@@ -68,6 +69,8 @@ class VersionInfo:
     stage: str
     created_at: datetime
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the model's serving settings (its ``serving`` tag): under the version's own
+    model_serving: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -96,6 +99,7 @@ def _version_info(row: VersionRow, model: ModelRow) -> VersionInfo:
         stage=row.stage,
         created_at=row.created_at,
         extra=dict(sig.get("extra", {})),
+        model_serving=dict((model.tags or {}).get("serving") or {}),
     )
 
 
@@ -120,10 +124,14 @@ def _check_stage(stage: str) -> str:
 
 
 def _check_tags(tags: dict[str, Any] | None) -> dict[str, Any]:
+    """Tags are free-form, except ``serving``: the version's serving settings, checked here so
+    that a bad one is refused when written rather than failing every request to the version."""
     if tags is None:
         return {}
     if not isinstance(tags, dict) or not all(isinstance(k, str) for k in tags):
         raise ValidationFailed("tags must be an object with string keys", details={"field": "tags"})
+    if "serving" in tags:
+        tags = {**tags, "serving": parse_serving(tags["serving"], where="tags.serving")}
     return tags
 
 
@@ -285,7 +293,9 @@ class Registry:
                 row.tags = _check_tags(tags)
             row.updated_at = utcnow()
             s.flush()
-            return _model_info(row)
+            info = _model_info(row)
+        self._changed()  # the model's serving tag is part of its versions' records
+        return info
 
     def update_version(
         self,

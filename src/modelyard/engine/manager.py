@@ -2,8 +2,9 @@
 per-version dynamic batcher off the event loop, and keeps loaded versions within a memory budget
 (least recently used first out, never one with requests in flight, never a pinned one).
 
-Serving settings (:class:`ServingOptions`) come in layers: server defaults, then the version's
-``config["serving"]`` (or its ``serving`` tag), then a deployment's settings. Each distinct set of
+Serving settings (:class:`ServingOptions`) come in layers: server defaults, then the model's
+``serving`` tag, the version's ``serving`` tag and ``config["serving"]``, then a deployment's
+settings (:func:`parse_serving` checks each layer when it is written). Each distinct set of
 batching settings of a loaded version gets its own :class:`~modelyard.engine.batcher.DynamicBatcher`
 (so two deployments of one version can batch differently); all of them share the one runtime.
 
@@ -37,6 +38,7 @@ __all__ = [
     "LoadedModel",
     "ModelSource",
     "ServingOptions",
+    "parse_serving",
     "RuntimeLoader",
     "ISOLATION_MODES",
 ]
@@ -103,6 +105,17 @@ class ServingOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def parse_serving(raw: Any, where: str = "serving") -> dict[str, Any]:
+    """Validate serving overrides (the fields of :class:`ServingOptions`) and return them
+    without the ``None`` ones; ``where`` names the field they came in, for the error."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ValidationFailed(f"{where} must be an object of serving settings", details={"field": where})
+    ServingOptions().merged(raw)  # raises ValidationFailed naming the bad setting
+    return {k: v for k, v in raw.items() if v is not None}
 
 
 @dataclass(frozen=True, slots=True)

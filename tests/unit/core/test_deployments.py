@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from modelyard.config import Settings
-from modelyard.core.deployments import DeploymentTraffic, Route, parse_routes, parse_serving
+from modelyard.core.deployments import DeploymentTraffic, Route, parse_routes
+from modelyard.engine.manager import parse_serving
 from modelyard.core.inference import DeploymentGate
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
