@@ -14,8 +14,8 @@ from modelyard.api.routes import audit, keys, tenants, usage
 from modelyard.api.openai import routes as openai_routes
 from modelyard.api.routes import deployments, models, server
 from modelyard.api.routes import datasets as datasets_routes, jobs as jobs_routes
-from modelyard.api.routes import compare as compare_routes
-from modelyard.api.v2 import routes as v2
+from modelyard.api.routes import compare as compare_routes, residency as residency_routes
+from modelyard.api.v2 import repository, routes as v2
 from modelyard.api.v2.infer import InferenceFastPath
 from modelyard.config import Settings
 from modelyard.core.platform import Platform
@@ -58,8 +58,10 @@ def create_app(settings: Settings, *, platform: Platform | None = None) -> FastA
     install_error_handlers(app)
     app.include_router(v2.health_router)
     app.include_router(v2.router)
+    app.include_router(repository.router)
     app.include_router(openai_routes.upstream_router)
     app.include_router(models.router)
+    app.include_router(residency_routes.router)
     app.include_router(deployments.router)
     app.include_router(openai_routes.router)
     app.include_router(server.router)

@@ -1,8 +1,9 @@
-"""``modelyard models``: push, list, show, version history, update, promote and delete models."""
+"""``modelyard models``: push, list, show, version history, update, promote, load and delete models."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -268,6 +269,64 @@ def update(
     settings_now = changed.tags.get("serving")
     out().print(f"Updated {what}; serving settings: {json.dumps(settings_now) if settings_now else 'none of its own'}.",
                 highlight=False)
+
+
+@app.command("loaded")
+@handles_errors
+def loaded(json_out: JsonFlag = False) -> None:
+    """Show your versions in the server's memory and how full its memory budget is.
+
+    The server loads a version on its first request and unloads the least recently used idle
+    ones to stay within the budget; pinned versions stay.
+    """
+    with client() as sdk:
+        report = sdk.memory.loaded()
+    if json_out:
+        print_json({"budget_bytes": report.budget_bytes, "in_use_bytes": report.in_use_bytes,
+                    "items": [asdict(v) for v in report.versions]})
+        return
+    share = report.in_use_bytes / report.budget_bytes if report.budget_bytes else 0.0
+    filled = min(30, round(30 * share))
+    title = (f"memory {'█' * filled}{'░' * (30 - filled)} {human_bytes(report.in_use_bytes)} of "
+             f"{human_bytes(report.budget_bytes)} ({share:.0%}, all tenants)")
+    out().print(title, highlight=False)
+    rows = [[v.model, v.version, human_bytes(v.memory_bytes), "yes" if v.pinned else "", v.in_flight, v.queue_depth,
+             f"{v.idle_s:.0f} s"] for v in report.versions]
+    print_table(["model", "version", "memory", "pinned", "in flight", "queued", "idle"], rows,
+                empty="none of your versions is loaded; each loads on its first request (or: modelyard models load)")
+
+
+@app.command("load")
+@handles_errors
+def load(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int | None, typer.Option("--version", "-v", help="Version (default: the served one).")] = None,
+    pin: Annotated[bool, typer.Option("--pin", help="Keep it loaded whatever the budget (administrators).")] = False,
+) -> None:
+    """Load a version now, so its first request does not wait for the load; --pin keeps it loaded.
+
+    Examples:
+
+        modelyard models load digits
+
+        modelyard models load digits -v 2 --pin
+    """
+    with client() as sdk:
+        state = sdk.memory.load(name, version, pin=pin)
+    out().print(f"{state.model} version {state.version} is loaded{' and pinned' if state.pinned else ''}.",
+                highlight=False)
+
+
+@app.command("unload")
+@handles_errors
+def unload(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int | None, typer.Option("--version", "-v", help="Version (default: the served one).")] = None,
+) -> None:
+    """Unload a version now (and unpin it); requests in flight finish, its next request loads it again."""
+    with client() as sdk:
+        state = sdk.memory.unload(name, version)
+    out().print(f"{state.model} version {state.version} is unloaded.", highlight=False)
 
 
 @app.command("delete")

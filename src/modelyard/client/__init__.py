@@ -17,6 +17,7 @@ from modelyard.client._deployments import Deployment, Deployments
 from modelyard.client._inference import ModelMetadata
 from modelyard.client._jobs import Job, JobEvent, Jobs
 from modelyard.client._llm import LanguageModels
+from modelyard.client._memory import LoadedVersion, Memory, MemoryReport, Residency
 from modelyard.client._models import STAGES, Model, Models, ModelVersion, TensorInfo
 from modelyard.client._optimize import Comparison, Optimize, OptimizeJob
 from modelyard.client._tenancy import ApiKey, Audit, AuditEntry, CreatedKey, Keys, Tenant, Tenants, Usage, UsageRecord, UsageReport
@@ -39,12 +40,16 @@ __all__ = [
     "Jobs",
     "Keys",
     "LanguageModels",
+    "LoadedVersion",
+    "Memory",
+    "MemoryReport",
     "Model",
     "ModelMetadata",
     "ModelVersion",
     "Models",
     "Optimize",
     "OptimizeJob",
+    "Residency",
     "STAGES",
     "TensorInfo",
     "Tenant",

@@ -15,6 +15,7 @@ from modelyard.client._deployments import Deployments
 from modelyard.client._inference import Inference, Inputs, ModelMetadata
 from modelyard.client._jobs import Jobs
 from modelyard.client._llm import LanguageModels
+from modelyard.client._memory import Memory
 from modelyard.client._models import Models
 from modelyard.client._optimize import Optimize
 from modelyard.client._tenancy import Audit, Keys, Tenants, Usage
@@ -83,6 +84,11 @@ class Client:
     def optimize(self) -> Optimize:
         """Optimization jobs (quantize, prune, fp16; guarded) and version comparison."""
         return Optimize(self._transport)
+
+    @cached_property
+    def memory(self) -> Memory:
+        """Your versions in the server's memory; load, pin and unload them ahead of traffic."""
+        return Memory(self._transport)
 
     @cached_property
     def deployments(self) -> Deployments:

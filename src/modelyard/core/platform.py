@@ -19,6 +19,7 @@ from modelyard.core.limits import Limits
 from modelyard.core.llm import LanguageModels
 from modelyard.core.optimization import Optimization
 from modelyard.core.registry import Registry
+from modelyard.core.residency import Residency
 from modelyard.core.tenants import TenantService
 from modelyard.core.usage import UsageMeter
 from modelyard.engine.manager import ModelManager, ServingOptions
@@ -52,6 +53,7 @@ class Platform:
     datasets: DatasetService = field(init=False)
     jobs: JobQueue = field(init=False)
     optimization: Optimization = field(init=False)
+    residency: Residency = field(init=False)
 
     @classmethod
     def open(cls, settings: Settings) -> Platform:
@@ -90,6 +92,7 @@ class Platform:
             registry=registry, artifacts=artifacts, manager=manager, metrics=metrics, deployments=deployments
         )
         platform = cls(settings, db, artifacts, keys, registry, metrics, manager, dataplane)
+        platform.residency = Residency(dataplane, registry)
         platform.tenants = TenantService(db, keys)
         platform.limits = Limits(db=db, tenants=platform.tenants, default_rate=settings.default_key_rate_limit)
         platform.usage = UsageMeter(db, prices=settings.prices, flush_s=settings.usage_flush_s)

@@ -23,6 +23,10 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     "models:write": frozenset({"admin", "owner", "developer"}),
     "models:delete": frozenset({"admin", "owner", "developer"}),
     "models:promote": frozenset({"admin", "owner", "developer"}),
+    # load ahead of traffic and unload: each version's memory, not the other tenants'
+    "models:load": frozenset({"admin", "owner", "developer"}),
+    # pinned versions hold the server's memory budget for every tenant: the operator's call
+    "models:pin": frozenset({"admin"}),
     "infer": frozenset({"admin", "owner", "developer", "viewer", "inference"}),
     "datasets:read": frozenset({"admin", "owner", "developer", "viewer"}),
     "datasets:write": frozenset({"admin", "owner", "developer"}),

@@ -428,6 +428,17 @@ class Registry:
             ).all()
             return Page([_version_info(r, model) for r in rows], total, page.page, page.page_size)
 
+    def tenant_versions(self, tenant_id: str, names: tuple[str, ...] = ()) -> list[VersionInfo]:
+        """Every version of every model of ``tenant_id`` (with ``names``, a key's scope: of
+        those models only), by model name then version, in one query."""
+        with self._db.read() as s:
+            q = select(VersionRow, ModelRow).join(ModelRow, VersionRow.model_id == ModelRow.id)
+            q = q.where(ModelRow.tenant_id == tenant_id)
+            if names:
+                q = q.where(ModelRow.name.in_(names))
+            rows = s.execute(q.order_by(ModelRow.name, VersionRow.version)).all()
+            return [_version_info(version, model) for version, model in rows]
+
     def get_version(self, tenant_id: str, name: str, version: int) -> VersionInfo:
         with self._db.read() as s:
             model = self._model_row(s, tenant_id, name)

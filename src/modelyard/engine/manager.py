@@ -451,10 +451,10 @@ class ModelManager:
         except Exception:  # a runtime that fails to close must not break unloading
             log.exception("closing %s failed", model.source.key)
 
-    def unload(self, key: str) -> None:
-        """Forget a version (after a delete), in every isolation mode; thread-safe.
-
-        Requests in flight finish on the old runtime; a load of it in progress is discarded.
+    def unload(self, key: str, *, reason: str = "deleted") -> None:
+        """Forget a version (after a delete, or asked to: ``reason`` labels the unload metric),
+        in every isolation mode; thread-safe. Requests in flight finish on the old runtime; a
+        load of it in progress is discarded; its next request loads it again.
         """
         loop = self._loop
         try:
@@ -462,15 +462,19 @@ class ModelManager:
         except RuntimeError:
             on_loop = False
         if loop is not None and loop.is_running() and not on_loop:
-            loop.call_soon_threadsafe(self._unload, key)
+            loop.call_soon_threadsafe(self._unload, key, reason)
         else:
-            self._unload(key)
+            self._unload(key, reason)
 
-    def _unload(self, key: str) -> None:
+    def _unload(self, key: str, reason: str) -> None:
         self._generation[key] = self._generation.get(key, 0) + 1
         for load_key, model in list(self._loaded.items()):
             if model.source.key == key or load_key == key:
-                self._drop(load_key, reason="deleted")
+                self._drop(load_key, reason=reason)
+
+    def is_pinned(self, key: str) -> bool:
+        """Whether a version (by version key) is pinned (see :meth:`pin`)."""
+        return key in self._pinned
 
     def pin(self, key: str, pinned: bool = True) -> None:
         """Keep a version (by version key) loaded regardless of the budget, or release it."""

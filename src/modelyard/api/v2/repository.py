@@ -1,0 +1,77 @@
+"""Triton's model repository extension over REST, so ``tritonclient``'s
+``get_model_repository_index``, ``load_model`` and ``unload_model`` work:
+
+* ``POST /v2/repository/index`` (body ``{"ready": true}`` optional): every version of the caller's
+  models, ``READY`` when loaded, else ``UNAVAILABLE`` with reason ``unloaded``;
+* ``POST /v2/repository/models/{name}/load``: load the version ``name`` serves (production, else
+  the latest) now, with its warm-up. ModelYard loads versions from its registry, so a load that
+  carries a model configuration or files (Triton's override directory) is refused: push a version
+  with ``/api/v1/models`` instead;
+* ``POST /v2/repository/models/{name}/unload``: unload the version ``name`` serves.
+
+ModelYard keeps managing memory itself: a loaded version may still be evicted by the memory
+budget (pin it with ``/api/v1/models/{name}/versions/{v}/load``), and an unloaded one loads again on
+its next request.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse
+
+from modelyard.api.deps import PlatformDep, PrincipalDep
+from modelyard.api.errors import ERROR_SCHEMA
+from modelyard.errors import BadRequest
+
+__all__ = ["router"]
+
+router = APIRouter(
+    prefix="/v2/repository", tags=["OIP v2"],
+    responses={code: ERROR_SCHEMA for code in (400, 401, 403, 404, 409)},
+)
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    """The optional JSON object of a repository call (tritonclient sends none for the index)."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"malformed JSON in the request body: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+@router.post("/index", summary="Every version of your models and whether it is loaded (Triton)")
+async def index(request: Request, platform: PlatformDep, principal: PrincipalDep) -> JSONResponse:
+    ready = (await _body(request)).get("ready", False)
+    if not isinstance(ready, bool):
+        raise BadRequest("'ready' must be true or false")
+    return JSONResponse(await platform.residency.index(principal, ready_only=ready))
+
+
+@router.post("/models/{model_name}/load", summary="Load the version a model serves now (Triton)")
+async def load(model_name: str, request: Request, platform: PlatformDep, principal: PrincipalDep) -> JSONResponse:
+    parameters = (await _body(request)).get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise BadRequest("'parameters' must be a JSON object")
+    if "config" in parameters or any(str(k).startswith("file:") for k in parameters):
+        raise BadRequest(
+            "ModelYard loads versions from its registry: push the model with POST /api/v1/models/{name}/versions "
+            "(or modelyard models push) instead of a configuration or files in the load call"
+        )
+    await platform.residency.load(principal, model_name, None)
+    return JSONResponse({})
+
+
+@router.post("/models/{model_name}/unload", summary="Unload the version a model serves (Triton)")
+async def unload(model_name: str, request: Request, platform: PlatformDep, principal: PrincipalDep) -> JSONResponse:
+    await _body(request)  # {"parameters": {"unload_dependents": ...}}: a version has no dependents here
+    await platform.residency.unload(principal, model_name, None)
+    return JSONResponse({})

@@ -1,0 +1,155 @@
+"""Which model versions are in memory, and the calls that change it.
+
+The model manager loads a version on its first request and unloads the least recently used idle
+ones when a load would exceed the memory budget (``engine/manager.py``). This is the tenant-facing
+side of it:
+
+* :meth:`Residency.loaded`: the caller's versions in memory, with their memory, requests in
+  flight, queue and idle time, and the server's budget;
+* :meth:`Residency.load`: load a version ahead of its traffic (warm-up included), so its first
+  request does not pay for the load; with ``pin``, keep it loaded whatever the budget until it is
+  unloaded. Pinning takes memory from every tenant, so it is an administrator's call
+  (``models:pin``); a plain load stays evictable like any version;
+* :meth:`Residency.unload`: unload a version now (requests in flight finish first; its next
+  request loads it again). A pinned version is unloaded only by a caller who may unpin it;
+* :meth:`Residency.index`: every version of the caller's models with its state, the shape of
+  Triton's model repository index (``POST /v2/repository/index``).
+
+Pins live in the server's memory: a restart forgets them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import anyio
+
+from modelyard.core.inference import DataPlane
+from modelyard.core.principal import Principal
+from modelyard.core.registry import Registry, VersionInfo
+from modelyard.errors import Conflict, ModelNotFound
+from modelyard.engine.manager import LoadedModel
+
+__all__ = ["Residency", "LoadedVersion"]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedVersion:
+    """A version in memory, as its tenant sees it."""
+
+    model: str
+    version: int
+    memory_bytes: int
+    pinned: bool
+    in_flight: int
+    queue_depth: int
+    idle_s: float
+    load_seconds: float
+    isolation: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "model": self.model, "version": self.version, "memory_bytes": self.memory_bytes,
+            "pinned": self.pinned, "in_flight": self.in_flight, "queue_depth": self.queue_depth,
+            "idle_s": round(self.idle_s, 3), "load_seconds": round(self.load_seconds, 3),
+            "isolation": self.isolation,
+        }
+
+
+class Residency:
+    """See the module. Every call is scoped to the caller's tenant (and its key's models)."""
+
+    def __init__(self, dataplane: DataPlane, registry: Registry) -> None:
+        self._dataplane = dataplane
+        self._registry = registry
+
+    @property
+    def budget_bytes(self) -> int:
+        return self._dataplane.manager.memory_budget
+
+    @property
+    def in_use_bytes(self) -> int:
+        """Memory of every version loaded, all tenants together (what the budget counts)."""
+        return self._dataplane.manager.memory_in_use
+
+    async def loaded(self, principal: Principal) -> list[LoadedVersion]:
+        """The caller's versions in memory, by model name and version."""
+        principal.require("models:read")
+        in_memory = self._in_memory()
+        if not in_memory:
+            return []
+        versions = await anyio.to_thread.run_sync(self._versions, principal)
+        now = time.monotonic()
+        out = []
+        for info in versions:
+            for model in in_memory.get(info.key, ()):
+                out.append(LoadedVersion(
+                    model=info.model_name, version=info.version, memory_bytes=model.memory_bytes,
+                    pinned=model.pinned, in_flight=model.in_flight,
+                    queue_depth=sum(b.queue_depth for b in list(model.batchers.values())),
+                    idle_s=0.0 if model.in_flight else max(0.0, now - model.last_used),
+                    load_seconds=model.load_seconds,
+                    isolation="process" if model.source.isolated else "thread",
+                ))
+        return out
+
+    async def index(self, principal: Principal, *, ready_only: bool = False) -> list[dict[str, str]]:
+        """Every version of the caller's models: ``{"name", "version", "state", "reason"}``,
+        ``READY`` when loaded, else ``UNAVAILABLE`` (reason ``unloaded``; it loads on its first
+        request)."""
+        principal.require("models:read")
+        in_memory = self._in_memory()
+        rows = []
+        for info in await anyio.to_thread.run_sync(self._versions, principal):
+            ready = info.key in in_memory
+            if ready or not ready_only:
+                rows.append({"name": info.model_name, "version": str(info.version),
+                             "state": "READY" if ready else "UNAVAILABLE", "reason": "" if ready else "unloaded"})
+        return rows
+
+    async def load(self, principal: Principal, name: str, version: str | None, *, pin: bool = False) -> VersionInfo:
+        """Load the version ``name`` ``version`` names (the served one without a version) with
+        its serving settings, warm it up, and with ``pin`` keep it loaded (see the module)."""
+        principal.require("models:load")
+        if pin:
+            principal.require("models:pin")
+        info = await self._version(principal, name, version)
+        dataplane = self._dataplane
+        options = dataplane.options(info)
+        if pin:  # before the load, so the budget cannot take it back in between
+            dataplane.manager.pin(info.key)
+        await dataplane.manager.acquire(dataplane.source(info, options), options)
+        return info
+
+    async def unload(self, principal: Principal, name: str, version: str | None) -> VersionInfo:
+        """Unload the version ``name`` ``version`` names (every isolation mode), unpinning it;
+        requests in flight finish first. :class:`Conflict` for a pinned version when the caller
+        may not unpin."""
+        principal.require("models:load")
+        info = await self._version(principal, name, version)
+        manager = self._dataplane.manager
+        if manager.is_pinned(info.key):
+            if not principal.can("models:pin"):
+                raise Conflict(
+                    f"{info.model_name} version {info.version} is pinned: only an administrator may unload it"
+                )
+            manager.pin(info.key, False)
+        manager.unload(info.key, reason="unloaded")
+        return info
+
+    # -- helpers ---------------------------------------------------------------------------
+    async def _version(self, principal: Principal, name: str, version: str | None) -> VersionInfo:
+        if not principal.in_scope(name):
+            raise ModelNotFound(f"model {name!r} not found")
+        tenant = principal.tenant_id
+        return await anyio.to_thread.run_sync(self._registry.resolve, tenant, name, version)
+
+    def _versions(self, principal: Principal) -> list[VersionInfo]:
+        return self._registry.tenant_versions(principal.tenant_id, principal.scopes)
+
+    def _in_memory(self) -> dict[str, list[LoadedModel]]:
+        by_version: dict[str, list[LoadedModel]] = {}
+        for model in self._dataplane.manager.loaded():
+            by_version.setdefault(model.source.key, []).append(model)
+        return by_version
