@@ -59,6 +59,7 @@ def test_tritonclient_indexes_loads_and_unloads(server: LiveServer) -> None:
         _unload_all(admin)
     triton = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
     headers = server.headers
+    assert triton.get_server_metadata(headers=headers)["extensions"] == ["binary_tensor_data", "model_repository"]
     index = triton.get_model_repository_index(headers=headers)
     assert {(m["name"], m["version"], m["state"]) for m in index} == {
         ("alpha", "1", "UNAVAILABLE"), ("alpha", "2", "UNAVAILABLE"),
