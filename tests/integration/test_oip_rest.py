@@ -322,10 +322,10 @@ def test_metrics_count_requests_errors_latency_and_load(client: httpx.Client) ->
     client.post("/v2/models/add/versions/1/infer", json={"inputs": [_X]})
     client.post("/v2/models/add/versions/1/infer", json={"inputs": [{**_X, "name": "bad"}]})
     text = client.get("/metrics").text
-    assert 'modelyard_inference_requests_total{model="add",protocol="rest",version="1"}' in text
-    assert 'modelyard_inference_errors_total{code="invalid_input",model="add",version="1"}' in text
-    assert 'modelyard_inference_latency_seconds_bucket{le="0.5",model="add",version="1"}' in text
-    assert 'modelyard_model_load_seconds_count{model="add",version="1"}' in text
+    assert 'modelyard_inference_requests_total{model="add",protocol="rest",tenant="default",version="1"}' in text
+    assert 'modelyard_inference_errors_total{code="invalid_input",model="add",tenant="default",version="1"}' in text
+    assert 'modelyard_inference_latency_seconds_bucket{le="0.5",model="add",tenant="default",version="1"}' in text
+    assert 'modelyard_model_load_seconds_count{model="add",tenant="default",version="1"}' in text
 
 
 def test_bytes_that_are_not_utf8_are_400_not_500(client: httpx.Client) -> None:

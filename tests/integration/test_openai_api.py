@@ -191,8 +191,8 @@ def test_embeddings_match_the_model_in_process(client: openai.OpenAI) -> None:
 def test_token_metrics(server: LiveServer, client: openai.OpenAI) -> None:
     client.completions.create(model=MODEL, prompt="hello", max_tokens=3, temperature=0)
     text = httpx.get(f"{server.url}/metrics", headers=server.headers).text
-    assert f'modelyard_tokens_total{{kind="prompt",model="{MODEL}",version="1"}}' in text
-    assert f'modelyard_tokens_total{{kind="completion",model="{MODEL}",version="1"}}' in text
+    assert f'modelyard_tokens_total{{kind="prompt",model="{MODEL}",tenant="default",version="1"}}' in text
+    assert f'modelyard_tokens_total{{kind="completion",model="{MODEL}",tenant="default",version="1"}}' in text
 
 
 # -- bad input --------------------------------------------------------------------------------

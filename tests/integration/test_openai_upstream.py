@@ -66,7 +66,7 @@ def test_chat_through_the_gateway_equals_the_backend(gateway: LiveServer, backen
     completion = _client(gateway).completions.create(model="front", prompt="hello", max_tokens=4, temperature=0)
     assert completion.usage.completion_tokens >= 1
     text = httpx.get(f"{gateway.url}/metrics", headers=gateway.headers).text
-    assert 'modelyard_tokens_total{kind="completion",model="front",version="1"}' in text
+    assert 'modelyard_tokens_total{kind="completion",model="front",tenant="default",version="1"}' in text
 
 
 def test_embeddings_through_the_gateway(gateway: LiveServer, backend: LiveServer) -> None:

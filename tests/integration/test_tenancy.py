@@ -278,3 +278,29 @@ def test_cli_and_sdk(live_server: LiveServer, tmp_path: Path) -> None:
     assert "g-model" in chart and "█" in chart and "total: 2 requests" in chart
     failed = runner.invoke(app, ["tenants", "list"], env={**env, "MODELYARD_API_KEY": created["secret"]})
     assert failed.exit_code == 3 and "may not" in failed.output
+
+
+def test_two_tenants_models_of_one_name_are_two_series_in_metrics(server: LiveServer, tmp_path: Path) -> None:
+    """An operator watching /metrics tells two tenants' ``shared`` models apart (label ``tenant``)."""
+    from tests.integration._serving import metric
+
+    x = np.ones((1, 3), np.float32)
+    with server.client() as admin:
+        for tenant, calls in (("red", 2), ("blue", 1)):
+            assert admin.post("/api/v1/tenants", json={"name": tenant}).status_code == 201
+            owner = admin.post("/api/v1/keys", json={"role": "owner", "tenant": tenant}).json()["secret"]
+            with server.client(owner) as c:
+                r = c.post("/api/v1/models/shared/versions", params={"stage": "production"},
+                           content=tiny_onnx(tmp_path / f"{tenant}.onnx").read_bytes())
+                assert r.status_code == 201, r.text
+                for _ in range(calls):
+                    assert c.post("/v2/models/shared/infer", json=_infer_body(x)).status_code == 200
+                bad = c.post("/v2/models/shared/infer", json=_infer_body(np.ones((1, 5), np.float32)))
+                assert bad.status_code == 400
+        text = admin.get("/metrics").text
+    for tenant, calls in (("red", 2), ("blue", 1)):
+        labels = {"tenant": tenant, "model": "shared", "version": "1"}
+        assert metric(text, "modelyard_inference_requests_total", **labels, protocol="rest") == calls + 1
+        assert metric(text, "modelyard_inference_errors_total", **labels, code="invalid_input") == 1
+        assert metric(text, "modelyard_batch_size_count", **labels) == calls
+        assert metric(text, "modelyard_model_loads_total", **labels) == 1

@@ -41,10 +41,10 @@ def test_loop_families_check_their_labels_and_names() -> None:
 
 def test_server_metrics_count_requests_and_latency() -> None:
     metrics = Metrics()
-    metrics.requests.labels("m", "1", "rest").inc()
-    metrics.latency.labels("m", "1").observe(0.002)
+    metrics.requests.labels("team-a", "m", "1", "rest").inc()
+    metrics.latency.labels("team-a", "m", "1").observe(0.002)
     text = metrics.render().decode()
-    assert 'modelyard_inference_requests_total{model="m",protocol="rest",version="1"} 1.0' in text
-    assert 'modelyard_inference_latency_seconds_bucket{le="0.0025",model="m",version="1"} 1.0' in text
-    assert 'modelyard_inference_latency_seconds_bucket{le="0.001",model="m",version="1"} 0.0' in text
-    assert 'modelyard_inference_latency_seconds_count{model="m",version="1"} 1.0' in text
+    assert 'modelyard_inference_requests_total{model="m",protocol="rest",tenant="team-a",version="1"} 1.0' in text
+    assert 'modelyard_inference_latency_seconds_bucket{le="0.0025",model="m",tenant="team-a",version="1"} 1.0' in text
+    assert 'modelyard_inference_latency_seconds_bucket{le="0.001",model="m",tenant="team-a",version="1"} 0.0' in text
+    assert 'modelyard_inference_latency_seconds_count{model="m",tenant="team-a",version="1"} 1.0' in text

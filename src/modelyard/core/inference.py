@@ -237,6 +237,7 @@ class DataPlane:
                 size_hint=info.size_bytes,
                 inputs=tuple(info.inputs),
                 isolated=isolated,
+                tenant=info.tenant_name,
             )
             if len(self._sources) > 10_000:
                 self._sources.clear()
@@ -551,7 +552,7 @@ class DataPlane:
                 answer = await self.manager.predict(self.source(info, options), arrays, None, options=options)
             except Exception as exc:
                 stats.errors += 1
-                self.metrics.shadow_results.labels(dep_name, "error").inc()
+                self.metrics.shadow_results.labels(principal.tenant_name, dep_name, "error").inc()
                 stats.recent.append({"result": "error", "code": getattr(exc, "code", "internal")})
                 return
             elapsed = time.perf_counter() - started
@@ -564,8 +565,8 @@ class DataPlane:
             stats.shadow_latency_s += elapsed
             stats.primary_latency_s += primary_latency_s
             stats.recent.append({"result": result, "shadow_ms": round(elapsed * 1000, 3)})
-            self.metrics.shadow_results.labels(dep_name, result).inc()
-            self.metrics.shadow_latency.labels(dep_name).observe(elapsed)
+            self.metrics.shadow_results.labels(principal.tenant_name, dep_name, result).inc()
+            self.metrics.shadow_latency.labels(principal.tenant_name, dep_name).observe(elapsed)
 
         task = asyncio.get_running_loop().create_task(run())
         self._shadows.add(task)
@@ -577,7 +578,7 @@ class DataPlane:
         key = (info.id, protocol)
         children = self._metric_children.get(key)
         if children is None:
-            labels = (info.model_name, str(info.version))
+            labels = (info.tenant_name, info.model_name, str(info.version))
             children = (self.metrics.requests.labels(*labels, protocol), self.metrics.latency.labels(*labels))
             if len(self._metric_children) > 10_000:
                 self._metric_children.clear()
@@ -637,7 +638,7 @@ class DataPlane:
         code = exc.code if isinstance(exc, ModelYardError) else (
             "cancelled" if isinstance(exc, asyncio.CancelledError) else "internal"
         )
-        self.metrics.errors.labels(info.model_name, str(info.version), code).inc()
+        self.metrics.errors.labels(info.tenant_name, info.model_name, str(info.version), code).inc()
 
     def _prepare(self, info: VersionInfo, request: InferenceRequest) -> tuple[list[str] | None, dict[str, Any]]:
         validate_inputs(info.inputs, request.inputs)
@@ -749,7 +750,7 @@ class QueueGate:
         self._usage = plane.usage
         self._principal = principal
         self._model = info.model_name
-        self._errors = plane.metrics.errors.labels(info.model_name, str(info.version), "queue_full")
+        self._errors = plane.metrics.errors.labels(info.tenant_name, info.model_name, str(info.version), "queue_full")
         self._batcher = batcher
         self._refused: ModelYardError | None = None
         self._uncounted = 0

@@ -75,6 +75,8 @@ class ServedModel:
     upstream: UpstreamConfig | None = None
     upstream_key: str | None = None
     builtin: bool = False
+    #: the tenant's name, for metric labels ("" for the built-in model every tenant shares)
+    tenant: str = ""
 
     @property
     def id(self) -> str:
@@ -320,7 +322,7 @@ class LanguageModels:
         return ModelSource(
             key=info.key, name=info.model_name, version=str(info.version), format=info.format,
             path=lambda: self.folder(info), config=info.config, size_hint=info.size_bytes,
-            inputs=_TEXT_INPUTS if info.format != "hf-text-generation" else (),
+            inputs=_TEXT_INPUTS if info.format != "hf-text-generation" else (), tenant=info.tenant_name,
         )
 
     def builtin(self) -> ServedModel:
@@ -345,7 +347,7 @@ class LanguageModels:
                 details={"param": "model"},
             )
         common = dict(name=info.model_name, version=str(info.version), task=task,
-                      created_at=int(info.created_at.timestamp()), owned_by=info.tenant_id)
+                      created_at=int(info.created_at.timestamp()), owned_by=info.tenant_id, tenant=info.tenant_name)
         if task == "upstream":
             config = UpstreamConfig.read(self.artifacts.verified_path(info.sha256))
             return ServedModel(**common, upstream=config,  # type: ignore[arg-type]
@@ -400,7 +402,7 @@ class LanguageModels:
 
     def record_tokens(self, served: ServedModel, principal: Principal, *, prompt: int, completion: int) -> None:
         """Count tokens in ``/metrics`` per model and, when a usage recorder exists, per caller."""
-        labels = (served.name, served.version)
+        labels = (served.tenant, served.name, served.version)
         if prompt:
             self.metrics.tokens.labels(*labels, "prompt").inc(prompt)
         if completion:

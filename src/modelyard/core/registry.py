@@ -28,7 +28,7 @@ from modelyard.errors import ModelNotFound, ValidationFailed, VersionNotFound
 from modelyard.runtimes.base import inspect_artifact
 from modelyard.store.artifacts import ArtifactStore, StagedFile
 from modelyard.store.db import Database
-from modelyard.store.tables import ModelRow, VersionRow, utcnow
+from modelyard.store.tables import ModelRow, TenantRow, VersionRow, utcnow
 from modelyard.tensors import TensorSpec
 
 __all__ = ["Registry", "ModelInfo", "VersionInfo", "STAGES"]
@@ -71,6 +71,8 @@ class VersionInfo:
     extra: dict[str, Any] = field(default_factory=dict)
     #: the model's serving settings (its ``serving`` tag): under the version's own
     model_serving: dict[str, Any] = field(default_factory=dict)
+    #: the tenant's name (metric labels)
+    tenant_name: str = ""
 
     @property
     def key(self) -> str:
@@ -78,7 +80,7 @@ class VersionInfo:
         return self.id
 
 
-def _version_info(row: VersionRow, model: ModelRow) -> VersionInfo:
+def _version_info(row: VersionRow, model: ModelRow, tenant_name: str = "") -> VersionInfo:
     sig = row.signature or {}
     return VersionInfo(
         id=row.id,
@@ -100,6 +102,7 @@ def _version_info(row: VersionRow, model: ModelRow) -> VersionInfo:
         created_at=row.created_at,
         extra=dict(sig.get("extra", {})),
         model_serving=dict((model.tags or {}).get("serving") or {}),
+        tenant_name=tenant_name,
     )
 
 
@@ -143,6 +146,7 @@ class Registry:
         self._artifacts = artifacts
         self._ttl = resolve_ttl_s
         self._resolve_cache: dict[tuple[str, str, str | None], tuple[float, VersionInfo]] = {}
+        self._tenant_names: dict[str, str] = {}
         self._lock = threading.Lock()
         # Orders "blob committed + row inserted" against "no row references it + blob deleted":
         # without it a delete can remove a blob that an identical upload is registering.
@@ -162,6 +166,18 @@ class Registry:
             self._resolve_cache.clear()
         for hook in self.on_change:
             hook()
+
+    def _info(self, s: Session, row: VersionRow, model: ModelRow) -> VersionInfo:
+        return _version_info(row, model, self._tenant_name(s, model.tenant_id))
+
+    def _tenant_name(self, s: Session, tenant_id: str) -> str:
+        """A tenant's name (names never change: read once per tenant)."""
+        name = self._tenant_names.get(tenant_id)
+        if name is None:
+            row = s.get(TenantRow, tenant_id)
+            name = row.name if row is not None else tenant_id
+            self._tenant_names[tenant_id] = name
+        return name
 
     @staticmethod
     def _model_row(s: Session, tenant_id: str, name: str) -> ModelRow:
@@ -264,7 +280,7 @@ class Registry:
                     s.add(row)
                     s.flush()
                     s.refresh(model)
-                    return _version_info(row, model)
+                    return self._info(s, row, model)
             except IntegrityError:
                 if attempt == 2:
                     raise
@@ -326,7 +342,7 @@ class Registry:
                 row.tags = tags
             s.flush()
             s.refresh(row)
-            info = _version_info(row, model)
+            info = self._info(s, row, model)
         self._changed()
         return info
 
@@ -336,13 +352,13 @@ class Registry:
             row = self._version_row(s, model, version)
             row.metrics = {**(row.metrics or {}), **metrics}
             s.flush()
-            return _version_info(row, model)
+            return self._info(s, row, model)
 
     def delete_version(self, tenant_id: str, name: str, version: int) -> VersionInfo:
         with self._db.transaction() as s:
             model = self._model_row(s, tenant_id, name)
             row = self._version_row(s, model, version)
-            info = _version_info(row, model)
+            info = self._info(s, row, model)
             s.delete(row)
         self._after_removal([info])
         return info
@@ -351,7 +367,7 @@ class Registry:
         with self._db.transaction() as s:
             model = self._model_row(s, tenant_id, name)
             rows = s.scalars(select(VersionRow).where(VersionRow.model_id == model.id)).all()
-            infos = [_version_info(r, model) for r in rows]
+            infos = [self._info(s, r, model) for r in rows]
             s.execute(delete(VersionRow).where(VersionRow.model_id == model.id))
             s.delete(model)
         self._after_removal(infos)
@@ -426,7 +442,7 @@ class Registry:
                 .offset(page.offset)
                 .limit(page.page_size)
             ).all()
-            return Page([_version_info(r, model) for r in rows], total, page.page, page.page_size)
+            return Page([self._info(s, r, model) for r in rows], total, page.page, page.page_size)
 
     def tenant_versions(self, tenant_id: str, names: tuple[str, ...] = ()) -> list[VersionInfo]:
         """Every version of every model of ``tenant_id`` (with ``names``, a key's scope: of
@@ -437,12 +453,12 @@ class Registry:
             if names:
                 q = q.where(ModelRow.name.in_(names))
             rows = s.execute(q.order_by(ModelRow.name, VersionRow.version)).all()
-            return [_version_info(version, model) for version, model in rows]
+            return [self._info(s, version, model) for version, model in rows]
 
     def get_version(self, tenant_id: str, name: str, version: int) -> VersionInfo:
         with self._db.read() as s:
             model = self._model_row(s, tenant_id, name)
-            return _version_info(self._version_row(s, model, version), model)
+            return self._info(s, self._version_row(s, model, version), model)
 
     def resolve(self, tenant_id: str, name: str, version: str | None = None) -> VersionInfo:
         """The version a request names: an explicit number, else the latest ``production``
@@ -476,4 +492,4 @@ class Registry:
                 row = s.scalar(base.order_by(VersionRow.version.desc()).limit(1))
             if row is None:
                 raise VersionNotFound(f"model {name!r} has no versions")
-            return _version_info(row, model)
+            return self._info(s, row, model)

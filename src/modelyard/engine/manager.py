@@ -135,6 +135,8 @@ class ModelSource:
     size_hint: int = 0
     inputs: tuple[TensorSpec, ...] = ()
     isolated: bool = False
+    #: the tenant's name, for metric labels ("" for a built-in model every tenant shares)
+    tenant: str = ""
 
     @property
     def load_key(self) -> str:
@@ -146,12 +148,13 @@ class _Observer:
 
     __slots__ = ("_batch", "_wait", "_compute", "_reject", "_depth")
 
-    def __init__(self, metrics: Metrics, name: str, version: str) -> None:
-        self._batch = metrics.batch_size.labels(name, version)
-        self._wait = metrics.queue_wait.labels(name, version)
-        self._compute = metrics.compute.labels(name, version)
-        self._reject = metrics.rejections.labels(name, version, "queue_full")
-        self._depth = metrics.queue_depth.labels(name, version)
+    def __init__(self, metrics: Metrics, source: ModelSource) -> None:
+        labels = (source.tenant, source.name, source.version)
+        self._batch = metrics.batch_size.labels(*labels)
+        self._wait = metrics.queue_wait.labels(*labels)
+        self._compute = metrics.compute.labels(*labels)
+        self._reject = metrics.rejections.labels(*labels, "queue_full")
+        self._depth = metrics.queue_depth.labels(*labels)
 
     def on_batch(self, size: int, queue_wait_s: float, compute_s: float) -> None:
         self._batch.observe(size)
@@ -287,7 +290,7 @@ class ModelManager:
         self._total_in_flight = 0
         self._memory = 0
         self._trimming = False
-        self._saturated = metrics.rejections.labels("*", "*", "saturated")
+        self._saturated = metrics.rejections.labels("*", "*", "*", "saturated")
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -386,7 +389,7 @@ class ModelManager:
         model = LoadedModel(
             source, runtime, runtime.memory_bytes(), elapsed,
             pinned=source.key in self._pinned or source.load_key in self._pinned,
-            observer=_Observer(self._metrics, source.name, source.version),
+            observer=_Observer(self._metrics, source),
             inline_below_s=self._inline_below_s if computes_in_caller(runtime) else 0.0,
         )
         if model.observer is not None:
@@ -394,8 +397,8 @@ class ModelManager:
         async with self._lock:
             self._loaded[source.load_key] = model
             self._memory += model.memory_bytes
-        self._metrics.load_seconds.labels(source.name, source.version).observe(elapsed)
-        self._metrics.loads.labels(source.name, source.version).inc()
+        self._metrics.load_seconds.labels(source.tenant, source.name, source.version).observe(elapsed)
+        self._metrics.loads.labels(source.tenant, source.name, source.version).inc()
         self._update_gauges()
         log.info("loaded %s:%s in %.3fs", source.name, source.version, elapsed)
         await self._make_room(0, keep=source.load_key)
@@ -427,7 +430,7 @@ class ModelManager:
             return
         model.retired = True
         self._memory -= model.memory_bytes
-        self._metrics.unloads.labels(model.source.name, model.source.version, reason).inc()
+        self._metrics.unloads.labels(model.source.tenant, model.source.name, model.source.version, reason).inc()
         self._update_gauges()
         try:
             loop = asyncio.get_running_loop()

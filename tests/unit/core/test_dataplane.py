@@ -95,8 +95,8 @@ def test_infer_resolves_and_matches(platform: Platform, tenant: str) -> None:
 
     asyncio.run(run())
     text = platform.metrics.render().decode()
-    assert 'modelyard_inference_requests_total{model="add",protocol="rest",version="2"} 2.0' in text
-    assert 'modelyard_inference_errors_total{code="invalid_input",model="add",version="2"} 1.0' in text
+    assert 'modelyard_inference_requests_total{model="add",protocol="rest",tenant="default",version="2"} 2.0' in text
+    assert 'modelyard_inference_errors_total{code="invalid_input",model="add",tenant="default",version="2"} 1.0' in text
 
 
 def test_permission_is_checked(platform: Platform, tenant: str) -> None:
@@ -125,8 +125,8 @@ def test_concurrent_first_requests_share_one_load(platform: Platform, tenant: st
     results = asyncio.run(run())
     assert all(np.array_equal(r.outputs[0].data, x + 1) for r in results)
     text = platform.metrics.render().decode()
-    assert 'modelyard_model_loads_total{model="add",version="1"} 1.0' in text
-    assert 'modelyard_model_load_seconds_count{model="add",version="1"} 1.0' in text
+    assert 'modelyard_model_loads_total{model="add",tenant="default",version="1"} 1.0' in text
+    assert 'modelyard_model_load_seconds_count{model="add",tenant="default",version="1"} 1.0' in text
     assert len(platform.manager.loaded()) == 1
 
 
@@ -189,7 +189,7 @@ def test_a_queue_gate_reuses_its_answer_and_counts_every_refusal(platform: Platf
     assert gate.refusal() is None
     assert queue.counted == flood, "the rest is counted when the queue has room"
     errors = platform.metrics.registry.get_sample_value(
-        "modelyard_inference_errors_total", {"model": "add", "version": "1", "code": "queue_full"}
+        "modelyard_inference_errors_total", {"tenant": "default", "model": "add", "version": "1", "code": "queue_full"}
     )
     assert errors == flood
     (usage,) = platform.usage.query(tenant_id=tenant, model="add")
@@ -305,9 +305,9 @@ def test_start_queues_what_memory_answers_and_finishes_as_infer_does(platform: P
 
     asyncio.run(run())
     text = platform.metrics.render().decode()
-    assert 'modelyard_inference_requests_total{model="add",protocol="rest",version="1"} 4.0' in text
-    assert 'modelyard_inference_errors_total{code="invalid_input",model="add",version="1"} 1.0' in text
-    assert 'modelyard_inference_errors_total{code="cancelled",model="add",version="1"} 1.0' in text
+    assert 'modelyard_inference_requests_total{model="add",protocol="rest",tenant="default",version="1"} 4.0' in text
+    assert 'modelyard_inference_errors_total{code="invalid_input",model="add",tenant="default",version="1"} 1.0' in text
+    assert 'modelyard_inference_errors_total{code="cancelled",model="add",tenant="default",version="1"} 1.0' in text
 
 
 def test_start_refuses_in_infers_order_the_rate_limit_before_the_scope(platform: Platform, tenant: str) -> None:

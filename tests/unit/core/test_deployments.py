@@ -261,7 +261,7 @@ def test_a_deployments_gate_refuses_while_its_heaviest_routes_queue_is_full(
     assert gate.refusal() is None, "the deployment changed since the gate was made"
     assert heaviest.counted == 2
     errors = platform.metrics.registry.get_sample_value(
-        "modelyard_inference_errors_total", {"model": "m", "version": "2", "code": "queue_full"}
+        "modelyard_inference_errors_total", {"tenant": "default", "model": "m", "version": "2", "code": "queue_full"}
     )
     assert errors == 3, "two refusals here, and the first gate's one"
     usage = {r.model: (r.requests, r.errors) for r in platform.usage.query(tenant_id=tenant)}

@@ -272,7 +272,7 @@ def test_queue_depth_gauge_is_read_when_scraped() -> None:
         )
 
         def depth() -> float | None:
-            return metrics.registry.get_sample_value("modelyard_queue_depth", {"model": "a", "version": "1"})
+            return metrics.registry.get_sample_value("modelyard_queue_depth", {"tenant": "", "model": "a", "version": "1"})
 
         solo, wide = ServingOptions(batching=False), ServingOptions(batching=False, max_queue_size=99)
         busy = [asyncio.create_task(m.predict(source("a"), {"x": X}, None, options=o)) for o in (solo, wide)]

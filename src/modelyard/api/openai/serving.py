@@ -134,18 +134,18 @@ class OpenAIServing:
                        started: float) -> None:
         elapsed = time.perf_counter() - started
         self.llm.record_tokens(served, principal, prompt=prompt, completion=completion)
-        self.metrics.latency.labels(served.name, served.version).observe(elapsed)
+        self.metrics.latency.labels(served.tenant, served.name, served.version).observe(elapsed)
         if self.usage is not None:
             self.usage(principal, served, prompt, completion, elapsed)
         if self.charge_tokens is not None and completion > 0:
             await anyio.to_thread.run_sync(self.charge_tokens, principal.tenant_id, completion)
 
     def _count_request(self, served: ServedModel) -> None:
-        self.metrics.requests.labels(served.name, served.version, "openai").inc()
+        self.metrics.requests.labels(served.tenant, served.name, served.version, "openai").inc()
 
     def _count_error(self, served: ServedModel, exc: BaseException) -> None:
         code = exc.code if isinstance(exc, ModelYardError) else "internal"
-        self.metrics.errors.labels(served.name, served.version, code).inc()
+        self.metrics.errors.labels(served.tenant, served.name, served.version, code).inc()
 
     # -- generation ------------------------------------------------------------------------
     async def chat(self, principal: Principal, body: ChatCompletionRequest) -> dict[str, Any] | Stream:
