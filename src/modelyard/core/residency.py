@@ -48,14 +48,6 @@ class LoadedVersion:
     load_seconds: float
     isolation: str
 
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "model": self.model, "version": self.version, "memory_bytes": self.memory_bytes,
-            "pinned": self.pinned, "in_flight": self.in_flight, "queue_depth": self.queue_depth,
-            "idle_s": round(self.idle_s, 3), "load_seconds": round(self.load_seconds, 3),
-            "isolation": self.isolation,
-        }
-
 
 class Residency:
     """See the module. Every call is scoped to the caller's tenant (and its key's models)."""
@@ -88,8 +80,8 @@ class Residency:
                     model=info.model_name, version=info.version, memory_bytes=model.memory_bytes,
                     pinned=model.pinned, in_flight=model.in_flight,
                     queue_depth=sum(b.queue_depth for b in list(model.batchers.values())),
-                    idle_s=0.0 if model.in_flight else max(0.0, now - model.last_used),
-                    load_seconds=model.load_seconds,
+                    idle_s=0.0 if model.in_flight else round(max(0.0, now - model.last_used), 3),
+                    load_seconds=round(model.load_seconds, 3),
                     isolation="process" if model.source.isolated else "thread",
                 ))
         return out

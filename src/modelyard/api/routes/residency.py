@@ -14,6 +14,7 @@ from modelyard.api.routing import JsonBodyRoute
 from modelyard.api.schemas import ERRORS, StrictBody
 from modelyard.core.platform import Platform
 from modelyard.core.registry import VersionInfo
+from modelyard.core.residency import LoadedVersion
 
 __all__ = ["router"]
 
@@ -24,22 +25,10 @@ class LoadIn(StrictBody):
     pin: bool = Field(default=False, description="keep it loaded whatever the memory budget (administrators)")
 
 
-class LoadedOut(BaseModel):
-    model: str
-    version: int
-    memory_bytes: int
-    pinned: bool
-    in_flight: int
-    queue_depth: int
-    idle_s: float
-    load_seconds: float
-    isolation: str
-
-
 class LoadedPage(BaseModel):
     budget_bytes: int = Field(description="the server's memory budget for models, all tenants together")
     in_use_bytes: int = Field(description="memory of the versions loaded, all tenants together")
-    items: list[LoadedOut]
+    items: list[LoadedVersion]
 
 
 class ResidencyOut(BaseModel):
@@ -59,8 +48,7 @@ def _state(platform: Platform, info: VersionInfo) -> dict[str, Any]:
 async def loaded(platform: PlatformDep, principal: PrincipalDep) -> Any:
     residency = platform.residency
     items = await residency.loaded(principal)
-    return {"budget_bytes": residency.budget_bytes, "in_use_bytes": residency.in_use_bytes,
-            "items": [item.to_dict() for item in items]}
+    return {"budget_bytes": residency.budget_bytes, "in_use_bytes": residency.in_use_bytes, "items": items}
 
 
 @router.post("/models/{name}/versions/{version}/load", response_model=ResidencyOut,
