@@ -10,7 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
+from tritonclient.utils import InferenceServerException
 from typer.testing import CliRunner
 
 from modelyard.cli.main import app
@@ -25,8 +27,7 @@ BUDGET = 500
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     tmp = tmp_path_factory.mktemp("residency")
-    live = LiveServer.build(tmp / "home", builtin_models=False, grpc_enabled=False,
-                            memory_budget_bytes=BUDGET).start()
+    live = LiveServer.build(tmp / "home", builtin_models=False, memory_budget_bytes=BUDGET).start()
     for name in ("alpha", "beta", "gamma"):
         register(live, name, scale_model(tmp / f"{name}.onnx", 2.0))
     register(live, "alpha", scale_model(tmp / "alpha-2.onnx", 3.0))  # alpha 2 is the served one
@@ -184,3 +185,38 @@ def test_cli_and_sdk(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> Non
     assert [(i["model"], i["version"]) for i in json.loads(result.output)["items"]] == [("alpha", 2)]
     result = runner.invoke(app, ["models", "unload", "nope"])
     assert result.exit_code == 4, result.output
+
+
+@pytest.mark.parametrize("transport", ["native", "grpcio"])
+def test_tritonclient_grpc_indexes_loads_and_unloads(server: LiveServer, tmp_path: Path, transport: str) -> None:
+    live = server
+    if transport == "grpcio":  # the other gRPC transport, on a server of its own
+        live = LiveServer.build(tmp_path / "home", builtin_models=False, grpc_transport="grpcio").start()
+        register(live, "alpha", scale_model(tmp_path / "alpha.onnx", 2.0))
+    try:
+        with live.client() as admin:
+            _unload_all(admin)
+        triton = triton_grpc.InferenceServerClient(live.grpc_url)
+        headers = {"authorization": f"Bearer {live.admin_key}"}  # gRPC metadata keys are lowercase
+        assert triton.get_server_metadata(headers=headers, as_json=True)["extensions"] == [
+            "binary_tensor_data", "model_repository"]
+        triton.load_model("alpha", headers=headers)
+        index = triton.get_model_repository_index(headers=headers, as_json=True)["models"]
+        served = "2" if transport == "native" else "1"
+        assert {(m["name"], m["version"]) for m in index if m.get("state") == "READY"} == {("alpha", served)}
+        triton.unload_model("alpha", headers=headers)
+        assert all(m.get("state") == "UNAVAILABLE" for m in triton.get_model_repository_index(headers=headers, as_json=True)["models"])
+
+        with pytest.raises(InferenceServerException) as refused:
+            triton.load_model("alpha", headers=headers, config="{}")
+        assert refused.value.status() == "StatusCode.INVALID_ARGUMENT" and "registry" in refused.value.message()
+        with pytest.raises(InferenceServerException) as missing:
+            triton.load_model("nope", headers=headers)
+        assert missing.value.status() == "StatusCode.NOT_FOUND"
+        with pytest.raises(InferenceServerException) as nokey:
+            triton.get_model_repository_index()
+        assert nokey.value.status() == "StatusCode.UNAUTHENTICATED"
+        triton.close()
+    finally:
+        if live is not server:
+            live.stop()

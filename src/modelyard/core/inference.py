@@ -42,9 +42,10 @@ SERVER_NAME = "modelyard"
 MAX_SHADOW_IN_FLIGHT = 64
 #: how long a resolved name is reused without asking the registry (local changes clear it)
 _RESOLVE_TTL_S = 1.0
-#: the Triton extensions the server implements (over REST; gRPC has the binary data only): the
-#: binary tensor data and the model repository (index, load, unload: ``api/v2/repository.py``).
-#: Per-model statistics are in ``/metrics``, not in Triton's statistics extension.
+#: the Triton extensions the server implements, over REST and gRPC: binary tensor data (gRPC:
+#: raw contents) and the model repository (index, load, unload: ``api/v2/repository.py`` and
+#: ``grpc/servicer.py``). Per-model statistics are in ``/metrics``, not in Triton's statistics
+#: extension.
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 
 

@@ -21,6 +21,7 @@ Pins live in the server's memory: a restart forgets them.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import anyio
@@ -28,10 +29,21 @@ import anyio
 from modelyard.core.inference import DataPlane
 from modelyard.core.principal import Principal
 from modelyard.core.registry import Registry, VersionInfo
-from modelyard.errors import Conflict, ModelNotFound
+from modelyard.errors import BadRequest, Conflict, ModelNotFound
 from modelyard.engine.manager import LoadedModel
 
-__all__ = ["Residency", "LoadedVersion"]
+__all__ = ["Residency", "LoadedVersion", "refuse_model_files"]
+
+
+def refuse_model_files(parameters: Iterable[str]) -> None:
+    """Triton's load call may carry a model configuration (``config``) or the files of a model
+    directory (``file:...``); ModelYard loads versions from its registry, so such a load is a
+    :class:`BadRequest` that says where models come from (REST and gRPC alike)."""
+    if any(name == "config" or str(name).startswith("file:") for name in parameters):
+        raise BadRequest(
+            "ModelYard loads versions from its registry: push the model with POST /api/v1/models/{name}/versions "
+            "(or modelyard models push) instead of a configuration or files in the load call"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from modelyard.core.inference import PendingInference, QueueGate, QueueGates
 from modelyard.core.keys import bearer_token
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
+from modelyard.core.residency import refuse_model_files
 from modelyard.errors import ModelYardError, QueueFull
 from modelyard.grpc.codec import (
     EncodedMessage,
@@ -258,6 +259,32 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             except QueueFull:
                 self._remember_gate(principal, request, context)
                 raise
+
+        return await self._guard(context, work)
+
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Triton's repository index (see ``api/v2/repository.py``)."""
+        async def work() -> Any:
+            rows = await self._platform.residency.index(await self._principal(context), ready_only=request.ready)
+            return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
+
+        return await self._guard(context, work)
+
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Load the version a model serves now (see ``api/v2/repository.py``)."""
+        async def work() -> Any:
+            principal = await self._principal(context)
+            refuse_model_files(request.parameters)
+            await self._platform.residency.load(principal, request.model_name, None)
+            return pb.RepositoryModelLoadResponse()
+
+        return await self._guard(context, work)
+
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Unload the version a model serves (see ``api/v2/repository.py``)."""
+        async def work() -> Any:
+            await self._platform.residency.unload(await self._principal(context), request.model_name, None)
+            return pb.RepositoryModelUnloadResponse()
 
         return await self._guard(context, work)
 

@@ -1,4 +1,4 @@
-"""Triton's model repository extension over REST, so ``tritonclient``'s
+"""Triton's model repository extension over REST (gRPC: ``grpc/servicer.py``), so ``tritonclient``'s
 ``get_model_repository_index``, ``load_model`` and ``unload_model`` work:
 
 * ``POST /v2/repository/index`` (body ``{"ready": true}`` optional): every version of the caller's
@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse
 
 from modelyard.api.deps import PlatformDep, PrincipalDep
 from modelyard.api.errors import ERROR_SCHEMA
+from modelyard.core.residency import refuse_model_files
 from modelyard.errors import BadRequest
 
 __all__ = ["router"]
@@ -61,11 +62,7 @@ async def load(model_name: str, request: Request, platform: PlatformDep, princip
     parameters = (await _body(request)).get("parameters") or {}
     if not isinstance(parameters, dict):
         raise BadRequest("'parameters' must be a JSON object")
-    if "config" in parameters or any(str(k).startswith("file:") for k in parameters):
-        raise BadRequest(
-            "ModelYard loads versions from its registry: push the model with POST /api/v1/models/{name}/versions "
-            "(or modelyard models push) instead of a configuration or files in the load call"
-        )
+    refuse_model_files(parameters)
     await platform.residency.load(principal, model_name, None)
     return JSONResponse({})
 
