@@ -103,7 +103,11 @@ def build_http_server(settings: Settings, platform: Platform) -> uvicorn.Server:
 
 
 async def serve_async(settings: Settings, platform: Platform, http: uvicorn.Server) -> None:
-    """Serve HTTP (and gRPC when enabled) on this event loop until ``http`` exits."""
+    """Serve HTTP (and gRPC when enabled) on this event loop until ``http`` exits, once the
+    pinned model versions are loaded."""
+    pinned = await platform.residency.restore_pins()
+    if pinned:
+        log.info("loaded %d pinned model version(s)", pinned)
     grpc_server = None
     if settings.grpc_enabled:
         from modelyard.grpc.servicer import start_grpc_server

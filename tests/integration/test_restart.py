@@ -1,4 +1,5 @@
-"""A server restart keeps every model and version: push, stop, start again, infer."""
+"""A server restart keeps every model and version (push, stop, start again, infer) and loads the
+pinned ones before it answers."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def test_restart_keeps_models_versions_and_stages(tmp_path: Path) -> None:
             assert c.post("/api/v1/models/adder/versions?stage=production", content=add_model(2.0)).status_code == 201
             assert c.post("/api/v1/models/adder/versions", content=add_model(3.0)).status_code == 201
             assert c.post("/api/v1/models/words/versions", content=identity_model("BYTES")).status_code == 201
+            assert c.post("/api/v1/models/adder/versions/1/load", json={"pin": True}).json()["pinned"] is True
             before = {m["name"]: m for m in c.get("/api/v1/models").json()["items"]}
             versions_before = c.get("/api/v1/models/adder/versions").json()["items"]
     finally:
@@ -35,6 +37,9 @@ def test_restart_keeps_models_versions_and_stages(tmp_path: Path) -> None:
     again.start()
     try:
         with httpx.Client(base_url=again.url, headers=again.headers, timeout=60) as c:
+            # the pinned version was loaded before the server answered anything
+            loaded = c.get("/api/v1/loaded").json()["items"]
+            assert [(i["model"], i["version"], i["pinned"]) for i in loaded] == [("adder", 1, True)]
             after = {m["name"]: m for m in c.get("/api/v1/models").json()["items"]}
             assert after.keys() == before.keys()
             assert after["adder"]["latest_version"] == 3 and after["adder"]["production_version"] == 2

@@ -73,6 +73,8 @@ class VersionInfo:
     model_serving: dict[str, Any] = field(default_factory=dict)
     #: the tenant's name (metric labels)
     tenant_name: str = ""
+    #: kept in memory whatever the budget, and loaded when the server starts
+    pinned: bool = False
 
     @property
     def key(self) -> str:
@@ -103,6 +105,7 @@ def _version_info(row: VersionRow, model: ModelRow, tenant_name: str = "") -> Ve
         extra=dict(sig.get("extra", {})),
         model_serving=dict((model.tags or {}).get("serving") or {}),
         tenant_name=tenant_name,
+        pinned=bool(row.pinned),
     )
 
 
@@ -345,6 +348,26 @@ class Registry:
             info = self._info(s, row, model)
         self._changed()
         return info
+
+    def set_pinned(self, tenant_id: str, name: str, version: int, pinned: bool) -> VersionInfo:
+        """Record whether a version is pinned (see ``core/residency.py``): the server loads the
+        pinned versions when it starts."""
+        with self._db.transaction() as s:
+            model = self._model_row(s, tenant_id, name)
+            row = self._version_row(s, model, version)
+            row.pinned = pinned
+            s.flush()
+            info = self._info(s, row, model)
+        self._changed()
+        return info
+
+    def pinned_versions(self) -> list[VersionInfo]:
+        """Every pinned version, of every tenant."""
+        with self._db.read() as s:
+            rows = s.execute(
+                select(VersionRow, ModelRow).join(ModelRow, VersionRow.model_id == ModelRow.id).where(VersionRow.pinned)
+            ).all()
+            return [self._info(s, version, model) for version, model in rows]
 
     def set_metrics(self, tenant_id: str, name: str, version: int, metrics: dict[str, Any]) -> VersionInfo:
         with self._db.transaction() as s:

@@ -15,11 +15,14 @@ side of it:
 * :meth:`Residency.index`: every version of the caller's models with its state, the shape of
   Triton's model repository index (``POST /v2/repository/index``).
 
-Pins live in the server's memory: a restart forgets them.
+A pin is recorded with the version: a server that starts loads its pinned versions before it
+answers (:meth:`Residency.restore_pins`). In a cluster, the other servers take a pin at their
+next start.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,6 +36,8 @@ from modelyard.errors import BadRequest, Conflict, ModelNotFound
 from modelyard.engine.manager import LoadedModel
 
 __all__ = ["Residency", "LoadedVersion", "refuse_model_files"]
+
+log = logging.getLogger(__name__)
 
 
 def refuse_model_files(parameters: Iterable[str]) -> None:
@@ -119,12 +124,31 @@ class Residency:
         if pin:
             principal.require("models:pin")
         info = await self._version(principal, name, version)
+        if pin:  # recorded and pinned before the load, so the budget cannot take it back
+            info = await anyio.to_thread.run_sync(self._registry.set_pinned, info.tenant_id, info.model_name,
+                                                  info.version, True)
+            self._dataplane.manager.pin(info.key)
+        await self._load(info)
+        return info
+
+    async def restore_pins(self) -> int:
+        """Pin and load every version pinned before the server (re)started; returns how many
+        loaded. One that fails to load is logged and left for its first request."""
+        loaded = 0
+        for info in await anyio.to_thread.run_sync(self._registry.pinned_versions):
+            self._dataplane.manager.pin(info.key)
+            try:
+                await self._load(info)
+            except Exception as exc:
+                log.warning("pinned %s version %d did not load at start: %s", info.model_name, info.version, exc)
+            else:
+                loaded += 1
+        return loaded
+
+    async def _load(self, info: VersionInfo) -> None:
         dataplane = self._dataplane
         options = dataplane.options(info)
-        if pin:  # before the load, so the budget cannot take it back in between
-            dataplane.manager.pin(info.key)
         await dataplane.manager.acquire(dataplane.source(info, options), options)
-        return info
 
     async def unload(self, principal: Principal, name: str, version: str | None) -> VersionInfo:
         """Unload the version ``name`` ``version`` names (every isolation mode), unpinning it;
@@ -133,11 +157,13 @@ class Residency:
         principal.require("models:load")
         info = await self._version(principal, name, version)
         manager = self._dataplane.manager
-        if manager.is_pinned(info.key):
+        if manager.is_pinned(info.key) or info.pinned:
             if not principal.can("models:pin"):
                 raise Conflict(
                     f"{info.model_name} version {info.version} is pinned: only an administrator may unload it"
                 )
+            await anyio.to_thread.run_sync(self._registry.set_pinned, info.tenant_id, info.model_name,
+                                           info.version, False)
             manager.pin(info.key, False)
         manager.unload(info.key, reason="unloaded")
         return info

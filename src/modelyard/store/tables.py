@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -88,6 +89,8 @@ class VersionRow(Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     stage: Mapped[str] = mapped_column(String(16), default="none")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: kept in memory whatever the budget, and loaded when the server starts (0005)
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 # -- tenancy (0002): quotas, counters, usage, audit ---------------------------------------------
