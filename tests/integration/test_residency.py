@@ -220,3 +220,17 @@ def test_tritonclient_grpc_indexes_loads_and_unloads(server: LiveServer, tmp_pat
     finally:
         if live is not server:
             live.stop()
+
+
+def test_a_pin_whose_load_fails_is_not_left_behind(server: LiveServer, tmp_path: Path) -> None:
+    assert server.platform is not None
+    info = register(server, "broken", scale_model(tmp_path / "broken.onnx", 5.0))
+    blob = server.platform.artifacts.verified_path(info.sha256)
+    blob.write_bytes(b"not onnx any more")  # the load will fail its checksum
+    with server.client() as admin:
+        r = admin.post("/api/v1/models/broken/versions/1/load", json={"pin": True})
+        assert r.status_code == 500 and r.json()["error"]["code"] == "corrupt_artifact", r.text
+        assert ("broken", 1) not in _loaded(admin)
+    tenant = server.platform.keys.ensure_default_tenant()
+    assert server.platform.registry.get_version(tenant, "broken", 1).pinned is False
+    assert not server.platform.manager.is_pinned(info.key)

@@ -32,8 +32,8 @@ import anyio
 from modelyard.core.inference import DataPlane
 from modelyard.core.principal import Principal
 from modelyard.core.registry import Registry, VersionInfo
-from modelyard.errors import BadRequest, Conflict, ModelNotFound
 from modelyard.engine.manager import LoadedModel
+from modelyard.errors import BadRequest, Conflict, ModelNotFound
 
 __all__ = ["Residency", "LoadedVersion", "refuse_model_files"]
 
@@ -124,11 +124,25 @@ class Residency:
         if pin:
             principal.require("models:pin")
         info = await self._version(principal, name, version)
-        if pin:  # recorded and pinned before the load, so the budget cannot take it back
-            info = await anyio.to_thread.run_sync(self._registry.set_pinned, info.tenant_id, info.model_name,
-                                                  info.version, True)
-            self._dataplane.manager.pin(info.key)
-        await self._load(info)
+        if not pin:
+            await self._load(info)
+            return info
+        was_pinned = info.pinned
+        # recorded and pinned before the load, so the budget cannot take it back in between
+        info = await self._set_pinned(info, True)
+        try:
+            await self._load(info)
+        except BaseException:
+            if not was_pinned:  # a pin that never loaded is not left behind
+                await self._set_pinned(info, False)
+            raise
+        return info
+
+    async def _set_pinned(self, info: VersionInfo, pinned: bool) -> VersionInfo:
+        info = await anyio.to_thread.run_sync(
+            self._registry.set_pinned, info.tenant_id, info.model_name, info.version, pinned
+        )
+        self._dataplane.manager.pin(info.key, pinned)
         return info
 
     async def restore_pins(self) -> int:
@@ -162,9 +176,7 @@ class Residency:
                 raise Conflict(
                     f"{info.model_name} version {info.version} is pinned: only an administrator may unload it"
                 )
-            await anyio.to_thread.run_sync(self._registry.set_pinned, info.tenant_id, info.model_name,
-                                           info.version, False)
-            manager.pin(info.key, False)
+            info = await self._set_pinned(info, False)
         manager.unload(info.key, reason="unloaded")
         return info
 
