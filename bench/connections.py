@@ -18,7 +18,7 @@ capacity. This shows how much of the gap any asyncio server of that shape pays
 (``docs/benchmarks.md``).
 
     apt-get install wrk
-    python bench/connections.py [--seconds 5] [--passes 2]
+    python bench/connections.py [--seconds 5] [--passes 2] [--counts 64,128,256,512,1024] [--modelyard-only]
 """
 
 from __future__ import annotations
@@ -98,12 +98,15 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
 
 
-def measure(label: str, pid: int, port: int, req: Req, seconds: float, passes: int, folder: Path) -> None:
-    """Alternate the connection counts ``passes`` times; print each run, then the CPU ratio."""
-    wrk_closed_loop(port, req, COUNTS[0], 1.0, folder)  # warm
-    per_answer: dict[int, list[float]] = {c: [] for c in COUNTS}
-    for _ in range(passes):
-        for conns in COUNTS:
+def measure(label: str, pid: int, port: int, req: Req, seconds: float, passes: int, folder: Path,
+            counts: tuple[int, ...] = COUNTS) -> None:
+    """Run the connection counts ``passes`` times, in reverse order every other pass (a drift of
+    the VM's speed then cancels); print each run, then each count's CPU per answer against the
+    first count's."""
+    wrk_closed_loop(port, req, counts[0], 1.0, folder)  # warm
+    per_answer: dict[int, list[float]] = {c: [] for c in counts}
+    for i in range(passes):
+        for conns in counts if i % 2 == 0 else counts[::-1]:
             before = cpu_seconds(pid)
             result = wrk_closed_loop(port, req, conns, seconds, folder)
             answers = sum(n for status, n in result.statuses.items() if status != -1)
@@ -112,8 +115,10 @@ def measure(label: str, pid: int, port: int, req: Req, seconds: float, passes: i
             refused = result.statuses[-2]
             show(f"{label}: {conns:,} connections", f"{result.rps:,.0f} req/s, server CPU {us:.1f} µs per answer"
                  + (f" ({refused:,} non-2xx)" if refused else ""))
-    low, high = (float(np.mean(per_answer[c])) for c in COUNTS)
-    show(f"{label}: CPU per answer, {COUNTS[1]:,} / {COUNTS[0]} connections", f"{high / low:.2f}")
+    low = float(np.mean(per_answer[counts[0]]))
+    for conns in counts[1:]:
+        show(f"{label}: CPU per answer, {conns:,} / {counts[0]} connections",
+             f"{float(np.mean(per_answer[conns])) / low:.2f}")
 
 
 def served(start: Callable[[], subprocess.Popen[bytes]], url: str) -> subprocess.Popen[bytes]:
@@ -130,7 +135,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each closed loop")
     parser.add_argument("--passes", type=int, default=2, help="times each connection count is run")
+    parser.add_argument("--counts", default=",".join(map(str, COUNTS)),
+                        help="connection counts, the first the baseline (e.g. 64,128,256,512,1024)")
+    parser.add_argument("--modelyard-only", action="store_true", help="skip the two 30-line servers")
     args = parser.parse_args()
+    counts = tuple(int(c) for c in args.counts.split(","))
+    if len(counts) < 2 or min(counts) < 1:
+        sys.exit("--counts needs two or more positive connection counts, the first the baseline")
     if len(os.sched_getaffinity(0)) < 2:
         sys.exit("needs two cores (servers on core 0, wrk on core 1)")
     if shutil.which("wrk") is None:
@@ -144,14 +155,14 @@ def main() -> None:
     print(f"# connections: servers on core {SERVER_CORE}, wrk on core {CLIENT_CORE}, {args.seconds:g} s per run, "
           f"{args.passes} passes", flush=True)
 
-    for mode in ("sync", "deferred"):
+    for mode in () if args.modelyard_only else ("sync", "deferred"):
         port = _free_port()
         proc = served(lambda: subprocess.Popen(
             ["taskset", "-c", str(SERVER_CORE), sys.executable, str(tmp / "minimal.py"), str(port)],
             env={**os.environ, "MINIMAL_MODE": mode}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         ), f"http://127.0.0.1:{port}/")
         try:
-            measure(f"minimal {mode}", proc.pid, port, req, args.seconds, args.passes, tmp)
+            measure(f"minimal {mode}", proc.pid, port, req, args.seconds, args.passes, tmp, counts)
         finally:
             proc.terminate()
             proc.wait()
@@ -164,7 +175,7 @@ def main() -> None:
                    content=tiny_digits(tmp / "tiny.onnx").read_bytes(), timeout=120,
                    headers={"content-type": "application/octet-stream", "Authorization": f"Bearer {key}"},
                    ).raise_for_status()
-        measure("ModelYard tiny", server.pid, port, req, args.seconds, args.passes, tmp)
+        measure("ModelYard tiny", server.pid, port, req, args.seconds, args.passes, tmp, counts)
     finally:
         server.terminate()
         server.wait(timeout=60)

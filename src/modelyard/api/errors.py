@@ -67,9 +67,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     msg = first.get("msg", "invalid request")
     status = 400 if first.get("type") == "json_invalid" else 422
     code = "bad_request" if status == 400 else "validation_failed"
-    if status == 400:  # loc is ("body", offset): no field
+    if status == 400:  # json_invalid: loc is ("body", offset), so "field" holds the offset
         reason = first.get("ctx", {}).get("error", msg)
-        message, field = f"malformed JSON in the request body: {reason} (char {field or 0})", ""
+        offset, field = field or "0", ""
+        message = f"malformed JSON in the request body: {reason} (char {offset})"
     else:
         message = f"{field}: {msg}" if field else msg
     body: dict[str, Any] = {"error": {"code": code, "message": message}}

@@ -274,9 +274,14 @@ class DataPlane:
         info, traffic = await self._target(principal, name, version)
         if not self.accepting:
             return False
-        options = self.options(info, traffic)
-        await self.manager.acquire(self.source(info, options), options)
+        await self.load(info, traffic)
         return True
+
+    async def load(self, info: VersionInfo, deployment: DeploymentTraffic | None = None) -> None:
+        """Load ``info`` (warm-up included) with the serving settings it would be called with,
+        through ``deployment`` when given; nothing to do when it is loaded already."""
+        options = self.options(info, deployment)
+        await self.manager.acquire(self.source(info, options), options)
 
     # -- admission -------------------------------------------------------------------------
     def queue_gate(self, principal: Principal, name: str, version: str | None) -> QueueGate | None:

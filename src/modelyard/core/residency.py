@@ -125,13 +125,13 @@ class Residency:
             principal.require("models:pin")
         info = await self._version(principal, name, version)
         if not pin:
-            await self._load(info)
+            await self._dataplane.load(info)
             return info
         was_pinned = info.pinned
         # recorded and pinned before the load, so the budget cannot take it back in between
         info = await self._set_pinned(info, True)
         try:
-            await self._load(info)
+            await self._dataplane.load(info)
         except BaseException:
             if not was_pinned:  # a pin that never loaded is not left behind
                 await self._set_pinned(info, False)
@@ -152,17 +152,12 @@ class Residency:
         for info in await anyio.to_thread.run_sync(self._registry.pinned_versions):
             self._dataplane.manager.pin(info.key)
             try:
-                await self._load(info)
+                await self._dataplane.load(info)
             except Exception as exc:
                 log.warning("pinned %s version %d did not load at start: %s", info.model_name, info.version, exc)
             else:
                 loaded += 1
         return loaded
-
-    async def _load(self, info: VersionInfo) -> None:
-        dataplane = self._dataplane
-        options = dataplane.options(info)
-        await dataplane.manager.acquire(dataplane.source(info, options), options)
 
     async def unload(self, principal: Principal, name: str, version: str | None) -> VersionInfo:
         """Unload the version ``name`` ``version`` names (every isolation mode), unpinning it;

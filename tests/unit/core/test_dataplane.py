@@ -352,3 +352,22 @@ def test_start_leaves_a_tenant_with_a_daily_quota_to_infer_without_taking_a_toke
             await plane.infer(who, "add", None, _req(x))
 
     asyncio.run(run())
+
+
+def test_restoring_pins_loads_the_pinned_and_survives_one_that_cannot_load(platform: Platform, tenant: str) -> None:
+    """What a starting server does before it answers (``Residency.restore_pins``): a pinned
+    version whose artifact went bad is logged and skipped, never a failed start."""
+    good, bad = _push(platform, tenant, "good"), _push(platform, tenant, "bad", add=7.0)
+    _push(platform, tenant, "unpinned", add=3.0)
+    for info in (good, bad):
+        platform.registry.set_pinned(tenant, info.model_name, info.version, True)
+    platform.artifacts.verified_path(bad.sha256).write_bytes(b"corrupted")
+
+    async def run() -> int:
+        return await platform.residency.restore_pins()
+
+    assert asyncio.run(run()) == 1
+    manager = platform.manager
+    assert manager.is_loaded(good.key) and manager.is_pinned(good.key)
+    assert not manager.is_loaded(bad.key) and manager.is_pinned(bad.key)  # left for its first request
+    assert not any(m.source.name == "unpinned" for m in manager.loaded())
