@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.samples import Sample
 
+from modelyard.statistics import StatisticsBook, StatisticsSnapshot, VersionStatistics
+
 __all__ = ["Metrics", "LATENCY_BUCKETS", "LoopCounter", "LoopHistogram"]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -74,6 +76,10 @@ class _LoopFamily(Generic[C]):
                 raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
             child = self._children[values] = make()
         return child
+
+    def get(self, *values: str) -> C | None:
+        """The child of ``values`` if it was made, without making it."""
+        return self._children.get(values)
 
 
 class LoopCounter(_LoopFamily[_LoopCount]):
@@ -178,6 +184,25 @@ class Metrics:
             "modelyard_shadow_latency_seconds", "Latency of mirrored (shadow) requests",
             ["tenant", "deployment"], buckets=LATENCY_BUCKETS, registry=r,
         )
+
+        #: Triton's per-version statistics, partly read from the families above (see statistics.py)
+        self.statistics = StatisticsBook()
+
+    def version_statistics(self, key: str, tenant: str, model: str, version: str) -> VersionStatistics:
+        """The statistics of version ``key`` (labelled ``tenant``, ``model``, ``version`` here),
+        made on first use."""
+        return self.statistics.version(key, self.latency.labels(tenant, model, version))
+
+    def statistics_of(self, key: str, tenant: str, model: str, version: str) -> StatisticsSnapshot | None:
+        """The statistics of version ``key`` now; ``None`` when it has seen no request since the
+        server started (nothing is made for it, so no empty series appear in ``/metrics``)."""
+        statistics = self.statistics.get(key)
+        if statistics is None:
+            answered = self.latency.get(tenant, model, version)  # answered by the OpenAI API only
+            if answered is None:
+                return None
+            statistics = VersionStatistics(answered)
+        return statistics.snapshot()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +76,21 @@ def register(
     return platform.registry.register_version(
         tenant_id=tenant, model_name=name, staged=staged, stage=stage, config=config or {}
     )
+
+
+@contextmanager
+def on_grpc_transport(server: LiveServer, tmp_path: Path, transport: str) -> Iterator[LiveServer]:
+    """``server`` itself for the native gRPC transport; for ``grpcio``, a server of its own (in
+    ``tmp_path``) on that transport, with an ``alpha`` scale model, stopped afterwards."""
+    if transport != "grpcio":
+        yield server
+        return
+    live = LiveServer.build(tmp_path / "home", builtin_models=False, grpc_transport="grpcio").start()
+    try:
+        register(live, "alpha", scale_model(tmp_path / "alpha.onnx", 2.0))
+        yield live
+    finally:
+        live.stop()
 
 
 def infer_body(x: np.ndarray, name: str = "x") -> dict[str, Any]:

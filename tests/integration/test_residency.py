@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from modelyard.cli.main import app
 from modelyard.client import Client, Residency
-from tests.integration._serving import register, scale_model
+from tests.integration._serving import on_grpc_transport, register, scale_model
 from tests.support.live import LiveServer
 
 #: an ONNX Runtime version of the scale model counts twice its 98-byte file: two fit, not three
@@ -60,7 +60,7 @@ def test_tritonclient_indexes_loads_and_unloads(server: LiveServer) -> None:
         _unload_all(admin)
     triton = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
     headers = server.headers
-    assert triton.get_server_metadata(headers=headers)["extensions"] == ["binary_tensor_data", "model_repository"]
+    assert triton.get_server_metadata(headers=headers)["extensions"] == ["binary_tensor_data", "model_repository", "statistics"]
     index = triton.get_model_repository_index(headers=headers)
     assert {(m["name"], m["version"], m["state"]) for m in index} == {
         ("alpha", "1", "UNAVAILABLE"), ("alpha", "2", "UNAVAILABLE"),
@@ -189,17 +189,13 @@ def test_cli_and_sdk(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> Non
 
 @pytest.mark.parametrize("transport", ["native", "grpcio"])
 def test_tritonclient_grpc_indexes_loads_and_unloads(server: LiveServer, tmp_path: Path, transport: str) -> None:
-    live = server
-    if transport == "grpcio":  # the other gRPC transport, on a server of its own
-        live = LiveServer.build(tmp_path / "home", builtin_models=False, grpc_transport="grpcio").start()
-        register(live, "alpha", scale_model(tmp_path / "alpha.onnx", 2.0))
-    try:
+    with on_grpc_transport(server, tmp_path, transport) as live:
         with live.client() as admin:
             _unload_all(admin)
         triton = triton_grpc.InferenceServerClient(live.grpc_url)
         headers = {"authorization": f"Bearer {live.admin_key}"}  # gRPC metadata keys are lowercase
         assert triton.get_server_metadata(headers=headers, as_json=True)["extensions"] == [
-            "binary_tensor_data", "model_repository"]
+            "binary_tensor_data", "model_repository", "statistics"]
         triton.load_model("alpha", headers=headers)
         index = triton.get_model_repository_index(headers=headers, as_json=True)["models"]
         served = "2" if transport == "native" else "1"
@@ -217,9 +213,6 @@ def test_tritonclient_grpc_indexes_loads_and_unloads(server: LiveServer, tmp_pat
             triton.get_model_repository_index()
         assert nokey.value.status() == "StatusCode.UNAUTHENTICATED"
         triton.close()
-    finally:
-        if live is not server:
-            live.stop()
 
 
 def test_a_pin_whose_load_fails_is_not_left_behind(server: LiveServer, tmp_path: Path) -> None:

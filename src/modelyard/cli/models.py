@@ -1,4 +1,5 @@
-"""``modelyard models``: push, list, show, version history, update, promote, load and delete models."""
+"""``modelyard models``: push, list, show, version history, update, promote, load, statistics and
+delete models."""
 
 from __future__ import annotations
 
@@ -294,6 +295,60 @@ def loaded(json_out: JsonFlag = False) -> None:
              f"{v.idle_s:.0f} s"] for v in report.versions]
     print_table(["model", "version", "memory", "pinned", "in flight", "queued", "idle"], rows,
                 empty="none of your versions is loaded; each loads on its first request (or: modelyard models load)")
+
+
+@app.command("stats")
+@handles_errors
+def stats(
+    name: Annotated[str | None, typer.Argument(help="Model or deployment name (default: all you have served).")] = None,
+    version: Annotated[int | None, typer.Option("--version", "-v", help="One version of NAME.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Show what your versions served since the server started: requests answered and failed,
+    mean latency, time queued and computing, and batch sizes (with one version: how often each
+    batch size ran).
+
+    The figures of Triton's statistics extension (`GET /v2/models/NAME/stats`), counted by this
+    server. Examples:
+
+        modelyard models stats
+
+        modelyard models stats digits -v 2
+    """
+    if version is not None and name is None:
+        raise typer.BadParameter("--version needs a model NAME")
+    with client() as sdk:
+        versions = sdk.statistics.get(name, version)
+    if json_out:
+        print_json({"items": [asdict(v) for v in versions]})
+        return
+    rows = [[v.model, v.version, v.answered.count, v.failed.count, f"{v.answered.mean_ms:.2f}",
+             f"{v.queued.mean_ms:.2f}", f"{v.computed.mean_ms:.2f}", v.batches, f"{v.mean_batch_size:.1f}",
+             human_bytes(v.memory_bytes) if v.memory_bytes else ""] for v in versions]
+    print_table(["model", "version", "answered", "failed", "latency ms", "queued ms", "compute ms", "batches",
+                 "rows/batch", "memory"], rows,
+                empty="none of your versions has served a request since the server started")
+    if len(versions) == 1 and versions[0].by_batch_size:
+        _batch_sizes(versions[0].by_batch_size)
+
+
+def _batch_sizes(by_size: dict[int, Any]) -> None:
+    """How many batches of each size ran, as bars: one per size, or per power-of-two range of
+    sizes when there are many sizes."""
+    groups: dict[str, list[float]] = {}  # label -> [batches, compute seconds]
+    many = len(by_size) > 12
+    for size, duration in sorted(by_size.items()):
+        low = 1 << (size.bit_length() - 1) if many else size
+        label = f"{low}-{2 * low - 1}" if many and low > 1 else str(low)
+        group = groups.setdefault(label, [0, 0.0])
+        group[0] += duration.count
+        group[1] += duration.seconds
+    most = max(count for count, _ in groups.values())
+    console = out()
+    console.print("batches by size (rows)", highlight=False)
+    for label, (count, seconds) in groups.items():
+        bar = "█" * max(1, round(30 * count / most))
+        console.print(f"{label:>9} {bar} {count:.0f} ({1000 * seconds / count:.2f} ms each)", highlight=False)
 
 
 @app.command("load")

@@ -20,6 +20,7 @@ from modelyard.client._llm import LanguageModels
 from modelyard.client._memory import LoadedVersion, Memory, MemoryReport, Residency
 from modelyard.client._models import STAGES, Model, Models, ModelVersion, TensorInfo
 from modelyard.client._optimize import Comparison, Optimize, OptimizeJob
+from modelyard.client._statistics import Duration, Statistics, VersionStatistics
 from modelyard.client._tenancy import ApiKey, Audit, AuditEntry, CreatedKey, Keys, Tenant, Tenants, Usage, UsageRecord, UsageReport
 from modelyard.client._transport import DEFAULT_URL, Transport
 
@@ -35,6 +36,7 @@ __all__ = [
     "Datasets",
     "Deployment",
     "Deployments",
+    "Duration",
     "Job",
     "JobEvent",
     "Jobs",
@@ -51,6 +53,7 @@ __all__ = [
     "OptimizeJob",
     "Residency",
     "STAGES",
+    "Statistics",
     "TensorInfo",
     "Tenant",
     "Tenants",
@@ -58,4 +61,5 @@ __all__ = [
     "Usage",
     "UsageRecord",
     "UsageReport",
+    "VersionStatistics",
 ]

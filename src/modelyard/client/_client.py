@@ -16,6 +16,7 @@ from modelyard.client._inference import Inference, Inputs, ModelMetadata
 from modelyard.client._jobs import Jobs
 from modelyard.client._llm import LanguageModels
 from modelyard.client._memory import Memory
+from modelyard.client._statistics import Statistics
 from modelyard.client._models import Models
 from modelyard.client._optimize import Optimize
 from modelyard.client._tenancy import Audit, Keys, Tenants, Usage
@@ -89,6 +90,11 @@ class Client:
     def memory(self) -> Memory:
         """Your versions in the server's memory; load, pin and unload them ahead of traffic."""
         return Memory(self._transport)
+
+    @cached_property
+    def statistics(self) -> Statistics:
+        """Per-version inference statistics: answered, failed, queued, computing, batch sizes."""
+        return Statistics(self._transport)
 
     @cached_property
     def deployments(self) -> Deployments:

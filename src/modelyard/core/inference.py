@@ -43,10 +43,9 @@ MAX_SHADOW_IN_FLIGHT = 64
 #: how long a resolved name is reused without asking the registry (local changes clear it)
 _RESOLVE_TTL_S = 1.0
 #: the Triton extensions the server implements, over REST and gRPC: binary tensor data (gRPC:
-#: raw contents) and the model repository (index, load, unload: ``api/v2/repository.py`` and
-#: ``grpc/servicer.py``). Per-model statistics are in ``/metrics``, not in Triton's statistics
-#: extension.
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
+#: raw contents), the model repository (index, load, unload: ``api/v2/repository.py`` and
+#: ``grpc/servicer.py``) and per-version statistics (``core/statistics.py``).
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
 
 
 def validate_inputs(specs: list[TensorSpec], tensors: list[Tensor]) -> None:
@@ -367,7 +366,7 @@ class DataPlane:
             output_names, arrays = self._prepare(info, request)
             results = await self.manager.predict(self.source(info, options), arrays, output_names, options=options)
         except BaseException as exc:
-            self._failed(principal, info, exc)
+            self._failed(principal, info, exc, started=started)
             raise
         return self._answered(principal, info, children[1], started, results, output_names, request)
 
@@ -419,7 +418,7 @@ class DataPlane:
         try:
             output_names, arrays = self._prepare(info, request)
         except BaseException as exc:
-            self._failed(principal, info, exc, None if route is None else name)
+            self._failed(principal, info, exc, None if route is None else name, started=started)
             raise
         served = None if traffic is None or route is None else _Served(name, traffic, route, arrays)
         try:
@@ -437,20 +436,22 @@ class DataPlane:
         exc: BaseException,
         name: str | None = None,
         served: _Served | None = None,
-        started: float = 0.0,
+        *,
+        started: float,
     ) -> None:
-        """Count a request that failed: on its version's errors, and on the usage of ``name``
-        (the deployment, for its request refused before it was queued), else of its model. A
-        deployment's request that reached its version (``served``) counts on the deployment's
-        usage and against its route (see :meth:`_record`), unless it was refused for a rate or
-        cancelled by its caller."""
-        self._count_error(info, exc)
+        """Count a request that failed (it started at ``started``, ``perf_counter``): on its
+        version's errors and statistics, and on the usage of ``name`` (the deployment, for its
+        request refused before it was queued), else of its model. A deployment's request that
+        reached its version (``served``) counts on the deployment's usage and against its route
+        (see :meth:`_record`), unless it was refused for a rate or cancelled by its caller."""
+        elapsed = time.perf_counter() - started
+        self._count_error(info, exc, elapsed)
         if served is None:
             self._meter(principal, name or info.model_name, errors=1)
             return
         self._meter(principal, served.name, errors=1)
         if not isinstance(exc, (RateLimited, asyncio.CancelledError)):
-            self._record(principal, served.name, served.traffic, served.route, False, time.perf_counter() - started)
+            self._record(principal, served.name, served.traffic, served.route, False, elapsed)
 
     def _answered(
         self,
@@ -496,7 +497,7 @@ class DataPlane:
         try:
             output_names, arrays = self._prepare(info, request)
         except BaseException as exc:
-            self._failed(principal, info, exc, name)
+            self._failed(principal, info, exc, name, started=started)
             raise
         served = _Served(name, traffic, route, arrays)
         try:
@@ -640,11 +641,13 @@ class DataPlane:
         if self.usage is not None:
             self.usage.record(principal.tenant_id, model, errors=errors, compute_s=compute_s)
 
-    def _count_error(self, info: VersionInfo, exc: BaseException) -> None:
+    def _count_error(self, info: VersionInfo, exc: BaseException, elapsed_s: float) -> None:
         code = exc.code if isinstance(exc, ModelYardError) else (
             "cancelled" if isinstance(exc, asyncio.CancelledError) else "internal"
         )
-        self.metrics.errors.labels(info.tenant_name, info.model_name, str(info.version), code).inc()
+        labels = (info.tenant_name, info.model_name, str(info.version))
+        self.metrics.errors.labels(*labels, code).inc()
+        self.metrics.version_statistics(info.key, *labels).on_fail(1, elapsed_s)
 
     def _prepare(self, info: VersionInfo, request: InferenceRequest) -> tuple[list[str] | None, dict[str, Any]]:
         validate_inputs(info.inputs, request.inputs)
@@ -750,13 +753,15 @@ class QueueGate:
     lets a transport reuse the answer it encoded; the refusals are counted (metrics, usage) in
     bundles of that size, when the queue has room again, and on :meth:`flush`."""
 
-    __slots__ = ("_usage", "_principal", "_model", "_errors", "_batcher", "_refused", "_uncounted")
+    __slots__ = ("_usage", "_principal", "_model", "_errors", "_statistics", "_batcher", "_refused", "_uncounted")
 
     def __init__(self, plane: DataPlane, principal: Principal, info: VersionInfo, batcher: Any) -> None:
         self._usage = plane.usage
         self._principal = principal
         self._model = info.model_name
-        self._errors = plane.metrics.errors.labels(info.tenant_name, info.model_name, str(info.version), "queue_full")
+        labels = (info.tenant_name, info.model_name, str(info.version))
+        self._errors = plane.metrics.errors.labels(*labels, "queue_full")
+        self._statistics = plane.metrics.version_statistics(info.key, *labels)
         self._batcher = batcher
         self._refused: ModelYardError | None = None
         self._uncounted = 0
@@ -795,6 +800,7 @@ class QueueGate:
         n, self._uncounted = self._uncounted, 0
         if n:
             self._errors.inc(n)
+            self._statistics.on_fail(n)  # refused before any work
             self._batcher.count_rejections(n)
             if self._usage is not None:
                 self._usage.record(self._principal.tenant_id, self._model, requests=n, errors=n)

@@ -77,6 +77,8 @@ class ServedModel:
     builtin: bool = False
     #: the tenant's name, for metric labels ("" for the built-in model every tenant shares)
     tenant: str = ""
+    #: the version's key (``VersionInfo.key``), for its statistics
+    key: str = ""
 
     @property
     def id(self) -> str:
@@ -329,7 +331,7 @@ class LanguageModels:
         folder_size = 91 * 1024 * 1024
         return ServedModel(
             name=BUILTIN_EMBEDDINGS, version="1", task="embeddings", created_at=0,
-            owned_by="modelyard", builtin=True,
+            owned_by="modelyard", builtin=True, key=f"builtin:{BUILTIN_EMBEDDINGS}",
             source=ModelSource(
                 key=f"builtin:{BUILTIN_EMBEDDINGS}", name=BUILTIN_EMBEDDINGS, version="1",
                 format="hf-embeddings", path=_builtin_folder, config={"task": "embeddings"},
@@ -347,7 +349,8 @@ class LanguageModels:
                 details={"param": "model"},
             )
         common = dict(name=info.model_name, version=str(info.version), task=task,
-                      created_at=int(info.created_at.timestamp()), owned_by=info.tenant_id, tenant=info.tenant_name)
+                      created_at=int(info.created_at.timestamp()), owned_by=info.tenant_id, tenant=info.tenant_name,
+                      key=info.key)
         if task == "upstream":
             config = UpstreamConfig.read(self.artifacts.verified_path(info.sha256))
             return ServedModel(**common, upstream=config,  # type: ignore[arg-type]

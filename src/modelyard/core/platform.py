@@ -20,6 +20,7 @@ from modelyard.core.llm import LanguageModels
 from modelyard.core.optimization import Optimization
 from modelyard.core.registry import Registry
 from modelyard.core.residency import Residency
+from modelyard.core.statistics import Statistics
 from modelyard.core.tenants import TenantService
 from modelyard.core.usage import UsageMeter
 from modelyard.engine.manager import ModelManager, ServingOptions
@@ -54,6 +55,7 @@ class Platform:
     jobs: JobQueue = field(init=False)
     optimization: Optimization = field(init=False)
     residency: Residency = field(init=False)
+    statistics: Statistics = field(init=False)
 
     @classmethod
     def open(cls, settings: Settings) -> Platform:
@@ -93,6 +95,7 @@ class Platform:
         )
         platform = cls(settings, db, artifacts, keys, registry, metrics, manager, dataplane)
         platform.residency = Residency(dataplane, registry)
+        platform.statistics = Statistics(dataplane, registry)
         platform.tenants = TenantService(db, keys)
         platform.limits = Limits(db=db, tenants=platform.tenants, default_rate=settings.default_key_rate_limit)
         platform.usage = UsageMeter(db, prices=settings.prices, flush_s=settings.usage_flush_s)

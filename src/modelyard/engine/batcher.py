@@ -100,14 +100,17 @@ LET_IN_MIN = 64
 class BatchObserver(Protocol):
     """Metrics hooks; called on the event loop, so they must be cheap and must not block.
 
-    ``on_batch``: one batch finished; ``size`` is its number of rows, ``queue_wait_s`` the wait
-    of its oldest request, ``compute_s`` the time spent in ``predict`` (including re-runs).
+    ``on_batch``: one batch finished; ``size`` is its number of rows, ``requests`` its number of
+    requests, ``queue_wait_s`` the wait of its oldest request, ``queue_total_s`` its requests'
+    waits together, ``compute_s`` the time spent in ``predict`` (including re-runs).
     ``on_reject``: ``n`` requests were refused because the queue was full. The queue depth is
     not pushed on every change: read :attr:`DynamicBatcher.queue_depth` when it is wanted (the
     manager's gauge reads it at scrape time).
     """
 
-    def on_batch(self, size: int, queue_wait_s: float, compute_s: float) -> None: ...
+    def on_batch(
+        self, size: int, requests: int, queue_wait_s: float, queue_total_s: float, compute_s: float
+    ) -> None: ...
 
     def on_reject(self, n: int = 1) -> None: ...
 
@@ -828,9 +831,12 @@ class DynamicBatcher:
             if self._groups and not self._dispatch_pending:
                 self._dispatch()
         if compute_s is not None and self._observer is not None:
-            self._observer.on_batch(
-                sum(item.rows for item in batch), dispatched - batch[0].enqueued, compute_s
-            )
+            waited = 0.0
+            rows = 0
+            for item in batch:
+                waited += dispatched - item.enqueued
+                rows += item.rows
+            self._observer.on_batch(rows, len(batch), dispatched - batch[0].enqueued, waited, compute_s)
         self._check_drained()
 
     # -- close -------------------------------------------------------------------------------

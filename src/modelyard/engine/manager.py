@@ -146,7 +146,7 @@ class ModelSource:
 class _Observer:
     """Batch metrics of one version, with the labelled children looked up once."""
 
-    __slots__ = ("_batch", "_wait", "_compute", "_reject", "_depth")
+    __slots__ = ("_batch", "_wait", "_compute", "_reject", "_depth", "_statistics")
 
     def __init__(self, metrics: Metrics, source: ModelSource) -> None:
         labels = (source.tenant, source.name, source.version)
@@ -155,11 +155,15 @@ class _Observer:
         self._compute = metrics.compute.labels(*labels)
         self._reject = metrics.rejections.labels(*labels, "queue_full")
         self._depth = metrics.queue_depth.labels(*labels)
+        self._statistics = metrics.version_statistics(source.key, *labels)
 
-    def on_batch(self, size: int, queue_wait_s: float, compute_s: float) -> None:
+    def on_batch(
+        self, size: int, requests: int, queue_wait_s: float, queue_total_s: float, compute_s: float
+    ) -> None:
         self._batch.observe(size)
         self._wait.observe(queue_wait_s)
         self._compute.observe(compute_s)
+        self._statistics.on_batch(size, requests, queue_total_s, compute_s)
 
     def on_reject(self, n: int = 1) -> None:
         self._reject.inc(n)

@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import json_format
 
 from modelyard.core.inference import PendingInference, QueueGate, QueueGates
 from modelyard.core.keys import bearer_token
@@ -285,6 +286,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def work() -> Any:
             await self._platform.residency.unload(await self._principal(context), request.model_name, None)
             return pb.RepositoryModelUnloadResponse()
+
+        return await self._guard(context, work)
+
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Triton's statistics of the versions an (optional) name and version select (see
+        ``core/statistics.py``)."""
+        async def work() -> Any:
+            report = await self._platform.statistics.report(
+                await self._principal(context), request.name or None, request.version or None
+            )
+            return json_format.ParseDict(report, pb.ModelStatisticsResponse())
 
         return await self._guard(context, work)
 

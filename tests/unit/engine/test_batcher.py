@@ -21,10 +21,12 @@ class Recorder:
 
     def __init__(self) -> None:
         self.batches: list[tuple[int, float, float]] = []
+        self.requests: list[tuple[int, float]] = []  # per batch: requests, their waits together
         self.rejects = 0
 
-    def on_batch(self, size: int, queue_wait_s: float, compute_s: float) -> None:
+    def on_batch(self, size: int, requests: int, queue_wait_s: float, queue_total_s: float, compute_s: float) -> None:
         self.batches.append((size, queue_wait_s, compute_s))
+        self.requests.append((requests, queue_total_s))
 
     def on_reject(self, n: int = 1) -> None:
         self.rejects += n
@@ -97,6 +99,11 @@ async def test_concurrent_requests_are_merged_and_routed_back() -> None:
     assert sum(sizes) == 32
     assert max(sizes) > 1
     assert len(model.calls) < 32
+    # one row per request here: each batch reports as many requests as rows, and their waits
+    # together are at least the oldest one's
+    assert [n for n, _ in rec.requests] == sizes
+    for (_, oldest, _), (_, together) in zip(rec.batches, rec.requests):
+        assert together >= oldest >= 0
     assert b.in_flight == 0 and b.queue_depth == 0
     await b.close(1)
 
@@ -620,8 +627,8 @@ async def test_the_callers_of_a_batch_computed_on_the_loop_keep_their_slots_befo
     seen: list[tuple[list[str], list[bool]]] = []
 
     class AfterBatch(Recorder):
-        def on_batch(self, size: int, queue_wait_s: float, compute_s: float) -> None:
-            super().on_batch(size, queue_wait_s, compute_s)
+        def on_batch(self, size: int, requests: int, queue_wait_s: float, queue_total_s: float, compute_s: float) -> None:
+            super().on_batch(size, requests, queue_wait_s, queue_total_s, compute_s)
             if len(self.batches) == 4:  # the first batch after the three warm-up ones
                 seen.append((list(let_in), [b.claim_return() for _ in range(3)]))
 

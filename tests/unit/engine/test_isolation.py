@@ -178,7 +178,7 @@ async def test_batcher_over_a_process_runtime(tmp_path: Path) -> None:
     sizes: list[int] = []
 
     class Sizes:
-        def on_batch(self, size: int, queue_wait_s: float, compute_s: float) -> None:
+        def on_batch(self, size: int, requests: int, queue_wait_s: float, queue_total_s: float, compute_s: float) -> None:
             sizes.append(size)
 
         def on_reject(self, n: int = 1) -> None:

@@ -78,7 +78,8 @@ def test_messages_and_field_numbers_match_tritons_proto() -> None:
         for nested in a.nested_types:
             compare(nested, b.nested_types_by_name[nested.name])
 
-    assert len(ours.message_types_by_name) == 22  # 15 for inference, 7 for the model repository
+    # 15 for inference, 7 for the model repository, 8 for statistics
+    assert len(ours.message_types_by_name) == 30
     for name, message in ours.message_types_by_name.items():
         compare(message, theirs.message_types_by_name[name])
     service = ours.services_by_name["GRPCInferenceService"]

@@ -143,9 +143,12 @@ class OpenAIServing:
     def _count_request(self, served: ServedModel) -> None:
         self.metrics.requests.labels(served.tenant, served.name, served.version, "openai").inc()
 
-    def _count_error(self, served: ServedModel, exc: BaseException) -> None:
+    def _count_error(self, served: ServedModel, exc: BaseException, started: float) -> None:
         code = exc.code if isinstance(exc, ModelYardError) else "internal"
         self.metrics.errors.labels(served.tenant, served.name, served.version, code).inc()
+        if served.key:
+            statistics = self.metrics.version_statistics(served.key, served.tenant, served.name, served.version)
+            statistics.on_fail(1, time.perf_counter() - started)
 
     # -- generation ------------------------------------------------------------------------
     async def chat(self, principal: Principal, body: ChatCompletionRequest) -> dict[str, Any] | Stream:
@@ -226,7 +229,7 @@ class OpenAIServing:
             handles = await anyio.to_thread.run_sync(submit, model.runtime)
         except BaseException as exc:
             self._release(model)
-            self._count_error(served, exc)
+            self._count_error(served, exc, started)
             raise
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
@@ -237,7 +240,7 @@ class OpenAIServing:
         except BaseException as exc:
             for h in handles:
                 h.cancel()
-            self._count_error(served, exc)
+            self._count_error(served, exc, started)
             raise
         finally:
             self._release(model)
@@ -320,7 +323,7 @@ class OpenAIServing:
             finished = True
             yield _DONE
         except ModelYardError as exc:
-            self._count_error(served, exc)
+            self._count_error(served, exc, started)
             yield _sse(error_body(exc.http_status, exc.public_message, exc.code, exc.details.get("param")))
         finally:
             # a client that went away (or an error) frees its batch slots at the next step
@@ -349,7 +352,7 @@ class OpenAIServing:
         try:
             vectors, counts = await self._embed(served, model.runtime, texts, body.dimensions)
         except BaseException as exc:
-            self._count_error(served, exc)
+            self._count_error(served, exc, started)
             raise
         finally:
             self._release(model)
@@ -408,17 +411,17 @@ class OpenAIServing:
             request = client.build_request("POST", url, json=payload, headers=headers)
             response = await client.send(request, stream=True)
         except httpx.TimeoutException as exc:
-            self._count_error(served, UpstreamTimeout())
+            self._count_error(served, UpstreamTimeout(), started)
             raise UpstreamTimeout(f"the upstream engine for {served.name!r} did not answer in time") from exc
         except httpx.HTTPError as exc:
-            self._count_error(served, UpstreamError())
+            self._count_error(served, UpstreamError(), started)
             raise UpstreamError(f"the upstream engine for {served.name!r} is unreachable") from exc
         if response.status_code >= 400:
             try:
                 await response.aread()
             finally:
                 await response.aclose()
-            raise self._upstream_failure(served, response)
+            raise self._upstream_failure(served, response, started)
         if stream:
             return Stream(self._relay(principal, served, response, wants_usage, started))
         try:
@@ -440,7 +443,7 @@ class OpenAIServing:
         await self._account(served, principal, prompt, completion, started)
         return data
 
-    def _upstream_failure(self, served: ServedModel, response: httpx.Response) -> ModelYardError:
+    def _upstream_failure(self, served: ServedModel, response: httpx.Response, started: float) -> ModelYardError:
         message = f"the upstream engine answered {response.status_code}"
         try:
             detail = response.json().get("error", {})
@@ -452,7 +455,7 @@ class OpenAIServing:
             exc: ModelYardError = InvalidInput(message, details={"param": None})
         else:
             exc = UpstreamError(message)
-        self._count_error(served, exc)
+        self._count_error(served, exc, started)
         return exc
 
     async def _relay(
@@ -492,11 +495,11 @@ class OpenAIServing:
             yield _DONE
         except httpx.TimeoutException:
             exc: ModelYardError = UpstreamTimeout(f"the upstream engine for {served.name!r} timed out mid-stream")
-            self._count_error(served, exc)
+            self._count_error(served, exc, started)
             yield _sse(error_body(504, exc.message, exc.code))
         except httpx.HTTPError:
             exc = UpstreamError(f"the upstream engine for {served.name!r} broke off the stream")
-            self._count_error(served, exc)
+            self._count_error(served, exc, started)
             yield _sse(error_body(502, exc.message, exc.code))
         finally:
             await response.aclose()

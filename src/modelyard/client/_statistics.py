@@ -1,0 +1,99 @@
+"""``client.statistics``: per-version inference statistics since the server started (Triton's
+statistics extension, ``/v2/models[/{name}[/versions/{v}]]/stats``): requests answered and
+failed with their time, time queued and computing, rows and batches, batch sizes.
+
+Each server counts its own requests; in a cluster, ask each server or read ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from modelyard.client._transport import Transport
+
+__all__ = ["Duration", "Statistics", "VersionStatistics"]
+
+
+@dataclass(frozen=True, slots=True)
+class Duration:
+    """How many, and their time together in seconds."""
+
+    count: int
+    seconds: float
+
+    @property
+    def mean_ms(self) -> float:
+        """Mean time of one, in milliseconds (0 when there is none)."""
+        return 1000.0 * self.seconds / self.count if self.count else 0.0
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> Duration:
+        d = d or {}
+        return cls(int(d.get("count", 0)), int(d.get("ns", 0)) / 1e9)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionStatistics:
+    """One version's figures: ``answered`` and ``failed`` requests (end to end in the server),
+    ``queued`` (waiting for their batch) and ``computed`` (each request charged its batch's
+    compute), ``rows`` inferred in ``batches`` executions, and per batch size (rows) how many
+    batches of it ran and their compute. ``last_inference_ms``: when the last batch finished
+    (milliseconds since the epoch; 0: none yet). ``memory_bytes``: held now (0: not loaded)."""
+
+    model: str
+    version: int
+    answered: Duration
+    failed: Duration
+    queued: Duration
+    computed: Duration
+    rows: int
+    batches: int
+    by_batch_size: dict[int, Duration]
+    last_inference_ms: int
+    memory_bytes: int
+
+    @property
+    def mean_batch_size(self) -> float:
+        """Rows per batch (0 before the first batch)."""
+        return self.rows / self.batches if self.batches else 0.0
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> VersionStatistics:
+        stats = d.get("inference_stats", {})
+        return cls(
+            model=d["name"],
+            version=int(d["version"]),
+            answered=Duration.from_json(stats.get("success")),
+            failed=Duration.from_json(stats.get("fail")),
+            queued=Duration.from_json(stats.get("queue")),
+            computed=Duration.from_json(stats.get("compute_infer")),
+            rows=int(d.get("inference_count", 0)),
+            batches=int(d.get("execution_count", 0)),
+            by_batch_size={
+                int(b["batch_size"]): Duration.from_json(b.get("compute_infer")) for b in d.get("batch_stats", [])
+            },
+            last_inference_ms=int(d.get("last_inference", 0)),
+            memory_bytes=sum(int(m.get("byte_size", 0)) for m in d.get("memory_usage", [])),
+        )
+
+
+class Statistics:
+    """See the module."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    def get(self, name: str | None = None, version: int | None = None) -> tuple[VersionStatistics, ...]:
+        """The statistics of every version of yours that is loaded or has served (no ``name``),
+        of a model's versions (or of what a deployment routes to), or of one version."""
+        path = "/v2/models"
+        if name is not None:
+            path += f"/{quote(name, safe='')}"
+            if version is not None:
+                path += f"/versions/{int(version)}"
+        elif version is not None:
+            raise ValueError("a version needs a model name")
+        body = self._t.get(f"{path}/stats")
+        return tuple(VersionStatistics.from_json(item) for item in body["model_stats"])

@@ -1,0 +1,125 @@
+"""Per-version inference statistics as a tenant sees them: Triton's statistics extension
+(``GET /v2/models[/{m}[/versions/{v}]]/stats`` and gRPC ``ModelStatistics``).
+
+The figures are kept by the serving engine and the data plane since the server started
+(``modelyard/statistics.py``); this scopes them to the caller:
+
+* no model named: every version of the caller's models that is loaded or has served a request
+  since the server started;
+* a model: those of its versions, or the version it serves now (with zeros) when none is;
+* a model and a version: that version, with zeros when it has seen no request;
+* a deployment's name (it is served at ``/v2/models/{deployment}``): the versions it routes to
+  and mirrors to, each under its model's name, since a deployment's requests are counted on the
+  version that answered them.
+
+Each server counts its own requests: in a cluster, ask each server (or read ``/metrics``, which
+Prometheus sums across them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from modelyard.core.inference import DataPlane
+from modelyard.core.principal import Principal
+from modelyard.core.registry import Registry, VersionInfo
+from modelyard.errors import ModelNotFound
+from modelyard.statistics import Duration, StatisticsSnapshot
+
+__all__ = ["Statistics"]
+
+_ZERO = Duration()
+
+
+class Statistics:
+    """See the module. Answers Triton's ``$stats_model_response`` shape: ``{"model_stats": [...]}``."""
+
+    def __init__(self, dataplane: DataPlane, registry: Registry) -> None:
+        self._dataplane = dataplane
+        self._registry = registry
+
+    async def report(self, principal: Principal, name: str | None = None, version: str | None = None) -> dict[str, Any]:
+        """The statistics of the versions ``name`` and ``version`` select (see the module)."""
+        principal.require("models:read")
+        if name is None:
+            versions = [info for info in await self._tenant_versions(principal) if self._active(info)]
+        elif version is not None:
+            versions = [await self._resolve(principal, name, version)]
+        else:
+            versions = await self._model_versions(principal, name)
+        return {"model_stats": [self._model_stat(info) for info in versions]}
+
+    # -- which versions ---------------------------------------------------------------------
+    async def _model_versions(self, principal: Principal, name: str) -> list[VersionInfo]:
+        if principal.in_scope(name):
+            mine = [info for info in await self._tenant_versions(principal) if info.model_name == name]
+            if mine:
+                return [info for info in mine if self._active(info)] or [await self._resolve(principal, name, None)]
+        traffic = await self._dataplane.deployment(principal, name)
+        if traffic is None:
+            raise ModelNotFound(f"model {name!r} not found")
+        deployment = traffic.deployment
+        routes = [(route.model, route.version) for route in deployment.routes]
+        if deployment.shadow is not None:
+            routes.append((deployment.shadow.model, deployment.shadow.version))
+        return [
+            await anyio.to_thread.run_sync(self._registry.get_version, principal.tenant_id, model, number)
+            for model, number in dict.fromkeys(routes)
+        ]
+
+    async def _resolve(self, principal: Principal, name: str, version: str | None) -> VersionInfo:
+        if not principal.in_scope(name):
+            raise ModelNotFound(f"model {name!r} not found")
+        return await anyio.to_thread.run_sync(self._registry.resolve, principal.tenant_id, name, version)
+
+    async def _tenant_versions(self, principal: Principal) -> list[VersionInfo]:
+        return await anyio.to_thread.run_sync(self._registry.tenant_versions, principal.tenant_id, principal.scopes)
+
+    def _active(self, info: VersionInfo) -> bool:
+        return self._snapshot(info) is not None or bool(self._loaded_bytes(info))
+
+    # -- the figures ------------------------------------------------------------------------
+    def _snapshot(self, info: VersionInfo) -> StatisticsSnapshot | None:
+        return self._dataplane.metrics.statistics_of(info.key, info.tenant_name, info.model_name, str(info.version))
+
+    def _loaded_bytes(self, info: VersionInfo) -> int:
+        """Memory the version holds now (0: not loaded), over its isolation modes."""
+        return sum(m.memory_bytes for m in self._dataplane.manager.loaded() if m.source.key == info.key)
+
+    def _model_stat(self, info: VersionInfo) -> dict[str, Any]:
+        snapshot = self._snapshot(info) or StatisticsSnapshot(
+            last_inference_ms=0, inference_count=0, execution_count=0, success=_ZERO, fail=_ZERO, queue=_ZERO,
+            compute_infer=_ZERO,
+        )
+        memory = self._loaded_bytes(info)
+        return {
+            "name": info.model_name,
+            "version": str(info.version),
+            "last_inference": snapshot.last_inference_ms,
+            "inference_count": snapshot.inference_count,
+            "execution_count": snapshot.execution_count,
+            "inference_stats": {
+                "success": snapshot.success.as_dict(),
+                "fail": snapshot.fail.as_dict(),
+                "queue": snapshot.queue.as_dict(),
+                # ModelYard times a batch as one step: merging its inputs and splitting its
+                # outputs are inside compute_infer
+                "compute_input": _ZERO.as_dict(),
+                "compute_infer": snapshot.compute_infer.as_dict(),
+                "compute_output": _ZERO.as_dict(),
+                "cache_hit": _ZERO.as_dict(),
+                "cache_miss": _ZERO.as_dict(),
+            },
+            "batch_stats": [
+                {
+                    "batch_size": size,
+                    "compute_input": _ZERO.as_dict(),
+                    "compute_infer": duration.as_dict(),
+                    "compute_output": _ZERO.as_dict(),
+                }
+                for size, duration in snapshot.batches.items()
+            ],
+            "memory_usage": [{"type": "CPU", "id": 0, "byte_size": memory}] if memory else [],
+        }
