@@ -20,6 +20,7 @@ import anyio
 
 from modelyard import __version__
 from modelyard.core.limits import Limits
+from modelyard.core.model_config import triton_config, triton_platform
 from modelyard.core.cache import AsyncTTLCache, SingleFlight
 from modelyard.core.principal import Principal
 from modelyard.core.registry import Registry, VersionInfo
@@ -264,10 +265,17 @@ class DataPlane:
         return {
             "name": name if traffic is not None else info.model_name,
             "versions": [str(info.version)],
-            "platform": _platform(info.format),
+            "platform": triton_platform(info.format),
             "inputs": [s.to_dict() for s in info.inputs],
             "outputs": [s.to_dict() for s in info.outputs],
         }
+
+    async def model_config(self, principal: Principal, name: str, version: str | None) -> dict[str, Any]:
+        """The version ``name`` ``version`` names as Triton's model configuration, with the
+        serving settings it is called with (through a deployment's, when ``name`` is one)."""
+        info, traffic = await self._target(principal, name, version)
+        shown = name if traffic is not None else info.model_name
+        return triton_config(shown, info.version, info.format, info.inputs, info.outputs, self.options(info, traffic))
 
     async def model_ready(self, principal: Principal, name: str, version: str | None) -> bool:
         info, traffic = await self._target(principal, name, version)
@@ -891,6 +899,3 @@ class QueueGates:
             replaced[1].flush()
         entries[key] = (now, gate)
 
-
-def _platform(fmt: str) -> str:
-    return {"onnx": "onnxruntime_onnx"}.get(fmt, fmt)

@@ -289,6 +289,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         return await self._guard(context, work)
 
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """A version's serving settings as Triton's model configuration (``core/model_config.py``)."""
+        async def work() -> Any:
+            config = await self._platform.dataplane.model_config(
+                await self._principal(context), request.name, request.version or None
+            )
+            return pb.ModelConfigResponse(config=json_format.ParseDict(config, pb.ModelConfig()))
+
+        return await self._guard(context, work)
+
     async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """Triton's statistics of the versions an (optional) name and version select (see
         ``core/statistics.py``)."""

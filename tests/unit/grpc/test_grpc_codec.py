@@ -27,6 +27,7 @@ from modelyard.grpc.proto import grpc_service_pb2_grpc as pb_grpc
 from modelyard.tensors import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 
 tritongrpc = pytest.importorskip("tritonclient.grpc")
+from tritonclient.grpc import model_config_pb2 as triton_config_pb  # noqa: E402
 from tritonclient.grpc import service_pb2 as triton_pb  # noqa: E402
 from tritonclient.grpc._utils import _get_inference_request  # noqa: E402
 
@@ -62,26 +63,46 @@ def over_the_wire(msg, cls):  # type: ignore[no-untyped-def]
 # ------------------------------------------------------------------------------ the proto
 
 
+#: messages from Triton's model_config.proto: ModelYard's carry the fields it fills (a subset)
+_CONFIG_MESSAGES = {
+    "ModelConfig", "ModelInput", "ModelOutput", "ModelInstanceGroup", "ModelDynamicBatching", "ModelQueuePolicy",
+}
+
+
 def test_messages_and_field_numbers_match_tritons_proto() -> None:
     ours = pb.DESCRIPTOR
     theirs = triton_pb.DESCRIPTOR
-    assert ours.package == theirs.package == "inference"
+    assert ours.package == theirs.package == triton_config_pb.DESCRIPTOR.package == "inference"
 
-    def compare(a, b) -> None:  # type: ignore[no-untyped-def]
+    def fields(message):  # type: ignore[no-untyped-def]
+        return {f.number: (f.name, f.type, f.label, getattr(f.message_type, "full_name", None),
+                           getattr(f.enum_type, "full_name", None)) for f in message.fields}
+
+    def compare(a, b, subset: bool) -> None:  # type: ignore[no-untyped-def]
         assert a.full_name == b.full_name
-        fa = {f.number: (f.name, f.type, f.label, getattr(f.message_type, "full_name", None))
-              for f in a.fields}
-        fb = {f.number: (f.name, f.type, f.label, getattr(f.message_type, "full_name", None))
-              for f in b.fields}
-        assert fa == fb, a.full_name
+        fa, fb = fields(a), fields(b)
+        if subset:  # every field of ours is Triton's, same number and type; proto3 skips the rest
+            assert fa.items() <= fb.items(), a.full_name
+        else:
+            assert fa == fb, a.full_name
         assert [o.name for o in a.oneofs] == [o.name for o in b.oneofs]
         for nested in a.nested_types:
-            compare(nested, b.nested_types_by_name[nested.name])
+            compare(nested, b.nested_types_by_name[nested.name], subset)
+        for enum in a.enum_types:
+            other = b.enum_types_by_name[enum.name]
+            assert [(v.name, v.number) for v in enum.values] == [(v.name, v.number) for v in other.values]
 
-    # 15 for inference, 7 for the model repository, 8 for statistics
-    assert len(ours.message_types_by_name) == 30
+    # 15 for inference, 7 for the model repository, 8 for statistics, 10 for model configuration
+    assert len(ours.message_types_by_name) == 40
+    config = triton_config_pb.DESCRIPTOR
     for name, message in ours.message_types_by_name.items():
-        compare(message, theirs.message_types_by_name[name])
+        if name in theirs.message_types_by_name:
+            compare(message, theirs.message_types_by_name[name], subset=False)
+        else:
+            compare(message, config.message_types_by_name[name], subset=name in _CONFIG_MESSAGES)
+    (data_type,) = ours.enum_types_by_name.values()
+    assert [(v.name, v.number) for v in data_type.values] == [
+        (v.name, v.number) for v in config.enum_types_by_name["DataType"].values]
     service = ours.services_by_name["GRPCInferenceService"]
     triton_service = theirs.services_by_name["GRPCInferenceService"]
     assert service.full_name == "inference.GRPCInferenceService"

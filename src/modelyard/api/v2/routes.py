@@ -56,6 +56,18 @@ async def version_metadata(
     return JSONResponse(await platform.dataplane.model_metadata(principal, model_name, model_version))
 
 
+@router.get("/models/{model_name}/config", summary="Model configuration (Triton's shape)")
+async def model_config(model_name: str, platform: PlatformDep, principal: PrincipalDep) -> JSONResponse:
+    return JSONResponse(await platform.dataplane.model_config(principal, model_name, None))
+
+
+@router.get("/models/{model_name}/versions/{model_version}/config", summary="Model version configuration (Triton's shape)")
+async def version_config(
+    model_name: str, model_version: str, platform: PlatformDep, principal: PrincipalDep
+) -> JSONResponse:
+    return JSONResponse(await platform.dataplane.model_config(principal, model_name, model_version))
+
+
 async def _ready(platform: PlatformDep, principal: PrincipalDep, name: str, version: str | None) -> JSONResponse:
     ok = await platform.dataplane.model_ready(principal, name, version)
     return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)

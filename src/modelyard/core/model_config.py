@@ -1,0 +1,88 @@
+"""A version's serving configuration in the shape of Triton's model configuration
+(``GET /v2/models/{m}[/versions/{v}]/config``, gRPC ``ModelConfig``), so ``tritonclient``'s
+``get_model_config`` and code written against Triton read the batch size, tensors and batching
+settings a version is served with.
+
+It describes, it does not configure: ModelYard's settings come from the serving settings
+(defaults, the model's and the version's ``serving`` tag, the version's config, a deployment's;
+``docs/serving.md``). How they map:
+
+* ``max_batch_size``: the batch size in rows when the version is batched, and then ``dims`` leave
+  out the first (batch) dimension, as in Triton; 0 when it is not batched, with full ``dims``
+  (``-1`` for a dynamic dimension);
+* ``dynamic_batching`` (batched versions only): ``max_queue_delay_microseconds``, and a default
+  queue policy with ``max_queue_size`` and the request timeout (``default_timeout_microseconds``,
+  0 for none; a request past it is refused, ``REJECT``);
+* ``instance_group``: one group of ``KIND_CPU`` with ``count`` = the version's instances;
+* ``version_policy``: the one version described;
+* ``parameters``: ModelYard's own settings as strings (``modelyard.format``,
+  ``modelyard.isolation``, ``modelyard.max_queue_size``, ``modelyard.timeout_s``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelyard.engine.batcher import batching_default
+from modelyard.engine.manager import ServingOptions
+from modelyard.tensors import TensorSpec
+
+__all__ = ["triton_config", "triton_platform"]
+
+#: Triton's name of each ModelYard format; other formats keep their own name
+_PLATFORMS = {"onnx": ("onnxruntime_onnx", "onnxruntime")}
+
+
+def triton_platform(fmt: str) -> str:
+    """The ``platform`` Triton would report for a version of format ``fmt``."""
+    return _PLATFORMS.get(fmt, (fmt, fmt))[0]
+
+
+def _data_type(datatype: str) -> str:
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+
+
+def _dims(spec: TensorSpec, batched: bool) -> list[int]:
+    return list(spec.shape[1:] if batched else spec.shape)
+
+
+def triton_config(
+    name: str, version: int, fmt: str, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
+    options: ServingOptions,
+) -> dict[str, Any]:
+    """The model configuration (Triton's JSON form) of version ``version`` served as ``name``
+    (a model's or a deployment's name) with ``options``; see the module for the mapping."""
+    batched = options.batching if options.batching is not None else batching_default(list(inputs))
+    platform, backend = _PLATFORMS.get(fmt, (fmt, fmt))
+    timeout_us = int(round(options.timeout_s * 1e6)) if options.timeout_s else 0
+    config: dict[str, Any] = {
+        "name": name,
+        "platform": platform,
+        "backend": backend,
+        "version_policy": {"specific": {"versions": [version]}},
+        "max_batch_size": options.max_batch_size if batched else 0,
+        "input": [
+            {"name": s.name, "data_type": _data_type(s.datatype), "format": "FORMAT_NONE", "dims": _dims(s, batched)}
+            for s in inputs
+        ],
+        "output": [{"name": s.name, "data_type": _data_type(s.datatype), "dims": _dims(s, batched)} for s in outputs],
+        "instance_group": [{"name": f"{name}_0", "kind": "KIND_CPU", "count": options.instances}],
+        "parameters": {
+            "modelyard.format": {"string_value": fmt},
+            "modelyard.isolation": {"string_value": options.isolation},
+            "modelyard.max_queue_size": {"string_value": str(options.max_queue_size)},
+            "modelyard.timeout_s": {"string_value": "" if options.timeout_s is None else f"{options.timeout_s:g}"},
+        },
+    }
+    if batched:
+        config["dynamic_batching"] = {
+            "preferred_batch_size": [],
+            "max_queue_delay_microseconds": int(round(options.max_queue_delay_ms * 1000)),
+            "default_queue_policy": {
+                "timeout_action": "REJECT",
+                "default_timeout_microseconds": timeout_us,
+                "allow_timeout_override": False,
+                "max_queue_size": options.max_queue_size,
+            },
+        }
+    return config

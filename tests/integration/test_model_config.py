@@ -1,0 +1,111 @@
+"""Triton's model configuration through a real server: ``tritonclient.http`` and
+``tritonclient.grpc`` (both gRPC transports) read the batch size, tensors and batching settings a
+version is served with, following its serving settings and a deployment's; unknown names get
+404 / NOT_FOUND."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
+from tritonclient.utils import InferenceServerException
+
+from tests.integration._serving import WIDTH, on_grpc_transport, register, scale_model
+from tests.support.live import LiveServer
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    tmp = tmp_path_factory.mktemp("model-config")
+    live = LiveServer.build(tmp / "home", builtin_models=False).start()
+    register(live, "alpha", scale_model(tmp / "alpha.onnx", 2.0))
+    register(live, "alpha", scale_model(tmp / "alpha-2.onnx", 3.0))
+    with live.client() as admin:
+        r = admin.patch("/api/v1/models/alpha/versions/2", json={"tags": {"serving": {"batching": False, "timeout_s": 2}}})
+        assert r.status_code == 200, r.text
+        r = admin.post("/api/v1/deployments", json={
+            "name": "front", "routes": [{"model": "alpha", "version": 1}],
+            "serving": {"max_batch_size": 8, "max_queue_delay_ms": 0.5, "instances": 2, "max_queue_size": 32},
+        })
+        assert r.status_code == 201, r.text
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+def _input(config: dict) -> dict:
+    (spec,) = config["input"]
+    return spec
+
+
+def test_tritonclient_http_reads_how_each_version_is_served(server: LiveServer) -> None:
+    triton = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
+    headers = server.headers
+
+    batched = triton.get_model_config("alpha", "1", headers=headers)
+    assert (batched["name"], batched["platform"], batched["backend"]) == ("alpha", "onnxruntime_onnx", "onnxruntime")
+    assert batched["max_batch_size"] == 64  # the server's default; dims then leave the batch dim out
+    assert _input(batched) == {"name": "x", "data_type": "TYPE_FP32", "format": "FORMAT_NONE", "dims": [WIDTH]}
+    assert batched["output"] == [{"name": "y", "data_type": "TYPE_FP32", "dims": [WIDTH]}]
+    assert batched["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
+    assert batched["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 256
+    assert batched["instance_group"] == [{"name": "alpha_0", "kind": "KIND_CPU", "count": 1}]
+    assert batched["version_policy"] == {"specific": {"versions": [1]}}
+
+    # version 2 is the latest (the served one) and is tagged not to batch
+    unbatched = triton.get_model_config("alpha", headers=headers)
+    assert unbatched["version_policy"] == {"specific": {"versions": [2]}}
+    assert unbatched["max_batch_size"] == 0 and "dynamic_batching" not in unbatched
+    assert _input(unbatched)["dims"] == [-1, WIDTH]
+    assert unbatched["parameters"]["modelyard.timeout_s"] == {"string_value": "2"}
+
+    # a deployment: its name, its serving settings over the routed version's
+    front = triton.get_model_config("front", headers=headers)
+    assert front["name"] == "front" and front["version_policy"] == {"specific": {"versions": [1]}}
+    assert front["max_batch_size"] == 8 and front["instance_group"][0]["count"] == 2
+    assert front["dynamic_batching"]["max_queue_delay_microseconds"] == 500
+    assert front["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 32
+
+    for name, version in (("nope", ""), ("alpha", "9")):
+        with pytest.raises(InferenceServerException) as missing:
+            triton.get_model_config(name, version, headers=headers)
+        assert missing.value.status() == "404"
+    triton.close()
+
+
+def test_errors_are_the_usual_shape(server: LiveServer) -> None:
+    with server.client(key="my_not_a_key") as stranger:
+        r = stranger.get("/v2/models/alpha/config")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
+    with server.client() as admin:
+        r = admin.get("/v2/models/alpha/versions/9/config")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "version_not_found"
+
+
+@pytest.mark.parametrize("transport", ["native", "grpcio"])
+def test_tritonclient_grpc_reads_the_same(server: LiveServer, tmp_path: Path, transport: str) -> None:
+    with on_grpc_transport(server, tmp_path, transport) as live:
+        triton = triton_grpc.InferenceServerClient(live.grpc_url)
+        headers = {"authorization": f"Bearer {live.admin_key}"}
+        over_grpc = triton.get_model_config("alpha", "1", headers=headers, as_json=True)["config"]
+        with live.client() as admin:
+            over_rest = admin.get("/v2/models/alpha/versions/1/config").json()
+        # protobuf's JSON writes 64-bit integers as strings and leaves out zeros and empties
+        assert over_grpc["name"] == over_rest["name"] and over_grpc["max_batch_size"] == over_rest["max_batch_size"]
+        assert over_grpc["input"][0]["dims"] == [str(d) for d in over_rest["input"][0]["dims"]]
+        assert over_grpc["input"][0]["data_type"] == "TYPE_FP32"
+        assert over_grpc["instance_group"][0]["kind"] == "KIND_CPU"
+        delay = over_grpc["dynamic_batching"]["max_queue_delay_microseconds"]
+        assert int(delay) == over_rest["dynamic_batching"]["max_queue_delay_microseconds"]
+        assert over_grpc["parameters"]["modelyard.format"] == {"string_value": "onnx"}
+        with pytest.raises(InferenceServerException) as missing:
+            triton.get_model_config("nope", headers=headers)
+        assert missing.value.status() == "StatusCode.NOT_FOUND"
+        with pytest.raises(InferenceServerException) as nokey:
+            triton.get_model_config("alpha")
+        assert nokey.value.status() == "StatusCode.UNAUTHENTICATED"
+        triton.close()
