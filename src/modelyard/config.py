@@ -71,6 +71,10 @@ class Settings(BaseSettings):
         default=4096, ge=1, description="requests queued or computing in all versions; beyond it: 503"
     )
     drain_timeout_s: float = Field(default=20.0, ge=0)
+    pin_sync_s: float = Field(
+        default=5.0, ge=0,
+        description="how often the server takes the pins made on the other servers of its cluster (0: only at start)",
+    )
     demo_model: bool = Field(default=False, description="register the digits demo model at start")
     price_per_core_hour: float = Field(
         default=0.05, ge=0, description="price of one core-hour, for compare's cost per million predictions"

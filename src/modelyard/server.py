@@ -116,9 +116,14 @@ async def serve_async(settings: Settings, platform: Platform, http: uvicorn.Serv
     from modelyard.jobs.pool import JobWorkers
 
     job_workers = await asyncio.to_thread(JobWorkers(settings, platform.jobs).start)
+    pins = None
+    if settings.pin_sync_s > 0:
+        pins = asyncio.get_running_loop().create_task(platform.residency.follow_pins(settings.pin_sync_s))
     try:
         await http.serve()
     finally:
+        if pins is not None:
+            pins.cancel()
         if grpc_server is not None:
             await grpc_server.stop(grace=settings.drain_timeout_s)
         await asyncio.to_thread(job_workers.stop, max(settings.drain_timeout_s, 10.0))

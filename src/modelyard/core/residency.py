@@ -16,12 +16,13 @@ side of it:
   Triton's model repository index (``POST /v2/repository/index``).
 
 A pin is recorded with the version: a server that starts loads its pinned versions before it
-answers (:meth:`Residency.restore_pins`). In a cluster, the other servers take a pin at their
-next start.
+answers (:meth:`Residency.restore_pins`), and every ``pin_sync_s`` seconds takes the pins and
+unpins made on the other servers of its cluster (:meth:`Residency.follow_pins`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -72,6 +73,7 @@ class Residency:
     def __init__(self, dataplane: DataPlane, registry: Registry) -> None:
         self._dataplane = dataplane
         self._registry = registry
+        self._changes = 0  # pins and unpins made here (see sync_pins)
 
     @property
     def budget_bytes(self) -> int:
@@ -139,6 +141,7 @@ class Residency:
         return info
 
     async def _set_pinned(self, info: VersionInfo, pinned: bool) -> VersionInfo:
+        self._changes += 1
         info = await anyio.to_thread.run_sync(
             self._registry.set_pinned, info.tenant_id, info.model_name, info.version, pinned
         )
@@ -148,16 +151,53 @@ class Residency:
     async def restore_pins(self) -> int:
         """Pin and load every version pinned before the server (re)started; returns how many
         loaded. One that fails to load is logged and left for its first request."""
+        loaded, _ = await self.sync_pins()
+        return loaded
+
+    async def sync_pins(self) -> tuple[int, int]:
+        """Make this server's pins the recorded ones: pin and load each version pinned since
+        (on another server of a cluster, or before this one started), and unpin each version
+        unpinned elsewhere (it stays loaded, evictable again). Returns (loaded, unpinned). A
+        version that fails to load stays pinned here, so it is not retried every round; it loads
+        on its first request.
+
+        A pin or unpin made on this server while the records are read wins: the round leaves
+        everything as it is and the next one sees the new record."""
+        manager = self._dataplane.manager
+        changes = self._changes
+        pinned_here = manager.pinned_keys()
+        recorded = {info.key: info for info in await anyio.to_thread.run_sync(self._registry.pinned_versions)}
+        if changes != self._changes:
+            return 0, 0
+        unpinned = 0
+        for key in pinned_here - recorded.keys():
+            manager.pin(key, False)
+            unpinned += 1
         loaded = 0
-        for info in await anyio.to_thread.run_sync(self._registry.pinned_versions):
-            self._dataplane.manager.pin(info.key)
+        for key, info in recorded.items():
+            if key in pinned_here:
+                continue
+            manager.pin(key)
             try:
                 await self._dataplane.load(info)
             except Exception as exc:
-                log.warning("pinned %s version %d did not load at start: %s", info.model_name, info.version, exc)
+                log.warning("pinned %s version %d did not load: %s", info.model_name, info.version, exc)
             else:
                 loaded += 1
-        return loaded
+        return loaded, unpinned
+
+    async def follow_pins(self, every_s: float) -> None:
+        """:meth:`sync_pins` every ``every_s`` seconds until cancelled (the server runs it, so
+        a pin made on one server of a cluster reaches the others within that time)."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                loaded, unpinned = await self.sync_pins()
+            except Exception as exc:  # the database away for a moment: try again next round
+                log.warning("could not read the pinned versions: %s", exc)
+                continue
+            if loaded or unpinned:
+                log.info("pins of other servers: %d version(s) pinned and loaded, %d unpinned", loaded, unpinned)
 
     async def unload(self, principal: Principal, name: str, version: str | None) -> VersionInfo:
         """Unload the version ``name`` ``version`` names (every isolation mode), unpinning it;

@@ -483,6 +483,10 @@ class ModelManager:
         """Whether a version (by version key) is pinned (see :meth:`pin`)."""
         return key in self._pinned
 
+    def pinned_keys(self) -> set[str]:
+        """The version keys pinned now (a copy)."""
+        return set(self._pinned)
+
     def pin(self, key: str, pinned: bool = True) -> None:
         """Keep a version (by version key) loaded regardless of the budget, or release it."""
         if pinned:

@@ -371,3 +371,43 @@ def test_restoring_pins_loads_the_pinned_and_survives_one_that_cannot_load(platf
     assert manager.is_loaded(good.key) and manager.is_pinned(good.key)
     assert not manager.is_loaded(bad.key) and manager.is_pinned(bad.key)  # left for its first request
     assert not any(m.source.name == "unpinned" for m in manager.loaded())
+
+
+def test_a_pin_made_here_while_the_records_are_read_wins(platform: Platform, tenant: str) -> None:
+    """``Residency.sync_pins`` reads the records in a thread; a pin made on this server in the
+    meantime must not be undone by the round's older view."""
+    info = _push(platform, tenant, "raced")
+    residency, registry, manager = platform.residency, platform.registry, platform.manager
+    admin = Principal(key_id="k", tenant_id=tenant, tenant_name="default", role="admin")
+    read = registry.pinned_versions
+
+    async def pin_here() -> None:
+        await residency.load(admin, "raced", "1", pin=True)
+
+    async def sync(during_read: bool) -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+
+        def read_then_pin_here() -> list:  # type: ignore[type-arg]
+            seen = read()  # the round's view: unpinned by another server
+            asyncio.run_coroutine_threadsafe(pin_here(), loop).result()  # ...and pinned here again since
+            return seen
+
+        if during_read:
+            registry.pinned_versions = read_then_pin_here  # type: ignore[method-assign]
+        try:
+            return await residency.sync_pins()
+        finally:
+            registry.pinned_versions = read  # type: ignore[method-assign]
+
+    asyncio.run(pin_here())
+    registry.set_pinned(tenant, "raced", 1, False)  # another server unpins it
+    assert asyncio.run(sync(during_read=True)) == (0, 0)  # the round leaves it be
+    assert manager.is_pinned(info.key) and manager.is_loaded(info.key)
+    assert asyncio.run(sync(during_read=False)) == (0, 0)  # the records say what this server holds
+
+    registry.set_pinned(tenant, "raced", 1, False)  # unpinned elsewhere, nothing here meanwhile
+    assert asyncio.run(sync(during_read=False)) == (0, 1)
+    assert not manager.is_pinned(info.key) and manager.is_loaded(info.key)  # evictable, still loaded
+    registry.set_pinned(tenant, "raced", 1, True)  # and pinned elsewhere again
+    assert asyncio.run(sync(during_read=False)) == (1, 0)
+    assert manager.is_pinned(info.key)
