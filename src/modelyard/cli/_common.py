@@ -137,24 +137,28 @@ def print_json(value: Any) -> None:
 
 def print_table(
     columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None,
-    empty: str = "nothing to show", wrap_last: bool = False,
+    empty: str = "nothing to show", wrap_last: bool = False, whole: Sequence[str] = (),
 ) -> None:
     """A rich table on stdout; ``empty`` is printed instead when there are no rows.
 
     Cells stay on one line (cut with an ellipsis when the terminal is too narrow), so names,
     versions and hashes line up; ``wrap_last`` lets the last column wrap instead (key/value
-    tables whose values are long).
+    tables whose values are long). The columns named in ``whole`` are never cut (ids that the
+    next command needs): the others give way first.
     """
+    cells = [["-" if v is None else str(v) for v in row] for row in rows]
     table = Table(title=title, header_style="bold", show_edge=False, pad_edge=False)
     for i, col in enumerate(columns):
         if wrap_last and i == len(columns) - 1:
             table.add_column(col, overflow="fold", min_width=20)
+        elif col in whole:
+            widest = max([len(col), *(len(row[i]) for row in cells)])
+            table.add_column(col, no_wrap=True, overflow="ignore", min_width=widest)
         else:
             table.add_column(col, no_wrap=True, overflow="ellipsis")
-    count = 0
-    for row in rows:
-        table.add_row(*(Text("-" if v is None else str(v)) for v in row))
-        count += 1
+    for row in cells:
+        table.add_row(*(Text(v) for v in row))
+    count = len(cells)
     console = out()
     if count == 0:
         console.print(empty, highlight=False)

@@ -110,6 +110,7 @@ def list_models(json_out: JsonFlag = False) -> None:
             for m in models
         ),
         wrap_last=True,
+        whole=("NAME",),
         empty="No models yet. Push one with `modelyard models push FILE --name NAME`.",
     )
 

@@ -76,6 +76,7 @@ def tenants_list(json_out: JsonFlag = False) -> None:
         ([t.name, t.id, t.disabled, ", ".join(f"{k}={v}" for k, v in t.quotas.items() if v is not None) or "-"]
          for t in items),
         empty="no tenants",
+        whole=("name",),
     )
 
 
@@ -154,6 +155,7 @@ def keys_list(
           k.expires_at.strftime("%Y-%m-%d %H:%M") if k.expires_at else None,
           "yes" if k.revoked_at else None] for k in items),
         empty="no keys",
+        whole=("prefix",),
     )
 
 

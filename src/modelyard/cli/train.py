@@ -218,6 +218,7 @@ def list_jobs(
           f"{j.progress['epoch']}/{j.progress['epochs']}" if j.progress and "epoch" in j.progress else "-",
           _when(j.created_at)] for j in items),
         empty="No jobs. Start one with `modelyard train --model NAME --dataset builtin:digits`.",
+        whole=("id",),
     )
 
 
