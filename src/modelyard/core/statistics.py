@@ -53,21 +53,23 @@ class Statistics:
 
     # -- which versions ---------------------------------------------------------------------
     async def _model_versions(self, principal: Principal, name: str) -> list[VersionInfo]:
-        if principal.in_scope(name):
-            mine = [info for info in await self._tenant_versions(principal) if info.model_name == name]
-            if mine:
-                return [info for info in mine if self._active(info)] or [await self._resolve(principal, name, None)]
+        # a deployment first, as /v2/models/{name}/infer without a version goes to it
         traffic = await self._dataplane.deployment(principal, name)
-        if traffic is None:
+        if traffic is not None:
+            deployment = traffic.deployment
+            routes = [(route.model, route.version) for route in deployment.routes]
+            if deployment.shadow is not None:
+                routes.append((deployment.shadow.model, deployment.shadow.version))
+            return [
+                await anyio.to_thread.run_sync(self._registry.get_version, principal.tenant_id, model, number)
+                for model, number in dict.fromkeys(routes)
+            ]
+        if not principal.in_scope(name):
             raise ModelNotFound(f"model {name!r} not found")
-        deployment = traffic.deployment
-        routes = [(route.model, route.version) for route in deployment.routes]
-        if deployment.shadow is not None:
-            routes.append((deployment.shadow.model, deployment.shadow.version))
-        return [
-            await anyio.to_thread.run_sync(self._registry.get_version, principal.tenant_id, model, number)
-            for model, number in dict.fromkeys(routes)
-        ]
+        versions = await anyio.to_thread.run_sync(self._registry.tenant_versions, principal.tenant_id, (name,))
+        if not versions:
+            raise ModelNotFound(f"model {name!r} not found")
+        return [info for info in versions if self._active(info)] or [await self._resolve(principal, name, None)]
 
     async def _resolve(self, principal: Principal, name: str, version: str | None) -> VersionInfo:
         if not principal.in_scope(name):
