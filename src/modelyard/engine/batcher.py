@@ -130,6 +130,7 @@ class Queued:
         "key",
         "future",
         "enqueued",
+        "since",
         "deadline",
         "state",
     )
@@ -142,13 +143,15 @@ class Queued:
         key: Hashable,
         future: asyncio.Future[dict[str, np.ndarray]],
         enqueued: float,
+        since: float,
     ) -> None:
         self.inputs = inputs
         self.output_names = output_names
         self.rows = rows
         self.key = key
         self.future = future
-        self.enqueued = enqueued
+        self.enqueued = enqueued  # the loop's clock (deadlines, delays): uvloop's ticks are milliseconds
+        self.since = since  # perf_counter, for the time it waited (metrics, statistics)
         self.deadline: float | None = None
         self.state = _QUEUED
 
@@ -342,7 +345,7 @@ class DynamicBatcher:
 
         key, rows = _group_key(inputs, output_names)
         now = loop.time()
-        item = Queued(inputs, output_names, rows, key, loop.create_future(), now)
+        item = Queued(inputs, output_names, rows, key, loop.create_future(), now, time.perf_counter())
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group(key)
@@ -661,7 +664,7 @@ class DynamicBatcher:
                 # A batch computed on the loop is answered right after it: slots can be kept for
                 # its callers (claim_return); a batch on a thread may outlast such a slot.
                 self._let_in(returns=len(batch) if self._computes_inline else 0)
-            if batch and self._launch(batch, now):
+            if batch and self._launch(batch):
                 # Computed on the loop: let answers and new requests through before the next one.
                 if self._groups:
                     self._dispatch_pending = True
@@ -704,16 +707,17 @@ class DynamicBatcher:
         self._queued -= len(batch)
         return tuple(batch)
 
-    def _launch(self, batch: tuple[Queued, ...], now: float) -> bool:
+    def _launch(self, batch: tuple[Queued, ...]) -> bool:
         """Start computing ``batch``; True when it was computed on the loop (already finished)."""
         loop = self._loop
         assert loop is not None
         self._busy += 1
         self._computing += len(batch)
         self._running.add(batch)
+        launched = time.perf_counter()  # its requests' wait ends here
         if self._computes_inline:
             outcomes, compute_s = self._run(batch)
-            self._complete(batch, now, outcomes, compute_s)
+            self._complete(batch, launched, outcomes, compute_s)
             # (the length first: a full batch is not summed)
             if len(batch) <= self._small_rows and sum(item.rows for item in batch) <= self._small_rows:
                 self._learn_small_batch(compute_s)
@@ -737,9 +741,9 @@ class DynamicBatcher:
         except RuntimeError as exc:  # the executor was shut down under us
             err = Unavailable("this model version is shutting down")
             err.__cause__ = exc
-            self._finish(batch, now, None, err)
+            self._finish(batch, launched, None, err)
             return False
-        afut.add_done_callback(partial(self._on_done, batch, now))
+        afut.add_done_callback(partial(self._on_done, batch, launched))
         return False
 
     # -- compute (runs in the executor, off the loop) ----------------------------------------
@@ -784,21 +788,21 @@ class DynamicBatcher:
     # -- completion (back on the loop) -------------------------------------------------------
 
     def _on_done(
-        self, batch: tuple[Queued, ...], dispatched: float, afut: asyncio.Future[Any]
+        self, batch: tuple[Queued, ...], launched: float, afut: asyncio.Future[Any]
     ) -> None:
         try:
             outcomes, compute_s = afut.result()
         except BaseException as exc:  # cancelled by executor shutdown
             err = Unavailable("this model version is shutting down")
             err.__cause__ = exc
-            self._finish(batch, dispatched, None, err)
+            self._finish(batch, launched, None, err)
             return
-        self._complete(batch, dispatched, outcomes, compute_s)
+        self._complete(batch, launched, outcomes, compute_s)
         if self._groups and not self._dispatch_pending:
             self._dispatch()
 
     def _complete(
-        self, batch: tuple[Queued, ...], dispatched: float, outcomes: list[Any], compute_s: float
+        self, batch: tuple[Queued, ...], launched: float, outcomes: list[Any], compute_s: float
     ) -> None:
         for item, outcome in zip(batch, outcomes):
             if item.future.done():
@@ -811,12 +815,12 @@ class DynamicBatcher:
         self._batches += 1
         if self._deadlines:
             self._forget_answered()
-        self._finish(batch, dispatched, compute_s, None)
+        self._finish(batch, launched, compute_s, None)
 
     def _finish(
         self,
         batch: tuple[Queued, ...],
-        dispatched: float,
+        launched: float,
         compute_s: float | None,
         error: BaseException | None,
     ) -> None:
@@ -834,9 +838,9 @@ class DynamicBatcher:
             waited = 0.0
             rows = 0
             for item in batch:
-                waited += dispatched - item.enqueued
+                waited += launched - item.since
                 rows += item.rows
-            self._observer.on_batch(rows, len(batch), dispatched - batch[0].enqueued, waited, compute_s)
+            self._observer.on_batch(rows, len(batch), launched - batch[0].since, waited, compute_s)
         self._check_drained()
 
     # -- close -------------------------------------------------------------------------------
