@@ -199,6 +199,14 @@ def test_sdk_and_cli(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> Non
         assert {"alpha", "broken"} <= {v.model for v in client.statistics.get()}
         with pytest.raises(ValueError):
             client.statistics.get(version=1)
+        (before,) = client.statistics.get("gamma", 1)
+        with server.client() as admin:
+            assert [_infer(admin, "gamma", 2.0, rows=3) for _ in range(3)] == [200] * 3
+        (after,) = client.statistics.get("gamma", 1)
+        grown = after.since(before)
+        assert (grown.answered.count, grown.failed.count, grown.rows) == (3, 0, 9)
+        assert grown.batches == 3 and sum(d.count for d in grown.by_batch_size.values()) == 3
+        assert grown.answered.seconds > 0 and grown.memory_bytes == after.memory_bytes
 
     monkeypatch.setenv("MODELYARD_URL", server.url)
     monkeypatch.setenv("MODELYARD_API_KEY", server.admin_key)
@@ -212,6 +220,11 @@ def test_sdk_and_cli(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> Non
     assert result.exit_code == 0, result.output
     items = {i["model"]: i for i in json.loads(result.output)["items"]}
     assert items["broken"]["failed"]["count"] == FAILED
+    result = runner.invoke(app, ["models", "stats", "alpha", "--watch", "0.1", "--count", "2"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("the last 0.1 s") == 2 and "req/s" in result.output
+    result = runner.invoke(app, ["models", "stats", "--watch", "1", "--json"])
+    assert result.exit_code == 2 and "--watch" in result.output, result.output
     result = runner.invoke(app, ["models", "stats", "nope"])
     assert result.exit_code == 4 and "not found" in result.output, result.output
     result = runner.invoke(app, ["models", "stats", "-v", "1"])

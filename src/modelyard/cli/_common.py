@@ -135,17 +135,11 @@ def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
-def print_table(
+def make_table(
     columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None,
-    empty: str = "nothing to show", wrap_last: bool = False, whole: Sequence[str] = (),
-) -> None:
-    """A rich table on stdout; ``empty`` is printed instead when there are no rows.
-
-    Cells stay on one line (cut with an ellipsis when the terminal is too narrow), so names,
-    versions and hashes line up; ``wrap_last`` lets the last column wrap instead (key/value
-    tables whose values are long). The columns named in ``whole`` are never cut (ids that the
-    next command needs): the others give way first.
-    """
+    wrap_last: bool = False, whole: Sequence[str] = (),
+) -> Table:
+    """The table :func:`print_table` prints (for a caller that shows it another way, e.g. live)."""
     cells = [["-" if v is None else str(v) for v in row] for row in rows]
     table = Table(title=title, header_style="bold", show_edge=False, pad_edge=False)
     for i, col in enumerate(columns):
@@ -158,9 +152,23 @@ def print_table(
             table.add_column(col, no_wrap=True, overflow="ellipsis")
     for row in cells:
         table.add_row(*(Text(v) for v in row))
-    count = len(cells)
+    return table
+
+
+def print_table(
+    columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None,
+    empty: str = "nothing to show", wrap_last: bool = False, whole: Sequence[str] = (),
+) -> None:
+    """A rich table on stdout; ``empty`` is printed instead when there are no rows.
+
+    Cells stay on one line (cut with an ellipsis when the terminal is too narrow), so names,
+    versions and hashes line up; ``wrap_last`` lets the last column wrap instead (key/value
+    tables whose values are long). The columns named in ``whole`` are never cut (ids that the
+    next command needs): the others give way first.
+    """
+    table = make_table(columns, rows, title=title, wrap_last=wrap_last, whole=whole)
     console = out()
-    if count == 0:
+    if table.row_count == 0:
         console.print(empty, highlight=False)
     else:
         console.print(table)

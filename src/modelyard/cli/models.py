@@ -4,6 +4,7 @@ delete models."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from modelyard.cli._common import (
-    client, escape, handles_errors, human_bytes, json_object, out, print_json, print_table,
+    client, escape, handles_errors, human_bytes, json_object, make_table, out, print_json, print_table,
 )
 
 if TYPE_CHECKING:
@@ -303,11 +304,16 @@ def loaded(json_out: JsonFlag = False) -> None:
 def stats(
     name: Annotated[str | None, typer.Argument(help="Model or deployment name (default: all you have served).")] = None,
     version: Annotated[int | None, typer.Option("--version", "-v", help="One version of NAME.")] = None,
+    watch: Annotated[float | None, typer.Option(
+        "--watch", "-w", min=0.1, help="Refresh every this many seconds, showing what happened in each interval.",
+    )] = None,
+    count: Annotated[int, typer.Option(help="With --watch: stop after this many refreshes (0: until Ctrl-C).", min=0)] = 0,
     json_out: JsonFlag = False,
 ) -> None:
     """Show what your versions served since the server started: requests answered and failed,
     mean latency, time queued and computing, and batch sizes (with one version: how often each
-    batch size ran).
+    batch size ran). With --watch, what they serve now: requests a second and the means of each
+    interval.
 
     The figures of Triton's statistics extension (`GET /v2/models/NAME/stats`), counted by this
     server. Examples:
@@ -315,9 +321,16 @@ def stats(
         modelyard models stats
 
         modelyard models stats digits -v 2
+
+        modelyard models stats digits --watch 2
     """
     if version is not None and name is None:
         raise typer.BadParameter("--version needs a model NAME")
+    if watch is not None:
+        if json_out:
+            raise typer.BadParameter("--watch shows a live table; leave out --json")
+        _watch_stats(name, version, watch, count)
+        return
     with client() as sdk:
         versions = sdk.statistics.get(name, version)
     if json_out:
@@ -331,6 +344,47 @@ def stats(
                 empty="none of your versions has served a request since the server started")
     if len(versions) == 1 and versions[0].by_batch_size:
         _batch_sizes(versions[0].by_batch_size)
+
+
+def _watch_stats(name: str | None, version: int | None, every_s: float, count: int) -> None:
+    """Every ``every_s`` seconds, what each version did since the last read, as requests a
+    second and the interval's means: live on a terminal, a table per interval otherwise."""
+    from rich.live import Live
+
+    columns = ["model", "version", "req/s", "failed/s", "latency ms", "queued ms", "compute ms", "rows/batch"]
+    console = out()
+    with client() as sdk:
+        last = {(v.model, v.version): v for v in sdk.statistics.get(name, version)}
+        last_at = time.monotonic()
+        live = Live(make_table(columns, []), console=console, auto_refresh=False) if console.is_terminal else None
+        shown = 0
+        try:
+            if live is not None:
+                live.start()
+            while count == 0 or shown < count:
+                time.sleep(every_s)
+                now = {(v.model, v.version): v for v in sdk.statistics.get(name, version)}
+                at = time.monotonic()
+                rows = []
+                for key, v in now.items():
+                    d = v.since(last[key]) if key in last else v
+                    seconds = max(at - last_at, 1e-9)
+                    rows.append([v.model, v.version, f"{d.answered.count / seconds:,.1f}", f"{d.failed.count / seconds:,.1f}",
+                                 f"{d.answered.mean_ms:.2f}", f"{d.queued.mean_ms:.2f}", f"{d.computed.mean_ms:.2f}",
+                                 f"{d.mean_batch_size:.1f}"])
+                last, last_at = now, at
+                title = f"the last {every_s:g} s (Ctrl-C to stop)"
+                table = make_table(columns, rows, title=title)
+                if live is not None:
+                    live.update(table, refresh=True)
+                else:
+                    console.print(table)
+                shown += 1
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if live is not None:
+                live.stop()
 
 
 def _batch_sizes(by_size: dict[int, Any]) -> None:

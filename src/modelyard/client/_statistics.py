@@ -7,7 +7,7 @@ Each server counts its own requests; in a cluster, ask each server or read ``/me
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -27,6 +27,9 @@ class Duration:
     def mean_ms(self) -> float:
         """Mean time of one, in milliseconds (0 when there is none)."""
         return 1000.0 * self.seconds / self.count if self.count else 0.0
+
+    def __sub__(self, earlier: Duration) -> Duration:
+        return Duration(self.count - earlier.count, self.seconds - earlier.seconds)
 
     @classmethod
     def from_json(cls, d: dict[str, Any] | None) -> Duration:
@@ -58,6 +61,19 @@ class VersionStatistics:
     def mean_batch_size(self) -> float:
         """Rows per batch (0 before the first batch)."""
         return self.rows / self.batches if self.batches else 0.0
+
+    def since(self, earlier: VersionStatistics) -> VersionStatistics:
+        """What the version did between ``earlier`` (a read of the same version) and this read:
+        the counts and times that grew meanwhile (memory and the last inference: this read's)."""
+        sizes = {
+            size: grown for size, duration in self.by_batch_size.items()
+            if (grown := duration - earlier.by_batch_size.get(size, Duration(0, 0.0))).count
+        }
+        return replace(
+            self, answered=self.answered - earlier.answered, failed=self.failed - earlier.failed,
+            queued=self.queued - earlier.queued, computed=self.computed - earlier.computed,
+            rows=self.rows - earlier.rows, batches=self.batches - earlier.batches, by_batch_size=sizes,
+        )
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> VersionStatistics:
