@@ -40,6 +40,17 @@ def scale_model(path: Path, factor: float) -> Path:
     return _save(graph, path)
 
 
+def label_model(path: Path) -> Path:
+    """``y = argmax(x)`` on ``x: FP32[-1, 4]``: one INT64 label per row (``y: [-1]``)."""
+    graph = helper.make_graph(
+        [helper.make_node("ArgMax", ["x"], ["y"], axis=1, keepdims=0)],
+        "labels",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, ["batch"])],
+    )
+    return _save(graph, path)
+
+
 def failing_model(path: Path) -> Path:
     """``y = table[int(x)]``: fails at run time (index out of range) for any value >= 10."""
     graph = helper.make_graph(

@@ -13,7 +13,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-from tests.integration._serving import WIDTH, on_grpc_transport, register, scale_model
+from tests.integration._serving import WIDTH, label_model, on_grpc_transport, register, scale_model
 from tests.support.live import LiveServer
 
 
@@ -75,6 +75,17 @@ def test_tritonclient_http_reads_how_each_version_is_served(server: LiveServer) 
             triton.get_model_config(name, version, headers=headers)
         assert missing.value.status() == "404"
     triton.close()
+
+
+def test_one_value_per_row_is_dims_1_reshaped(server: LiveServer, tmp_path: Path) -> None:
+    """A batched output of shape ``[-1]`` (a class label per row) reads as Triton writes it."""
+    assert server.platform is not None
+    register(server, "labels", label_model(tmp_path / "labels.onnx"))
+    with server.client() as admin:
+        config = admin.get("/v2/models/labels/config").json()
+    assert config["max_batch_size"] == 64
+    assert config["output"] == [{"name": "y", "data_type": "TYPE_INT64", "dims": [1], "reshape": {"shape": []}}]
+    assert _input(config)["dims"] == [WIDTH] and "reshape" not in _input(config)
 
 
 def test_errors_are_the_usual_shape(server: LiveServer) -> None:

@@ -212,8 +212,9 @@ def test_sdk_and_cli(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("MODELYARD_API_KEY", server.admin_key)
     monkeypatch.setenv("COLUMNS", "160")
     runner = CliRunner()
-    result = runner.invoke(app, ["models", "stats", "alpha", "-v", "1"])
+    result = runner.invoke(app, ["models", "stats", "alpha", "-v", "1"], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
+    assert "…" not in result.output and max(map(len, result.output.splitlines())) <= 80, result.output
     assert "alpha" in result.output and str(ANSWERED) in result.output
     assert "batches by size" in result.output and "█" in result.output
     result = runner.invoke(app, ["models", "stats", "--json"])

@@ -311,9 +311,9 @@ def stats(
     json_out: JsonFlag = False,
 ) -> None:
     """Show what your versions served since the server started: requests answered and failed,
-    mean latency, time queued and computing, and batch sizes (with one version: how often each
+    mean latency, time queued and computing, rows per batch (with one version: how often each
     batch size ran). With --watch, what they serve now: requests a second and the means of each
-    interval.
+    interval. --json adds memory and the counts per batch size.
 
     The figures of Triton's statistics extension (`GET /v2/models/NAME/stats`), counted by this
     server. Examples:
@@ -337,10 +337,9 @@ def stats(
         print_json({"items": [asdict(v) for v in versions]})
         return
     rows = [[v.model, v.version, v.answered.count, v.failed.count, f"{v.answered.mean_ms:.2f}",
-             f"{v.queued.mean_ms:.2f}", f"{v.computed.mean_ms:.2f}", v.batches, f"{v.mean_batch_size:.1f}",
-             human_bytes(v.memory_bytes) if v.memory_bytes else ""] for v in versions]
-    print_table(["model", "version", "answered", "failed", "latency ms", "queued ms", "compute ms", "batches",
-                 "rows/batch", "memory"], rows,
+             f"{v.queued.mean_ms:.2f}", f"{v.computed.mean_ms:.2f}", f"{v.mean_batch_size:.1f}"] for v in versions]
+    print_table(["model", "v", "answered", "failed", "latency", "queue", "compute", "rows/batch"], rows,
+                title="since the server started; mean times per request in ms", whole=("model",),
                 empty="none of your versions has served a request since the server started")
     if len(versions) == 1 and versions[0].by_batch_size:
         _batch_sizes(versions[0].by_batch_size)
@@ -351,7 +350,7 @@ def _watch_stats(name: str | None, version: int | None, every_s: float, count: i
     second and the interval's means: live on a terminal, a table per interval otherwise."""
     from rich.live import Live
 
-    columns = ["model", "version", "req/s", "failed/s", "latency ms", "queued ms", "compute ms", "rows/batch"]
+    columns = ["model", "v", "req/s", "failed/s", "latency", "queue", "compute", "rows/batch"]
     console = out()
     with client() as sdk:
         last = {(v.model, v.version): v for v in sdk.statistics.get(name, version)}
@@ -373,8 +372,8 @@ def _watch_stats(name: str | None, version: int | None, every_s: float, count: i
                                  f"{d.answered.mean_ms:.2f}", f"{d.queued.mean_ms:.2f}", f"{d.computed.mean_ms:.2f}",
                                  f"{d.mean_batch_size:.1f}"])
                 last, last_at = now, at
-                title = f"the last {every_s:g} s (Ctrl-C to stop)"
-                table = make_table(columns, rows, title=title)
+                title = f"the last {every_s:g} s; mean times per request in ms (Ctrl-C to stop)"
+                table = make_table(columns, rows, title=title, whole=("model",))
                 if live is not None:
                     live.update(table, refresh=True)
                 else:

@@ -8,8 +8,8 @@ It describes, it does not configure: ModelYard's settings come from the serving 
 ``docs/serving.md``). How they map:
 
 * ``max_batch_size``: the batch size in rows when the version is batched, and then ``dims`` leave
-  out the first (batch) dimension, as in Triton; 0 when it is not batched, with full ``dims``
-  (``-1`` for a dynamic dimension);
+  out the first (batch) dimension, as in Triton (one value per row: ``[1]`` reshaped to ``[]``);
+  0 when it is not batched, with full ``dims`` (``-1`` for a dynamic dimension);
 * ``dynamic_batching`` (batched versions only): ``max_queue_delay_microseconds``, and a default
   queue policy with ``max_queue_size`` and the request timeout (``default_timeout_microseconds``,
   0 for none; a request past it is refused, ``REJECT``);
@@ -42,8 +42,14 @@ def _data_type(datatype: str) -> str:
     return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
 
 
-def _dims(spec: TensorSpec, batched: bool) -> list[int]:
-    return list(spec.shape[1:] if batched else spec.shape)
+def _tensor(spec: TensorSpec, batched: bool) -> dict[str, Any]:
+    """A tensor's name, type and dims; a batched tensor of one dimension (one value per row) has
+    dims ``[1]`` reshaped to ``[]``, as Triton writes it (its dims are never empty)."""
+    dims = list(spec.shape[1:] if batched else spec.shape)
+    described: dict[str, Any] = {"name": spec.name, "data_type": _data_type(spec.datatype), "dims": dims or [1]}
+    if not dims:
+        described["reshape"] = {"shape": []}
+    return described
 
 
 def triton_config(
@@ -61,11 +67,8 @@ def triton_config(
         "backend": backend,
         "version_policy": {"specific": {"versions": [version]}},
         "max_batch_size": options.max_batch_size if batched else 0,
-        "input": [
-            {"name": s.name, "data_type": _data_type(s.datatype), "format": "FORMAT_NONE", "dims": _dims(s, batched)}
-            for s in inputs
-        ],
-        "output": [{"name": s.name, "data_type": _data_type(s.datatype), "dims": _dims(s, batched)} for s in outputs],
+        "input": [{**_tensor(s, batched), "format": "FORMAT_NONE"} for s in inputs],
+        "output": [_tensor(s, batched) for s in outputs],
         "instance_group": [{"name": f"{name}_0", "kind": "KIND_CPU", "count": options.instances}],
         "parameters": {
             "modelyard.format": {"string_value": fmt},
