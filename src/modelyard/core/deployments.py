@@ -208,6 +208,11 @@ def _event(kind: str, **data: Any) -> dict[str, Any]:
 # -- traffic state ---------------------------------------------------------------------------------
 
 
+def _same_shadow(before: Deployment, after: Deployment) -> bool:
+    old, new = before.shadow, after.shadow
+    return old is not None and new is not None and old.label == new.label
+
+
 @dataclass
 class DeploymentTraffic:
     """In-memory state of one deployment revision: the route chooser and its statistics."""
@@ -229,7 +234,8 @@ class DeploymentTraffic:
             deployment=deployment,
             choice=WeightedChoice([r.weight for r in deployment.routes]),
             routes=stats,
-            shadow=previous.shadow if previous else ShadowStats(),
+            # a shadow's comparisons are about its version: a new shadow target starts afresh
+            shadow=previous.shadow if previous and _same_shadow(previous.deployment, deployment) else ShadowStats(),
         )
 
     def pick(self) -> Route:

@@ -311,3 +311,18 @@ def test_a_request_routed_off_the_gated_route_frees_its_slot_there(
     assert traffic is not None and traffic.gate_route.version == 2
     traffic.rolling_back = True
     assert traffic.gate_route == traffic.deployment.primary and traffic.next_route() == traffic.deployment.primary
+
+
+def test_a_new_revision_keeps_the_shadows_comparisons_only_for_the_same_shadow(platform: Platform, tenant: str) -> None:
+    d = platform.deployments
+    first = d.create(tenant, "mirror", routes=[{"model": "m", "version": 1}], shadow={"model": "m", "version": 2})
+    traffic = DeploymentTraffic.of(first)
+    traffic.shadow.requests, traffic.shadow.agreements = 5, 4
+    same = d.update(tenant, "mirror", description="same shadow, a new revision")
+    kept = DeploymentTraffic.of(same, traffic)
+    assert kept.shadow is traffic.shadow and kept.shadow.agreements == 4
+    other = d.update(tenant, "mirror", shadow={"model": "m", "version": 1})
+    fresh = DeploymentTraffic.of(other, kept)
+    assert fresh.shadow.requests == 0 and fresh.shadow is not traffic.shadow  # v1's answers, not v2's
+    gone = d.update(tenant, "mirror", shadow=None)
+    assert DeploymentTraffic.of(gone, fresh).shadow.requests == 0
