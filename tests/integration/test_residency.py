@@ -60,7 +60,7 @@ def test_tritonclient_indexes_loads_and_unloads(server: LiveServer) -> None:
         _unload_all(admin)
     triton = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
     headers = server.headers
-    assert triton.get_server_metadata(headers=headers)["extensions"] == ["binary_tensor_data", "model_repository", "statistics"]
+    assert triton.get_server_metadata(headers=headers)["extensions"] == ["binary_tensor_data", "model_repository", "model_configuration", "statistics", "logging"]
     index = triton.get_model_repository_index(headers=headers)
     assert {(m["name"], m["version"], m["state"]) for m in index} == {
         ("alpha", "1", "UNAVAILABLE"), ("alpha", "2", "UNAVAILABLE"),
@@ -195,7 +195,7 @@ def test_tritonclient_grpc_indexes_loads_and_unloads(server: LiveServer, tmp_pat
         triton = triton_grpc.InferenceServerClient(live.grpc_url)
         headers = {"authorization": f"Bearer {live.admin_key}"}  # gRPC metadata keys are lowercase
         assert triton.get_server_metadata(headers=headers, as_json=True)["extensions"] == [
-            "binary_tensor_data", "model_repository", "statistics"]
+            "binary_tensor_data", "model_repository", "model_configuration", "statistics", "logging"]
         triton.load_model("alpha", headers=headers)
         index = triton.get_model_repository_index(headers=headers, as_json=True)["models"]
         served = "2" if transport == "native" else "1"

@@ -45,8 +45,9 @@ MAX_SHADOW_IN_FLIGHT = 64
 _RESOLVE_TTL_S = 1.0
 #: the Triton extensions the server implements, over REST and gRPC: binary tensor data (gRPC:
 #: raw contents), the model repository (index, load, unload: ``api/v2/repository.py`` and
-#: ``grpc/servicer.py``) and per-version statistics (``core/statistics.py``).
-EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
+#: ``grpc/servicer.py``), the model configuration (``core/model_config.py``), per-version
+#: statistics (``core/statistics.py``) and log settings (``core/log_settings.py``).
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics", "logging"]
 
 
 def validate_inputs(specs: list[TensorSpec], tensors: list[Tensor]) -> None:

@@ -19,6 +19,7 @@ from modelyard.core.limits import Limits
 from modelyard.core.llm import LanguageModels
 from modelyard.core.optimization import Optimization
 from modelyard.core.registry import Registry
+from modelyard.core.log_settings import LogSettings
 from modelyard.core.residency import Residency
 from modelyard.core.statistics import Statistics
 from modelyard.core.tenants import TenantService
@@ -56,6 +57,7 @@ class Platform:
     optimization: Optimization = field(init=False)
     residency: Residency = field(init=False)
     statistics: Statistics = field(init=False)
+    log_settings: LogSettings = field(init=False)
 
     @classmethod
     def open(cls, settings: Settings) -> Platform:
@@ -96,6 +98,7 @@ class Platform:
         platform = cls(settings, db, artifacts, keys, registry, metrics, manager, dataplane)
         platform.residency = Residency(dataplane, registry)
         platform.statistics = Statistics(dataplane, registry)
+        platform.log_settings = LogSettings()
         platform.tenants = TenantService(db, keys)
         platform.limits = Limits(db=db, tenants=platform.tenants, default_rate=settings.default_key_rate_limit)
         platform.usage = UsageMeter(db, prices=settings.prices, flush_s=settings.usage_flush_s)

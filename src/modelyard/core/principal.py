@@ -42,6 +42,8 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     # Prometheus metrics are server-wide (labels name every tenant's models): admins only.
     "metrics:read": frozenset({"admin"}),
     "server:read": frozenset({"admin", "owner", "developer", "viewer", "inference"}),
+    # the server's own settings (its log level): every tenant's, so the operator's
+    "server:manage": frozenset({"admin"}),
 }
 
 ACTIONS: Final = tuple(PERMISSIONS)

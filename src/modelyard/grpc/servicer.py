@@ -310,6 +310,28 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         return await self._guard(context, work)
 
+    async def LogSettings(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Read the server's log settings, or change those the request carries (see
+        ``core/log_settings.py``)."""
+        async def work() -> Any:
+            principal = await self._principal(context)
+            changes = {name: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+                       for name, value in request.settings.items()}
+            log = self._platform.log_settings
+            settings = log.update(principal, changes) if changes else log.get(principal)
+            response = pb.LogSettingsResponse()
+            for name, value in settings.items():
+                entry = response.settings[name]
+                if isinstance(value, bool):
+                    entry.bool_param = value
+                elif isinstance(value, int):
+                    entry.uint32_param = value
+                else:
+                    entry.string_param = value
+            return response
+
+        return await self._guard(context, work)
+
     async def _infer(self, principal: Principal, request: Any) -> Any:
         call = infer_call(request)
         response = await self._platform.dataplane.infer(

@@ -94,6 +94,11 @@ class GRPCInferenceServiceStub:
                 request_serializer=modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
                 response_deserializer=modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
                 _registered_method=True)
+        self.LogSettings = channel.unary_unary(
+                '/inference.GRPCInferenceService/LogSettings',
+                request_serializer=modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.LogSettingsRequest.SerializeToString,
+                response_deserializer=modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.LogSettingsResponse.FromString,
+                _registered_method=True)
 
 
 class GRPCInferenceServiceServicer:
@@ -171,6 +176,12 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LogSettings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -233,6 +244,11 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelStatistics,
                     request_deserializer=modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.ModelStatisticsRequest.FromString,
                     response_serializer=modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.ModelStatisticsResponse.SerializeToString,
+            ),
+            'LogSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.LogSettings,
+                    request_deserializer=modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.LogSettingsRequest.FromString,
+                    response_serializer=modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.LogSettingsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -559,6 +575,33 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/ModelStatistics',
             modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.ModelStatisticsRequest.SerializeToString,
             modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.ModelStatisticsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LogSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/LogSettings',
+            modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.LogSettingsRequest.SerializeToString,
+            modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.LogSettingsResponse.FromString,
             options,
             channel_credentials,
             insecure,
