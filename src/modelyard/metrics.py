@@ -190,19 +190,14 @@ class Metrics:
 
     def version_statistics(self, key: str, tenant: str, model: str, version: str) -> VersionStatistics:
         """The statistics of version ``key`` (labelled ``tenant``, ``model``, ``version`` here),
-        made on first use."""
-        return self.statistics.version(key, self.latency.labels(tenant, model, version))
+        made on first use: make them before the version's first request (see statistics.py)."""
+        return self.statistics.version(key, partial(self.latency.get, tenant, model, version))
 
-    def statistics_of(self, key: str, tenant: str, model: str, version: str) -> StatisticsSnapshot | None:
-        """The statistics of version ``key`` now; ``None`` when it has seen no request since the
-        server started (nothing is made for it, so no empty series appear in ``/metrics``)."""
+    def statistics_of(self, key: str) -> StatisticsSnapshot | None:
+        """The statistics of version ``key`` now; ``None`` when none were made (it has not
+        served since the server started)."""
         statistics = self.statistics.get(key)
-        if statistics is None:
-            answered = self.latency.get(tenant, model, version)  # answered by the OpenAI API only
-            if answered is None:
-                return None
-            statistics = VersionStatistics(answered)
-        return statistics.snapshot()
+        return None if statistics is None else statistics.snapshot()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -124,6 +124,7 @@ async def serve_async(settings: Settings, platform: Platform, http: uvicorn.Serv
     finally:
         if pins is not None:
             pins.cancel()
+            await asyncio.gather(pins, return_exceptions=True)
         if grpc_server is not None:
             await grpc_server.stop(grace=settings.drain_timeout_s)
         await asyncio.to_thread(job_workers.stop, max(settings.drain_timeout_s, 10.0))

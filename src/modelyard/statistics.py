@@ -3,10 +3,15 @@ extension (``GET /v2/models/{m}/stats``, gRPC ``ModelStatistics``), which tools 
 read to split a request's time into queueing and compute.
 
 :class:`VersionStatistics` holds one version's figures as plain numbers, updated on the event loop
-where the data is already at hand, so the per-request path pays nothing new:
+where the data is already at hand, so the per-request path pays little new (the batcher's
+``perf_counter`` when a request is queued; per batch, a ``time.time()`` and a few additions):
 
-* answered requests (count, time) are the version's latency histogram child, which every answered
-  request already updates (OIP v2 over REST and gRPC, and the OpenAI API);
+* answered requests (count, time) are read from the version's latency histogram child, which
+  every answered request already updates (OIP v2 over REST and gRPC, and the OpenAI API). That
+  child is labelled by tenant, model and version *names*, which a later version may reuse (a
+  model deleted and pushed again starts at version 1 again): the figures count from what the
+  child held when this version's statistics were made (before its first request), and the child
+  is looked up when read, so none is made for a version that has not answered;
 * failed requests are counted where their error is (``DataPlane``), with their time when known;
   refusals of a full queue, counted in bundles, with none;
 * queueing, compute, rows and executions come once per batch from the batcher's observer
@@ -20,10 +25,11 @@ a version keeps its figures when it is unloaded and loaded again.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["Duration", "StatisticsBook", "StatisticsSnapshot", "VersionStatistics"]
+__all__ = ["AnsweredLookup", "Duration", "StatisticsBook", "StatisticsSnapshot", "VersionStatistics"]
 
 
 class _Observed(Protocol):
@@ -31,6 +37,14 @@ class _Observed(Protocol):
 
     counts: list[int]
     sum: float
+
+
+#: the version's latency histogram child, or ``None`` while it has none
+AnsweredLookup = Callable[[], "_Observed | None"]
+
+
+def _figures(answered: _Observed | None) -> tuple[int, float]:
+    return (0, 0.0) if answered is None else (sum(answered.counts), answered.sum)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +80,13 @@ class VersionStatistics:
     """One version's running figures (see the module). Update from the event loop only."""
 
     __slots__ = (
-        "_answered", "failed_count", "failed_s", "queued_count", "queued_s", "computed_count",
+        "_answered", "_base", "failed_count", "failed_s", "queued_count", "queued_s", "computed_count",
         "computed_s", "rows", "executions", "last_inference_ms", "by_batch_size",
     )
 
-    def __init__(self, answered: _Observed) -> None:
+    def __init__(self, answered: AnsweredLookup) -> None:
         self._answered = answered
+        self._base = _figures(answered())  # what earlier holders of the same labels answered
         self.failed_count = 0
         self.failed_s = 0.0
         self.queued_count = 0
@@ -107,12 +122,12 @@ class VersionStatistics:
         self.failed_s += elapsed_s
 
     def snapshot(self) -> StatisticsSnapshot:
-        answered = self._answered
+        count, seconds = _figures(self._answered())
         return StatisticsSnapshot(
             last_inference_ms=self.last_inference_ms,
             inference_count=self.rows,
             execution_count=self.executions,
-            success=_duration(sum(answered.counts), answered.sum),
+            success=_duration(count - self._base[0], seconds - self._base[1]),
             fail=_duration(self.failed_count, self.failed_s),
             queue=_duration(self.queued_count, self.queued_s),
             compute_infer=_duration(self.computed_count, self.computed_s),
@@ -129,13 +144,17 @@ class StatisticsBook:
     def __init__(self) -> None:
         self._versions: dict[str, VersionStatistics] = {}
 
-    def version(self, key: str, answered: _Observed) -> VersionStatistics:
-        """The figures of version ``key``; ``answered`` is its latency histogram child (used
-        when they are made)."""
+    def version(self, key: str, answered: AnsweredLookup) -> VersionStatistics:
+        """The figures of version ``key``, made on first use; ``answered`` finds its latency
+        histogram child."""
         stats = self._versions.get(key)
         if stats is None:
             stats = self._versions[key] = VersionStatistics(answered)
         return stats
+
+    def forget(self, key: str) -> None:
+        """Drop the figures of a version that was deleted."""
+        self._versions.pop(key, None)
 
     def get(self, key: str) -> VersionStatistics | None:
         """The figures of version ``key`` if they were made, without making them."""

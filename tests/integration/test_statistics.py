@@ -151,6 +151,35 @@ def test_a_deployment_reports_the_versions_it_routes_to(server: LiveServer) -> N
     assert _durations(report["model_stats"][0])["success"][0] == _durations(before)["success"][0] + 1
 
 
+def test_a_key_scoped_to_a_deployment_sees_only_what_it_may_call(server: LiveServer) -> None:
+    with server.client() as admin:
+        r = admin.post("/api/v1/deployments", json={
+            "name": "scoped-front", "routes": [{"model": "gamma", "version": 1}],
+            "shadow": {"model": "alpha", "version": 1},
+        })
+        assert r.status_code == 201, r.text
+        narrow = admin.post("/api/v1/keys", json={"role": "developer", "scopes": ["scoped-front", "gamma"]}).json()
+    with server.client(narrow["secret"]) as client:
+        report = client.get("/v2/models/scoped-front/stats").json()
+        # the route's model is in the key's scope, the shadow's is not
+        assert [(m["name"], m["version"]) for m in report["model_stats"]] == [("gamma", "1")]
+        assert client.get("/v2/models/alpha/stats").status_code == 404
+
+
+def test_a_model_deleted_and_pushed_again_starts_from_zero(server: LiveServer, tmp_path: Path) -> None:
+    with server.client() as admin:
+        register(server, "again", scale_model(tmp_path / "again.onnx", 2.0))
+        assert [_infer(admin, "again", 1.0) for _ in range(3)] == [200] * 3
+        assert _durations(_one(admin.get("/v2/models/again/stats").json(), "again"))["success"][0] == 3
+        assert admin.delete("/api/v1/models/again").status_code == 204
+        register(server, "again", scale_model(tmp_path / "again-2.onnx", 5.0))  # version 1 again
+        fresh = _one(admin.get("/v2/models/again/versions/1/stats").json(), "again")
+        assert _durations(fresh)["success"] == (0, 0) and fresh["execution_count"] == 0
+        assert "again" not in {m["name"] for m in admin.get("/v2/models/stats").json()["model_stats"]}
+        assert _infer(admin, "again", 1.0) == 200
+        assert _durations(_one(admin.get("/v2/models/again/stats").json(), "again"))["success"][0] == 1
+
+
 def test_another_tenant_sees_none_of_it(server: LiveServer) -> None:
     with server.client() as admin:
         assert admin.post("/api/v1/tenants", json={"name": "other"}).status_code == 201

@@ -1,5 +1,6 @@
-"""Per-version statistics: what batches, answers and failures add up to, and that reading them
-makes nothing (no empty series in /metrics for a version that never served)."""
+"""Per-version statistics: what batches, answers and failures add up to; that reading them makes
+nothing (no empty series in /metrics for a version that never served); and that a version whose
+labels an earlier one had (a model deleted and pushed again) starts from zero."""
 
 from __future__ import annotations
 
@@ -29,19 +30,30 @@ def test_batches_answers_and_failures_add_up() -> None:
     assert snap.batches == {1: Duration(1, 1_000_000), 5: Duration(2, 6_000_000)}
     assert list(snap.batches) == [1, 5]
     assert snap.last_inference_ms > 0
-    assert metrics.statistics_of("v1", "acme", "digits", "1") == snap
+    assert metrics.statistics_of("v1") == snap
 
 
-def test_reading_a_version_that_never_served_makes_nothing() -> None:
+def test_reading_or_making_them_adds_no_series() -> None:
     metrics = Metrics()
-    assert metrics.statistics_of("v9", "acme", "idle", "1") is None
+    assert metrics.statistics_of("v9") is None
+    metrics.version_statistics("v9", "acme", "idle", "1")  # as a version's load makes them
     assert b'model="idle"' not in metrics.render()
-    assert metrics.statistics.get("v9") is None
+    snap = metrics.statistics_of("v9")
+    assert snap is not None and snap.success == Duration(0, 0)
 
 
-def test_answers_seen_only_by_the_latency_histogram_are_reported() -> None:
-    """The OpenAI API's answers update the latency histogram, not the batch figures."""
+def test_a_version_with_an_earlier_ones_labels_starts_from_zero() -> None:
+    """Version keys are unique; labels are names, which a model deleted and pushed again reuses."""
     metrics = Metrics()
-    metrics.latency.labels("acme", "chat", "2").observe(0.25)
-    snap = metrics.statistics_of("v2", "acme", "chat", "2")
-    assert snap is not None and snap.success == Duration(1, 250_000_000) and snap.execution_count == 0
+    old = metrics.version_statistics("old-key", "acme", "digits", "1")
+    latency = metrics.latency.labels("acme", "digits", "1")
+    latency.observe(0.5)
+    latency.observe(0.5)
+    assert old.snapshot().success == Duration(2, 1_000_000_000)
+    metrics.statistics.forget("old-key")  # the version was deleted
+    assert metrics.statistics_of("old-key") is None
+
+    new = metrics.version_statistics("new-key", "acme", "digits", "1")
+    assert new.snapshot().success == Duration(0, 0)
+    latency.observe(0.25)
+    assert new.snapshot().success == Duration(1, 250_000_000)

@@ -366,7 +366,9 @@ def _watch_stats(name: str | None, version: int | None, every_s: float, count: i
                 at = time.monotonic()
                 rows = []
                 for key, v in now.items():
-                    d = v.since(last[key]) if key in last else v
+                    before = last.get(key)
+                    # figures that went down: the server restarted; it counts from zero again
+                    d = v if before is None or v.answered.count < before.answered.count else v.since(before)
                     seconds = max(at - last_at, 1e-9)
                     rows.append([v.model, v.version, f"{d.answered.count / seconds:,.1f}", f"{d.failed.count / seconds:,.1f}",
                                  f"{d.answered.mean_ms:.2f}", f"{d.queued.mean_ms:.2f}", f"{d.computed.mean_ms:.2f}",

@@ -104,6 +104,7 @@ class DataPlane:
         #: format -> how a version of it becomes a loadable folder (e.g. extracted HF archives)
         self.folders: dict[str, Callable[[VersionInfo], Path]] = {}
         registry.on_version_removed.append(lambda v: manager.unload(v.key))
+        registry.on_version_removed.append(lambda v: metrics.statistics.forget(v.key))
         self._options: dict[tuple[str, str, int], tuple[VersionInfo, ServingOptions]] = {}
         self._sources: dict[tuple[str, bool], ModelSource] = {}
         self._shadows: set[asyncio.Task[None]] = set()

@@ -173,11 +173,13 @@ class Residency:
         for key in pinned_here - recorded.keys():
             manager.pin(key, False)
             unpinned += 1
+        new = [info for key, info in recorded.items() if key not in pinned_here]
+        for info in new:  # all pinned before the first await, so the round's view is applied whole
+            manager.pin(info.key)
         loaded = 0
-        for key, info in recorded.items():
-            if key in pinned_here:
-                continue
-            manager.pin(key)
+        for info in new:
+            if not manager.is_pinned(info.key):
+                continue  # unpinned here while the ones before it loaded: that wins
             try:
                 await self._dataplane.load(info)
             except Exception as exc:

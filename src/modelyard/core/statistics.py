@@ -10,7 +10,9 @@ The figures are kept by the serving engine and the data plane since the server s
 * a model and a version: that version, with zeros when it has seen no request;
 * a deployment's name (it is served at ``/v2/models/{deployment}``): the versions it routes to
   and mirrors to, each under its model's name, since a deployment's requests are counted on the
-  version that answered them.
+  version that answered them (those of models the caller's key may call; mirrored requests count
+  in the shadow's queue and compute figures, not in its answered and failed ones, which are the
+  callers' requests).
 
 Each server counts its own requests: in a cluster, ask each server (or read ``/metrics``, which
 Prometheus sums across them).
@@ -43,16 +45,17 @@ class Statistics:
     async def report(self, principal: Principal, name: str | None = None, version: str | None = None) -> dict[str, Any]:
         """The statistics of the versions ``name`` and ``version`` select (see the module)."""
         principal.require("models:read")
+        memory = self._memory()
         if name is None:
-            versions = [info for info in await self._tenant_versions(principal) if self._active(info)]
+            versions = [info for info in await self._tenant_versions(principal) if self._active(info, memory)]
         elif version is not None:
             versions = [await self._resolve(principal, name, version)]
         else:
-            versions = await self._model_versions(principal, name)
-        return {"model_stats": [self._model_stat(info) for info in versions]}
+            versions = await self._model_versions(principal, name, memory)
+        return {"model_stats": [self._model_stat(info, memory.get(info.key, 0)) for info in versions]}
 
     # -- which versions ---------------------------------------------------------------------
-    async def _model_versions(self, principal: Principal, name: str) -> list[VersionInfo]:
+    async def _model_versions(self, principal: Principal, name: str, memory: dict[str, int]) -> list[VersionInfo]:
         # a deployment first, as /v2/models/{name}/infer without a version goes to it
         traffic = await self._dataplane.deployment(principal, name)
         if traffic is not None:
@@ -60,16 +63,18 @@ class Statistics:
             routes = [(route.model, route.version) for route in deployment.routes]
             if deployment.shadow is not None:
                 routes.append((deployment.shadow.model, deployment.shadow.version))
+            # only the models the caller's key may call itself (as inference through it checks)
             return [
                 await anyio.to_thread.run_sync(self._registry.get_version, principal.tenant_id, model, number)
-                for model, number in dict.fromkeys(routes)
+                for model, number in dict.fromkeys(routes) if principal.in_scope(model)
             ]
         if not principal.in_scope(name):
             raise ModelNotFound(f"model {name!r} not found")
         versions = await anyio.to_thread.run_sync(self._registry.tenant_versions, principal.tenant_id, (name,))
         if not versions:
             raise ModelNotFound(f"model {name!r} not found")
-        return [info for info in versions if self._active(info)] or [await self._resolve(principal, name, None)]
+        active = [info for info in versions if self._active(info, memory)]
+        return active or [await self._resolve(principal, name, None)]
 
     async def _resolve(self, principal: Principal, name: str, version: str | None) -> VersionInfo:
         if not principal.in_scope(name):
@@ -79,23 +84,22 @@ class Statistics:
     async def _tenant_versions(self, principal: Principal) -> list[VersionInfo]:
         return await anyio.to_thread.run_sync(self._registry.tenant_versions, principal.tenant_id, principal.scopes)
 
-    def _active(self, info: VersionInfo) -> bool:
-        return self._snapshot(info) is not None or bool(self._loaded_bytes(info))
+    def _active(self, info: VersionInfo, memory: dict[str, int]) -> bool:
+        return info.key in memory or self._dataplane.metrics.statistics_of(info.key) is not None
 
     # -- the figures ------------------------------------------------------------------------
-    def _snapshot(self, info: VersionInfo) -> StatisticsSnapshot | None:
-        return self._dataplane.metrics.statistics_of(info.key, info.tenant_name, info.model_name, str(info.version))
+    def _memory(self) -> dict[str, int]:
+        """Memory each loaded version holds now, by version key (over its isolation modes)."""
+        memory: dict[str, int] = {}
+        for model in self._dataplane.manager.loaded():
+            memory[model.source.key] = memory.get(model.source.key, 0) + model.memory_bytes
+        return memory
 
-    def _loaded_bytes(self, info: VersionInfo) -> int:
-        """Memory the version holds now (0: not loaded), over its isolation modes."""
-        return sum(m.memory_bytes for m in self._dataplane.manager.loaded() if m.source.key == info.key)
-
-    def _model_stat(self, info: VersionInfo) -> dict[str, Any]:
-        snapshot = self._snapshot(info) or StatisticsSnapshot(
+    def _model_stat(self, info: VersionInfo, memory: int) -> dict[str, Any]:
+        snapshot = self._dataplane.metrics.statistics_of(info.key) or StatisticsSnapshot(
             last_inference_ms=0, inference_count=0, execution_count=0, success=_ZERO, fail=_ZERO, queue=_ZERO,
             compute_infer=_ZERO,
         )
-        memory = self._loaded_bytes(info)
         return {
             "name": info.model_name,
             "version": str(info.version),

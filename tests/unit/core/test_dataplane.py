@@ -411,3 +411,31 @@ def test_a_pin_made_here_while_the_records_are_read_wins(platform: Platform, ten
     registry.set_pinned(tenant, "raced", 1, True)  # and pinned elsewhere again
     assert asyncio.run(sync(during_read=False)) == (1, 0)
     assert manager.is_pinned(info.key)
+
+
+def test_an_unpin_made_here_while_a_round_loads_wins(platform: Platform, tenant: str) -> None:
+    """A round pins every version pinned elsewhere before it loads the first: one unpinned here
+    while another one loads is neither loaded nor pinned again by that round."""
+    first, second = _push(platform, tenant, "first"), _push(platform, tenant, "second", add=2.0)
+    residency, registry, manager, plane = platform.residency, platform.registry, platform.manager, platform.dataplane
+    admin = Principal(key_id="k", tenant_id=tenant, tenant_name="default", role="admin")
+    for info in (first, second):
+        registry.set_pinned(tenant, info.model_name, info.version, True)  # pinned on another server
+    load = plane.load
+
+    async def load_then_unload_the_other(info, deployment=None):  # type: ignore[no-untyped-def]
+        await load(info, deployment)
+        if info.key == first.key:
+            await residency.unload(admin, "second", "1")  # meanwhile, here
+
+    async def run() -> tuple[int, int]:
+        plane.load = load_then_unload_the_other  # type: ignore[method-assign]
+        try:
+            return await residency.sync_pins()
+        finally:
+            plane.load = load  # type: ignore[method-assign]
+
+    assert asyncio.run(run()) == (1, 0)
+    assert manager.is_pinned(first.key) and manager.is_loaded(first.key)
+    assert not manager.is_pinned(second.key) and not manager.is_loaded(second.key)
+    assert [info.model_name for info in registry.pinned_versions()] == ["first"]

@@ -142,6 +142,8 @@ class OpenAIServing:
 
     def _count_request(self, served: ServedModel) -> None:
         self.metrics.requests.labels(served.tenant, served.name, served.version, "openai").inc()
+        if served.key:  # made before its first answer (see modelyard/statistics.py)
+            self.metrics.version_statistics(served.key, served.tenant, served.name, served.version)
 
     def _count_error(self, served: ServedModel, exc: BaseException, started: float) -> None:
         code = exc.code if isinstance(exc, ModelYardError) else "internal"
