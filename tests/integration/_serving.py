@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+import pytest
+from tritonclient.utils import InferenceServerException
 from onnx import TensorProto, helper, numpy_helper
 
 from modelyard.core.registry import VersionInfo
@@ -102,6 +104,15 @@ def on_grpc_transport(server: LiveServer, tmp_path: Path, transport: str) -> Ite
         yield live
     finally:
         live.stop()
+
+
+def grpc_refuses(missing: Callable[[], object], without_key: Callable[[], object]) -> None:
+    """A tritonclient gRPC call naming an unknown model gets NOT_FOUND; one without a key,
+    UNAUTHENTICATED."""
+    for call, status in ((missing, "StatusCode.NOT_FOUND"), (without_key, "StatusCode.UNAUTHENTICATED")):
+        with pytest.raises(InferenceServerException) as refused:
+            call()
+        assert refused.value.status() == status
 
 
 def infer_body(x: np.ndarray, name: str = "x") -> dict[str, Any]:
