@@ -66,13 +66,13 @@ def _duration(count: int, seconds: float) -> Duration:
 class StatisticsSnapshot:
     """One version's figures at one moment."""
 
-    last_inference_ms: int
-    inference_count: int
-    execution_count: int
-    success: Duration
-    fail: Duration
-    queue: Duration
-    compute_infer: Duration
+    last_inference_ms: int = 0
+    inference_count: int = 0
+    execution_count: int = 0
+    success: Duration = Duration()
+    fail: Duration = Duration()
+    queue: Duration = Duration()
+    compute_infer: Duration = Duration()
     batches: dict[int, Duration] = field(default_factory=dict)
 
 

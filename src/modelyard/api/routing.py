@@ -12,15 +12,16 @@ as bytes, reads) are left as they are.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response, params
 from fastapi.routing import APIRoute
 
-from modelyard.errors import UnsupportedMediaType
+from modelyard.errors import BadRequest, UnsupportedMediaType
 
-__all__ = ["JsonBodyRoute", "as_json_request"]
+__all__ = ["JsonBodyRoute", "as_json_request", "read_json_object"]
 
 #: media types read as JSON by a route that expects a JSON body ("": no Content-Type at all)
 _READ_AS_JSON = frozenset({"", "application/x-www-form-urlencoded", "text/plain"})
@@ -47,6 +48,22 @@ def as_json_request(request: Request) -> Request:
     headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
     headers.append(_JSON)
     return Request({**request.scope, "headers": headers}, request.receive)
+
+
+async def read_json_object(request: Request, example: str = '{"ready": true}') -> dict[str, Any]:
+    """The optional JSON object body of a route that reads its body itself (Triton's repository
+    and logging calls, whatever their ``Content-Type``): ``{}`` when there is none; 400 for
+    malformed JSON or another JSON value, with ``example`` of what to send."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"malformed JSON in the request body: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"the request body must be a JSON object, e.g. {example}")
+    return body
 
 
 class JsonBodyRoute(APIRoute):

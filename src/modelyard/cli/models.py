@@ -3,8 +3,11 @@ delete models."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
+from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -16,7 +19,7 @@ from modelyard.cli._common import (
 )
 
 if TYPE_CHECKING:
-    from modelyard.client import ModelVersion
+    from modelyard.client import ModelVersion, VersionStatistics
 
 __all__ = ["app"]
 
@@ -350,42 +353,46 @@ def _watch_stats(name: str | None, version: int | None, every_s: float, count: i
     second and the interval's means: live on a terminal, a table per interval otherwise."""
     from rich.live import Live
 
-    columns = ["model", "v", "req/s", "failed/s", "latency", "queue", "compute", "rows/batch"]
     console = out()
-    with client() as sdk:
-        last = {(v.model, v.version): v for v in sdk.statistics.get(name, version)}
-        last_at = time.monotonic()
-        live = Live(make_table(columns, []), console=console, auto_refresh=False) if console.is_terminal else None
-        shown = 0
-        try:
-            if live is not None:
-                live.start()
-            while count == 0 or shown < count:
+    live = Live(console=console, auto_refresh=False) if console.is_terminal else None
+    title = f"the last {every_s:g} s; mean times per request in ms (Ctrl-C to stop)"
+    try:
+        with client() as sdk, live or nullcontext():
+            last, last_at = _by_version(sdk.statistics.get(name, version)), time.monotonic()
+            for _ in itertools.count() if count == 0 else range(count):
                 time.sleep(every_s)
-                now = {(v.model, v.version): v for v in sdk.statistics.get(name, version)}
-                at = time.monotonic()
-                rows = []
-                for key, v in now.items():
-                    before = last.get(key)
-                    # figures that went down: the server restarted; it counts from zero again
-                    d = v if before is None or v.answered.count < before.answered.count else v.since(before)
-                    seconds = max(at - last_at, 1e-9)
-                    rows.append([v.model, v.version, f"{d.answered.count / seconds:,.1f}", f"{d.failed.count / seconds:,.1f}",
-                                 f"{d.answered.mean_ms:.2f}", f"{d.queued.mean_ms:.2f}", f"{d.computed.mean_ms:.2f}",
-                                 f"{d.mean_batch_size:.1f}"])
-                last, last_at = now, at
-                title = f"the last {every_s:g} s; mean times per request in ms (Ctrl-C to stop)"
-                table = make_table(columns, rows, title=title, whole=("model",))
+                now, at = _by_version(sdk.statistics.get(name, version)), time.monotonic()
+                table = make_table(_WATCH_COLUMNS, _interval_rows(now, last, max(at - last_at, 1e-9)),
+                                   title=title, whole=("model",))
                 if live is not None:
                     live.update(table, refresh=True)
                 else:
                     console.print(table)
-                shown += 1
-        except KeyboardInterrupt:
-            pass
-        finally:
-            if live is not None:
-                live.stop()
+                last, last_at = now, at
+    except KeyboardInterrupt:
+        pass
+
+
+_WATCH_COLUMNS = ["model", "v", "req/s", "failed/s", "latency", "queue", "compute", "rows/batch"]
+
+
+def _by_version(versions: Iterable[VersionStatistics]) -> dict[tuple[str, int], VersionStatistics]:
+    return {(v.model, v.version): v for v in versions}
+
+
+def _interval_rows(
+    now: dict[tuple[str, int], VersionStatistics], last: dict[tuple[str, int], VersionStatistics], seconds: float,
+) -> list[list[Any]]:
+    """A row per version of what it did between the two reads, ``seconds`` apart."""
+    rows = []
+    for key, v in now.items():
+        before = last.get(key)
+        # figures that went down: the server restarted and counts from zero again
+        d = v if before is None or v.answered.count < before.answered.count else v.since(before)
+        rows.append([v.model, v.version, f"{d.answered.count / seconds:,.1f}", f"{d.failed.count / seconds:,.1f}",
+                     f"{d.answered.mean_ms:.2f}", f"{d.queued.mean_ms:.2f}", f"{d.computed.mean_ms:.2f}",
+                     f"{d.mean_batch_size:.1f}"])
+    return rows
 
 
 def _batch_sizes(by_size: dict[int, Any]) -> None:

@@ -97,7 +97,7 @@ class Platform:
         )
         platform = cls(settings, db, artifacts, keys, registry, metrics, manager, dataplane)
         platform.residency = Residency(dataplane, registry)
-        platform.statistics = Statistics(dataplane, registry)
+        platform.statistics = Statistics(dataplane, registry, platform.residency)
         platform.log_settings = LogSettings()
         platform.tenants = TenantService(db, keys)
         platform.limits = Limits(db=db, tenants=platform.tenants, default_rate=settings.default_key_rate_limit)

@@ -33,7 +33,6 @@ import anyio
 from modelyard.core.inference import DataPlane
 from modelyard.core.principal import Principal
 from modelyard.core.registry import Registry, VersionInfo
-from modelyard.engine.manager import LoadedModel
 from modelyard.errors import BadRequest, Conflict, ModelNotFound
 
 __all__ = ["Residency", "LoadedVersion", "refuse_model_files"]
@@ -87,10 +86,10 @@ class Residency:
     async def loaded(self, principal: Principal) -> list[LoadedVersion]:
         """The caller's versions in memory, by model name and version."""
         principal.require("models:read")
-        in_memory = self._in_memory()
+        in_memory = self._dataplane.manager.loaded_by_version()
         if not in_memory:
             return []
-        versions = await anyio.to_thread.run_sync(self._versions, principal)
+        versions = await self.versions(principal)
         now = time.monotonic()
         out = []
         for info in versions:
@@ -110,9 +109,9 @@ class Residency:
         ``READY`` when loaded, else ``UNAVAILABLE`` (reason ``unloaded``; it loads on its first
         request)."""
         principal.require("models:read")
-        in_memory = self._in_memory()
+        in_memory = self._dataplane.manager.loaded_by_version()
         rows = []
-        for info in await anyio.to_thread.run_sync(self._versions, principal):
+        for info in await self.versions(principal):
             ready = info.key in in_memory
             if ready or not ready_only:
                 rows.append({"name": info.model_name, "version": str(info.version),
@@ -125,7 +124,7 @@ class Residency:
         principal.require("models:load")
         if pin:
             principal.require("models:pin")
-        info = await self._version(principal, name, version)
+        info = await self.version(principal, name, version)
         if not pin:
             await self._dataplane.load(info)
             return info
@@ -206,7 +205,7 @@ class Residency:
         requests in flight finish first. :class:`Conflict` for a pinned version when the caller
         may not unpin."""
         principal.require("models:load")
-        info = await self._version(principal, name, version)
+        info = await self.version(principal, name, version)
         manager = self._dataplane.manager
         if manager.is_pinned(info.key) or info.pinned:
             if not principal.can("models:pin"):
@@ -217,18 +216,18 @@ class Residency:
         manager.unload(info.key, reason="unloaded")
         return info
 
-    # -- helpers ---------------------------------------------------------------------------
-    async def _version(self, principal: Principal, name: str, version: str | None) -> VersionInfo:
+    # -- the caller's versions -----------------------------------------------------------------
+    async def version(self, principal: Principal, name: str, version: str | None) -> VersionInfo:
+        """The version ``name`` ``version`` names in the caller's tenant (the served one without a
+        version); :class:`ModelNotFound` for a model outside the key's scope. No permission check."""
         if not principal.in_scope(name):
             raise ModelNotFound(f"model {name!r} not found")
-        tenant = principal.tenant_id
-        return await anyio.to_thread.run_sync(self._registry.resolve, tenant, name, version)
+        return await anyio.to_thread.run_sync(self._registry.resolve, principal.tenant_id, name, version)
 
-    def _versions(self, principal: Principal) -> list[VersionInfo]:
-        return self._registry.tenant_versions(principal.tenant_id, principal.scopes)
-
-    def _in_memory(self) -> dict[str, list[LoadedModel]]:
-        by_version: dict[str, list[LoadedModel]] = {}
-        for model in self._dataplane.manager.loaded():
-            by_version.setdefault(model.source.key, []).append(model)
-        return by_version
+    async def versions(self, principal: Principal, names: tuple[str, ...] = ()) -> list[VersionInfo]:
+        """Every version of the caller's models (its key's scope; with ``names``, of those only),
+        by model name and version. No permission check."""
+        scope = tuple(n for n in names if principal.in_scope(n)) if names else principal.scopes
+        if names and not scope:
+            return []
+        return await anyio.to_thread.run_sync(self._registry.tenant_versions, principal.tenant_id, scope)

@@ -27,6 +27,7 @@ import anyio
 from modelyard.core.inference import DataPlane
 from modelyard.core.principal import Principal
 from modelyard.core.registry import Registry, VersionInfo
+from modelyard.core.residency import Residency
 from modelyard.errors import ModelNotFound
 from modelyard.statistics import Duration, StatisticsSnapshot
 
@@ -38,18 +39,20 @@ _ZERO = Duration()
 class Statistics:
     """See the module. Answers Triton's ``$stats_model_response`` shape: ``{"model_stats": [...]}``."""
 
-    def __init__(self, dataplane: DataPlane, registry: Registry) -> None:
+    def __init__(self, dataplane: DataPlane, registry: Registry, residency: Residency) -> None:
         self._dataplane = dataplane
         self._registry = registry
+        self._residency = residency  # the caller's versions, as the memory calls see them
 
     async def report(self, principal: Principal, name: str | None = None, version: str | None = None) -> dict[str, Any]:
         """The statistics of the versions ``name`` and ``version`` select (see the module)."""
         principal.require("models:read")
-        memory = self._memory()
+        memory = {key: sum(m.memory_bytes for m in models)
+                  for key, models in self._dataplane.manager.loaded_by_version().items()}
         if name is None:
-            versions = [info for info in await self._tenant_versions(principal) if self._active(info, memory)]
+            versions = [info for info in await self._residency.versions(principal) if self._active(info, memory)]
         elif version is not None:
-            versions = [await self._resolve(principal, name, version)]
+            versions = [await self._residency.version(principal, name, version)]
         else:
             versions = await self._model_versions(principal, name, memory)
         return {"model_stats": [self._model_stat(info, memory.get(info.key, 0)) for info in versions]}
@@ -68,38 +71,18 @@ class Statistics:
                 await anyio.to_thread.run_sync(self._registry.get_version, principal.tenant_id, model, number)
                 for model, number in dict.fromkeys(routes) if principal.in_scope(model)
             ]
-        if not principal.in_scope(name):
-            raise ModelNotFound(f"model {name!r} not found")
-        versions = await anyio.to_thread.run_sync(self._registry.tenant_versions, principal.tenant_id, (name,))
+        versions = await self._residency.versions(principal, (name,))
         if not versions:
             raise ModelNotFound(f"model {name!r} not found")
         active = [info for info in versions if self._active(info, memory)]
-        return active or [await self._resolve(principal, name, None)]
-
-    async def _resolve(self, principal: Principal, name: str, version: str | None) -> VersionInfo:
-        if not principal.in_scope(name):
-            raise ModelNotFound(f"model {name!r} not found")
-        return await anyio.to_thread.run_sync(self._registry.resolve, principal.tenant_id, name, version)
-
-    async def _tenant_versions(self, principal: Principal) -> list[VersionInfo]:
-        return await anyio.to_thread.run_sync(self._registry.tenant_versions, principal.tenant_id, principal.scopes)
+        return active or [await self._residency.version(principal, name, None)]
 
     def _active(self, info: VersionInfo, memory: dict[str, int]) -> bool:
-        return info.key in memory or self._dataplane.metrics.statistics_of(info.key) is not None
+        return info.key in memory or self._dataplane.metrics.statistics.get(info.key) is not None
 
     # -- the figures ------------------------------------------------------------------------
-    def _memory(self) -> dict[str, int]:
-        """Memory each loaded version holds now, by version key (over its isolation modes)."""
-        memory: dict[str, int] = {}
-        for model in self._dataplane.manager.loaded():
-            memory[model.source.key] = memory.get(model.source.key, 0) + model.memory_bytes
-        return memory
-
     def _model_stat(self, info: VersionInfo, memory: int) -> dict[str, Any]:
-        snapshot = self._dataplane.metrics.statistics_of(info.key) or StatisticsSnapshot(
-            last_inference_ms=0, inference_count=0, execution_count=0, success=_ZERO, fail=_ZERO, queue=_ZERO,
-            compute_infer=_ZERO,
-        )
+        snapshot = self._dataplane.metrics.statistics_of(info.key) or StatisticsSnapshot()
         return {
             "name": info.model_name,
             "version": str(info.version),

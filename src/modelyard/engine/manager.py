@@ -321,6 +321,13 @@ class ModelManager:
     def loaded(self) -> list[LoadedModel]:
         return list(self._loaded.values())
 
+    def loaded_by_version(self) -> dict[str, list[LoadedModel]]:
+        """The loaded models by version key (a version may be loaded in each isolation mode)."""
+        by_version: dict[str, list[LoadedModel]] = {}
+        for model in self._loaded.values():
+            by_version.setdefault(model.source.key, []).append(model)
+        return by_version
+
     def runtime_options(self, instances: int) -> RuntimeOptions:
         """Thread settings for a version served by ``instances`` executors on ``cores`` cores."""
         return replace(

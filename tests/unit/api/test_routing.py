@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
 from modelyard.api.errors import install_error_handlers
-from modelyard.api.routing import JsonBodyRoute
+from modelyard.api.routing import JsonBodyRoute, read_json_object
 
 
 class Body(BaseModel):
@@ -29,6 +29,10 @@ def _app() -> FastAPI:
     @router.post("/raw")
     async def raw(request: Request) -> dict:
         return {"type": request.headers.get("content-type"), "size": len(await request.body())}
+
+    @app.post("/settings")
+    async def settings(request: Request) -> dict:
+        return await read_json_object(request, example='{"level": 1}')
 
     app.include_router(router)
     return app
@@ -85,3 +89,22 @@ def test_a_route_without_a_json_body_sees_what_was_sent(client: TestClient) -> N
     r = client.post("/raw", content=b"<a/>", headers={"content-type": "application/xml"})
     assert r.status_code == 200 and r.json()["type"] == "application/xml"
 
+
+
+@pytest.mark.parametrize(("body", "status", "answer"), [
+    (b"", 200, {}),                                   # no body: nothing asked
+    (b"  \n", 200, {}),
+    (b'{"level": 2}', 200, {"level": 2}),
+    (b"{not json", 400, "malformed JSON in the request body"),
+    (b"[1, 2]", 400, 'must be a JSON object, e.g. {"level": 1}'),
+])
+def test_a_route_reading_its_own_body_gets_an_object_or_a_400(
+    client: TestClient, body: bytes, status: int, answer: object
+) -> None:
+    r = client.post("/settings", content=body, headers={"content-type": "text/plain"})
+    assert r.status_code == status, r.text
+    if status == 200:
+        assert r.json() == answer
+    else:
+        error = r.json()["error"]
+        assert error["code"] == "bad_request" and str(answer) in error["message"]

@@ -4,14 +4,12 @@
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
 from modelyard.api.deps import PlatformDep, PrincipalDep
 from modelyard.api.errors import ERROR_SCHEMA
-from modelyard.errors import BadRequest
+from modelyard.api.routing import read_json_object
 
 __all__ = ["router"]
 
@@ -25,10 +23,5 @@ async def get_log_settings(platform: PlatformDep, principal: PrincipalDep) -> JS
 
 @router.post("", summary="Change the server's log settings (Triton; administrators)")
 async def update_log_settings(request: Request, platform: PlatformDep, principal: PrincipalDep) -> JSONResponse:
-    try:
-        changes = json.loads(await request.body() or b"{}")
-    except ValueError as exc:
-        raise BadRequest(f"malformed JSON in the request body: {exc}") from None
-    if not isinstance(changes, dict):
-        raise BadRequest("the request body must be a JSON object of settings, e.g. {\"log_verbose_level\": 1}")
+    changes = await read_json_object(request, example='{"log_verbose_level": 1}')
     return JSONResponse(platform.log_settings.update(principal, changes))

@@ -16,14 +16,13 @@ its next request.
 
 from __future__ import annotations
 
-import json
-from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
 from modelyard.api.deps import PlatformDep, PrincipalDep
 from modelyard.api.errors import ERROR_SCHEMA
+from modelyard.api.routing import read_json_object
 from modelyard.core.residency import refuse_model_files
 from modelyard.errors import BadRequest
 
@@ -35,23 +34,9 @@ router = APIRouter(
 )
 
 
-async def _body(request: Request) -> dict[str, Any]:
-    """The optional JSON object of a repository call (tritonclient sends none for the index)."""
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise BadRequest(f"malformed JSON in the request body: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    return body
-
-
 @router.post("/index", summary="Every version of your models and whether it is loaded (Triton)")
 async def index(request: Request, platform: PlatformDep, principal: PrincipalDep) -> JSONResponse:
-    ready = (await _body(request)).get("ready", False)
+    ready = (await read_json_object(request)).get("ready", False)
     if not isinstance(ready, bool):
         raise BadRequest("'ready' must be true or false")
     return JSONResponse(await platform.residency.index(principal, ready_only=ready))
@@ -59,7 +44,7 @@ async def index(request: Request, platform: PlatformDep, principal: PrincipalDep
 
 @router.post("/models/{model_name}/load", summary="Load the version a model serves now (Triton)")
 async def load(model_name: str, request: Request, platform: PlatformDep, principal: PrincipalDep) -> JSONResponse:
-    parameters = (await _body(request)).get("parameters") or {}
+    parameters = (await read_json_object(request)).get("parameters") or {}
     if not isinstance(parameters, dict):
         raise BadRequest("'parameters' must be a JSON object")
     refuse_model_files(parameters)
@@ -69,6 +54,6 @@ async def load(model_name: str, request: Request, platform: PlatformDep, princip
 
 @router.post("/models/{model_name}/unload", summary="Unload the version a model serves (Triton)")
 async def unload(model_name: str, request: Request, platform: PlatformDep, principal: PrincipalDep) -> JSONResponse:
-    await _body(request)  # {"parameters": {"unload_dependents": ...}}: a version has no dependents here
+    await read_json_object(request)  # {"parameters": {"unload_dependents": ...}}: a version has no dependents here
     await platform.residency.unload(principal, model_name, None)
     return JSONResponse({})
