@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -512,14 +513,21 @@ async def test_the_wait_for_a_quiet_loop_turn_is_bounded_by_the_queue_delay() ->
     warm_batches = len(model.calls)
     pending = []
     # A 5 ms delay makes dozens of batches in 0.25 s; the margin absorbs a stall of the test
-    # process (a garbage collection of the suite's heap can take tens of milliseconds).
-    until = time.perf_counter() + 0.25
-    i = 0
-    while time.perf_counter() < until:
-        pending.append(asyncio.ensure_future(b.submit(request([i]), None)))
-        i += 1
-        await asyncio.sleep(0)
-    computed_while_streaming = len(model.calls) - warm_batches
+    # process. It failed once late in a whole-suite run (not reproduced since); the known stall
+    # there is a full garbage collection of the suite's heap, so the collector waits until the
+    # stream ends.
+    gc.collect()
+    gc.disable()
+    try:
+        until = time.perf_counter() + 0.25
+        i = 0
+        while time.perf_counter() < until:
+            pending.append(asyncio.ensure_future(b.submit(request([i]), None)))
+            i += 1
+            await asyncio.sleep(0)
+        computed_while_streaming = len(model.calls) - warm_batches
+    finally:
+        gc.enable()
     results = await asyncio.gather(*pending)
     assert [r["id"].tolist() for r in results] == [[n] for n in range(i)]
     assert computed_while_streaming >= 5, computed_while_streaming
