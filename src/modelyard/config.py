@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     artifact_root: Path | None = Field(default=None, description="artifact folder; default: home/artifacts")
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    shared_memory: bool = Field(
+        default=False,
+        description="let callers register system shared-memory regions for inference tensors (Triton's "
+        "system_shared_memory); off by default: the server then reads and writes objects its callers name",
+    )
     admin_key: SecretStr | None = Field(default=None, description="admin key for scripted installs")
     cores: int = Field(
         default_factory=_usable_cores, ge=1,

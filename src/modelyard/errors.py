@@ -38,6 +38,7 @@ __all__ = [
     "InvalidInput",
     "InvalidArtifact",
     "UnsafeContent",
+    "NotEnabled",
     "Unauthenticated",
     "PermissionDenied",
     "NotFound",
@@ -126,6 +127,12 @@ class InvalidArtifact(BadRequest):
 
 class UnsafeContent(BadRequest):
     code = "unsafe_content"
+
+
+class NotEnabled(BadRequest):
+    """The request needs a capability this server was started without (the message says how)."""
+
+    code = "not_enabled"
 
 
 class Unauthenticated(ModelYardError):

@@ -78,12 +78,14 @@ def slow_expected(x: np.ndarray, iterations: int) -> np.ndarray:
 
 
 def register(
-    server: LiveServer, name: str, path: Path, *, stage: str = "production", config: dict[str, Any] | None = None
+    server: LiveServer, name: str, path: Path, *, stage: str = "production", config: dict[str, Any] | None = None,
+    tenant: str | None = None,
 ) -> VersionInfo:
-    """Register ``path`` as the next version of ``name`` in the default tenant."""
+    """Register ``path`` as the next version of ``name`` in ``tenant`` (a name; the default
+    tenant when ``None``)."""
     platform = server.platform
     assert platform is not None
-    tenant = platform.keys.ensure_default_tenant()
+    tenant = platform.keys.ensure_default_tenant() if tenant is None else platform.tenants.get(tenant).id
     with open(path, "rb") as f:
         staged = platform.artifacts.stage_stream(f, max_bytes=path.stat().st_size)
     return platform.registry.register_version(
@@ -92,13 +94,14 @@ def register(
 
 
 @contextmanager
-def on_grpc_transport(server: LiveServer, tmp_path: Path, transport: str) -> Iterator[LiveServer]:
+def on_grpc_transport(server: LiveServer, tmp_path: Path, transport: str, **settings: Any) -> Iterator[LiveServer]:
     """``server`` itself for the native gRPC transport; for ``grpcio``, a server of its own (in
-    ``tmp_path``) on that transport, with an ``alpha`` scale model, stopped afterwards."""
+    ``tmp_path``, with ``settings`` as ``server`` has them) on that transport, with an ``alpha``
+    scale model, stopped afterwards."""
     if transport != "grpcio":
         yield server
         return
-    live = LiveServer.build(tmp_path / "home", builtin_models=False, grpc_transport="grpcio").start()
+    live = LiveServer.build(tmp_path / "home", builtin_models=False, grpc_transport="grpcio", **settings).start()
     try:
         register(live, "alpha", scale_model(tmp_path / "alpha.onnx", 2.0))
         yield live

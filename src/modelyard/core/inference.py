@@ -27,9 +27,10 @@ from modelyard.core.registry import Registry, VersionInfo
 from modelyard.core.usage import UsageMeter
 from modelyard.core.deployments import Deployments, DeploymentTraffic, Route
 from modelyard.core.routing import outputs_agree
+from modelyard.core.shared_memory import SharedMemory
 from modelyard.engine.batcher import DynamicBatcher, Queued
 from modelyard.engine.manager import LoadedModel, ModelManager, ModelSource, ServingOptions
-from modelyard.errors import InvalidInput, ModelNotFound, ModelYardError, RateLimited
+from modelyard.errors import InvalidInput, ModelNotFound, ModelYardError, NotEnabled, RateLimited
 from modelyard.metrics import Metrics
 from modelyard.store.artifacts import ArtifactStore
 from modelyard.tensors import InferenceRequest, InferenceResponse, Tensor, TensorSpec
@@ -101,6 +102,8 @@ class DataPlane:
         #: rate limits/quotas and usage metering (set by the Platform; ``None`` when built bare)
         self.limits: Limits | None = None
         self.usage: UsageMeter | None = None
+        #: registered shared-memory regions (set by the Platform; ``None`` when built bare)
+        self.shared_memory: SharedMemory | None = None
         #: format -> how a version of it becomes a loadable folder (e.g. extracted HF archives)
         self.folders: dict[str, Callable[[VersionInfo], Path]] = {}
         registry.on_version_removed.append(lambda v: manager.unload(v.key))
@@ -120,7 +123,10 @@ class DataPlane:
 
     # -- server ----------------------------------------------------------------------------
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+        extensions = list(EXTENSIONS)
+        if self.shared_memory is not None and self.shared_memory.enabled:
+            extensions.append("system_shared_memory")
+        return {"name": SERVER_NAME, "version": __version__, "extensions": extensions}
 
     def live(self) -> bool:
         return True
@@ -373,7 +379,7 @@ class DataPlane:
         children = self._children(info, protocol)
         children[0].inc()
         try:
-            output_names, arrays = self._prepare(info, request)
+            output_names, arrays = self._prepare(principal, info, request)
             results = await self.manager.predict(self.source(info, options), arrays, output_names, options=options)
         except BaseException as exc:
             self._failed(principal, info, exc, started=started)
@@ -426,7 +432,7 @@ class DataPlane:
         children = self._children(info, protocol)
         children[0].inc()
         try:
-            output_names, arrays = self._prepare(info, request)
+            output_names, arrays = self._prepare(principal, info, request)
         except BaseException as exc:
             self._failed(principal, info, exc, None if route is None else name, started=started)
             raise
@@ -481,14 +487,23 @@ class DataPlane:
         latency.observe(elapsed)
         if served is None:
             self._meter(principal, info.model_name, compute_s=elapsed)
-            return self._response(info.model_name, info, results, output_names, request)
-        self._meter(principal, served.name, compute_s=elapsed)
-        traffic = served.traffic
-        self._record(principal, served.name, traffic, served.route, True, elapsed)
-        shadow = traffic.deployment.shadow
-        if shadow is not None and (shadow.share >= 1.0 or random.random() < shadow.share):
-            self._mirror(principal, traffic, served.arrays, results, elapsed)
-        return self._response(served.name, info, results, output_names, request)
+            response = self._response(info.model_name, info, results, output_names, request)
+        else:
+            self._meter(principal, served.name, compute_s=elapsed)
+            traffic = served.traffic
+            self._record(principal, served.name, traffic, served.route, True, elapsed)
+            shadow = traffic.deployment.shadow
+            if shadow is not None and (shadow.share >= 1.0 or random.random() < shadow.share):
+                self._mirror(principal, traffic, served.arrays, results, elapsed)
+            response = self._response(served.name, info, results, output_names, request)
+        if request.shared_memory:
+            return self._shared_memory().write_outputs(principal, response, request.outputs)
+        return response
+
+    def _shared_memory(self) -> SharedMemory:
+        if self.shared_memory is None:
+            raise NotEnabled("system shared memory is off on this server; start it with MODELYARD_SHARED_MEMORY=true")
+        return self.shared_memory
 
     async def _infer_deployment(
         self,
@@ -505,7 +520,7 @@ class DataPlane:
         children = self._children(info, protocol)
         children[0].inc()
         try:
-            output_names, arrays = self._prepare(info, request)
+            output_names, arrays = self._prepare(principal, info, request)
         except BaseException as exc:
             self._failed(principal, info, exc, name, started=started)
             raise
@@ -659,7 +674,11 @@ class DataPlane:
         self.metrics.errors.labels(*labels, code).inc()
         self.metrics.version_statistics(info.key, *labels).on_fail(1, elapsed_s)
 
-    def _prepare(self, info: VersionInfo, request: InferenceRequest) -> tuple[list[str] | None, dict[str, Any]]:
+    def _prepare(
+        self, principal: Principal, info: VersionInfo, request: InferenceRequest
+    ) -> tuple[list[str] | None, dict[str, Any]]:
+        if request.shared_memory:
+            self._shared_memory().read_inputs(principal, request)
         validate_inputs(info.inputs, request.inputs)
         return self._output_names(info, request), {t.name: t.data for t in request.inputs}
 

@@ -20,6 +20,7 @@ from modelyard.core.llm import LanguageModels
 from modelyard.core.optimization import Optimization
 from modelyard.core.registry import Registry
 from modelyard.core.log_settings import LogSettings
+from modelyard.core.shared_memory import SharedMemory
 from modelyard.core.residency import Residency
 from modelyard.core.statistics import Statistics
 from modelyard.core.tenants import TenantService
@@ -58,6 +59,7 @@ class Platform:
     residency: Residency = field(init=False)
     statistics: Statistics = field(init=False)
     log_settings: LogSettings = field(init=False)
+    shared_memory: SharedMemory = field(init=False)
 
     @classmethod
     def open(cls, settings: Settings) -> Platform:
@@ -99,6 +101,7 @@ class Platform:
         platform.residency = Residency(dataplane, registry)
         platform.statistics = Statistics(dataplane, registry, platform.residency)
         platform.log_settings = LogSettings()
+        platform.shared_memory = dataplane.shared_memory = SharedMemory(settings.shared_memory)
         platform.tenants = TenantService(db, keys)
         platform.limits = Limits(db=db, tenants=platform.tenants, default_rate=settings.default_key_rate_limit)
         platform.usage = UsageMeter(db, prices=settings.prices, flush_s=settings.usage_flush_s)
@@ -135,6 +138,7 @@ class Platform:
     async def aclose(self) -> None:
         await self.llm.aclose()
         await self.manager.close()
+        self.shared_memory.close()
         self.usage.close()
         self.audit.close()
         self.db.dispose()

@@ -20,12 +20,14 @@ from typing import Any
 import numpy as np
 
 from modelyard.api.v2.codec import (
+    IN_REGION,
     PreparedRequest,
     decode_raw_tensor,
     encode_raw_tensor,
     select_outputs,
     wire_array,
 )
+from modelyard.core.shared_memory import REGION
 from modelyard.errors import InvalidInput
 from modelyard.grpc.proto import grpc_service_pb2 as pb
 from modelyard.tensors import (
@@ -202,7 +204,7 @@ def infer_call(message: pb.ModelInferRequest | RawMessage) -> InferCall:
         return InferCall(hit.model_name, hit.model_version, hit.request.build(raw))
     msg.raw_input_contents.extend(raw)
     request = request_from_proto(msg)
-    if all(t.datatype != "BYTES" for t in request.inputs):
+    if not request.shared_memory and all(t.datatype != "BYTES" for t in request.inputs):
         if len(_PREPARED) >= _PREPARED_MAX:
             _PREPARED.clear()
         prepared = PreparedRequest(request, [t.data.nbytes for t in request.inputs])
@@ -219,11 +221,15 @@ def request_from_proto(msg: pb.ModelInferRequest) -> InferenceRequest:
     messages as the REST codec where the problem is the same.
     """
     raw = msg.raw_input_contents
-    if len(raw) and len(raw) != len(msg.inputs):
+    params_of = [parameters_from_proto(inp.parameters) for inp in msg.inputs]
+    in_region = sum(REGION in params for params in params_of)
+    if len(raw) and len(raw) != len(msg.inputs) - in_region:
+        outside = " outside shared memory" if in_region else ""
         raise InvalidInput(
-            f"raw_input_contents has {len(raw)} entries but the request has {len(msg.inputs)} "
-            "inputs; send raw contents for every input or for none"
+            f"raw_input_contents has {len(raw)} entries but the request has {len(msg.inputs) - in_region} "
+            f"inputs{outside}; send raw contents for every such input or for none"
         )
+    next_raw = 0
     inputs: list[Tensor] = []
     seen: set[str] = set()
     for i, inp in enumerate(msg.inputs):
@@ -241,13 +247,16 @@ def request_from_proto(msg: pb.ModelInferRequest) -> InferenceRequest:
         shape = tuple(int(d) for d in inp.shape)
         if any(d < 0 for d in shape):
             raise InvalidInput(f"{what}: shape {list(shape)} has a negative dimension")
-        params = parameters_from_proto(inp.parameters)
-        if "shared_memory_region" in params:
-            raise InvalidInput(f"{what}: shared memory is not supported; send the data inline")
-        if len(raw):
+        params = params_of[i]
+        if REGION in params:  # read by the data plane (core/shared_memory.py)
+            if _filled_field(inp.contents) is not None:
+                raise InvalidInput(f"{what}: names a shared memory region and also carries data; send one of them")
+            array = IN_REGION
+        elif len(raw):
             if _filled_field(inp.contents) is not None:
                 raise InvalidInput(f"{what}: has both contents and raw_input_contents")
-            array = decode_raw_tensor(raw[i], datatype=datatype, shape=shape, name=what)
+            array = decode_raw_tensor(raw[next_raw], datatype=datatype, shape=shape, name=what)
+            next_raw += 1
         else:
             array = _array_from_contents(inp.contents, datatype, shape, what)
         inputs.append(
@@ -265,6 +274,7 @@ def request_from_proto(msg: pb.ModelInferRequest) -> InferenceRequest:
         outputs=outputs or None,
         id=msg.id or None,
         parameters=parameters_from_proto(msg.parameters),
+        shared_memory=bool(in_region) or any(REGION in o.parameters for o in outputs),
     )
 
 
@@ -486,6 +496,10 @@ def _fill_tensor(
     array = wire_array(t, what)
     params = {k: v for k, v in t.parameters.items() if k != "binary_data_size"}
     parameters_to_proto(entry.parameters, params)
+    if REGION in params:  # written to a shared-memory region: no contents
+        if raw:
+            raw_contents.append(b"")  # raw entries are matched to outputs by position
+        return
     if raw:
         raw_contents.append(encode_raw_tensor(array, t.datatype))
         return

@@ -332,6 +332,57 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         return await self._guard(context, work)
 
+    async def SystemSharedMemoryStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """The caller's system shared-memory regions (see ``core/shared_memory.py``)."""
+        async def work() -> Any:
+            regions = self._platform.shared_memory.status(await self._principal(context), request.name or None)
+            response = pb.SystemSharedMemoryStatusResponse()
+            for region in regions:
+                response.regions[region["name"]].CopyFrom(
+                    pb.SystemSharedMemoryStatusResponse.RegionStatus(**region)
+                )
+            return response
+
+        return await self._guard(context, work)
+
+    async def SystemSharedMemoryRegister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            self._platform.shared_memory.register(
+                await self._principal(context), request.name, request.key, request.offset, request.byte_size
+            )
+            return pb.SystemSharedMemoryRegisterResponse()
+
+        return await self._guard(context, work)
+
+    async def SystemSharedMemoryUnregister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            self._platform.shared_memory.unregister(await self._principal(context), request.name or None)
+            return pb.SystemSharedMemoryUnregisterResponse()
+
+        return await self._guard(context, work)
+
+    async def CudaSharedMemoryStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """None here: tensors stay in host memory (see ``api/v2/shared_memory.py``)."""
+        async def work() -> Any:
+            self._platform.shared_memory.cuda_status(await self._principal(context), request.name or None)
+            return pb.CudaSharedMemoryStatusResponse()
+
+        return await self._guard(context, work)
+
+    async def CudaSharedMemoryRegister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            self._platform.shared_memory.cuda_register(await self._principal(context), request.name)
+            return pb.CudaSharedMemoryRegisterResponse()
+
+        return await self._guard(context, work)
+
+    async def CudaSharedMemoryUnregister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def work() -> Any:
+            self._platform.shared_memory.cuda_status(await self._principal(context))
+            return pb.CudaSharedMemoryUnregisterResponse()
+
+        return await self._guard(context, work)
+
     async def _infer(self, principal: Principal, request: Any) -> Any:
         call = infer_call(request)
         response = await self._platform.dataplane.infer(

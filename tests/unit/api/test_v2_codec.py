@@ -551,3 +551,39 @@ def test_codec_imports_nothing_server_side() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_inputs_and_outputs_in_shared_memory_as_tritonclient_sends_them() -> None:
+    """An input in a region beside one in the binary part: the region's is left to the data
+    plane, and the header is never remembered (the next request with it must be read the same
+    way); an output written to a region is answered without data."""
+    in_region = tritonhttp.InferInput("a", [2], "FP32")
+    in_region.set_shared_memory("r", 8)
+    binary = tritonhttp.InferInput("b", [2], "INT32")
+    binary.set_data_from_numpy(np.array([3, 4], np.int32), binary_data=True)
+    out = tritonhttp.InferRequestedOutput("y")
+    out.set_shared_memory("o", 8, offset=4)
+    body, header_length = _get_inference_request([in_region, binary], "", [out], 0, False, False, 0, None, None)
+    for _ in range(3):
+        got = decode_infer_request(body, header_length)
+        assert got.shared_memory and got.inputs[0].data.size == 0
+        assert got.inputs[0].parameters == {"shared_memory_region": "r", "shared_memory_byte_size": 8}
+        assert_same(got.inputs[1].data, np.array([3, 4], np.int32))
+        assert got.outputs is not None and got.outputs[0].parameters.items() >= {
+            "shared_memory_region": "o", "shared_memory_byte_size": 8, "shared_memory_offset": 4}.items()
+    plain = decode_infer_request(json.dumps({"inputs": [
+        {"name": "a", "datatype": "FP32", "shape": [1], "data": [1]}]}).encode())
+    assert not plain.shared_memory
+
+    response = InferenceResponse("m", "1", [
+        Tensor("y", "FP32", (2,), np.array([1, 2], np.float32),
+               {"shared_memory_region": "o", "shared_memory_byte_size": 8}),
+        Tensor.from_array("z", np.array([5, 6], np.float32)),
+    ])
+    payload, length = encode_infer_response(response, requested=None, binary_default=False)
+    assert length is None
+    assert json.loads(payload)["outputs"] == [
+        {"name": "y", "datatype": "FP32", "shape": [2],
+         "parameters": {"shared_memory_region": "o", "shared_memory_byte_size": 8}},
+        {"name": "z", "datatype": "FP32", "shape": [2], "data": [5.0, 6.0]},
+    ]

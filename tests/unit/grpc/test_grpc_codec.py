@@ -93,8 +93,8 @@ def test_messages_and_field_numbers_match_tritons_proto() -> None:
             assert [(v.name, v.number) for v in enum.values] == [(v.name, v.number) for v in other.values]
 
     # 15 for inference, 7 for the model repository, 8 for statistics, 11 for model configuration,
-    # 2 for log settings
-    assert len(ours.message_types_by_name) == 43
+    # 2 for log settings, 12 for shared memory (system and CUDA)
+    assert len(ours.message_types_by_name) == 55
     config = triton_config_pb.DESCRIPTOR
     for name, message in ours.message_types_by_name.items():
         if name in theirs.message_types_by_name:
@@ -383,3 +383,39 @@ def test_calls_that_differ_only_in_raw_contents_are_read_off_their_bytes_each_it
     assert codec._last.contents(short.SerializeToString()) is None
     with pytest.raises(InvalidInput, match=r"input .x.: binary data is 8 bytes but shape \[1, 3\] of FP32 needs 12"):
         infer_call(RawMessage(short.SerializeToString()))
+
+
+def test_inputs_and_outputs_in_shared_memory_as_tritonclient_sends_them() -> None:
+    """tritonclient sends raw contents only for the inputs not in a region; the request is never
+    remembered (its region inputs are not in the message); an output written to a region keeps
+    its place among the raw output contents, empty."""
+    in_region = tritongrpc.InferInput("a", [2], "FP32")
+    in_region.set_shared_memory("r", 8, offset=16)
+    raw = tritongrpc.InferInput("b", [2], "INT32")
+    raw.set_data_from_numpy(np.array([3, 4], np.int32))
+    out = tritongrpc.InferRequestedOutput("y")
+    out.set_shared_memory("o", 8)
+    msg = _get_inference_request("m", [in_region, raw], "", "", [out], 0, False, False, 0, None, None)
+    wire = msg.SerializeToString()
+    for _ in range(3):  # the same bytes again: decoded as fully as the first time
+        got = infer_call(RawMessage(wire)).request
+        assert got.shared_memory
+        assert got.inputs[0].data.size == 0 and got.inputs[0].parameters == {
+            "shared_memory_region": "r", "shared_memory_byte_size": 8, "shared_memory_offset": 16}
+        assert_same(got.inputs[1].data, np.array([3, 4], np.int32))
+        assert got.outputs is not None and got.outputs[0].parameters["shared_memory_region"] == "o"
+    bad = pb.ModelInferRequest.FromString(wire)
+    bad.raw_input_contents.append(b"\0" * 8)
+    with pytest.raises(InvalidInput, match="2 entries but the request has 1 inputs outside shared memory"):
+        request_from_proto(bad)
+
+    response = InferenceResponse("m", "1", [
+        Tensor("y", "FP32", (2,), np.array([1, 2], np.float32),
+               {"shared_memory_region": "o", "shared_memory_byte_size": 8}),
+        Tensor.from_array("z", np.array([5, 6], np.float32)),
+    ])
+    answer = triton_pb.ModelInferResponse.FromString(codec.encode_response(response))
+    assert list(answer.raw_output_contents) == [b"", np.array([5, 6], np.float32).tobytes()]
+    assert answer.outputs[0].parameters["shared_memory_byte_size"].int64_param == 8
+    result = tritongrpc.InferResult(answer)
+    assert_same(result.as_numpy("z"), np.array([5, 6], np.float32))

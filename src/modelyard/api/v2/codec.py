@@ -22,12 +22,12 @@ tensor and the problem.
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from modelyard.core.shared_memory import REGION
 from modelyard.errors import InvalidInput
 from modelyard.tensors import (
     DATATYPES,
@@ -35,7 +35,10 @@ from modelyard.tensors import (
     InferenceResponse,
     RequestedOutput,
     Tensor,
+    decode_raw_tensor,
+    deserialize_bytes_elements,
     element_count,
+    serialize_bytes_elements,
 )
 
 try:
@@ -45,6 +48,7 @@ except ImportError:  # pragma: no cover - exercised only where orjson is absent
 
 __all__ = [
     "HEADER_LENGTH_HEADER",
+    "IN_REGION",
     "decode_infer_request",
     "PreparedRequest",
     "encode_infer_response",
@@ -61,9 +65,10 @@ __all__ = [
 #: The HTTP header of the binary tensor data extension: the length of the JSON part of the body.
 HEADER_LENGTH_HEADER = "Inference-Header-Content-Length"
 
-_LEN = struct.Struct("<I")
 _ALLOWED = ", ".join(DATATYPES)
 #: numeric datatype -> its little-endian numpy dtype, as tensors travel
+#: an input's ``data`` until the data plane reads it from its shared-memory region
+IN_REGION = np.empty(0, dtype=np.uint8)
 _WIRE = {name: dtype.newbyteorder("<") for name, dtype in DATATYPES.items() if name != "BYTES"}
 #: outputs this small are copied into bytes rather than viewed (see ``_raw_chunk``)
 _COPY_AT_MOST = 64 * 1024
@@ -81,8 +86,10 @@ def decode_infer_request(
     ``header_length`` is the value of the ``Inference-Header-Content-Length`` header (``None``
     when absent: the whole body is JSON). Input arrays come back shaped; numeric inputs sent in
     binary are read-only views of ``body`` (no copy) when aligned. ``binary_data_size`` is
-    removed from each input's parameters (it is framing, not meaning). Shared-memory inputs are
-    refused. Raises ``InvalidInput`` for anything malformed.
+    removed from each input's parameters (it is framing, not meaning). An input whose parameters
+    name a shared-memory region comes back with empty ``data`` and the request marked
+    ``shared_memory`` (the data plane reads it: ``core/shared_memory.py``). Raises
+    ``InvalidInput`` for anything malformed.
 
     A client sends the same JSON header with every request of one shape, so the header of an
     all-binary request is parsed and checked once and remembered (a bounded memo, like a prepared
@@ -158,6 +165,8 @@ _PREPARED_MAX = 1024
 
 def _prepare(body: bytes | bytearray | memoryview, header_length: int, request: InferenceRequest) -> None:
     """Remember a decoded all-binary, numeric request's header for the next ones like it."""
+    if request.shared_memory:
+        return  # its inputs in regions are not in the body
     sizes = []
     for t in request.inputs:
         if t.datatype == "BYTES" or not t.data.flags.aligned:
@@ -187,11 +196,14 @@ def _decode_request(
         if t.name in seen:
             raise InvalidInput(f"input {t.name!r} appears more than once")
         seen.add(t.name)
+    outputs = _decode_requested_outputs(doc.get("outputs"))
+    shared = any(REGION in t.parameters for t in inputs) or any(REGION in o.parameters for o in outputs or ())
     return InferenceRequest(
         inputs=inputs,
-        outputs=_decode_requested_outputs(doc.get("outputs")),
+        outputs=outputs,
         id=_decode_id(doc.get("id")),
         parameters=_parameters(doc.get("parameters"), "request"),
+        shared_memory=shared,
     )
 
 
@@ -328,87 +340,12 @@ def decode_infer_response(
 
 
 # --------------------------------------------------------------------------------------------
-# raw tensor bytes (shared with the gRPC codec)
-
-
-def decode_raw_tensor(
-    buf: bytes | bytearray | memoryview, *, datatype: str, shape: Sequence[int], name: str
-) -> np.ndarray:
-    """Decode one tensor's raw little-endian bytes into an array of ``shape``.
-
-    ``name`` is used in error messages (e.g. ``"input 'x'"``). Numeric tensors are zero-copy,
-    read-only views of ``buf`` when ``buf`` is suitably aligned (a copy otherwise); BYTES
-    tensors are length-prefixed elements and come back as an object array of ``bytes``.
-    """
-    count = element_count(tuple(shape))
-    if datatype == "BYTES":
-        items = deserialize_bytes_elements(buf, name=name)
-        if len(items) != count:
-            raise InvalidInput(
-                f"{name}: binary data holds {len(items)} BYTES elements but shape "
-                f"{list(shape)} needs {count}"
-            )
-        arr = np.empty(count, dtype=object)
-        arr[:] = items
-        return arr.reshape(shape)
-    dtype = DATATYPES[datatype]
-    need = count * dtype.itemsize
-    size = memoryview(buf).nbytes
-    if size != need:
-        raise InvalidInput(
-            f"{name}: binary data is {size} bytes but shape {list(shape)} of {datatype} "
-            f"needs {need}"
-        )
-    arr = np.frombuffer(buf, dtype=dtype.newbyteorder("<"), count=count)
-    if not arr.flags.aligned:
-        arr = arr.copy()
-    if datatype == "BOOL" and count and int(arr.view(np.uint8).max()) > 1:
-        raise InvalidInput(f"{name}: BOOL binary data must hold only bytes 0 and 1")
-    return arr.reshape(shape)
+# raw tensor bytes (the decoding half and BYTES framing live in ``modelyard.tensors``)
 
 
 def encode_raw_tensor(array: np.ndarray, datatype: str) -> bytes:
     """The raw wire bytes of one tensor: little-endian row-major, or length-prefixed BYTES."""
     return bytes(_raw_chunk(np.asarray(array), datatype, "tensor"))
-
-
-def serialize_bytes_elements(array: np.ndarray) -> bytes:
-    """Length-prefixed (4-byte little-endian) concatenation of a BYTES array, row-major.
-
-    Elements may be ``bytes``, ``str`` (encoded as UTF-8) or anything else (``str()`` then UTF-8).
-    """
-    parts: list[bytes] = []
-    pack = _LEN.pack
-    for item in np.asarray(array, dtype=object).reshape(-1).tolist():
-        b = _as_bytes(item)
-        parts.append(pack(len(b)))
-        parts.append(b)
-    return b"".join(parts)
-
-
-def deserialize_bytes_elements(
-    buf: bytes | bytearray | memoryview, *, name: str = "tensor"
-) -> list[bytes]:
-    """Split length-prefixed BYTES wire data into its elements; ``InvalidInput`` if truncated."""
-    data = bytes(buf)
-    out: list[bytes] = []
-    pos, end = 0, len(data)
-    unpack = _LEN.unpack_from
-    while pos < end:
-        if end - pos < 4:
-            raise InvalidInput(
-                f"{name}: BYTES binary data ends inside a 4-byte length prefix at offset {pos}"
-            )
-        (n,) = unpack(data, pos)
-        pos += 4
-        if n > end - pos:
-            raise InvalidInput(
-                f"{name}: BYTES element at offset {pos - 4} claims {n} bytes but only "
-                f"{end - pos} remain"
-            )
-        out.append(data[pos : pos + n])
-        pos += n
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -514,11 +451,6 @@ def _decode_requested_outputs(value: Any) -> list[RequestedOutput] | None:
         if not isinstance(name, str) or not name:
             raise InvalidInput(f"requested output #{i} is missing 'name'")
         params = _parameters(item.get("parameters"), f"requested output {name!r}")
-        if "shared_memory_region" in params:
-            raise InvalidInput(
-                f"requested output {name!r}: shared memory is not supported; omit "
-                "shared_memory_region"
-            )
         out.append(RequestedOutput(name=name, parameters=params))
     return out
 
@@ -551,8 +483,10 @@ def _decode_tensor(item: Any, reader: _BinaryReader, kind: str, index: int) -> T
         )
     shape = _shape(item.get("shape"), what)
     params = _parameters(item.get("parameters"), what)
-    if "shared_memory_region" in params:
-        raise InvalidInput(f"{what}: shared memory is not supported; send the data in the body")
+    if REGION in params:
+        if "data" in item or "binary_data_size" in params:
+            raise InvalidInput(f"{what}: names a shared memory region and also carries data; send one of them")
+        return Tensor(name=name, datatype=datatype, shape=shape, data=IN_REGION, parameters=params)
     size = params.pop("binary_data_size", None)
     if size is not None:
         if "data" in item:
@@ -722,6 +656,10 @@ def _encode_tensors(
         params = dict(t.parameters)
         params.pop("binary_data_size", None)
         entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+        if REGION in params:  # written to a shared-memory region (core/shared_memory.py)
+            entry["parameters"] = params
+            entries.append(entry)
+            continue
         data = None if want_binary(t.name) else _json_data(array, t.datatype)
         if data is not None:
             if params:
@@ -789,16 +727,6 @@ def _raw_chunk(array: np.ndarray, datatype: str, what: str) -> bytes | memoryvie
     if contiguous.nbytes <= _COPY_AT_MOST:
         return contiguous.tobytes()
     return contiguous.reshape(-1).view(np.uint8).data
-
-
-def _as_bytes(item: Any) -> bytes:
-    if isinstance(item, bytes):
-        return item
-    if isinstance(item, str):
-        return item.encode("utf-8")
-    if isinstance(item, (bytearray, memoryview)):
-        return bytes(item)
-    return str(item).encode("utf-8")
 
 
 def _json_default(obj: Any) -> Any:
