@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["medium_mlp", "tiny_digits", "MEDIUM_LAYERS"]
+__all__ = ["medium_mlp", "tiny_digits", "doubler", "MEDIUM_LAYERS"]
 
 MEDIUM_LAYERS = (784, 2048, 2048, 2048, 10)
 
@@ -51,6 +51,21 @@ def tiny_digits(path: Path) -> Path:
     from modelyard.core.demo import build_digits_onnx
 
     build_digits_onnx(path)
+    return path
+
+
+def doubler(path: Path, width: int) -> Path:
+    """``y = 2 * x`` on ``x: FP32[-1, width]``: a model whose cost is moving its tensors."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["y"])],
+        "doubler",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        initializer=[numpy_helper.from_array(np.array(2.0, np.float32), "two")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
     return path
 
 

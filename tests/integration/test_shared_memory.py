@@ -227,7 +227,8 @@ def test_windows_past_the_end_and_wrong_sizes_are_refused(server: LiveServer, re
         assert r.status_code == 400 and "smaller than when it was registered" in r.json()["error"]["message"], r.text
         assert admin.get("/v2/health/live").status_code == 200
         assert admin.post("/v2/systemsharedmemory/region/r/unregister").status_code == 200
-        assert admin.post("/v2/systemsharedmemory/region/r/unregister").status_code == 200  # idempotent
+        r = admin.post("/v2/systemsharedmemory/region/r/unregister")
+        assert r.status_code == 404 and "no shared memory region 'r'" in r.json()["error"]["message"], r.text
         r = admin.get("/v2/systemsharedmemory/region/r/status")
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
 
@@ -259,7 +260,7 @@ def test_cuda_regions_are_answered_as_none(server: LiveServer) -> None:
     with server.client() as admin:
         assert admin.get("/v2/cudasharedmemory/status").json() == []
         assert admin.post("/v2/cudasharedmemory/unregister").status_code == 200
-        assert admin.post("/v2/cudasharedmemory/region/g/unregister").status_code == 200
+        assert admin.post("/v2/cudasharedmemory/region/g/unregister").status_code == 404
         r = admin.post("/v2/cudasharedmemory/region/g/register", json={"raw_handle": {"b64": ""}, "byte_size": 8})
         assert r.status_code == 400 and r.json()["error"]["code"] == "not_enabled", r.text
         assert admin.get("/v2/cudasharedmemory/region/g/status").status_code == 404

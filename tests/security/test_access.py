@@ -10,8 +10,13 @@ import pytest
 
 from tests.security.conftest import ROLES, World, assert_clean
 
-#: POSTs that change nothing: inference, and Triton's repository index (a query, POST by its spec)
-READ_ONLY_POSTS = re.compile(r"(/infer$|^/v1/(chat/completions|completions|embeddings)$|^/v2/repository/index$)")
+#: POSTs that change nothing: inference, and Triton's repository index (a query, POST by its spec);
+#: and the shared-memory registrations that inference through regions needs: a key that may infer
+#: sets them up (its tenant's regions are inference's session state, not its models or keys)
+READ_ONLY_POSTS = re.compile(
+    r"(/infer$|^/v1/(chat/completions|completions|embeddings)$|^/v2/repository/index$"
+    r"|^/v2/(system|cuda)sharedmemory/(region/[^/]+/)?(register|unregister)$)"
+)
 BAD_AUTH = {
     "no key": None,
     "basic scheme": "Basic dXNlcjpwYXNz",

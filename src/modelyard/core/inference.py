@@ -482,22 +482,26 @@ class DataPlane:
     ) -> InferenceResponse:
         """Count a request its version answered and make its response. A deployment's request
         (``served``) is counted on the deployment, recorded on its route (the canary's error
-        window), mirrored to the shadow for its share, and answered in the deployment's name."""
+        window), mirrored to the shadow for its share, and answered in the deployment's name.
+        Outputs asked into shared-memory regions are written first: one that does not fit fails
+        the request (counted as failed, as a bad input is)."""
         elapsed = time.perf_counter() - started
+        name = info.model_name if served is None else served.name
+        response = self._response(name, info, results, output_names, request)
+        if request.shared_memory:
+            try:
+                response = self._shared_memory().write_outputs(principal, response, request.outputs)
+            except BaseException as exc:
+                self._failed(principal, info, exc, name, started=started)
+                raise
         latency.observe(elapsed)
-        if served is None:
-            self._meter(principal, info.model_name, compute_s=elapsed)
-            response = self._response(info.model_name, info, results, output_names, request)
-        else:
-            self._meter(principal, served.name, compute_s=elapsed)
+        self._meter(principal, name, compute_s=elapsed)
+        if served is not None:
             traffic = served.traffic
-            self._record(principal, served.name, traffic, served.route, True, elapsed)
+            self._record(principal, name, traffic, served.route, True, elapsed)
             shadow = traffic.deployment.shadow
             if shadow is not None and (shadow.share >= 1.0 or random.random() < shadow.share):
                 self._mirror(principal, traffic, served.arrays, results, elapsed)
-            response = self._response(served.name, info, results, output_names, request)
-        if request.shared_memory:
-            return self._shared_memory().write_outputs(principal, response, request.outputs)
         return response
 
     def _shared_memory(self) -> SharedMemory:

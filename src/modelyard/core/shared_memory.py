@@ -90,7 +90,8 @@ class Region:
         return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
 
     def read(self, offset: int, size: int, what: str) -> bytes:
-        """A copy of ``size`` bytes at ``offset`` within the region."""
+        """A copy of ``size`` bytes at ``offset`` within the region (``offset + size`` at most
+        ``byte_size``)."""
         start = self._window(offset, size, what)
         return self._map[start : start + size]
 
@@ -103,11 +104,8 @@ class Region:
         os.close(self._fd)
 
     def _window(self, offset: int, size: int, what: str) -> int:
-        if offset + size > self.byte_size:
-            raise InvalidInput(
-                f"{what}: {size} bytes at offset {offset} do not fit in region {self.name!r} "
-                f"({self.byte_size} bytes)"
-            )
+        """Where ``size`` bytes at ``offset`` (within the region: checked by the caller) start
+        in the object, once the object is seen to still hold them."""
         start = self.offset + offset
         if os.fstat(self._fd).st_size < start + size:  # shrunk since it was registered
             raise InvalidInput(
@@ -121,7 +119,7 @@ def _open(key: str) -> int:
     if _posixshmem is None:  # pragma: no cover - Windows
         raise NotEnabled("system shared memory needs POSIX shared memory (Linux, macOS)")
     try:
-        return int(_posixshmem.shm_open(key if key.startswith("/") else f"/{key}", os.O_RDWR, mode=0o600))
+        return int(_posixshmem.shm_open(_canonical(key), os.O_RDWR, mode=0o600))
     except FileNotFoundError:
         raise InvalidInput(
             f"no shared memory object {key!r} exists on the server's machine; create it first "
@@ -188,21 +186,21 @@ class SharedMemory:
             raise Conflict(f"region {name!r} is already registered; unregister it first")
         if len(regions) >= MAX_REGIONS_PER_TENANT:
             raise InvalidInput(f"a tenant may hold {MAX_REGIONS_PER_TENANT} regions at most; unregister some")
-        canonical = "/" + key.lstrip("/")
-        holder = self._keys.get(canonical)
+        holder = self._keys.get(_canonical(key))
         if holder is not None and holder != principal.tenant_id:
             raise Conflict(f"shared memory object {key!r} is registered by another tenant")
         regions[name] = Region(name, key, offset, byte_size, principal.tenant_id)
-        self._keys[canonical] = principal.tenant_id
+        self._keys[_canonical(key)] = principal.tenant_id
 
     def unregister(self, principal: Principal, name: str | None = None) -> None:
-        """Unregister the caller's region ``name`` (every one of them when ``None``). An unknown
-        name is not an error (Triton's behaviour: unregistering is idempotent)."""
+        """Unregister the caller's region ``name`` (404 when it has none of that name), or every
+        one of them when ``None``."""
         principal.require("infer")
         regions = self._regions.get(principal.tenant_id, {})
-        for region in [regions[name]] if name in regions else list(regions.values()) if name is None else []:
-            del regions[region.name]
-            self._forget(region)
+        if name is not None:
+            self._region(principal, name, "unregister")
+        for gone in list(regions) if name is None else [name]:
+            self._forget(regions.pop(gone))
 
     def cuda_status(self, principal: Principal, name: str | None = None) -> list[dict[str, Any]]:
         """CUDA shared memory: none (tensors stay in host memory here); 404 for a named region."""
@@ -295,7 +293,14 @@ class SharedMemory:
         return _Window(region, offset, size, {**kept, BYTE_SIZE: size})
 
     def _forget(self, region: Region) -> None:
-        canonical = "/" + region.key.lstrip("/")
-        if not any(r.key.lstrip("/") == region.key.lstrip("/") for rs in self._regions.values() for r in rs.values()):
-            self._keys.pop(canonical, None)
+        """Unmap an unregistered region; its object is free for other tenants once none of its
+        tenant's regions maps it."""
+        key = _canonical(region.key)
+        if not any(_canonical(r.key) == key for r in self._regions.get(region.tenant_id, {}).values()):
+            del self._keys[key]
         region.close()
+
+
+def _canonical(key: str) -> str:
+    """The object's name as ``shm_open`` takes it: ``/name``."""
+    return "/" + key.lstrip("/")

@@ -378,7 +378,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def CudaSharedMemoryUnregister(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         async def work() -> Any:
-            self._platform.shared_memory.cuda_status(await self._principal(context))
+            self._platform.shared_memory.cuda_status(await self._principal(context), request.name or None)
             return pb.CudaSharedMemoryUnregisterResponse()
 
         return await self._guard(context, work)

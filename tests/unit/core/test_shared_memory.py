@@ -122,7 +122,8 @@ def test_regions_are_a_tenants_own(objects: list[mpshm.SharedMemory]) -> None:
     with pytest.raises(Conflict, match="another tenant"):  # A still holds it through "again"
         memory.register(B, "x", obj.name, 0, 64)
     memory.unregister(A, "again")
-    memory.unregister(A, "gone")  # unregistering what is not there is not an error
+    with pytest.raises(NotFound, match="no shared memory region 'gone'"):
+        memory.unregister(A, "gone")
     memory.register(B, "x", obj.name, 0, 64)  # free once A let go of it
     with pytest.raises(PermissionDenied):
         memory.status(Principal(key_id="n", tenant_id="t-a", tenant_name="a", role="nobody"))

@@ -192,12 +192,16 @@ def _decode_request(
     inputs = [_decode_tensor(item, reader, "input", i) for i, item in enumerate(raw_inputs)]
     reader.finish()
     seen: set[str] = set()
+    shared = False  # an input or an output in a shared-memory region
     for t in inputs:
         if t.name in seen:
             raise InvalidInput(f"input {t.name!r} appears more than once")
         seen.add(t.name)
+        if t.data is IN_REGION:
+            shared = True
     outputs = _decode_requested_outputs(doc.get("outputs"))
-    shared = any(REGION in t.parameters for t in inputs) or any(REGION in o.parameters for o in outputs or ())
+    if outputs is not None and not shared:
+        shared = any(REGION in o.parameters for o in outputs)
     return InferenceRequest(
         inputs=inputs,
         outputs=outputs,

@@ -4,11 +4,13 @@
 
 * ``GET /v2/systemsharedmemory[/region/{name}]/status``: the caller's regions;
 * ``POST /v2/systemsharedmemory/region/{name}/register`` ``{"key", "offset", "byte_size"}``;
-* ``POST /v2/systemsharedmemory[/region/{name}]/unregister``.
+* ``POST /v2/systemsharedmemory[/region/{name}]/unregister`` (a name the caller has no region of:
+  404).
 
 What a region is and who may use it: ``core/shared_memory.py``. CUDA shared memory: the status
-is empty, unregistering does nothing, registering is refused (this server keeps tensors in host
-memory), so clients that clean both kinds up at start work unchanged.
+is empty, unregistering all of them does nothing (a named one: 404), registering is refused (this
+server keeps tensors in host memory), so clients that clean both kinds up at start work
+unchanged.
 """
 
 from __future__ import annotations
@@ -73,7 +75,12 @@ async def cuda_register(name: str, platform: PlatformDep, principal: PrincipalDe
 
 
 @router.post("/cudasharedmemory/unregister", summary="Nothing to unregister (Triton)")
-@router.post("/cudasharedmemory/region/{name}/unregister", summary="Nothing to unregister (Triton)")
-async def cuda_unregister(platform: PlatformDep, principal: PrincipalDep, name: str | None = None) -> Response:
+async def cuda_unregister_all(platform: PlatformDep, principal: PrincipalDep) -> Response:
     platform.shared_memory.cuda_status(principal)  # the same permission as the system regions
+    return Response(status_code=200)
+
+
+@router.post("/cudasharedmemory/region/{name}/unregister", summary="No such CUDA region here: 404 (Triton)")
+async def cuda_unregister(name: str, platform: PlatformDep, principal: PrincipalDep) -> Response:
+    platform.shared_memory.cuda_status(principal, name)
     return Response(status_code=200)
