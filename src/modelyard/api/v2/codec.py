@@ -66,9 +66,10 @@ __all__ = [
 HEADER_LENGTH_HEADER = "Inference-Header-Content-Length"
 
 _ALLOWED = ", ".join(DATATYPES)
-#: numeric datatype -> its little-endian numpy dtype, as tensors travel
 #: an input's ``data`` until the data plane reads it from its shared-memory region
 IN_REGION = np.empty(0, dtype=np.uint8)
+IN_REGION.flags.writeable = False
+#: numeric datatype -> its little-endian numpy dtype, as tensors travel
 _WIRE = {name: dtype.newbyteorder("<") for name, dtype in DATATYPES.items() if name != "BYTES"}
 #: outputs this small are copied into bytes rather than viewed (see ``_raw_chunk``)
 _COPY_AT_MOST = 64 * 1024
