@@ -84,12 +84,13 @@ class Sides:
         self.want = x * 2
 
     def plain(self) -> None:
-        result = self.client.infer("big", [self.plain_in], outputs=[self.plain_out], headers=self.auth)  # type: ignore[attr-defined]
+        # a new dict each call: tritonclient.http writes Inference-Header-Content-Length into it
+        result = self.client.infer("big", [self.plain_in], outputs=[self.plain_out], headers=dict(self.auth))  # type: ignore[attr-defined]
         if not np.array_equal(result.as_numpy("y"), self.want):
             raise SystemExit("a binary answer was wrong")
 
     def shared(self) -> None:
-        self.client.infer("big", [self.shm_in], outputs=[self.shm_out], headers=self.auth)  # type: ignore[attr-defined]
+        self.client.infer("big", [self.shm_in], outputs=[self.shm_out], headers=dict(self.auth))  # type: ignore[attr-defined]
         if not np.array_equal(shm.get_contents_as_numpy(self.regions[1], np.float32, list(self.x.shape)), self.want):
             raise SystemExit("an answer in shared memory was wrong")
 
@@ -135,7 +136,10 @@ def main() -> None:
                 for label, module, client, auth, grpc in clients:
                     sides = Sides(client, module, x, auth, grpc)
                     try:
-                        sides.plain(), sides.shared()  # warm: the version loads
+                        try:
+                            sides.plain(), sides.shared()  # warm: the version loads
+                        except Exception as exc:  # tritonclient's str() of ModelYard's error object fails
+                            raise SystemExit(f"{label}: the first requests failed: {getattr(exc, 'message', exc)()!r}") from None
                         plain, shared = windows(sides.plain, sides.shared, args.seconds, args.window)
                     finally:
                         sides.close()

@@ -95,7 +95,7 @@ class Region:
         start = self._window(offset, size, what)
         return self._map[start : start + size]
 
-    def write(self, offset: int, data: bytes, what: str) -> None:
+    def write(self, offset: int, data: bytes | memoryview, what: str) -> None:
         start = self._window(offset, len(data), what)
         self._map[start : start + len(data)] = data
 
@@ -135,11 +135,12 @@ def _whole(value: Any, what: str, *, minimum: int = 0) -> int:
     return value
 
 
-def raw_bytes(t: Tensor) -> bytes:
-    """``t``'s data as it lies in a region: little-endian row-major, or length-prefixed BYTES."""
+def raw_bytes(t: Tensor) -> bytes | memoryview:
+    """``t``'s data as it lies in a region: little-endian row-major (a view of the array when it
+    already is, so it is copied once, into the region), or length-prefixed BYTES."""
     if t.datatype == "BYTES":
         return serialize_bytes_elements(t.data)
-    return np.ascontiguousarray(t.data, dtype=t.data.dtype.newbyteorder("<")).tobytes()
+    return memoryview(np.ascontiguousarray(t.data, dtype=t.data.dtype.newbyteorder("<"))).cast("B")
 
 
 @dataclass
