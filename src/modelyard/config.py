@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     artifact_root: Path | None = Field(default=None, description="artifact folder; default: home/artifacts")
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    response_cache_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=0,
+        description="bytes of answers the response cache keeps for versions whose serving settings turn it on; 0: off",
+    )
     shared_memory: bool = Field(
         default=False,
         description="let callers register system shared-memory regions for inference tensors (Triton's "

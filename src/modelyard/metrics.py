@@ -176,6 +176,12 @@ class Metrics:
             "modelyard_tokens", "Tokens processed by language and embedding models",
             ["tenant", "model", "version", "kind"], registry=r,
         )
+        self.cache_lookups = Counter(
+            "modelyard_response_cache_lookups", "Response cache lookups (result: hit, miss)",
+            ["tenant", "model", "version", "result"], registry=r,
+        )
+        self.cache_bytes = Gauge("modelyard_response_cache_bytes", "Bytes of answers held by the response cache", registry=r)
+        self.cache_entries = Gauge("modelyard_response_cache_entries", "Answers held by the response cache", registry=r)
         self.shadow_results = Counter(
             "modelyard_shadow_results", "Shadow answers compared with the primary's (agree, disagree, error)",
             ["tenant", "deployment", "result"], registry=r,

@@ -73,6 +73,8 @@ class StatisticsSnapshot:
     fail: Duration = Duration()
     queue: Duration = Duration()
     compute_infer: Duration = Duration()
+    cache_hit: Duration = Duration()
+    cache_miss: Duration = Duration()
     batches: dict[int, Duration] = field(default_factory=dict)
 
 
@@ -81,7 +83,8 @@ class VersionStatistics:
 
     __slots__ = (
         "_answered", "_base", "failed_count", "failed_s", "queued_count", "queued_s", "computed_count",
-        "computed_s", "rows", "executions", "last_inference_ms", "by_batch_size",
+        "computed_s", "rows", "executions", "last_inference_ms", "by_batch_size", "cache_hits", "cache_hit_s",
+        "cache_misses", "cache_miss_s",
     )
 
     def __init__(self, answered: AnsweredLookup) -> None:
@@ -98,6 +101,8 @@ class VersionStatistics:
         self.last_inference_ms = 0
         #: batch size (rows) -> [batches, their compute seconds]
         self.by_batch_size: dict[int, list[float]] = {}
+        self.cache_hits = self.cache_misses = 0
+        self.cache_hit_s = self.cache_miss_s = 0.0
 
     def on_batch(self, rows: int, requests: int, queue_total_s: float, compute_s: float) -> None:
         """A batch of ``requests`` requests (``rows`` rows) computed in ``compute_s``; its
@@ -116,6 +121,17 @@ class VersionStatistics:
             size[0] += 1
             size[1] += compute_s
 
+    def on_cache(self, hit: bool, seconds: float, *, count: int = 1) -> None:
+        """A response cache lookup that found the answer (``hit``: no batch ran) or did not, in
+        ``seconds``; a miss's answer remembered later adds its ``seconds`` with ``count=0``."""
+        if hit:
+            self.cache_hits += count
+            self.cache_hit_s += seconds
+            self.last_inference_ms = int(time.time() * 1000)
+        else:
+            self.cache_misses += count
+            self.cache_miss_s += seconds
+
     def on_fail(self, n: int = 1, elapsed_s: float = 0.0) -> None:
         """``n`` requests failed, ``elapsed_s`` seconds together (0: refused before any work)."""
         self.failed_count += n
@@ -131,6 +147,8 @@ class VersionStatistics:
             fail=_duration(self.failed_count, self.failed_s),
             queue=_duration(self.queued_count, self.queued_s),
             compute_infer=_duration(self.computed_count, self.computed_s),
+            cache_hit=_duration(self.cache_hits, self.cache_hit_s),
+            cache_miss=_duration(self.cache_misses, self.cache_miss_s),
             batches={
                 rows: _duration(int(count), seconds)
                 for rows, (count, seconds) in sorted(self.by_batch_size.items())

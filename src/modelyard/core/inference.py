@@ -26,6 +26,7 @@ from modelyard.core.principal import Principal
 from modelyard.core.registry import Registry, VersionInfo
 from modelyard.core.usage import UsageMeter
 from modelyard.core.deployments import Deployments, DeploymentTraffic, Route
+from modelyard.core.response_cache import CacheKey, ResponseCache
 from modelyard.core.routing import outputs_agree
 from modelyard.core.shared_memory import SharedMemory
 from modelyard.engine.batcher import DynamicBatcher, Queued
@@ -104,6 +105,8 @@ class DataPlane:
         self.usage: UsageMeter | None = None
         #: registered shared-memory regions (set by the Platform; ``None`` when built bare)
         self.shared_memory: SharedMemory | None = None
+        #: answers remembered for versions that ask for it (set by the Platform; ``None``: none)
+        self.response_cache: ResponseCache | None = None
         #: format -> how a version of it becomes a loadable folder (e.g. extracted HF archives)
         self.folders: dict[str, Callable[[VersionInfo], Path]] = {}
         registry.on_version_removed.append(lambda v: manager.unload(v.key))
@@ -380,11 +383,13 @@ class DataPlane:
         children[0].inc()
         try:
             output_names, arrays = self._prepare(principal, info, request)
-            results = await self.manager.predict(self.source(info, options), arrays, output_names, options=options)
+            remember, results = self._from_cache(info, options, arrays, output_names)
+            if results is None:
+                results = await self.manager.predict(self.source(info, options), arrays, output_names, options=options)
         except BaseException as exc:
             self._failed(principal, info, exc, started=started)
             raise
-        return self._answered(principal, info, children[1], started, results, output_names, request)
+        return self._answered(principal, info, children[1], started, results, output_names, request, remember=remember)
 
     def start(
         self,
@@ -433,17 +438,23 @@ class DataPlane:
         children[0].inc()
         try:
             output_names, arrays = self._prepare(principal, info, request)
+            remember, results = self._from_cache(info, options, arrays, output_names)
         except BaseException as exc:
             self._failed(principal, info, exc, None if route is None else name, started=started)
             raise
         served = None if traffic is None or route is None else _Served(name, traffic, route, arrays)
+        if results is not None:
+            return RememberedInference(self, principal, info, children[1], started, output_names, request, results,
+                                       served)
         try:
             queued = manager.enqueue(source, arrays, output_names, options=options)
             assert queued is not None, "loaded above, and nothing was awaited since"
         except BaseException as exc:
             self._failed(principal, info, exc, served=served, started=started)
             raise
-        return PendingInference(self, principal, info, children[1], started, output_names, request, queued, served)
+        return PendingInference(
+            self, principal, info, children[1], started, output_names, request, queued, served, remember
+        )
 
     def _failed(
         self,
@@ -479,12 +490,15 @@ class DataPlane:
         output_names: list[str] | None,
         request: InferenceRequest,
         served: _Served | None = None,
+        *,
+        remember: CacheKey | None = None,
     ) -> InferenceResponse:
         """Count a request its version answered and make its response. A deployment's request
         (``served``) is counted on the deployment, recorded on its route (the canary's error
         window), mirrored to the shadow for its share, and answered in the deployment's name.
         Outputs asked into shared-memory regions are written first: one that does not fit fails
-        the request (counted as failed, as a bad input is)."""
+        the request (counted as failed, as a bad input is). ``remember``: the response cache's
+        key for the answer, when it was looked up there and missed."""
         elapsed = time.perf_counter() - started
         name = info.model_name if served is None else served.name
         response = self._response(name, info, results, output_names, request)
@@ -494,6 +508,8 @@ class DataPlane:
             except BaseException as exc:
                 self._failed(principal, info, exc, name, started=started)
                 raise
+        if remember is not None and self.response_cache is not None:
+            self.response_cache.remember(info, remember, results)
         latency.observe(elapsed)
         self._meter(principal, name, compute_s=elapsed)
         if served is not None:
@@ -503,6 +519,16 @@ class DataPlane:
             if shadow is not None and (shadow.share >= 1.0 or random.random() < shadow.share):
                 self._mirror(principal, traffic, served.arrays, results, elapsed)
         return response
+
+    def _from_cache(
+        self, info: VersionInfo, options: ServingOptions, arrays: dict[str, Any], output_names: list[str] | None
+    ) -> tuple[CacheKey | None, dict[str, Any] | None]:
+        """For a version with the response cache on: the request's cache key, and its remembered
+        answer (``None``: compute it, then remember it under the key). Else ``(None, None)``."""
+        cache = self.response_cache
+        if not options.response_cache or cache is None or not cache.enabled:
+            return None, None
+        return cache.lookup(info, arrays, output_names)
 
     def _shared_memory(self) -> SharedMemory:
         if self.shared_memory is None:
@@ -525,16 +551,20 @@ class DataPlane:
         children[0].inc()
         try:
             output_names, arrays = self._prepare(principal, info, request)
+            remember, results = self._from_cache(info, options, arrays, output_names)
         except BaseException as exc:
             self._failed(principal, info, exc, name, started=started)
             raise
         served = _Served(name, traffic, route, arrays)
-        try:
-            results = await self.manager.predict(self.source(info, options), arrays, output_names, options=options)
-        except BaseException as exc:
-            self._failed(principal, info, exc, served=served, started=started)
-            raise
-        return self._answered(principal, info, children[1], started, results, output_names, request, served)
+        if results is None:
+            try:
+                results = await self.manager.predict(self.source(info, options), arrays, output_names, options=options)
+            except BaseException as exc:
+                self._failed(principal, info, exc, served=served, started=started)
+                raise
+        return self._answered(
+            principal, info, children[1], started, results, output_names, request, served, remember=remember
+        )
 
     def _record(
         self, principal: Principal, name: str, traffic: DeploymentTraffic, route: Route, ok: bool, latency_s: float
@@ -722,7 +752,7 @@ class PendingInference:
     (``finish`` then raises ``CancelledError``)."""
 
     __slots__ = ("_plane", "_principal", "_info", "_latency", "_started", "_output_names", "_request", "_model",
-                 "_batcher", "_queued", "_served")
+                 "_batcher", "_queued", "_served", "_remember")
 
     def __init__(
         self,
@@ -735,6 +765,7 @@ class PendingInference:
         request: InferenceRequest,
         queued: tuple[LoadedModel, DynamicBatcher, Queued],
         served: _Served | None = None,
+        remember: CacheKey | None = None,
     ) -> None:
         self._plane = plane
         self._principal = principal
@@ -745,6 +776,7 @@ class PendingInference:
         self._request = request
         self._model, self._batcher, self._queued = queued
         self._served = served  # sent to a deployment
+        self._remember = remember  # the response cache's key for its answer
 
     @property
     def future(self) -> asyncio.Future[dict[str, Any]]:
@@ -768,7 +800,45 @@ class PendingInference:
             raise
         return plane._answered(
             self._principal, self._info, self._latency, self._started, results, self._output_names, self._request,
-            served,
+            served, remember=self._remember,
+        )
+
+
+class RememberedInference(PendingInference):
+    """A request :meth:`DataPlane.start` answered from the response cache: nothing was queued,
+    its ``future`` is done already, and :meth:`finish` counts and makes the answer."""
+
+    __slots__ = ("_done",)
+
+    def __init__(
+        self,
+        plane: DataPlane,
+        principal: Principal,
+        info: VersionInfo,
+        latency: Any,
+        started: float,
+        output_names: list[str] | None,
+        request: InferenceRequest,
+        results: dict[str, Any],
+        served: _Served | None = None,
+    ) -> None:
+        self._plane, self._principal, self._info, self._latency = plane, principal, info, latency
+        self._started, self._output_names, self._request, self._served = started, output_names, request, served
+        self._remember = None
+        self._done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._done.set_result(results)
+
+    @property
+    def future(self) -> asyncio.Future[dict[str, Any]]:
+        return self._done
+
+    def cancel(self) -> None:
+        return None  # nothing is queued
+
+    def finish(self) -> InferenceResponse:
+        return self._plane._answered(
+            self._principal, self._info, self._latency, self._started, self._done.result(), self._output_names,
+            self._request, self._served,
         )
 
 

@@ -70,6 +70,7 @@ def triton_config(
         "input": [{**_tensor(s, batched), "format": "FORMAT_NONE"} for s in inputs],
         "output": [_tensor(s, batched) for s in outputs],
         "instance_group": [{"name": f"{name}_0", "kind": "KIND_CPU", "count": options.instances}],
+        "response_cache": {"enable": options.response_cache},
         "parameters": {
             "modelyard.format": {"string_value": fmt},
             "modelyard.isolation": {"string_value": options.isolation},

@@ -20,6 +20,7 @@ from modelyard.core.llm import LanguageModels
 from modelyard.core.optimization import Optimization
 from modelyard.core.registry import Registry
 from modelyard.core.log_settings import LogSettings
+from modelyard.core.response_cache import ResponseCache
 from modelyard.core.shared_memory import SharedMemory
 from modelyard.core.residency import Residency
 from modelyard.core.statistics import Statistics
@@ -102,6 +103,8 @@ class Platform:
         platform.statistics = Statistics(dataplane, registry, platform.residency)
         platform.log_settings = LogSettings()
         platform.shared_memory = dataplane.shared_memory = SharedMemory(settings.shared_memory)
+        dataplane.response_cache = cache = ResponseCache(settings.response_cache_bytes, metrics)
+        registry.on_version_removed.append(lambda v: cache.forget(v.key))
         platform.tenants = TenantService(db, keys)
         platform.limits = Limits(db=db, tenants=platform.tenants, default_rate=settings.default_key_rate_limit)
         platform.usage = UsageMeter(db, prices=settings.prices, flush_s=settings.usage_flush_s)

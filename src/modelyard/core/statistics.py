@@ -98,8 +98,8 @@ class Statistics:
                 "compute_input": _ZERO.as_dict(),
                 "compute_infer": snapshot.compute_infer.as_dict(),
                 "compute_output": _ZERO.as_dict(),
-                "cache_hit": _ZERO.as_dict(),
-                "cache_miss": _ZERO.as_dict(),
+                "cache_hit": snapshot.cache_hit.as_dict(),
+                "cache_miss": snapshot.cache_miss.as_dict(),
             },
             "batch_stats": [
                 {

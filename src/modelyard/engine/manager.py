@@ -67,6 +67,8 @@ class ServingOptions:
     instances: int = 1
     isolation: str = "thread"
     timeout_s: float | None = None
+    #: answers remembered by their request (``core/response_cache.py``): deterministic models only
+    response_cache: bool = False
 
     def merged(self, overrides: Mapping[str, Any] | None) -> ServingOptions:
         """A copy with ``overrides`` applied; :class:`ValidationFailed` names a bad field."""
@@ -98,6 +100,7 @@ class ServingOptions:
             "isolation": self.isolation not in ISOLATION_MODES,
             "timeout_s": self.timeout_s is not None
             and (not isinstance(self.timeout_s, (int, float)) or not 0 < self.timeout_s <= 3600),
+            "response_cache": not isinstance(self.response_cache, bool),
         }
         for name, bad in problems.items():
             if bad:

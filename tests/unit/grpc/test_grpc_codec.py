@@ -92,9 +92,9 @@ def test_messages_and_field_numbers_match_tritons_proto() -> None:
             other = b.enum_types_by_name[enum.name]
             assert [(v.name, v.number) for v in enum.values] == [(v.name, v.number) for v in other.values]
 
-    # 15 for inference, 7 for the model repository, 8 for statistics, 11 for model configuration,
+    # 15 for inference, 7 for the model repository, 8 for statistics, 12 for model configuration,
     # 2 for log settings, 12 for shared memory (system and CUDA)
-    assert len(ours.message_types_by_name) == 55
+    assert len(ours.message_types_by_name) == 56
     config = triton_config_pb.DESCRIPTOR
     for name, message in ours.message_types_by_name.items():
         if name in theirs.message_types_by_name:

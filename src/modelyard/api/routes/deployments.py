@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from modelyard.api.deps import PlatformDep, PrincipalDep
 from modelyard.api.routing import JsonBodyRoute
@@ -48,6 +48,7 @@ class ServingIn(StrictBody):
     instances: int | None = Field(default=None, ge=1, le=64)
     isolation: str | None = Field(default=None, description="thread | process")
     timeout_s: float | None = Field(default=None, gt=0, le=3600)
+    response_cache: StrictBool | None = Field(default=None, description="answer repeated requests from memory")
 
 
 class RollbackIn(StrictBody):
