@@ -183,9 +183,15 @@ def _ms(text: str) -> float:
 def wrk_closed_loop(port: int, req: Req, clients: int, seconds: float, folder: Path) -> Result:
     """Closed loop with ``wrk`` (C, one thread on the generator's core): ``clients`` keep-alive
     connections, each sending ``req`` again as soon as its answer arrived."""
+    return wrk_script_loop(port, req.wrk_script(folder), clients, seconds)
+
+
+def wrk_script_loop(port: int, script: Path, clients: int, seconds: float) -> Result:
+    """:func:`wrk_closed_loop` with a Lua ``script`` of one's own (e.g. one whose ``request()``
+    makes each request)."""
     out = subprocess.run(
         ["taskset", "-c", str(CLIENT_CORE), "wrk", "-t1", f"-c{clients}", f"-d{seconds:g}s", "--latency",
-         "-s", str(req.wrk_script(folder)), f"http://127.0.0.1:{port}"],
+         "-s", str(script), f"http://127.0.0.1:{port}"],
         capture_output=True, text=True, check=True,
     ).stdout
     total = int(re.search(r"(\d+) requests in ([\d.]+)(\w+)", out).group(1))  # type: ignore[union-attr]

@@ -176,7 +176,7 @@ class Metrics:
             "modelyard_tokens", "Tokens processed by language and embedding models",
             ["tenant", "model", "version", "kind"], registry=r,
         )
-        self.cache_lookups = Counter(
+        self.cache_lookups = LoopCounter(
             "modelyard_response_cache_lookups", "Response cache lookups (result: hit, miss)",
             ["tenant", "model", "version", "result"], registry=r,
         )

@@ -14,7 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
+from typer.testing import CliRunner
 
+from modelyard.cli.main import app
+from modelyard.client import Client
 from tests.integration._serving import failing_model, infer_body, metric, output, register, scale_model
 from tests.support.live import LiveServer
 
@@ -74,6 +77,26 @@ def test_a_repeated_request_is_answered_from_memory(server: LiveServer) -> None:
         assert metric(text, "modelyard_response_cache_lookups_total", model="cached", result="miss") == 3
         assert metric(text, "modelyard_response_cache_entries") >= 3
         assert client.get("/v2/models/cached/config").json()["response_cache"] == {"enable": True}
+
+
+def test_the_sdk_and_the_cli_show_the_hits(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    x = np.array([[9, 9, 9, 9]], np.float32)
+    with Client(url=server.url, api_key=server.admin_key) as sdk, server.client() as client:
+        (before,) = sdk.statistics.get("cached", 1)
+        for _ in range(3):
+            _infer(client, "cached", x)
+        (after,) = sdk.statistics.get("cached", 1)
+        grown = after.since(before)
+        assert (grown.cache_hits.count, grown.cache_misses.count, grown.batches) == (2, 1, 1)
+        assert grown.cache_misses.seconds > 0
+    monkeypatch.setenv("MODELYARD_URL", server.url)
+    monkeypatch.setenv("MODELYARD_API_KEY", server.admin_key)
+    result = CliRunner().invoke(app, ["models", "stats", "cached"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.output.splitlines() if "answered" in line)
+    row = next(line for line in result.output.splitlines() if line.split() and line.split()[0] == "cached")
+    cells = dict(zip(header.split(), row.split()))
+    assert cells["cached"] == str(after.cache_hits.count) and cells["answered"] == str(after.answered.count), result.output
 
 
 def test_grpc_calls_are_answered_from_memory_too(server: LiveServer) -> None:

@@ -314,8 +314,8 @@ def stats(
     json_out: JsonFlag = False,
 ) -> None:
     """Show what your versions served since the server started: requests answered and failed,
-    mean latency, time queued and computing, rows per batch (with one version: how often each
-    batch size ran). With --watch, what they serve now: requests a second and the means of each
+    answers from the response cache, mean latency, time queued and computing, rows per batch
+    (with one version: how often each batch size ran). With --watch, what they serve now: requests a second and the means of each
     interval. --json adds memory and the counts per batch size.
 
     The figures of Triton's statistics extension (`GET /v2/models/NAME/stats`), counted by this
@@ -339,13 +339,18 @@ def stats(
     if json_out:
         print_json({"items": [asdict(v) for v in versions]})
         return
-    rows = [[v.model, v.version, v.answered.count, v.failed.count, f"{v.answered.mean_ms:.2f}",
+    rows = [[v.model, v.version, v.answered.count, v.failed.count, _cached(v), f"{v.answered.mean_ms:.2f}",
              f"{v.queued.mean_ms:.2f}", f"{v.computed.mean_ms:.2f}", f"{v.mean_batch_size:.1f}"] for v in versions]
-    print_table(["model", "v", "answered", "failed", "latency", "queue", "compute", "rows/batch"], rows,
+    print_table(["model", "v", "answered", "failed", "cached", "latency", "queue", "compute", "rows/batch"], rows,
                 title="since the server started; mean times per request in ms", whole=("model",),
                 empty="none of your versions has served a request since the server started")
     if len(versions) == 1 and versions[0].by_batch_size:
         _batch_sizes(versions[0].by_batch_size)
+
+
+def _cached(v: VersionStatistics) -> str:
+    """Answers that came from the response cache, for a version that uses it ("-" otherwise)."""
+    return str(v.cache_hits.count) if v.cache_hits.count or v.cache_misses.count else "-"
 
 
 def _watch_stats(name: str | None, version: int | None, every_s: float, count: int) -> None:

@@ -42,8 +42,11 @@ class VersionStatistics:
     """One version's figures: ``answered`` and ``failed`` requests (end to end in the server),
     ``queued`` (waiting for their batch) and ``computed`` (each request charged its batch's
     compute), ``rows`` inferred in ``batches`` executions, and per batch size (rows) how many
-    batches of it ran and their compute. ``last_inference_ms``: when the last batch finished
-    (milliseconds since the epoch; 0: none yet). ``memory_bytes``: held now (0: not loaded)."""
+    batches of it ran and their compute. ``last_inference_ms``: when the last batch finished or
+    answer came from the response cache (milliseconds since the epoch; 0: none yet).
+    ``memory_bytes``: held now (0: not loaded). ``cache_hits`` and ``cache_misses``: response cache
+    lookups that found the answer (no batch ran) and that did not, with their time (a miss's
+    includes remembering its answer); both 0 for a version without the cache."""
 
     model: str
     version: int
@@ -56,6 +59,8 @@ class VersionStatistics:
     by_batch_size: dict[int, Duration]
     last_inference_ms: int
     memory_bytes: int
+    cache_hits: Duration = Duration(0, 0.0)
+    cache_misses: Duration = Duration(0, 0.0)
 
     @property
     def mean_batch_size(self) -> float:
@@ -73,6 +78,7 @@ class VersionStatistics:
             self, answered=self.answered - earlier.answered, failed=self.failed - earlier.failed,
             queued=self.queued - earlier.queued, computed=self.computed - earlier.computed,
             rows=self.rows - earlier.rows, batches=self.batches - earlier.batches, by_batch_size=sizes,
+            cache_hits=self.cache_hits - earlier.cache_hits, cache_misses=self.cache_misses - earlier.cache_misses,
         )
 
     @classmethod
@@ -92,6 +98,8 @@ class VersionStatistics:
             },
             last_inference_ms=int(d.get("last_inference", 0)),
             memory_bytes=sum(int(m.get("byte_size", 0)) for m in d.get("memory_usage", [])),
+            cache_hits=Duration.from_json(stats.get("cache_hit")),
+            cache_misses=Duration.from_json(stats.get("cache_miss")),
         )
 
 

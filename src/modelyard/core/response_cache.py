@@ -1,7 +1,8 @@
 """Answers remembered by their request: the response cache (Triton's ``response_cache``).
 
-A version whose serving settings say ``"response_cache": true`` has each answer remembered under a
-digest of its request's inputs (names, datatypes, shapes and bytes) and the outputs it asked for;
+A version whose serving settings say ``"response_cache": true`` has each answer remembered under
+its request's inputs (names, datatypes, shapes and bytes: the bytes themselves up to 4 KiB an
+input, a 160-bit BLAKE2b digest of larger ones) and the outputs it asked for;
 a later request with the same ones is answered from memory without queueing or computing (it does
 not even need the version loaded). For models whose answer depends only on their inputs: the
 setting is off by default, and a version is never cached unless someone turned it on for it (or
@@ -36,23 +37,29 @@ from modelyard.tensors import serialize_bytes_elements
 
 __all__ = ["ResponseCache", "CacheKey"]
 
-#: (version key, digest of the request)
-CacheKey = tuple[str, bytes]
+#: (version key, what identifies the request: see ``_request_key``)
+CacheKey = tuple[str, tuple[Any, ...]]
+#: inputs up to this many bytes are part of their key as they are; larger ones by their digest
+_INLINE_BYTES = 4096
 #: what an entry costs besides its arrays (the key, the dict, the arrays' headers)
 _ENTRY_OVERHEAD = 256
 
 
-def _digest(arrays: dict[str, np.ndarray], output_names: list[str] | None) -> bytes:
-    h = hashlib.blake2b(digest_size=20)
-    for name in sorted(arrays):
-        array = arrays[name]
-        h.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
-        if array.dtype.kind == "O":
-            h.update(serialize_bytes_elements(array))
-        else:
-            h.update(np.ascontiguousarray(array).data)
-    h.update(b"\1" + "\0".join(output_names).encode() if output_names is not None else b"\2")
-    return h.digest()
+def _request_key(arrays: dict[str, np.ndarray], output_names: list[str] | None) -> tuple[Any, ...]:
+    """What identifies a request's answer: the outputs asked for, and each input's name, dtype,
+    shape and bytes (kept as they are up to :data:`_INLINE_BYTES`, so equal keys are equal
+    requests; beyond, a 160-bit BLAKE2b digest of them)."""
+    parts: list[Any] = [None if output_names is None else tuple(output_names)]
+    for name, array in sorted(arrays.items()) if len(arrays) > 1 else arrays.items():
+        data = serialize_bytes_elements(array) if array.dtype.kind == "O" else array.tobytes()
+        if len(data) > _INLINE_BYTES:
+            data = hashlib.blake2b(data, digest_size=20).digest()
+        parts.append((name, array.dtype.str, array.shape, data))
+    return tuple(parts)
+
+
+def _key_bytes(key: CacheKey) -> int:
+    return sum(len(part[3]) for part in key[1][1:])
 
 
 def _kept(array: Any) -> tuple[np.ndarray, int]:
@@ -66,6 +73,18 @@ def _kept(array: Any) -> tuple[np.ndarray, int]:
     return copy, size
 
 
+class _Version:
+    """What a version's lookups update: its hit and miss counters, its statistics."""
+
+    __slots__ = ("hits", "misses", "statistics")
+
+    def __init__(self, metrics: Metrics, info: VersionInfo) -> None:
+        labels = (info.tenant_name, info.model_name, str(info.version))
+        self.hits = metrics.cache_lookups.labels(*labels, "hit")
+        self.misses = metrics.cache_lookups.labels(*labels, "miss")
+        self.statistics = metrics.version_statistics(info.key, *labels)
+
+
 class ResponseCache:
     """See the module. Use from the event loop only."""
 
@@ -73,7 +92,10 @@ class ResponseCache:
         self.max_bytes = max_bytes
         self._metrics = metrics
         self._entries: OrderedDict[CacheKey, tuple[dict[str, np.ndarray], int]] = OrderedDict()
+        self._versions: dict[str, _Version] = {}
         self.bytes = 0
+        metrics.cache_bytes.set_function(lambda: self.bytes)
+        metrics.cache_entries.set_function(lambda: len(self._entries))
 
     @property
     def enabled(self) -> bool:
@@ -88,15 +110,17 @@ class ResponseCache:
         """The key of a request to ``info`` with these inputs, and its remembered answer (the
         outputs by name) or ``None``; counted as a hit or a miss."""
         started = time.perf_counter()
-        key = (info.key, _digest(arrays, output_names))
+        key = (info.key, _request_key(arrays, output_names))
         entry = self._entries.get(key)
-        if entry is not None:
-            self._entries.move_to_end(key)
-        hit = entry is not None
-        labels = (info.tenant_name, info.model_name, str(info.version))
-        self._metrics.cache_lookups.labels(*labels, "hit" if hit else "miss").inc()
-        self._metrics.version_statistics(info.key, *labels).on_cache(hit, time.perf_counter() - started)
-        return key, entry[0] if entry is not None else None
+        version = self._version(info)
+        if entry is None:
+            version.misses.inc()
+            version.statistics.on_cache(False, time.perf_counter() - started)
+            return key, None
+        self._entries.move_to_end(key)
+        version.hits.inc()
+        version.statistics.on_cache(True, time.perf_counter() - started)
+        return key, entry[0]
 
     def remember(self, info: VersionInfo, key: CacheKey, results: dict[str, Any]) -> None:
         """Keep ``results`` (an answer to the request ``key`` was looked up for), evicting the
@@ -104,26 +128,26 @@ class ResponseCache:
         kept."""
         started = time.perf_counter()
         kept: dict[str, np.ndarray] = {}
-        size = _ENTRY_OVERHEAD
+        size = _ENTRY_OVERHEAD + _key_bytes(key)
         for name, value in results.items():
             kept[name], nbytes = _kept(value)
             size += nbytes
-        if size <= self.max_bytes and key not in self._entries:
+        entries = self._entries
+        if size <= self.max_bytes and key not in entries:
             while self.bytes + size > self.max_bytes:
-                _, (_, evicted) = self._entries.popitem(last=False)
-                self.bytes -= evicted
-            self._entries[key] = (kept, size)
+                self.bytes -= entries.popitem(last=False)[1][1]
+            entries[key] = (kept, size)
             self.bytes += size
-            self._published()
-        labels = (info.tenant_name, info.model_name, str(info.version))
-        self._metrics.version_statistics(info.key, *labels).on_cache(False, time.perf_counter() - started, count=0)
+        self._version(info).statistics.on_cache(False, time.perf_counter() - started, count=0)
 
     def forget(self, version_key: str) -> None:
         """Drop the answers of a version (it was removed)."""
         for key in [k for k in self._entries if k[0] == version_key]:
             self.bytes -= self._entries.pop(key)[1]
-        self._published()
+        self._versions.pop(version_key, None)
 
-    def _published(self) -> None:
-        self._metrics.cache_bytes.set(self.bytes)
-        self._metrics.cache_entries.set(len(self._entries))
+    def _version(self, info: VersionInfo) -> _Version:
+        version = self._versions.get(info.key)
+        if version is None:
+            version = self._versions[info.key] = _Version(self._metrics, info)
+        return version
