@@ -240,7 +240,7 @@ def update(
     json_out: JsonFlag = False,
 ) -> None:
     """Change a model's or a version's description or serving settings (batching, queue,
-    instances, isolation, timeout: see docs/serving.md). A model's settings apply to all its
+    instances, isolation, timeout, response cache: see docs/serving.md). A model's settings apply to all its
     versions; a version's own settings and a deployment's go over them. They take effect at the
     next request, without a reload.
 
@@ -249,6 +249,8 @@ def update(
         modelyard models update digits --serving '{"max_batch_size": 32, "timeout_s": 5}'
 
         modelyard models update digits -v 2 --serving '{"isolation": "process"}'
+
+        modelyard models update digits --serving '{"response_cache": true}'
 
         modelyard models update digits -v 2 --no-serving --description "back to the model's"
     """

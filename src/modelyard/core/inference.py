@@ -48,7 +48,8 @@ _RESOLVE_TTL_S = 1.0
 #: the Triton extensions the server implements, over REST and gRPC: binary tensor data (gRPC:
 #: raw contents), the model repository (index, load, unload: ``api/v2/repository.py`` and
 #: ``grpc/servicer.py``), the model configuration (``core/model_config.py``), per-version
-#: statistics (``core/statistics.py``) and log settings (``core/log_settings.py``).
+#: statistics (``core/statistics.py``) and log settings (``core/log_settings.py``); and
+#: ``system_shared_memory`` when it is on (``core/shared_memory.py``, see ``server_metadata``).
 EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics", "logging"]
 
 
