@@ -16,7 +16,10 @@ where the data is already at hand, so the per-request path pays little new (the 
   refusals of a full queue, counted in bundles, with none;
 * queueing, compute, rows and executions come once per batch from the batcher's observer
   (``engine/manager.py``). A request is charged its batch's compute time, as Triton does, and
-  each batch size gets its own count and time.
+  each batch size gets its own count and time;
+* response cache lookups, hits and misses with their time, from the cache
+  (``core/response_cache.py``): a hit is answered without a batch, so it is in ``success`` but
+  not in the rows or executions, as in Triton.
 
 :class:`StatisticsBook` keeps them by version key (``VersionInfo.key``, ``ModelSource.key``), so
 a version keeps its figures when it is unloaded and loaded again.

@@ -437,9 +437,11 @@ class DataPlane:
             self._may_infer(principal, route.model)  # as infer's resolve of the route does
         children = self._children(info, protocol)
         children[0].inc()
+        remember = results = None
         try:
             output_names, arrays = self._prepare(principal, info, request)
-            remember, results = self._from_cache(info, options, arrays, output_names)
+            if options.response_cache:  # (checked here: this is every request's path)
+                remember, results = self._from_cache(info, options, arrays, output_names)
         except BaseException as exc:
             self._failed(principal, info, exc, None if route is None else name, started=started)
             raise
