@@ -15,7 +15,7 @@ from modelyard.api.openai import routes as openai_routes
 from modelyard.api.routes import deployments, models, server
 from modelyard.api.routes import datasets as datasets_routes, jobs as jobs_routes
 from modelyard.api.routes import compare as compare_routes, residency as residency_routes
-from modelyard.api.v2 import log_settings, repository, routes as v2, shared_memory, statistics as v2_statistics
+from modelyard.api.v2 import log_settings, repository, routes as v2, shared_memory, statistics as v2_statistics, trace
 from modelyard.api.v2.infer import InferenceFastPath
 from modelyard.config import Settings
 from modelyard.core.platform import Platform
@@ -62,6 +62,7 @@ def create_app(settings: Settings, *, platform: Platform | None = None) -> FastA
     app.include_router(repository.router)
     app.include_router(log_settings.router)
     app.include_router(shared_memory.router)
+    app.include_router(trace.router)
     app.include_router(openai_routes.upstream_router)
     app.include_router(models.router)
     app.include_router(residency_routes.router)

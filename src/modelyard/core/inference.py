@@ -29,6 +29,7 @@ from modelyard.core.deployments import Deployments, DeploymentTraffic, Route
 from modelyard.core.response_cache import CacheKey, ResponseCache
 from modelyard.core.routing import outputs_agree
 from modelyard.core.shared_memory import SharedMemory
+from modelyard.core.tracing import Trace, Tracer
 from modelyard.engine.batcher import DynamicBatcher, Queued
 from modelyard.engine.manager import LoadedModel, ModelManager, ModelSource, ServingOptions
 from modelyard.errors import InvalidInput, ModelNotFound, ModelYardError, NotEnabled, RateLimited
@@ -108,6 +109,8 @@ class DataPlane:
         self.shared_memory: SharedMemory | None = None
         #: answers remembered for versions that ask for it (set by the Platform; ``None``: none)
         self.response_cache: ResponseCache | None = None
+        #: request traces (set by the Platform; ``None``: none)
+        self.tracer: Tracer | None = None
         #: format -> how a version of it becomes a loadable folder (e.g. extracted HF archives)
         self.folders: dict[str, Callable[[VersionInfo], Path]] = {}
         registry.on_version_removed.append(lambda v: manager.unload(v.key))
@@ -382,15 +385,20 @@ class DataPlane:
         options = self.options(info)
         children = self._children(info, protocol)
         children[0].inc()
+        trace = self._trace(info, started)
         try:
             output_names, arrays = self._prepare(principal, info, request)
             remember, results = self._from_cache(info, options, arrays, output_names)
+            hit = results is not None
             if results is None:
                 results = await self.manager.predict(self.source(info, options), arrays, output_names, options=options)
         except BaseException as exc:
             self._failed(principal, info, exc, started=started)
+            self._end_trace(trace, exc)
             raise
-        return self._answered(principal, info, children[1], started, results, output_names, request, remember=remember)
+        response = self._answered(principal, info, children[1], started, results, output_names, request, remember=remember)
+        self._end_trace(trace, hit=hit)
+        return response
 
     def start(
         self,
@@ -437,6 +445,8 @@ class DataPlane:
             self._may_infer(principal, route.model)  # as infer's resolve of the route does
         children = self._children(info, protocol)
         children[0].inc()
+        tracer = self.tracer
+        trace = tracer.sample(info, started) if tracer is not None and tracer.on else None
         remember = results = None
         try:
             output_names, arrays = self._prepare(principal, info, request)
@@ -444,19 +454,21 @@ class DataPlane:
                 remember, results = self._from_cache(info, options, arrays, output_names)
         except BaseException as exc:
             self._failed(principal, info, exc, None if route is None else name, started=started)
+            self._end_trace(trace, exc)
             raise
         served = None if traffic is None or route is None else _Served(name, traffic, route, arrays)
         if results is not None:
             return RememberedInference(self, principal, info, children[1], started, output_names, request, results,
-                                       served)
+                                       served, trace)
         try:
             queued = manager.enqueue(source, arrays, output_names, options=options)
             assert queued is not None, "loaded above, and nothing was awaited since"
         except BaseException as exc:
             self._failed(principal, info, exc, served=served, started=started)
+            self._end_trace(trace, exc)
             raise
         return PendingInference(
-            self, principal, info, children[1], started, output_names, request, queued, served, remember
+            self, principal, info, children[1], started, output_names, request, queued, served, remember, trace
         )
 
     def _failed(
@@ -533,6 +545,22 @@ class DataPlane:
             return None, None
         return cache.lookup(info, arrays, output_names)
 
+    def _trace(self, info: VersionInfo, started: float) -> Trace | None:
+        """A trace of this request when it is one to trace (see ``core/tracing.py``)."""
+        tracer = self.tracer
+        return tracer.sample(info, started) if tracer is not None and tracer.on else None
+
+    def _end_trace(
+        self, trace: Trace | None, exc: BaseException | None = None, *, hit: bool = False, queued: Queued | None = None
+    ) -> None:
+        """Write ``trace`` (if any): the request failed with ``exc``, or was answered (from the
+        response cache: ``hit``; ``queued``: its batcher entry, whose batch ran)."""
+        if trace is None or self.tracer is None:
+            return
+        ran = None if queued is None or queued.ran is None else (queued.since, *queued.ran)
+        outcome = "cache hit" if hit else "ok" if exc is None else _error_code(exc)
+        self.tracer.end(trace, ran=ran, outcome=outcome)
+
     def _shared_memory(self) -> SharedMemory:
         if self.shared_memory is None:
             raise NotEnabled("system shared memory is off on this server; start it with MODELYARD_SHARED_MEMORY=true")
@@ -552,22 +580,28 @@ class DataPlane:
         options = self.options(info, traffic)
         children = self._children(info, protocol)
         children[0].inc()
+        trace = self._trace(info, started)
         try:
             output_names, arrays = self._prepare(principal, info, request)
             remember, results = self._from_cache(info, options, arrays, output_names)
         except BaseException as exc:
             self._failed(principal, info, exc, name, started=started)
+            self._end_trace(trace, exc)
             raise
         served = _Served(name, traffic, route, arrays)
+        hit = results is not None
         if results is None:
             try:
                 results = await self.manager.predict(self.source(info, options), arrays, output_names, options=options)
             except BaseException as exc:
                 self._failed(principal, info, exc, served=served, started=started)
+                self._end_trace(trace, exc)
                 raise
-        return self._answered(
+        response = self._answered(
             principal, info, children[1], started, results, output_names, request, served, remember=remember
         )
+        self._end_trace(trace, hit=hit)
+        return response
 
     def _record(
         self, principal: Principal, name: str, traffic: DeploymentTraffic, route: Route, ok: bool, latency_s: float
@@ -704,9 +738,7 @@ class DataPlane:
             self.usage.record(principal.tenant_id, model, errors=errors, compute_s=compute_s)
 
     def _count_error(self, info: VersionInfo, exc: BaseException, elapsed_s: float) -> None:
-        code = exc.code if isinstance(exc, ModelYardError) else (
-            "cancelled" if isinstance(exc, asyncio.CancelledError) else "internal"
-        )
+        code = _error_code(exc)
         labels = (info.tenant_name, info.model_name, str(info.version))
         self.metrics.errors.labels(*labels, code).inc()
         self.metrics.version_statistics(info.key, *labels).on_fail(1, elapsed_s)
@@ -738,6 +770,13 @@ class DataPlane:
         return names
 
 
+def _error_code(exc: BaseException) -> str:
+    """The code an error is counted (and traced) under."""
+    if isinstance(exc, ModelYardError):
+        return exc.code
+    return "cancelled" if isinstance(exc, asyncio.CancelledError) else "internal"
+
+
 class _Served:
     """What a deployment's request needs once its version answered: the deployment's name,
     its traffic (route statistics, shadow), the route taken and the inputs (for the shadow)."""
@@ -755,7 +794,7 @@ class PendingInference:
     (``finish`` then raises ``CancelledError``)."""
 
     __slots__ = ("_plane", "_principal", "_info", "_latency", "_started", "_output_names", "_request", "_model",
-                 "_batcher", "_queued", "_served", "_remember")
+                 "_batcher", "_queued", "_served", "_remember", "_trace")
 
     def __init__(
         self,
@@ -769,6 +808,7 @@ class PendingInference:
         queued: tuple[LoadedModel, DynamicBatcher, Queued],
         served: _Served | None = None,
         remember: CacheKey | None = None,
+        trace: Trace | None = None,
     ) -> None:
         self._plane = plane
         self._principal = principal
@@ -780,6 +820,7 @@ class PendingInference:
         self._model, self._batcher, self._queued = queued
         self._served = served  # sent to a deployment
         self._remember = remember  # the response cache's key for its answer
+        self._trace = trace
 
     @property
     def future(self) -> asyncio.Future[dict[str, Any]]:
@@ -800,11 +841,15 @@ class PendingInference:
             results = self._queued.future.result()
         except BaseException as exc:
             plane._failed(self._principal, self._info, exc, served=served, started=self._started)
+            plane._end_trace(self._trace, exc, queued=self._queued)
             raise
-        return plane._answered(
+        response = plane._answered(
             self._principal, self._info, self._latency, self._started, results, self._output_names, self._request,
             served, remember=self._remember,
         )
+        if self._trace is not None:
+            plane._end_trace(self._trace, queued=self._queued)
+        return response
 
 
 class RememberedInference(PendingInference):
@@ -824,10 +869,11 @@ class RememberedInference(PendingInference):
         request: InferenceRequest,
         results: dict[str, Any],
         served: _Served | None = None,
+        trace: Trace | None = None,
     ) -> None:
         self._plane, self._principal, self._info, self._latency = plane, principal, info, latency
         self._started, self._output_names, self._request, self._served = started, output_names, request, served
-        self._remember = None
+        self._remember, self._trace = None, trace
         self._done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._done.set_result(results)
 
@@ -839,10 +885,12 @@ class RememberedInference(PendingInference):
         return None  # nothing is queued
 
     def finish(self) -> InferenceResponse:
-        return self._plane._answered(
+        response = self._plane._answered(
             self._principal, self._info, self._latency, self._started, self._done.result(), self._output_names,
             self._request, self._served,
         )
+        self._plane._end_trace(self._trace, hit=True)
+        return response
 
 
 #: Refusals a :class:`QueueGate` answers with one error object and counts at once.

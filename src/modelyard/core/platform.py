@@ -22,6 +22,7 @@ from modelyard.core.registry import Registry
 from modelyard.core.log_settings import LogSettings
 from modelyard.core.response_cache import ResponseCache
 from modelyard.core.shared_memory import SharedMemory
+from modelyard.core.tracing import Tracer
 from modelyard.core.residency import Residency
 from modelyard.core.statistics import Statistics
 from modelyard.core.tenants import TenantService
@@ -61,6 +62,7 @@ class Platform:
     statistics: Statistics = field(init=False)
     log_settings: LogSettings = field(init=False)
     shared_memory: SharedMemory = field(init=False)
+    tracer: Tracer = field(init=False)
 
     @classmethod
     def open(cls, settings: Settings) -> Platform:
@@ -105,6 +107,7 @@ class Platform:
         platform.shared_memory = dataplane.shared_memory = SharedMemory(settings.shared_memory)
         dataplane.response_cache = cache = ResponseCache(settings.response_cache_bytes, metrics)
         registry.on_version_removed.append(lambda v: cache.forget(v.key))
+        platform.tracer = dataplane.tracer = Tracer(home / "traces")
         platform.tenants = TenantService(db, keys)
         platform.limits = Limits(db=db, tenants=platform.tenants, default_rate=settings.default_key_rate_limit)
         platform.usage = UsageMeter(db, prices=settings.prices, flush_s=settings.usage_flush_s)
@@ -142,6 +145,7 @@ class Platform:
         await self.llm.aclose()
         await self.manager.close()
         self.shared_memory.close()
+        self.tracer.close()
         self.usage.close()
         self.audit.close()
         self.db.dispose()

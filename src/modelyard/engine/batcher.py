@@ -133,6 +133,7 @@ class Queued:
         "since",
         "deadline",
         "state",
+        "ran",
     )
 
     def __init__(
@@ -154,6 +155,8 @@ class Queued:
         self.since = since  # perf_counter, for the time it waited (metrics, statistics)
         self.deadline: float | None = None
         self.state = _QUEUED
+        #: (its batch's launch, its compute seconds), both perf_counter, once it ran (for traces)
+        self.ran: tuple[float, float] | None = None
 
 
 class _Group:
@@ -804,7 +807,9 @@ class DynamicBatcher:
     def _complete(
         self, batch: tuple[Queued, ...], launched: float, outcomes: list[Any], compute_s: float
     ) -> None:
+        ran = (launched, compute_s)
         for item, outcome in zip(batch, outcomes):
+            item.ran = ran
             if item.future.done():
                 continue
             if isinstance(outcome, BaseException):

@@ -332,6 +332,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         return await self._guard(context, work)
 
+    async def TraceSetting(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Read the trace settings (the server's, or a model's), or change those the request
+        carries; a setting with no value goes back to the server's (see ``core/tracing.py``)."""
+        async def work() -> Any:
+            principal = await self._principal(context)
+            model = request.model_name or None
+            if model is not None:
+                await self._platform.dataplane.resolve(principal, model, None)  # NOT_FOUND unless the caller's
+            changes = {name: list(value.value) or None for name, value in request.settings.items()}
+            tracer = self._platform.tracer
+            settings = tracer.update(principal, changes, model) if changes else tracer.get(principal, model)
+            response = pb.TraceSettingResponse()
+            for name, value in settings.items():
+                response.settings[name].value.extend(value if isinstance(value, list) else [value])
+            return response
+
+        return await self._guard(context, work)
+
     async def SystemSharedMemoryStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """The caller's system shared-memory regions (see ``core/shared_memory.py``)."""
         async def work() -> Any:

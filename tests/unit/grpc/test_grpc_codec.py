@@ -93,8 +93,8 @@ def test_messages_and_field_numbers_match_tritons_proto() -> None:
             assert [(v.name, v.number) for v in enum.values] == [(v.name, v.number) for v in other.values]
 
     # 15 for inference, 7 for the model repository, 8 for statistics, 12 for model configuration,
-    # 2 for log settings, 12 for shared memory (system and CUDA)
-    assert len(ours.message_types_by_name) == 56
+    # 2 for log settings, 12 for shared memory (system and CUDA), 2 for trace settings
+    assert len(ours.message_types_by_name) == 58
     config = triton_config_pb.DESCRIPTOR
     for name, message in ours.message_types_by_name.items():
         if name in theirs.message_types_by_name:
@@ -107,6 +107,7 @@ def test_messages_and_field_numbers_match_tritons_proto() -> None:
     service = ours.services_by_name["GRPCInferenceService"]
     triton_service = theirs.services_by_name["GRPCInferenceService"]
     assert service.full_name == "inference.GRPCInferenceService"
+    assert {m.name for m in service.methods} == {m.name for m in triton_service.methods}  # every RPC of Triton's
     for method in service.methods:
         other = triton_service.methods_by_name[method.name]
         assert method.input_type.full_name == other.input_type.full_name

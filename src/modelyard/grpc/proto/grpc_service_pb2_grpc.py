@@ -99,6 +99,11 @@ class GRPCInferenceServiceStub:
                 request_serializer=modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.LogSettingsRequest.SerializeToString,
                 response_deserializer=modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.LogSettingsResponse.FromString,
                 _registered_method=True)
+        self.TraceSetting = channel.unary_unary(
+                '/inference.GRPCInferenceService/TraceSetting',
+                request_serializer=modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.TraceSettingRequest.SerializeToString,
+                response_deserializer=modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.TraceSettingResponse.FromString,
+                _registered_method=True)
         self.SystemSharedMemoryStatus = channel.unary_unary(
                 '/inference.GRPCInferenceService/SystemSharedMemoryStatus',
                 request_serializer=modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.SystemSharedMemoryStatusRequest.SerializeToString,
@@ -212,6 +217,12 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TraceSetting(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SystemSharedMemoryStatus(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -315,6 +326,11 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.LogSettings,
                     request_deserializer=modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.LogSettingsRequest.FromString,
                     response_serializer=modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.LogSettingsResponse.SerializeToString,
+            ),
+            'TraceSetting': grpc.unary_unary_rpc_method_handler(
+                    servicer.TraceSetting,
+                    request_deserializer=modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.TraceSettingRequest.FromString,
+                    response_serializer=modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.TraceSettingResponse.SerializeToString,
             ),
             'SystemSharedMemoryStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.SystemSharedMemoryStatus,
@@ -698,6 +714,33 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/LogSettings',
             modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.LogSettingsRequest.SerializeToString,
             modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.LogSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TraceSetting(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/TraceSetting',
+            modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.TraceSettingRequest.SerializeToString,
+            modelyard_dot_grpc_dot_proto_dot_grpc__service__pb2.TraceSettingResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,138 @@
+"""Triton's trace extension through a real server: ``tritonclient`` (HTTP and gRPC) reads and
+changes the settings; sampled requests are written to the trace file with their timestamps in
+order (queue and compute for requests of a loaded version, a cache hit marked, a failure with its
+code); the rate and count are kept; a model's settings go over the server's; only administrators
+change them; bad settings get 400 and change nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
+
+from tests.integration._serving import failing_model, infer_body, register, scale_model
+from tests.support.live import LiveServer
+
+OFF = {"trace_level": ["OFF"], "trace_rate": "1000", "trace_count": "-1", "log_frequency": "0",
+       "trace_file": "trace.jsonl", "trace_mode": "triton"}
+FULL = ["REQUEST_START", "QUEUE_START", "COMPUTE_START", "COMPUTE_END", "REQUEST_END"]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[LiveServer]:
+    live = LiveServer.build(tmp_path / "home", builtin_models=False).start()
+    try:
+        register(live, "alpha", scale_model(tmp_path / "alpha.onnx", 2.0))
+        register(live, "cached", scale_model(tmp_path / "cached.onnx", 2.0), config={"serving": {"response_cache": True}})
+        register(live, "broken", failing_model(tmp_path / "broken.onnx"))
+        yield live
+    finally:
+        live.stop()
+
+
+def _traces(server: LiveServer, name: str = "trace.jsonl") -> list[dict[str, Any]]:
+    path = server.settings.resolved_home / "traces" / name
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _infer(client: Any, model: str, value: float = 1.0) -> int:
+    return client.post(f"/v2/models/{model}/infer", json=infer_body(np.full((1, 4), value, np.float32))).status_code
+
+
+def test_tritonclient_http_turns_traces_on_and_they_are_written(server: LiveServer) -> None:
+    triton = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
+    headers = server.headers
+    assert triton.get_trace_settings(headers=headers) == OFF
+    with server.client() as client:
+        assert _infer(client, "alpha") == 200  # not traced: off
+        settings = triton.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"], "trace_rate": "2",
+                                                          "trace_count": "3"}, headers=headers)
+        assert settings == {**OFF, "trace_level": ["TIMESTAMPS"], "trace_rate": "2", "trace_count": "3"}
+        assert [_infer(client, "alpha", float(i)) for i in range(8)] == [200] * 8  # every 2nd, 3 at most
+    traces = _traces(server)
+    assert len(traces) == 3 and len({t["id"] for t in traces}) == 3
+    for trace in traces:
+        assert (trace["model_name"], trace["model_version"], trace["tenant"], trace["outcome"]) == (
+            "alpha", "1", "default", "ok")
+        assert [s["name"] for s in trace["timestamps"]] == FULL  # the version is loaded: the fast path
+        stamps = [s["ns"] for s in trace["timestamps"]]
+        assert stamps == sorted(stamps) and 0 < stamps[-1] - stamps[0] < 10**10
+    assert triton.get_trace_settings(headers=headers)["trace_count"] == "0"  # what is left
+    triton.close()
+
+
+def test_a_models_settings_go_over_the_servers(server: LiveServer) -> None:
+    triton = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
+    headers = server.headers
+    triton.update_trace_settings("cached", {"trace_level": ["TIMESTAMPS"], "trace_rate": "1",
+                                            "trace_file": "cached.jsonl"}, headers=headers)
+    triton.update_trace_settings("broken", {"trace_level": ["TIMESTAMPS"], "trace_rate": "1"}, headers=headers)
+    assert triton.get_trace_settings("cached", headers=headers)["trace_file"] == "cached.jsonl"
+    assert triton.get_trace_settings(headers=headers) == OFF  # the server's are unchanged
+    with server.client() as client:
+        assert [_infer(client, "cached") for _ in range(2)] == [200, 200]
+        assert _infer(client, "alpha") == 200  # not traced: the server's settings are off
+        assert _infer(client, "broken", 50.0) >= 400
+    cached = _traces(server, "cached.jsonl")
+    assert [t["outcome"] for t in cached] == ["ok", "cache hit"]
+    assert [s["name"] for s in cached[1]["timestamps"]] == ["REQUEST_START", "REQUEST_END"]
+    (broken,) = _traces(server)
+    assert broken["model_name"] == "broken" and broken["outcome"] != "ok"
+    # null takes the server's setting again
+    after = triton.update_trace_settings("cached", {"trace_level": None}, headers=headers)
+    assert after["trace_level"] == ["OFF"] and after["trace_file"] == "cached.jsonl"
+    triton.close()
+
+
+def test_tritonclient_grpc_reads_and_changes_them(server: LiveServer) -> None:
+    triton = triton_grpc.InferenceServerClient(server.grpc_url)
+    headers = {"authorization": f"Bearer {server.admin_key}"}
+    got = triton.get_trace_settings(headers=headers, as_json=True)
+    assert got["settings"]["trace_level"]["value"] == ["OFF"]
+    changed = triton.update_trace_settings(model_name="alpha", settings={"trace_level": "TIMESTAMPS", "trace_rate": "1"},
+                                           headers=headers, as_json=True)
+    assert changed["settings"]["trace_level"]["value"] == ["TIMESTAMPS"]
+    inp = triton_grpc.InferInput("x", [1, 4], "FP32")
+    inp.set_data_from_numpy(np.ones((1, 4), np.float32))
+    triton.infer("alpha", [inp], headers=headers)
+    triton.infer("alpha", [inp], headers=headers)
+    assert [t["outcome"] for t in _traces(server)] == ["ok", "ok"]
+    reset = triton.update_trace_settings(model_name="alpha", settings={"trace_level": None}, headers=headers,
+                                         as_json=True)
+    assert reset["settings"]["trace_level"]["value"] == ["OFF"]
+    triton.close()
+
+
+@pytest.mark.parametrize(("changes", "param"), [
+    ({"trace_level": ["TENSORS"]}, "trace_level"),
+    ({"trace_rate": "0"}, "trace_rate"),
+    ({"trace_rate": "often"}, "trace_rate"),
+    ({"trace_count": "-2"}, "trace_count"),
+    ({"trace_file": "../../etc/x"}, "trace_file"),
+    ({"trace_file": "/tmp/x"}, "trace_file"),
+    ({"trace_mode": "opentelemetry"}, "trace_mode"),
+    ({"trace_colour": "blue"}, "trace_colour"),
+])
+def test_bad_settings_change_nothing(server: LiveServer, changes: dict, param: str) -> None:
+    with server.client() as admin:
+        r = admin.post("/v2/trace/setting", json={"trace_rate": "5", **changes})
+        assert r.status_code == 400 and r.json()["error"]["details"]["param"] == param, r.text
+        assert admin.get("/v2/trace/setting").json() == OFF
+
+
+def test_only_administrators_change_them(server: LiveServer) -> None:
+    with server.client() as admin:
+        developer = admin.post("/api/v1/keys", json={"role": "developer"}).json()["secret"]
+    with server.client(developer) as dev:
+        assert dev.get("/v2/trace/setting").json() == OFF
+        assert dev.get("/v2/models/alpha/trace/setting").status_code == 200
+        r = dev.post("/v2/trace/setting", json={"trace_level": ["TIMESTAMPS"]})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "permission_denied", r.text
+        r = dev.get("/v2/models/nope/trace/setting")
+        assert r.status_code == 404, r.text
