@@ -458,8 +458,8 @@ class DataPlane:
             raise
         served = None if traffic is None or route is None else _Served(name, traffic, route, arrays)
         if results is not None:
-            return RememberedInference(self, principal, info, children[1], started, output_names, request, results,
-                                       served, trace)
+            return RememberedInference(results, self, principal, info, children[1], started, output_names, request,
+                                       served=served, trace=trace)
         try:
             queued = manager.enqueue(source, arrays, output_names, options=options)
             assert queued is not None, "loaded above, and nothing was awaited since"
@@ -852,28 +852,21 @@ class PendingInference:
         return response
 
 
+#: what a request answered without queueing holds for its batcher entry
+_NOTHING_QUEUED: Any = (None, None, None)
+
+
 class RememberedInference(PendingInference):
     """A request :meth:`DataPlane.start` answered from the response cache: nothing was queued,
-    its ``future`` is done already, and :meth:`finish` counts and makes the answer."""
+    its ``future`` is done already, and :meth:`finish` counts and makes the answer.
+    ``request_args``: the first seven arguments of :class:`PendingInference`."""
 
     __slots__ = ("_done",)
 
     def __init__(
-        self,
-        plane: DataPlane,
-        principal: Principal,
-        info: VersionInfo,
-        latency: Any,
-        started: float,
-        output_names: list[str] | None,
-        request: InferenceRequest,
-        results: dict[str, Any],
-        served: _Served | None = None,
-        trace: Trace | None = None,
+        self, results: dict[str, Any], *request_args: Any, served: _Served | None = None, trace: Trace | None = None
     ) -> None:
-        self._plane, self._principal, self._info, self._latency = plane, principal, info, latency
-        self._started, self._output_names, self._request, self._served = started, output_names, request, served
-        self._remember, self._trace = None, trace
+        super().__init__(*request_args, _NOTHING_QUEUED, served, None, trace)
         self._done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._done.set_result(results)
 
