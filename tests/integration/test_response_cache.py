@@ -99,6 +99,21 @@ def test_the_sdk_and_the_cli_show_the_hits(server: LiveServer, monkeypatch: pyte
     assert cells["cached"] == str(after.cache_hits.count) and cells["answered"] == str(after.answered.count), result.output
 
 
+def test_a_hit_needs_no_loaded_version(server: LiveServer) -> None:
+    """Unloaded, the version's requests take the awaited path; a remembered one is answered there
+    too, without loading the version again."""
+    x = np.array([[4, 3, 2, 1]], np.float32)
+    with server.client() as client:
+        first = _infer(client, "cached", x)
+        assert client.post("/api/v1/models/cached/versions/1/unload").status_code == 200
+        assert _stats(client, "cached")["memory_usage"] == []
+        before = _figures(client, "cached")
+        np.testing.assert_array_equal(output(_infer(client, "cached", x)), output(first))
+        after = _figures(client, "cached")
+        assert (after[1] - before[1], after[2] - before[2]) == (0, 1)  # no batch: a hit
+        assert _stats(client, "cached")["memory_usage"] == []  # and still not loaded
+
+
 def test_grpc_calls_are_answered_from_memory_too(server: LiveServer) -> None:
     triton = triton_grpc.InferenceServerClient(server.grpc_url)
     headers = {"authorization": f"Bearer {server.admin_key}"}
