@@ -15,7 +15,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
+from typer.testing import CliRunner
 
+from modelyard.cli.main import app
+from modelyard.client import Client, summarize
 from tests.integration._serving import failing_model, infer_body, register, scale_model
 from tests.support.live import LiveServer
 
@@ -136,3 +139,44 @@ def test_only_administrators_change_them(server: LiveServer) -> None:
         assert r.status_code == 403 and r.json()["error"]["code"] == "permission_denied", r.text
         r = dev.get("/v2/models/nope/trace/setting")
         assert r.status_code == 404, r.text
+
+
+def test_the_sdk_and_the_cli(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Client(url=server.url, api_key=server.admin_key) as sdk:
+        assert sdk.traces.settings() == OFF
+        now = sdk.traces.update("alpha", trace_level="timestamps", trace_rate=1, trace_file="alpha.jsonl")
+        assert (now["trace_level"], now["trace_rate"], now["trace_file"]) == (["TIMESTAMPS"], "1", "alpha.jsonl")
+        with server.client() as client:
+            assert [_infer(client, "alpha", float(i)) for i in range(4)] == [200] * 4
+    path = server.settings.resolved_home / "traces" / "alpha.jsonl"
+    (alpha,) = summarize(path.read_text().splitlines())
+    assert (alpha.model, alpha.version, alpha.traces, alpha.failed, alpha.cache_hits) == ("alpha", "1", 4, 0, 0)
+    assert 0 < alpha.p50_ms <= alpha.p99_ms and alpha.mean_compute_ms > 0 and len(alpha.queue_ms) >= 3
+
+    monkeypatch.setenv("MODELYARD_URL", server.url)
+    monkeypatch.setenv("MODELYARD_API_KEY", server.admin_key)
+    runner = CliRunner()
+    result = runner.invoke(app, ["trace", "summary", str(path)], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.output.splitlines() if "traces" in line.split())
+    row = next(line for line in result.output.splitlines() if line.split() and line.split()[0] == "alpha")
+    assert dict(zip(header.split(), row.split()))["traces"] == "4", result.output
+    result = runner.invoke(app, ["trace", "set", "--on", "--rate", "50", "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["trace_rate"] == "50", result.output
+    result = runner.invoke(app, ["trace", "set", "-m", "alpha", "--reset", "trace_file", "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["trace_file"] == "trace.jsonl", result.output
+    result = runner.invoke(app, ["trace", "show", "-m", "alpha"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0 and "TIMESTAMPS" in result.output, result.output
+
+    result = runner.invoke(app, ["trace", "set"])  # nothing to change
+    assert result.exit_code == 2 and "nothing to change" in result.output, result.output
+    result = runner.invoke(app, ["trace", "set", "--reset", "trace_rate"])  # a reset needs a model
+    assert result.exit_code == 2 and "--model" in result.output, result.output
+    result = runner.invoke(app, ["trace", "set", "--file", "../x"])
+    assert result.exit_code == 2 and "trace_file" in result.output, result.output
+    result = runner.invoke(app, ["trace", "summary", str(path.parent / "none.jsonl")])
+    assert result.exit_code == 2 and "no trace file" in result.output, result.output
+    bad = path.parent / "bad.jsonl"
+    bad.write_text(path.read_text() + "not json\n")
+    result = runner.invoke(app, ["trace", "summary", str(bad)])
+    assert result.exit_code == 2 and "line 5 is not a trace" in result.output, result.output

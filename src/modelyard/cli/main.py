@@ -14,6 +14,7 @@ from modelyard.cli import models as models_cli
 from modelyard.cli import optimize as optimize_cli
 from modelyard.cli import predict as predict_cli
 from modelyard.cli import tenancy as tenancy_cli
+from modelyard.cli import trace as trace_cli
 from modelyard.cli import train as train_cli
 
 __all__ = ["app", "main"]
@@ -71,6 +72,7 @@ app.add_typer(deploy_cli.app)
 predict_cli.register(app)
 optimize_cli.register(app)
 app.add_typer(datasets_cli.app)
+app.add_typer(trace_cli.app)
 train_cli.register(app)
 
 

@@ -21,6 +21,7 @@ from modelyard.client._memory import LoadedVersion, Memory, MemoryReport, Reside
 from modelyard.client._models import STAGES, Model, Models, ModelVersion, TensorInfo
 from modelyard.client._optimize import Comparison, Optimize, OptimizeJob
 from modelyard.client._statistics import Duration, Statistics, VersionStatistics
+from modelyard.client._traces import TraceSummary, Traces, summarize
 from modelyard.client._tenancy import ApiKey, Audit, AuditEntry, CreatedKey, Keys, Tenant, Tenants, Usage, UsageRecord, UsageReport
 from modelyard.client._transport import DEFAULT_URL, Transport
 
@@ -57,9 +58,12 @@ __all__ = [
     "TensorInfo",
     "Tenant",
     "Tenants",
+    "TraceSummary",
+    "Traces",
     "Transport",
     "Usage",
     "UsageRecord",
     "UsageReport",
     "VersionStatistics",
+    "summarize",
 ]

@@ -17,6 +17,7 @@ from modelyard.client._jobs import Jobs
 from modelyard.client._llm import LanguageModels
 from modelyard.client._memory import Memory
 from modelyard.client._statistics import Statistics
+from modelyard.client._traces import Traces
 from modelyard.client._models import Models
 from modelyard.client._optimize import Optimize
 from modelyard.client._tenancy import Audit, Keys, Tenants, Usage
@@ -95,6 +96,12 @@ class Client:
     def statistics(self) -> Statistics:
         """Per-version inference statistics: answered, failed, queued, computing, batch sizes."""
         return Statistics(self._transport)
+
+    @cached_property
+    def traces(self) -> Traces:
+        """Request trace settings (Triton's trace extension); ``modelyard.client.summarize``
+        reads the files the server writes."""
+        return Traces(self._transport)
 
     @cached_property
     def deployments(self) -> Deployments:
