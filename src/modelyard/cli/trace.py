@@ -38,12 +38,7 @@ def show(model: ModelOption = None, json_out: JsonFlag = False) -> None:
         modelyard trace show -m digits
     """
     with client() as sdk:
-        settings = sdk.traces.settings(model)
-    if json_out:
-        print_json(settings)
-        return
-    rows = [[name, " ".join(value) if isinstance(value, list) else value] for name, value in settings.items()]
-    print_table(["setting", "value"], rows, title=f"trace settings of {model or 'the server'}")
+        _show(sdk.traces.settings(model), f"trace settings of {model or 'the server'}", json_out)
 
 
 @app.command("set")
@@ -84,12 +79,15 @@ def set_(
     if not changes:
         raise typer.BadParameter("nothing to change: give --on/--off, --rate, --count, --file, --log-frequency or --reset")
     with client() as sdk:
-        settings = sdk.traces.update(model, **changes)
+        _show(sdk.traces.update(model, **changes), f"trace settings of {model or 'the server'} now", json_out)
+
+
+def _show(settings: dict[str, Any], title: str, json_out: bool) -> None:
     if json_out:
         print_json(settings)
         return
     rows = [[name, " ".join(value) if isinstance(value, list) else value] for name, value in settings.items()]
-    print_table(["setting", "value"], rows, title=f"trace settings of {model or 'the server'} now")
+    print_table(["setting", "value"], rows, title=title)
 
 
 @app.command("summary")
