@@ -129,6 +129,12 @@ def test_bad_settings_change_nothing(server: LiveServer, changes: dict, param: s
         assert admin.get("/v2/trace/setting").json() == OFF
 
 
+def test_a_models_unknown_setting_is_refused_even_as_null(server: LiveServer) -> None:
+    with server.client() as admin:
+        r = admin.post("/v2/models/alpha/trace/setting", json={"trace_colour": None})
+        assert r.status_code == 400 and r.json()["error"]["details"]["param"] == "trace_colour", r.text
+
+
 def test_only_administrators_change_them(server: LiveServer) -> None:
     with server.client() as admin:
         developer = admin.post("/api/v1/keys", json={"role": "developer"}).json()["secret"]

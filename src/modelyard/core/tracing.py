@@ -144,7 +144,7 @@ class Tracer:
         """Apply ``changes`` (nothing changes when one is refused); ``None`` as a model's value
         takes the global one again."""
         principal.require("server:manage")
-        checked = {name: None if value is None and model is not None else _checked(name, value)
+        checked = {name: None if value is None and model is not None and name in _DEFAULTS else _checked(name, value)
                    for name, value in changes.items()}
         if model is None:
             self._global.update(checked)
