@@ -445,7 +445,7 @@ class DataPlane:
             self._may_infer(principal, route.model)  # as infer's resolve of the route does
         children = self._children(info, protocol)
         children[0].inc()
-        tracer = self.tracer
+        tracer = self.tracer  # _trace inlined: this is every request's path
         trace = tracer.sample(info, started) if tracer is not None and tracer.on else None
         remember = results = None
         try:
@@ -555,8 +555,9 @@ class DataPlane:
     ) -> None:
         """Write ``trace`` (if any): the request failed with ``exc``, or was answered (from the
         response cache: ``hit``; ``queued``: its batcher entry, whose batch ran)."""
-        if trace is None or self.tracer is None:
+        if trace is None:
             return
+        assert self.tracer is not None, "a trace is made by the tracer"
         ran = None if queued is None or queued.ran is None else (queued.since, *queued.ran)
         outcome = "cache hit" if hit else "ok" if exc is None else _error_code(exc)
         self.tracer.end(trace, ran=ran, outcome=outcome)
