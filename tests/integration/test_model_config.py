@@ -53,6 +53,7 @@ def test_tritonclient_http_reads_how_each_version_is_served(server: LiveServer) 
     assert batched["output"] == [{"name": "y", "data_type": "TYPE_FP32", "dims": [WIDTH]}]
     assert batched["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
     assert batched["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 256
+    assert batched["dynamic_batching"]["default_queue_policy"]["allow_timeout_override"] is True
     assert batched["instance_group"] == [{"name": "alpha_0", "kind": "KIND_CPU", "count": 1}]
     assert batched["version_policy"] == {"specific": {"versions": [1]}}
 

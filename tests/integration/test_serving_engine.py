@@ -25,6 +25,8 @@ from tests.integration._serving import (
     slow_expected,
     slow_model,
 )
+from modelyard.client import Client
+from modelyard.errors import DeadlineExceeded, InvalidInput
 from tests.support.live import LiveServer
 
 SLOW_N = 40_000  # about 50 ms per row on this machine
@@ -221,6 +223,90 @@ def test_timeout_answers_504_and_drops_the_work(server: LiveServer) -> None:
             responses = list(pool.map(call, range(6)))
     assert all(r.status_code == 504 for r in responses), [r.status_code for r in responses]
     assert responses[0].json()["error"]["code"] == "deadline_exceeded"
+
+
+def test_a_requests_timeout_parameter_gets_504_and_drops_its_work(server: LiveServer) -> None:
+    """Triton's per-request ``timeout`` (microseconds; tritonclient's ``infer(timeout=...)``),
+    over REST and gRPC: callers queued behind a long request give up after their own deadline
+    with 504 / DEADLINE_EXCEEDED, long before the version's 30 s, and their work never runs. A
+    timeout that is not a whole number of microseconds is refused before anything is queued."""
+    import grpc as grpc_status
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    register(server, "deadline", slow_model(server.settings.resolved_home / "deadline.onnx", SLOW_N),
+             config={"serving": {"batching": False, "instances": 1, "timeout_s": 30}})
+    auth = {"authorization": f"Bearer {server.admin_key}"}
+    one = np.zeros((1, SLOW_WIDTH), np.float32)
+    http = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    hinp, ginp = httpclient.InferInput("x", [1, SLOW_WIDTH], "FP32"), grpcclient.InferInput("x", [1, SLOW_WIDTH], "FP32")
+    hinp.set_data_from_numpy(one)
+    ginp.set_data_from_numpy(one)
+    with server.client() as client:
+        client.post("/v2/models/deadline/infer", json=infer_body(one)).raise_for_status()  # loaded
+        computed = metric(client.get("/metrics").text, "modelyard_compute_seconds_count", model="deadline")
+
+        def rest(_: object) -> tuple[int, str]:
+            r = client.post("/v2/models/deadline/infer", json={**infer_body(one), "parameters": {"timeout": 50_000}})
+            return r.status_code, r.json()["error"]["code"]
+
+        def triton_http(_: object) -> str | None:
+            with pytest.raises(InferenceServerException) as info:
+                http.infer("deadline", [hinp], headers=dict(auth), timeout=50_000)
+            return info.value.status()
+
+        def triton_grpc(_: object) -> str | None:
+            with pytest.raises(InferenceServerException) as info:
+                grpc.infer("deadline", [ginp], headers=auth, timeout=50_000)
+            return info.value.status()
+
+        def sdk(_: object) -> str:
+            with pytest.raises(DeadlineExceeded) as info:
+                sdk_client.predict("deadline", one, deadline_s=0.05)
+            return info.value.code
+
+        sdk_client = Client(url=server.url, api_key=server.admin_key)
+        sdk_client.metadata("deadline")  # the signature cached: the call below sends at once
+        with pytest.raises(InvalidInput, match="deadline_s"):
+            sdk_client.predict("deadline", one, deadline_s=0)
+        with ThreadPoolExecutor(5) as pool:
+            # about a second of work on a fast machine, more here: the callers below queue behind it
+            long = pool.submit(client.post, "/v2/models/deadline/infer",
+                               json=infer_body(np.zeros((64, SLOW_WIDTH), np.float32)))
+            time.sleep(0.2)
+            started = time.perf_counter()
+            timed = [pool.submit(call, None) for call in (rest, triton_http, triton_grpc, sdk)]
+            answers = [f.result(timeout=60) for f in timed]
+            waited = time.perf_counter() - started
+            assert not long.done(), "the long request must outlast the timed ones for this test to mean anything"
+            assert long.result(timeout=60).status_code == 200
+        time.sleep(0.3)
+        after = metric(client.get("/metrics").text, "modelyard_compute_seconds_count", model="deadline")
+        bad = client.post("/v2/models/deadline/infer", json={**infer_body(one), "parameters": {"timeout": "soon"}})
+    sdk_client.close()
+    assert answers == [
+        (504, "deadline_exceeded"), "504", str(grpc_status.StatusCode.DEADLINE_EXCEEDED), "deadline_exceeded"
+    ], answers
+    assert waited < 5
+    assert after - computed == 1, "work of callers past their deadline must not run"
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_input", bad.text
+    assert "'timeout' must be a whole number of microseconds" in bad.json()["error"]["message"]
+    with grpc_status.insecure_channel(server.grpc_url) as channel:
+        from modelyard.grpc.proto import grpc_service_pb2 as pb
+
+        request = pb.ModelInferRequest(model_name="deadline")
+        request.inputs.add(name="x", datatype="FP32", shape=[1, SLOW_WIDTH]).contents.fp32_contents.extend(
+            one.ravel().tolist())
+        request.parameters["timeout"].string_param = "soon"
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                    request_serializer=pb.ModelInferRequest.SerializeToString,
+                                    response_deserializer=pb.ModelInferResponse.FromString)
+        with pytest.raises(grpc_status.RpcError) as info:
+            infer(request, metadata=tuple(auth.items()), timeout=30)
+    assert info.value.code() == grpc_status.StatusCode.INVALID_ARGUMENT
+    assert "'timeout'" in (info.value.details() or "")
 
 
 def test_killed_worker_recovers_and_other_models_are_unaffected(server: LiveServer) -> None:

@@ -143,6 +143,7 @@ class Client:
         outputs: Sequence[str] | None = None,
         binary: bool = True,
         request_id: str | None = None,
+        deadline_s: float | None = None,
     ) -> dict[str, np.ndarray]:
         """Run model ``name`` (its production version unless ``version``) and return its outputs.
 
@@ -151,6 +152,9 @@ class Client:
         nested lists) are cast to each input's declared datatype; strings go as BYTES.
         ``outputs`` names the outputs to return (default: all). With ``binary`` (the default)
         tensors travel with the OIP v2 binary tensor extension; ``binary=False`` sends JSON.
+        ``deadline_s``: the server gives up on the request after this long (``DeadlineExceeded``,
+        504) and drops its work; shorter than the model's ``timeout_s`` only (sent as the
+        request's ``timeout`` parameter, in microseconds, as Triton's clients send it).
 
         Example::
 
@@ -158,7 +162,8 @@ class Client:
             out["label"]          # array([0])
         """
         return self._inference.predict(
-            name, inputs, version=version, outputs=outputs, binary=binary, request_id=request_id
+            name, inputs, version=version, outputs=outputs, binary=binary, request_id=request_id,
+            deadline_s=deadline_s,
         )
 
     def metadata(self, name: str, *, version: int | str | None = None) -> ModelMetadata:

@@ -76,14 +76,19 @@ class Inference:
         outputs: Sequence[str] | None = None,
         binary: bool = True,
         request_id: str | None = None,
+        deadline_s: float | None = None,
     ) -> dict[str, np.ndarray]:
         """Run ``name`` on ``inputs``; see :meth:`modelyard.client.Client.predict`."""
+        if deadline_s is not None and not deadline_s > 0:
+            raise InvalidInput(f"deadline_s must be a positive number of seconds, not {deadline_s!r}")
         meta = self.metadata(name, version=version)
         tensors = _tensors(inputs, meta)
         req = InferenceRequest(
             inputs=tensors,
             outputs=[RequestedOutput(n) for n in outputs] if outputs else None,
             id=request_id,
+            # whole microseconds, at least one (0 would mean "the model's own deadline")
+            parameters={} if deadline_s is None else {"timeout": max(1, round(deadline_s * 1e6))},
         )
         body, header_length = encode_infer_request(req, binary_inputs=binary, binary_outputs=binary)
         headers = {"Content-Type": "application/octet-stream" if header_length is not None else "application/json"}

@@ -388,10 +388,13 @@ class DataPlane:
         trace = self._trace(info, started)
         try:
             output_names, arrays = self._prepare(principal, info, request)
+            timeout_s = request_timeout(request, options)
             remember, results = self._from_cache(info, options, arrays, output_names)
             hit = results is not None
             if results is None:
-                results = await self.manager.predict(self.source(info, options), arrays, output_names, options=options)
+                results = await self.manager.predict(
+                    self.source(info, options), arrays, output_names, options=options, timeout_s=timeout_s
+                )
         except BaseException as exc:
             self._failed(principal, info, exc, started=started)
             self._end_trace(trace, exc)
@@ -450,6 +453,8 @@ class DataPlane:
         remember = results = None
         try:
             output_names, arrays = self._prepare(principal, info, request)
+            # (the parameters checked here: this is every request's path, and most have none)
+            timeout_s = request_timeout(request, options) if request.parameters else options.timeout_s
             if options.response_cache:  # (checked here: this is every request's path)
                 remember, results = self._from_cache(info, options, arrays, output_names)
         except BaseException as exc:
@@ -461,7 +466,7 @@ class DataPlane:
             return RememberedInference(results, self, principal, info, children[1], started, output_names, request,
                                        served=served, trace=trace)
         try:
-            queued = manager.enqueue(source, arrays, output_names, options=options)
+            queued = manager.enqueue(source, arrays, output_names, options=options, timeout_s=timeout_s)
             assert queued is not None, "loaded above, and nothing was awaited since"
         except BaseException as exc:
             self._failed(principal, info, exc, served=served, started=started)
@@ -584,6 +589,7 @@ class DataPlane:
         trace = self._trace(info, started)
         try:
             output_names, arrays = self._prepare(principal, info, request)
+            timeout_s = request_timeout(request, options)
             remember, results = self._from_cache(info, options, arrays, output_names)
         except BaseException as exc:
             self._failed(principal, info, exc, name, started=started)
@@ -593,7 +599,9 @@ class DataPlane:
         hit = results is not None
         if results is None:
             try:
-                results = await self.manager.predict(self.source(info, options), arrays, output_names, options=options)
+                results = await self.manager.predict(
+                    self.source(info, options), arrays, output_names, options=options, timeout_s=timeout_s
+                )
             except BaseException as exc:
                 self._failed(principal, info, exc, served=served, started=started)
                 self._end_trace(trace, exc)
@@ -769,6 +777,24 @@ class DataPlane:
             if n not in known:
                 raise InvalidInput(f"unknown output {n!r}; the model has {', '.join(sorted(known))}")
         return names
+
+
+def request_timeout(request: InferenceRequest, options: ServingOptions) -> float | None:
+    """The deadline of ``request``, in seconds: its ``timeout`` parameter (whole microseconds, as
+    Triton's clients send it) where that is shorter than the version's ``timeout_s``; a caller
+    may shorten its deadline, never extend it past what the operator set. Without the
+    parameter, or 0 (Triton's "the model's own"): ``timeout_s``."""
+    value = request.parameters.get("timeout")
+    if value is None or value == 0 and type(value) is int:
+        return options.timeout_s
+    if type(value) is not int or value < 0:
+        raise InvalidInput(
+            f"the request parameter 'timeout' must be a whole number of microseconds (0: the model's "
+            f"own deadline), not {value!r}",
+            details={"field": "parameters.timeout"},
+        )
+    timeout_s = value / 1e6
+    return timeout_s if options.timeout_s is None else min(timeout_s, options.timeout_s)
 
 
 def _error_code(exc: BaseException) -> str:

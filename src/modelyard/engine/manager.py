@@ -555,18 +555,21 @@ class ModelManager:
         output_names: list[str] | None,
         *,
         options: ServingOptions,
+        timeout_s: float | None = None,
     ) -> tuple[LoadedModel, DynamicBatcher, Queued] | None:
         """:meth:`predict` without a coroutine, for a version already loaded (``None``: not
         loaded, or retired; await :meth:`predict`): the request is queued (raising as
         ``predict`` does) and counted in flight until :meth:`release` is called with the model
-        once its future is done; the batcher is the one to ``withdraw`` it from."""
+        once its future is done; the batcher is the one to ``withdraw`` it from. ``timeout_s``
+        as for :meth:`predict`."""
         if self._total_in_flight >= self._max_in_flight:
             raise self.saturation()
         model = self._touch(source.load_key)
         if model is None or model.retired:
             return None
         batcher = model.batcher(options)
-        queued = batcher.enqueue(inputs, output_names, timeout_s=options.timeout_s)
+        deadline_s = timeout_s if timeout_s is not None else options.timeout_s
+        queued = batcher.enqueue(inputs, output_names, timeout_s=deadline_s)
         self._total_in_flight += 1
         model.in_flight += 1
         return model, batcher, queued

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from modelyard.config import Settings
-from modelyard.core.inference import GATE_BUNDLE, QueueGate, QueueGates, validate_inputs
+from modelyard.core.inference import GATE_BUNDLE, QueueGate, QueueGates, request_timeout, validate_inputs
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
+from modelyard.engine.manager import ServingOptions
 from modelyard.errors import InvalidInput, ModelNotFound, PermissionDenied, QueueFull, RateLimited, VersionNotFound
 from modelyard.tensors import InferenceRequest, RequestedOutput, Tensor, TensorSpec
 from tests.integration.onnx_models import add_model
@@ -42,11 +43,12 @@ def _push(platform: Platform, tenant: str, name: str = "add", add: float = 1.0, 
     return platform.registry.register_version(tenant_id=tenant, model_name=name, staged=staged, **kw)
 
 
-def _req(x: np.ndarray, outputs: list[str] | None = None) -> InferenceRequest:
+def _req(x: np.ndarray, outputs: list[str] | None = None, **parameters: object) -> InferenceRequest:
     return InferenceRequest(
         inputs=[Tensor.from_array("x", x)],
         outputs=[RequestedOutput(n) for n in outputs] if outputs else None,
         id="r1",
+        parameters=dict(parameters),
     )
 
 
@@ -439,3 +441,53 @@ def test_an_unpin_made_here_while_a_round_loads_wins(platform: Platform, tenant:
     assert manager.is_pinned(first.key) and manager.is_loaded(first.key)
     assert not manager.is_pinned(second.key) and not manager.is_loaded(second.key)
     assert [info.model_name for info in registry.pinned_versions()] == ["first"]
+
+
+def test_a_requests_timeout_parameter_shortens_its_deadline_and_never_extends_it() -> None:
+    x = np.zeros((1, 3), np.float32)
+    thirty, unbounded = ServingOptions(timeout_s=30.0), ServingOptions(timeout_s=None)
+    assert request_timeout(_req(x), thirty) == 30.0
+    assert request_timeout(_req(x, timeout=0), thirty) == 30.0  # Triton's "the model's own"
+    assert request_timeout(_req(x, timeout=250_000), thirty) == 0.25  # microseconds
+    assert request_timeout(_req(x, timeout=60_000_000), thirty) == 30.0  # capped at the operator's
+    assert request_timeout(_req(x, timeout=60_000_000), unbounded) == 60.0
+    assert request_timeout(_req(x), unbounded) is None
+    assert request_timeout(_req(x, binary_data_output=True), thirty) == 30.0  # other parameters: no matter
+    for bad in (-1, 1.5, 0.0, "100", True, [1]):
+        with pytest.raises(InvalidInput, match="'timeout' must be a whole number of microseconds") as info:
+            request_timeout(_req(x, timeout=bad), thirty)
+        assert info.value.details == {"field": "parameters.timeout"}
+
+
+def test_both_paths_queue_a_request_with_its_own_deadline(platform: Platform, tenant: str) -> None:
+    """``start`` (callbacks) and ``infer`` (awaited) give the batcher the request's deadline; a
+    bad ``timeout`` is refused before anything is queued, and counted as a bad input."""
+    _push(platform, tenant, add=5.0, stage="production")
+    who = _principal(tenant)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    plane = platform.dataplane
+
+    async def run() -> None:
+        await plane.infer(who, "add", None, _req(x, timeout=5_000_000))  # resolves and loads
+        loop = asyncio.get_running_loop()
+        pending = plane.start(who, "add", None, _req(x, timeout=5_000_000))
+        assert pending is not None
+        queued = pending._queued  # noqa: SLF001 (what the batcher was given)
+        assert queued.deadline is not None and abs(queued.deadline - (loop.time() + 5.0)) < 0.5
+        await asyncio.wait_for(asyncio.shield(pending.future), 10)
+        pending.finish()
+        plain = plane.start(who, "add", None, _req(x))
+        assert plain is not None and plain._queued.deadline is not None  # noqa: SLF001
+        assert plain._queued.deadline - loop.time() > 25  # noqa: SLF001 (the default 30 s)
+        await asyncio.wait_for(asyncio.shield(plain.future), 10)
+        plain.finish()
+        for bad in ("soon", -5):
+            with pytest.raises(InvalidInput, match="'timeout'"):
+                plane.start(who, "add", None, _req(x, timeout=bad))
+            with pytest.raises(InvalidInput, match="'timeout'"):
+                await plane.infer(who, "add", None, _req(x, timeout=bad))
+        assert platform.manager.in_flight == 0
+
+    asyncio.run(run())
+    text = platform.metrics.render().decode()
+    assert 'modelyard_inference_errors_total{code="invalid_input",model="add",tenant="default",version="1"} 4.0' in text
