@@ -90,6 +90,15 @@ def test_predict_matches_onnxruntime(demo_server: LiveServer, tmp_path: Path) ->
     oip = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [4, 64], "data": x.reshape(-1).tolist()}]}
     again = json.loads(ok(cli(demo_server, "predict", "digits", "--data", json.dumps(oip), "-o", "label")).stdout)
     assert again == only
+    hurried = json.loads(ok(cli(demo_server, "predict", "digits", "--data", f"@{data}", "-o", "label",
+                                "--deadline", "20")).stdout)
+    assert hurried == only
+
+
+def test_a_deadline_that_is_not_positive_exits_2(demo_server: LiveServer) -> None:
+    result = cli(demo_server, "predict", "digits", "--data", "[[0]]", "--deadline", "0")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error:") and "deadline_s must be a positive number" in result.stderr
 
 
 @pytest.mark.parametrize(

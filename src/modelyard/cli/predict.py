@@ -35,6 +35,12 @@ def predict(
     ],
     version: Annotated[str | None, typer.Option("--version", "-v", help="A version (default: the production one).")] = None,
     output: Annotated[list[str] | None, typer.Option("--output", "-o", help="Return only this output (repeatable).")] = None,
+    deadline: Annotated[
+        float | None,
+        typer.Option("--deadline", metavar="SECONDS",
+                     help="Give up after this long (the server answers 504 and drops the work); shorter "
+                     "than the model's timeout_s only."),
+    ] = None,
 ) -> None:
     """Run a model on JSON inputs and print its outputs as JSON.
 
@@ -48,10 +54,12 @@ def predict(
         modelyard predict digits --data '{"input": [[...]]}' --output label
 
         modelyard predict digits --data @batch.json --version 2 | jq .label
+
+        modelyard predict digits --data @batch.json --deadline 0.05
     """
     inputs = parse_data(data)
     with client() as sdk:
-        result = sdk.predict(name, inputs, version=version, outputs=output or None)
+        result = sdk.predict(name, inputs, version=version, outputs=output or None, deadline_s=deadline)
     print_json({key: _jsonable(value) for key, value in result.items()})
 
 
