@@ -6,6 +6,7 @@ without ``MODELYARD_SHARED_MEMORY`` refuses regions and says how to turn them on
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -231,6 +232,31 @@ def test_windows_past_the_end_and_wrong_sizes_are_refused(server: LiveServer, re
         assert r.status_code == 404 and "no shared memory region 'r'" in r.json()["error"]["message"], r.text
         r = admin.get("/v2/systemsharedmemory/region/r/status")
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
+
+
+def test_a_request_failed_by_its_output_region_is_traced_with_its_error(server: LiveServer, regions: Regions) -> None:
+    """The model computed, then its output did not fit the region: the request's trace is still
+    written, with the error's code and its queue and compute times."""
+    _, key = regions.make("small", 16)
+    traces = server.settings.resolved_home / "traces" / "shm.jsonl"
+    with server.client() as admin:
+        assert admin.post("/v2/systemsharedmemory/region/small/register",
+                          json={"key": key, "byte_size": 16}).status_code == 200
+        r = admin.post("/v2/models/alpha/trace/setting",
+                       json={"trace_level": ["TIMESTAMPS"], "trace_rate": "1", "trace_file": "shm.jsonl"})
+        assert r.status_code == 200, r.text
+        try:
+            r = admin.post("/v2/models/alpha/infer", json={
+                "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4], "data": X.ravel().tolist()}],
+                "outputs": [{"name": "y", "parameters": {"shared_memory_region": "small",
+                                                         "shared_memory_byte_size": 16}}]})
+            assert r.status_code == 400 and "output 'y' is 32 bytes" in r.json()["error"]["message"], r.text
+        finally:
+            admin.post("/v2/models/alpha/trace/setting", json={"trace_level": ["OFF"]}).raise_for_status()
+    (trace,) = [json.loads(line) for line in traces.read_text().splitlines()]
+    assert (trace["model_name"], trace["outcome"]) == ("alpha", "invalid_input")
+    assert [s["name"] for s in trace["timestamps"]] == [
+        "REQUEST_START", "QUEUE_START", "COMPUTE_START", "COMPUTE_END", "REQUEST_END"]
 
 
 def test_regions_belong_to_their_tenant(server: LiveServer, regions: Regions, tmp_path: Path) -> None:

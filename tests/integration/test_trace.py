@@ -70,6 +70,24 @@ def test_tritonclient_http_turns_traces_on_and_they_are_written(server: LiveServ
     triton.close()
 
 
+def test_requests_that_wait_for_a_load_are_traced_with_their_queue_and_compute(server: LiveServer) -> None:
+    """The first request to a version (it waits for the load) and to a deployment (it waits for
+    the deployment's record) take the awaited path; their traces have every timestamp too."""
+    with server.client() as client:
+        client.post("/api/v1/deployments", json={"name": "front", "routes": [{"model": "alpha", "version": 1}]}
+                    ).raise_for_status()
+        r = client.post("/v2/trace/setting", json={"trace_level": ["TIMESTAMPS"], "trace_rate": "1"})
+        assert r.status_code == 200, r.text
+        assert _infer(client, "alpha") == 200  # loads it
+        assert _infer(client, "front") == 200  # reads the deployment
+    traces = _traces(server)
+    assert [(t["model_name"], t["outcome"]) for t in traces] == [("alpha", "ok"), ("alpha", "ok")]
+    for trace in traces:
+        assert [s["name"] for s in trace["timestamps"]] == FULL
+        stamps = [s["ns"] for s in trace["timestamps"]]
+        assert stamps == sorted(stamps)
+
+
 def test_a_models_settings_go_over_the_servers(server: LiveServer) -> None:
     triton = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
     headers = server.headers

@@ -386,6 +386,7 @@ class DataPlane:
         children = self._children(info, protocol)
         children[0].inc()
         trace = self._trace(info, started)
+        watched: list[Queued] = []  # the batcher's entry, for a trace's times
         try:
             output_names, arrays = self._prepare(principal, info, request)
             timeout_s = request_timeout(request, options)
@@ -393,15 +394,17 @@ class DataPlane:
             hit = results is not None
             if results is None:
                 results = await self.manager.predict(
-                    self.source(info, options), arrays, output_names, options=options, timeout_s=timeout_s
+                    self.source(info, options), arrays, output_names, options=options, timeout_s=timeout_s,
+                    watch=None if trace is None else watched.append,
                 )
         except BaseException as exc:
             self._failed(principal, info, exc, started=started)
-            self._end_trace(trace, exc)
+            self._end_trace(trace, exc, queued=_first(watched))
             raise
-        response = self._answered(principal, info, children[1], started, results, output_names, request, remember=remember)
-        self._end_trace(trace, hit=hit)
-        return response
+        return self._answered(
+            principal, info, children[1], started, results, output_names, request, remember=remember,
+            trace=trace, hit=hit, queued=_first(watched),
+        )
 
     def start(
         self,
@@ -512,13 +515,17 @@ class DataPlane:
         served: _Served | None = None,
         *,
         remember: CacheKey | None = None,
+        trace: Trace | None = None,
+        hit: bool = False,
+        queued: Queued | None = None,
     ) -> InferenceResponse:
         """Count a request its version answered and make its response. A deployment's request
         (``served``) is counted on the deployment, recorded on its route (the canary's error
         window), mirrored to the shadow for its share, and answered in the deployment's name.
         Outputs asked into shared-memory regions are written first: one that does not fit fails
         the request (counted as failed, as a bad input is). ``remember``: the response cache's
-        key for the answer, when it was looked up there and missed."""
+        key for the answer, when it was looked up there and missed. ``trace`` (if any) is
+        written either way (``hit``: answered from the cache; ``queued``: its batcher entry)."""
         elapsed = time.perf_counter() - started
         name = info.model_name if served is None else served.name
         response = self._response(name, info, results, output_names, request)
@@ -527,6 +534,7 @@ class DataPlane:
                 response = self._shared_memory().write_outputs(principal, response, request.outputs)
             except BaseException as exc:
                 self._failed(principal, info, exc, name, started=started)
+                self._end_trace(trace, exc, queued=queued)
                 raise
         if remember is not None and self.response_cache is not None:
             self.response_cache.remember(info, remember, results)
@@ -538,6 +546,8 @@ class DataPlane:
             shadow = traffic.deployment.shadow
             if shadow is not None and (shadow.share >= 1.0 or random.random() < shadow.share):
                 self._mirror(principal, traffic, served.arrays, results, elapsed)
+        if trace is not None:
+            self._end_trace(trace, hit=hit, queued=queued)
         return response
 
     def _from_cache(
@@ -597,20 +607,21 @@ class DataPlane:
             raise
         served = _Served(name, traffic, route, arrays)
         hit = results is not None
+        watched: list[Queued] = []  # the batcher's entry, for a trace's times
         if results is None:
             try:
                 results = await self.manager.predict(
-                    self.source(info, options), arrays, output_names, options=options, timeout_s=timeout_s
+                    self.source(info, options), arrays, output_names, options=options, timeout_s=timeout_s,
+                    watch=None if trace is None else watched.append,
                 )
             except BaseException as exc:
                 self._failed(principal, info, exc, served=served, started=started)
-                self._end_trace(trace, exc)
+                self._end_trace(trace, exc, queued=_first(watched))
                 raise
-        response = self._answered(
-            principal, info, children[1], started, results, output_names, request, served, remember=remember
+        return self._answered(
+            principal, info, children[1], started, results, output_names, request, served, remember=remember,
+            trace=trace, hit=hit, queued=_first(watched),
         )
-        self._end_trace(trace, hit=hit)
-        return response
 
     def _record(
         self, principal: Principal, name: str, traffic: DeploymentTraffic, route: Route, ok: bool, latency_s: float
@@ -797,6 +808,10 @@ def request_timeout(request: InferenceRequest, options: ServingOptions) -> float
     return timeout_s if options.timeout_s is None else min(timeout_s, options.timeout_s)
 
 
+def _first(watched: list[Queued]) -> Queued | None:
+    return watched[0] if watched else None
+
+
 def _error_code(exc: BaseException) -> str:
     """The code an error is counted (and traced) under."""
     if isinstance(exc, ModelYardError):
@@ -870,13 +885,10 @@ class PendingInference:
             plane._failed(self._principal, self._info, exc, served=served, started=self._started)
             plane._end_trace(self._trace, exc, queued=self._queued)
             raise
-        response = plane._answered(
+        return plane._answered(
             self._principal, self._info, self._latency, self._started, results, self._output_names, self._request,
-            served, remember=self._remember,
+            served, remember=self._remember, trace=self._trace, queued=self._queued,
         )
-        if self._trace is not None:
-            plane._end_trace(self._trace, queued=self._queued)
-        return response
 
 
 #: what a request answered without queueing holds for its batcher entry
@@ -905,12 +917,10 @@ class RememberedInference(PendingInference):
         return None  # nothing is queued
 
     def finish(self) -> InferenceResponse:
-        response = self._plane._answered(
+        return self._plane._answered(
             self._principal, self._info, self._latency, self._started, self._done.result(), self._output_names,
-            self._request, self._served,
+            self._request, self._served, trace=self._trace, hit=True,
         )
-        self._plane._end_trace(self._trace, hit=True)
-        return response
 
 
 #: Refusals a :class:`QueueGate` answers with one error object and counts at once.

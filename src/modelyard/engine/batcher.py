@@ -308,15 +308,19 @@ class DynamicBatcher:
         output_names: list[str] | None = None,
         *,
         timeout_s: float | None = None,
+        watch: Callable[[Queued], object] | None = None,
     ) -> dict[str, np.ndarray]:
         """Run ``inputs`` (arrays with a leading batch dim) and return this request's outputs.
 
         Raises :class:`QueueFull` when the queue is full, :class:`Unavailable` once closing,
         :class:`DeadlineExceeded` when ``timeout_s`` passes first (work not yet started is
         dropped and never runs), and whatever ``predict`` raised for this request alone.
-        Cancelling the awaiting task removes queued work.
+        Cancelling the awaiting task removes queued work. ``watch``: called with the queued
+        entry (its times, for a trace).
         """
         queued = self.enqueue(inputs, output_names, timeout_s=timeout_s)
+        if watch is not None:
+            watch(queued)
         try:
             return await queued.future
         except asyncio.CancelledError:

@@ -520,8 +520,10 @@ class ModelManager:
         *,
         options: ServingOptions | None = None,
         timeout_s: float | None = None,
+        watch: Callable[[Queued], object] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run ``inputs`` through the version's batcher.
+        """Run ``inputs`` through the version's batcher (``watch``, if given, is called with the
+        batcher's entry once queued: a trace reads its times).
 
         Raises :class:`Unavailable` (503) when the server is saturated, ``QueueFull`` (429) when
         the version's queue is full, ``DeadlineExceeded`` (504) after ``timeout_s`` (default:
@@ -541,7 +543,7 @@ class ModelManager:
             model.in_flight += 1
             try:
                 return await batcher.submit(
-                    inputs, output_names, timeout_s=timeout_s if timeout_s is not None else opts.timeout_s
+                    inputs, output_names, timeout_s=timeout_s if timeout_s is not None else opts.timeout_s, watch=watch
                 )
             finally:
                 self._done_with(model)
