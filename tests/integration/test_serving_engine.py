@@ -309,6 +309,56 @@ def test_a_requests_timeout_parameter_gets_504_and_drops_its_work(server: LiveSe
     assert "'timeout'" in (info.value.details() or "")
 
 
+def test_a_requests_priority_parameter_puts_it_ahead_of_the_queue(server: LiveServer) -> None:
+    """Triton's per-request ``priority`` (1 first, then 2; none last): three callers queue behind
+    a long request, the one without a priority first; they are answered 1, 2, then none. A
+    priority that is not a whole number at least 0 is refused."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    register(server, "ranked", slow_model(server.settings.resolved_home / "ranked.onnx", SLOW_N),
+             config={"serving": {"batching": False, "instances": 1}})
+    auth = {"authorization": f"Bearer {server.admin_key}"}
+    one = np.zeros((1, SLOW_WIDTH), np.float32)
+    http = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    hinp, ginp = httpclient.InferInput("x", [1, SLOW_WIDTH], "FP32"), grpcclient.InferInput("x", [1, SLOW_WIDTH], "FP32")
+    hinp.set_data_from_numpy(one)
+    ginp.set_data_from_numpy(one)
+    answered: dict[str, float] = {}
+    with server.client() as client:
+        client.post("/v2/models/ranked/infer", json=infer_body(one)).raise_for_status()  # loaded
+
+        def none(_: object) -> None:
+            client.post("/v2/models/ranked/infer", json=infer_body(one)).raise_for_status()
+            answered["none"] = time.perf_counter()
+
+        def second(_: object) -> None:
+            grpc.infer("ranked", [ginp], headers=auth, priority=2)
+            answered["2"] = time.perf_counter()
+
+        def first(_: object) -> None:
+            http.infer("ranked", [hinp], headers=dict(auth), priority=1)
+            answered["1"] = time.perf_counter()
+
+        with ThreadPoolExecutor(4) as pool:
+            long = pool.submit(client.post, "/v2/models/ranked/infer",
+                               json=infer_body(np.zeros((64, SLOW_WIDTH), np.float32)))
+            time.sleep(0.2)
+            calls = []
+            for call in (none, second, first):  # queued in this order, behind the long request
+                calls.append(pool.submit(call, None))
+                time.sleep(0.05)
+            assert not long.done(), "the long request must outlast the queueing for this test to mean anything"
+            for f in calls:
+                f.result(timeout=60)
+            assert long.result(timeout=60).status_code == 200
+        bad = client.post("/v2/models/ranked/infer", json={**infer_body(one), "parameters": {"priority": -1}})
+    assert sorted(answered, key=answered.__getitem__) == ["1", "2", "none"], answered
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_input", bad.text
+    assert bad.json()["error"]["details"] == {"field": "parameters.priority"}
+
+
 def test_killed_worker_recovers_and_other_models_are_unaffected(server: LiveServer) -> None:
     assert server.platform is not None
     x = np.ones((1, 4), np.float32)

@@ -389,13 +389,13 @@ class DataPlane:
         watched: list[Queued] = []  # the batcher's entry, for a trace's times
         try:
             output_names, arrays = self._prepare(principal, info, request)
-            timeout_s = request_timeout(request, options)
+            timeout_s, priority = scheduling(request, options)
             remember, results = self._from_cache(info, options, arrays, output_names)
             hit = results is not None
             if results is None:
                 results = await self.manager.predict(
                     self.source(info, options), arrays, output_names, options=options, timeout_s=timeout_s,
-                    watch=None if trace is None else watched.append,
+                    priority=priority, watch=None if trace is None else watched.append,
                 )
         except BaseException as exc:
             self._failed(principal, info, exc, started=started)
@@ -457,7 +457,7 @@ class DataPlane:
         try:
             output_names, arrays = self._prepare(principal, info, request)
             # (the parameters checked here: this is every request's path, and most have none)
-            timeout_s = request_timeout(request, options) if request.parameters else options.timeout_s
+            timeout_s, priority = scheduling(request, options) if request.parameters else (options.timeout_s, 0)
             if options.response_cache:  # (checked here: this is every request's path)
                 remember, results = self._from_cache(info, options, arrays, output_names)
         except BaseException as exc:
@@ -469,7 +469,9 @@ class DataPlane:
             return RememberedInference(results, self, principal, info, children[1], started, output_names, request,
                                        served=served, trace=trace)
         try:
-            queued = manager.enqueue(source, arrays, output_names, options=options, timeout_s=timeout_s)
+            queued = manager.enqueue(
+                source, arrays, output_names, options=options, timeout_s=timeout_s, priority=priority
+            )
             assert queued is not None, "loaded above, and nothing was awaited since"
         except BaseException as exc:
             self._failed(principal, info, exc, served=served, started=started)
@@ -599,7 +601,7 @@ class DataPlane:
         trace = self._trace(info, started)
         try:
             output_names, arrays = self._prepare(principal, info, request)
-            timeout_s = request_timeout(request, options)
+            timeout_s, priority = scheduling(request, options)
             remember, results = self._from_cache(info, options, arrays, output_names)
         except BaseException as exc:
             self._failed(principal, info, exc, name, started=started)
@@ -612,7 +614,7 @@ class DataPlane:
             try:
                 results = await self.manager.predict(
                     self.source(info, options), arrays, output_names, options=options, timeout_s=timeout_s,
-                    watch=None if trace is None else watched.append,
+                    priority=priority, watch=None if trace is None else watched.append,
                 )
             except BaseException as exc:
                 self._failed(principal, info, exc, served=served, started=started)
@@ -788,6 +790,25 @@ class DataPlane:
             if n not in known:
                 raise InvalidInput(f"unknown output {n!r}; the model has {', '.join(sorted(known))}")
         return names
+
+
+def scheduling(request: InferenceRequest, options: ServingOptions) -> tuple[float | None, int]:
+    """The deadline and the priority ``request`` asks for with its parameters (see
+    :func:`request_timeout` and :func:`request_priority`)."""
+    return request_timeout(request, options), request_priority(request)
+
+
+def request_priority(request: InferenceRequest) -> int:
+    """The priority of ``request``: its ``priority`` parameter, as Triton's clients send it (1
+    is the highest, then 2, ...); 0 or none: no priority, after every level (see the batcher)."""
+    value = request.parameters.get("priority", 0)
+    if type(value) is not int or not 0 <= value < 2**64:
+        raise InvalidInput(
+            f"the request parameter 'priority' must be a whole number (1 is the highest, then 2, ...; "
+            f"0: none), not {value!r}",
+            details={"field": "parameters.priority"},
+        )
+    return value
 
 
 def request_timeout(request: InferenceRequest, options: ServingOptions) -> float | None:

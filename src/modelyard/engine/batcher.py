@@ -45,6 +45,12 @@ the loop makes goes to those that have aged, then is kept for the callers that b
 (:meth:`DynamicBatcher.claim_return`): they read on rather than wait for the next batch, as
 newest-first would have them do, which spares each request of a flood the wait's bookkeeping.
 
+Priorities. A request may carry a priority (Triton's: 1 is the highest, then 2, ...; 0, the
+default, comes after every level). Requests of different priorities do not share a batch; of the
+groups due, the highest priority goes first, then the oldest. A priority does not jump the
+queue's bound (a full queue refuses any request), and a request kept waiting by higher ones
+meets its deadline like any other.
+
 Failure isolation: if a batched ``predict`` raises (or returns outputs that cannot be split by
 rows), every request of that batch is re-run alone, so one bad request fails only itself.
 """
@@ -159,15 +165,21 @@ class Queued:
         self.ran: tuple[float, float] | None = None
 
 
+#: the rank of requests without a priority (0): after every level a request may ask for
+_UNRANKED = 2**64
+
+
 class _Group:
-    """Queued requests that can share a batch, oldest first."""
+    """Queued requests that can share a batch, oldest first; ``rank``: their priority (lower
+    first)."""
 
-    __slots__ = ("key", "items", "rows")
+    __slots__ = ("key", "items", "rows", "rank")
 
-    def __init__(self, key: Hashable) -> None:
+    def __init__(self, key: Hashable, rank: int) -> None:
         self.key = key
         self.items: deque[Queued] = deque()
         self.rows = 0
+        self.rank = rank
 
 
 _solo_ids = itertools.count()
@@ -308,6 +320,7 @@ class DynamicBatcher:
         output_names: list[str] | None = None,
         *,
         timeout_s: float | None = None,
+        priority: int = 0,
         watch: Callable[[Queued], object] | None = None,
     ) -> dict[str, np.ndarray]:
         """Run ``inputs`` (arrays with a leading batch dim) and return this request's outputs.
@@ -315,10 +328,10 @@ class DynamicBatcher:
         Raises :class:`QueueFull` when the queue is full, :class:`Unavailable` once closing,
         :class:`DeadlineExceeded` when ``timeout_s`` passes first (work not yet started is
         dropped and never runs), and whatever ``predict`` raised for this request alone.
-        Cancelling the awaiting task removes queued work. ``watch``: called with the queued
-        entry (its times, for a trace).
+        Cancelling the awaiting task removes queued work. ``priority``: 1 first, then 2, ...; 0
+        (none) last. ``watch``: called with the queued entry (its times, for a trace).
         """
-        queued = self.enqueue(inputs, output_names, timeout_s=timeout_s)
+        queued = self.enqueue(inputs, output_names, timeout_s=timeout_s, priority=priority)
         if watch is not None:
             watch(queued)
         try:
@@ -333,6 +346,7 @@ class DynamicBatcher:
         output_names: list[str] | None = None,
         *,
         timeout_s: float | None = None,
+        priority: int = 0,
     ) -> Queued:
         """:meth:`submit` without a coroutine, for a transport that answers from a callback:
         queue the request (raising as ``submit`` does) and return it; its ``future`` gets the
@@ -351,11 +365,13 @@ class DynamicBatcher:
             raise DeadlineExceeded("the request deadline passed before it was queued")
 
         key, rows = _group_key(inputs, output_names)
+        if priority:
+            key = (key, priority)
         now = loop.time()
         item = Queued(inputs, output_names, rows, key, loop.create_future(), now, time.perf_counter())
         group = self._groups.get(key)
         if group is None:
-            group = self._groups[key] = _Group(key)
+            group = self._groups[key] = _Group(key, priority or _UNRANKED)
         group.items.append(item)
         group.rows += rows
         self._queued += 1
@@ -661,7 +677,9 @@ class DynamicBatcher:
             chosen: _Group | None = None
             for group in self._groups.values():
                 if self._is_due(group, now, settled, awaiting) and (
-                    chosen is None or group.items[0].enqueued < chosen.items[0].enqueued
+                    chosen is None
+                    or group.rank < chosen.rank
+                    or group.rank == chosen.rank and group.items[0].enqueued < chosen.items[0].enqueued
                 ):
                     chosen = group
             if chosen is None:

@@ -520,10 +520,12 @@ class ModelManager:
         *,
         options: ServingOptions | None = None,
         timeout_s: float | None = None,
+        priority: int = 0,
         watch: Callable[[Queued], object] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run ``inputs`` through the version's batcher (``watch``, if given, is called with the
-        batcher's entry once queued: a trace reads its times).
+        """Run ``inputs`` through the version's batcher, with ``priority`` (see the batcher;
+        ``watch``, if given, is called with the batcher's entry once queued: a trace reads its
+        times).
 
         Raises :class:`Unavailable` (503) when the server is saturated, ``QueueFull`` (429) when
         the version's queue is full, ``DeadlineExceeded`` (504) after ``timeout_s`` (default:
@@ -543,7 +545,8 @@ class ModelManager:
             model.in_flight += 1
             try:
                 return await batcher.submit(
-                    inputs, output_names, timeout_s=timeout_s if timeout_s is not None else opts.timeout_s, watch=watch
+                    inputs, output_names, timeout_s=timeout_s if timeout_s is not None else opts.timeout_s,
+                    priority=priority, watch=watch,
                 )
             finally:
                 self._done_with(model)
@@ -558,12 +561,13 @@ class ModelManager:
         *,
         options: ServingOptions,
         timeout_s: float | None = None,
+        priority: int = 0,
     ) -> tuple[LoadedModel, DynamicBatcher, Queued] | None:
         """:meth:`predict` without a coroutine, for a version already loaded (``None``: not
         loaded, or retired; await :meth:`predict`): the request is queued (raising as
         ``predict`` does) and counted in flight until :meth:`release` is called with the model
         once its future is done; the batcher is the one to ``withdraw`` it from. ``timeout_s``
-        as for :meth:`predict`."""
+        and ``priority`` as for :meth:`predict`."""
         if self._total_in_flight >= self._max_in_flight:
             raise self.saturation()
         model = self._touch(source.load_key)
@@ -571,7 +575,7 @@ class ModelManager:
             return None
         batcher = model.batcher(options)
         deadline_s = timeout_s if timeout_s is not None else options.timeout_s
-        queued = batcher.enqueue(inputs, output_names, timeout_s=deadline_s)
+        queued = batcher.enqueue(inputs, output_names, timeout_s=deadline_s, priority=priority)
         self._total_in_flight += 1
         model.in_flight += 1
         return model, batcher, queued

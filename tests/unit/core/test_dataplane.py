@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from modelyard.config import Settings
-from modelyard.core.inference import GATE_BUNDLE, QueueGate, QueueGates, request_timeout, validate_inputs
+from modelyard.core.inference import (
+    GATE_BUNDLE,
+    QueueGate,
+    QueueGates,
+    request_priority,
+    request_timeout,
+    validate_inputs,
+)
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
 from modelyard.engine.manager import ServingOptions
@@ -491,3 +498,13 @@ def test_both_paths_queue_a_request_with_its_own_deadline(platform: Platform, te
     asyncio.run(run())
     text = platform.metrics.render().decode()
     assert 'modelyard_inference_errors_total{code="invalid_input",model="add",tenant="default",version="1"} 4.0' in text
+
+
+def test_a_requests_priority_parameter_is_a_whole_number_at_least_0() -> None:
+    x = np.zeros((1, 3), np.float32)
+    assert request_priority(_req(x)) == 0
+    assert [request_priority(_req(x, priority=p)) for p in (0, 1, 7, 2**64 - 1)] == [0, 1, 7, 2**64 - 1]
+    for bad in (-1, 2**64, 1.0, "1", True):
+        with pytest.raises(InvalidInput, match="'priority' must be a whole number") as info:
+            request_priority(_req(x, priority=bad))
+        assert info.value.details == {"field": "parameters.priority"}

@@ -211,6 +211,41 @@ async def test_mixed_shapes_dtypes_and_outputs_do_not_share_a_batch() -> None:
 
 
 @pytest.mark.asyncio
+async def test_higher_priorities_compute_first_and_apart_from_lower_ones() -> None:
+    """Queued behind a computing batch: requests of priority 1 go first, then 2, then those
+    without one (0); each level batches apart, oldest first within it."""
+    gate = threading.Event()
+    model = Model(gate=gate)
+    b = make(model, max_batch_size=64)
+    first = asyncio.ensure_future(b.submit(request([0]), None))
+    await wait_until(model.started.is_set)
+    priorities = {1: 0, 2: 2, 3: 1, 4: 0, 5: 2, 6: 1, 7: 3}
+    waiting = [asyncio.ensure_future(b.submit(request([i]), None, priority=p)) for i, p in priorities.items()]
+    await wait_until(lambda: b.queue_depth == len(priorities))
+    gate.set()
+    results = await asyncio.gather(first, *waiting)
+    assert [r["id"].tolist() for r in results] == [[i] for i in range(8)]
+    assert [sorted(c["id"].tolist()) for c in model.calls] == [[0], [3, 6], [2, 5], [7], [1, 4]]
+    await b.close(1)
+
+
+@pytest.mark.asyncio
+async def test_a_priority_does_not_pass_a_full_queue() -> None:
+    gate = threading.Event()
+    model = Model(gate=gate)
+    b = make(model, max_queue_size=2)
+    first = asyncio.ensure_future(b.submit(request([0]), None))
+    await wait_until(model.started.is_set)
+    queued = [asyncio.ensure_future(b.submit(request([i]), None)) for i in (1, 2)]
+    await wait_until(lambda: b.queue_depth == 2)
+    with pytest.raises(QueueFull):
+        await b.submit(request([3]), None, priority=1)
+    gate.set()
+    await asyncio.gather(first, *queued)
+    await b.close(1)
+
+
+@pytest.mark.asyncio
 async def test_failing_request_does_not_fail_its_batch_mates() -> None:
     model = Model(delay_s=0.01)
     b = make(model, max_batch_size=32)
