@@ -30,6 +30,9 @@ from modelyard.errors import DeadlineExceeded, InvalidInput
 from tests.support.live import LiveServer
 
 SLOW_N = 40_000  # about 50 ms per row on this machine
+#: rows of a request that keeps the slow model busy while others queue behind it: about 3 s on
+#: one core of this machine (64 rows take 0.25 s: a batch's rows cost far less than its loop)
+LONG_ROWS = 1024
 
 
 @pytest.fixture(scope="module")
@@ -272,9 +275,9 @@ def test_a_requests_timeout_parameter_gets_504_and_drops_its_work(server: LiveSe
         with pytest.raises(InvalidInput, match="deadline_s"):
             sdk_client.predict("deadline", one, deadline_s=0)
         with ThreadPoolExecutor(5) as pool:
-            # about a second of work on a fast machine, more here: the callers below queue behind it
+            # the callers below queue behind it
             long = pool.submit(client.post, "/v2/models/deadline/infer",
-                               json=infer_body(np.zeros((64, SLOW_WIDTH), np.float32)))
+                               json=infer_body(np.zeros((LONG_ROWS, SLOW_WIDTH), np.float32)))
             time.sleep(0.2)
             started = time.perf_counter()
             timed = [pool.submit(call, None) for call in (rest, triton_http, triton_grpc, sdk)]
@@ -310,9 +313,10 @@ def test_a_requests_timeout_parameter_gets_504_and_drops_its_work(server: LiveSe
 
 
 def test_a_requests_priority_parameter_puts_it_ahead_of_the_queue(server: LiveServer) -> None:
-    """Triton's per-request ``priority`` (1 first, then 2; none last): three callers queue behind
-    a long request, the one without a priority first; they are answered 1, 2, then none. A
-    priority that is not a whole number at least 0 is refused."""
+    """Triton's per-request ``priority`` (1 first, then 2, ...; none last): four callers queue
+    behind a long request, the one without a priority first; they are answered 1, 2, 3, then
+    none (REST, tritonclient over HTTP and gRPC, the SDK). A priority that is not a whole number
+    at least 0 is refused."""
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
@@ -341,12 +345,19 @@ def test_a_requests_priority_parameter_puts_it_ahead_of_the_queue(server: LiveSe
             http.infer("ranked", [hinp], headers=dict(auth), priority=1)
             answered["1"] = time.perf_counter()
 
-        with ThreadPoolExecutor(4) as pool:
+        def third(_: object) -> None:
+            sdk_client.predict("ranked", one, priority=3)
+            answered["3"] = time.perf_counter()
+
+        sdk_client = Client(url=server.url, api_key=server.admin_key)
+        sdk_client.metadata("ranked")  # the signature cached: the call below sends at once
+
+        with ThreadPoolExecutor(5) as pool:
             long = pool.submit(client.post, "/v2/models/ranked/infer",
-                               json=infer_body(np.zeros((64, SLOW_WIDTH), np.float32)))
+                               json=infer_body(np.zeros((LONG_ROWS, SLOW_WIDTH), np.float32)))
             time.sleep(0.2)
             calls = []
-            for call in (none, second, first):  # queued in this order, behind the long request
+            for call in (none, third, second, first):  # queued in this order, behind the long request
                 calls.append(pool.submit(call, None))
                 time.sleep(0.05)
             assert not long.done(), "the long request must outlast the queueing for this test to mean anything"
@@ -354,7 +365,8 @@ def test_a_requests_priority_parameter_puts_it_ahead_of_the_queue(server: LiveSe
                 f.result(timeout=60)
             assert long.result(timeout=60).status_code == 200
         bad = client.post("/v2/models/ranked/infer", json={**infer_body(one), "parameters": {"priority": -1}})
-    assert sorted(answered, key=answered.__getitem__) == ["1", "2", "none"], answered
+    sdk_client.close()
+    assert sorted(answered, key=answered.__getitem__) == ["1", "2", "3", "none"], answered
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_input", bad.text
     assert bad.json()["error"]["details"] == {"field": "parameters.priority"}
 

@@ -144,6 +144,7 @@ class Client:
         binary: bool = True,
         request_id: str | None = None,
         deadline_s: float | None = None,
+        priority: int = 0,
     ) -> dict[str, np.ndarray]:
         """Run model ``name`` (its production version unless ``version``) and return its outputs.
 
@@ -155,6 +156,8 @@ class Client:
         ``deadline_s``: the server gives up on the request after this long (``DeadlineExceeded``,
         504) and drops its work; shorter than the model's ``timeout_s`` only (sent as the
         request's ``timeout`` parameter, in microseconds, as Triton's clients send it).
+        ``priority``: 1 goes ahead of every other request queued for the version, then 2, ...;
+        0 (the default) after every level.
 
         Example::
 
@@ -163,7 +166,7 @@ class Client:
         """
         return self._inference.predict(
             name, inputs, version=version, outputs=outputs, binary=binary, request_id=request_id,
-            deadline_s=deadline_s,
+            deadline_s=deadline_s, priority=priority,
         )
 
     def metadata(self, name: str, *, version: int | str | None = None) -> ModelMetadata:

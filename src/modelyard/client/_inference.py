@@ -77,6 +77,7 @@ class Inference:
         binary: bool = True,
         request_id: str | None = None,
         deadline_s: float | None = None,
+        priority: int = 0,
     ) -> dict[str, np.ndarray]:
         """Run ``name`` on ``inputs``; see :meth:`modelyard.client.Client.predict`."""
         if deadline_s is not None and not deadline_s > 0:
@@ -87,8 +88,7 @@ class Inference:
             inputs=tensors,
             outputs=[RequestedOutput(n) for n in outputs] if outputs else None,
             id=request_id,
-            # whole microseconds, at least one (0 would mean "the model's own deadline")
-            parameters={} if deadline_s is None else {"timeout": max(1, round(deadline_s * 1e6))},
+            parameters=_scheduling(deadline_s, priority),
         )
         body, header_length = encode_infer_request(req, binary_inputs=binary, binary_outputs=binary)
         headers = {"Content-Type": "application/octet-stream" if header_length is not None else "application/json"}
@@ -106,6 +106,15 @@ class Inference:
                 details={"reason": "protocol", "url": self._t.url},
             ) from exc
         return {t.name: t.data for t in decoded.outputs}
+
+
+def _scheduling(deadline_s: float | None, priority: int) -> dict[str, int]:
+    """The request parameters that carry a deadline and a priority (the server checks them)."""
+    parameters = {"priority": priority} if priority else {}
+    if deadline_s is not None:
+        # whole microseconds, at least one (0 would mean "the model's own deadline")
+        parameters["timeout"] = max(1, round(deadline_s * 1e6))
+    return parameters
 
 
 def _tensors(inputs: Inputs, meta: ModelMetadata) -> list[Tensor]:
