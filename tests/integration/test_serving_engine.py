@@ -7,8 +7,9 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import numpy as np
@@ -228,71 +229,100 @@ def test_timeout_answers_504_and_drops_the_work(server: LiveServer) -> None:
     assert responses[0].json()["error"]["code"] == "deadline_exceeded"
 
 
+class _Queuers:
+    """A slow model served one request at a time, and a caller of each kind (REST, tritonclient
+    over HTTP and gRPC, the SDK) with a one-row input, for requests queued behind a long one."""
+
+    ONE = np.zeros((1, SLOW_WIDTH), np.float32)
+
+    def __init__(self, server: LiveServer, name: str, client: httpx.Client) -> None:
+        import tritonclient.grpc as grpcclient
+        import tritonclient.http as httpclient
+
+        register(server, name, slow_model(server.settings.resolved_home / f"{name}.onnx", SLOW_N),
+                 config={"serving": {"batching": False, "instances": 1, "timeout_s": 30}})
+        self.name, self.client, self.path = name, client, f"/v2/models/{name}/infer"
+        self.auth = {"authorization": f"Bearer {server.admin_key}"}
+        self.http = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+        self.grpc = grpcclient.InferenceServerClient(server.grpc_url)
+        self.http_input = httpclient.InferInput("x", [1, SLOW_WIDTH], "FP32")
+        self.grpc_input = grpcclient.InferInput("x", [1, SLOW_WIDTH], "FP32")
+        self.http_input.set_data_from_numpy(self.ONE)
+        self.grpc_input.set_data_from_numpy(self.ONE)
+        self.sdk = Client(url=server.url, api_key=server.admin_key)
+        client.post(self.path, json=infer_body(self.ONE)).raise_for_status()  # loaded
+        self.sdk.metadata(name)  # the signature cached: the SDK's calls send at once
+
+    def rest(self, **parameters: object) -> httpx.Response:
+        return self.client.post(self.path, json={**infer_body(self.ONE), "parameters": parameters})
+
+    def triton_http(self, **kwargs: Any) -> Any:
+        return self.http.infer(self.name, [self.http_input], headers=dict(self.auth), **kwargs)
+
+    def triton_grpc(self, **kwargs: Any) -> Any:
+        return self.grpc.infer(self.name, [self.grpc_input], headers=self.auth, **kwargs)
+
+    def computed(self) -> float:
+        return metric(self.client.get("/metrics").text, "modelyard_compute_seconds_count", model=self.name)
+
+    def behind_a_long_request(
+        self, calls: list[Callable[[], object]], gap_s: float = 0.0
+    ) -> tuple[list[object], bool]:
+        """Send a request that keeps the model busy for seconds, then ``calls`` (``gap_s`` apart),
+        queued behind it: their results, and whether the long request was still computing when
+        they had all returned."""
+        with ThreadPoolExecutor(len(calls) + 1) as pool:
+            long = pool.submit(self.client.post, self.path,
+                               json=infer_body(np.zeros((LONG_ROWS, SLOW_WIDTH), np.float32)))
+            time.sleep(0.2)
+            futures = []
+            for call in calls:
+                futures.append(pool.submit(call))
+                time.sleep(gap_s)
+            assert not long.done(), "the long request must outlast the queueing for the test to mean anything"
+            results = [f.result(timeout=60) for f in futures]
+            outlasted = not long.done()
+            assert long.result(timeout=60).status_code == 200
+        return results, outlasted
+
+    def close(self) -> None:
+        self.sdk.close()
+
+
 def test_a_requests_timeout_parameter_gets_504_and_drops_its_work(server: LiveServer) -> None:
     """Triton's per-request ``timeout`` (microseconds; tritonclient's ``infer(timeout=...)``),
     over REST and gRPC: callers queued behind a long request give up after their own deadline
     with 504 / DEADLINE_EXCEEDED, long before the version's 30 s, and their work never runs. A
     timeout that is not a whole number of microseconds is refused before anything is queued."""
     import grpc as grpc_status
-    import tritonclient.grpc as grpcclient
-    import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    register(server, "deadline", slow_model(server.settings.resolved_home / "deadline.onnx", SLOW_N),
-             config={"serving": {"batching": False, "instances": 1, "timeout_s": 30}})
-    auth = {"authorization": f"Bearer {server.admin_key}"}
-    one = np.zeros((1, SLOW_WIDTH), np.float32)
-    http = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
-    grpc = grpcclient.InferenceServerClient(server.grpc_url)
-    hinp, ginp = httpclient.InferInput("x", [1, SLOW_WIDTH], "FP32"), grpcclient.InferInput("x", [1, SLOW_WIDTH], "FP32")
-    hinp.set_data_from_numpy(one)
-    ginp.set_data_from_numpy(one)
+    def refused(call: Callable[[], object], error: type[Exception]) -> Callable[[], object]:
+        def check() -> object:
+            with pytest.raises(error) as info:
+                call()
+            return info.value.status() if isinstance(info.value, InferenceServerException) else info.value.code
+        return check
+
     with server.client() as client:
-        client.post("/v2/models/deadline/infer", json=infer_body(one)).raise_for_status()  # loaded
-        computed = metric(client.get("/metrics").text, "modelyard_compute_seconds_count", model="deadline")
-
-        def rest(_: object) -> tuple[int, str]:
-            r = client.post("/v2/models/deadline/infer", json={**infer_body(one), "parameters": {"timeout": 50_000}})
-            return r.status_code, r.json()["error"]["code"]
-
-        def triton_http(_: object) -> str | None:
-            with pytest.raises(InferenceServerException) as info:
-                http.infer("deadline", [hinp], headers=dict(auth), timeout=50_000)
-            return info.value.status()
-
-        def triton_grpc(_: object) -> str | None:
-            with pytest.raises(InferenceServerException) as info:
-                grpc.infer("deadline", [ginp], headers=auth, timeout=50_000)
-            return info.value.status()
-
-        def sdk(_: object) -> str:
-            with pytest.raises(DeadlineExceeded) as info:
-                sdk_client.predict("deadline", one, deadline_s=0.05)
-            return info.value.code
-
-        sdk_client = Client(url=server.url, api_key=server.admin_key)
-        sdk_client.metadata("deadline")  # the signature cached: the call below sends at once
+        q = _Queuers(server, "deadline", client)
+        computed = q.computed()
         with pytest.raises(InvalidInput, match="deadline_s"):
-            sdk_client.predict("deadline", one, deadline_s=0)
-        with ThreadPoolExecutor(5) as pool:
-            # the callers below queue behind it
-            long = pool.submit(client.post, "/v2/models/deadline/infer",
-                               json=infer_body(np.zeros((LONG_ROWS, SLOW_WIDTH), np.float32)))
-            time.sleep(0.2)
-            started = time.perf_counter()
-            timed = [pool.submit(call, None) for call in (rest, triton_http, triton_grpc, sdk)]
-            answers = [f.result(timeout=60) for f in timed]
-            waited = time.perf_counter() - started
-            assert not long.done(), "the long request must outlast the timed ones for this test to mean anything"
-            assert long.result(timeout=60).status_code == 200
+            q.sdk.predict("deadline", q.ONE, deadline_s=0)
+        answers, outlasted = q.behind_a_long_request([
+            lambda: (lambda r: (r.status_code, r.json()["error"]["code"]))(q.rest(timeout=50_000)),
+            refused(lambda: q.triton_http(timeout=50_000), InferenceServerException),
+            refused(lambda: q.triton_grpc(timeout=50_000), InferenceServerException),
+            refused(lambda: q.sdk.predict("deadline", q.ONE, deadline_s=0.05), DeadlineExceeded),
+        ])
         time.sleep(0.3)
-        after = metric(client.get("/metrics").text, "modelyard_compute_seconds_count", model="deadline")
-        bad = client.post("/v2/models/deadline/infer", json={**infer_body(one), "parameters": {"timeout": "soon"}})
-    sdk_client.close()
+        after = q.computed()
+        bad = q.rest(timeout="soon")
+        q.close()
     assert answers == [
         (504, "deadline_exceeded"), "504", str(grpc_status.StatusCode.DEADLINE_EXCEEDED), "deadline_exceeded"
     ], answers
-    assert waited < 5
+    assert outlasted, "the callers gave up at their deadline, while the long request still computed"
     assert after - computed == 1, "work of callers past their deadline must not run"
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_input", bad.text
     assert "'timeout' must be a whole number of microseconds" in bad.json()["error"]["message"]
@@ -301,13 +331,13 @@ def test_a_requests_timeout_parameter_gets_504_and_drops_its_work(server: LiveSe
 
         request = pb.ModelInferRequest(model_name="deadline")
         request.inputs.add(name="x", datatype="FP32", shape=[1, SLOW_WIDTH]).contents.fp32_contents.extend(
-            one.ravel().tolist())
+            q.ONE.ravel().tolist())
         request.parameters["timeout"].string_param = "soon"
         infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
                                     request_serializer=pb.ModelInferRequest.SerializeToString,
                                     response_deserializer=pb.ModelInferResponse.FromString)
         with pytest.raises(grpc_status.RpcError) as info:
-            infer(request, metadata=tuple(auth.items()), timeout=30)
+            infer(request, metadata=tuple(q.auth.items()), timeout=30)
     assert info.value.code() == grpc_status.StatusCode.INVALID_ARGUMENT
     assert "'timeout'" in (info.value.details() or "")
 
@@ -317,55 +347,24 @@ def test_a_requests_priority_parameter_puts_it_ahead_of_the_queue(server: LiveSe
     behind a long request, the one without a priority first; they are answered 1, 2, 3, then
     none (REST, tritonclient over HTTP and gRPC, the SDK). A priority that is not a whole number
     at least 0 is refused."""
-    import tritonclient.grpc as grpcclient
-    import tritonclient.http as httpclient
-
-    register(server, "ranked", slow_model(server.settings.resolved_home / "ranked.onnx", SLOW_N),
-             config={"serving": {"batching": False, "instances": 1}})
-    auth = {"authorization": f"Bearer {server.admin_key}"}
-    one = np.zeros((1, SLOW_WIDTH), np.float32)
-    http = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
-    grpc = grpcclient.InferenceServerClient(server.grpc_url)
-    hinp, ginp = httpclient.InferInput("x", [1, SLOW_WIDTH], "FP32"), grpcclient.InferInput("x", [1, SLOW_WIDTH], "FP32")
-    hinp.set_data_from_numpy(one)
-    ginp.set_data_from_numpy(one)
     answered: dict[str, float] = {}
+
+    def timed(label: str, call: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            call()
+            answered[label] = time.perf_counter()
+        return run
+
     with server.client() as client:
-        client.post("/v2/models/ranked/infer", json=infer_body(one)).raise_for_status()  # loaded
-
-        def none(_: object) -> None:
-            client.post("/v2/models/ranked/infer", json=infer_body(one)).raise_for_status()
-            answered["none"] = time.perf_counter()
-
-        def second(_: object) -> None:
-            grpc.infer("ranked", [ginp], headers=auth, priority=2)
-            answered["2"] = time.perf_counter()
-
-        def first(_: object) -> None:
-            http.infer("ranked", [hinp], headers=dict(auth), priority=1)
-            answered["1"] = time.perf_counter()
-
-        def third(_: object) -> None:
-            sdk_client.predict("ranked", one, priority=3)
-            answered["3"] = time.perf_counter()
-
-        sdk_client = Client(url=server.url, api_key=server.admin_key)
-        sdk_client.metadata("ranked")  # the signature cached: the call below sends at once
-
-        with ThreadPoolExecutor(5) as pool:
-            long = pool.submit(client.post, "/v2/models/ranked/infer",
-                               json=infer_body(np.zeros((LONG_ROWS, SLOW_WIDTH), np.float32)))
-            time.sleep(0.2)
-            calls = []
-            for call in (none, third, second, first):  # queued in this order, behind the long request
-                calls.append(pool.submit(call, None))
-                time.sleep(0.05)
-            assert not long.done(), "the long request must outlast the queueing for this test to mean anything"
-            for f in calls:
-                f.result(timeout=60)
-            assert long.result(timeout=60).status_code == 200
-        bad = client.post("/v2/models/ranked/infer", json={**infer_body(one), "parameters": {"priority": -1}})
-    sdk_client.close()
+        q = _Queuers(server, "ranked", client)
+        q.behind_a_long_request([  # queued in this order
+            timed("none", lambda: q.rest().raise_for_status()),
+            timed("3", lambda: q.sdk.predict("ranked", q.ONE, priority=3)),
+            timed("2", lambda: q.triton_grpc(priority=2)),
+            timed("1", lambda: q.triton_http(priority=1)),
+        ], gap_s=0.05)
+        bad = q.rest(priority=-1)
+        q.close()
     assert sorted(answered, key=answered.__getitem__) == ["1", "2", "3", "none"], answered
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_input", bad.text
     assert bad.json()["error"]["details"] == {"field": "parameters.priority"}
