@@ -25,6 +25,7 @@ for its model, or the deployment that routes to it).
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from collections import OrderedDict
 from typing import Any
@@ -41,8 +42,14 @@ __all__ = ["ResponseCache", "CacheKey"]
 CacheKey = tuple[str, tuple[Any, ...]]
 #: inputs up to this many bytes are part of their key as they are; larger ones by their digest
 _INLINE_BYTES = 4096
-#: what an entry costs besides its arrays (the key, the dict, the arrays' headers)
-_ENTRY_OVERHEAD = 256
+# What an entry holds besides its bytes, measured with tracemalloc on CPython 3.11 (64-bit) and
+# NumPy 2: its key's tuples and the LRU's node, the outputs' dict and the entry's tuple; per input
+# of its key, its tuple, shape and datatype's string and its bytes' header; per output, the
+# array's object, shape and strides. The bound counts them, so a cache of small answers stays
+# within its bytes (it held twice as much as it counted before they were).
+_ENTRY_OVERHEAD = 480
+_INPUT_OVERHEAD = 224
+_ARRAY_OVERHEAD = 136
 
 
 def _request_key(arrays: dict[str, np.ndarray], output_names: list[str] | None) -> tuple[Any, ...]:
@@ -59,17 +66,17 @@ def _request_key(arrays: dict[str, np.ndarray], output_names: list[str] | None) 
 
 
 def _key_bytes(key: CacheKey) -> int:
-    return sum(len(part[3]) for part in key[1][1:])
+    return sum(_INPUT_OVERHEAD + len(part[3]) for part in key[1][1:])
 
 
 def _kept(array: Any) -> tuple[np.ndarray, int]:
-    """A read-only copy of ``array`` and the bytes it holds."""
+    """A read-only copy of ``array`` and the bytes it holds (its elements' objects too, for
+    BYTES)."""
     copy = np.array(array, copy=True)
     copy.flags.writeable = False
+    size = _ARRAY_OVERHEAD + copy.nbytes
     if copy.dtype.kind == "O":
-        size = sum(len(x) if isinstance(x, (bytes, str)) else 8 for x in copy.reshape(-1).tolist()) + 8 * copy.size
-    else:
-        size = copy.nbytes
+        size += sum(sys.getsizeof(x) for x in copy.reshape(-1).tolist())
     return copy, size
 
 

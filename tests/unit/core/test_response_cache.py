@@ -68,7 +68,10 @@ def test_big_inputs_and_strings_and_several_inputs() -> None:
 
 
 def test_bounded_in_bytes_least_recently_used_first_out() -> None:
-    cache, metrics = _cache(max_bytes=3 * 400)
+    one, _ = _cache()
+    key, _ = one.lookup(V1, {"x": np.full(4, 0, np.float32)}, None)
+    one.remember(V1, key, {"y": np.zeros(16, np.float32)})
+    cache, metrics = _cache(max_bytes=3 * one.bytes + one.bytes // 2)  # room for three such answers
     keys = []
     for i in range(3):
         key, _ = cache.lookup(V1, {"x": np.full(4, i, np.float32)}, None)
@@ -82,7 +85,7 @@ def test_bounded_in_bytes_least_recently_used_first_out() -> None:
     assert cache.lookup(V1, {"x": np.full(4, 1, np.float32)}, None)[1] is None  # the least recently used went
     assert cache.lookup(V1, {"x": np.full(4, 0, np.float32)}, None)[1] is not None
     key, _ = cache.lookup(V1, {"x": np.full(4, 9, np.float32)}, None)
-    cache.remember(V1, key, {"y": np.zeros(1000, np.float32)})  # bigger than the whole cache: not kept
+    cache.remember(V1, key, {"y": np.zeros(10_000, np.float32)})  # bigger than the whole cache: not kept
     assert len(cache) == 3
     sample = {s.name: s.value for m in metrics.registry.collect() for s in m.samples}
     assert sample["modelyard_response_cache_entries"] == 3
@@ -102,3 +105,43 @@ def test_a_removed_versions_answers_go() -> None:
 @pytest.mark.parametrize("max_bytes", [0, 1 << 20])
 def test_enabled_by_its_bound(max_bytes: int) -> None:
     assert _cache(max_bytes)[0].enabled is (max_bytes > 0)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "outputs"),
+    [
+        ({"input": (1, 64)}, {"label": (1,), "probabilities": (1, 10)}),  # the digits model's answers
+        ({"a": (1, 4), "b": (1, 4), "c": (1, 4)}, {"y": (1, 2)}),  # small inputs, several
+        ({"x": (1, 1024)}, {"y": (1, 1024)}),  # 4 KiB each way
+        ({"x": (1, 16384)}, {"y": (1, 16384)}),  # 64 KiB: the input keyed by its digest
+    ],
+)
+def test_what_the_bound_counts_is_what_an_answer_holds(
+    inputs: dict[str, tuple[int, ...]], outputs: dict[str, tuple[int, ...]]
+) -> None:
+    """The bytes counted against ``max_bytes`` are within a tenth of the memory the entries
+    take (traced), small answers included: the bound is the memory's."""
+    import gc
+    import tracemalloc
+
+    cache, _ = _cache(max_bytes=1 << 30)
+    rng = np.random.default_rng(0)
+
+    def answer(i: int) -> None:
+        key, _ = cache.lookup(V1, {n: np.full(shape, i, np.float32) for n, shape in inputs.items()}, None)
+        cache.remember(V1, key, {n: rng.random(shape).astype(np.float32) for n, shape in outputs.items()})
+
+    for i in range(50):  # the dict and the metrics' children made
+        answer(i)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before, counted = tracemalloc.take_snapshot(), cache.bytes
+        for i in range(50, 550):
+            answer(i)
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    held = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    assert 0.9 <= held / (cache.bytes - counted) <= 1.1, (held, cache.bytes - counted)
