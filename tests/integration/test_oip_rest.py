@@ -211,7 +211,7 @@ def test_requested_outputs_mixed_binary_and_json(client: httpx.Client) -> None:
 
 
 def test_parameters_are_accepted_and_id_is_echoed(client: httpx.Client) -> None:
-    body = {"id": "abc-1", "parameters": {"custom": 1, "priority": "low"},
+    body = {"id": "abc-1", "parameters": {"custom": 1, "note": "low", "priority": 2},
             "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [0, 0, 0], "parameters": {"k": "v"}}]}
     out = client.post("/v2/models/add/infer", json=body).json()
     assert out["id"] == "abc-1"
