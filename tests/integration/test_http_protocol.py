@@ -316,6 +316,23 @@ def _slow_request(key: str, rows: int, *, body: bytes | None = None, name: str =
     ).encode() + payload
 
 
+def _computing_alone(srv: LiveServer) -> None:
+    """Wait until the server computes one request and has nothing queued (a long one sent just
+    before), rather than for a fixed time: under a busy test run its reading may come late."""
+    assert srv.platform is not None
+    manager = srv.platform.manager
+    wait_until(lambda: manager.in_flight == 1 and all(
+        b.queue_depth == 0 and b.in_flight == 1 for m in manager.loaded() for b in m.batchers.values()
+    ) and any(m.batchers for m in manager.loaded()))
+
+
+def _queued(srv: LiveServer, depth: int) -> None:
+    """Wait until the version's queue holds ``depth`` requests."""
+    assert srv.platform is not None
+    manager = srv.platform.manager
+    wait_until(lambda: sum(b.queue_depth for m in manager.loaded() for b in m.batchers.values()) == depth)
+
+
 def _waiting_for_room(srv: LiveServer) -> int:
     assert srv.platform is not None
     return sum(b.waiting_for_room for m in srv.platform.manager.loaded() for b in m.batchers.values())
@@ -339,11 +356,9 @@ def test_a_full_queue_refuses_unread_and_holds_the_refused_connections(
     try:
         long_conn, queued_conn, conn = _connect(srv), _connect(srv), _connect(srv)
         long_conn.sendall(_slow_request(key, 64))  # computes for about a second
-        import time
-
-        time.sleep(0.3)
+        _computing_alone(srv)
         queued_conn.sendall(_slow_request(key, 1))  # fills the queue (max_queue_size 1)
-        time.sleep(0.2)
+        _queued(srv, 1)
         reader = _Reader(conn)
         conn.sendall(_slow_request(key, 1))
         status, headers, body = reader.response()
@@ -391,9 +406,9 @@ def test_a_deployments_caller_refused_once_is_refused_unread_while_its_queue_is_
         assert _Reader(warm).response()[0] == 200
         long_conn, queued_conn = _connect(srv), _connect(srv)
         long_conn.sendall(_slow_request(key, 64, name="slowdep"))  # computes for about a second
-        time.sleep(0.3)
+        _computing_alone(srv)
         queued_conn.sendall(_slow_request(key, 1, name="slowdep"))  # fills the queue (max_queue_size 1)
-        time.sleep(0.2)
+        _queued(srv, 1)
         refused, malformed = _connect(srv), _connect(srv)
         refused.sendall(_slow_request(key, 1, name="slowdep"))
         status, headers, _ = _Reader(refused).response()
@@ -596,9 +611,9 @@ def test_a_request_held_unread_at_shutdown_is_answered_before_the_connection_clo
     try:
         long_conn, queued_conn, conn, idle = _connect(srv), _connect(srv), _connect(srv), _connect(srv)
         long_conn.sendall(_slow_request(key, 64))  # computes for about a second
-        time.sleep(0.3)
+        _computing_alone(srv)
         queued_conn.sendall(_slow_request(key, 1))  # fills the queue (max_queue_size 1)
-        time.sleep(0.2)
+        _queued(srv, 1)
         reader, idle_reader = _Reader(conn), _Reader(idle)
         for sock, sock_reader in ((conn, reader), (idle, idle_reader)):
             sock.sendall(_slow_request(key, 1))
@@ -635,9 +650,9 @@ def test_a_revoked_key_gets_401_not_the_gates_429(tmp_path: Path) -> None:
             created = admin.keys.create("inference", name="revoked soon")
         long_conn, queued_conn = _connect(srv), _connect(srv)
         long_conn.sendall(_slow_request(srv.admin_key, 64))  # computes for about a second
-        time.sleep(0.3)
+        _computing_alone(srv)
         queued_conn.sendall(_slow_request(srv.admin_key, 1))  # fills the queue (max_queue_size 1)
-        time.sleep(0.2)
+        _queued(srv, 1)
         for body in (None, b"{not json"):  # the malformed one is refused unread, from the gate
             with _connect(srv) as conn:
                 conn.sendall(_slow_request(created.secret, 1, body=body))
@@ -669,9 +684,8 @@ def test_a_saturated_server_answers_503_unread(tmp_path: Path, monkeypatch: pyte
     try:
         with _connect(srv) as long_conn, _connect(srv) as conn:
             long_conn.sendall(_slow_request(key, 64))
-            import time
-
-            time.sleep(0.3)
+            assert srv.platform is not None
+            wait_until(lambda: srv.platform.manager.saturated)  # the long one counted in flight
             conn.sendall(_slow_request(key, 1, body=b"{not json"))
             reader = _Reader(conn)
             status, headers, body = reader.response()
