@@ -28,7 +28,7 @@ from tests.integration._serving import (
 )
 from modelyard.client import Client
 from modelyard.errors import DeadlineExceeded, InvalidInput
-from tests.support.live import LiveServer
+from tests.support.live import LiveServer, wait_until
 
 SLOW_N = 40_000  # about 50 ms per row on this machine
 #: rows of a request that keeps the slow model busy while others queue behind it: about 3 s on
@@ -438,11 +438,11 @@ def test_client_that_disconnects_cancels_its_queued_work(server: LiveServer) -> 
                          "serving": {"instances": 1, "timeout_s": 30}})
         computed = metric(client.get("/metrics").text, "modelyard_compute_seconds_count", model="hangup")
         # Long enough that the callers below are still queued behind it when they hang up
-        # (6 rows, ~100 ms on a fast machine, raced the 0.1 s sleep).
-        long_x = np.zeros((24, SLOW_WIDTH), np.float32)
+        # (6 rows, ~100 ms on a fast machine, raced a 0.1 s sleep; 24 rows took ~0.1 s here).
+        long_x = np.zeros((LONG_ROWS, SLOW_WIDTH), np.float32)
         first = threading.Thread(target=lambda: client.post("/v2/models/patient/infer", json=infer_body(long_x)))
         first.start()
-        time.sleep(0.1)
+        wait_until(lambda: server.platform is not None and server.platform.manager.in_flight == 1)
         body = json.dumps(infer_body(np.zeros((1, SLOW_WIDTH), np.float32)))
         for _ in range(3):
             conn = http.client.HTTPConnection("127.0.0.1", server.settings.http_port, timeout=5)
