@@ -14,7 +14,7 @@ from tritonclient.utils import InferenceServerException
 from onnx import TensorProto, helper, numpy_helper
 
 from modelyard.core.registry import VersionInfo
-from tests.support.live import LiveServer
+from tests.support.live import LiveServer, wait_until
 from tests.support.slow_onnx import random_weights, tanh_loop_expected, tanh_loop_model
 
 WIDTH = 4
@@ -150,3 +150,25 @@ def metric(text: str, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
             total += float(value)
     return total
+
+
+def wait_for_computing(server: LiveServer) -> None:
+    """Wait until the server computes one request with nothing queued (a long one sent just
+    before), rather than for a fixed time: under a busy test run its reading may come late."""
+    assert server.platform is not None
+    manager = server.platform.manager
+
+    def alone() -> bool:
+        batchers = [b for m in manager.loaded() for b in m.batchers.values()]
+        return manager.in_flight == 1 and bool(batchers) and all(
+            b.queue_depth == 0 and b.in_flight == 1 for b in batchers if b.in_flight
+        )
+
+    wait_until(alone)
+
+
+def wait_for_queue(server: LiveServer, depth: int) -> None:
+    """Wait until the server's queues hold ``depth`` requests in all."""
+    assert server.platform is not None
+    manager = server.platform.manager
+    wait_until(lambda: sum(b.queue_depth for m in manager.loaded() for b in m.batchers.values()) == depth)

@@ -19,7 +19,16 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from modelyard.grpc.proto import grpc_service_pb2 as pb
-from tests.integration._serving import SLOW_WIDTH, metric, queue_full_refusals, register, scale_model, slow_model
+from tests.integration._serving import (
+    SLOW_WIDTH,
+    metric,
+    queue_full_refusals,
+    register,
+    scale_model,
+    slow_model,
+    wait_for_computing,
+    wait_for_queue,
+)
 from tests.integration.onnx_models import identity_model
 from tests.support.live import LiveServer, wait_until
 
@@ -185,9 +194,9 @@ def test_a_full_queue_is_resource_exhausted_with_retry_after(server: LiveServer)
     with grpc.insecure_channel(server.grpc_url) as channel:
         call = _call(channel)
         long = call.future(_infer_request("tight", np.zeros((64, SLOW_WIDTH), np.float32)), metadata=_metadata(server))
-        time.sleep(0.3)  # computing
+        wait_for_computing(server)
         queued = call.future(_infer_request("tight", np.zeros((1, SLOW_WIDTH), np.float32)), metadata=_metadata(server))
-        time.sleep(0.2)  # the queue (one request) is full
+        wait_for_queue(server, 1)  # the queue (one request) is full
         refused = call.future(_infer_request("tight", np.zeros((1, SLOW_WIDTH), np.float32)), metadata=_metadata(server))
         error = refused.exception(timeout=30)
         assert isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -381,11 +390,11 @@ def test_cancelled_calls_drop_their_queued_work(server: LiveServer) -> None:
         call = _call(channel)
         long = call.future(_infer_request("patient", np.zeros((64, SLOW_WIDTH), np.float32)),
                            metadata=_metadata(server))
-        time.sleep(0.2)
+        wait_for_computing(server)
         queued = [call.future(_infer_request("patient", np.zeros((1, SLOW_WIDTH), np.float32)),
                               metadata=_metadata(server))
                   for _ in range(3)]
-        time.sleep(0.2)
+        wait_for_queue(server, 3)
         assert not long.done(), "the long call must still be computing when the others give up"
         for future in queued:
             future.cancel()

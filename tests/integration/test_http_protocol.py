@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from modelyard.core.demo import DEMO_MODEL
-from tests.integration._serving import queue_full_refusals
+from tests.integration._serving import queue_full_refusals, wait_for_computing, wait_for_queue
 from tests.support.live import LiveServer, wait_until
 
 _SAMPLE = [float(v) for v in np.arange(64) % 16]
@@ -316,23 +316,6 @@ def _slow_request(key: str, rows: int, *, body: bytes | None = None, name: str =
     ).encode() + payload
 
 
-def _computing_alone(srv: LiveServer) -> None:
-    """Wait until the server computes one request and has nothing queued (a long one sent just
-    before), rather than for a fixed time: under a busy test run its reading may come late."""
-    assert srv.platform is not None
-    manager = srv.platform.manager
-    wait_until(lambda: manager.in_flight == 1 and all(
-        b.queue_depth == 0 and b.in_flight == 1 for m in manager.loaded() for b in m.batchers.values()
-    ) and any(m.batchers for m in manager.loaded()))
-
-
-def _queued(srv: LiveServer, depth: int) -> None:
-    """Wait until the version's queue holds ``depth`` requests."""
-    assert srv.platform is not None
-    manager = srv.platform.manager
-    wait_until(lambda: sum(b.queue_depth for m in manager.loaded() for b in m.batchers.values()) == depth)
-
-
 def _waiting_for_room(srv: LiveServer) -> int:
     assert srv.platform is not None
     return sum(b.waiting_for_room for m in srv.platform.manager.loaded() for b in m.batchers.values())
@@ -356,9 +339,9 @@ def test_a_full_queue_refuses_unread_and_holds_the_refused_connections(
     try:
         long_conn, queued_conn, conn = _connect(srv), _connect(srv), _connect(srv)
         long_conn.sendall(_slow_request(key, 64))  # computes for about a second
-        _computing_alone(srv)
+        wait_for_computing(srv)
         queued_conn.sendall(_slow_request(key, 1))  # fills the queue (max_queue_size 1)
-        _queued(srv, 1)
+        wait_for_queue(srv, 1)
         reader = _Reader(conn)
         conn.sendall(_slow_request(key, 1))
         status, headers, body = reader.response()
@@ -406,9 +389,9 @@ def test_a_deployments_caller_refused_once_is_refused_unread_while_its_queue_is_
         assert _Reader(warm).response()[0] == 200
         long_conn, queued_conn = _connect(srv), _connect(srv)
         long_conn.sendall(_slow_request(key, 64, name="slowdep"))  # computes for about a second
-        _computing_alone(srv)
+        wait_for_computing(srv)
         queued_conn.sendall(_slow_request(key, 1, name="slowdep"))  # fills the queue (max_queue_size 1)
-        _queued(srv, 1)
+        wait_for_queue(srv, 1)
         refused, malformed = _connect(srv), _connect(srv)
         refused.sendall(_slow_request(key, 1, name="slowdep"))
         status, headers, _ = _Reader(refused).response()
@@ -611,9 +594,9 @@ def test_a_request_held_unread_at_shutdown_is_answered_before_the_connection_clo
     try:
         long_conn, queued_conn, conn, idle = _connect(srv), _connect(srv), _connect(srv), _connect(srv)
         long_conn.sendall(_slow_request(key, 64))  # computes for about a second
-        _computing_alone(srv)
+        wait_for_computing(srv)
         queued_conn.sendall(_slow_request(key, 1))  # fills the queue (max_queue_size 1)
-        _queued(srv, 1)
+        wait_for_queue(srv, 1)
         reader, idle_reader = _Reader(conn), _Reader(idle)
         for sock, sock_reader in ((conn, reader), (idle, idle_reader)):
             sock.sendall(_slow_request(key, 1))
@@ -650,9 +633,9 @@ def test_a_revoked_key_gets_401_not_the_gates_429(tmp_path: Path) -> None:
             created = admin.keys.create("inference", name="revoked soon")
         long_conn, queued_conn = _connect(srv), _connect(srv)
         long_conn.sendall(_slow_request(srv.admin_key, 64))  # computes for about a second
-        _computing_alone(srv)
+        wait_for_computing(srv)
         queued_conn.sendall(_slow_request(srv.admin_key, 1))  # fills the queue (max_queue_size 1)
-        _queued(srv, 1)
+        wait_for_queue(srv, 1)
         for body in (None, b"{not json"):  # the malformed one is refused unread, from the gate
             with _connect(srv) as conn:
                 conn.sendall(_slow_request(created.secret, 1, body=body))
