@@ -147,3 +147,22 @@ def test_stream_infer_without_a_key_is_refused(demo_server: LiveServer) -> None:
     client.stop_stream()
     assert result is None and error is not None
     assert error.status() == "StatusCode.UNAUTHENTICATED" and "missing API key" in error.message()
+
+
+def test_outputs_asked_as_classes(demo_server: LiveServer, grpc_client: grpcclient.InferenceServerClient) -> None:
+    """``class_count`` over gRPC: the top classes as BYTES in the raw output contents."""
+    x = load_digits().data[:2].astype(np.float32)
+    inp = grpcclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    result = grpc_client.infer("digits", [inp], outputs=[grpcclient.InferRequestedOutput("probabilities", class_count=2)],
+                               headers=_auth(demo_server))
+    probs = _reference(demo_server, x)["probabilities"]
+    classes = result.as_numpy("probabilities")
+    assert classes.shape == (2, 2)
+    for row, p in zip(classes, probs):
+        top = np.argsort(-p, kind="stable")[:2]
+        assert [c.decode() for c in row] == [f"{p[i]:f}:{i}" for i in top]
+    with pytest.raises(InferenceServerException) as info:
+        grpc_client.infer("digits", [inp], outputs=[grpcclient.InferRequestedOutput("probabilities", class_count=-1)],
+                          headers=_auth(demo_server))
+    assert "INVALID_ARGUMENT" in str(info.value.status())

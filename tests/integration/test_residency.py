@@ -20,6 +20,10 @@ from modelyard.client import Client, Residency
 from tests.integration._serving import on_grpc_transport, register, scale_model
 from tests.support.live import LiveServer
 
+#: what the server says it implements (system shared memory is off here)
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "model_configuration", "parameters",
+              "schedule_policy", "statistics", "trace", "logging"]
+
 #: an ONNX Runtime version of the scale model counts twice its 98-byte file: two fit, not three
 BUDGET = 500
 
@@ -60,7 +64,7 @@ def test_tritonclient_indexes_loads_and_unloads(server: LiveServer) -> None:
         _unload_all(admin)
     triton = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
     headers = server.headers
-    assert triton.get_server_metadata(headers=headers)["extensions"] == ["binary_tensor_data", "model_repository", "model_configuration", "statistics", "logging"]
+    assert triton.get_server_metadata(headers=headers)["extensions"] == EXTENSIONS
     index = triton.get_model_repository_index(headers=headers)
     assert {(m["name"], m["version"], m["state"]) for m in index} == {
         ("alpha", "1", "UNAVAILABLE"), ("alpha", "2", "UNAVAILABLE"),
@@ -194,8 +198,7 @@ def test_tritonclient_grpc_indexes_loads_and_unloads(server: LiveServer, tmp_pat
             _unload_all(admin)
         triton = triton_grpc.InferenceServerClient(live.grpc_url)
         headers = {"authorization": f"Bearer {live.admin_key}"}  # gRPC metadata keys are lowercase
-        assert triton.get_server_metadata(headers=headers, as_json=True)["extensions"] == [
-            "binary_tensor_data", "model_repository", "model_configuration", "statistics", "logging"]
+        assert triton.get_server_metadata(headers=headers, as_json=True)["extensions"] == EXTENSIONS
         triton.load_model("alpha", headers=headers)
         index = triton.get_model_repository_index(headers=headers, as_json=True)["models"]
         served = "2" if transport == "native" else "1"

@@ -157,3 +157,34 @@ def test_error_is_printable_by_tritonclient(server: LiveServer, triton: httpclie
     good.set_data_from_numpy(np.zeros((1, 64), np.float32))
     with pytest.raises(InferenceServerException, match="not found"):
         triton.infer("nope", [good], headers=_auth(server))
+
+
+def test_outputs_asked_as_classes(server: LiveServer, triton: httpclient.InferenceServerClient) -> None:
+    """Triton's classification extension: ``class_count`` (the ``classification`` parameter)
+    returns an output's top classes as ``"value:index"`` BYTES, highest first, per row; the
+    other outputs as they are; over JSON too. A bad count is 400 before the model runs."""
+    x = load_digits().data[:4].astype(np.float32)
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    outputs = [httpclient.InferRequestedOutput("probabilities", class_count=3),
+               httpclient.InferRequestedOutput("label")]
+    result = triton.infer("digits", [inp], outputs=outputs, headers=_auth(server))
+    expected = _reference(server, x)
+    classes = result.as_numpy("probabilities")
+    assert classes.shape == (4, 3)
+    for row, probs in zip(classes, expected["probabilities"]):
+        top = np.argsort(-probs, kind="stable")[:3]
+        assert [c.decode() for c in row] == [f"{probs[i]:f}:{i}" for i in top]
+    np.testing.assert_array_equal(result.as_numpy("label"), expected["label"])
+    assert result.get_output("probabilities")["datatype"] == "BYTES"
+
+    with server.client() as client:
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": x[0].tolist()}],
+                "outputs": [{"name": "probabilities", "parameters": {"classification": 1}}]}
+        out = client.post("/v2/models/digits/infer", json=body).json()["outputs"][0]
+        assert (out["datatype"], out["shape"]) == ("BYTES", [1, 1])
+        assert out["data"] == [f"{expected['probabilities'][0].max():f}:{int(expected['label'][0])}"]
+        body["outputs"][0]["parameters"]["classification"] = 0
+        r = client.post("/v2/models/digits/infer", json=body)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_input"
+        assert r.json()["error"]["details"] == {"field": "outputs.probabilities.parameters.classification"}

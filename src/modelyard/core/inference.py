@@ -22,6 +22,7 @@ from modelyard import __version__
 from modelyard.core.limits import Limits
 from modelyard.core.model_config import triton_config, triton_platform
 from modelyard.core.cache import AsyncTTLCache, SingleFlight
+from modelyard.core.classification import classification_count, classify
 from modelyard.core.principal import Principal
 from modelyard.core.registry import Registry, VersionInfo
 from modelyard.core.usage import UsageMeter
@@ -47,11 +48,17 @@ MAX_SHADOW_IN_FLIGHT = 64
 #: how long a resolved name is reused without asking the registry (local changes clear it)
 _RESOLVE_TTL_S = 1.0
 #: the Triton extensions the server implements, over REST and gRPC: binary tensor data (gRPC:
-#: raw contents), the model repository (index, load, unload: ``api/v2/repository.py`` and
-#: ``grpc/servicer.py``), the model configuration (``core/model_config.py``), per-version
-#: statistics (``core/statistics.py``) and log settings (``core/log_settings.py``); and
-#: ``system_shared_memory`` when it is on (``core/shared_memory.py``, see ``server_metadata``).
-EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics", "logging"]
+#: raw contents), outputs as classes (``core/classification.py``), the model repository (index,
+#: load, unload: ``api/v2/repository.py`` and ``grpc/servicer.py``), the model configuration
+#: (``core/model_config.py``), request parameters (custom ones accepted; ``timeout`` and
+#: ``priority``, the schedule policy, honoured: ``request_timeout``, ``request_priority``),
+#: per-version statistics (``core/statistics.py``), traces (``core/tracing.py``) and log settings
+#: (``core/log_settings.py``); and ``system_shared_memory`` when it is on
+#: (``core/shared_memory.py``, see ``server_metadata``).
+EXTENSIONS = [
+    "binary_tensor_data", "classification", "model_repository", "model_configuration", "parameters",
+    "schedule_policy", "statistics", "trace", "logging",
+]
 
 
 def validate_inputs(specs: list[TensorSpec], tensors: list[Tensor]) -> None:
@@ -778,6 +785,8 @@ class DataPlane:
         name: str, info: VersionInfo, results: dict[str, Any], output_names: list[str] | None, request: InferenceRequest
     ) -> InferenceResponse:
         outputs = [Tensor.from_array(n, results[n]) for n in (output_names or list(results))]
+        if request.outputs:
+            outputs = _classified(info, outputs, request)
         return InferenceResponse(model_name=name, model_version=str(info.version), outputs=outputs, id=request.id)
 
     @staticmethod
@@ -786,10 +795,26 @@ class DataPlane:
             return None
         known = {o.name for o in info.outputs}
         names = [o.name for o in request.outputs]
-        for n in names:
-            if n not in known:
-                raise InvalidInput(f"unknown output {n!r}; the model has {', '.join(sorted(known))}")
+        for out in request.outputs:
+            if out.name not in known:
+                raise InvalidInput(f"unknown output {out.name!r}; the model has {', '.join(sorted(known))}")
+            if out.parameters:
+                classification_count(out.name, out.parameters)  # checked before the model runs
         return names
+
+
+def _classified(info: VersionInfo, outputs: list[Tensor], request: InferenceRequest) -> list[Tensor]:
+    """``outputs`` with those asked for as classes (``core/classification.py``) replaced by them."""
+    counts: dict[str, int] = {}
+    for out in request.outputs or ():
+        count = classification_count(out.name, out.parameters) if out.parameters else None
+        if count is not None:
+            counts[out.name] = count
+    if not counts:
+        return outputs
+    specs = {s.name: s for s in info.outputs}
+    return [Tensor.from_array(t.name, classify(t.data, counts[t.name], specs.get(t.name))) if t.name in counts else t
+            for t in outputs]
 
 
 def scheduling(request: InferenceRequest, options: ServingOptions) -> tuple[float | None, int]:
