@@ -22,7 +22,7 @@ from modelyard import __version__
 from modelyard.core.limits import Limits
 from modelyard.core.model_config import triton_config, triton_platform
 from modelyard.core.cache import AsyncTTLCache, SingleFlight
-from modelyard.core.classification import classification_count, classify
+from modelyard.core.classification import classification_count, classify, labels_of
 from modelyard.core.principal import Principal
 from modelyard.core.registry import Registry, VersionInfo
 from modelyard.core.usage import UsageMeter
@@ -813,8 +813,11 @@ def _classified(info: VersionInfo, outputs: list[Tensor], request: InferenceRequ
     if not counts:
         return outputs
     specs = {s.name: s for s in info.outputs}
-    return [Tensor.from_array(t.name, classify(t.data, counts[t.name], specs.get(t.name))) if t.name in counts else t
-            for t in outputs]
+    return [
+        Tensor.from_array(t.name, classify(t.data, counts[t.name], specs.get(t.name), labels_of(info.lineage, t.name)))
+        if t.name in counts else t
+        for t in outputs
+    ]
 
 
 def scheduling(request: InferenceRequest, options: ServingOptions) -> tuple[float | None, int]:

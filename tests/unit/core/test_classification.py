@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from modelyard.core.classification import classification_count, classify
+from modelyard.core.classification import classification_count, classify, labels_of
 from modelyard.errors import InvalidInput
 from modelyard.tensors import TensorSpec
 
@@ -49,3 +49,13 @@ def test_the_count_is_a_whole_number_at_least_1() -> None:
         with pytest.raises(InvalidInput, match="'classification' must be a whole number") as info:
             classification_count("p", {"classification": bad})
         assert info.value.details == {"field": "outputs.p.parameters.classification"}
+
+
+def test_labels_are_added_when_there_is_one_per_class() -> None:
+    spec = TensorSpec("probabilities", "FP32", (-1, 3))
+    rows = np.array([[0.2, 0.7, 0.1]], np.float32)
+    assert _text(classify(rows, 2, spec, ["cat", "dog", "eel"])) == [["0.700000:1:dog", "0.200000:0:cat"]]
+    assert _text(classify(rows, 1, spec, ["cat", "dog"])) == [["0.700000:1"]]  # not one per class: none
+    assert labels_of({"classes": [3, "b"]}, "probabilities") == ["3", "b"]
+    assert labels_of({"classes": [3, "b"]}, "label") is None  # only a trained version's probabilities
+    assert labels_of({}, "probabilities") is None and labels_of({"classes": "ab"}, "probabilities") is None

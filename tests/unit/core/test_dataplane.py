@@ -508,3 +508,32 @@ def test_a_requests_priority_parameter_is_a_whole_number_at_least_0() -> None:
         with pytest.raises(InvalidInput, match="'priority' must be a whole number") as info:
             request_priority(_req(x, priority=bad))
         assert info.value.details == {"field": "parameters.priority"}
+
+
+def test_an_output_asked_as_classes_gets_a_trained_versions_labels(platform: Platform, tenant: str) -> None:
+    """A version ModelYard trained knows its ``probabilities`` classes (its lineage): an output
+    asked for with ``classification`` gets ``value:index:label``; the raw outputs otherwise."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Softmax", ["x"], ["probabilities"], axis=1)], "softmax",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    staged = platform.artifacts.stage_bytes(model.SerializeToString())
+    platform.registry.register_version(tenant_id=tenant, model_name="animals", staged=staged, stage="production",
+                                       lineage={"source": "training", "classes": ["cat", "dog", "eel"]})
+    who = _principal(tenant)
+    x = np.array([[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]], np.float32)
+    request = InferenceRequest(inputs=[Tensor.from_array("x", x)],
+                               outputs=[RequestedOutput("probabilities", {"classification": 2})])
+
+    async def run() -> list:
+        resp = await platform.dataplane.infer(who, "animals", None, request)
+        (out,) = resp.outputs
+        assert (out.datatype, out.shape) == ("BYTES", (2, 2))
+        return [[v.decode().split(":", 1)[1] for v in row] for row in out.data]
+
+    assert asyncio.run(run()) == [["1:dog", "2:eel"], ["0:cat", "1:dog"]]
