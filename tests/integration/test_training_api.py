@@ -81,6 +81,14 @@ def test_digits_mlp_flat_hyperparameters_trains_registers_and_serves(server: Liv
         outputs = {o["name"]: o for o in infer.json()["outputs"]}
         probs = np.array(next(iter(outputs.values()))["data"]).reshape(20, -1)
         assert (probs.argmax(1) == y[:20]).mean() >= 0.9
+        # asked as classes (Triton's classification extension), its classes carry their labels
+        top = c.post("/v2/models/digits-mlp/infer", json={"inputs": [{
+            "name": meta["inputs"][0]["name"], "datatype": "FP32", "shape": [2, 64],
+            "data": x[:2].astype(np.float32).ravel().tolist()}],
+            "outputs": [{"name": "probabilities", "parameters": {"classification": 1}}]}).json()["outputs"][0]
+        assert (top["datatype"], top["shape"]) == ("BYTES", [2, 1])
+        classes = lineage["classes"]
+        assert [e.split(":")[1:] for e in top["data"]] == [[str(i), str(classes[i])] for i in probs[:2].argmax(1)]
 
         logs = c.get(f"/api/v1/jobs/{job['id']}/logs").json()["items"]
         assert any("registered digits-mlp" in line["message"] for line in logs)
