@@ -793,13 +793,18 @@ class DataPlane:
     def _output_names(info: VersionInfo, request: InferenceRequest) -> list[str] | None:
         if not request.outputs:
             return None
-        known = {o.name for o in info.outputs}
+        known = {o.name: o for o in info.outputs}
         names = [o.name for o in request.outputs]
         for out in request.outputs:
-            if out.name not in known:
+            spec = known.get(out.name)
+            if spec is None:
                 raise InvalidInput(f"unknown output {out.name!r}; the model has {', '.join(sorted(known))}")
-            if out.parameters:
-                classification_count(out.name, out.parameters)  # checked before the model runs
+            # asked as classes: checked before the model runs
+            if out.parameters and classification_count(out.name, out.parameters) and spec.datatype == "BYTES":
+                raise InvalidInput(
+                    f"requested output {out.name!r} is BYTES: only numbers can be ranked as classes",
+                    details={"field": f"outputs.{out.name}.parameters.classification"},
+                )
         return names
 
 

@@ -537,3 +537,22 @@ def test_an_output_asked_as_classes_gets_a_trained_versions_labels(platform: Pla
         return [[v.decode().split(":", 1)[1] for v in row] for row in out.data]
 
     assert asyncio.run(run()) == [["1:dog", "2:eel"], ["0:cat", "1:dog"]]
+
+
+def test_a_bytes_output_cannot_be_asked_as_classes(platform: Platform, tenant: str) -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "echo",
+        [helper.make_tensor_value_info("x", TensorProto.STRING, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, ["batch", 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    platform.registry.register_version(tenant_id=tenant, model_name="echo", stage="production",
+                                       staged=platform.artifacts.stage_bytes(model.SerializeToString()))
+    x = np.array([[b"a", b"b"]], dtype=object)
+    request = InferenceRequest(inputs=[Tensor.from_array("x", x)], outputs=[RequestedOutput("y", {"classification": 1})])
+    with pytest.raises(InvalidInput, match="'y' is BYTES") as info:
+        asyncio.run(platform.dataplane.infer(_principal(tenant), "echo", None, request))
+    assert info.value.details == {"field": "outputs.y.parameters.classification"}
