@@ -28,7 +28,7 @@ import numpy as np
 from modelyard.errors import InvalidInput
 from modelyard.tensors import TensorSpec
 
-__all__ = ["classification_count", "classify", "labels_of"]
+__all__ = ["PARAMETER", "classification_count", "classify", "labels_of"]
 
 PARAMETER = "classification"
 

@@ -22,6 +22,7 @@ from modelyard import __version__
 from modelyard.core.limits import Limits
 from modelyard.core.model_config import triton_config, triton_platform
 from modelyard.core.cache import AsyncTTLCache, SingleFlight
+from modelyard.core.classification import PARAMETER as CLASSIFICATION
 from modelyard.core.classification import classification_count, classify, labels_of
 from modelyard.core.principal import Principal
 from modelyard.core.registry import Registry, VersionInfo
@@ -785,8 +786,10 @@ class DataPlane:
         name: str, info: VersionInfo, results: dict[str, Any], output_names: list[str] | None, request: InferenceRequest
     ) -> InferenceResponse:
         outputs = [Tensor.from_array(n, results[n]) for n in (output_names or list(results))]
-        if request.outputs:
-            outputs = _classified(info, outputs, request)
+        for out in request.outputs or ():  # (most ask for none as classes: no call for them)
+            if out.parameters and CLASSIFICATION in out.parameters:
+                outputs = _classified(info, outputs, request)
+                break
         return InferenceResponse(model_name=name, model_version=str(info.version), outputs=outputs, id=request.id)
 
     @staticmethod
@@ -800,7 +803,8 @@ class DataPlane:
             if spec is None:
                 raise InvalidInput(f"unknown output {out.name!r}; the model has {', '.join(sorted(known))}")
             # asked as classes: checked before the model runs
-            if out.parameters and classification_count(out.name, out.parameters) and spec.datatype == "BYTES":
+            if (out.parameters and CLASSIFICATION in out.parameters
+                    and classification_count(out.name, out.parameters) and spec.datatype == "BYTES"):
                 raise InvalidInput(
                     f"requested output {out.name!r} is BYTES: only numbers can be ranked as classes",
                     details={"field": f"outputs.{out.name}.parameters.classification"},
