@@ -30,6 +30,7 @@ from modelyard.core.usage import UsageMeter
 from modelyard.core.deployments import Deployments, DeploymentTraffic, Route
 from modelyard.core.response_cache import CacheKey, ResponseCache
 from modelyard.core.routing import outputs_agree
+from modelyard.core.scheduling import scheduling
 from modelyard.core.shared_memory import SharedMemory
 from modelyard.core.tracing import Trace, Tracer
 from modelyard.engine.batcher import DynamicBatcher, Queued
@@ -52,7 +53,7 @@ _RESOLVE_TTL_S = 1.0
 #: raw contents), outputs as classes (``core/classification.py``), the model repository (index,
 #: load, unload: ``api/v2/repository.py`` and ``grpc/servicer.py``), the model configuration
 #: (``core/model_config.py``), request parameters (custom ones accepted; ``timeout`` and
-#: ``priority``, the schedule policy, honoured: ``request_timeout``, ``request_priority``),
+#: ``priority``, the schedule policy, honoured: ``core/scheduling.py``),
 #: per-version statistics (``core/statistics.py``), traces (``core/tracing.py``) and log settings
 #: (``core/log_settings.py``); and ``system_shared_memory`` when it is on
 #: (``core/shared_memory.py``, see ``server_metadata``).
@@ -827,43 +828,6 @@ def _classified(info: VersionInfo, outputs: list[Tensor], request: InferenceRequ
         if t.name in counts else t
         for t in outputs
     ]
-
-
-def scheduling(request: InferenceRequest, options: ServingOptions) -> tuple[float | None, int]:
-    """The deadline and the priority ``request`` asks for with its parameters (see
-    :func:`request_timeout` and :func:`request_priority`)."""
-    return request_timeout(request, options), request_priority(request)
-
-
-def request_priority(request: InferenceRequest) -> int:
-    """The priority of ``request``: its ``priority`` parameter, as Triton's clients send it (1
-    is the highest, then 2, ...); 0 or none: no priority, after every level (see the batcher)."""
-    value = request.parameters.get("priority", 0)
-    if type(value) is not int or not 0 <= value < 2**64:
-        raise InvalidInput(
-            f"the request parameter 'priority' must be a whole number (1 is the highest, then 2, ...; "
-            f"0: none), not {value!r}",
-            details={"field": "parameters.priority"},
-        )
-    return value
-
-
-def request_timeout(request: InferenceRequest, options: ServingOptions) -> float | None:
-    """The deadline of ``request``, in seconds: its ``timeout`` parameter (whole microseconds, as
-    Triton's clients send it) where that is shorter than the version's ``timeout_s``; a caller
-    may shorten its deadline, never extend it past what the operator set. Without the
-    parameter, or 0 (Triton's "the model's own"): ``timeout_s``."""
-    value = request.parameters.get("timeout")
-    if value is None or value == 0 and type(value) is int:
-        return options.timeout_s
-    if type(value) is not int or value < 0:
-        raise InvalidInput(
-            f"the request parameter 'timeout' must be a whole number of microseconds (0: the model's "
-            f"own deadline), not {value!r}",
-            details={"field": "parameters.timeout"},
-        )
-    timeout_s = value / 1e6
-    return timeout_s if options.timeout_s is None else min(timeout_s, options.timeout_s)
 
 
 def _first(watched: list[Queued]) -> Queued | None:

@@ -85,7 +85,7 @@ def triton_config(
             "default_queue_policy": {
                 "timeout_action": "REJECT",
                 "default_timeout_microseconds": timeout_us,
-                "allow_timeout_override": True,  # a request's `timeout` (shorter only: core.inference.request_timeout)
+                "allow_timeout_override": True,  # a request's `timeout` (shorter only: core.scheduling)
                 "max_queue_size": options.max_queue_size,
             },
         }

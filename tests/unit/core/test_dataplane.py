@@ -12,16 +12,10 @@ import numpy as np
 import pytest
 
 from modelyard.config import Settings
-from modelyard.core.inference import (
-    GATE_BUNDLE,
-    QueueGate,
-    QueueGates,
-    request_priority,
-    request_timeout,
-    validate_inputs,
-)
+from modelyard.core.inference import GATE_BUNDLE, QueueGate, QueueGates, validate_inputs
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
+from modelyard.core.scheduling import request_priority, request_timeout
 from modelyard.engine.manager import ServingOptions
 from modelyard.errors import InvalidInput, ModelNotFound, PermissionDenied, QueueFull, RateLimited, VersionNotFound
 from modelyard.tensors import InferenceRequest, RequestedOutput, Tensor, TensorSpec
