@@ -139,6 +139,15 @@ def test_predict_matches_onnxruntime(demo_server: LiveServer, demo_client: Clien
     only = demo_client.predict("digits", {"input": x.astype(np.float64)}, outputs=["label"], version=1)
     assert list(only) == ["label"]
     np.testing.assert_array_equal(only["label"], expected["label"])
+    # the top classes of an output (Triton's classification extension), over binary and JSON
+    for binary in (True, False):
+        top = demo_client.predict("digits", x[:2], outputs=["probabilities"], top_classes=2, binary=binary)
+        assert top["probabilities"].shape == (2, 2)
+        for row, probs in zip(top["probabilities"], expected["probabilities"][:2]):
+            best = np.argsort(-probs, kind="stable")[:2]
+            assert [bytes(v).decode() for v in row] == [f"{probs[i]:f}:{i}" for i in best]
+    with pytest.raises(errors.InvalidInput, match="pass outputs"):
+        demo_client.predict("digits", x, top_classes=2)
 
 
 def test_metadata_is_fetched_once_per_model(demo_server: LiveServer) -> None:

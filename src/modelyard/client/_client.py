@@ -145,6 +145,7 @@ class Client:
         request_id: str | None = None,
         deadline_s: float | None = None,
         priority: int = 0,
+        top_classes: int | None = None,
     ) -> dict[str, np.ndarray]:
         """Run model ``name`` (its production version unless ``version``) and return its outputs.
 
@@ -157,7 +158,9 @@ class Client:
         504) and drops its work; shorter than the model's ``timeout_s`` only (sent as the
         request's ``timeout`` parameter, in microseconds, as Triton's clients send it).
         ``priority``: 1 goes ahead of every other request queued for the version, then 2, ...;
-        0 (the default) after every level.
+        0 (the default) after every level. ``top_classes``: each of ``outputs`` comes back as its
+        ``top_classes`` highest-valued classes per row, ``b"value:index[:label]"`` (Triton's
+        classification extension).
 
         Example::
 
@@ -166,7 +169,7 @@ class Client:
         """
         return self._inference.predict(
             name, inputs, version=version, outputs=outputs, binary=binary, request_id=request_id,
-            deadline_s=deadline_s, priority=priority,
+            deadline_s=deadline_s, priority=priority, top_classes=top_classes,
         )
 
     def metadata(self, name: str, *, version: int | str | None = None) -> ModelMetadata:

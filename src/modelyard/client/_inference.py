@@ -78,15 +78,19 @@ class Inference:
         request_id: str | None = None,
         deadline_s: float | None = None,
         priority: int = 0,
+        top_classes: int | None = None,
     ) -> dict[str, np.ndarray]:
         """Run ``name`` on ``inputs``; see :meth:`modelyard.client.Client.predict`."""
         if deadline_s is not None and not deadline_s > 0:
             raise InvalidInput(f"deadline_s must be a positive number of seconds, not {deadline_s!r}")
+        if top_classes is not None and not outputs:
+            raise InvalidInput("top_classes ranks the outputs you name: pass outputs=[...] too")
         meta = self.metadata(name, version=version)
         tensors = _tensors(inputs, meta)
         req = InferenceRequest(
             inputs=tensors,
-            outputs=[RequestedOutput(n) for n in outputs] if outputs else None,
+            outputs=[RequestedOutput(n, {} if top_classes is None else {"classification": top_classes})
+                     for n in outputs] if outputs else None,
             id=request_id,
             parameters=_scheduling(deadline_s, priority),
         )
