@@ -62,6 +62,17 @@ def add_model(add: float = 1.0, width: int = 3) -> bytes:
     return _bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9))
 
 
+def softmax_model(width: int = 3) -> bytes:
+    """``probabilities = Softmax(x)`` on ``x`` FP32 [n, width]: a classifier's output."""
+    graph = helper.make_graph(
+        [helper.make_node("Softmax", ["x"], ["probabilities"], axis=1)],
+        "softmax",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", width])],
+    )
+    return _bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9))
+
+
 def two_input_model() -> bytes:
     """``s = a + b`` with a FP32 [n, 2] and b FP32 [n, 2]."""
     graph = helper.make_graph(

@@ -19,7 +19,7 @@ from modelyard.core.scheduling import request_priority, request_timeout
 from modelyard.engine.manager import ServingOptions
 from modelyard.errors import InvalidInput, ModelNotFound, PermissionDenied, QueueFull, RateLimited, VersionNotFound
 from modelyard.tensors import InferenceRequest, RequestedOutput, Tensor, TensorSpec
-from tests.integration.onnx_models import add_model
+from tests.integration.onnx_models import add_model, identity_model, softmax_model
 from tests.support.queues import FullQueue
 
 
@@ -507,16 +507,7 @@ def test_a_requests_priority_parameter_is_a_whole_number_at_least_0() -> None:
 def test_an_output_asked_as_classes_gets_a_trained_versions_labels(platform: Platform, tenant: str) -> None:
     """A version ModelYard trained knows its ``probabilities`` classes (its lineage): an output
     asked for with ``classification`` gets ``value:index:label``; the raw outputs otherwise."""
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Softmax", ["x"], ["probabilities"], axis=1)], "softmax",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    staged = platform.artifacts.stage_bytes(model.SerializeToString())
+    staged = platform.artifacts.stage_bytes(softmax_model(3))
     platform.registry.register_version(tenant_id=tenant, model_name="animals", staged=staged, stage="production",
                                        lineage={"source": "training", "classes": ["cat", "dog", "eel"]})
     who = _principal(tenant)
@@ -534,17 +525,8 @@ def test_an_output_asked_as_classes_gets_a_trained_versions_labels(platform: Pla
 
 
 def test_a_bytes_output_cannot_be_asked_as_classes(platform: Platform, tenant: str) -> None:
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "echo",
-        [helper.make_tensor_value_info("x", TensorProto.STRING, ["batch", 2])],
-        [helper.make_tensor_value_info("y", TensorProto.STRING, ["batch", 2])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
     platform.registry.register_version(tenant_id=tenant, model_name="echo", stage="production",
-                                       staged=platform.artifacts.stage_bytes(model.SerializeToString()))
+                                       staged=platform.artifacts.stage_bytes(identity_model("BYTES", ("n", 2))))
     x = np.array([[b"a", b"b"]], dtype=object)
     request = InferenceRequest(inputs=[Tensor.from_array("x", x)], outputs=[RequestedOutput("y", {"classification": 1})])
     with pytest.raises(InvalidInput, match="'y' is BYTES") as info:

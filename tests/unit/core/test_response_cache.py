@@ -3,24 +3,15 @@ the byte bound and its order, read-only copies, a version's answers dropped, and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 
 from modelyard.core.response_cache import ResponseCache
 from modelyard.metrics import Metrics
+from tests.support.versions import VersionStub
 
 
-@dataclass
-class Info:
-    key: str = "v-1"
-    tenant_name: str = "t"
-    model_name: str = "m"
-    version: int = 1
-
-
-V1, V2 = Info(), Info(key="v-2", version=2)
+V1, V2 = VersionStub(tenant_name="t"), VersionStub(key="v-2", tenant_name="t", version=2)
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,16 +13,9 @@ import pytest
 from modelyard.core.principal import Principal
 from modelyard.core.tracing import Tracer
 from modelyard.errors import InvalidInput, PermissionDenied
+from tests.support.versions import VersionStub
 
 ADMIN = Principal(key_id="a", tenant_id="t", tenant_name="team", role="admin")
-
-
-@dataclass
-class Info:
-    model_name: str = "m"
-    tenant_id: str = "t"
-    tenant_name: str = "team"
-    version: int = 1
 
 
 def _lines(folder: Path, name: str = "trace.jsonl") -> list[dict]:
@@ -36,7 +28,7 @@ def test_rate_and_count_and_what_a_line_holds(tmp_path: Path) -> None:
     assert not tracer.on  # off by default: the data plane does not ask
     tracer.update(ADMIN, {"trace_level": ["TIMESTAMPS"], "trace_rate": "3", "trace_count": "2"})
     assert tracer.on
-    sampled = [tracer.sample(Info(), time.perf_counter()) for _ in range(9)]
+    sampled = [tracer.sample(VersionStub(), time.perf_counter()) for _ in range(9)]
     assert [t is not None for t in sampled] == [False, False, True, False, False, True, False, False, False]
     assert tracer.get(ADMIN)["trace_count"] == "0"
     first = sampled[2]
@@ -58,22 +50,22 @@ def test_a_models_settings_go_over_the_servers_and_reset(tmp_path: Path) -> None
     tracer = Tracer(tmp_path)
     tracer.update(ADMIN, {"trace_level": ["TIMESTAMPS"], "trace_rate": "1", "trace_file": "m.jsonl"}, "m")
     assert tracer.on and tracer.get(ADMIN)["trace_level"] == ["OFF"]
-    assert tracer.sample(Info(model_name="other"), 0.0) is None  # the server's settings: off
-    assert tracer.sample(Info(tenant_id="elsewhere"), 0.0) is None  # another tenant's model of that name
-    trace = tracer.sample(Info(), 0.0)
+    assert tracer.sample(VersionStub(model_name="other"), 0.0) is None  # the server's settings: off
+    assert tracer.sample(VersionStub(tenant_id="elsewhere"), 0.0) is None  # another tenant's model of that name
+    trace = tracer.sample(VersionStub(), 0.0)
     assert trace is not None
     tracer.end(trace)
     assert len(_lines(tmp_path, "m.jsonl")) == 1
     after = tracer.update(ADMIN, {"trace_level": None, "trace_file": None}, "m")
     assert (after["trace_level"], after["trace_file"], after["trace_rate"]) == (["OFF"], "trace.jsonl", "1")
-    assert not tracer.on and tracer.sample(Info(), 0.0) is None
+    assert not tracer.on and tracer.sample(VersionStub(), 0.0) is None
 
 
 def test_the_file_is_flushed_every_log_frequency_traces(tmp_path: Path) -> None:
     tracer = Tracer(tmp_path)
     tracer.update(ADMIN, {"trace_level": ["TIMESTAMPS"], "trace_rate": "1", "log_frequency": "3"})
     for expected in (0, 0, 3, 3, 3, 6):
-        trace = tracer.sample(Info(), time.perf_counter())
+        trace = tracer.sample(VersionStub(), time.perf_counter())
         assert trace is not None
         tracer.end(trace)
         assert len(_lines(tmp_path)) == expected
