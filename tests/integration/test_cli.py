@@ -75,6 +75,39 @@ def test_models_lifecycle(live_server: LiveServer, tmp_path: Path) -> None:
     assert "tiny" not in [m["name"] for m in json.loads(ok(cli(live_server, "models", "list", "--json")).stdout)]
 
 
+def test_label_files_name_the_classes_predict_ranks(live_server: LiveServer, tmp_path: Path) -> None:
+    """``--labels OUTPUT=FILE`` (a label file, one per line as Triton reads them) on push and
+    update; ``predict --classes N`` prints the top classes with them; a file that does not fit
+    the output is refused and changes nothing."""
+    artifact = tiny_onnx(tmp_path / "tiny.onnx")  # y = x + 1, three values per row
+    labels = tmp_path / "labels.txt"
+    labels.write_text("red\ngreen\nblue\n\n")  # blank lines at the end do not count
+    ok(cli(live_server, "models", "push", str(artifact), "--name", "rgb", "--stage", "production",
+           "--labels", f"y={labels}"))
+    ranked = json.loads(ok(cli(live_server, "predict", "rgb", "--data", "[[0, 3, 1], [5, 0, 0]]",
+                               "-o", "y", "--classes", "2")).stdout)
+    assert ranked == {"y": [["4.000000:1:green", "2.000000:2:blue"], ["6.000000:0:red", "1.000000:1:green"]]}
+
+    two = tmp_path / "two.txt"
+    two.write_text("cyan\nmagenta\n")
+    refused = cli(live_server, "models", "update", "rgb", "-v", "1", "--labels", f"y={two}")
+    assert refused.exit_code == 2 and "has 3 classes per row" in refused.stderr, refused.stderr
+    for bad, says in [(("--labels", "y"), "OUTPUT=FILE"), (("--labels", f"y={tmp_path / 'none.txt'}"), "cannot read"),
+                      (("--labels", f"y={labels}", "--no-labels"), "not both")]:
+        result = cli(live_server, "models", "update", "rgb", "-v", "1", *bad)
+        assert result.exit_code == 2 and says in result.output, result.output
+    no_classes = cli(live_server, "predict", "rgb", "--data", "[[0, 3, 1]]", "--classes", "2")
+    assert no_classes.exit_code == 2 and "give --output too" in no_classes.output
+
+    updated = ok(cli(live_server, "models", "update", "rgb", "-v", "1", "--no-labels"))
+    assert "labelled outputs: none of its own" in updated.stdout
+    plain = json.loads(ok(cli(live_server, "predict", "rgb", "--data", "[[0, 3, 1]]", "-o", "y", "--classes", "1")).stdout)
+    assert plain == {"y": [["4.000000:1"]]}
+    ok(cli(live_server, "models", "update", "rgb", "--labels", f"y={labels}"))  # the model's, for all versions
+    again = json.loads(ok(cli(live_server, "predict", "rgb", "--data", "[[0, 3, 1]]", "-o", "y", "--classes", "1")).stdout)
+    assert again == {"y": [["4.000000:1:green"]]}
+
+
 def test_predict_matches_onnxruntime(demo_server: LiveServer, tmp_path: Path) -> None:
     x = load_digits().data[:4].astype(np.float32)
     expected = reference_digits(demo_server, x)

@@ -3,6 +3,7 @@ server; outputs must equal ONNX Runtime run directly on the same stored artifact
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import numpy as np
@@ -188,3 +189,36 @@ def test_outputs_asked_as_classes(server: LiveServer, triton: httpclient.Inferen
         r = client.post("/v2/models/digits/infer", json=body)
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_input"
         assert r.json()["error"]["details"] == {"field": "outputs.probabilities.parameters.classification"}
+
+
+def test_classes_named_by_a_labels_tag(server: LiveServer, triton: httpclient.InferenceServerClient) -> None:
+    """A version pushed with a ``labels`` tag (what Triton reads from a label file) answers
+    ``class_count`` with ``value:index:label``; a tag that does not fit the outputs is 422 when
+    written, naming the field, and changes nothing."""
+    assert server.platform is not None
+    digits = server.platform.registry.resolve(server.platform.keys.ensure_default_tenant(), "digits")
+    artifact = server.platform.artifacts.verified_path(digits.sha256).read_bytes()
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    with server.client() as client:
+        short = client.post("/api/v1/models/digits-named/versions", content=artifact,
+                            params={"tags": json.dumps({"labels": {"probabilities": names[:9]}})})
+        assert short.status_code == 422, short.text
+        assert short.json()["error"]["details"] == {"field": "tags.labels.probabilities"}
+        assert "has 10 classes per row" in short.json()["error"]["message"]
+        assert client.get("/api/v1/models/digits-named").status_code == 404  # nothing registered
+        pushed = client.post("/api/v1/models/digits-named/versions", content=artifact,
+                             params={"tags": json.dumps({"labels": {"probabilities": names}}), "stage": "production"})
+        assert pushed.status_code == 201, pushed.text
+        bad = client.patch("/api/v1/models/digits-named/versions/1", json={"tags": {"labels": {"probs": names}}})
+        assert bad.status_code == 422 and bad.json()["error"]["details"] == {"field": "tags.labels.probs"}
+        assert client.get("/api/v1/models/digits-named/versions/1").json()["tags"]["labels"]["probabilities"] == names
+
+    x = load_digits().data[:2].astype(np.float32)
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    result = triton.infer("digits-named", [inp], outputs=[httpclient.InferRequestedOutput("probabilities", class_count=2)],
+                          headers=_auth(server))
+    expected = _reference(server, x)["probabilities"]
+    for row, probs in zip(result.as_numpy("probabilities"), expected):
+        top = np.argsort(-probs, kind="stable")[:2]
+        assert [c.decode() for c in row] == [f"{probs[i]:f}:{i}:{names[i]}" for i in top]

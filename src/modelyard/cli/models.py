@@ -36,6 +36,36 @@ app = typer.Typer(
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 _STAGE_HELP = "none | staging | production | archived"
+LabelsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--labels",
+        metavar="OUTPUT=FILE",
+        help="Name an output's classes from a label file (one label per line, class 0 first), as "
+        "Triton's label_filename does; answers asked for as classes then carry them. Repeat for "
+        "more outputs.",
+    ),
+]
+
+
+def read_labels(values: Iterable[str]) -> dict[str, list[str]]:
+    """``--labels OUTPUT=FILE`` options as the ``labels`` tag: each file's lines, class 0 first
+    (blank lines at its end ignored); a usage error (exit 2) says what is wrong."""
+    labels: dict[str, list[str]] = {}
+    for value in values:
+        output, sep, name = value.partition("=")
+        if not sep or not output or not name:
+            raise typer.BadParameter(f"--labels takes OUTPUT=FILE, e.g. probabilities=classes.txt, not {value!r}")
+        try:
+            lines = Path(name).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise typer.BadParameter(f"--labels {value}: cannot read {name}: {exc}") from None
+        while lines and not lines[-1].strip():
+            lines.pop()
+        if not lines:
+            raise typer.BadParameter(f"--labels {value}: {name} holds no label (one per line, class 0 first)")
+        labels[output] = lines
+    return labels
 
 
 @app.command("push")
@@ -48,6 +78,7 @@ def push(
     stage: Annotated[str, typer.Option(help=_STAGE_HELP)] = "none",
     description: Annotated[str, typer.Option(help="What this version is.")] = "",
     format: Annotated[str, typer.Option("--format", help="Artifact format.")] = "onnx",
+    labels: LabelsOption = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Upload an artifact as the next version of a model, with a progress bar.
@@ -57,7 +88,10 @@ def push(
         modelyard models push digits.onnx --name digits
 
         modelyard models push digits.onnx --name digits --stage production --description "MLP, 97%"
+
+        modelyard models push iris.onnx --name iris --labels probabilities=species.txt
     """
+    tags = {"labels": read_labels(labels)} if labels else None
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     from modelyard.cli._common import err
@@ -79,6 +113,7 @@ def push(
                 format=format,
                 description=description,
                 stage=stage,
+                tags=tags,
                 progress=lambda sent, _total: bar.update(task, completed=sent),
             )
     if json_out:
@@ -237,12 +272,15 @@ def update(
         str | None, typer.Option(help='Serving settings as JSON, e.g. {"max_batch_size": 16} (replace the old ones).')
     ] = None,
     no_serving: Annotated[bool, typer.Option("--no-serving", help="Drop the serving settings.")] = False,
+    labels: LabelsOption = None,
+    no_labels: Annotated[bool, typer.Option("--no-labels", help="Drop the labels of output classes.")] = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """Change a model's or a version's description or serving settings (batching, queue,
-    instances, isolation, timeout, response cache: see docs/serving.md). A model's settings apply to all its
-    versions; a version's own settings and a deployment's go over them. They take effect at the
-    next request, without a reload.
+    """Change a model's or a version's description, serving settings (batching, queue,
+    instances, isolation, timeout, response cache: see docs/serving.md) or the labels of its
+    output classes (docs/inference.md). A model's settings and labels apply to all its
+    versions; a version's own settings and a deployment's go over them, as a version's labels
+    do. They take effect at the next request, without a reload.
 
     Examples:
 
@@ -253,19 +291,32 @@ def update(
         modelyard models update digits --serving '{"response_cache": true}'
 
         modelyard models update digits -v 2 --no-serving --description "back to the model's"
+
+        modelyard models update iris -v 3 --labels probabilities=species.txt
     """
     if serving is not None and no_serving:
         raise typer.BadParameter("give --serving or --no-serving, not both")
-    if description is None and serving is None and not no_serving:
-        raise typer.BadParameter("nothing to change: give --description, --serving or --no-serving")
+    if labels and no_labels:
+        raise typer.BadParameter("give --labels or --no-labels, not both")
+    if description is None and serving is None and not no_serving and not labels and not no_labels:
+        raise typer.BadParameter(
+            "nothing to change: give --description, --serving, --no-serving, --labels or --no-labels"
+        )
     settings = json_object(serving, "--serving") if serving is not None else None
+    new_labels = read_labels(labels) if labels else None
     with client() as sdk:
         tags = None
-        if settings is not None or no_serving:  # the serving settings are the "serving" tag
+        if settings is not None or no_serving or new_labels or no_labels:  # both are tags
             current = sdk.models.get(name) if version is None else sdk.models.get_version(name, version)
-            tags = {k: v for k, v in current.tags.items() if k != "serving"}
-            if settings:
-                tags["serving"] = settings
+            tags = dict(current.tags)
+            if settings is not None or no_serving:
+                tags.pop("serving", None)
+                if settings:
+                    tags["serving"] = settings
+            if new_labels or no_labels:
+                tags.pop("labels", None)
+                if new_labels:
+                    tags["labels"] = new_labels
         if version is None:
             changed: Any = sdk.models.update(name, description=description, tags=tags)
         else:
@@ -275,8 +326,10 @@ def update(
         return
     what = name if version is None else f"{name} version {version}"
     settings_now = changed.tags.get("serving")
-    out().print(f"Updated {what}; serving settings: {json.dumps(settings_now) if settings_now else 'none of its own'}.",
-                highlight=False)
+    labels_now = changed.tags.get("labels") or {}
+    named = ", ".join(f"{output} ({len(names):,})" for output, names in labels_now.items()) or "none of its own"
+    out().print(f"Updated {what}; serving settings: {json.dumps(settings_now) if settings_now else 'none of its own'}; "
+                f"labelled outputs: {named}.", highlight=False)
 
 
 @app.command("loaded")

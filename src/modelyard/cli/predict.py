@@ -41,6 +41,12 @@ def predict(
                      help="Give up after this long (the server answers 504 and drops the work); shorter "
                      "than the model's timeout_s only."),
     ] = None,
+    classes: Annotated[
+        int | None,
+        typer.Option("--classes", metavar="N", min=1,
+                     help='Return each --output as its top N classes per row, "value:index:label" '
+                     "(label where the version has labels: see `models update --labels`)."),
+    ] = None,
 ) -> None:
     """Run a model on JSON inputs and print its outputs as JSON.
 
@@ -56,10 +62,15 @@ def predict(
         modelyard predict digits --data @batch.json --version 2 | jq .label
 
         modelyard predict digits --data @batch.json --deadline 0.05
+
+        modelyard predict iris --data '[[5.1, 3.5, 1.4, 0.2]]' --output probabilities --classes 2
     """
+    if classes is not None and not output:
+        raise typer.BadParameter("--classes ranks the outputs you name: give --output too")
     inputs = parse_data(data)
     with client() as sdk:
-        result = sdk.predict(name, inputs, version=version, outputs=output or None, deadline_s=deadline)
+        result = sdk.predict(name, inputs, version=version, outputs=output or None, deadline_s=deadline,
+                             top_classes=classes)
     print_json({key: _jsonable(value) for key, value in result.items()})
 
 

@@ -824,7 +824,7 @@ def _classified(info: VersionInfo, outputs: list[Tensor], request: InferenceRequ
         return outputs
     specs = {s.name: s for s in info.outputs}
     return [
-        Tensor.from_array(t.name, classify(t.data, counts[t.name], specs.get(t.name), labels_of(info.lineage, t.name)))
+        Tensor.from_array(t.name, classify(t.data, counts[t.name], specs.get(t.name), labels_of(info, t.name)))
         if t.name in counts else t
         for t in outputs
     ]

@@ -20,6 +20,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from modelyard.core.classification import LABELS_TAG, check_labels, parse_labels
 from modelyard.core.names import check_name
 from modelyard.core.pages import Page, PageRequest
 from modelyard.core.policy import refuse_unsafe
@@ -71,6 +72,8 @@ class VersionInfo:
     extra: dict[str, Any] = field(default_factory=dict)
     #: the model's serving settings (its ``serving`` tag): under the version's own
     model_serving: dict[str, Any] = field(default_factory=dict)
+    #: the model's labels of its versions' output classes (its ``labels`` tag): under the version's
+    model_labels: dict[str, list[str]] = field(default_factory=dict)
     #: the tenant's name (metric labels)
     tenant_name: str = ""
     #: kept in memory whatever the budget, and loaded when the server starts
@@ -104,6 +107,7 @@ def _version_info(row: VersionRow, model: ModelRow, tenant_name: str = "") -> Ve
         created_at=row.created_at,
         extra=dict(sig.get("extra", {})),
         model_serving=dict((model.tags or {}).get("serving") or {}),
+        model_labels=dict((model.tags or {}).get(LABELS_TAG) or {}),
         tenant_name=tenant_name,
         pinned=bool(row.pinned),
     )
@@ -129,15 +133,21 @@ def _check_stage(stage: str) -> str:
     return stage
 
 
-def _check_tags(tags: dict[str, Any] | None) -> dict[str, Any]:
-    """Tags are free-form, except ``serving``: the version's serving settings, checked here so
-    that a bad one is refused when written rather than failing every request to the version."""
+def _check_tags(tags: dict[str, Any] | None, outputs: list[TensorSpec] | None = None) -> dict[str, Any]:
+    """Tags are free-form, except ``serving``: the serving settings, and ``labels``: the labels
+    of output classes (``core/classification.py``), checked here so that a bad one is refused
+    when written rather than failing every request to the version. A version's labels are
+    checked against its ``outputs`` too."""
     if tags is None:
         return {}
     if not isinstance(tags, dict) or not all(isinstance(k, str) for k in tags):
         raise ValidationFailed("tags must be an object with string keys", details={"field": "tags"})
     if "serving" in tags:
         tags = {**tags, "serving": parse_serving(tags["serving"], where="tags.serving")}
+    if LABELS_TAG in tags:
+        labels = parse_labels(tags[LABELS_TAG], where=f"tags.{LABELS_TAG}")
+        if outputs is not None:
+            check_labels(labels, outputs, where=f"tags.{LABELS_TAG}")
     return tags
 
 
@@ -223,6 +233,7 @@ class Registry:
                 self.admit(tenant_id, staged.size)
             refuse_unsafe(staged.path)
             info = inspect_artifact(fmt, staged.path, config)
+            _check_tags(tags, info.outputs)  # labels name the artifact's outputs
         except BaseException:
             staged.discard()
             raise
@@ -333,7 +344,8 @@ class Registry:
         with self._db.transaction() as s:
             model = self._model_row(s, tenant_id, name)
             row = self._version_row(s, model, version)
-            tags = _check_tags(tags) if tags is not None else None
+            outputs = [TensorSpec.from_dict(d) for d in (row.signature or {}).get("outputs", [])]
+            tags = _check_tags(tags, outputs) if tags is not None else None
             if stage is not None and stage != row.stage:
                 _check_stage(stage)
                 if stage == "production":  # locks the model row before any version row

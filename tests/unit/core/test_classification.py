@@ -1,14 +1,19 @@
 """Triton's classification extension in process (``core/classification.py``): the top classes
 of each row as ``"value:index"``, highest first and ties by the lower index, as Triton writes
-values; a count beyond the classes returns them all; a bad count is refused."""
+values; a count beyond the classes returns them all; a bad count is refused; labels from a
+version's or its model's ``labels`` tag or a trained version's classes, checked when written."""
 
 from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
 
-from modelyard.core.classification import classification_count, classify, labels_of
-from modelyard.errors import InvalidInput
+from modelyard.core.classification import check_labels, classification_count, classify, labels_of, parse_labels
+from modelyard.errors import InvalidInput, ValidationFailed
 from modelyard.tensors import TensorSpec
 
 
@@ -51,11 +56,59 @@ def test_the_count_is_a_whole_number_at_least_1() -> None:
         assert info.value.details == {"field": "outputs.p.parameters.classification"}
 
 
-def test_labels_are_added_when_there_is_one_per_class() -> None:
+def test_labels_are_added_where_the_index_has_one() -> None:
     spec = TensorSpec("probabilities", "FP32", (-1, 3))
     rows = np.array([[0.2, 0.7, 0.1]], np.float32)
     assert _text(classify(rows, 2, spec, ["cat", "dog", "eel"])) == [["0.700000:1:dog", "0.200000:0:cat"]]
-    assert _text(classify(rows, 1, spec, ["cat", "dog"])) == [["0.700000:1"]]  # not one per class: none
-    assert labels_of({"classes": [3, "b"]}, "probabilities") == ["3", "b"]
-    assert labels_of({"classes": [3, "b"]}, "label") is None  # only a trained version's probabilities
-    assert labels_of({}, "probabilities") is None and labels_of({"classes": "ab"}, "probabilities") is None
+    assert _text(classify(rows, 3, spec, ["cat"])) == [["0.700000:1", "0.200000:0:cat", "0.100000:2"]]  # as Triton
+
+
+def _version(tags: dict | None = None, model_labels: dict | None = None, lineage: dict | None = None) -> Any:
+    return SimpleNamespace(tags=tags or {}, model_labels=model_labels or {}, lineage=lineage or {})
+
+
+def test_labels_come_from_the_version_then_the_model_then_a_trained_versions_classes() -> None:
+    trained = {"classes": [3, "b"]}
+    assert labels_of(_version(lineage=trained), "probabilities") == ["3", "b"]
+    assert labels_of(_version(lineage=trained), "label") is None  # only a trained version's probabilities
+    assert labels_of(_version(lineage={"classes": "ab"}), "probabilities") is None
+    model = {"probabilities": ["m0", "m1"], "logits": ["l0", "l1"]}
+    assert labels_of(_version(model_labels=model, lineage=trained), "probabilities") == ["m0", "m1"]
+    own = {"labels": {"probabilities": ["v0", "v1"]}}
+    version = _version(tags=own, model_labels=model, lineage=trained)
+    assert labels_of(version, "probabilities") == ["v0", "v1"]
+    assert labels_of(version, "logits") == ["l0", "l1"]  # per output: the model's where the version has none
+    assert labels_of(version, "other") is None
+
+
+def test_a_labels_tag_is_an_object_of_outputs_to_one_line_labels() -> None:
+    good = {"probabilities": ["setosa", "versicolor", "virginica"]}
+    assert parse_labels(good) == good
+    bad = [
+        ([], "tags.labels"), ({}, "tags.labels"), ({"": ["a"]}, "tags.labels"),
+        ({"p": "a b"}, "tags.labels.p"), ({"p": []}, "tags.labels.p"), ({"p": ["a", 1]}, "tags.labels.p"),
+        ({"p": ["a", ""]}, "tags.labels.p"), ({"p": ["two\nlines"]}, "tags.labels.p"),
+        ({"p": ["x" * 1025]}, "tags.labels.p"), ({"p": ["a"] * 100_001}, "tags.labels.p"),
+    ]
+    for raw, field in bad:
+        with pytest.raises(ValidationFailed) as info:
+            parse_labels(raw)
+        assert info.value.details == {"field": field}, raw
+
+
+def test_a_versions_labels_name_its_outputs_one_per_class() -> None:
+    outputs = [TensorSpec("probabilities", "FP32", (-1, 3)), TensorSpec("label", "INT64", (-1,)),
+               TensorSpec("scores", "FP32", (-1, -1)), TensorSpec("whole", "FP32", (2, 2)),
+               TensorSpec("names", "BYTES", (-1, 3))]
+    check_labels({"probabilities": ["a", "b", "c"], "scores": ["a"], "whole": list("abcd")}, outputs)
+    check_labels({"label": ["only"]}, outputs)  # one value per row: one class
+    cases = [
+        ({"probabilities": ["a", "b"]}, "has 3 classes per row (shape [-1, 3]); 2 labels were given"),
+        ({"whole": ["a"]}, "has 4 classes per row"),
+        ({"prob": ["a"]}, "no output 'prob'; its outputs are label, names, probabilities, scores, whole"),
+        ({"names": ["a", "b", "c"]}, "is BYTES"),
+    ]
+    for labels, message in cases:
+        with pytest.raises(ValidationFailed, match=re.escape(message)) as info:
+            check_labels(labels, outputs)
+        assert info.value.details == {"field": f"tags.labels.{next(iter(labels))}"}

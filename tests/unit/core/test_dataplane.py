@@ -17,7 +17,9 @@ from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
 from modelyard.core.scheduling import request_priority, request_timeout
 from modelyard.engine.manager import ServingOptions
-from modelyard.errors import InvalidInput, ModelNotFound, PermissionDenied, QueueFull, RateLimited, VersionNotFound
+from modelyard.errors import (
+    InvalidInput, ModelNotFound, PermissionDenied, QueueFull, RateLimited, ValidationFailed, VersionNotFound,
+)
 from modelyard.tensors import InferenceRequest, RequestedOutput, Tensor, TensorSpec
 from tests.integration.onnx_models import add_model, identity_model, softmax_model
 from tests.support.queues import FullQueue
@@ -522,6 +524,38 @@ def test_an_output_asked_as_classes_gets_a_trained_versions_labels(platform: Pla
         return [[v.decode().split(":", 1)[1] for v in row] for row in out.data]
 
     assert asyncio.run(run()) == [["1:dog", "2:eel"], ["0:cat", "1:dog"]]
+
+
+def test_a_pushed_version_names_its_classes_with_a_labels_tag(platform: Platform, tenant: str) -> None:
+    """A version pushed from elsewhere names its classes with its ``labels`` tag (or its model's):
+    checked against its outputs when written, a bad one refused with nothing registered."""
+    registry = platform.registry
+
+    def push(tags: dict) -> None:
+        registry.register_version(tenant_id=tenant, model_name="animals", stage="production", tags=tags,
+                                  staged=platform.artifacts.stage_bytes(softmax_model(3)))
+
+    with pytest.raises(ValidationFailed, match="has 3 classes per row") as info:
+        push({"labels": {"probabilities": ["cat", "dog"]}})
+    assert info.value.details == {"field": "tags.labels.probabilities"}
+    with pytest.raises(ModelNotFound):
+        registry.list_versions(tenant, "animals")  # nothing registered, not even the model
+    push({"labels": {"probabilities": ["cat", "dog", "eel"]}})
+    request = InferenceRequest(inputs=[Tensor.from_array("x", np.array([[0.0, 2.0, 1.0]], np.float32))],
+                               outputs=[RequestedOutput("probabilities", {"classification": 2})])
+
+    def classes() -> list:
+        (out,) = asyncio.run(platform.dataplane.infer(_principal(tenant), "animals", None, request)).outputs
+        return [v.decode().split(":", 1)[1] for v in out.data[0]]
+
+    assert classes() == ["1:dog", "2:eel"]
+    registry.update_model(tenant, "animals", tags={"labels": {"probabilities": ["Cat", "Dog", "Eel"]}})
+    assert classes() == ["1:dog", "2:eel"]  # the version's own labels go over its model's
+    with pytest.raises(ValidationFailed, match="no output 'label'"):
+        registry.update_version(tenant, "animals", 1, tags={"labels": {"label": ["a"]}})
+    assert registry.get_version(tenant, "animals", 1).tags["labels"]["probabilities"][0] == "cat"  # unchanged
+    registry.update_version(tenant, "animals", 1, tags={})
+    assert classes() == ["1:Dog", "2:Eel"]
 
 
 def test_a_bytes_output_cannot_be_asked_as_classes(platform: Platform, tenant: str) -> None:
