@@ -28,7 +28,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         assert r.status_code == 200, r.text
         r = admin.post("/api/v1/deployments", json={
             "name": "front", "routes": [{"model": "alpha", "version": 1}],
-            "serving": {"max_batch_size": 8, "max_queue_delay_ms": 0.5, "instances": 2, "max_queue_size": 32},
+            "serving": {"max_batch_size": 8, "max_queue_delay_ms": 0.5, "instances": 2, "max_queue_size": 32,
+                        "priority_levels": 3},
         })
         assert r.status_code == 201, r.text
     try:
@@ -54,6 +55,7 @@ def test_tritonclient_http_reads_how_each_version_is_served(server: LiveServer) 
     assert batched["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
     assert batched["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 256
     assert batched["dynamic_batching"]["default_queue_policy"]["allow_timeout_override"] is True
+    assert (batched["dynamic_batching"]["priority_levels"], batched["dynamic_batching"]["default_priority_level"]) == (0, 0)
     assert batched["instance_group"] == [{"name": "alpha_0", "kind": "KIND_CPU", "count": 1}]
     assert batched["version_policy"] == {"specific": {"versions": [1]}}
 
@@ -70,6 +72,8 @@ def test_tritonclient_http_reads_how_each_version_is_served(server: LiveServer) 
     assert front["max_batch_size"] == 8 and front["instance_group"][0]["count"] == 2
     assert front["dynamic_batching"]["max_queue_delay_microseconds"] == 500
     assert front["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 32
+    # three levels declared, no default level: the lowest
+    assert (front["dynamic_batching"]["priority_levels"], front["dynamic_batching"]["default_priority_level"]) == (3, 3)
 
     for name, version in (("nope", ""), ("alpha", "9")):
         with pytest.raises(InferenceServerException) as missing:
@@ -114,5 +118,9 @@ def test_tritonclient_grpc_reads_the_same(server: LiveServer, tmp_path: Path, tr
         delay = over_grpc["dynamic_batching"]["max_queue_delay_microseconds"]
         assert int(delay) == over_rest["dynamic_batching"]["max_queue_delay_microseconds"]
         assert over_grpc["parameters"]["modelyard.format"] == {"string_value": "onnx"}
+        register(live, f"levels-{transport}", scale_model(tmp_path / "levels.onnx", 2.0),
+                 config={"serving": {"priority_levels": 2, "default_priority_level": 1}})
+        levels = triton.get_model_config(f"levels-{transport}", headers=headers).config.dynamic_batching
+        assert (levels.priority_levels, levels.default_priority_level) == (2, 1)  # the message's uint64 fields
         grpc_refuses(lambda: triton.get_model_config("nope", headers=headers), lambda: triton.get_model_config("alpha"))
         triton.close()

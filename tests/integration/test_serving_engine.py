@@ -235,12 +235,12 @@ class _Queuers:
 
     ONE = np.zeros((1, SLOW_WIDTH), np.float32)
 
-    def __init__(self, server: LiveServer, name: str, client: httpx.Client) -> None:
+    def __init__(self, server: LiveServer, name: str, client: httpx.Client, **serving: object) -> None:
         import tritonclient.grpc as grpcclient
         import tritonclient.http as httpclient
 
         register(server, name, slow_model(server.settings.resolved_home / f"{name}.onnx", SLOW_N),
-                 config={"serving": {"batching": False, "instances": 1, "timeout_s": 30}})
+                 config={"serving": {"batching": False, "instances": 1, "timeout_s": 30, **serving}})
         self.name, self.client, self.path = name, client, f"/v2/models/{name}/infer"
         self.auth = {"authorization": f"Bearer {server.admin_key}"}
         self.http = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
@@ -368,6 +368,30 @@ def test_a_requests_priority_parameter_puts_it_ahead_of_the_queue(server: LiveSe
     assert sorted(answered, key=answered.__getitem__) == ["1", "2", "3", "none"], answered
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_input", bad.text
     assert bad.json()["error"]["details"] == {"field": "parameters.priority"}
+
+
+def test_declared_priority_levels_give_requests_without_one_the_default_level(server: LiveServer) -> None:
+    """A version that declares ``priority_levels`` (2, default level 1), as a Triton config does:
+    a request without a priority, or with one past the levels, takes the default level, ahead
+    of level 2 and in arrival order with level 1."""
+    order: list[str] = []
+
+    def queued(label: str, call: Callable[[], httpx.Response]) -> Callable[[], None]:
+        def run() -> None:
+            call().raise_for_status()
+            order.append(label)
+        return run
+
+    with server.client() as client:
+        q = _Queuers(server, "levelled", client, priority_levels=2, default_priority_level=1)
+        q.behind_a_long_request([
+            queued("2", lambda: q.rest(priority=2)),
+            queued("none", q.rest),
+            queued("past the levels", lambda: q.rest(priority=9)),
+            queued("1", lambda: q.rest(priority=1)),
+        ], gap_s=0.05)
+        q.close()
+    assert order == ["none", "past the levels", "1", "2"]
 
 
 def test_killed_worker_recovers_and_other_models_are_unaffected(server: LiveServer) -> None:

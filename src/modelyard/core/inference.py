@@ -466,7 +466,10 @@ class DataPlane:
         try:
             output_names, arrays = self._prepare(principal, info, request)
             # (the parameters checked here: this is every request's path, and most have none)
-            timeout_s, priority = scheduling(request, options) if request.parameters else (options.timeout_s, 0)
+            if request.parameters:
+                timeout_s, priority = scheduling(request, options)
+            else:
+                timeout_s, priority = options.timeout_s, options.default_priority
             if options.response_cache:  # (checked here: this is every request's path)
                 remember, results = self._from_cache(info, options, arrays, output_names)
         except BaseException as exc:

@@ -10,7 +10,8 @@ It describes, it does not configure: ModelYard's settings come from the serving 
 * ``max_batch_size``: the batch size in rows when the version is batched, and then ``dims`` leave
   out the first (batch) dimension, as in Triton (one value per row: ``[1]`` reshaped to ``[]``);
   0 when it is not batched, with full ``dims`` (``-1`` for a dynamic dimension);
-* ``dynamic_batching`` (batched versions only): ``max_queue_delay_microseconds``, and a default
+* ``dynamic_batching`` (batched versions only): ``max_queue_delay_microseconds``, the
+  ``priority_levels`` and ``default_priority_level`` (0 and 0 when none are declared), and a default
   queue policy with ``max_queue_size`` and the request timeout (``default_timeout_microseconds``,
   0 for none; a request past it is refused, ``REJECT``);
 * ``instance_group``: one group of ``KIND_CPU`` with ``count`` = the version's instances;
@@ -82,6 +83,8 @@ def triton_config(
         config["dynamic_batching"] = {
             "preferred_batch_size": [],
             "max_queue_delay_microseconds": int(round(options.max_queue_delay_ms * 1000)),
+            "priority_levels": options.priority_levels,
+            "default_priority_level": options.default_priority,
             "default_queue_policy": {
                 "timeout_action": "REJECT",
                 "default_timeout_microseconds": timeout_us,

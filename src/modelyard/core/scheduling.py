@@ -1,6 +1,7 @@
 """A request's scheduling parameters, as Triton's clients send them (its ``schedule_policy``
 extension): ``timeout``, a deadline shorter than the version's, and ``priority``, its place among
-the requests queued for the version (``engine/batcher.py``, "Priorities"). Both are checked
+the requests queued for the version (``engine/batcher.py``, "Priorities"), within the levels
+the version declares (``priority_levels``, as in Triton's config), if it does. Both are checked
 before anything is queued: a bad one is 400 naming the parameter. See docs/serving.md,
 "Backpressure and time".
 """
@@ -17,20 +18,23 @@ __all__ = ["request_priority", "request_timeout", "scheduling"]
 def scheduling(request: InferenceRequest, options: ServingOptions) -> tuple[float | None, int]:
     """The deadline and the priority ``request`` asks for with its parameters (see
     :func:`request_timeout` and :func:`request_priority`)."""
-    return request_timeout(request, options), request_priority(request)
+    return request_timeout(request, options), request_priority(request, options)
 
 
-def request_priority(request: InferenceRequest) -> int:
+def request_priority(request: InferenceRequest, options: ServingOptions) -> int:
     """The priority of ``request``: its ``priority`` parameter, as Triton's clients send it (1
-    is the highest, then 2, ...); 0 or none: no priority, after every level (see the batcher)."""
+    is the highest, then 2, ...). Where the version declares ``priority_levels``, 0, none or a
+    level past them is its default level, as in Triton; else 0 or none is no priority, after
+    every level (see the batcher)."""
     value = request.parameters.get("priority", 0)
     if type(value) is not int or not 0 <= value < 2**64:
         raise InvalidInput(
             f"the request parameter 'priority' must be a whole number (1 is the highest, then 2, ...; "
-            f"0: none), not {value!r}",
+            f"0: the default), not {value!r}",
             details={"field": "parameters.priority"},
         )
-    return value
+    levels = options.priority_levels
+    return value if not levels or 0 < value <= levels else options.default_priority
 
 
 def request_timeout(request: InferenceRequest, options: ServingOptions) -> float | None:

@@ -69,6 +69,12 @@ class ServingOptions:
     timeout_s: float | None = None
     #: answers remembered by their request (``core/response_cache.py``): deterministic models only
     response_cache: bool = False
+    #: the priority levels requests may ask for, 1 (the highest) to this (Triton's); 0: none
+    #: declared, any whole number is a level (``core/scheduling.py``)
+    priority_levels: int = 0
+    #: with levels: the level of a request that asks for none, 0 or one past them (0, or one past
+    #: the levels that another layer of settings declares: the lowest)
+    default_priority_level: int = 0
 
     def merged(self, overrides: Mapping[str, Any] | None) -> ServingOptions:
         """A copy with ``overrides`` applied; :class:`ValidationFailed` names a bad field."""
@@ -101,10 +107,20 @@ class ServingOptions:
             "timeout_s": self.timeout_s is not None
             and (not isinstance(self.timeout_s, (int, float)) or not 0 < self.timeout_s <= 3600),
             "response_cache": not isinstance(self.response_cache, bool),
+            "priority_levels": type(self.priority_levels) is not int or not 0 <= self.priority_levels < 2**64,
+            "default_priority_level": type(self.default_priority_level) is not int
+            or not 0 <= self.default_priority_level < 2**64,
         }
         for name, bad in problems.items():
             if bad:
                 raise ValidationFailed(f"serving setting {name!r} is out of range", details={"field": name})
+
+    @property
+    def default_priority(self) -> int:
+        """The priority of a request that asks for none: the default level where levels are
+        declared (the lowest unless one of them is set), else 0 (after every level)."""
+        levels, default = self.priority_levels, self.default_priority_level
+        return default if 0 < default <= levels else levels
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -118,6 +134,14 @@ def parse_serving(raw: Any, where: str = "serving") -> dict[str, Any]:
     if not isinstance(raw, Mapping):
         raise ValidationFailed(f"{where} must be an object of serving settings", details={"field": where})
     ServingOptions().merged(raw)  # raises ValidationFailed naming the bad setting
+    levels, default = raw.get("priority_levels"), raw.get("default_priority_level")
+    if levels is not None and default is not None and not default <= levels:
+        # (within one layer; across layers a default past the levels is the lowest level)
+        raise ValidationFailed(
+            f"{where}.default_priority_level must be one of the priority_levels, 1 to {levels} "
+            f"(0: the lowest), not {default}",
+            details={"field": "default_priority_level"},
+        )
     return {k: v for k, v in raw.items() if v is not None}
 
 

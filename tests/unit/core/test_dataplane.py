@@ -16,7 +16,7 @@ from modelyard.core.inference import GATE_BUNDLE, QueueGate, QueueGates, validat
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
 from modelyard.core.scheduling import request_priority, request_timeout
-from modelyard.engine.manager import ServingOptions
+from modelyard.engine.manager import ServingOptions, parse_serving
 from modelyard.errors import (
     InvalidInput, ModelNotFound, PermissionDenied, QueueFull, RateLimited, ValidationFailed, VersionNotFound,
 )
@@ -498,12 +498,46 @@ def test_both_paths_queue_a_request_with_its_own_deadline(platform: Platform, te
 
 def test_a_requests_priority_parameter_is_a_whole_number_at_least_0() -> None:
     x = np.zeros((1, 3), np.float32)
-    assert request_priority(_req(x)) == 0
-    assert [request_priority(_req(x, priority=p)) for p in (0, 1, 7, 2**64 - 1)] == [0, 1, 7, 2**64 - 1]
+    free = ServingOptions()
+    assert request_priority(_req(x), free) == 0 == free.default_priority
+    assert [request_priority(_req(x, priority=p), free) for p in (0, 1, 7, 2**64 - 1)] == [0, 1, 7, 2**64 - 1]
     for bad in (-1, 2**64, 1.0, "1", True):
         with pytest.raises(InvalidInput, match="'priority' must be a whole number") as info:
-            request_priority(_req(x, priority=bad))
+            request_priority(_req(x, priority=bad), free)
         assert info.value.details == {"field": "parameters.priority"}
+
+
+def test_declared_priority_levels_map_none_and_those_past_them_to_the_default_level() -> None:
+    """As in Triton: with ``priority_levels`` N, a request's level is 1..N; 0, none or past N is
+    the default level (the lowest, N, unless set)."""
+    x = np.zeros((1, 3), np.float32)
+    levels = ServingOptions(priority_levels=3, default_priority_level=2)
+    assert [request_priority(_req(x, priority=p), levels) for p in (0, 1, 3, 4, 2**64 - 1)] == [2, 1, 3, 2, 2]
+    assert request_priority(_req(x), levels) == 2 == levels.default_priority
+    lowest = ServingOptions(priority_levels=3)
+    assert (request_priority(_req(x, priority=9), lowest), lowest.default_priority) == (3, 3)
+    with pytest.raises(InvalidInput, match="'priority'"):
+        request_priority(_req(x, priority=-1), levels)  # still checked
+
+
+@pytest.mark.parametrize("settings", [
+    {"priority_levels": -1}, {"priority_levels": 2**64}, {"priority_levels": True}, {"priority_levels": 2.0},
+    {"default_priority_level": -1}, {"default_priority_level": "1"},
+    {"priority_levels": 2, "default_priority_level": 3},  # past the levels declared beside it
+])
+def test_priority_level_settings_out_of_range_are_refused_when_written(settings: dict) -> None:
+    with pytest.raises(ValidationFailed) as info:
+        parse_serving(settings, where="tags.serving")
+    assert info.value.details == {"field": next(reversed(settings))}
+
+
+def test_a_default_level_past_the_levels_of_another_layer_is_the_lowest() -> None:
+    """Layers of settings are checked apart (a version's default level may come with its model's
+    levels), so their merge never fails: a default past the levels is the lowest level."""
+    model = ServingOptions().merged(parse_serving({"priority_levels": 4}))
+    assert model.merged(parse_serving({"default_priority_level": 2})).default_priority == 2
+    assert model.merged(parse_serving({"default_priority_level": 9})).default_priority == 4
+    assert ServingOptions(default_priority_level=2).default_priority == 0  # no levels: after every level
 
 
 def test_an_output_asked_as_classes_gets_a_trained_versions_labels(platform: Platform, tenant: str) -> None:

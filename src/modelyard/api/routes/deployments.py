@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, status
-from pydantic import BaseModel, Field, StrictBool
+from pydantic import BaseModel, Field, StrictBool, StrictInt
 
 from modelyard.api.deps import PlatformDep, PrincipalDep
 from modelyard.api.routing import JsonBodyRoute
@@ -49,6 +49,10 @@ class ServingIn(StrictBody):
     isolation: str | None = Field(default=None, description="thread | process")
     timeout_s: float | None = Field(default=None, gt=0, le=3600)
     response_cache: StrictBool | None = Field(default=None, description="answer repeated requests from memory")
+    priority_levels: StrictInt | None = Field(default=None, ge=0, lt=2**64, description="levels 1..N (Triton's)")
+    default_priority_level: StrictInt | None = Field(
+        default=None, ge=0, lt=2**64, description="the level of requests without one (0: the lowest)"
+    )
 
 
 class RollbackIn(StrictBody):
