@@ -87,6 +87,8 @@ def test_label_files_name_the_classes_predict_ranks(live_server: LiveServer, tmp
     ranked = json.loads(ok(cli(live_server, "predict", "rgb", "--data", "[[0, 3, 1], [5, 0, 0]]",
                                "-o", "y", "--classes", "2")).stdout)
     assert ranked == {"y": [["4.000000:1:green", "2.000000:2:blue"], ["6.000000:0:red", "1.000000:1:green"]]}
+    shown = ok(cli(live_server, "models", "show", "rgb")).stdout
+    assert "y: red, green, blue" in shown and "labels=" not in shown
 
     two = tmp_path / "two.txt"
     two.write_text("cyan\nmagenta\n")

@@ -25,3 +25,10 @@ def test_whole_columns_are_never_cut(capsys: pytest.CaptureFixture[str], monkeyp
 def test_empty_tables_say_what_to_do(capsys: pytest.CaptureFixture[str]) -> None:
     print_table(["id"], [], empty="No jobs yet.", whole=("id",))
     assert capsys.readouterr().out.strip() == "No jobs yet."
+
+
+def test_a_versions_labels_show_the_first_five_and_how_many() -> None:
+    from modelyard.cli.models import _labels_text
+
+    assert _labels_text("y", ["red", "green"]) == "y: red, green"
+    assert _labels_text("p", [str(i) for i in range(1000)]) == "p: 0, 1, 2, 3, 4, ... (1,000 labels)"

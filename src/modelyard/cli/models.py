@@ -189,6 +189,12 @@ def show(
     _print_version(v)
 
 
+def _labels_text(output: str, names: list[str]) -> str:
+    """``probabilities: red, green, blue`` (the first five of many, and how many)."""
+    shown = ", ".join(names[:5])
+    return f"{output}: {shown}" if len(names) <= 5 else f"{output}: {shown}, ... ({len(names):,} labels)"
+
+
 def _print_version(v: ModelVersion) -> None:
     fields: list[tuple[str, Any]] = [
         ("version", v.version),
@@ -200,7 +206,9 @@ def _print_version(v: ModelVersion) -> None:
         ("description", v.description or "-"),
     ]
     if v.tags:
-        fields.append(("tags", ", ".join(f"{k}={val}" for k, val in v.tags.items())))
+        fields.append(("tags", ", ".join(f"{k}={val}" for k, val in v.tags.items() if k != "labels") or "-"))
+    if isinstance(v.tags.get("labels"), dict):
+        fields.append(("labels", "; ".join(_labels_text(output, names) for output, names in v.tags["labels"].items())))
     if v.metrics:
         fields.append(("metrics", ", ".join(f"{k}={val}" for k, val in v.metrics.items())))
     if v.lineage:
