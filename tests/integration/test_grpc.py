@@ -9,6 +9,7 @@ import tritonclient.grpc as grpcclient
 from sklearn.datasets import load_digits
 from tritonclient.utils import InferenceServerException
 
+from tests.support.classes import as_text, top_classes
 from tests.support.live import LiveServer
 
 
@@ -159,9 +160,7 @@ def test_outputs_asked_as_classes(demo_server: LiveServer, grpc_client: grpcclie
     probs = _reference(demo_server, x)["probabilities"]
     classes = result.as_numpy("probabilities")
     assert classes.shape == (2, 2)
-    for row, p in zip(classes, probs):
-        top = np.argsort(-p, kind="stable")[:2]
-        assert [c.decode() for c in row] == [f"{p[i]:f}:{i}" for i in top]
+    assert as_text(classes) == top_classes(probs, 2)
     with pytest.raises(InferenceServerException) as info:
         grpc_client.infer("digits", [inp], outputs=[grpcclient.InferRequestedOutput("probabilities", class_count=-1)],
                           headers=_auth(demo_server))

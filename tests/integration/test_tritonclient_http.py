@@ -14,6 +14,7 @@ from sklearn.datasets import load_digits
 from tritonclient.utils import InferenceServerException
 
 from tests.integration.onnx_models import DTYPE_CASES, identity_model, sample_for
+from tests.support.classes import as_text, top_classes
 from tests.support.live import LiveServer
 
 
@@ -173,9 +174,7 @@ def test_outputs_asked_as_classes(server: LiveServer, triton: httpclient.Inferen
     expected = _reference(server, x)
     classes = result.as_numpy("probabilities")
     assert classes.shape == (4, 3)
-    for row, probs in zip(classes, expected["probabilities"]):
-        top = np.argsort(-probs, kind="stable")[:3]
-        assert [c.decode() for c in row] == [f"{probs[i]:f}:{i}" for i in top]
+    assert as_text(classes) == top_classes(expected["probabilities"], 3)
     np.testing.assert_array_equal(result.as_numpy("label"), expected["label"])
     assert result.get_output("probabilities")["datatype"] == "BYTES"
 
@@ -218,7 +217,5 @@ def test_classes_named_by_a_labels_tag(server: LiveServer, triton: httpclient.In
     inp.set_data_from_numpy(x)
     result = triton.infer("digits-named", [inp], outputs=[httpclient.InferRequestedOutput("probabilities", class_count=2)],
                           headers=_auth(server))
-    expected = _reference(server, x)["probabilities"]
-    for row, probs in zip(result.as_numpy("probabilities"), expected):
-        top = np.argsort(-probs, kind="stable")[:2]
-        assert [c.decode() for c in row] == [f"{probs[i]:f}:{i}:{names[i]}" for i in top]
+    expected = top_classes(_reference(server, x)["probabilities"], 2, names)
+    assert as_text(result.as_numpy("probabilities")) == expected
