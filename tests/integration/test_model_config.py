@@ -29,7 +29,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         r = admin.post("/api/v1/deployments", json={
             "name": "front", "routes": [{"model": "alpha", "version": 1}],
             "serving": {"max_batch_size": 8, "max_queue_delay_ms": 0.5, "instances": 2, "max_queue_size": 32,
-                        "priority_levels": 3},
+                        "priority_levels": 3, "priority_queue_policy": {"3": {"max_queue_size": 4, "timeout_s": 0.5}}},
         })
         assert r.status_code == 201, r.text
     try:
@@ -74,6 +74,11 @@ def test_tritonclient_http_reads_how_each_version_is_served(server: LiveServer) 
     assert front["dynamic_batching"]["default_queue_policy"]["max_queue_size"] == 32
     # three levels declared, no default level: the lowest
     assert (front["dynamic_batching"]["priority_levels"], front["dynamic_batching"]["default_priority_level"]) == (3, 3)
+    assert front["dynamic_batching"]["priority_queue_policy"] == {"3": {
+        "timeout_action": "REJECT", "default_timeout_microseconds": 500_000, "allow_timeout_override": True,
+        "max_queue_size": 4,
+    }}
+    assert "priority_queue_policy" not in batched["dynamic_batching"]
 
     for name, version in (("nope", ""), ("alpha", "9")):
         with pytest.raises(InferenceServerException) as missing:
@@ -119,8 +124,10 @@ def test_tritonclient_grpc_reads_the_same(server: LiveServer, tmp_path: Path, tr
         assert int(delay) == over_rest["dynamic_batching"]["max_queue_delay_microseconds"]
         assert over_grpc["parameters"]["modelyard.format"] == {"string_value": "onnx"}
         register(live, f"levels-{transport}", scale_model(tmp_path / "levels.onnx", 2.0),
-                 config={"serving": {"priority_levels": 2, "default_priority_level": 1}})
+                 config={"serving": {"priority_levels": 2, "default_priority_level": 1,
+                                     "priority_queue_policy": {"2": {"max_queue_size": 3}}}})
         levels = triton.get_model_config(f"levels-{transport}", headers=headers).config.dynamic_batching
         assert (levels.priority_levels, levels.default_priority_level) == (2, 1)  # the message's uint64 fields
+        assert levels.priority_queue_policy[2].max_queue_size == 3  # a map of uint64 levels
         grpc_refuses(lambda: triton.get_model_config("nope", headers=headers), lambda: triton.get_model_config("alpha"))
         triton.close()

@@ -394,6 +394,32 @@ def test_declared_priority_levels_give_requests_without_one_the_default_level(se
     assert order == ["none", "past the levels", "1", "2"]
 
 
+def test_a_levels_own_queue_bound_keeps_room_for_the_others(server: LiveServer) -> None:
+    """``priority_queue_policy``: background requests (level 2, at most one queued) cannot take
+    the room of interactive ones (level 1): the second background request is refused with 429
+    and ``Retry-After`` while a level 1 request still gets in, and both queued ones are answered."""
+    done: list[str] = []
+
+    def sent(label: str, priority: int) -> Callable[[], httpx.Response]:
+        def call() -> httpx.Response:
+            response = q.rest(priority=priority)
+            done.append(label)
+            return response
+        return call
+
+    with server.client() as client:
+        q = _Queuers(server, "guarded-levels", client, priority_levels=2,
+                     priority_queue_policy={"2": {"max_queue_size": 1}})
+        (queued, refused, urgent), _ = q.behind_a_long_request(
+            [sent("queued", 2), sent("refused", 2), sent("urgent", 1)], gap_s=0.05
+        )
+        q.close()
+    assert (queued.status_code, refused.status_code, urgent.status_code) == (200, 429, 200), refused.text
+    assert done[0] == "refused"  # at once, while the others waited for the long request
+    assert refused.json()["error"]["code"] == "queue_full" and "priority level 2" in refused.json()["error"]["message"]
+    assert float(refused.headers["retry-after"]) > 0
+
+
 def test_killed_worker_recovers_and_other_models_are_unaffected(server: LiveServer) -> None:
     assert server.platform is not None
     x = np.ones((1, 4), np.float32)

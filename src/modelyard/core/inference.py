@@ -398,13 +398,13 @@ class DataPlane:
         watched: list[Queued] = []  # the batcher's entry, for a trace's times
         try:
             output_names, arrays = self._prepare(principal, info, request)
-            timeout_s, priority = scheduling(request, options)
+            timeout_s, priority, level_limit = scheduling(request, options)
             remember, results = self._from_cache(info, options, arrays, output_names)
             hit = results is not None
             if results is None:
                 results = await self.manager.predict(
                     self.source(info, options), arrays, output_names, options=options, timeout_s=timeout_s,
-                    priority=priority, watch=None if trace is None else watched.append,
+                    priority=priority, level_limit=level_limit, watch=None if trace is None else watched.append,
                 )
         except BaseException as exc:
             self._failed(principal, info, exc, started=started)
@@ -466,10 +466,10 @@ class DataPlane:
         try:
             output_names, arrays = self._prepare(principal, info, request)
             # (the parameters checked here: this is every request's path, and most have none)
-            if request.parameters:
-                timeout_s, priority = scheduling(request, options)
+            if request.parameters or options.priority_queue_policy:
+                timeout_s, priority, level_limit = scheduling(request, options)
             else:
-                timeout_s, priority = options.timeout_s, options.default_priority
+                timeout_s, priority, level_limit = options.timeout_s, options.default_priority, None
             if options.response_cache:  # (checked here: this is every request's path)
                 remember, results = self._from_cache(info, options, arrays, output_names)
         except BaseException as exc:
@@ -482,7 +482,8 @@ class DataPlane:
                                        served=served, trace=trace)
         try:
             queued = manager.enqueue(
-                source, arrays, output_names, options=options, timeout_s=timeout_s, priority=priority
+                source, arrays, output_names, options=options, timeout_s=timeout_s, priority=priority,
+                level_limit=level_limit,
             )
             assert queued is not None, "loaded above, and nothing was awaited since"
         except BaseException as exc:
@@ -613,7 +614,7 @@ class DataPlane:
         trace = self._trace(info, started)
         try:
             output_names, arrays = self._prepare(principal, info, request)
-            timeout_s, priority = scheduling(request, options)
+            timeout_s, priority, level_limit = scheduling(request, options)
             remember, results = self._from_cache(info, options, arrays, output_names)
         except BaseException as exc:
             self._failed(principal, info, exc, name, started=started)
@@ -626,7 +627,7 @@ class DataPlane:
             try:
                 results = await self.manager.predict(
                     self.source(info, options), arrays, output_names, options=options, timeout_s=timeout_s,
-                    priority=priority, watch=None if trace is None else watched.append,
+                    priority=priority, level_limit=level_limit, watch=None if trace is None else watched.append,
                 )
             except BaseException as exc:
                 self._failed(principal, info, exc, served=served, started=started)

@@ -11,7 +11,8 @@ It describes, it does not configure: ModelYard's settings come from the serving 
   out the first (batch) dimension, as in Triton (one value per row: ``[1]`` reshaped to ``[]``);
   0 when it is not batched, with full ``dims`` (``-1`` for a dynamic dimension);
 * ``dynamic_batching`` (batched versions only): ``max_queue_delay_microseconds``, the
-  ``priority_levels`` and ``default_priority_level`` (0 and 0 when none are declared), and a default
+  ``priority_levels`` and ``default_priority_level`` (0 and 0 when none are declared), each level's
+  own queue policy (``priority_queue_policy``, for the levels that have one), and a default
   queue policy with ``max_queue_size`` and the request timeout (``default_timeout_microseconds``,
   0 for none; a request past it is refused, ``REJECT``);
 * ``instance_group``: one group of ``KIND_CPU`` with ``count`` = the version's instances;
@@ -26,6 +27,7 @@ from typing import Any
 
 from modelyard.engine.batcher import batching_default
 from modelyard.engine.manager import ServingOptions
+from modelyard.engine.queue_policy import level_policy
 from modelyard.tensors import TensorSpec
 
 __all__ = ["triton_config", "triton_platform"]
@@ -51,6 +53,18 @@ def _tensor(spec: TensorSpec, batched: bool) -> dict[str, Any]:
     if not dims:
         described["reshape"] = {"shape": []}
     return described
+
+
+def _queue_policy(timeout_us: int, max_queue_size: int) -> dict[str, Any]:
+    """Triton's ``ModelQueuePolicy``: requests past their deadline are refused (``REJECT``); a
+    request's ``timeout`` parameter may shorten it (``core/scheduling.py``); ``max_queue_size``
+    0 for a level without a bound of its own (the version's bound still holds)."""
+    return {
+        "timeout_action": "REJECT",
+        "default_timeout_microseconds": timeout_us,
+        "allow_timeout_override": True,
+        "max_queue_size": max_queue_size,
+    }
 
 
 def triton_config(
@@ -85,11 +99,13 @@ def triton_config(
             "max_queue_delay_microseconds": int(round(options.max_queue_delay_ms * 1000)),
             "priority_levels": options.priority_levels,
             "default_priority_level": options.default_priority,
-            "default_queue_policy": {
-                "timeout_action": "REJECT",
-                "default_timeout_microseconds": timeout_us,
-                "allow_timeout_override": True,  # a request's `timeout` (shorter only: core.scheduling)
-                "max_queue_size": options.max_queue_size,
-            },
+            "default_queue_policy": _queue_policy(timeout_us, options.max_queue_size),
         }
+        if options.priority_queue_policy:
+            levels = {}
+            for level in options.priority_queue_policy:
+                limit, level_timeout_s = level_policy(options.priority_queue_policy, int(level))
+                level_us = timeout_us if level_timeout_s is None else int(round(level_timeout_s * 1e6))
+                levels[str(level)] = _queue_policy(level_us, limit or 0)
+            config["dynamic_batching"]["priority_queue_policy"] = levels
     return config

@@ -1,24 +1,33 @@
 """A request's scheduling parameters, as Triton's clients send them (its ``schedule_policy``
 extension): ``timeout``, a deadline shorter than the version's, and ``priority``, its place among
 the requests queued for the version (``engine/batcher.py``, "Priorities"), within the levels
-the version declares (``priority_levels``, as in Triton's config), if it does. Both are checked
-before anything is queued: a bad one is 400 naming the parameter. See docs/serving.md,
-"Backpressure and time".
+the version declares (``priority_levels``, as in Triton's config), if it does. A level with a
+queue policy of its own (``engine/queue_policy.py``) has its own queue bound and deadline. Both
+parameters are checked before anything is queued: a bad one is 400 naming the parameter. See
+docs/serving.md, "Backpressure and time".
 """
 
 from __future__ import annotations
 
 from modelyard.engine.manager import ServingOptions
+from modelyard.engine.queue_policy import level_policy
 from modelyard.errors import InvalidInput
 from modelyard.tensors import InferenceRequest
 
 __all__ = ["request_priority", "request_timeout", "scheduling"]
 
 
-def scheduling(request: InferenceRequest, options: ServingOptions) -> tuple[float | None, int]:
-    """The deadline and the priority ``request`` asks for with its parameters (see
-    :func:`request_timeout` and :func:`request_priority`)."""
-    return request_timeout(request, options), request_priority(request, options)
+def scheduling(request: InferenceRequest, options: ServingOptions) -> tuple[float | None, int, int | None]:
+    """The deadline, the priority and the priority level's queue bound of ``request`` (see
+    :func:`request_timeout` and :func:`request_priority`): what its parameters ask for within
+    the version's settings, its level's queue policy included."""
+    priority = request_priority(request, options) if request.parameters else options.default_priority
+    limit, timeout_s = None, options.timeout_s
+    if options.priority_queue_policy:
+        limit, level_timeout_s = level_policy(options.priority_queue_policy, priority)
+        if level_timeout_s is not None:
+            timeout_s = level_timeout_s
+    return request_timeout(request, timeout_s), priority, limit
 
 
 def request_priority(request: InferenceRequest, options: ServingOptions) -> int:
@@ -37,19 +46,19 @@ def request_priority(request: InferenceRequest, options: ServingOptions) -> int:
     return value if not levels or 0 < value <= levels else options.default_priority
 
 
-def request_timeout(request: InferenceRequest, options: ServingOptions) -> float | None:
+def request_timeout(request: InferenceRequest, timeout_s: float | None) -> float | None:
     """The deadline of ``request``, in seconds: its ``timeout`` parameter (whole microseconds, as
-    Triton's clients send it) where that is shorter than the version's ``timeout_s``; a caller
-    may shorten its deadline, never extend it past what the operator set. Without the
-    parameter, or 0 (Triton's "the model's own"): ``timeout_s``."""
+    Triton's clients send it) where that is shorter than ``timeout_s``, the version's (or its
+    priority level's); a caller may shorten its deadline, never extend it past what the
+    operator set. Without the parameter, or 0 (Triton's "the model's own"): ``timeout_s``."""
     value = request.parameters.get("timeout")
     if value is None or value == 0 and type(value) is int:
-        return options.timeout_s
+        return timeout_s
     if type(value) is not int or value < 0:
         raise InvalidInput(
             f"the request parameter 'timeout' must be a whole number of microseconds (0: the model's "
             f"own deadline), not {value!r}",
             details={"field": "parameters.timeout"},
         )
-    timeout_s = value / 1e6
-    return timeout_s if options.timeout_s is None else min(timeout_s, options.timeout_s)
+    asked_s = value / 1e6
+    return asked_s if timeout_s is None else min(asked_s, timeout_s)

@@ -49,7 +49,8 @@ Priorities. A request may carry a priority (Triton's: 1 is the highest, then 2, 
 default, comes after every level). Requests of different priorities do not share a batch; of the
 groups due, the highest priority goes first, then the oldest. A priority does not jump the
 queue's bound (a full queue refuses any request), and a request kept waiting by higher ones
-meets its deadline like any other.
+meets its deadline like any other. A level may have a bound of its own (``level_limit``: Triton's
+per-level ``max_queue_size``), so that one level cannot fill the queue the others need.
 
 Failure isolation: if a batched ``predict`` raises (or returns outputs that cannot be split by
 rows), every request of that batch is re-run alone, so one bad request fails only itself.
@@ -253,6 +254,8 @@ class DynamicBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._groups: dict[Hashable, _Group] = {}
         self._queued = 0
+        #: requests queued per priority (those with one), for a level's own bound
+        self._by_rank: dict[int, int] = {}
         self._computing = 0
         self._busy = 0
         self._running: set[tuple[Queued, ...]] = set()
@@ -321,6 +324,7 @@ class DynamicBatcher:
         *,
         timeout_s: float | None = None,
         priority: int = 0,
+        level_limit: int | None = None,
         watch: Callable[[Queued], object] | None = None,
     ) -> dict[str, np.ndarray]:
         """Run ``inputs`` (arrays with a leading batch dim) and return this request's outputs.
@@ -329,9 +333,12 @@ class DynamicBatcher:
         :class:`DeadlineExceeded` when ``timeout_s`` passes first (work not yet started is
         dropped and never runs), and whatever ``predict`` raised for this request alone.
         Cancelling the awaiting task removes queued work. ``priority``: 1 first, then 2, ...; 0
-        (none) last. ``watch``: called with the queued entry (its times, for a trace).
+        (none) last; ``level_limit``: at most that many requests of its priority queued (else
+        :class:`QueueFull`). ``watch``: called with the queued entry (its times, for a trace).
         """
-        queued = self.enqueue(inputs, output_names, timeout_s=timeout_s, priority=priority)
+        queued = self.enqueue(
+            inputs, output_names, timeout_s=timeout_s, priority=priority, level_limit=level_limit
+        )
         if watch is not None:
             watch(queued)
         try:
@@ -347,6 +354,7 @@ class DynamicBatcher:
         *,
         timeout_s: float | None = None,
         priority: int = 0,
+        level_limit: int | None = None,
     ) -> Queued:
         """:meth:`submit` without a coroutine, for a transport that answers from a callback:
         queue the request (raising as ``submit`` does) and return it; its ``future`` gets the
@@ -366,7 +374,15 @@ class DynamicBatcher:
 
         key, rows = _group_key(inputs, output_names)
         if priority:
+            if level_limit is not None and self._by_rank.get(priority, 0) >= level_limit:
+                self.count_rejections(1)
+                raise QueueFull(
+                    f"the queue of this model version is full for priority level {priority} "
+                    f"({level_limit} requests)",
+                    retry_after=self._retry_after(),
+                )
             key = (key, priority)
+            self._by_rank[priority] = self._by_rank.get(priority, 0) + 1
         now = loop.time()
         item = Queued(inputs, output_names, rows, key, loop.create_future(), now, time.perf_counter())
         group = self._groups.get(key)
@@ -567,6 +583,8 @@ class DynamicBatcher:
         if not group.items:
             self._groups.pop(item.key, None)
         self._queued -= 1
+        if group.rank != _UNRANKED:
+            self._unrank(group.rank, 1)
         item.state = _DROPPED
         if self._room_waiters:
             self._let_in()
@@ -730,7 +748,16 @@ class DynamicBatcher:
         if not items:
             self._groups.pop(group.key, None)
         self._queued -= len(batch)
+        if group.rank != _UNRANKED and batch:
+            self._unrank(group.rank, len(batch))
         return tuple(batch)
+
+    def _unrank(self, rank: int, n: int) -> None:
+        left = self._by_rank[rank] - n
+        if left:
+            self._by_rank[rank] = left
+        else:
+            del self._by_rank[rank]
 
     def _launch(self, batch: tuple[Queued, ...]) -> bool:
         """Start computing ``batch``; True when it was computed on the loop (already finished)."""

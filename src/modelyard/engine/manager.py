@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from modelyard.engine.batcher import DynamicBatcher, Queued, batching_default
+from modelyard.engine.queue_policy import check_queue_policy
 from modelyard.errors import Unavailable, ValidationFailed
 from modelyard.metrics import Metrics
 from modelyard.runtimes.base import Runtime, RuntimeOptions, computes_in_caller, load_runtime
@@ -75,6 +76,8 @@ class ServingOptions:
     #: with levels: the level of a request that asks for none, 0 or one past them (0, or one past
     #: the levels that another layer of settings declares: the lowest)
     default_priority_level: int = 0
+    #: per priority level, its own queue bound and deadline (``engine/queue_policy.py``)
+    priority_queue_policy: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, hash=False)
 
     def merged(self, overrides: Mapping[str, Any] | None) -> ServingOptions:
         """A copy with ``overrides`` applied; :class:`ValidationFailed` names a bad field."""
@@ -114,6 +117,8 @@ class ServingOptions:
         for name, bad in problems.items():
             if bad:
                 raise ValidationFailed(f"serving setting {name!r} is out of range", details={"field": name})
+        if self.priority_queue_policy or not isinstance(self.priority_queue_policy, Mapping):
+            check_queue_policy(self.priority_queue_policy)
 
     @property
     def default_priority(self) -> int:
@@ -135,6 +140,8 @@ def parse_serving(raw: Any, where: str = "serving") -> dict[str, Any]:
         raise ValidationFailed(f"{where} must be an object of serving settings", details={"field": where})
     ServingOptions().merged(raw)  # raises ValidationFailed naming the bad setting
     levels, default = raw.get("priority_levels"), raw.get("default_priority_level")
+    if levels and raw.get("priority_queue_policy"):  # its levels must be among those beside it
+        check_queue_policy(raw["priority_queue_policy"], levels)
     if levels is not None and default is not None and not default <= levels:
         # (within one layer; across layers a default past the levels is the lowest level)
         raise ValidationFailed(
@@ -545,10 +552,11 @@ class ModelManager:
         options: ServingOptions | None = None,
         timeout_s: float | None = None,
         priority: int = 0,
+        level_limit: int | None = None,
         watch: Callable[[Queued], object] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run ``inputs`` through the version's batcher, with ``priority`` (see the batcher;
-        ``watch``, if given, is called with the batcher's entry once queued: a trace reads its
+        """Run ``inputs`` through the version's batcher, with ``priority`` and its level's
+        ``level_limit`` (see the batcher; ``watch``, if given, is called with the batcher's entry once queued: a trace reads its
         times).
 
         Raises :class:`Unavailable` (503) when the server is saturated, ``QueueFull`` (429) when
@@ -570,7 +578,7 @@ class ModelManager:
             try:
                 return await batcher.submit(
                     inputs, output_names, timeout_s=timeout_s if timeout_s is not None else opts.timeout_s,
-                    priority=priority, watch=watch,
+                    priority=priority, level_limit=level_limit, watch=watch,
                 )
             finally:
                 self._done_with(model)
@@ -586,12 +594,13 @@ class ModelManager:
         options: ServingOptions,
         timeout_s: float | None = None,
         priority: int = 0,
+        level_limit: int | None = None,
     ) -> tuple[LoadedModel, DynamicBatcher, Queued] | None:
         """:meth:`predict` without a coroutine, for a version already loaded (``None``: not
         loaded, or retired; await :meth:`predict`): the request is queued (raising as
         ``predict`` does) and counted in flight until :meth:`release` is called with the model
         once its future is done; the batcher is the one to ``withdraw`` it from. ``timeout_s``
-        and ``priority`` as for :meth:`predict`."""
+        ``priority`` and ``level_limit`` as for :meth:`predict`."""
         if self._total_in_flight >= self._max_in_flight:
             raise self.saturation()
         model = self._touch(source.load_key)
@@ -599,7 +608,9 @@ class ModelManager:
             return None
         batcher = model.batcher(options)
         deadline_s = timeout_s if timeout_s is not None else options.timeout_s
-        queued = batcher.enqueue(inputs, output_names, timeout_s=deadline_s, priority=priority)
+        queued = batcher.enqueue(
+            inputs, output_names, timeout_s=deadline_s, priority=priority, level_limit=level_limit
+        )
         self._total_in_flight += 1
         model.in_flight += 1
         return model, batcher, queued

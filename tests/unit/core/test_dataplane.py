@@ -15,7 +15,7 @@ from modelyard.config import Settings
 from modelyard.core.inference import GATE_BUNDLE, QueueGate, QueueGates, validate_inputs
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
-from modelyard.core.scheduling import request_priority, request_timeout
+from modelyard.core.scheduling import request_priority, request_timeout, scheduling
 from modelyard.engine.manager import ServingOptions, parse_serving
 from modelyard.errors import (
     InvalidInput, ModelNotFound, PermissionDenied, QueueFull, RateLimited, ValidationFailed, VersionNotFound,
@@ -448,7 +448,7 @@ def test_an_unpin_made_here_while_a_round_loads_wins(platform: Platform, tenant:
 
 def test_a_requests_timeout_parameter_shortens_its_deadline_and_never_extends_it() -> None:
     x = np.zeros((1, 3), np.float32)
-    thirty, unbounded = ServingOptions(timeout_s=30.0), ServingOptions(timeout_s=None)
+    thirty, unbounded = 30.0, None
     assert request_timeout(_req(x), thirty) == 30.0
     assert request_timeout(_req(x, timeout=0), thirty) == 30.0  # Triton's "the model's own"
     assert request_timeout(_req(x, timeout=250_000), thirty) == 0.25  # microseconds
@@ -529,6 +529,46 @@ def test_priority_level_settings_out_of_range_are_refused_when_written(settings:
     with pytest.raises(ValidationFailed) as info:
         parse_serving(settings, where="tags.serving")
     assert info.value.details == {"field": next(reversed(settings))}
+
+
+def test_a_levels_queue_policy_gives_its_requests_their_bound_and_deadline() -> None:
+    """``priority_queue_policy``: a level's own queue bound goes with its requests, and its
+    deadline replaces the version's; a request's ``timeout`` still only shortens it; the fast
+    path (no parameters) takes the default level's policy."""
+    x = np.zeros((1, 3), np.float32)
+    options = ServingOptions(timeout_s=30.0, priority_levels=2, default_priority_level=2).merged(
+        parse_serving({"priority_queue_policy": {"2": {"max_queue_size": 8, "timeout_s": 2}}})
+    )
+    assert scheduling(_req(x), options) == (2, 2, 8)  # the default level, and its policy
+    assert scheduling(_req(x, priority=1), options) == (30.0, 1, None)  # level 1 has none of its own
+    assert scheduling(_req(x, priority=2, timeout=500_000), options) == (0.5, 2, 8)
+    assert scheduling(_req(x, priority=2, timeout=9_000_000), options) == (2, 2, 8)  # never longer
+    assert scheduling(_req(x), ServingOptions(timeout_s=30.0)) == (30.0, 0, None)
+
+
+@pytest.mark.parametrize("policy, field", [
+    ([1], "priority_queue_policy"),
+    ({"0": {"max_queue_size": 1}}, "priority_queue_policy.0"),
+    ({"low": {"max_queue_size": 1}}, "priority_queue_policy.low"),
+    ({"01": {"max_queue_size": 1}}, "priority_queue_policy.01"),
+    ({"2": {}}, "priority_queue_policy.2"),
+    ({"2": {"max_queue_size": 0}}, "priority_queue_policy.2.max_queue_size"),
+    ({"2": {"max_queue_size": True}}, "priority_queue_policy.2.max_queue_size"),
+    ({"2": {"timeout_s": 0}}, "priority_queue_policy.2.timeout_s"),
+    ({"2": {"timeout_s": "5"}}, "priority_queue_policy.2.timeout_s"),
+    ({"2": {"timeout_action": "DELAY"}}, "priority_queue_policy.2.timeout_action"),
+])
+def test_a_queue_policy_that_is_not_one_is_refused_naming_the_field(policy: object, field: str) -> None:
+    with pytest.raises(ValidationFailed) as info:
+        parse_serving({"priority_queue_policy": policy})
+    assert info.value.details == {"field": field}
+
+
+def test_a_queue_policys_levels_are_among_those_declared_beside_it() -> None:
+    parse_serving({"priority_queue_policy": {"3": {"max_queue_size": 4}}})  # levels may come from another layer
+    with pytest.raises(ValidationFailed, match="1 to 2, the priority_levels declared beside it") as info:
+        parse_serving({"priority_levels": 2, "priority_queue_policy": {"3": {"max_queue_size": 4}}})
+    assert info.value.details == {"field": "priority_queue_policy.3"}
 
 
 def test_a_default_level_past_the_levels_of_another_layer_is_the_lowest() -> None:

@@ -246,6 +246,37 @@ async def test_a_priority_does_not_pass_a_full_queue() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_levels_own_bound_refuses_it_while_other_levels_get_in() -> None:
+    """A level's bound (``level_limit``) counts only its own queued requests: one more of it is
+    refused while other levels still get in; its count drops as its requests leave the queue
+    (withdrawn, expired, taken into a batch), so it gets in again."""
+    gate = threading.Event()
+    model = Model(gate=gate)
+    b = make(model, max_batch_size=64, max_queue_size=100)
+    first = asyncio.ensure_future(b.submit(request([0]), None))
+    await wait_until(model.started.is_set)
+    background = [asyncio.ensure_future(b.submit(request([i]), None, priority=2, level_limit=2)) for i in (1, 2)]
+    await wait_until(lambda: b.queue_depth == 2)
+    with pytest.raises(QueueFull, match="priority level 2 \\(2 requests\\)"):
+        b.enqueue(request([3]), None, priority=2, level_limit=2)
+    urgent = asyncio.ensure_future(b.submit(request([4]), None, priority=1, level_limit=2))
+    unranked = asyncio.ensure_future(b.submit(request([5]), None))
+    await wait_until(lambda: b.queue_depth == 4)
+    background[0].cancel()  # withdrawn: its slot of level 2 is free again
+    await wait_until(lambda: b.queue_depth == 3)
+    expiring = b.enqueue(request([6]), None, priority=2, level_limit=2, timeout_s=0.05)
+    with pytest.raises(DeadlineExceeded):
+        await expiring.future
+    again = asyncio.ensure_future(b.submit(request([7]), None, priority=2, level_limit=2))
+    await wait_until(lambda: b.queue_depth == 4)
+    gate.set()
+    results = await asyncio.gather(first, background[1], urgent, unranked, again)
+    assert [r["id"].tolist() for r in results] == [[0], [2], [4], [5], [7]]
+    assert b._by_rank == {}  # every count back to nothing
+    await b.close(1)
+
+
+@pytest.mark.asyncio
 async def test_failing_request_does_not_fail_its_batch_mates() -> None:
     model = Model(delay_s=0.01)
     b = make(model, max_batch_size=32)

@@ -53,6 +53,9 @@ class ServingIn(StrictBody):
     default_priority_level: StrictInt | None = Field(
         default=None, ge=0, lt=2**64, description="the level of requests without one (0: the lowest)"
     )
+    priority_queue_policy: dict[str, dict[str, Any]] | None = Field(
+        default=None, description='per level: {"2": {"max_queue_size": 32, "timeout_s": 5}}'
+    )
 
 
 class RollbackIn(StrictBody):
