@@ -5,6 +5,7 @@ version is served with, following its serving settings and a deployment's; unkno
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,3 +132,62 @@ def test_tritonclient_grpc_reads_the_same(server: LiveServer, tmp_path: Path, tr
         assert levels.priority_queue_policy[2].max_queue_size == 3  # a map of uint64 levels
         grpc_refuses(lambda: triton.get_model_config("nope", headers=headers), lambda: triton.get_model_config("alpha"))
         triton.close()
+
+
+def test_a_config_sent_with_a_load_sets_how_the_model_is_served(server: LiveServer, tmp_path: Path) -> None:
+    """``load_model(name, config=...)`` (Triton's override): what ``get_model_config`` returned,
+    changed and sent back, becomes the model's serving settings; over HTTP and gRPC, field names
+    as protobuf's JSON writes them or in camelCase. What cannot be honoured is refused with its
+    field and changes nothing; a key that may not change models gets 403."""
+    register(server, "tuned", scale_model(tmp_path / "tuned.onnx", 2.0))
+    triton = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
+    headers = server.headers
+    config = triton.get_model_config("tuned", headers=headers)
+    config["max_batch_size"] = 16
+    config["dynamic_batching"]["max_queue_delay_microseconds"] = 750
+    config["dynamic_batching"]["priority_levels"] = 2
+    config["dynamic_batching"]["priority_queue_policy"] = {"2": {"max_queue_size": 8}}
+    config["instance_group"][0]["count"] = 2
+    triton.load_model("tuned", headers=headers, config=json.dumps(config))
+    now = triton.get_model_config("tuned", headers=headers)
+    assert (now["max_batch_size"], now["instance_group"][0]["count"]) == (16, 2)
+    assert now["dynamic_batching"]["max_queue_delay_microseconds"] == 750
+    assert now["dynamic_batching"]["priority_queue_policy"]["2"]["max_queue_size"] == 8
+    assert triton.is_model_ready("tuned", headers=headers)
+    with server.client() as admin:
+        tags = admin.get("/api/v1/models/tuned").json()["tags"]
+    assert tags["serving"]["max_batch_size"] == 16 and tags["serving"]["instances"] == 2
+
+    for bad, field in [({"sequence_batching": {}}, "config.sequence_batching"),
+                       ({"name": "other"}, "config.name"),
+                       ({"instance_group": [{"kind": "KIND_GPU", "count": 1}]}, "config.instance_group.0.kind"),
+                       ({"dynamic_batching": {"preferred_batch_size": [4]}}, "config.dynamic_batching.preferred_batch_size"),
+                       ({"max_batch_size": -1}, "config.max_batch_size")]:
+        with pytest.raises(InferenceServerException) as refused:
+            triton.load_model("tuned", headers=headers, config=json.dumps(bad))
+        assert refused.value.status() == "400", (bad, refused.value.message())
+    with server.client() as admin:
+        r = admin.post("/v2/repository/models/tuned/load", json={"parameters": {"config": "{not json"}})
+        assert r.status_code == 400 and r.json()["error"]["details"] == {"field": "config"}
+        r = admin.post("/v2/repository/models/tuned/load",
+                       json={"parameters": {"config": json.dumps({"max_batch_size": 5000, "dynamic_batching": {}})}})
+        assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "max_batch_size", r.text
+        assert admin.get("/api/v1/models/tuned").json()["tags"]["serving"]["max_batch_size"] == 16  # unchanged
+        r = admin.post("/api/v1/keys", json={"role": "inference"})
+        caller = {"Authorization": f"Bearer {r.json()['secret']}"}
+        r = admin.post("/v2/repository/models/tuned/load", headers=caller,
+                       json={"parameters": {"config": json.dumps({"max_batch_size": 4})}})
+        assert r.status_code == 403, r.text
+    triton.close()
+
+    grpc_client = triton_grpc.InferenceServerClient(server.grpc_url)
+    grpc_headers = {"authorization": f"Bearer {server.admin_key}"}
+    grpc_client.load_model("tuned", headers=grpc_headers, config=json.dumps(
+        {"maxBatchSize": 4, "dynamicBatching": {"maxQueueDelayMicroseconds": "250"}}))  # camelCase, a 64-bit string
+    again = grpc_client.get_model_config("tuned", headers=grpc_headers).config
+    assert (again.max_batch_size, again.dynamic_batching.max_queue_delay_microseconds) == (4, 250)
+    assert again.instance_group[0].count == 1  # what the configuration leaves out is the server's default
+    with pytest.raises(InferenceServerException) as refused:
+        grpc_client.load_model("tuned", headers=grpc_headers, config='{"ensemble_scheduling": {}}')
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT" and "ensemble_scheduling" in refused.value.message()
+    grpc_client.close()

@@ -84,10 +84,10 @@ def test_tritonclient_indexes_loads_and_unloads(server: LiveServer) -> None:
 
 def test_repository_calls_refuse_what_they_cannot_do(server: LiveServer) -> None:
     with server.client() as admin:
-        r = admin.post("/v2/repository/models/alpha/load", json={"parameters": {"config": "{}"}})
-        assert r.status_code == 400 and "/api/v1/models" in r.json()["error"]["message"]
+        r = admin.post("/v2/repository/models/alpha/load", json={"parameters": {"config": '{"sequence_batching": {}}'}})
+        assert r.status_code == 400 and r.json()["error"]["details"] == {"field": "config.sequence_batching"}, r.text
         r = admin.post("/v2/repository/models/alpha/load", json={"parameters": {"file:1/model.onnx": "AA=="}})
-        assert r.status_code == 400
+        assert r.status_code == 400 and "/api/v1/models" in r.json()["error"]["message"]
         r = admin.post("/v2/repository/models/nope/load")
         assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
         r = admin.post("/v2/repository/index", content=b"{not json")
@@ -207,7 +207,7 @@ def test_tritonclient_grpc_indexes_loads_and_unloads(server: LiveServer, tmp_pat
         assert all(m.get("state") == "UNAVAILABLE" for m in triton.get_model_repository_index(headers=headers, as_json=True)["models"])
 
         with pytest.raises(InferenceServerException) as refused:
-            triton.load_model("alpha", headers=headers, config="{}")
+            triton.load_model("alpha", headers=headers, files={"file:1/model.onnx": b"\0"})
         assert refused.value.status() == "StatusCode.INVALID_ARGUMENT" and "registry" in refused.value.message()
         with pytest.raises(InferenceServerException) as missing:
             triton.load_model("nope", headers=headers)

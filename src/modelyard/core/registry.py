@@ -327,6 +327,22 @@ class Registry:
         self._changed()  # the model's serving tag is part of its versions' records
         return info
 
+    def set_model_serving(self, tenant_id: str, name: str, serving: dict[str, Any]) -> ModelInfo:
+        """Replace the model's serving settings (its ``serving`` tag), its other tags kept: one
+        transaction that holds the model's row, so a concurrent change of its tags is not lost."""
+        with self._db.transaction() as s:
+            row = s.scalar(
+                select(ModelRow).where(ModelRow.tenant_id == tenant_id, ModelRow.name == name).with_for_update()
+            )
+            if row is None:
+                raise ModelNotFound(f"model {name!r} not found")
+            row.tags = _check_tags({**(row.tags or {}), "serving": serving})
+            row.updated_at = utcnow()
+            s.flush()
+            info = _model_info(row)
+        self._changed()
+        return info
+
     def update_version(
         self,
         tenant_id: str,

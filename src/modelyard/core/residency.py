@@ -27,9 +27,11 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
+from modelyard.core.config_override import serving_from_triton
 from modelyard.core.inference import DataPlane
 from modelyard.core.principal import Principal
 from modelyard.core.registry import Registry, VersionInfo
@@ -41,13 +43,14 @@ log = logging.getLogger(__name__)
 
 
 def refuse_model_files(parameters: Iterable[str]) -> None:
-    """Triton's load call may carry a model configuration (``config``) or the files of a model
-    directory (``file:...``); ModelYard loads versions from its registry, so such a load is a
-    :class:`BadRequest` that says where models come from (REST and gRPC alike)."""
-    if any(name == "config" or str(name).startswith("file:") for name in parameters):
+    """Triton's load call may carry the files of a model directory (``file:...``); ModelYard
+    loads versions from its registry, so such a load is a :class:`BadRequest` that says where
+    models come from (REST and gRPC alike). A model configuration (``config``) is taken: see
+    :meth:`Residency.load`."""
+    if any(str(name).startswith("file:") for name in parameters):
         raise BadRequest(
             "ModelYard loads versions from its registry: push the model with POST /api/v1/models/{name}/versions "
-            "(or modelyard models push) instead of a configuration or files in the load call"
+            "(or modelyard models push) instead of files in the load call"
         )
 
 
@@ -118,13 +121,23 @@ class Residency:
                              "state": "READY" if ready else "UNAVAILABLE", "reason": "" if ready else "unloaded"})
         return rows
 
-    async def load(self, principal: Principal, name: str, version: str | None, *, pin: bool = False) -> VersionInfo:
+    async def load(
+        self, principal: Principal, name: str, version: str | None, *, pin: bool = False, config: Any = None
+    ) -> VersionInfo:
         """Load the version ``name`` ``version`` names (the served one without a version) with
-        its serving settings, warm it up, and with ``pin`` keep it loaded (see the module)."""
+        its serving settings, warm it up, and with ``pin`` keep it loaded (see the module).
+        ``config``: a Triton model configuration (JSON text, as ``load_model(config=...)``
+        sends it) whose serving settings become the model's first (``core/config_override.py``;
+        it needs ``models:write``)."""
         principal.require("models:load")
         if pin:
             principal.require("models:pin")
         info = await self.version(principal, name, version)
+        if config is not None:
+            principal.require("models:write")
+            serving = serving_from_triton(config, name)
+            await anyio.to_thread.run_sync(self._registry.set_model_serving, info.tenant_id, name, serving)
+            info = await self.version(principal, name, version)  # its record with the new settings
         if not pin:
             await self._dataplane.load(info)
             return info

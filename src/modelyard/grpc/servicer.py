@@ -276,7 +276,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def work() -> Any:
             principal = await self._principal(context)
             refuse_model_files(request.parameters)
-            await self._platform.residency.load(principal, request.model_name, None)
+            config = request.parameters["config"].string_param if "config" in request.parameters else None
+            await self._platform.residency.load(principal, request.model_name, None, config=config)
             return pb.RepositoryModelLoadResponse()
 
         return await self._guard(context, work)

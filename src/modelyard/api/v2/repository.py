@@ -4,9 +4,10 @@
 * ``POST /v2/repository/index`` (body ``{"ready": true}`` optional): every version of the caller's
   models, ``READY`` when loaded, else ``UNAVAILABLE`` with reason ``unloaded``;
 * ``POST /v2/repository/models/{name}/load``: load the version ``name`` serves (production, else
-  the latest) now, with its warm-up. ModelYard loads versions from its registry, so a load that
-  carries a model configuration or files (Triton's override directory) is refused: push a version
-  with ``/api/v1/models`` instead;
+  the latest) now, with its warm-up. With a model configuration (``{"parameters": {"config":
+  "<JSON>"}}``, ``load_model(name, config=...)``), its serving settings become the model's first
+  (``core/config_override.py``). ModelYard loads versions from its registry, so a load that
+  carries files (Triton's override directory) is refused: push a version with ``/api/v1/models``;
 * ``POST /v2/repository/models/{name}/unload``: unload the version ``name`` serves.
 
 ModelYard keeps managing memory itself: a loaded version may still be evicted by the memory
@@ -48,7 +49,7 @@ async def load(model_name: str, request: Request, platform: PlatformDep, princip
     if not isinstance(parameters, dict):
         raise BadRequest("'parameters' must be a JSON object")
     refuse_model_files(parameters)
-    await platform.residency.load(principal, model_name, None)
+    await platform.residency.load(principal, model_name, None, config=parameters.get("config"))
     return JSONResponse({})
 
 
