@@ -194,7 +194,8 @@ def test_health_and_whoami(demo_server: LiveServer) -> None:
 @pytest.mark.parametrize(
     "command",
     [["models", "push"], ["models", "list"], ["models", "show"], ["models", "versions"],
-     ["models", "promote"], ["models", "delete"], ["predict"], ["health"], ["whoami"]],
+     ["models", "promote"], ["models", "delete"], ["models", "update"], ["predict"], ["health"], ["whoami"],
+     ["evaluate"]],
 )
 def test_help_teaches_with_examples(command: list[str]) -> None:
     result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "160"})

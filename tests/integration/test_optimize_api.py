@@ -234,3 +234,67 @@ def test_sdk_and_cli_optimize_then_promote_serves_the_new_version(c, server, mon
     res = CliRunner().invoke(app, ["optimize", "digits", "--version", "1", "--method", "prune", "-o", "sparsity=0.99",
                                    "--dataset", DIGITS, "--follow"])
     assert res.exit_code == 2 and "guard FAILED" in res.output
+
+
+def _evaluate(c: httpx.Client, **body: Any) -> httpx.Response:
+    return c.post("/api/v1/jobs", json={"type": "evaluate", "dataset": DIGITS, **body})
+
+
+def test_an_evaluate_job_scores_a_version_as_compare_does(c, server, monkeypatch):
+    """An ``evaluate`` job scores a version on a dataset in the background: the same accuracy as
+    the synchronous comparison; ``max_rows`` scores fewer rows; an uploaded ONNX-only version
+    too; the version the model serves by default. The SDK and the CLI submit it and wait."""
+    r = _evaluate(c, model_name="digits", version=1)
+    assert r.status_code == 202, r.text
+    job = _wait(c, r.json()["id"])
+    assert job["state"] == "succeeded", job
+    result = job["result"]
+    compared = c.get("/api/v1/models/digits/compare", params={"versions": "1", "dataset": DIGITS}).json()
+    assert (result["metric"], result["task"], result["n_rows"]) == ("accuracy", "classification", 1797)
+    assert result["value"] == pytest.approx(compared["rows"][0]["metric"]) and result["higher_is_better"]
+    assert (result["model_name"], result["version"], result["dataset"]["reference"]) == ("digits", 1, DIGITS)
+    assert any("accuracy" in line["message"] for line in c.get(f"/api/v1/jobs/{job['id']}/logs").json()["items"])
+
+    few = _wait(c, _evaluate(c, model_name="digits", version=1, max_rows=100).json()["id"])
+    assert few["state"] == "succeeded" and few["result"]["n_rows"] == 100
+    uploaded = _wait(c, _evaluate(c, model_name="uploaded").json()["id"])  # the version it serves
+    assert uploaded["state"] == "succeeded" and uploaded["result"]["version"] == 1, uploaded
+    assert uploaded["result"]["value"] > 0.5
+    production = _wait(c, _evaluate(c, model_name="uploaded", version="production", max_rows=10).json()["id"])
+    assert production["result"]["version"] == 1
+    latest = _wait(c, _evaluate(c, model_name="digits", version="latest", max_rows=10).json()["id"])
+    assert latest["result"]["version"] == max(v["version"] for v in _versions(c, "digits"))
+
+    from typer.testing import CliRunner
+
+    from modelyard.cli.main import app
+    from modelyard.client import Client
+
+    with Client(url=server.url, api_key=server.admin_key) as sdk:
+        done = sdk.jobs.wait(sdk.jobs.evaluate("digits", dataset=DIGITS, version=1, max_rows=50).id, timeout=120)
+    assert done.state == "succeeded" and done.result is not None and done.result["n_rows"] == 50
+    monkeypatch.setenv("MODELYARD_URL", server.url)
+    monkeypatch.setenv("MODELYARD_API_KEY", server.admin_key)
+    shown = CliRunner().invoke(app, ["evaluate", "digits", "-v", "1", "--dataset", DIGITS], env={"COLUMNS": "160"})
+    assert shown.exit_code == 0, shown.output
+    assert "accuracy" in shown.output and f"{result['value']:.4f}" in shown.output and "1,797" in shown.output
+    refused = CliRunner().invoke(app, ["evaluate", "nope", "--dataset", DIGITS])
+    assert refused.exit_code == 2 and "nope" in refused.output
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"model_name": "digits", "epochs": 3}, "epochs"),
+    ({"dataset": DIGITS}, "model_name"),
+    ({"model_name": "nope"}, "model_name"),
+    ({"model_name": "digits", "version": 99}, "version"),
+    ({"model_name": "digits", "version": True}, "version"),
+    ({"model_name": "digits", "version": "newest"}, "version"),
+    ({"model_name": "digits", "max_rows": 0}, "max_rows"),
+    ({"model_name": "digits", "dataset": "no-such-dataset"}, "dataset"),
+    ({"model_name": "digits", "target": "species"}, "target"),
+    ({"model_name": "digits", "dataset": "builtin:iris"}, "dataset"),  # its columns do not fit the inputs
+])
+def test_a_bad_evaluate_request_is_refused_with_422_naming_the_field(c, body, field):
+    r = c.post("/api/v1/jobs", json={"type": "evaluate", "dataset": DIGITS, **body})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"]["field"] == field, r.json()

@@ -9,6 +9,7 @@ import typer
 
 from modelyard.cli import datasets as datasets_cli
 from modelyard.cli import deploy as deploy_cli
+from modelyard.cli import evaluate as evaluate_cli
 from modelyard.cli import llm as llm_cli
 from modelyard.cli import models as models_cli
 from modelyard.cli import optimize as optimize_cli
@@ -71,6 +72,7 @@ app.add_typer(llm_cli.app)
 app.add_typer(deploy_cli.app)
 predict_cli.register(app)
 optimize_cli.register(app)
+evaluate_cli.register(app)
 app.add_typer(datasets_cli.app)
 app.add_typer(trace_cli.app)
 train_cli.register(app)

@@ -106,6 +106,17 @@ class Jobs:
         """Shorthand for ``submit("train", model_name=..., dataset=..., **hyperparameters)``."""
         return self.submit("train", model_name=model_name, dataset=dataset, **hyperparameters)
 
+    def evaluate(
+        self, model_name: str, *, dataset: str | dict[str, str], version: int | str | None = None,
+        target: str | None = None, max_rows: int | None = None,
+    ) -> Job:
+        """Submit an ``evaluate`` job: ``model_name``'s version (default: the one it serves)
+        scored on ``dataset``; its ``result`` has ``metric``, ``value``, ``n_rows`` and ``task``
+        (docs/training.md, "Evaluate a version")."""
+        fields = {"version": version, "target": target, "max_rows": max_rows}
+        return self.submit("evaluate", model_name=model_name, dataset=dataset,
+                           **{k: v for k, v in fields.items() if v is not None})
+
     def get(self, job_id: str) -> Job:
         return Job.from_json(self._t.get(_path(job_id)))
 

@@ -29,10 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from modelyard.core.job_inputs import (
+    check_fits, dataset_ref, job_dataset, resolve_version, setting, target_column, torch_source,
+)
 from modelyard.core.jobs import ClaimedJob
 from modelyard.core.names import check_name
 from modelyard.core.registry import VersionInfo
-from modelyard.errors import DatasetNotFound, ModelNotFound, Unavailable, ValidationFailed, VersionNotFound
+from modelyard.errors import ModelNotFound, Unavailable, ValidationFailed, VersionNotFound
 
 __all__ = ["OptimizeRunner", "Optimization", "DEFAULT_PRICE_PER_CORE_HOUR", "DEFAULT_COMPARE_MAX_ROWS",
            "MAX_COMPARE_VERSIONS"]
@@ -47,73 +50,8 @@ _FIELDS = ("model_name", "model", "version", "method", "options", "steps", "data
            "fine_tune_dataset", "target", "max_metric_drop", "force", "stage", "description")
 
 
-def _setting(settings: Any, name: str, default: Any) -> Any:
-    value = getattr(settings, name, None)
-    return default if value is None else value
-
-
-def _resolve_version(registry: Any, tenant_id: str, name: str, version: Any, field_name: str = "version") -> VersionInfo:
-    if isinstance(version, bool) or not isinstance(version, (int, str)):
-        raise ValidationFailed("version must be a number, 'latest' or 'production'", details={"field": field_name})
-    try:
-        return cast(VersionInfo, registry.resolve(tenant_id, name, str(version)))
-    except ModelNotFound as exc:
-        raise ValidationFailed(exc.message, details={"field": "model_name"}) from exc
-    except VersionNotFound as exc:
-        raise ValidationFailed(exc.message, details={"field": field_name}) from exc
-
-
-def _dataset(ctx: Any, tenant_id: str, reference: Any, field_name: str) -> Any:
-    try:
-        return ctx.datasets.resolve(tenant_id, reference)
-    except DatasetNotFound as exc:
-        raise ValidationFailed(exc.message, details={"field": field_name}) from exc
-    except ValidationFailed as exc:
-        raise ValidationFailed(exc.message, details={"field": field_name}) from exc
-
-
-def _dataset_ref(info: Any) -> dict[str, Any]:
-    return {"reference": info.reference, "id": info.id, "sha256": info.sha256, "n_rows": info.n_rows}
-
-
-def _target(info: Any, requested: Any) -> str:
-    if requested is not None:
-        if not isinstance(requested, str) or not requested:
-            raise ValidationFailed("target must be a column name", details={"field": "target"})
-        return requested
-    names = {c["name"] for c in info.columns}
-    return "label" if "target" not in names and "label" in names else "target"
-
-
-def _torch_source(ctx: Any, version: VersionInfo) -> tuple[dict[str, Any], Path] | None:
-    torch_ref = version.lineage.get("torch") or {}
-    weights = torch_ref.get("weights_sha256")
-    if not weights:
-        return None
-    architecture = torch_ref.get("architecture")
-    if architecture is None and torch_ref.get("architecture_sha256"):
-        architecture = json.loads(ctx.artifacts.verified_path(torch_ref["architecture_sha256"]).read_text())
-    if architecture is None:
-        return None
-    return architecture, ctx.artifacts.verified_path(weights)
-
-
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
-
-
-def _check_fits(onnx_path: Path, table: Any, target: str, architecture: dict[str, Any] | None, field_name: str) -> None:
-    from modelyard.engine.optimizer.evaluate import feed_from_table, limit_rows
-    from modelyard.engine.optimizer.measure import session
-
-    if target not in table:
-        raise ValidationFailed(f"the {field_name.replace('_', ' ')} has no target column {target!r}",
-                               details={"field": "target" if field_name == "dataset" else field_name})
-    try:
-        feed_from_table(session(onnx_path).get_inputs(), limit_rows(table, 8), target=target, architecture=architecture)
-    except ValidationFailed as exc:
-        raise ValidationFailed(f"the {field_name.replace('_', ' ')} does not fit the model's inputs: {exc.message}",
-                               details={**exc.details, "field": field_name}) from exc
 
 
 class OptimizeRunner:
@@ -135,7 +73,7 @@ class OptimizeRunner:
         check_name(name, field="model_name")
         if "version" not in body:
             raise ValidationFailed("version is required: the version to optimize", details={"field": "version"})
-        source = _resolve_version(ctx.registry, tenant_id, name, body["version"])
+        source = resolve_version(ctx.registry, tenant_id, name, body["version"])
         if source.format != "onnx":
             raise ValidationFailed(f"version {source.version} is a {source.format!r} model; optimization works on "
                                    "ONNX versions", details={"field": "version"})
@@ -160,7 +98,7 @@ class OptimizeRunner:
                 field_name = field_name.replace("steps[0].", "").replace("steps[0]", "method")
             raise ValidationFailed(exc.message, details={**exc.details, "field": field_name}) from exc
         methods = [s.method for s in steps]
-        torch_src = _torch_source(ctx, source)
+        torch_src = torch_source(ctx, source)
         if "prune" in methods and torch_src is None:
             raise ValidationFailed(
                 f"prune needs the PyTorch source of the version; {name} version {source.version} is ONNX-only "
@@ -184,28 +122,28 @@ class OptimizeRunner:
                                    details={"field": "description"})
         if "dataset" not in body:
             raise ValidationFailed("dataset is required: the evaluation dataset", details={"field": "dataset"})
-        evaluation = _dataset(ctx, tenant_id, body["dataset"], "dataset")
-        target = _target(evaluation, body.get("target"))
+        evaluation = job_dataset(ctx, tenant_id, body["dataset"], "dataset")
+        target = target_column(evaluation, body.get("target"))
         onnx_path = ctx.artifacts.verified_path(source.sha256)
         architecture = torch_src[0] if torch_src else None
-        _check_fits(onnx_path, ctx.datasets.load_table(evaluation), target, architecture, "dataset")
+        check_fits(onnx_path, ctx.datasets.load_table(evaluation), target, architecture, "dataset")
         extra: dict[str, Any] = {}
         for key, used in (("calibration_dataset", "quantize-static" in methods),
                           ("fine_tune_dataset", any(s.method == "prune" and s.options.get("fine_tune_epochs")
                                                     for s in steps))):
             if body.get(key) is None:
                 if used:
-                    extra[key] = _dataset_ref(evaluation)
+                    extra[key] = dataset_ref(evaluation)
                 continue
-            info = _dataset(ctx, tenant_id, body[key], key)
-            _check_fits(onnx_path, ctx.datasets.load_table(info), target, architecture, key)
-            extra[key] = _dataset_ref(info)
+            info = job_dataset(ctx, tenant_id, body[key], key)
+            check_fits(onnx_path, ctx.datasets.load_table(info), target, architecture, key)
+            extra[key] = dataset_ref(info)
         return {
             "model_name": name,
             "version": source.version,
             "source_sha256": source.sha256,
             "steps": [s.to_dict() for s in steps],
-            "dataset": _dataset_ref(evaluation),
+            "dataset": dataset_ref(evaluation),
             **extra,
             "target": target,
             "max_metric_drop": max_drop,
@@ -220,7 +158,7 @@ class OptimizeRunner:
 
         params = job.params
         name = params["model_name"]
-        source = _resolve_version(ctx.registry, job.tenant_id, name, params["version"])
+        source = resolve_version(ctx.registry, job.tenant_id, name, params["version"])
         if source.sha256 != params["source_sha256"]:
             raise ValidationFailed("the source version changed since the job was submitted",
                                    details={"field": "version"})
@@ -239,7 +177,7 @@ class OptimizeRunner:
                 raise ValidationFailed(f"the {key.replace('_', ' ')} changed since the job was submitted",
                                        details={"field": key})
             tables[key] = ctx.datasets.load_table(info)
-        torch_src = _torch_source(ctx, source)
+        torch_src = torch_source(ctx, source)
         src = Source(onnx_path=ctx.artifacts.verified_path(source.sha256),
                      architecture=torch_src[0] if torch_src else None,
                      weights_path=torch_src[1] if torch_src else None)
@@ -257,7 +195,7 @@ class OptimizeRunner:
             src, steps, evaluation=tables["dataset"], workdir=workdir, max_metric_drop=params["max_metric_drop"],
             target=params["target"], calibration=tables.get("calibration_dataset"),
             fine_tune=tables.get("fine_tune_dataset"),
-            max_eval_rows=int(_setting(ctx.settings, "compare_max_rows", DEFAULT_COMPARE_MAX_ROWS)),
+            max_eval_rows=int(setting(ctx.settings, "compare_max_rows", DEFAULT_COMPARE_MAX_ROWS)),
             on_progress=on_progress,
         )
         report = {"source": {"model": name, "version": source.version}, **_jsonable(result.report)}
@@ -379,11 +317,11 @@ class Optimization:
 
     @property
     def price_per_core_hour(self) -> float:
-        return float(_setting(self.settings, "price_per_core_hour", DEFAULT_PRICE_PER_CORE_HOUR))
+        return float(setting(self.settings, "price_per_core_hour", DEFAULT_PRICE_PER_CORE_HOUR))
 
     @property
     def max_rows(self) -> int:
-        return int(_setting(self.settings, "compare_max_rows", DEFAULT_COMPARE_MAX_ROWS))
+        return int(setting(self.settings, "compare_max_rows", DEFAULT_COMPARE_MAX_ROWS))
 
     def compare(self, tenant_id: str, name: str, versions: list[int], dataset: Any, *, target: str | None = None,
                 iterations: int = 100) -> dict[str, Any]:
@@ -405,8 +343,8 @@ class Optimization:
                 raise ValidationFailed(f"version {v} is a {info.format!r} model; compare works on ONNX versions",
                                        details={"field": "versions"})
             infos.append(info)
-        ds = _dataset(self, tenant_id, dataset, "dataset")
-        target = _target(ds, target)
+        ds = job_dataset(self, tenant_id, dataset, "dataset")
+        target = target_column(ds, target)
         if not self._gate.acquire(timeout=1.0):
             raise Unavailable("another comparison is running; try again shortly", retry_after=5)
         try:

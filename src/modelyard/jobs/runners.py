@@ -42,10 +42,11 @@ def _train() -> JobRunner:
     return TrainRunner()
 
 
-#: job type -> factory of its runner (imported lazily). The optimize issue adds "optimize" here.
+#: job type -> factory of its runner (imported lazily)
 JOB_RUNNERS: dict[str, Callable[[], JobRunner]] = {
     "train": _train,
     "optimize": lambda: __import__("modelyard.core.optimization", fromlist=["OptimizeRunner"]).OptimizeRunner(),
+    "evaluate": lambda: __import__("modelyard.core.evaluation", fromlist=["EvaluateRunner"]).EvaluateRunner(),
 }
 
 

@@ -42,7 +42,7 @@ class JobSubmit(BaseModel):
         }]},
     )
 
-    type: str = Field(default="train", description="train (more job types may be registered)")
+    type: str = Field(default="train", description="train, optimize or evaluate")
     model_name: str | None = Field(default=None, description="the model the trained version joins")
     dataset: str | dict[str, str] | None = Field(
         default=None, description='a dataset name or id, "builtin:digits" or {"builtin": "digits"}'
