@@ -67,8 +67,9 @@ def classification_count(name: str, parameters: dict[str, Any]) -> int | None:
 def labels_of(info: VersionInfo, output: str) -> list[str] | None:
     """The labels of ``output``'s classes, when the version knows them (see the module)."""
     for tag in (info.tags.get(LABELS_TAG), info.model_labels):
-        if isinstance(tag, dict) and output in tag:
-            return tag[output]
+        names = tag.get(output) if isinstance(tag, dict) else None
+        if isinstance(names, list):  # (a tag written before labels were checked may be anything)
+            return [str(n) for n in names]
     classes = info.lineage.get("classes") if output == "probabilities" else None
     return [str(c) for c in classes] if isinstance(classes, list) and classes else None
 

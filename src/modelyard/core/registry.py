@@ -107,10 +107,16 @@ def _version_info(row: VersionRow, model: ModelRow, tenant_name: str = "") -> Ve
         created_at=row.created_at,
         extra=dict(sig.get("extra", {})),
         model_serving=dict((model.tags or {}).get("serving") or {}),
-        model_labels=dict((model.tags or {}).get(LABELS_TAG) or {}),
+        model_labels=_labels_tag(model.tags),
         tenant_name=tenant_name,
         pinned=bool(row.pinned),
     )
+
+
+def _labels_tag(tags: dict[str, Any] | None) -> dict[str, Any]:
+    """A model's ``labels`` tag; one written before labels were checked may be anything: none."""
+    labels = (tags or {}).get(LABELS_TAG)
+    return dict(labels) if isinstance(labels, dict) else {}
 
 
 def _model_info(row: ModelRow, latest: int | None = None, production: int | None = None) -> ModelInfo:

@@ -79,6 +79,9 @@ def test_labels_come_from_the_version_then_the_model_then_a_trained_versions_cla
     assert labels_of(version, "probabilities") == ["v0", "v1"]
     assert labels_of(version, "logits") == ["l0", "l1"]  # per output: the model's where the version has none
     assert labels_of(version, "other") is None
+    # a free-form tag from before labels were checked: ignored where it is no list of labels
+    assert labels_of(_version(tags={"labels": "red,green"}, lineage=trained), "probabilities") == ["3", "b"]
+    assert labels_of(_version(tags={"labels": {"probabilities": 7}}), "probabilities") is None
 
 
 def test_a_labels_tag_is_an_object_of_outputs_to_one_line_labels() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 
 from modelyard.config import Settings
 from modelyard.core.inference import GATE_BUNDLE, QueueGate, QueueGates, validate_inputs
@@ -20,6 +21,7 @@ from modelyard.engine.manager import ServingOptions, parse_serving
 from modelyard.errors import (
     InvalidInput, ModelNotFound, PermissionDenied, QueueFull, RateLimited, ValidationFailed, VersionNotFound,
 )
+from modelyard.store.tables import ModelRow
 from modelyard.tensors import InferenceRequest, RequestedOutput, Tensor, TensorSpec
 from tests.integration.onnx_models import add_model, identity_model, softmax_model
 from tests.support.queues import FullQueue
@@ -640,3 +642,22 @@ def test_a_bytes_output_cannot_be_asked_as_classes(platform: Platform, tenant: s
     with pytest.raises(InvalidInput, match="'y' is BYTES") as info:
         asyncio.run(platform.dataplane.infer(_principal(tenant), "echo", None, request))
     assert info.value.details == {"field": "outputs.y.parameters.classification"}
+
+
+def test_a_labels_tag_written_before_labels_were_checked_breaks_nothing(platform: Platform, tenant: str) -> None:
+    """Tags were free-form before ``labels`` was checked: a model whose old ``labels`` tag is a
+    string still serves, with no labels, and its tag is refused only when written again."""
+    registry = platform.registry
+    registry.register_version(tenant_id=tenant, model_name="legacy", stage="production",
+                              staged=platform.artifacts.stage_bytes(softmax_model(3)))
+    with platform.db.transaction() as s:  # as an older server left it
+        row = s.scalar(select(ModelRow).where(ModelRow.tenant_id == tenant, ModelRow.name == "legacy"))
+        row.tags = {"labels": "cat,dog,eel"}
+    registry.update_version(tenant, "legacy", 1, description="re-read")  # the resolve cache dropped
+    request = InferenceRequest(inputs=[Tensor.from_array("x", np.array([[0.0, 2.0, 1.0]], np.float32))],
+                               outputs=[RequestedOutput("probabilities", {"classification": 1})])
+    (out,) = asyncio.run(platform.dataplane.infer(_principal(tenant), "legacy", None, request)).outputs
+    assert out.data[0][0].decode().endswith(":1")  # no label
+    with pytest.raises(ValidationFailed) as info:
+        registry.update_model(tenant, "legacy", tags={"labels": "cat,dog,eel", "team": "a"})
+    assert info.value.details == {"field": "tags.labels"}
