@@ -53,11 +53,11 @@ _CAMEL = re.compile(r"^[a-z]+(?:[A-Z][a-z0-9]*)+$")
 
 
 def serving_from_triton(text: Any, model_name: str) -> dict[str, Any]:
-    """The serving settings the Triton configuration ``text`` (JSON, as ``load_model`` sends it)
-    asks for ``model_name``; :class:`BadRequest` names what cannot be honoured, and the settings'
+    """The serving settings the Triton configuration ``text`` (JSON text, as ``load_model`` sends
+    it, or the object itself) asks for ``model_name``; :class:`BadRequest` names what cannot be honoured, and the settings'
     own checks (422) what is out of range."""
-    try:
-        config = json.loads(text) if isinstance(text, (str, bytes)) else None
+    try:  # (Triton's clients send it as text; a JSON object in a REST body is taken as it is)
+        config = json.loads(text) if isinstance(text, (str, bytes)) else text
     except ValueError as exc:
         raise _refused("config", f"the model configuration is not JSON: {exc}") from None
     if not isinstance(config, dict):

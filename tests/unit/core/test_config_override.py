@@ -51,6 +51,7 @@ def test_camel_case_names_and_64_bit_strings_read_as_protobuf_writes_them() -> N
     }
     assert serving_from_triton('{"max_batch_size": 8}', "m") == {"batching": False, "max_batch_size": 8}  # no dynamic batching
     assert serving_from_triton('{"max_batch_size": 0, "dynamic_batching": {}}', "m") == {"batching": False}
+    assert serving_from_triton({"max_batch_size": 4}, "m") == {"batching": False, "max_batch_size": 4}  # an object
 
 
 @pytest.mark.parametrize("config, field", [
