@@ -76,6 +76,11 @@ def test_a_models_settings_apply_to_every_version_under_the_versions_own(client:
     ({"max_batch_size": 0}, "max_batch_size"),
     ({"isolation": "vm"}, "isolation"),
     ({"timeout_s": -1}, "timeout_s"),
+    ({"priority_levels": -1}, "priority_levels"),
+    ({"priority_levels": 2, "default_priority_level": 3}, "default_priority_level"),
+    ({"priority_queue_policy": {"0": {"max_queue_size": 4}}}, "priority_queue_policy.0"),
+    ({"priority_queue_policy": {"2": {"max_queue_size": 0}}}, "priority_queue_policy.2.max_queue_size"),
+    ({"priority_levels": 2, "priority_queue_policy": {"3": {"timeout_s": 1}}}, "priority_queue_policy.3"),
     ([1, 2], "tags.serving"),
 ])
 def test_bad_settings_are_refused_when_written_and_change_nothing(

@@ -130,6 +130,16 @@ def handles_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def exit_unless_succeeded(job: Any) -> None:
+    """A job that ended otherwise than ``succeeded``: say why on stderr and exit 1 (failed) or 8
+    (cancelled), as every command that waits for a job does."""
+    if job.state == "succeeded":
+        return
+    message = (job.error or {}).get("message", job.state)
+    err().print(f"[bold red]Job {job.state}:[/bold red] {escape(str(message))}", highlight=False)
+    raise typer.Exit(1 if job.state == "failed" else 8)
+
+
 def print_json(value: Any) -> None:
     """Machine output: indented JSON on stdout, nothing else."""
     sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from modelyard.cli._common import client, err, escape, handles_errors, out, print_json, print_table
+from modelyard.cli._common import client, err, exit_unless_succeeded, handles_errors, out, print_json, print_table
 
 __all__ = ["register", "evaluate"]
 
@@ -49,13 +49,10 @@ def evaluate(
             job = sdk.jobs.wait(job.id, poll_s=0.3)
     if json_out:
         print_json(job.to_dict())
-    if job.state != "succeeded" or job.result is None:  # as `modelyard train` ends: 1 failed, 8 cancelled
-        message = (job.error or {}).get("message") or job.state
-        err().print(f"[bold red]Job {job.state}:[/bold red] {escape(str(message))}", highlight=False)
-        raise typer.Exit(1 if job.state == "failed" else 8)
+    exit_unless_succeeded(job)
     if json_out:
         return
-    r = job.result
+    r = job.result or {}
     print_table(["MODEL", "VERSION", "DATASET", "ROWS", "METRIC", "VALUE"],
                 [(r["model_name"], r["version"], r["dataset"]["reference"], f"{r['n_rows']:,}", r["metric"],
                   f"{r['value']:.4f}")])

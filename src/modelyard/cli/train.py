@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from modelyard.cli._common import client, err, escape, handles_errors, out, print_json, print_table
+from modelyard.cli._common import (
+    client, err, escape, exit_unless_succeeded, handles_errors, out, print_json, print_table,
+)
 
 if TYPE_CHECKING:
     from modelyard.client._jobs import Job
@@ -159,10 +161,7 @@ def plot_curves(curves: list[dict[str, Any]], path: Path, *, title: str = "") ->
 def _summary(job: Job, plot: Path | None, json_out: bool) -> None:
     if json_out:
         print_json(job.to_dict())
-    if job.state != "succeeded":
-        message = (job.error or {}).get("message", job.state)
-        err().print(f"[bold red]Job {job.state}:[/bold red] {escape(str(message))}", highlight=False)
-        raise typer.Exit(1 if job.state == "failed" else 8)
+    exit_unless_succeeded(job)
     result = job.result or {}
     curves = result.get("curves") or []
     png = None

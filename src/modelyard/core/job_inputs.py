@@ -13,12 +13,7 @@ from typing import Any, cast
 from modelyard.core.registry import VersionInfo
 from modelyard.errors import DatasetNotFound, ModelNotFound, ValidationFailed, VersionNotFound
 
-__all__ = ["check_fits", "dataset_ref", "job_dataset", "resolve_version", "setting", "target_column", "torch_source"]
-
-
-def setting(settings: Any, name: str, default: Any) -> Any:
-    value = getattr(settings, name, None)
-    return default if value is None else value
+__all__ = ["check_fits", "dataset_ref", "job_dataset", "resolve_version", "target_column", "torch_source"]
 
 
 def resolve_version(registry: Any, tenant_id: str, name: str, version: Any, field_name: str = "version") -> VersionInfo:

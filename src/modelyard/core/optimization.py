@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from modelyard.core.job_inputs import (
-    check_fits, dataset_ref, job_dataset, resolve_version, setting, target_column, torch_source,
+    check_fits, dataset_ref, job_dataset, resolve_version, target_column, torch_source,
 )
 from modelyard.core.jobs import ClaimedJob
 from modelyard.core.names import check_name
@@ -48,6 +48,11 @@ MAX_COMPARE_VERSIONS = 10
 _STAGES = ("none", "staging", "production", "archived")
 _FIELDS = ("model_name", "model", "version", "method", "options", "steps", "dataset", "calibration_dataset",
            "fine_tune_dataset", "target", "max_metric_drop", "force", "stage", "description")
+
+
+def _setting(settings: Any, name: str, default: Any) -> Any:
+    value = getattr(settings, name, None)
+    return default if value is None else value
 
 
 def _jsonable(value: Any) -> Any:
@@ -195,7 +200,7 @@ class OptimizeRunner:
             src, steps, evaluation=tables["dataset"], workdir=workdir, max_metric_drop=params["max_metric_drop"],
             target=params["target"], calibration=tables.get("calibration_dataset"),
             fine_tune=tables.get("fine_tune_dataset"),
-            max_eval_rows=int(setting(ctx.settings, "compare_max_rows", DEFAULT_COMPARE_MAX_ROWS)),
+            max_eval_rows=int(_setting(ctx.settings, "compare_max_rows", DEFAULT_COMPARE_MAX_ROWS)),
             on_progress=on_progress,
         )
         report = {"source": {"model": name, "version": source.version}, **_jsonable(result.report)}
@@ -317,11 +322,11 @@ class Optimization:
 
     @property
     def price_per_core_hour(self) -> float:
-        return float(setting(self.settings, "price_per_core_hour", DEFAULT_PRICE_PER_CORE_HOUR))
+        return float(_setting(self.settings, "price_per_core_hour", DEFAULT_PRICE_PER_CORE_HOUR))
 
     @property
     def max_rows(self) -> int:
-        return int(setting(self.settings, "compare_max_rows", DEFAULT_COMPARE_MAX_ROWS))
+        return int(_setting(self.settings, "compare_max_rows", DEFAULT_COMPARE_MAX_ROWS))
 
     def compare(self, tenant_id: str, name: str, versions: list[int], dataset: Any, *, target: str | None = None,
                 iterations: int = 100) -> dict[str, Any]:

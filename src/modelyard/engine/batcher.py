@@ -254,8 +254,6 @@ class DynamicBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._groups: dict[Hashable, _Group] = {}
         self._queued = 0
-        #: requests queued per priority (those with one), for a level's own bound
-        self._by_rank: dict[int, int] = {}
         self._computing = 0
         self._busy = 0
         self._running: set[tuple[Queued, ...]] = set()
@@ -374,7 +372,7 @@ class DynamicBatcher:
 
         key, rows = _group_key(inputs, output_names)
         if priority:
-            if level_limit is not None and self._by_rank.get(priority, 0) >= level_limit:
+            if level_limit is not None and self._queued_at(priority) >= level_limit:
                 self.count_rejections(1)
                 raise QueueFull(
                     f"the queue of this model version is full for priority level {priority} "
@@ -382,7 +380,6 @@ class DynamicBatcher:
                     retry_after=self._retry_after(),
                 )
             key = (key, priority)
-            self._by_rank[priority] = self._by_rank.get(priority, 0) + 1
         now = loop.time()
         item = Queued(inputs, output_names, rows, key, loop.create_future(), now, time.perf_counter())
         group = self._groups.get(key)
@@ -583,8 +580,6 @@ class DynamicBatcher:
         if not group.items:
             self._groups.pop(item.key, None)
         self._queued -= 1
-        if group.rank != _UNRANKED:
-            self._unrank(group.rank, 1)
         item.state = _DROPPED
         if self._room_waiters:
             self._let_in()
@@ -748,16 +743,11 @@ class DynamicBatcher:
         if not items:
             self._groups.pop(group.key, None)
         self._queued -= len(batch)
-        if group.rank != _UNRANKED and batch:
-            self._unrank(group.rank, len(batch))
         return tuple(batch)
 
-    def _unrank(self, rank: int, n: int) -> None:
-        left = self._by_rank[rank] - n
-        if left:
-            self._by_rank[rank] = left
-        else:
-            del self._by_rank[rank]
+    def _queued_at(self, rank: int) -> int:
+        """Requests of priority ``rank`` queued (its groups' items: a version has few groups)."""
+        return sum(len(g.items) for g in self._groups.values() if g.rank == rank)
 
     def _launch(self, batch: tuple[Queued, ...]) -> bool:
         """Start computing ``batch``; True when it was computed on the loop (already finished)."""

@@ -79,6 +79,15 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.001)
 
 
+async def computing_first(model: Model, **kw: Any) -> tuple[DynamicBatcher, asyncio.Future[dict[str, np.ndarray]]]:
+    """A batcher (``make``'s, with ``kw``) whose first request, row id 0, is computing: held
+    there until ``model``'s gate opens."""
+    b = make(model, **kw)
+    first = asyncio.ensure_future(b.submit(request([0]), None))
+    await wait_until(model.started.is_set)
+    return b, first
+
+
 def make(model: Model, **kw: Any) -> DynamicBatcher:
     params: dict[str, Any] = dict(
         predict=model, max_batch_size=16, max_queue_delay_ms=5, max_queue_size=128, instances=1
@@ -153,9 +162,7 @@ async def test_queue_delay_fills_batches_while_another_batch_computes() -> None:
     gate = threading.Event()
     model = Model(gate=gate)
     rec = Recorder()
-    b = make(model, instances=2, max_queue_delay_ms=50, max_batch_size=4, observer=rec)
-    first = asyncio.ensure_future(b.submit(request([0]), None))
-    await wait_until(model.started.is_set)
+    b, first = await computing_first(model, instances=2, max_queue_delay_ms=50, max_batch_size=4, observer=rec)
     # Executor 2 is free but executor 1 is busy: the next requests wait to fill a batch of 4.
     rest = [asyncio.ensure_future(b.submit(request([i]), None)) for i in range(1, 5)]
     await wait_until(lambda: len(model.calls) == 2)
@@ -169,9 +176,7 @@ async def test_queue_delay_fills_batches_while_another_batch_computes() -> None:
 async def test_partial_batch_under_load_waits_at_most_the_delay() -> None:
     gate = threading.Event()
     model = Model(gate=gate)
-    b = make(model, instances=2, max_queue_delay_ms=30, max_batch_size=64)
-    first = asyncio.ensure_future(b.submit(request([0]), None))
-    await wait_until(model.started.is_set)
+    b, first = await computing_first(model, instances=2, max_queue_delay_ms=30, max_batch_size=64)
     t0 = time.perf_counter()
     second = asyncio.ensure_future(b.submit(request([1]), None))
     await wait_until(lambda: len(model.calls) == 2, timeout=2)
@@ -216,9 +221,7 @@ async def test_higher_priorities_compute_first_and_apart_from_lower_ones() -> No
     without one (0); each level batches apart, oldest first within it."""
     gate = threading.Event()
     model = Model(gate=gate)
-    b = make(model, max_batch_size=64)
-    first = asyncio.ensure_future(b.submit(request([0]), None))
-    await wait_until(model.started.is_set)
+    b, first = await computing_first(model, max_batch_size=64)
     priorities = {1: 0, 2: 2, 3: 1, 4: 0, 5: 2, 6: 1, 7: 3}
     waiting = [asyncio.ensure_future(b.submit(request([i]), None, priority=p)) for i, p in priorities.items()]
     await wait_until(lambda: b.queue_depth == len(priorities))
@@ -233,9 +236,7 @@ async def test_higher_priorities_compute_first_and_apart_from_lower_ones() -> No
 async def test_a_priority_does_not_pass_a_full_queue() -> None:
     gate = threading.Event()
     model = Model(gate=gate)
-    b = make(model, max_queue_size=2)
-    first = asyncio.ensure_future(b.submit(request([0]), None))
-    await wait_until(model.started.is_set)
+    b, first = await computing_first(model, max_queue_size=2)
     queued = [asyncio.ensure_future(b.submit(request([i]), None)) for i in (1, 2)]
     await wait_until(lambda: b.queue_depth == 2)
     with pytest.raises(QueueFull):
@@ -252,9 +253,7 @@ async def test_a_levels_own_bound_refuses_it_while_other_levels_get_in() -> None
     (withdrawn, expired, taken into a batch), so it gets in again."""
     gate = threading.Event()
     model = Model(gate=gate)
-    b = make(model, max_batch_size=64, max_queue_size=100)
-    first = asyncio.ensure_future(b.submit(request([0]), None))
-    await wait_until(model.started.is_set)
+    b, first = await computing_first(model, max_batch_size=64, max_queue_size=100)
     background = [asyncio.ensure_future(b.submit(request([i]), None, priority=2, level_limit=2)) for i in (1, 2)]
     await wait_until(lambda: b.queue_depth == 2)
     with pytest.raises(QueueFull, match="priority level 2 \\(2 requests\\)"):
@@ -272,7 +271,15 @@ async def test_a_levels_own_bound_refuses_it_while_other_levels_get_in() -> None
     gate.set()
     results = await asyncio.gather(first, background[1], urgent, unranked, again)
     assert [r["id"].tolist() for r in results] == [[0], [2], [4], [5], [7]]
-    assert b._by_rank == {}  # every count back to nothing
+    # every request of level 2 has left the queue, so its bound counts from nothing again
+    gate.clear()
+    model.started.clear()
+    blocker = asyncio.ensure_future(b.submit(request([8]), None))
+    await wait_until(model.started.is_set)
+    refill = [asyncio.ensure_future(b.submit(request([i]), None, priority=2, level_limit=2)) for i in (9, 10)]
+    await wait_until(lambda: b.queue_depth == 2)
+    gate.set()
+    assert [r["id"].tolist() for r in await asyncio.gather(blocker, *refill)] == [[8], [9], [10]]
     await b.close(1)
 
 
@@ -316,9 +323,7 @@ async def test_full_queue_rejects_immediately_with_retry_after() -> None:
     gate = threading.Event()
     model = Model(gate=gate)
     rec = Recorder()
-    b = make(model, max_queue_size=2, observer=rec)
-    running = asyncio.ensure_future(b.submit(request([0]), None))
-    await wait_until(model.started.is_set)
+    b, running = await computing_first(model, max_queue_size=2, observer=rec)
     queued = [asyncio.ensure_future(b.submit(request([i]), None)) for i in (1, 2)]
     await wait_until(lambda: b.queue_depth == 2)
     t0 = time.perf_counter()
