@@ -8,7 +8,8 @@ archive`` of the commit before a change) gets its own ``modelyard serve`` pinned
 order flips every round): a 64-client closed loop (``wrk``) for the capacity, then the bench's
 open loop at 3x that capacity over 1,024 connections. Per server and round it prints the
 capacity, the flood's goodput and their ratio, the server's CPU time per answer (user and
-system), and the rows per batch of each version during the flood. ``--target`` floods the model
+system), the rows per batch of each version during the flood, and the latencies of the flood's
+answers (from the start of the send: a connection held while the queue is full waits longer). ``--target`` floods the model
 itself (``model``), a one-route deployment of it (``deployment``) or a deployment split 90/10
 between two versions of it (``canary``).
 
@@ -108,7 +109,8 @@ def flood_round(server: Server, seconds: float, tmp: Path) -> str:
     codes = {code: n for code, n in sorted(over.statuses.items()) if code != 0}
     return (f"capacity {capacity:8,.0f}  flood {over.rps:8,.0f} req/s = {over.rps / capacity:.3f}  "
             f"CPU {1e6 * (user1 - user0) / answers:5.1f} user + {1e6 * (sys1 - sys0) / answers:4.1f} system µs "
-            f"an answer  rows/batch {per_batch}  {codes}")
+            f"an answer  rows/batch {per_batch}  p50/p99/max {over.pct(50):.0f}/{over.pct(99):.0f}/"
+            f"{1000 * max(over.latencies, default=0):.0f} ms  {codes}")
 
 
 def main() -> None:
