@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     max_queue_delay_ms: float = Field(default=2.0, ge=0)
     max_queue_size: int = Field(default=256, ge=1)
     request_timeout_s: float = Field(default=30.0, gt=0)
+    idle_unload_s: float = Field(
+        default=0.0, ge=0, le=30 * 86_400,
+        description="unload a version after this many seconds without a request (0: never; a pinned one stays)",
+    )
     inline_compute_us: float | None = Field(
         default=None, ge=0,
         description="batches of an in-process model that recently computed faster than this run on the "

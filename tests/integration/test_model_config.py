@@ -148,9 +148,12 @@ def test_a_config_sent_with_a_load_sets_how_the_model_is_served(server: LiveServ
     config["dynamic_batching"]["priority_levels"] = 2
     config["dynamic_batching"]["priority_queue_policy"] = {"2": {"max_queue_size": 8}}
     config["instance_group"][0]["count"] = 2
+    assert config["parameters"]["modelyard.idle_unload_s"] == {"string_value": "0"}
+    config["parameters"]["modelyard.idle_unload_s"] = {"string_value": "600"}
     triton.load_model("tuned", headers=headers, config=json.dumps(config))
     now = triton.get_model_config("tuned", headers=headers)
     assert (now["max_batch_size"], now["instance_group"][0]["count"]) == (16, 2)
+    assert now["parameters"]["modelyard.idle_unload_s"] == {"string_value": "600"}
     assert now["dynamic_batching"]["max_queue_delay_microseconds"] == 750
     assert now["dynamic_batching"]["priority_queue_policy"]["2"]["max_queue_size"] == 8
     assert triton.is_model_ready("tuned", headers=headers)
@@ -162,6 +165,8 @@ def test_a_config_sent_with_a_load_sets_how_the_model_is_served(server: LiveServ
                        ({"name": "other"}, "config.name"),
                        ({"instance_group": [{"kind": "KIND_GPU", "count": 1}]}, "config.instance_group.0.kind"),
                        ({"dynamic_batching": {"preferred_batch_size": [4]}}, "config.dynamic_batching.preferred_batch_size"),
+                       ({"parameters": {"modelyard.idle_unload_s": {"string_value": "soon"}}},
+                        "config.parameters.modelyard.idle_unload_s"),
                        ({"max_batch_size": -1}, "config.max_batch_size")]:
         with pytest.raises(InferenceServerException) as refused:
             triton.load_model("tuned", headers=headers, config=json.dumps(bad))

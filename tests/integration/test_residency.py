@@ -5,10 +5,12 @@ hold against the memory budget, who may do what, and tenants that do not see eac
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
@@ -17,7 +19,7 @@ from typer.testing import CliRunner
 
 from modelyard.cli.main import app
 from modelyard.client import Client, Residency
-from tests.integration._serving import on_grpc_transport, register, scale_model
+from tests.integration._serving import infer_body, metric, on_grpc_transport, register, scale_model
 from tests.support.live import LiveServer
 
 #: what the server says it implements (system shared memory is off here)
@@ -230,3 +232,38 @@ def test_a_pin_whose_load_fails_is_not_left_behind(server: LiveServer, tmp_path:
     tenant = server.platform.keys.ensure_default_tenant()
     assert server.platform.registry.get_version(tenant, "broken", 1).pinned is False
     assert not server.platform.manager.is_pinned(info.key)
+
+
+def test_an_idle_version_is_unloaded_and_its_next_request_loads_it(server: LiveServer, tmp_path: Path) -> None:
+    register(server, "dormant", scale_model(tmp_path / "dormant.onnx", 7.0))
+    body = infer_body(np.ones((1, 4), np.float32))
+    with server.client() as admin:
+        _unload_all(admin)
+        r = admin.patch("/api/v1/models/dormant", json={"tags": {"serving": {"idle_unload_s": 0.4}}})
+        assert r.status_code == 200, r.text
+        assert admin.post("/v2/models/dormant/infer", json=body).status_code == 200
+        assert _loaded(admin)[("dormant", 1)]["idle_unload_s"] == 0.4
+        # requests keep it loaded past its idle time
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            assert admin.post("/v2/models/dormant/infer", json=body).status_code == 200
+            time.sleep(0.1)
+        assert ("dormant", 1) in _loaded(admin)
+
+        deadline = time.monotonic() + 10
+        while ("dormant", 1) in _loaded(admin) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ("dormant", 1) not in _loaded(admin), "still loaded 10 s after its last request"
+        index = {(m["name"], m["version"]): m for m in admin.post("/v2/repository/index").json()}
+        assert index[("dormant", "1")]["state"] == "UNAVAILABLE"
+        scraped = admin.get("/metrics").text
+        assert metric(scraped, "modelyard_model_unloads_total", model="dormant", reason="idle") == 1
+
+        r = admin.post("/v2/models/dormant/infer", json=body)  # loads it again
+        assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [7.0] * 4
+        assert ("dormant", 1) in _loaded(admin)
+        r = admin.post("/api/v1/models/dormant/versions/1/load", json={"pin": True})
+        assert r.status_code == 200, r.text
+        time.sleep(1.0)
+        assert _loaded(admin)[("dormant", 1)]["pinned"], "a pinned version was unloaded as idle"
+        assert admin.post("/api/v1/models/dormant/versions/1/unload").status_code == 200

@@ -458,6 +458,11 @@ def test_deployment_api_errors(server: LiveServer) -> None:
         r = client.post("/api/v1/deployments", json={"name": "bad", "routes": [{"model": "double", "version": 1}],
                                                      "serving": {"isolation": "vm"}})
         assert r.status_code == 422
+        for idle in (-1, "an hour", 30 * 86_400 + 1):
+            r = client.post("/api/v1/deployments", json={"name": "bad", "routes": [{"model": "double", "version": 1}],
+                                                         "serving": {"idle_unload_s": idle}})
+            assert r.status_code == 422 and r.json()["error"]["code"] == "validation_failed", r.text
+        assert client.get("/api/v1/deployments/bad").status_code == 404
         r = client.post("/api/v1/deployments", json={"name": "zero", "routes": [
             {"model": "double", "version": 1, "weight": 0}]})
         assert r.status_code == 422

@@ -81,6 +81,8 @@ def test_a_models_settings_apply_to_every_version_under_the_versions_own(client:
     ({"priority_queue_policy": {"0": {"max_queue_size": 4}}}, "priority_queue_policy.0"),
     ({"priority_queue_policy": {"2": {"max_queue_size": 0}}}, "priority_queue_policy.2.max_queue_size"),
     ({"priority_levels": 2, "priority_queue_policy": {"3": {"timeout_s": 1}}}, "priority_queue_policy.3"),
+    ({"idle_unload_s": -1}, "idle_unload_s"),
+    ({"idle_unload_s": "10 minutes"}, "idle_unload_s"),
     ([1, 2], "tags.serving"),
 ])
 def test_bad_settings_are_refused_when_written_and_change_nothing(

@@ -285,7 +285,7 @@ def update(
     json_out: JsonFlag = False,
 ) -> None:
     """Change a model's or a version's description, serving settings (batching, queue,
-    instances, isolation, timeout, response cache: see docs/serving.md) or the labels of its
+    instances, isolation, timeout, response cache, unloading when idle: see docs/serving.md) or the labels of its
     output classes (docs/inference.md). A model's settings and labels apply to all its
     versions; a version's own settings and a deployment's go over them, as a version's labels
     do. They take effect at the next request, without a reload.
@@ -297,6 +297,8 @@ def update(
         modelyard models update digits -v 2 --serving '{"isolation": "process"}'
 
         modelyard models update digits --serving '{"response_cache": true}'
+
+        modelyard models update rare --serving '{"idle_unload_s": 600}'   (unloaded after 10 idle minutes)
 
         modelyard models update digits -v 2 --no-serving --description "back to the model's"
 
@@ -346,7 +348,8 @@ def loaded(json_out: JsonFlag = False) -> None:
     """Show your versions in the server's memory and how full its memory budget is.
 
     The server loads a version on its first request and unloads the least recently used idle
-    ones to stay within the budget; pinned versions stay.
+    ones to stay within the budget; pinned versions stay. A version whose serving settings have
+    idle_unload_s is also unloaded after that long without a request ("idle 12 s of 600").
     """
     with client() as sdk:
         report = sdk.memory.loaded()
@@ -360,7 +363,8 @@ def loaded(json_out: JsonFlag = False) -> None:
              f"{human_bytes(report.budget_bytes)} ({share:.0%}, all tenants)")
     out().print(title, highlight=False)
     rows = [[v.model, v.version, human_bytes(v.memory_bytes), "yes" if v.pinned else "", v.in_flight, v.queue_depth,
-             f"{v.idle_s:.0f} s"] for v in report.versions]
+             f"{v.idle_s:.0f} s" + (f" of {v.idle_unload_s:g}" if v.idle_unload_s else "")]
+            for v in report.versions]
     print_table(["model", "version", "memory", "pinned", "in flight", "queued", "idle"], rows,
                 empty="none of your versions is loaded; each loads on its first request (or: modelyard models load)")
 

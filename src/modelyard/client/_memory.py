@@ -22,7 +22,8 @@ __all__ = ["Memory", "MemoryReport", "LoadedVersion", "Residency"]
 @dataclass(frozen=True, slots=True)
 class LoadedVersion:
     """A version in memory: its memory, whether it is pinned, its requests in flight and queued,
-    how long it has been idle and how long its load took."""
+    how long it has been idle, how long its load took, and after how long idle it is unloaded
+    (``idle_unload_s``, 0: never)."""
 
     model: str
     version: int
@@ -33,10 +34,11 @@ class LoadedVersion:
     idle_s: float
     load_seconds: float
     isolation: str
+    idle_unload_s: float = 0.0
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> LoadedVersion:
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
 @dataclass(frozen=True, slots=True)

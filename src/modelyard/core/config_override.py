@@ -13,7 +13,8 @@ What it sets, the model's ``serving`` tag (all its versions; docs/serving.md, "S
   (per level, the same two);
 * ``instance_group``: the sum of the groups' ``count`` (``KIND_CPU`` or ``KIND_AUTO``);
 * ``response_cache.enable``;
-* ``parameters``: ``modelyard.isolation`` (``thread`` or ``process``); ``modelyard.max_queue_size``
+* ``parameters``: ``modelyard.isolation`` (``thread`` or ``process``), ``modelyard.idle_unload_s``
+  (seconds without a request before the version is unloaded, 0: never); ``modelyard.max_queue_size``
   and ``modelyard.timeout_s`` only mirror Triton's own fields above, which are read instead, and
   other parameters are a backend's: both are left alone.
 
@@ -49,6 +50,7 @@ _BATCHING = {
     "default_priority_level", "default_queue_policy", "priority_queue_policy",
 }
 _ISOLATION = "modelyard.isolation"
+_IDLE_UNLOAD = "modelyard.idle_unload_s"
 _CAMEL = re.compile(r"^[a-z]+(?:[A-Z][a-z0-9]*)+$")
 
 
@@ -86,15 +88,29 @@ def serving_from_triton(text: Any, model_name: str) -> dict[str, Any]:
         if not isinstance(enable, bool):
             raise _refused("response_cache.enable", f"response_cache.enable must be true or false, not {enable!r}")
         serving["response_cache"] = enable
-    isolation = _object(config.get("parameters", {}), "parameters").get(_ISOLATION)
-    if isolation is not None:
-        text = isolation.get("string_value") if isinstance(isolation, Mapping) else None
-        if not isinstance(text, str):
-            raise _refused(f"parameters.{_ISOLATION}", f'parameters.{_ISOLATION} must be {{"string_value": "thread"}} '
-                                                      'or {"string_value": "process"}')
-        if text:
-            serving["isolation"] = text
+    parameters = _object(config.get("parameters", {}), "parameters")
+    isolation = _parameter(parameters, _ISOLATION, '{"string_value": "thread"} or {"string_value": "process"}')
+    if isolation:
+        serving["isolation"] = isolation
+    idle = _parameter(parameters, _IDLE_UNLOAD, 'a number of seconds as text, {"string_value": "600"} (0: never)')
+    if idle:
+        try:
+            serving["idle_unload_s"] = float(idle)
+        except ValueError:
+            raise _refused(f"parameters.{_IDLE_UNLOAD}", f'parameters.{_IDLE_UNLOAD} must be a number of seconds '
+                                                        f'as text, {{"string_value": "600"}}, not {idle!r}') from None
     return parse_serving(serving, where="config")
+
+
+def _parameter(parameters: Mapping[str, Any], name: str, expected: str) -> str | None:
+    """The ``string_value`` of parameter ``name`` (``None`` when it is not there)."""
+    value = parameters.get(name)
+    if value is None:
+        return None
+    text = value.get("string_value") if isinstance(value, Mapping) else None
+    if not isinstance(text, str):
+        raise _refused(f"parameters.{name}", f"parameters.{name} must be {expected}")
+    return text
 
 
 def _snake(value: Any) -> Any:

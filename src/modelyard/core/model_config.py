@@ -18,7 +18,7 @@ It describes, it does not configure: ModelYard's settings come from the serving 
 * ``instance_group``: one group of ``KIND_CPU`` with ``count`` = the version's instances;
 * ``version_policy``: the one version described;
 * ``parameters``: ModelYard's own settings as strings (``modelyard.format``,
-  ``modelyard.isolation``, ``modelyard.max_queue_size``, ``modelyard.timeout_s``).
+  ``modelyard.isolation``, ``modelyard.idle_unload_s``, ``modelyard.max_queue_size``, ``modelyard.timeout_s``).
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ def triton_config(
         "parameters": {
             "modelyard.format": {"string_value": fmt},
             "modelyard.isolation": {"string_value": options.isolation},
+            "modelyard.idle_unload_s": {"string_value": f"{options.idle_unload_s:g}"},
             "modelyard.max_queue_size": {"string_value": str(options.max_queue_size)},
             "modelyard.timeout_s": {"string_value": "" if options.timeout_s is None else f"{options.timeout_s:g}"},
         },

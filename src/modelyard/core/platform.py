@@ -90,7 +90,7 @@ class Platform:
             defaults=ServingOptions(
                 max_batch_size=settings.max_batch_size, max_queue_delay_ms=settings.max_queue_delay_ms,
                 max_queue_size=settings.max_queue_size, instances=settings.instances,
-                timeout_s=settings.request_timeout_s,
+                timeout_s=settings.request_timeout_s, idle_unload_s=settings.idle_unload_s,
             ),
             max_in_flight=settings.max_in_flight,
             drain_timeout_s=settings.drain_timeout_s,

@@ -67,6 +67,8 @@ class LoadedVersion:
     idle_s: float
     load_seconds: float
     isolation: str
+    #: unloaded after this long without a request (0: never; a pinned version stays)
+    idle_unload_s: float = 0.0
 
 
 class Residency:
@@ -104,6 +106,7 @@ class Residency:
                     idle_s=0.0 if model.in_flight else round(max(0.0, now - model.last_used), 3),
                     load_seconds=round(model.load_seconds, 3),
                     isolation="process" if model.source.isolated else "thread",
+                    idle_unload_s=model.idle_unload_s,
                 ))
         return out
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import weakref
 from collections import OrderedDict
@@ -47,6 +48,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ISOLATION_MODES = ("thread", "process")
+#: the longest ``idle_unload_s`` (30 days)
+IDLE_UNLOAD_MAX_S = 30 * 86_400
+#: how often loaded versions are looked at for idleness: a quarter of the shortest idle time set,
+#: within these bounds (a version goes at most that long after its time; a look at hundreds of
+#: versions takes well under a millisecond)
+_IDLE_SWEEP_S = (0.05, 1.0)
 
 #: ``loader(format, path, options, metadata) -> Runtime``; :func:`load_runtime` by default.
 RuntimeLoader = Callable[[str, Path, RuntimeOptions, dict[str, Any]], Runtime]
@@ -78,6 +85,8 @@ class ServingOptions:
     default_priority_level: int = 0
     #: per priority level, its own queue bound and deadline (``engine/queue_policy.py``)
     priority_queue_policy: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, hash=False)
+    #: unload the version after this many seconds without a request (0: never); a pinned one stays
+    idle_unload_s: float = 0.0
 
     def merged(self, overrides: Mapping[str, Any] | None) -> ServingOptions:
         """A copy with ``overrides`` applied; :class:`ValidationFailed` names a bad field."""
@@ -113,6 +122,8 @@ class ServingOptions:
             "priority_levels": type(self.priority_levels) is not int or not 0 <= self.priority_levels < 2**64,
             "default_priority_level": type(self.default_priority_level) is not int
             or not 0 <= self.default_priority_level < 2**64,
+            "idle_unload_s": isinstance(self.idle_unload_s, bool) or not isinstance(self.idle_unload_s, (int, float))
+            or not 0 <= self.idle_unload_s <= IDLE_UNLOAD_MAX_S,
         }
         for name, bad in problems.items():
             if bad:
@@ -233,6 +244,9 @@ class LoadedModel:
     retired: bool = False
     #: batches faster than this compute on the event loop (0 for a worker process's runtime)
     inline_below_s: float = 0.0
+    #: unloaded after this long without a request (0: never): the settings of its latest request
+    #: (or of its load)
+    idle_unload_s: float = 0.0
     #: the options last asked for and their batcher: a version's requests come with the same
     #: (immutable) options object, so most requests find their batcher here
     _last: tuple[ServingOptions, DynamicBatcher] | None = field(default=None, init=False, repr=False)
@@ -251,6 +265,7 @@ class LoadedModel:
             options.max_queue_size,
             options.instances,
         )
+        self.idle_unload_s = options.idle_unload_s
         batcher = self.batchers.get(key)
         if batcher is None:
             batcher = DynamicBatcher(
@@ -328,6 +343,7 @@ class ModelManager:
         self._total_in_flight = 0
         self._memory = 0
         self._trimming = False
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._saturated = metrics.rejections.labels("*", "*", "*", "saturated")
 
     # -- state -----------------------------------------------------------------------------
@@ -436,6 +452,7 @@ class ModelManager:
             pinned=source.key in self._pinned or source.load_key in self._pinned,
             observer=_Observer(self._metrics, source),
             inline_below_s=self._inline_below_s if computes_in_caller(runtime) else 0.0,
+            idle_unload_s=options.idle_unload_s,
         )
         if model.observer is not None:
             model.observer.watch(model)
@@ -446,8 +463,33 @@ class ModelManager:
         self._metrics.loads.labels(source.tenant, source.name, source.version).inc()
         self._update_gauges()
         log.info("loaded %s:%s in %.3fs", source.name, source.version, elapsed)
+        self._arm_idle_sweep(loop)  # (again: this version's idle time may be the shortest)
         await self._make_room(0, keep=source.load_key)
         return model
+
+    def _arm_idle_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Look for idle versions again in a while, as long as any version is loaded: a quarter of
+        the shortest ``idle_unload_s`` among them (a version's setting may change with its next
+        request, so the sweep runs even while none has one)."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        shortest = min((m.idle_unload_s for m in self._loaded.values() if m.idle_unload_s > 0), default=math.inf)
+        low, high = _IDLE_SWEEP_S
+        self._idle_timer = loop.call_later(min(high, max(low, shortest / 4)), self._sweep_idle, loop)
+
+    def _sweep_idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Unload every version idle for its ``idle_unload_s``: nothing queued or computing, not
+        pinned, no request since. Runs on the loop between requests, so a request either found the
+        version (and counts in flight) or finds it gone and loads it again."""
+        self._idle_timer = None
+        now = time.monotonic()
+        for load_key, model in list(self._loaded.items()):
+            idle_s = model.idle_unload_s
+            if idle_s > 0 and model.in_flight == 0 and not model.pinned and now - model.last_used >= idle_s:
+                log.info("unloading %s:%s: no request for %.0f s", model.source.name, model.source.version, idle_s)
+                self._drop(load_key, reason="idle")
+        if self._loaded:
+            self._arm_idle_sweep(loop)
 
     async def _make_room(self, incoming: int, *, keep: str | None = None) -> None:
         """Unload least recently used idle, unpinned versions until ``incoming`` fits."""
@@ -661,6 +703,9 @@ class ModelManager:
         """Drain every batcher (up to ``drain_timeout_s``) and unload everything."""
         if drain_timeout_s is not None:
             self._drain_s = drain_timeout_s
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         for key in list(self._loaded):
             self._drop(key, reason="shutdown")
         if self._retiring:

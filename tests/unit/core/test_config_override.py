@@ -11,7 +11,7 @@ import pytest
 from modelyard.core.config_override import serving_from_triton
 from modelyard.core.model_config import triton_config
 from modelyard.engine.manager import ServingOptions
-from modelyard.errors import BadRequest
+from modelyard.errors import BadRequest, ValidationFailed
 from modelyard.tensors import TensorSpec
 
 INPUTS = (TensorSpec("x", "FP32", (-1, 4)),)
@@ -21,7 +21,7 @@ OUTPUTS = (TensorSpec("y", "FP32", (-1, 4)),)
 @pytest.mark.parametrize("options", [
     ServingOptions(),
     ServingOptions(max_batch_size=16, max_queue_delay_ms=0.75, max_queue_size=32, instances=2, timeout_s=2.5,
-                   response_cache=True, isolation="process"),
+                   response_cache=True, isolation="process", idle_unload_s=600),
     ServingOptions(priority_levels=3, default_priority_level=1,
                    priority_queue_policy={"3": {"max_queue_size": 4, "timeout_s": 0.5}}),
     ServingOptions(batching=False, instances=3),
@@ -70,8 +70,17 @@ def test_camel_case_names_and_64_bit_strings_read_as_protobuf_writes_them() -> N
     ('{"instance_group": []}', "config.instance_group"),
     ('{"response_cache": {"enable": "yes"}}', "config.response_cache.enable"),
     ('{"parameters": {"modelyard.isolation": "process"}}', "config.parameters.modelyard.isolation"),
+    ('{"parameters": {"modelyard.idle_unload_s": 600}}', "config.parameters.modelyard.idle_unload_s"),
+    ('{"parameters": {"modelyard.idle_unload_s": {"string_value": "soon"}}}',
+     "config.parameters.modelyard.idle_unload_s"),
 ])
 def test_what_cannot_be_honoured_is_refused_with_its_field(config: str | None, field: str) -> None:
     with pytest.raises(BadRequest) as info:
         serving_from_triton(config, "m")
     assert info.value.details == {"field": field}
+
+
+def test_an_idle_time_out_of_range_is_a_bad_setting() -> None:
+    with pytest.raises(ValidationFailed) as info:
+        serving_from_triton('{"parameters": {"modelyard.idle_unload_s": {"string_value": "-5"}}}', "m")
+    assert info.value.details == {"field": "idle_unload_s"}

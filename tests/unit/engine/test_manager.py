@@ -72,9 +72,9 @@ def source(name: str, size: int = 0) -> ModelSource:
     )
 
 
-def manager(loader: Loader, budget: int = 10_000, **kwargs: Any) -> ModelManager:
+def manager(loader: Loader, budget: int = 10_000, metrics: Metrics | None = None, **kwargs: Any) -> ModelManager:
     return ModelManager(
-        options=RuntimeOptions(), memory_budget_bytes=budget, metrics=Metrics(), loader=loader, cores=8,
+        options=RuntimeOptions(), memory_budget_bytes=budget, metrics=metrics or Metrics(), loader=loader, cores=8,
         warm_up=False, **kwargs
     )
 
@@ -335,3 +335,71 @@ def test_serving_options_validation() -> None:
         base.merged({"isolation": "vm"})
     with pytest.raises(ValidationFailed):
         base.merged({"instances": 0})
+    for bad in (-1, True, "60", 30 * 86_400 + 1, float("nan")):
+        with pytest.raises(ValidationFailed) as refused:
+            base.merged({"idle_unload_s": bad})
+        assert refused.value.details == {"field": "idle_unload_s"}
+    assert base.merged({"idle_unload_s": 0.5}).idle_unload_s == 0.5
+
+
+def unloads(metrics: Metrics, name: str, reason: str) -> float:
+    return metrics.registry.get_sample_value(
+        "modelyard_model_unloads_total", {"tenant": "", "model": name, "version": "1", "reason": reason}
+    ) or 0.0
+
+
+def test_a_version_idle_for_its_idle_unload_s_is_unloaded_and_loads_again_on_its_next_request() -> None:
+    async def main() -> None:
+        loader, metrics = Loader(), Metrics()
+        m = manager(loader, metrics=metrics, defaults=ServingOptions(idle_unload_s=0.3))
+        await m.predict(source("a"), {"x": X}, None)
+        await asyncio.sleep(0.15)
+        await m.predict(source("a"), {"x": X}, None)  # a request resets its idle time
+        await asyncio.sleep(0.2)
+        assert m.is_loaded("a"), "unloaded 0.2 s after its last request"
+        await asyncio.sleep(0.3)
+        assert not m.is_loaded("a")
+        assert m.memory_in_use == 0 and unloads(metrics, "a", "idle") == 1
+        await asyncio.sleep(0.05)
+        assert loader.runtimes["a"].closed
+        out = await m.predict(source("a"), {"x": X}, None)  # loaded again
+        np.testing.assert_array_equal(out["y"], X * 2)
+        assert loader.loads == ["a", "a"]
+        await m.close()
+
+    asyncio.run(main())
+
+
+def test_idle_unloading_spares_pinned_busy_and_unset_versions() -> None:
+    async def main() -> None:
+        loader = Loader(delay=0.6)
+        idle, metrics = ServingOptions(idle_unload_s=0.2), Metrics()
+        m = manager(loader, metrics=metrics)
+        m.pin("pinned")
+        for name in ("pinned", "never"):
+            await m.predict(source(name), {"x": X}, None, options=idle if name == "pinned" else None)
+        busy = asyncio.create_task(m.predict(source("busy"), {"x": X}, None, options=idle))
+        await asyncio.sleep(0.5)  # "busy" computes for 0.6 s: longer than its idle time
+        assert m.is_loaded("busy")
+        await busy
+        await asyncio.sleep(0.35)
+        assert not m.is_loaded("busy") and unloads(metrics, "busy", "idle") == 1
+        assert m.is_loaded("pinned") and m.is_loaded("never")
+        await m.close()
+
+    asyncio.run(main())
+
+
+def test_a_versions_idle_unload_s_follows_its_latest_requests_settings() -> None:
+    async def main() -> None:
+        m = manager(Loader())
+        await m.predict(source("a"), {"x": X}, None, options=ServingOptions(idle_unload_s=0.2))
+        await m.predict(source("a"), {"x": X}, None, options=ServingOptions())  # the setting is gone again
+        await asyncio.sleep(0.5)
+        assert m.is_loaded("a")
+        await m.predict(source("a"), {"x": X}, None, options=ServingOptions(idle_unload_s=0.1))
+        await asyncio.sleep(1.3)  # the sweep may be a second away (no version had a time when armed)
+        assert not m.is_loaded("a")
+        await m.close()
+
+    asyncio.run(main())

@@ -56,6 +56,9 @@ class ServingIn(StrictBody):
     priority_queue_policy: dict[str, dict[str, Any]] | None = Field(
         default=None, description='per level: {"2": {"max_queue_size": 32, "timeout_s": 5}}'
     )
+    idle_unload_s: float | None = Field(
+        default=None, ge=0, le=30 * 86_400, description="unload a version after this long without a request (0: never)"
+    )
 
 
 class RollbackIn(StrictBody):
