@@ -3,6 +3,7 @@ rollback), Triton clients on a deployment name, process isolation, backpressure 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from tests.integration._serving import (
     SLOW_WIDTH,
@@ -26,6 +28,7 @@ from tests.integration._serving import (
     slow_expected,
     slow_model,
 )
+from modelyard.cli.main import app
 from modelyard.client import Client
 from modelyard.errors import DeadlineExceeded, InvalidInput
 from tests.support.live import LiveServer, wait_until
@@ -142,6 +145,64 @@ def test_canary_split_follows_weights(server: LiveServer) -> None:
         assert versions == {"2"}
         r = client.post("/api/v1/deployments/split/promote", json={})
         assert r.json()["routes"] == [{"model": "double", "version": 2, "weight": 100.0}]
+
+
+def test_a_routing_key_sends_a_callers_requests_to_one_version(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sticky routing: the same key always reaches the same route, over REST, gRPC and the SDK
+    alike (the key's place is a hash every server computes the same); keys spread by weight; a
+    growing canary only takes keys; a bad key is 400 naming the parameter."""
+    import tritonclient.grpc as grpcclient
+
+    x = np.ones((1, 4), np.float32)
+    keys = [f"user-{i}" for i in range(60)]
+
+    def version_of(client: httpx.Client, key: str) -> str:
+        body = {**infer_body(x), "parameters": {"routing_key": key}}
+        r = client.post("/v2/models/sticky/infer", json=body)
+        assert r.status_code == 200, r.text
+        return str(r.json()["model_version"])
+
+    with server.client() as client:
+        _deploy(client, {"name": "sticky", "routes": [
+            {"model": "double", "version": 1, "weight": 70}, {"model": "double", "version": 2, "weight": 30}]})
+        first = {key: version_of(client, key) for key in keys}
+        for _ in range(3):
+            assert {key: version_of(client, key) for key in keys} == first
+        assert 5 <= Counter(first.values())["2"] <= 35, first  # 30% of 60 keys, loosely
+
+        grpc = grpcclient.InferenceServerClient(server.grpc_url)
+        ginp = grpcclient.InferInput("x", [1, 4], "FP32")
+        ginp.set_data_from_numpy(x)
+        for key in keys[:10]:
+            answer = grpc.infer("sticky", [ginp], headers={"authorization": f"Bearer {server.admin_key}"},
+                                parameters={"routing_key": key})
+            assert answer.get_response().model_version == first[key]
+        with Client(url=server.url, api_key=server.admin_key) as sdk:
+            for key in keys[:10]:
+                out = sdk.predict("sticky", x, routing_key=key)["y"]
+                np.testing.assert_allclose(out, x * (2.0 if first[key] == "2" else 1.0))
+        monkeypatch.setenv("MODELYARD_URL", server.url)
+        monkeypatch.setenv("MODELYARD_API_KEY", server.admin_key)
+        for key in keys[:4]:
+            result = CliRunner().invoke(app, ["predict", "sticky", "--data", "[[1, 1, 1, 1]]", "--routing-key", key])
+            assert result.exit_code == 0, result.output
+            assert json.loads(result.output)["y"] == [[2.0 if first[key] == "2" else 1.0] * 4]
+
+        r = client.patch("/api/v1/deployments/sticky", json={"weights": {"double:1": 40, "double:2": 60}})
+        assert r.status_code == 200, r.text
+        later = {key: version_of(client, key) for key in keys}
+        assert all(later[key] == "2" for key in keys if first[key] == "2"), "a key left the growing canary"
+        assert Counter(later.values())["2"] > Counter(first.values())["2"]
+
+        for bad in ("", "k" * 257, 7, ["user-1"]):
+            r = client.post("/v2/models/sticky/infer", json={**infer_body(x), "parameters": {"routing_key": bad}})
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["details"] == {"field": "parameters.routing_key"}
+        stats = client.get("/api/v1/deployments/sticky").json()["stats"]
+        # every answered request counted on its route; the refused ones on none (a bad key is the
+        # caller's error, never the canary's)
+        assert sum(route["requests"] for route in stats["routes"]) == 4 * 60 + 10 + 10 + 4 + 60
+        assert sum(route["errors"] for route in stats["routes"]) == 0
 
 
 def test_shadow_is_recorded_not_returned(server: LiveServer) -> None:

@@ -47,6 +47,12 @@ def predict(
                      help='Return each --output as its top N classes per row, "value:index:label" '
                      "(label where the version has labels: see `models update --labels`)."),
     ] = None,
+    routing_key: Annotated[
+        str | None,
+        typer.Option("--routing-key", metavar="KEY",
+                     help="A user or session id: a deployment sends every request with the same key to the "
+                     "same version (sticky canary)."),
+    ] = None,
 ) -> None:
     """Run a model on JSON inputs and print its outputs as JSON.
 
@@ -64,13 +70,15 @@ def predict(
         modelyard predict digits --data @batch.json --deadline 0.05
 
         modelyard predict iris --data '[[5.1, 3.5, 1.4, 0.2]]' --output probabilities --classes 2
+
+        modelyard predict digits-live --data @row.json --routing-key user-42   (a deployment: always the same version for user-42)
     """
     if classes is not None and not output:
         raise typer.BadParameter("--classes ranks the outputs you name: give --output too")
     inputs = parse_data(data)
     with client() as sdk:
         result = sdk.predict(name, inputs, version=version, outputs=output or None, deadline_s=deadline,
-                             top_classes=classes)
+                             top_classes=classes, routing_key=routing_key)
     print_json({key: _jsonable(value) for key, value in result.items()})
 
 

@@ -146,6 +146,7 @@ class Client:
         deadline_s: float | None = None,
         priority: int = 0,
         top_classes: int | None = None,
+        routing_key: str | None = None,
     ) -> dict[str, np.ndarray]:
         """Run model ``name`` (its production version unless ``version``) and return its outputs.
 
@@ -160,7 +161,8 @@ class Client:
         ``priority``: 1 goes ahead of every other request queued for the version, then 2, ...;
         0 (the default) after every level. ``top_classes``: each of ``outputs`` comes back as its
         ``top_classes`` highest-valued classes per row, ``b"value:index[:label]"`` (Triton's
-        classification extension).
+        classification extension). ``routing_key`` (a user or session id): a deployment sends
+        every request with the same key to the same version (sticky routing).
 
         Example::
 
@@ -169,7 +171,7 @@ class Client:
         """
         return self._inference.predict(
             name, inputs, version=version, outputs=outputs, binary=binary, request_id=request_id,
-            deadline_s=deadline_s, priority=priority, top_classes=top_classes,
+            deadline_s=deadline_s, priority=priority, top_classes=top_classes, routing_key=routing_key,
         )
 
     def metadata(self, name: str, *, version: int | str | None = None) -> ModelMetadata:

@@ -79,6 +79,7 @@ class Inference:
         deadline_s: float | None = None,
         priority: int = 0,
         top_classes: int | None = None,
+        routing_key: str | None = None,
     ) -> dict[str, np.ndarray]:
         """Run ``name`` on ``inputs``; see :meth:`modelyard.client.Client.predict`."""
         if deadline_s is not None and not deadline_s > 0:
@@ -92,7 +93,7 @@ class Inference:
             outputs=[RequestedOutput(n, {} if top_classes is None else {"classification": top_classes})
                      for n in outputs] if outputs else None,
             id=request_id,
-            parameters=_scheduling(deadline_s, priority),
+            parameters=_scheduling(deadline_s, priority, routing_key),
         )
         body, header_length = encode_infer_request(req, binary_inputs=binary, binary_outputs=binary)
         headers = {"Content-Type": "application/octet-stream" if header_length is not None else "application/json"}
@@ -112,9 +113,12 @@ class Inference:
         return {t.name: t.data for t in decoded.outputs}
 
 
-def _scheduling(deadline_s: float | None, priority: int) -> dict[str, int]:
-    """The request parameters that carry a deadline and a priority (the server checks them)."""
-    parameters = {"priority": priority} if priority else {}
+def _scheduling(deadline_s: float | None, priority: int, routing_key: str | None = None) -> dict[str, int | str]:
+    """The request parameters that carry a deadline, a priority and a routing key (the server
+    checks them)."""
+    parameters: dict[str, int | str] = {"priority": priority} if priority else {}
+    if routing_key is not None:
+        parameters["routing_key"] = routing_key
     if deadline_s is not None:
         # whole microseconds, at least one (0 would mean "the model's own deadline")
         parameters["timeout"] = max(1, round(deadline_s * 1e6))

@@ -238,12 +238,14 @@ class DeploymentTraffic:
             shadow=previous.shadow if previous and _same_shadow(previous.deployment, deployment) else ShadowStats(),
         )
 
-    def pick(self) -> Route:
-        return self.deployment.routes[self.choice.pick()]
+    def pick(self, key: str | None = None) -> Route:
+        choice = self.choice
+        return self.deployment.routes[choice.pick() if key is None else choice.pick_for(key)]
 
-    def next_route(self) -> Route:
-        """The route of the next request: picked by weight, the primary while rolling back."""
-        return self.deployment.primary if self.rolling_back else self.pick()
+    def next_route(self, key: str | None = None) -> Route:
+        """The route of the next request: picked by weight (the same route for the same routing
+        ``key``), the primary while rolling back."""
+        return self.deployment.primary if self.rolling_back else self.pick(key)
 
     @cached_property
     def heaviest(self) -> Route:

@@ -30,7 +30,7 @@ from modelyard.core.usage import UsageMeter
 from modelyard.core.deployments import Deployments, DeploymentTraffic, Route
 from modelyard.core.response_cache import CacheKey, ResponseCache
 from modelyard.core.routing import outputs_agree
-from modelyard.core.scheduling import scheduling
+from modelyard.core.scheduling import routing_key, scheduling
 from modelyard.core.shared_memory import SharedMemory
 from modelyard.core.tracing import Trace, Tracer
 from modelyard.engine.batcher import DynamicBatcher, Queued
@@ -353,11 +353,12 @@ class DataPlane:
             return None
         return info, batcher
 
-    def _route(self, principal: Principal, traffic: DeploymentTraffic) -> Route:
-        """The route of a deployment's request. One that goes to another route than the one
+    def _route(self, principal: Principal, traffic: DeploymentTraffic, request: InferenceRequest) -> Route:
+        """The route of a deployment's request: by weight, the same one for the same
+        ``routing_key`` parameter. One that goes to another route than the one
         whose queue holds back the deployment's callers in an overload (``gate_route``, see
         :class:`DeploymentGate`) frees the slot that queue may have kept for it."""
-        route = traffic.next_route()
+        route = traffic.next_route(routing_key(request))
         gate = traffic.gate_route
         if route is not gate:
             queue = self._loaded_queue(principal.tenant_id, gate.model, str(gate.version), traffic)
@@ -438,7 +439,7 @@ class DataPlane:
         if traffic is None:
             info = self._remembered(principal, name, version)
         else:
-            route = self._route(principal, traffic)
+            route = self._route(principal, traffic, request)
             info = self._remembered(principal, route.model, str(route.version))
         if info is None:
             return None
@@ -606,7 +607,7 @@ class DataPlane:
         protocol: str,
         started: float,
     ) -> InferenceResponse:
-        route = self._route(principal, traffic)
+        route = self._route(principal, traffic, request)
         info = await self._route_info(principal, route)
         options = self.options(info, traffic)
         children = self._children(info, protocol)

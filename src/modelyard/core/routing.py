@@ -8,6 +8,7 @@ persists what changes, the data plane feeds outcomes in.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import random
 import time
 from collections import deque
@@ -17,14 +18,23 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["WeightedChoice", "ErrorWindow", "RouteStats", "ShadowStats", "outputs_agree"]
+__all__ = ["key_point", "WeightedChoice", "ErrorWindow", "RouteStats", "ShadowStats", "outputs_agree"]
 
 #: an :class:`ErrorWindow` counts outcomes in this many slices of its window
 WINDOW_SLICES = 60
 
 
+def key_point(key: str) -> float:
+    """Where ``key`` falls in [0, 1): the same on every server and in every run (a keyed hash,
+    not Python's ``hash``, which changes from process to process)."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
 class WeightedChoice:
-    """Picks an index with probability proportional to its weight (zero weights never win)."""
+    """Picks an index with probability proportional to its weight (zero weights never win), at
+    random or, for a key (:meth:`pick_for`), the same index for the same key while the weights
+    stay as they are."""
 
     __slots__ = ("_cumulative", "_total", "_random")
 
@@ -42,8 +52,19 @@ class WeightedChoice:
     def pick(self) -> int:
         if len(self._cumulative) == 1:
             return 0
-        x = self._random() * self._total
-        index = bisect.bisect_right(self._cumulative, x)
+        return self._at(self._random())
+
+    def pick_for(self, key: str) -> int:
+        """The index for ``key`` (sticky routing): keys spread over the indexes by weight, and a
+        key stays where it is while the weights do. As weight moves from the first indexes to a
+        later one (a canary's share growing), keys only move to that one: a key's point is fixed,
+        and the later index's span grows towards it."""
+        if len(self._cumulative) == 1:
+            return 0
+        return self._at(key_point(key))
+
+    def _at(self, point: float) -> int:
+        index = bisect.bisect_right(self._cumulative, point * self._total)
         return min(index, len(self._cumulative) - 1)
 
 

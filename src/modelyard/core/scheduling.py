@@ -2,9 +2,11 @@
 extension): ``timeout``, a deadline shorter than the version's, and ``priority``, its place among
 the requests queued for the version (``engine/batcher.py``, "Priorities"), within the levels
 the version declares (``priority_levels``, as in Triton's config), if it does. A level with a
-queue policy of its own (``engine/queue_policy.py``) has its own queue bound and deadline. Both
-parameters are checked before anything is queued: a bad one is 400 naming the parameter. See
-docs/serving.md, "Backpressure and time".
+queue policy of its own (``engine/queue_policy.py``) has its own queue bound and deadline.
+ModelYard's own ``routing_key`` sends a deployment's requests with the same key to the same route
+(``core/routing.py``, sticky routing); it is checked here with the others. Every parameter is
+checked before anything is queued: a bad one is 400 naming the parameter. See docs/serving.md,
+"Backpressure and time" and "Deployments".
 """
 
 from __future__ import annotations
@@ -14,14 +16,20 @@ from modelyard.engine.queue_policy import level_policy
 from modelyard.errors import InvalidInput
 from modelyard.tensors import InferenceRequest
 
-__all__ = ["request_priority", "request_timeout", "scheduling"]
+__all__ = ["checked_routing_key", "request_priority", "request_timeout", "routing_key", "scheduling", "ROUTING_KEY_MAX"]
+
+#: the longest routing key, in characters
+ROUTING_KEY_MAX = 256
 
 
 def scheduling(request: InferenceRequest, options: ServingOptions) -> tuple[float | None, int, int | None]:
     """The deadline, the priority and the priority level's queue bound of ``request`` (see
     :func:`request_timeout` and :func:`request_priority`): what its parameters ask for within
     the version's settings, its level's queue policy included."""
-    priority = request_priority(request, options) if request.parameters else options.default_priority
+    parameters = request.parameters
+    priority = request_priority(request, options) if parameters else options.default_priority
+    if parameters and "routing_key" in parameters:
+        checked_routing_key(parameters["routing_key"])
     limit, timeout_s = None, options.timeout_s
     if options.priority_queue_policy:
         limit, level_timeout_s = level_policy(options.priority_queue_policy, priority)
@@ -62,3 +70,22 @@ def request_timeout(request: InferenceRequest, timeout_s: float | None) -> float
         )
     asked_s = value / 1e6
     return asked_s if timeout_s is None else min(asked_s, timeout_s)
+
+
+def routing_key(request: InferenceRequest) -> str | None:
+    """The request's ``routing_key`` when it is a usable one, else ``None`` (a deployment then
+    picks the route at random; :func:`scheduling` refuses a bad key with 400 after the checks
+    that come first, so the route is picked before the key is judged)."""
+    key = request.parameters.get("routing_key") if request.parameters else None
+    return key if isinstance(key, str) and 0 < len(key) <= ROUTING_KEY_MAX else None
+
+
+def checked_routing_key(value: object) -> str:
+    """``value`` as a routing key: text of 1 to :data:`ROUTING_KEY_MAX` characters."""
+    if not isinstance(value, str) or not 0 < len(value) <= ROUTING_KEY_MAX:
+        raise InvalidInput(
+            f"the request parameter 'routing_key' must be text of 1 to {ROUTING_KEY_MAX} characters (a user or "
+            f"session id: a deployment sends the requests with the same key to the same version), not {value!r:.80}",
+            details={"field": "parameters.routing_key"},
+        )
+    return value

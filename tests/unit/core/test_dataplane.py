@@ -16,7 +16,7 @@ from modelyard.config import Settings
 from modelyard.core.inference import GATE_BUNDLE, QueueGate, QueueGates, validate_inputs
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
-from modelyard.core.scheduling import request_priority, request_timeout, scheduling
+from modelyard.core.scheduling import request_priority, request_timeout, routing_key, scheduling
 from modelyard.engine.manager import ServingOptions, parse_serving
 from modelyard.errors import (
     InvalidInput, ModelNotFound, PermissionDenied, QueueFull, RateLimited, ValidationFailed, VersionNotFound,
@@ -507,6 +507,18 @@ def test_a_requests_priority_parameter_is_a_whole_number_at_least_0() -> None:
         with pytest.raises(InvalidInput, match="'priority' must be a whole number") as info:
             request_priority(_req(x, priority=bad), free)
         assert info.value.details == {"field": "parameters.priority"}
+
+
+def test_a_routing_key_is_text_of_1_to_256_characters() -> None:
+    x = np.zeros((1, 3), np.float32)
+    assert routing_key(_req(x, routing_key="user-42")) == "user-42"
+    assert routing_key(_req(x)) is None
+    assert scheduling(_req(x, routing_key="k" * 256), ServingOptions()) == (None, 0, None)
+    for bad in ("", "k" * 257, 42, None, ["a"]):
+        assert routing_key(_req(x, routing_key=bad)) is None  # picked at random; refused below
+        with pytest.raises(InvalidInput, match="'routing_key' must be text") as info:
+            scheduling(_req(x, routing_key=bad), ServingOptions())
+        assert info.value.details == {"field": "parameters.routing_key"}
 
 
 def test_declared_priority_levels_map_none_and_those_past_them_to_the_default_level() -> None:

@@ -18,7 +18,7 @@ from modelyard.engine.manager import parse_serving
 from modelyard.core.inference import DeploymentGate
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
-from modelyard.core.routing import ErrorWindow, WeightedChoice, outputs_agree
+from modelyard.core.routing import ErrorWindow, WeightedChoice, key_point, outputs_agree
 from modelyard.errors import (
     Conflict,
     DeploymentNotFound,
@@ -106,6 +106,26 @@ def test_weighted_choice_follows_weights() -> None:
     assert abs(seen[1] / 10_000 - 0.3) < 0.02 and seen[2] == 0
     with pytest.raises(ValueError):
         WeightedChoice([0, 0])
+
+
+def test_a_routing_key_picks_the_same_index_while_the_weights_stay() -> None:
+    choice = WeightedChoice([70, 30, 0])
+    keys = [f"user-{i}" for i in range(5_000)]
+    picks = {key: choice.pick_for(key) for key in keys}
+    assert all(choice.pick_for(key) == picks[key] for key in keys[:500])
+    assert WeightedChoice([70, 30, 0]).pick_for("user-7") == picks["user-7"]  # another chooser, another server
+    share = Counter(picks.values())
+    assert abs(share[1] / len(keys) - 0.3) < 0.03 and share[2] == 0
+    assert 0 <= key_point("é") < 1 and key_point("a") != key_point("b")
+
+
+def test_a_growing_canary_only_takes_keys_never_gives_them_back() -> None:
+    keys = [f"session-{i}" for i in range(2_000)]
+    before = {key: WeightedChoice([90, 10]).pick_for(key) for key in keys}
+    after = {key: WeightedChoice([50, 50]).pick_for(key) for key in keys}
+    assert not [key for key in keys if before[key] == 1 and after[key] == 0]
+    moved = sum(1 for key in keys if before[key] == 0 and after[key] == 1)
+    assert abs(moved / len(keys) - 0.4) < 0.04
 
 
 def test_error_window_and_rollback_trigger(platform: Platform, tenant: str) -> None:
