@@ -84,6 +84,10 @@ class Settings(BaseSettings):
         default=4096, ge=1, description="requests queued or computing in all versions; beyond it: 503"
     )
     drain_timeout_s: float = Field(default=20.0, ge=0)
+    rollout_check_s: float = Field(
+        default=1.0, ge=0,
+        description="how often the server takes the rollout steps that are due (0: this server takes none)",
+    )
     pin_sync_s: float = Field(
         default=5.0, ge=0,
         description="how often the server takes the pins made on the other servers of its cluster (0: only at start)",

@@ -116,15 +116,18 @@ async def serve_async(settings: Settings, platform: Platform, http: uvicorn.Serv
     from modelyard.jobs.pool import JobWorkers
 
     job_workers = await asyncio.to_thread(JobWorkers(settings, platform.jobs).start)
-    pins = None
+    loop = asyncio.get_running_loop()
+    followers = []  # what this server keeps in step with its cluster's database
     if settings.pin_sync_s > 0:
-        pins = asyncio.get_running_loop().create_task(platform.residency.follow_pins(settings.pin_sync_s))
+        followers.append(loop.create_task(platform.residency.follow_pins(settings.pin_sync_s)))
+    if settings.rollout_check_s > 0:
+        followers.append(loop.create_task(platform.deployments.follow_rollouts(settings.rollout_check_s)))
     try:
         await http.serve()
     finally:
-        if pins is not None:
-            pins.cancel()
-            await asyncio.gather(pins, return_exceptions=True)
+        for task in followers:
+            task.cancel()
+        await asyncio.gather(*followers, return_exceptions=True)
         if grpc_server is not None:
             await grpc_server.stop(grace=settings.drain_timeout_s)
         await asyncio.to_thread(job_workers.stop, max(settings.drain_timeout_s, 10.0))

@@ -1,4 +1,5 @@
-"""``modelyard deploy``: create and change deployments (canary weights, shadow, rollback)."""
+"""``modelyard deploy``: create and change deployments (canary weights, shadow, rollback,
+progressive rollout)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,26 @@ def _serving(text: str | None) -> dict[str, Any] | None:
     return json_object(text, "--serving") if text else None
 
 
+def _rollout(steps: str | None, every_s: float) -> dict[str, Any] | None:
+    """``10,25,50,100`` every ``every_s`` seconds as a rollout (the server checks the rest)."""
+    if not steps:
+        return None
+    try:
+        shares = [float(step) for step in steps.split(",")]
+    except ValueError:
+        raise typer.BadParameter(
+            f"--rollout takes the canary's percents, rising, e.g. 10,25,50,100; not {steps!r}"
+        ) from None
+    return {"steps": shares, "interval_s": every_s}
+
+
+RolloutOption = Annotated[str | None, typer.Option(
+    "--rollout", metavar="PERCENTS",
+    help="Raise the canary's share step by step, e.g. 10,25,50,100 (100 promotes it); two routes.",
+)]
+EveryOption = Annotated[float, typer.Option("--every", metavar="SECONDS", help="Seconds between two rollout steps.")]
+
+
 def _show(dep: Any, json_out: bool) -> None:
     if json_out:
         print_json(dep.to_dict())
@@ -63,6 +84,12 @@ def _show(dep: Any, json_out: bool) -> None:
         rows.append([f"{dep.shadow['model']}:{dep.shadow['version']} (shadow)", f"{dep.shadow['share']:g}",
                      sh.get("requests", 0), f"agreement {sh.get('agreement_rate')}"])
     print_table(["route", "weight", "requests", "errors"], rows, title=f"{dep.name} (revision {dep.revision})")
+    rollout = dep.rollout
+    if rollout:
+        steps = " → ".join(f"[{share:g}%]" if i == rollout["step"] else f"{share:g}%"
+                           for i, share in enumerate(rollout["steps"]))
+        when = f"next step at {rollout['next_step_at']}" if rollout["next_step_at"] else "at its last step"
+        print_table(["rollout", "every", "next"], [[steps, f"{rollout['interval_s']:g} s", when]])
 
 
 @app.command("create")
@@ -74,17 +101,25 @@ def create(
     serving: Annotated[str | None, typer.Option(help='Serving settings as JSON, e.g. {"max_batch_size": 16}.')] = None,
     max_error_rate: Annotated[float | None, typer.Option(help="Roll canaries back above this error rate.")] = None,
     window_s: Annotated[float, typer.Option(help="Error-rate window (seconds).")] = 60.0,
+    rollout: RolloutOption = None,
+    every: EveryOption = 300.0,
     json_out: JsonFlag = False,
 ) -> None:
     """Create a deployment.
 
-    Example:
+    Examples:
 
         modelyard deploy create web digits:1=90 digits:2=10 --max-error-rate 0.2
+
+        modelyard deploy create web digits:1 digits:2=0 --rollout 10,25,50,100 --every 600 --max-error-rate 0.05
+
+    (the second one raises digits:2 to 10% now, 25% ten minutes later, ... and promotes it at
+    100%; a rollback, by hand or by the error rate, stops it)
     """
     dep = client().deployments.create(
         name, [_route(r) for r in routes], shadow=_shadow(shadow), serving=_serving(serving),
         rollback={"max_error_rate": max_error_rate, "window_s": window_s} if max_error_rate is not None else None,
+        rollout=_rollout(rollout, every),
     )
     _show(dep, json_out)
 
@@ -102,11 +137,15 @@ def update(
     max_error_rate: Annotated[float | None, typer.Option(help="Roll canaries back above this error rate.")] = None,
     window_s: Annotated[float, typer.Option(help="Error-rate window (seconds), with --max-error-rate.")] = 60.0,
     no_rollback: Annotated[bool, typer.Option("--no-rollback", help="No automatic rollback.")] = False,
+    rollout: RolloutOption = None,
+    every: EveryOption = 300.0,
+    no_rollout: Annotated[bool, typer.Option("--no-rollout", help="Stop the rollout where it is.")] = False,
     description: Annotated[str | None, typer.Option(help="New description.")] = None,
     json_out: JsonFlag = False,
 ) -> None:
-    """Change a deployment's routes, shadow, serving settings or rollback policy (each change
-    takes effect at once; requests in flight finish where they are). What is not given stays.
+    """Change a deployment's routes, shadow, serving settings, rollback policy or rollout (each
+    change takes effect at once; requests in flight finish where they are). What is not given
+    stays; new routes or weights stop a rollout under way.
 
     Examples:
 
@@ -114,10 +153,14 @@ def update(
 
         modelyard deploy update web --serving '{"max_batch_size": 16, "timeout_s": 2}'
 
-        modelyard deploy update web --no-shadow --no-rollback
+        modelyard deploy update web --rollout 25,50,100 --every 900
+
+        modelyard deploy update web --no-shadow --no-rollback --no-rollout
     """
     if shadow and no_shadow:
         raise typer.BadParameter("give --shadow or --no-shadow, not both")
+    if rollout and no_rollout:
+        raise typer.BadParameter("give --rollout or --no-rollout, not both")
     if max_error_rate is not None and no_rollback:
         raise typer.BadParameter("give --max-error-rate or --no-rollback, not both")
     changes: dict[str, Any] = {
@@ -126,6 +169,7 @@ def update(
         "serving": _serving(serving), "description": description,
         "rollback": {"max_error_rate": max_error_rate, "window_s": window_s} if max_error_rate is not None else None,
         "remove_rollback": no_rollback or None,
+        "rollout": _rollout(rollout, every), "remove_rollout": no_rollout or None,
     }
     if all(v is None for v in changes.values()):
         raise typer.BadParameter("nothing to change: give routes or an option (see --help)")

@@ -31,6 +31,9 @@ class Deployment:
     stats: dict[str, Any] | None
     created_at: str
     updated_at: str
+    #: a progressive rollout under way: ``steps``, ``interval_s``, ``step``, ``share`` (the
+    #: canary's percent now) and ``next_step_at``; ``None`` when there is none
+    rollout: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Deployment:
@@ -38,7 +41,7 @@ class Deployment:
             name=d["name"], description=d.get("description", ""), routes=list(d["routes"]),
             shadow=d.get("shadow"), serving=dict(d.get("serving") or {}), rollback=d.get("rollback"),
             revision=int(d["revision"]), events=list(d.get("events") or []), stats=d.get("stats"),
-            created_at=str(d["created_at"]), updated_at=str(d["updated_at"]),
+            created_at=str(d["created_at"]), updated_at=str(d["updated_at"]), rollout=d.get("rollout"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -70,10 +73,13 @@ class Deployments:
         shadow: Mapping[str, Any] | None = None,
         serving: Mapping[str, Any] | None = None,
         rollback: Mapping[str, Any] | None = None,
+        rollout: Mapping[str, Any] | None = None,
         description: str = "",
     ) -> Deployment:
         """Create deployment ``name``; ``routes`` are ``{model, version, weight}`` dicts or
-        ``(model, version, weight)`` tuples, the first being the primary."""
+        ``(model, version, weight)`` tuples, the first being the primary. ``rollout``
+        (``{"steps": [10, 25, 50, 100], "interval_s": 300}``, two routes) raises the canary's
+        share on that schedule and promotes it at 100."""
         body: dict[str, Any] = {"name": name, "routes": _routes(routes), "description": description}
         if shadow is not None:
             body["shadow"] = dict(shadow)
@@ -81,6 +87,8 @@ class Deployments:
             body["serving"] = dict(serving)
         if rollback is not None:
             body["rollback"] = dict(rollback)
+        if rollout is not None:
+            body["rollout"] = dict(rollout)
         return Deployment.from_json(self._t.post("/api/v1/deployments", json=body))
 
     def list(self, *, page_size: int = 50) -> Iterator[Deployment]:
@@ -92,7 +100,8 @@ class Deployments:
 
     def update(self, name: str, **changes: Any) -> Deployment:
         """PATCH any of ``routes``, ``weights`` (``{"model:version": w}``), ``shadow``,
-        ``remove_shadow``, ``serving``, ``rollback``, ``remove_rollback``, ``description``."""
+        ``remove_shadow``, ``serving``, ``rollback``, ``remove_rollback``, ``rollout`` (starts
+        now, at its first step), ``remove_rollout`` (stops it where it is), ``description``."""
         if "routes" in changes and changes["routes"] is not None:
             changes["routes"] = _routes(changes["routes"])
         body = {k: v for k, v in changes.items() if v is not None}

@@ -13,6 +13,8 @@ Queries are scoped by tenant here; rows never leave this module.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 import time
 import uuid
@@ -22,12 +24,13 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from modelyard.core.names import check_name
 from modelyard.core.pages import Page, PageRequest
 from modelyard.core.registry import Registry
+from modelyard.core.rollout import Rollout, parse_rollout
 from modelyard.core.routing import ErrorWindow, RouteStats, ShadowStats, WeightedChoice
 from modelyard.engine.manager import parse_serving
 from modelyard.errors import Conflict, DeploymentNotFound, ValidationFailed
@@ -46,6 +49,8 @@ __all__ = [
 
 #: the newest events kept on a deployment (changes, rollbacks)
 MAX_EVENTS = 50
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +112,8 @@ class Deployment:
     revision: int
     created_at: datetime
     updated_at: datetime
+    #: a progressive rollout under way (``core/rollout.py``)
+    rollout: Rollout | None = None
 
     @property
     def primary(self) -> Route:
@@ -198,7 +205,19 @@ def _deployment(row: DeploymentRow) -> Deployment:
         revision=row.revision,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        rollout=Rollout.from_row(row.rollout),
     )
+
+
+def _with_event(events: Any, event: dict[str, Any]) -> list[Any]:
+    """``events`` with ``event`` added, the oldest dropped beyond :data:`MAX_EVENTS`."""
+    return [*list(events or ())[-(MAX_EVENTS - 1):], event]
+
+
+def _at_share(routes: tuple[Route, ...], share: float) -> tuple[Route, ...]:
+    """The primary and the canary of ``routes`` weighted ``100 - share`` and ``share``."""
+    primary, canary = routes
+    return (Route(primary.model, primary.version, 100.0 - share), Route(canary.model, canary.version, share))
 
 
 def _event(kind: str, **data: Any) -> dict[str, Any]:
@@ -397,13 +416,18 @@ class Deployments:
         shadow: Any = None,
         serving: Any = None,
         rollback: Any = None,
+        rollout: Any = None,
         description: str = "",
     ) -> Deployment:
         """Create deployment ``name``; its versions must exist (``VersionNotFound``), the name
-        must be free in the tenant (``Conflict``)."""
+        must be free in the tenant (``Conflict``). With ``rollout`` its canary starts at the
+        schedule's first step (whatever weights the routes give)."""
         check_name(name, field="name")
         parsed_routes = parse_routes(routes)
         parsed_shadow = parse_shadow(shadow)
+        schedule = parse_rollout(rollout, parsed_routes, time.time())
+        if schedule is not None:
+            parsed_routes = _at_share(parsed_routes, schedule.share)
         self._check_versions(tenant_id, parsed_routes, parsed_shadow)
         row = DeploymentRow(
             id=str(uuid.uuid4()), tenant_id=tenant_id, name=name, description=description,
@@ -411,7 +435,9 @@ class Deployments:
             shadow=parsed_shadow.to_dict() if parsed_shadow else None,
             serving=parse_serving(serving),
             rollback=policy.to_dict() if (policy := parse_rollback(rollback)) else None,
-            events=[_event("created", routes=[r.to_dict() for r in parsed_routes])], revision=1,
+            rollout=schedule.to_row() if schedule else None,
+            events=[_event("created", routes=[r.to_dict() for r in parsed_routes],
+                           **({"rollout": schedule.to_dict()} if schedule else {}))], revision=1,
             created_at=utcnow(), updated_at=utcnow(),
         )
         try:
@@ -434,8 +460,10 @@ class Deployments:
         **changes: Any,
     ) -> Deployment:
         """Change any of ``routes``, ``shadow`` (``None`` removes it only when passed),
-        ``serving``, ``rollback``, ``description``; bumps the revision."""
-        unknown = set(changes) - {"routes", "shadow", "serving", "rollback", "description"}
+        ``serving``, ``rollback``, ``rollout`` (a schedule starts now, at its first step;
+        ``None`` stops it where it is), ``description``; bumps the revision. A change of the
+        routes without a ``rollout`` stops the rollout under way (the caller took the wheel)."""
+        unknown = set(changes) - {"routes", "shadow", "serving", "rollback", "rollout", "description"}
         if unknown:
             raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}")
         with self._db.transaction() as s:
@@ -443,6 +471,16 @@ class Deployments:
             detail: dict[str, Any] = {}
             routes = parse_routes(changes["routes"]) if "routes" in changes else parse_routes(row.routes)
             shadow = parse_shadow(changes["shadow"]) if "shadow" in changes else parse_shadow(row.shadow)
+            if changes.get("rollout") is not None:
+                schedule = parse_rollout(changes["rollout"], routes, time.time())
+                assert schedule is not None
+                routes = _at_share(routes, schedule.share)
+                changes["routes"] = routes
+                row.rollout = schedule.to_row()
+                detail["rollout"] = schedule.to_dict()
+            elif row.rollout is not None and ("rollout" in changes or "routes" in changes):
+                row.rollout = None
+                detail["rollout"] = "stopped"
             if "routes" in changes or "shadow" in changes:
                 self._check_versions(tenant_id, routes, shadow)
             if "routes" in changes:
@@ -462,7 +500,7 @@ class Deployments:
                 row.description = str(changes["description"])
             if reason:
                 detail["reason"] = reason
-            row.events = [*list(row.events or ())[-(MAX_EVENTS - 1):], _event(event, **detail)]
+            row.events = _with_event(row.events, _event(event, **detail))
             row.revision = row.revision + 1
             row.updated_at = utcnow()
             s.flush()
@@ -503,6 +541,76 @@ class Deployments:
             tenant_id, name, routes=[Route(primary.model, primary.version, 100.0)],
             event="rolled_back", reason=reason,
         )
+
+    def advance_rollouts(self, now: float | None = None) -> list[Deployment]:
+        """Take every rollout step that is due (of every tenant): the canary's share goes to the
+        next step, or, at a step of 100, the canary is promoted. Each under its row's lock, read
+        again inside it, so that of a cluster's servers only one takes a step. Returns the
+        deployments changed."""
+        now = time.time() if now is None else now
+        with self._db.read() as s:
+            rows = s.execute(
+                select(DeploymentRow.tenant_id, DeploymentRow.name, DeploymentRow.rollout)
+                .where(DeploymentRow.rollout.is_not(None))
+            ).all()
+        changed = []
+        for tenant_id, name, raw in rows:
+            schedule = Rollout.from_row(raw)
+            if schedule is not None and schedule.due(now):
+                advanced = self._advance(tenant_id, name, now)
+                if advanced is not None:
+                    changed.append(advanced)
+        return changed
+
+    def _advance(self, tenant_id: str, name: str, now: float) -> Deployment | None:
+        """Take the due step of deployment ``name``; ``None`` when it is no longer due (another
+        server took it, or the rollout stopped). The write is conditional on the revision read,
+        so two servers that read the same step write it once (on SQLite as on PostgreSQL)."""
+        with self._db.transaction() as s:
+            row = s.scalar(
+                select(DeploymentRow).where(DeploymentRow.tenant_id == tenant_id, DeploymentRow.name == name)
+            )
+            schedule = Rollout.from_row(row.rollout) if row is not None else None
+            if row is None or schedule is None or not schedule.due(now):
+                return None  # gone, stopped, or taken by another server meanwhile
+            step = schedule.next(now)
+            routes = parse_routes(row.routes)
+            values: dict[str, Any]
+            if len(routes) != 2:  # (every change of the routes stops a rollout: not expected)
+                values = {"rollout": None}
+            elif step.share >= 100:
+                promoted = [Route(routes[1].model, routes[1].version, 100.0).to_dict()]
+                values = {"routes": promoted, "rollout": None,
+                          "events": _with_event(row.events, _event("promoted", routes=promoted, reason="rollout"))}
+            else:
+                weighted = [r.to_dict() for r in _at_share(routes, step.share)]
+                event = _event("rollout_step", routes=weighted, step=step.step, share=step.share)
+                values = {"routes": weighted, "rollout": step.to_row(), "events": _with_event(row.events, event)}
+            taken = s.execute(
+                update(DeploymentRow)
+                .where(DeploymentRow.id == row.id, DeploymentRow.revision == row.revision)
+                .values(**values, revision=row.revision + 1, updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if not taken:
+                return None  # another server changed it between the read and the write
+            s.refresh(row)
+            result = _deployment(row)
+        self._changed(tenant_id, name, result)
+        return result
+
+    async def follow_rollouts(self, every_s: float) -> None:
+        """:meth:`advance_rollouts` every ``every_s`` seconds until cancelled (the server runs it)."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                changed = await asyncio.to_thread(self.advance_rollouts)
+            except Exception as exc:  # the database away for a moment: try again next round
+                log.warning("could not advance the rollouts: %s", exc)
+                continue
+            for d in changed:
+                share = d.rollout.share if d.rollout else 100.0
+                log.info("deployment %s: rollout step, canary at %g%%", d.name, share)
 
     def delete(self, tenant_id: str, name: str) -> Deployment:
         with self._db.transaction() as s:

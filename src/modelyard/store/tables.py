@@ -161,6 +161,9 @@ class DeploymentRow(Base):
     shadow: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     serving: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     rollback: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    #: a progressive rollout and where it stands (0006); SQL NULL when there is none, so that the
+    #: servers find the rollouts to advance with an index-free ``IS NOT NULL``
+    rollout: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), default=None, nullable=True)
     events: Mapped[list[Any]] = mapped_column(JSON, default=list)
     revision: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

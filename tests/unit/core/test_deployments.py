@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from modelyard.config import Settings
-from modelyard.core.deployments import DeploymentTraffic, Route, parse_routes
+from modelyard.core.deployments import Deployments, DeploymentTraffic, Route, parse_routes
 from modelyard.engine.manager import parse_serving
 from modelyard.core.inference import DeploymentGate
 from modelyard.core.platform import Platform
@@ -346,3 +348,104 @@ def test_a_new_revision_keeps_the_shadows_comparisons_only_for_the_same_shadow(p
     assert fresh.shadow.requests == 0 and fresh.shadow is not traffic.shadow  # v1's answers, not v2's
     gone = d.update(tenant, "mirror", shadow=None)
     assert DeploymentTraffic.of(gone, fresh).shadow.requests == 0
+
+
+TWO_ROUTES = [{"model": "m", "version": 1}, {"model": "m", "version": 2, "weight": 0}]
+
+
+@pytest.mark.parametrize("rollout, field", [
+    ({"steps": []}, "rollout.steps"),
+    ({"steps": "10,50"}, "rollout.steps"),
+    ({"steps": [10, 10]}, "rollout.steps.1"),
+    ({"steps": [50, 20]}, "rollout.steps.1"),
+    ({"steps": [0, 100]}, "rollout.steps.0"),
+    ({"steps": [10, 101]}, "rollout.steps.1"),
+    ({"steps": [10, True]}, "rollout.steps.1"),
+    ({"steps": [10], "interval_s": 0}, "rollout.interval_s"),
+    ({"steps": [10], "interval_s": 8 * 86_400}, "rollout.interval_s"),
+    ({"steps": [10], "every": 5}, "rollout"),
+    ([10, 50], "rollout"),
+])
+def test_a_bad_rollout_is_refused_naming_its_field(platform: Platform, tenant: str, rollout: object, field: str) -> None:
+    with pytest.raises(ValidationFailed) as refused:
+        platform.deployments.create(tenant, "web", routes=TWO_ROUTES, rollout=rollout)
+    assert refused.value.details == {"field": field}
+    with pytest.raises(DeploymentNotFound):
+        platform.deployments.get(tenant, "web")
+
+
+def test_a_rollout_needs_a_primary_and_one_canary(platform: Platform, tenant: str) -> None:
+    with pytest.raises(ValidationFailed, match="exactly two routes") as refused:
+        platform.deployments.create(tenant, "web", routes=TWO_ROUTES[:1], rollout={"steps": [10]})
+    assert refused.value.details == {"field": "rollout"}
+
+
+def test_a_rollout_raises_the_canary_step_by_step_and_promotes_it(platform: Platform, tenant: str) -> None:
+    d = platform.deployments
+    dep = d.create(tenant, "web", routes=TWO_ROUTES, rollout={"steps": [10, 50, 100], "interval_s": 60})
+    assert [r.weight for r in dep.routes] == [90.0, 10.0]
+    assert dep.rollout is not None and dep.rollout.share == 10 and dep.rollout.to_dict()["next_step_at"]
+    start = dep.rollout.since
+    assert d.advance_rollouts(start + 59) == []  # not due yet
+    (step,) = d.advance_rollouts(start + 60)
+    assert [r.weight for r in step.routes] == [50.0, 50.0] and step.rollout is not None and step.rollout.step == 1
+    assert step.events[-1]["kind"] == "rollout_step" and step.events[-1]["share"] == 50
+    assert d.advance_rollouts(start + 61) == []  # the next step counts from this one
+    (done,) = d.advance_rollouts(start + 121)
+    assert done.routes == (Route("m", 2, 100.0),) and done.rollout is None
+    assert done.events[-1]["kind"] == "promoted" and done.events[-1]["reason"] == "rollout"
+    assert d.get(tenant, "web") == done and d.advance_rollouts(start + 1000) == []
+    assert d.lookup(tenant, "web").deployment.revision == done.revision  # the routing table follows
+
+
+def test_a_schedule_ending_under_100_stays_at_its_last_split(platform: Platform, tenant: str) -> None:
+    d = platform.deployments
+    dep = d.create(tenant, "web", routes=TWO_ROUTES, rollout={"steps": [5, 30], "interval_s": 1})
+    assert dep.rollout is not None
+    (last,) = d.advance_rollouts(dep.rollout.since + 1)
+    assert [r.weight for r in last.routes] == [70.0, 30.0] and last.rollout is not None and last.rollout.last
+    assert last.rollout.to_dict()["next_step_at"] is None and d.advance_rollouts(dep.rollout.since + 100) == []
+
+
+def test_taking_the_wheel_stops_a_rollout(platform: Platform, tenant: str) -> None:
+    d = platform.deployments
+    for stop in ("weights", "rollback", "promote", "remove", "routes"):
+        name = f"web-{stop}"
+        d.create(tenant, name, routes=TWO_ROUTES, rollout={"steps": [10, 100], "interval_s": 1})
+        if stop == "weights":
+            changed = d.set_weights(tenant, name, {"m:2": 20})
+        elif stop == "rollback":
+            changed = d.rollback(tenant, name)
+        elif stop == "promote":
+            changed = d.promote(tenant, name)
+        elif stop == "remove":
+            changed = d.update(tenant, name, rollout=None)
+        else:
+            changed = d.update(tenant, name, routes=TWO_ROUTES)
+        assert changed.rollout is None, stop
+        assert changed.events[-1].get("rollout") == "stopped", (stop, changed.events[-1])
+    assert d.advance_rollouts(10**12) == []
+    # a rollout set on a deployment already serving starts at its first step, now
+    started = d.update(tenant, "web-weights", rollout={"steps": [40, 100], "interval_s": 5})
+    assert [r.weight for r in started.routes] == [60.0, 40.0] and started.rollout is not None
+
+
+def test_servers_racing_for_a_step_take_it_once(platform: Platform, tenant: str) -> None:
+    """Eight services on one database (the servers of a cluster) see the same step due at the
+    same moment: the writes are conditional on the revision read, so one lands and the others
+    find the step taken."""
+    servers = [Deployments(platform.db, platform.registry) for _ in range(8)]
+    dep = platform.deployments.create(tenant, "web", routes=TWO_ROUTES, rollout={"steps": [10, 50], "interval_s": 1})
+    assert dep.rollout is not None
+    due = dep.rollout.since + 1
+    start = threading.Barrier(len(servers))
+
+    def race(server: Deployments) -> int:
+        start.wait()
+        return len(server.advance_rollouts(due))
+
+    with ThreadPoolExecutor(len(servers)) as pool:
+        taken = sum(pool.map(race, servers))
+    assert taken == 1
+    events = [e["kind"] for e in platform.deployments.get(tenant, "web").events]
+    assert events == ["created", "rollout_step"]

@@ -67,6 +67,11 @@ class RollbackIn(StrictBody):
     min_requests: int = Field(default=10, ge=1)
 
 
+class RolloutIn(StrictBody):
+    steps: list[float] = Field(min_length=1, max_length=20, description="the canary's percent of the traffic at each step, rising; 100 promotes it")
+    interval_s: float = Field(default=300.0, description="seconds between two steps (0.1 to 7 days)")
+
+
 class DeploymentIn(StrictBody):
     name: str
     description: str = Field(default="", max_length=10_000)
@@ -74,6 +79,7 @@ class DeploymentIn(StrictBody):
     shadow: ShadowIn | None = None
     serving: ServingIn | None = None
     rollback: RollbackIn | None = Field(default=None, description="automatic rollback of canaries")
+    rollout: RolloutIn | None = Field(default=None, description="raise the canary's share on a schedule (two routes)")
 
 
 class DeploymentPatch(StrictBody):
@@ -85,6 +91,8 @@ class DeploymentPatch(StrictBody):
     serving: ServingIn | None = None
     rollback: RollbackIn | None = None
     remove_rollback: bool = False
+    rollout: RolloutIn | None = Field(default=None, description="start a rollout now, at its first step")
+    remove_rollout: bool = Field(default=False, description="stop the rollout where it is")
 
 
 class PromoteIn(StrictBody):
@@ -103,6 +111,7 @@ class DeploymentOut(BaseModel):
     shadow: dict[str, Any] | None
     serving: dict[str, Any]
     rollback: dict[str, Any] | None
+    rollout: dict[str, Any] | None = None
     revision: int
     events: list[dict[str, Any]]
     stats: dict[str, Any] | None = None
@@ -119,6 +128,7 @@ def deployment_out(d: Deployment, platform: Platform | None = None) -> dict[str,
         "shadow": d.shadow.to_dict() if d.shadow else None,
         "serving": d.serving,
         "rollback": d.rollback.to_dict() if d.rollback else None,
+        "rollout": d.rollout.to_dict() if d.rollout else None,
         "revision": d.revision,
         "events": list(d.events),
         "stats": stats,
@@ -163,6 +173,7 @@ async def create_deployment(body: DeploymentIn, platform: PlatformDep, principal
             shadow=body.shadow.model_dump() if body.shadow else None,
             serving=_serving(body.serving),
             rollback=body.rollback.model_dump() if body.rollback else None,
+            rollout=body.rollout.model_dump() if body.rollout else None,
             description=body.description,
         )
 
@@ -194,6 +205,8 @@ async def patch_deployment(name: str, body: DeploymentPatch, platform: PlatformD
             changes["serving"] = _serving(body.serving)
         if body.rollback is not None or body.remove_rollback:
             changes["rollback"] = None if body.remove_rollback else body.rollback.model_dump()  # type: ignore[union-attr]
+        if body.rollout is not None or body.remove_rollout:
+            changes["rollout"] = None if body.remove_rollout else body.rollout.model_dump()  # type: ignore[union-attr]
         if body.description is not None:
             changes["description"] = body.description
         result: Deployment | None = None

@@ -1,0 +1,159 @@
+"""A deployment's progressive rollout through real servers: two servers on one database (SQLite,
+then PostgreSQL) both watching the schedule, each step taken once and the canary promoted at the
+end; a failing canary rolled back mid-rollout, which stops it; bad schedules refused; the CLI and
+the SDK."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from modelyard.cli.main import app
+from modelyard.client import Client
+from tests.integration._serving import failing_model, infer_body, register, scale_model
+from tests.support.live import LiveServer
+
+X = np.ones((1, 4), np.float32)
+ROUTES = [{"model": "double", "version": 1}, {"model": "double", "version": 2, "weight": 0}]
+
+
+@pytest.fixture
+def pair(tmp_path: Path, database_url: str) -> Iterator[tuple[LiveServer, LiveServer]]:
+    shared = {"builtin_models": False, "database_url": database_url, "rollout_check_s": 0.05, "grpc_enabled": False}
+    first = LiveServer.build(tmp_path / "home", **shared).start()
+    second = None
+    try:
+        register(first, "double", scale_model(tmp_path / "one.onnx", 1.0))
+        register(first, "double", scale_model(tmp_path / "two.onnx", 2.0))
+        register(first, "flaky", failing_model(tmp_path / "failing.onnx"))
+        second = LiveServer.build(tmp_path / "home", **shared).start()
+        yield first, second
+    finally:
+        if second is not None:
+            second.stop()
+        first.stop()
+
+
+def _until(client: httpx.Client, name: str, done: Any, timeout: float = 15.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        dep = client.get(f"/api/v1/deployments/{name}").json()
+        if done(dep):
+            return dep
+        assert time.monotonic() < deadline, f"the rollout did not get there in time: {dep}"
+        time.sleep(0.05)
+
+
+def test_two_servers_roll_the_canary_out_step_by_step_each_step_once(pair: tuple[LiveServer, LiveServer]) -> None:
+    first, second = pair
+    with first.client() as client, second.client() as other:
+        r = client.post("/api/v1/deployments", json={
+            "name": "web", "routes": ROUTES, "rollout": {"steps": [20, 60, 100], "interval_s": 0.6}})
+        assert r.status_code == 201, r.text
+        dep = r.json()
+        assert [route["weight"] for route in dep["routes"]] == [80.0, 20.0]
+        assert dep["rollout"]["share"] == 20.0 and dep["rollout"]["step"] == 0 and dep["rollout"]["next_step_at"]
+
+        # traffic through both servers reaches both versions meanwhile, and the split follows the steps
+        seen: Counter[str] = Counter()
+        for i in range(40):
+            answer = (client if i % 2 else other).post("/v2/models/web/infer", json=infer_body(X))
+            assert answer.status_code == 200, answer.text
+            seen[answer.json()["model_version"]] += 1
+        assert seen["1"] > 0 and seen["2"] > 0, seen
+
+        middle = _until(other, "web", lambda d: d["rollout"] is not None and d["rollout"]["share"] == 60.0)
+        assert [route["weight"] for route in middle["routes"]] == [40.0, 60.0]
+        done = _until(client, "web", lambda d: d["rollout"] is None)
+        assert done["routes"] == [{"model": "double", "version": 2, "weight": 100.0}]
+        kinds = [e["kind"] for e in done["events"]]
+        assert kinds == ["created", "rollout_step", "promoted"], kinds  # each step once, by either server
+        assert done["events"][-1]["reason"] == "rollout"
+        time.sleep(0.3)
+        assert other.get("/api/v1/deployments/web").json()["revision"] == done["revision"]
+        # each server routes by what its routing table read: the other one's follows within its
+        # lifetime (2 s)
+        deadline = time.monotonic() + 4
+        while True:
+            answers = {other.post("/v2/models/web/infer", json=infer_body(X)).json()["model_version"]
+                       for _ in range(10)}
+            if answers == {"2"} or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert answers == {"2"}
+
+
+def test_a_failing_canary_is_rolled_back_mid_rollout_and_the_rollout_stops(pair: tuple[LiveServer, LiveServer]) -> None:
+    first, _ = pair
+    bad = np.full((1, 4), 50.0, np.float32)  # "flaky" fails at run time on it
+    with first.client() as client:
+        r = client.post("/api/v1/deployments", json={
+            "name": "guarded", "routes": [{"model": "double", "version": 1}, {"model": "flaky", "version": 1}],
+            "rollout": {"steps": [50, 100], "interval_s": 30},
+            "rollback": {"max_error_rate": 0.2, "window_s": 60, "min_requests": 5}})
+        assert r.status_code == 201, r.text
+        for _ in range(60):
+            client.post("/v2/models/guarded/infer", json=infer_body(bad))
+        dep = _until(client, "guarded", lambda d: len(d["routes"]) == 1, timeout=5)
+        assert dep["routes"] == [{"model": "double", "version": 1, "weight": 100.0}]
+        assert dep["rollout"] is None
+        last = dep["events"][-1]
+        assert last["kind"] == "rolled_back" and last["rollout"] == "stopped" and "automatic" in last["reason"]
+
+
+@pytest.mark.parametrize("rollout, field", [
+    ({"steps": [50, 20]}, "rollout.steps.1"),
+    ({"steps": [10, 150]}, "rollout.steps.1"),
+    ({"steps": [10], "interval_s": 0}, "rollout.interval_s"),
+    ({"steps": []}, "rollout.steps"),
+    ({"steps": [10], "later": True}, "rollout.later"),
+])
+def test_a_bad_rollout_is_refused_and_nothing_is_created(
+    pair: tuple[LiveServer, LiveServer], rollout: dict[str, Any], field: str
+) -> None:
+    first, _ = pair
+    with first.client() as client:
+        r = client.post("/api/v1/deployments", json={"name": "bad", "routes": ROUTES, "rollout": rollout})
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert error["code"] == "validation_failed" and error["details"]["field"] == field, error
+        assert client.get("/api/v1/deployments/bad").status_code == 404
+        three = [*ROUTES, {"model": "flaky", "version": 1, "weight": 0}]
+        r = client.post("/api/v1/deployments", json={"name": "bad", "routes": three, "rollout": {"steps": [10]}})
+        assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "rollout", r.text
+
+
+def test_the_cli_and_the_sdk_start_show_and_stop_a_rollout(
+    pair: tuple[LiveServer, LiveServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, _ = pair
+    monkeypatch.setenv("MODELYARD_URL", first.url)
+    monkeypatch.setenv("MODELYARD_API_KEY", first.admin_key)
+    monkeypatch.setenv("COLUMNS", "160")
+    runner = CliRunner()
+    result = runner.invoke(app, ["deploy", "create", "web", "double:1", "double:2=0", "--rollout", "10,50,100",
+                                 "--every", "3600"])
+    assert result.exit_code == 0, result.output
+    assert "[10%] → 50% → 100%" in result.output and "3600 s" in result.output and "next step at" in result.output
+    result = runner.invoke(app, ["deploy", "update", "web", "--rollout", "ten,twenty"])
+    assert result.exit_code != 0 and "--rollout takes the canary's percents" in result.output
+    result = runner.invoke(app, ["deploy", "update", "web", "--no-rollout"])
+    assert result.exit_code == 0, result.output
+    with Client(url=first.url, api_key=first.admin_key) as sdk:
+        dep = sdk.deployments.get("web")
+        assert dep.rollout is None and [r["weight"] for r in dep.routes] == [90.0, 10.0]  # stopped where it was
+        dep = sdk.deployments.update("web", rollout={"steps": [30, 100], "interval_s": 3600})
+        assert dep.rollout is not None and dep.rollout["share"] == 30.0
+        assert [r["weight"] for r in dep.routes] == [70.0, 30.0]
+        dep = sdk.deployments.update("web", remove_rollout=True)
+        assert dep.rollout is None and dep.events[-1]["rollout"] == "stopped"
+        created = sdk.deployments.create("api", ROUTES, rollout={"steps": [5, 100], "interval_s": 3600})
+        assert created.rollout is not None and created.rollout["steps"] == [5.0, 100.0]
