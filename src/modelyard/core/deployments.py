@@ -334,10 +334,12 @@ class Deployments:
             return _deployment(self._row(s, tenant_id, name))
 
     @staticmethod
-    def _row(s: Any, tenant_id: str, name: str) -> DeploymentRow:
-        row: DeploymentRow | None = s.scalar(
-            select(DeploymentRow).where(DeploymentRow.tenant_id == tenant_id, DeploymentRow.name == name)
-        )
+    def _row(s: Any, tenant_id: str, name: str, *, lock: bool = False) -> DeploymentRow:
+        """The row of deployment ``name``; with ``lock``, held until the transaction ends (on
+        PostgreSQL: a change read-modify-written never loses another one made meanwhile, such
+        as a rollout step taken by another server)."""
+        query = select(DeploymentRow).where(DeploymentRow.tenant_id == tenant_id, DeploymentRow.name == name)
+        row: DeploymentRow | None = s.scalar(query.with_for_update() if lock else query)
         if row is None:
             raise DeploymentNotFound(f"deployment {name!r} not found")
         return row
@@ -467,13 +469,13 @@ class Deployments:
         if unknown:
             raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}")
         with self._db.transaction() as s:
-            row = self._row(s, tenant_id, name)
+            row = self._row(s, tenant_id, name, lock=True)
             detail: dict[str, Any] = {}
             routes = parse_routes(changes["routes"]) if "routes" in changes else parse_routes(row.routes)
             shadow = parse_shadow(changes["shadow"]) if "shadow" in changes else parse_shadow(row.shadow)
             if changes.get("rollout") is not None:
                 schedule = parse_rollout(changes["rollout"], routes, time.time())
-                assert schedule is not None
+                assert schedule is not None  # (given, so parsed or refused)
                 routes = _at_share(routes, schedule.share)
                 changes["routes"] = routes
                 row.rollout = schedule.to_row()
