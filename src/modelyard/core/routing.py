@@ -25,7 +25,7 @@ WINDOW_SLICES = 60
 
 
 def key_point(key: str) -> float:
-    """Where ``key`` falls in [0, 1): the same on every server and in every run (a keyed hash,
+    """Where ``key`` falls in [0, 1): the same on every server and in every run (a fixed hash,
     not Python's ``hash``, which changes from process to process)."""
     digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
