@@ -109,6 +109,25 @@ def on_grpc_transport(server: LiveServer, tmp_path: Path, transport: str, **sett
         live.stop()
 
 
+@contextmanager
+def cluster_of_two(
+    home: Path, setup: Callable[[LiveServer], object], **settings: Any
+) -> Iterator[tuple[LiveServer, LiveServer]]:
+    """Two servers on one database and artifact store (a cluster's shape), gRPC off: the first
+    starts, ``setup`` registers what the test needs through it, then the second starts."""
+    shared = {"builtin_models": False, "grpc_enabled": False, **settings}
+    first = LiveServer.build(home, **shared).start()
+    second = None
+    try:
+        setup(first)
+        second = LiveServer.build(home, **shared).start()
+        yield first, second
+    finally:
+        if second is not None:
+            second.stop()
+        first.stop()
+
+
 def grpc_refuses(missing: Callable[[], object], without_key: Callable[[], object]) -> None:
     """A tritonclient gRPC call naming an unknown model gets NOT_FOUND; one without a key,
     UNAUTHENTICATED."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration._serving import register, scale_model
+from tests.integration._serving import cluster_of_two, register, scale_model
 from tests.support.live import LiveServer
 
 
@@ -30,17 +30,11 @@ def _until(check, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def
 
 @pytest.fixture
 def pair(tmp_path: Path, database_url: str) -> Iterator[tuple[LiveServer, LiveServer]]:
-    shared = {"builtin_models": False, "database_url": database_url, "pin_sync_s": 0.2, "grpc_enabled": False}
-    first = LiveServer.build(tmp_path / "home", **shared).start()
-    second = None
-    try:
+    def alpha(first: LiveServer) -> None:
         register(first, "alpha", scale_model(tmp_path / "alpha.onnx", 2.0))
-        second = LiveServer.build(tmp_path / "home", **shared).start()
-        yield first, second
-    finally:
-        if second is not None:
-            second.stop()
-        first.stop()
+
+    with cluster_of_two(tmp_path / "home", alpha, database_url=database_url, pin_sync_s=0.2) as servers:
+        yield servers
 
 
 def test_a_pin_reaches_the_other_server(pair: tuple[LiveServer, LiveServer]) -> None:

@@ -18,28 +18,24 @@ from typer.testing import CliRunner
 
 from modelyard.cli.main import app
 from modelyard.client import Client
-from tests.integration._serving import failing_model, infer_body, register, scale_model
+from tests.integration._serving import cluster_of_two, failing_model, infer_body, register, scale_model
 from tests.support.live import LiveServer
 
 X = np.ones((1, 4), np.float32)
 ROUTES = [{"model": "double", "version": 1}, {"model": "double", "version": 2, "weight": 0}]
 
 
+def _models(first: LiveServer, folder: Path) -> None:
+    register(first, "double", scale_model(folder / "one.onnx", 1.0))
+    register(first, "double", scale_model(folder / "two.onnx", 2.0))
+    register(first, "flaky", failing_model(folder / "failing.onnx"))
+
+
 @pytest.fixture
 def pair(tmp_path: Path, database_url: str) -> Iterator[tuple[LiveServer, LiveServer]]:
-    shared = {"builtin_models": False, "database_url": database_url, "rollout_check_s": 0.05, "grpc_enabled": False}
-    first = LiveServer.build(tmp_path / "home", **shared).start()
-    second = None
-    try:
-        register(first, "double", scale_model(tmp_path / "one.onnx", 1.0))
-        register(first, "double", scale_model(tmp_path / "two.onnx", 2.0))
-        register(first, "flaky", failing_model(tmp_path / "failing.onnx"))
-        second = LiveServer.build(tmp_path / "home", **shared).start()
-        yield first, second
-    finally:
-        if second is not None:
-            second.stop()
-        first.stop()
+    with cluster_of_two(tmp_path / "home", lambda first: _models(first, tmp_path),
+                        database_url=database_url, rollout_check_s=0.05) as servers:
+        yield servers
 
 
 def _until(client: httpx.Client, name: str, done: Any, timeout: float = 15.0) -> dict[str, Any]:
