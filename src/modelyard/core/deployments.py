@@ -546,8 +546,9 @@ class Deployments:
 
     def advance_rollouts(self, now: float | None = None) -> list[Deployment]:
         """Take every rollout step that is due (of every tenant): the canary's share goes to the
-        next step, or, at a step of 100, the canary is promoted. Each under its row's lock, read
-        again inside it, so that of a cluster's servers only one takes a step. Returns the
+        next step, or, at a step of 100, the canary is promoted. Each step is read again and
+        written on the condition that the row's revision is still the one read (see
+        :meth:`_advance`), so that of a cluster's servers only one takes it. Returns the
         deployments changed."""
         now = time.time() if now is None else now
         with self._db.read() as s:
