@@ -15,7 +15,8 @@ import numpy as np
 import openai
 import pytest
 
-from tests.support.live import LiveServer
+from tests.integration._serving import metric
+from tests.support.live import LiveServer, wait_until
 from tests.unit.llm_api.builders import build_tiny_gpt2, tar_gz
 
 pytestmark = pytest.mark.slow
@@ -57,6 +58,31 @@ def test_models_list_has_the_upload_and_the_builtin(client: openai.OpenAI) -> No
     ids = {m.id for m in client.models.list()}
     assert {MODEL, "all-minilm-l6-v2"} <= ids
     assert client.models.retrieve(MODEL).id == MODEL
+
+
+def test_a_language_model_idle_for_the_servers_idle_time_is_unloaded(tmp_path: Path, gpt2_folder: Path) -> None:
+    """``MODELYARD_IDLE_UNLOAD_S`` applies to versions called through the OpenAI API: unloaded
+    once idle, loaded again by the next call."""
+    live = LiveServer.build(tmp_path / "home", builtin_models=False, grpc_enabled=False, idle_unload_s=0.5).start()
+    try:
+        with live.client() as c:
+            r = c.post(f"/api/v1/models/{MODEL}/versions", params={"format": "hf"},
+                       content=tar_gz(gpt2_folder), headers={"Content-Type": "application/octet-stream"})
+            assert r.status_code == 201, r.text
+            chat = openai.OpenAI(base_url=f"{live.url}/v1", api_key=live.admin_key, max_retries=0, timeout=60)
+            ask = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+            assert chat.chat.completions.create(**ask).choices[0].message.role == "assistant"
+
+            def unloaded() -> bool:
+                return all(item["model"] != MODEL for item in c.get("/api/v1/loaded").json()["items"])
+
+            assert not unloaded()
+            wait_until(unloaded, timeout=10)
+            assert metric(c.get("/metrics").text, "modelyard_model_unloads_total", model=MODEL, reason="idle") == 1
+            assert chat.chat.completions.create(**ask).usage.completion_tokens > 0  # loaded again
+            assert not unloaded()
+    finally:
+        live.stop()
 
 
 def test_chat_completion(client: openai.OpenAI) -> None:

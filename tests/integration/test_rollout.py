@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from modelyard.cli.main import app
 from modelyard.client import Client
 from tests.integration._serving import cluster_of_two, failing_model, infer_body, register, scale_model
-from tests.support.live import LiveServer
+from tests.support.live import LiveServer, wait_until
 
 X = np.ones((1, 4), np.float32)
 ROUTES = [{"model": "double", "version": 1}, {"model": "double", "version": 2, "weight": 0}]
@@ -39,13 +39,15 @@ def pair(tmp_path: Path, database_url: str) -> Iterator[tuple[LiveServer, LiveSe
 
 
 def _until(client: httpx.Client, name: str, done: Any, timeout: float = 15.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        dep = client.get(f"/api/v1/deployments/{name}").json()
-        if done(dep):
-            return dep
-        assert time.monotonic() < deadline, f"the rollout did not get there in time: {dep}"
-        time.sleep(0.05)
+    """Deployment ``name`` once ``done`` holds for it, as the server shows it."""
+    seen: dict[str, Any] = {}
+
+    def reached() -> bool:
+        seen.update(client.get(f"/api/v1/deployments/{name}").json())
+        return bool(done(seen))
+
+    wait_until(reached, timeout)
+    return seen
 
 
 def test_two_servers_roll_the_canary_out_step_by_step_each_step_once(pair: tuple[LiveServer, LiveServer]) -> None:
@@ -77,14 +79,8 @@ def test_two_servers_roll_the_canary_out_step_by_step_each_step_once(pair: tuple
         assert other.get("/api/v1/deployments/web").json()["revision"] == done["revision"]
         # each server routes by what its routing table read: the other one's follows within its
         # lifetime (2 s)
-        deadline = time.monotonic() + 4
-        while True:
-            answers = {other.post("/v2/models/web/infer", json=infer_body(X)).json()["model_version"]
-                       for _ in range(10)}
-            if answers == {"2"} or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        assert answers == {"2"}
+        wait_until(lambda: {other.post("/v2/models/web/infer", json=infer_body(X)).json()["model_version"]
+                            for _ in range(10)} == {"2"}, timeout=4)
 
 
 def test_a_failing_canary_is_rolled_back_mid_rollout_and_the_rollout_stops(pair: tuple[LiveServer, LiveServer]) -> None:

@@ -16,7 +16,7 @@ from modelyard.engine.queue_policy import level_policy
 from modelyard.errors import InvalidInput
 from modelyard.tensors import InferenceRequest
 
-__all__ = ["checked_routing_key", "request_priority", "request_timeout", "routing_key", "scheduling", "ROUTING_KEY_MAX"]
+__all__ = ["request_priority", "request_timeout", "routing_key", "scheduling", "ROUTING_KEY_MAX"]
 
 #: the longest routing key, in characters
 ROUTING_KEY_MAX = 256
@@ -28,8 +28,12 @@ def scheduling(request: InferenceRequest, options: ServingOptions) -> tuple[floa
     the version's settings, its level's queue policy included."""
     parameters = request.parameters
     priority = request_priority(request, options) if parameters else options.default_priority
-    if parameters and "routing_key" in parameters:
-        checked_routing_key(parameters["routing_key"])
+    if parameters and "routing_key" in parameters and not _is_routing_key(key := parameters["routing_key"]):
+        raise InvalidInput(
+            f"the request parameter 'routing_key' must be text of 1 to {ROUTING_KEY_MAX} characters (a user or "
+            f"session id: a deployment sends the requests with the same key to the same version), not {key!r:.80}",
+            details={"field": "parameters.routing_key"},
+        )
     limit, timeout_s = None, options.timeout_s
     if options.priority_queue_policy:
         limit, level_timeout_s = level_policy(options.priority_queue_policy, priority)
@@ -77,15 +81,9 @@ def routing_key(request: InferenceRequest) -> str | None:
     picks the route at random; :func:`scheduling` refuses a bad key with 400 after the checks
     that come first, so the route is picked before the key is judged)."""
     key = request.parameters.get("routing_key") if request.parameters else None
-    return key if isinstance(key, str) and 0 < len(key) <= ROUTING_KEY_MAX else None
+    return key if _is_routing_key(key) else None
 
 
-def checked_routing_key(value: object) -> str:
-    """``value`` as a routing key: text of 1 to :data:`ROUTING_KEY_MAX` characters."""
-    if not isinstance(value, str) or not 0 < len(value) <= ROUTING_KEY_MAX:
-        raise InvalidInput(
-            f"the request parameter 'routing_key' must be text of 1 to {ROUTING_KEY_MAX} characters (a user or "
-            f"session id: a deployment sends the requests with the same key to the same version), not {value!r:.80}",
-            details={"field": "parameters.routing_key"},
-        )
-    return value
+def _is_routing_key(value: object) -> bool:
+    """Text of 1 to :data:`ROUTING_KEY_MAX` characters."""
+    return isinstance(value, str) and 0 < len(value) <= ROUTING_KEY_MAX

@@ -51,8 +51,8 @@ ISOLATION_MODES = ("thread", "process")
 #: the longest ``idle_unload_s`` (30 days)
 IDLE_UNLOAD_MAX_S = 30 * 86_400
 #: how often loaded versions are looked at for idleness: a quarter of the shortest idle time set,
-#: within these bounds (a version goes at most that long after its time; a look at hundreds of
-#: versions takes well under a millisecond)
+#: within these bounds (a version goes at most that long after its time; a look is one pass over
+#: the loaded versions, on the loop)
 _IDLE_SWEEP_S = (0.05, 1.0)
 
 #: ``loader(format, path, options, metadata) -> Runtime``; :func:`load_runtime` by default.
