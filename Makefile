@@ -1,5 +1,5 @@
 # ModelYard: `make run` installs everything into .venv and starts the server with a demo model;
-# `make test` installs the test extras and runs the whole suite.
+# `make test` installs the test extras (and Chromium, for the browser tests) and runs the whole suite.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -20,6 +20,14 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -e ".[test]"
 	touch $@
 
+# The browser tests (tests/browser) drive Debian's Chromium; installed once, as root or through sudo.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then APT="apt-get"; elif command -v sudo >/dev/null; then APT="sudo apt-get"; \
+	else echo "The browser tests need Chromium at $(CHROMIUM): install Debian's chromium package"; exit 1; fi; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	$$APT install -y -q chromium >/dev/null 2>&1 || { $$APT update -q >/dev/null && $$APT install -y -q chromium >/dev/null; }
+
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
@@ -27,7 +35,7 @@ install-test: $(VENV)/.installed-test
 run: install
 	$(VENV)/bin/modelyard serve --demo --port $(PORT)
 
-test: install-test
+test: install-test $(CHROMIUM)
 	$(PY) -m pytest -q
 
 bench: install-test

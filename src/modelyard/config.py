@@ -103,6 +103,7 @@ class Settings(BaseSettings):
     )
     upstream_timeout_s: float = Field(default=120.0, gt=0, description="timeout of one upstream call")
     builtin_models: bool = Field(default=True, description="serve the built-in all-minilm-l6-v2 embeddings")
+    console: bool = Field(default=True, description="serve the web console at /console/ (and send / there)")
     log_level: str = "info"
     # -- training: datasets and jobs ---------------------------------------------------------
     max_dataset_bytes: int = Field(default=256 * 1024 * 1024, ge=1, description="largest dataset upload")

@@ -77,6 +77,7 @@ def prepare_platform(settings: Settings, *, announce: Callable[[str], None] = pr
             f"  Demo model ready: {info.model_name} version {info.version}. Try it:\n\n"
             f'    curl -s -H "Authorization: Bearer {key}" {base}/v2/models/{info.model_name}/infer '
             "-d @examples/digit.json\n"
+            + (f"\n  Or look at it in the browser: {base}/console/ (sign in with the key)\n" if settings.console else "")
         )
     return platform
 

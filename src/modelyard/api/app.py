@@ -15,6 +15,7 @@ from modelyard.api.openai import routes as openai_routes
 from modelyard.api.routes import deployments, models, server
 from modelyard.api.routes import datasets as datasets_routes, jobs as jobs_routes
 from modelyard.api.routes import compare as compare_routes, residency as residency_routes
+from modelyard.api.routes import console as console_routes
 from modelyard.api.v2 import log_settings, repository, routes as v2, shared_memory, statistics as v2_statistics, trace
 from modelyard.api.v2.infer import InferenceFastPath
 from modelyard.config import Settings
@@ -74,6 +75,8 @@ def create_app(settings: Settings, *, platform: Platform | None = None) -> FastA
     app.include_router(compare_routes.router)
     for tenancy_router in (tenants.router, keys.router, usage.router, audit.router):
         app.include_router(tenancy_router)
+    if settings.console:
+        app.include_router(console_routes.router)
     app.add_middleware(InferenceFastPath)
     app.add_middleware(AuditMiddleware)
     app.add_middleware(RequestIdMiddleware)

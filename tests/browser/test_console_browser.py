@@ -1,0 +1,258 @@
+"""The web console in a real browser (headless Chromium, driven by Playwright) against real
+servers: signing in, each page's figures against what the API says, live training curves, a
+role that may read less, and markup in the data staying text. Every test also fails on any
+error the page logged (a script error, a refused fetch, a Content-Security-Policy violation).
+
+Needs Debian's Chromium at ``/usr/bin/chromium``: ``make test`` installs it."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.support.live import LiveServer, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+CHROMIUM = Path("/usr/bin/chromium")
+#: flags that keep Chromium off the network it cannot reach here (../shared/MACHINE-NOTES.md)
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-quic", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+]
+MARKUP = '<img src=x onerror="window.__injected = 1">'
+REFUSED = re.compile(r"Failed to load resource: the server responded with a status of 40[13]")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (apt-get install -y chromium)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield launched
+        launched.close()
+
+
+def stop(live: LiveServer) -> None:
+    """Stop ``live`` from another thread: Playwright's sync API keeps an event loop on this one."""
+    thread = threading.Thread(target=live.stop)
+    thread.start()
+    thread.join()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The digits demo model; jobs run (one at a time)."""
+    live = LiveServer.build(tmp_path_factory.mktemp("console"), demo_model=True, builtin_models=False,
+                            grpc_enabled=False, usage_flush_s=0.2).start()
+    yield live
+    stop(live)
+
+
+@pytest.fixture(scope="module")
+def idle_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """No job worker: a submitted job stays queued, and the test writes its progress itself."""
+    live = LiveServer.build(tmp_path_factory.mktemp("console-idle"), builtin_models=False, grpc_enabled=False,
+                            job_workers=0).start()
+    yield live
+    stop(live)
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context()
+    opened = context.new_page()
+    problems: list[str] = []
+    opened.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    opened.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
+    opened.set_default_timeout(15_000)
+    yield opened
+    context.close()
+    # Chromium logs a call the server refused (a wrong key's 401, a role's 403) as a failed load:
+    # those are the tests' own doing. Anything else (a missing file, a CSP violation) is not.
+    unexpected = [p for p in problems if not REFUSED.search(p)]
+    assert not unexpected, unexpected
+
+
+def sign_in(page: Page, server: LiveServer, key: str | None = None, where: str = "") -> None:
+    page.goto(f"{server.url}/console/{where}")
+    page.fill("#key", key or server.admin_key)
+    page.click("form.sign-in button")
+    expect(page.locator("#sign-out")).to_be_visible()
+
+
+def infer(server: LiveServer, name: str, times: int) -> None:
+    x = np.random.default_rng(0).integers(0, 16, (1, 64)).astype(float).tolist()
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": x}]}
+    with server.client() as http:
+        for _ in range(times):
+            http.post(f"/v2/models/{name}/infer", json=body).raise_for_status()
+
+
+def polyline_points(page: Page, series: str) -> int:
+    points = page.locator(f'polyline[data-series="{series}"]').get_attribute("points") or ""
+    return len(points.split())
+
+
+def test_a_wrong_key_is_refused_and_the_right_one_shows_the_overview(page: Page, server: LiveServer) -> None:
+    page.goto(server.url)  # the server's root leads to the console
+    assert page.url == f"{server.url}/console/"
+    expect(page.locator("form.sign-in")).to_be_visible()
+    page.fill("#key", "my_000000000000_not-a-key-of-this-server-at-all")
+    page.click("form.sign-in button")
+    expect(page.get_by_role("alert")).to_contain_text("That key was refused")
+    assert page.evaluate("sessionStorage.length") == 0
+
+    sign_in(page, server)
+    expect(page.locator("h1")).to_have_text("Overview")
+    expect(page.locator("#who")).to_contain_text("admin")
+    expect(page.locator(".card", has_text="models").locator(".value")).to_have_text("1")  # the demo model
+    expect(page.locator("section", has_text="In memory")).to_be_visible()
+
+    page.click("#sign-out")
+    expect(page.locator("form.sign-in")).to_be_visible()
+    assert page.evaluate("sessionStorage.length") == 0
+
+
+def test_the_hourly_chart_counts_what_the_usage_api_counts(page: Page, server: LiveServer) -> None:
+    infer(server, "digits", 7)
+    with server.client() as http:
+        def total() -> int:
+            return int(http.get("/api/v1/usage").json()["totals"]["requests"])
+        wait_until(lambda: total() >= 7, timeout=20)
+        expected = total()
+    sign_in(page, server)
+    bars = page.locator('section:has-text("Requests per hour") rect[data-requests]')
+    expect(bars).to_have_count(24)
+    shown = sum(int(bars.nth(i).get_attribute("data-requests") or 0) for i in range(24))
+    assert shown == expected
+    expect(page.locator("section", has_text="Requests per hour")).to_contain_text(f"{expected:,} requests")
+
+
+def test_models_show_as_text_whatever_their_description_holds(page: Page, server: LiveServer) -> None:
+    with server.client() as http:
+        http.patch("/api/v1/models/digits", json={"description": MARKUP}).raise_for_status()
+        version = http.get("/api/v1/models/digits/versions").json()["items"][0]
+    sign_in(page, server, where="#/models")
+    row = page.locator("tr", has_text="digits")
+    expect(row).to_contain_text(MARKUP)  # shown as the characters it is
+    assert page.locator("main img").count() == 0
+    assert page.evaluate("window.__injected") is None
+
+    row.get_by_role("link", name="digits").click()
+    expect(page.locator("h1")).to_have_text("Model digits")
+    about = page.locator("section", has_text="About")
+    expect(about).to_contain_text(f"{server.url}/v2/models/digits/infer")  # the line that calls it
+    expect(about.locator("dt", has_text="Production version").locator("xpath=following-sibling::dd[1]")).to_have_text("1")
+    versions = page.locator('section:has-text("Versions") tbody tr')
+    expect(versions).to_have_count(1)
+    expect(versions.first.locator(".badge")).to_have_text(version["stage"])
+    signature = page.locator("section", has_text="Signature")
+    for tensor in version["inputs"] + version["outputs"]:
+        expect(signature).to_contain_text(tensor["name"])
+
+
+def test_a_deployment_shows_its_traffic_as_the_server_counts_it(page: Page, server: LiveServer) -> None:
+    with server.client() as http:
+        http.post("/api/v1/deployments", json={
+            "name": "web", "description": MARKUP, "routes": [{"model": "digits", "version": 1}],
+        }).raise_for_status()
+    infer(server, "web", 5)
+    sign_in(page, server, where="#/deployments")
+    expect(page.locator("tr", has_text="web")).to_contain_text("digits:1")
+    page.get_by_role("link", name="web").click()
+    expect(page.locator("h1")).to_have_text("Deployment web")
+    route = page.locator('section:has-text("Traffic") tbody tr')
+    expect(route).to_have_count(1)
+    with server.client() as http:
+        counted = http.get("/api/v1/deployments/web").json()["stats"]["routes"][0]["requests"]
+    assert counted == 5
+    expect(route.locator("td").nth(2)).to_have_text("5")
+    expect(page.locator("section", has_text="Events")).to_contain_text("created")
+    assert page.evaluate("window.__injected") is None
+
+
+def test_a_running_job_draws_its_curves_as_its_epochs_end(page: Page, idle_server: LiveServer) -> None:
+    with idle_server.client() as http:
+        job = http.post("/api/v1/jobs", json={
+            "type": "train", "model_name": "curves", "dataset": "builtin:digits", "recipe": "mlp", "epochs": 3,
+        }).json()
+    sign_in(page, idle_server, where=f"#/jobs/{job['id']}")
+    expect(page.locator("section", has_text="About").locator(".badge")).to_have_text("queued")
+    expect(page.locator("section", has_text="Training curves")).to_contain_text("The curves appear with the first epoch")
+    assert idle_server.platform is not None
+    for epoch in (1, 2, 3):  # what a training run reports as each epoch ends
+        idle_server.platform.jobs.record(job["id"], "progress", {
+            "epoch": epoch, "epochs": 3, "step": 10 * epoch, "train_loss": 2.0 / epoch, "val_loss": 2.2 / epoch,
+            "metrics": {"accuracy": 0.3 * epoch}, "samples_per_s": 1000.0, "eta_s": 3 - epoch,
+        })
+        wait_until(lambda: page.locator('polyline[data-series="train loss"]').count() == 1
+                   and polyline_points(page, "train loss") == epoch, timeout=15)
+    assert polyline_points(page, "validation loss") == 3
+    assert polyline_points(page, "validation accuracy") == 3
+    expect(page.locator("section", has_text="About")).to_contain_text("epoch 3 of 3")
+    # The end of the job ends the stream; the page shows the job as it ended.
+    with idle_server.client() as http:
+        http.post(f"/api/v1/jobs/{job['id']}/cancel").raise_for_status()
+    expect(page.locator("section", has_text="About").locator(".badge")).to_have_text("cancelled")
+
+
+def test_a_finished_training_run_shows_its_curves_and_its_model(page: Page, server: LiveServer) -> None:
+    with server.client() as http:
+        job = http.post("/api/v1/jobs", json={
+            "type": "train", "model_name": "trained", "dataset": "builtin:digits", "recipe": "mlp", "epochs": 3,
+        }).json()
+
+        def finished() -> dict[str, Any]:
+            return http.get(f"/api/v1/jobs/{job['id']}").json()
+        deadline = time.monotonic() + 120
+        while finished()["state"] not in ("succeeded", "failed", "cancelled"):
+            assert time.monotonic() < deadline, "the training job did not finish"
+            time.sleep(0.2)
+        done = finished()
+    assert done["state"] == "succeeded", done["error"]
+    sign_in(page, server, where="#/jobs")
+    page.get_by_role("link", name=job["id"][:8]).click()
+    expect(page.locator("section", has_text="About").locator(".badge")).to_have_text("succeeded")
+    assert polyline_points(page, "train loss") == len(done["result"]["curves"]) == 3
+    page.get_by_role("link", name=f"trained version {done['result']['version']}").click()
+    expect(page.locator("h1")).to_have_text("Model trained")
+    expect(page.locator('section:has-text("Versions") tbody tr').first).to_contain_text("training")
+
+
+def test_a_key_whose_role_reads_less_sees_what_it_may(page: Page, server: LiveServer) -> None:
+    with server.client() as http:
+        created = http.post("/api/v1/keys", json={"name": "caller", "role": "inference"})
+        created.raise_for_status()
+        key = created.json()["secret"]
+    sign_in(page, server, key=key)
+    expect(page.locator("#who")).to_contain_text("inference")
+    expect(page.locator(".card", has_text="models").locator(".value")).not_to_have_text("—")
+    expect(page.locator(".card", has_text="deployments")).to_contain_text("not for this key's role")
+    expect(page.locator("section", has_text="Requests per hour").get_by_role("alert")).to_contain_text("HTTP 403")
+    page.click('#nav a[href="#/jobs"]')
+    expect(page.get_by_role("alert")).to_contain_text("Your key's role may not read this")
+
+
+def test_a_key_revoked_while_signed_in_sends_the_page_back_to_sign_in(page: Page, server: LiveServer) -> None:
+    with server.client() as http:
+        created = http.post("/api/v1/keys", json={"name": "short-lived", "role": "viewer"}).json()
+    sign_in(page, server, key=created["secret"], where="#/deployments")
+    expect(page.locator("h1")).to_have_text("Deployments")
+    with server.client() as http:
+        http.delete(f"/api/v1/keys/{created['id']}").raise_for_status()
+    # The page refreshes every 2 s: its next call meets the revoked key.
+    expect(page.get_by_role("alert")).to_contain_text("no longer accepts this key", timeout=20_000)
+    expect(page.locator("form.sign-in")).to_be_visible()
+    assert page.evaluate("sessionStorage.length") == 0
+    assert httpx.get(f"{server.url}/api/v1/whoami", headers={"Authorization": f"Bearer {created['secret']}"}).status_code == 401
