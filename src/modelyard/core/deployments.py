@@ -232,6 +232,10 @@ def _same_shadow(before: Deployment, after: Deployment) -> bool:
     return old is not None and new is not None and old.label == new.label
 
 
+#: routes a deployment's traffic may owe at most (requests in flight the slow way, at any moment)
+_OWED_MAX = 1024
+
+
 @dataclass
 class DeploymentTraffic:
     """In-memory state of one deployment revision: the route chooser and its statistics."""
@@ -241,6 +245,8 @@ class DeploymentTraffic:
     routes: dict[str, RouteStats] = field(default_factory=dict)
     shadow: ShadowStats = field(default_factory=ShadowStats)
     rolling_back: bool = False
+    #: routes picked for requests that went the slow way (see :meth:`owe`)
+    owed: list[Route] = field(default_factory=list)
 
     @classmethod
     def of(cls, deployment: Deployment, previous: DeploymentTraffic | None = None) -> DeploymentTraffic:
@@ -263,8 +269,23 @@ class DeploymentTraffic:
 
     def next_route(self, key: str | None = None) -> Route:
         """The route of the next request: picked by weight (the same route for the same routing
-        ``key``), the primary while rolling back."""
-        return self.deployment.primary if self.rolling_back else self.pick(key)
+        ``key``), the primary while rolling back. A request picked at random takes a route owed
+        (:meth:`owe`) first."""
+        if self.rolling_back:
+            return self.deployment.primary
+        if key is None and self.owed:
+            return self.owed.pop()
+        return self.pick(key)
+
+    def owe(self, route: Route, key: str | None) -> None:
+        """``route`` was picked at random for a request that then went another way to its
+        answer, one that picks again (its version was not in memory: ``DataPlane.start`` leaves
+        it to ``DataPlane.infer``, which loads it). The next random pick takes ``route``, so
+        each route keeps its share: otherwise a route whose version is not loaded yet is picked
+        twice for it to be taken, and a 1% canary would wait about ten thousand requests for its
+        first one. (A pick by routing key is the same either way: nothing is owed.)"""
+        if key is None and not self.rolling_back and len(self.owed) < _OWED_MAX:
+            self.owed.append(route)
 
     @cached_property
     def heaviest(self) -> Route:

@@ -442,15 +442,18 @@ class DataPlane:
             route = self._route(principal, traffic, request)
             info = self._remembered(principal, route.model, str(route.version))
         if info is None:
+            _the_slow_way(traffic, route, request)
             return None
         options = self.options(info, traffic)
         source = self.source(info, options)
         manager = self.manager
         if manager.loaded_batcher(source, options) is None:
+            _the_slow_way(traffic, route, request)
             return None
         limits = self.limits
         if limits is not None:
             if not self._no_daily_quota(limits, principal):
+                _the_slow_way(traffic, route, request)
                 return None
             limits.check_rate(principal)
         # checked in infer's order (the rate limit first), and only once nothing is left to infer
@@ -833,6 +836,13 @@ def _classified(info: VersionInfo, outputs: list[Tensor], request: InferenceRequ
         if t.name in counts else t
         for t in outputs
     ]
+
+
+def _the_slow_way(traffic: DeploymentTraffic | None, route: Route | None, request: InferenceRequest) -> None:
+    """``DataPlane.start`` leaves the request to ``DataPlane.infer``; a deployment's route picked
+    for it is owed to the next pick (``DeploymentTraffic.owe``)."""
+    if traffic is not None and route is not None:
+        traffic.owe(route, routing_key(request))
 
 
 def _first(watched: list[Queued]) -> Queued | None:

@@ -130,6 +130,27 @@ def test_a_growing_canary_only_takes_keys_never_gives_them_back() -> None:
     assert abs(moved / len(keys) - 0.4) < 0.04
 
 
+def test_a_route_owed_is_taken_by_the_next_random_pick_only(platform: Platform, tenant: str) -> None:
+    """A route picked for a request that went the slow way (its version not loaded yet) is the
+    next random pick's; a pick by routing key or while rolling back owes nothing."""
+    dep = platform.deployments.create(tenant, "owed", routes=[
+        {"model": "m", "version": 1, "weight": 100}, {"model": "m", "version": 2, "weight": 0}])
+    traffic = DeploymentTraffic.of(dep)
+    canary = dep.routes[1]  # weight 0: never picked at random
+    assert {traffic.next_route().version for _ in range(50)} == {1}
+    traffic.owe(canary, None)
+    traffic.owe(canary, None)
+    assert traffic.next_route("user-1").version == 1  # a key's route, whatever is owed
+    assert [traffic.next_route().version for _ in range(3)] == [2, 2, 1]
+    traffic.owe(canary, "user-1")  # picked by key: the slow way picks the same again
+    assert traffic.next_route().version == 1 and not traffic.owed
+    traffic.owe(canary, None)
+    traffic.rolling_back = True
+    assert traffic.next_route().version == 1  # rolling back: the primary, owed or not
+    traffic.owe(canary, None)
+    assert len(traffic.owed) == 1
+
+
 def test_error_window_and_rollback_trigger(platform: Platform, tenant: str) -> None:
     window = ErrorWindow(10)
     for i in range(10):
