@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from tests.integration._serving import infer_body, register, scale_model
 from tests.support.live import LiveServer, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -30,6 +31,7 @@ CHROMIUM_ARGS = [
     "--disable-sync", "--no-first-run", "--disable-quic", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
 ]
 MARKUP = '<img src=x onerror="window.__injected = 1">'
+SLIPS = re.compile(r"\[object \w+\]|^(null|undefined|NaN)+$|\bNaN\b", re.MULTILINE)
 REFUSED = re.compile(r"Failed to load resource: the server responded with a status of 40[13]")
 
 
@@ -77,7 +79,10 @@ def page(browser: Browser) -> Iterator[Page]:
     opened.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
     opened.set_default_timeout(15_000)
     yield opened
+    shown = opened.locator("main").inner_text()
     context.close()
+    # Nothing the script meant to build shows as a stringified value.
+    assert not SLIPS.search(shown), SLIPS.search(shown)
     # Chromium logs a call the server refused (a wrong key's 401, a role's 403) as a failed load:
     # those are the tests' own doing. Anything else (a missing file, a CSP violation) is not.
     unexpected = [p for p in problems if not REFUSED.search(p)]
@@ -182,6 +187,67 @@ def test_a_deployment_shows_its_traffic_as_the_server_counts_it(page: Page, serv
     assert page.evaluate("window.__injected") is None
 
 
+def canary(server: LiveServer, folder: Path, name: str) -> tuple[str, str]:
+    """Deployment ``name``: two new versions of the model ``double``, 70/30; their route labels."""
+    one = register(server, "double", scale_model(folder / "one.onnx", 1.0)).version
+    two = register(server, "double", scale_model(folder / "two.onnx", 2.0)).version
+    with server.client() as http:
+        http.post("/api/v1/deployments", json={"name": name, "routes": [
+            {"model": "double", "version": one, "weight": 70}, {"model": "double", "version": two, "weight": 30}],
+        }).raise_for_status()
+    return f"double:{one}", f"double:{two}"
+
+
+def test_a_canary_deployment_draws_its_rates_and_rolls_back_on_a_click(
+    page: Page, server: LiveServer, tmp_path: Path
+) -> None:
+    primary, second = canary(server, tmp_path, "canary")
+    calling = threading.Event()
+
+    def traffic() -> None:  # a steady caller while the page watches
+        with server.client() as http:
+            while not calling.is_set():
+                http.post("/v2/models/canary/infer", json=infer_body(np.ones((1, 4), np.float32))).raise_for_status()
+                time.sleep(0.005)
+
+    caller = threading.Thread(target=traffic)
+    caller.start()
+    try:
+        sign_in(page, server, where="#/deployments/canary")
+        for series in (primary, second):  # a line per route, growing at each refresh
+            wait_until(lambda s=series: page.locator(f'polyline[data-series="{s}"]').count() == 1
+                       and polyline_points(page, s) >= 2, timeout=20)
+        rows = page.locator('section:has-text("Traffic") tbody tr')
+        now = [float((rows.nth(i).locator("td").nth(3).text_content() or "0").replace(",", "")) for i in range(2)]
+        assert now[0] > 0 and now[1] > 0, now
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.get_by_role("button", name=f"Roll back to {primary}").click()
+        expect(page.locator("main")).to_contain_text(f"Roll back to {primary}: done")
+    finally:
+        calling.set()
+        caller.join()
+    with server.client() as http:
+        routes = http.get("/api/v1/deployments/canary").json()["routes"]
+    assert [f"{r['model']}:{r['version']}" for r in routes] == [primary]
+    expect(page.locator("section", has_text="Events")).to_contain_text("rolled_back")
+    expect(rows).to_have_count(1)  # the page shows the deployment as it is now
+    assert page.get_by_role("button", name=f"Promote {second}").count() == 0
+
+
+def test_a_viewer_sees_no_buttons_it_could_not_use(page: Page, server: LiveServer, tmp_path: Path) -> None:
+    primary, second = canary(server, tmp_path, "watched")
+    with server.client() as http:
+        key = http.post("/api/v1/keys", json={"name": "watcher", "role": "viewer"}).json()["secret"]
+    sign_in(page, server, key=key, where="#/deployments/watched")
+    expect(page.locator('section:has-text("Traffic") tbody tr')).to_have_count(2)
+    expect(page.locator("section", has_text="Traffic")).to_contain_text(second)
+    assert page.locator("button.action").count() == 0
+    page.click("#sign-out")  # the same page for an admin: the buttons are there
+    sign_in(page, server, where="#/deployments/watched")
+    expect(page.get_by_role("button", name=f"Roll back to {primary}")).to_be_visible()
+    expect(page.get_by_role("button", name=f"Promote {second}")).to_be_visible()
+
+
 def test_a_running_job_draws_its_curves_as_its_epochs_end(page: Page, idle_server: LiveServer) -> None:
     with idle_server.client() as http:
         job = http.post("/api/v1/jobs", json={
@@ -201,10 +267,13 @@ def test_a_running_job_draws_its_curves_as_its_epochs_end(page: Page, idle_serve
     assert polyline_points(page, "validation loss") == 3
     assert polyline_points(page, "validation accuracy") == 3
     expect(page.locator("section", has_text="About")).to_contain_text("epoch 3 of 3")
-    # The end of the job ends the stream; the page shows the job as it ended.
-    with idle_server.client() as http:
-        http.post(f"/api/v1/jobs/{job['id']}/cancel").raise_for_status()
+    # Cancelled from the page: the end of the job ends the stream, and the page shows the job as it ended.
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Cancel the job").click()
     expect(page.locator("section", has_text="About").locator(".badge")).to_have_text("cancelled")
+    assert page.get_by_role("button", name="Cancel the job").count() == 0
+    with idle_server.client() as http:
+        assert http.get(f"/api/v1/jobs/{job['id']}").json()["state"] == "cancelled"
 
 
 def test_a_finished_training_run_shows_its_curves_and_its_model(page: Page, server: LiveServer) -> None:

@@ -14,6 +14,8 @@ const main = document.getElementById("main");
 
 /** The page shown: navigating away aborts its calls and stops its timers. */
 let view = null;
+/** The signed-in key's role (from /api/v1/whoami). */
+const session = { role: null };
 
 class ApiError extends Error {
   constructor(status, code, message) {
@@ -47,6 +49,12 @@ function fill(node, attrs, children) {
     node.append(child instanceof Node ? child : String(child));
   }
   return node;
+}
+
+/** Replace ``node``'s children with ``children`` (as :func:`el` takes them: nulls left out). */
+function put(node, ...children) {
+  node.replaceChildren();
+  return fill(node, {}, children);
 }
 
 function swatch(i) {
@@ -226,10 +234,11 @@ async function failure(response) {
   return new ApiError(response.status, code, message);
 }
 
-async function call(path, { signal, accept = "application/json" } = {}) {
+async function call(path, { signal, accept = "application/json", method = "GET", body } = {}) {
+  const headers = { Authorization: `Bearer ${sessionStorage.getItem(KEY_ITEM)}`, Accept: accept };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(path, {
-    headers: { Authorization: `Bearer ${sessionStorage.getItem(KEY_ITEM)}`, Accept: accept },
-    signal, cache: "no-store",
+    method, headers, signal, cache: "no-store", body: body === undefined ? undefined : JSON.stringify(body),
   });
   if (response.ok) return response;
   const error = await failure(response);
@@ -239,6 +248,32 @@ async function call(path, { signal, accept = "application/json" } = {}) {
 
 async function api(path, signal) {
   return (await call(path, { signal })).json();
+}
+
+/** A change: POST ``body`` to ``path`` once the user confirms ``question``; its outcome (or
+    why it was refused) in ``status``; then ``after()``. */
+function action(label, question, path, status, after) {
+  const button = el("button", { type: "button", class: "action", text: label });
+  button.addEventListener("click", async () => {
+    if (!window.confirm(question)) return;
+    button.disabled = true;
+    try {
+      await call(path, { method: "POST", body: {} });
+      status.replaceChildren(`${label}: done at ${new Date().toLocaleTimeString()}.`);
+      await after();
+    } catch (error) {
+      if (error.status !== 401) status.replaceChildren(errorBox(error));
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return button;
+}
+
+/** Whether the signed-in key's role may make changes (what the server enforces; this only hides
+    buttons that would be refused). */
+function mayChange() {
+  return ["admin", "owner", "developer"].includes(session.role);
 }
 
 /** Server-sent events from ``path`` (fetch, so the key travels as a header), to ``onEvent``. */
@@ -396,24 +431,69 @@ async function deploymentsPage(page) {
   return null;
 }
 
+/** Requests a second per route, from the counts of successive refreshes (the last 2 minutes). */
+class Rates {
+  constructor() {
+    this.samples = []; // [seconds since the page opened, {route: requests}]
+    this.opened = performance.now() / 1000;
+  }
+
+  add(counts) {
+    this.samples.push([performance.now() / 1000 - this.opened, counts]);
+    if (this.samples.length > 2 + 120000 / REFRESH_MS) this.samples.shift();
+  }
+
+  /** Per route, [[t, requests/s], ...]: a count that went down (the deployment changed) starts afresh. */
+  series(routes) {
+    return routes.map((route) => {
+      const points = [];
+      for (let i = 1; i < this.samples.length; i++) {
+        const [t0, before] = this.samples[i - 1], [t1, after] = this.samples[i];
+        const delta = (after[route] ?? 0) - (before[route] ?? 0);
+        if (delta >= 0 && t1 > t0) points.push([Number(t1.toFixed(1)), delta / (t1 - t0)]);
+      }
+      return { name: route, points };
+    });
+  }
+}
+
 async function deploymentPage(page, name) {
   const body = el("div");
   const status = el("p", { class: "muted" });
-  page.render([el("h1", {}, "Deployment ", el("code", { text: name })), body, status]);
-  await every(page, status, async () => {
-    const d = await api(`/api/v1/deployments/${encodeURIComponent(name)}`, page.signal);
+  const actions = el("div", { class: "actions" });
+  const outcome = el("div", { class: "muted" });
+  const rates = new Rates();
+  const path = `/api/v1/deployments/${encodeURIComponent(name)}`;
+  page.render([el("h1", {}, "Deployment ", el("code", { text: name })), actions, outcome, body, status]);
+  const refresh = async () => {
+    const d = await api(path, page.signal);
     const stats = (d.stats && d.stats.routes) || [];
-    const routeRows = d.routes.map((r) => {
+    const label = (r) => `${r.model}:${r.version}`;
+    const counts = Object.fromEntries(stats.map((s) => [label(s), s.requests]));
+    rates.add(counts);
+    const series = rates.series(d.routes.map(label));
+    const routeRows = d.routes.map((r, i) => {
       const s = stats.find((x) => x.model === r.model && x.version === r.version) || {};
       const window = s.window ? `${number(s.window.errors)} of ${number(s.window.requests)} in ${number(s.window.seconds)} s` : "";
-      return [link(`#/models/${encodeURIComponent(r.model)}`, `${r.model}:${r.version}`), number(r.weight),
-        number(s.requests), number(s.errors), number(s.latency_ms_avg, 2), window];
+      const now = series[i].points.length ? series[i].points[series[i].points.length - 1][1] : null;
+      return [link(`#/models/${encodeURIComponent(r.model)}`, label(r)), number(r.weight),
+        number(s.requests), number(now, 1), number(s.errors), number(s.latency_ms_avg, 2), window];
     });
     const shadow = d.stats && d.stats.shadow;
-    body.replaceChildren(
+    const canary = d.routes.length > 1 ? d.routes[d.routes.length - 1] : null;
+    actions.replaceChildren(...(mayChange() && canary ? [
+      action(`Roll back to ${label(d.routes[0])}`, `Send all of ${name}'s traffic to its primary, ${label(d.routes[0])}?`,
+        `${path}/rollback`, outcome, refresh),
+      action(`Promote ${label(canary)}`, `Send all of ${name}'s traffic to ${label(canary)} and drop the other routes?`,
+        `${path}/promote`, outcome, refresh),
+    ] : []));
+    put(body, [
       panel("Traffic", shareBar(routeParts(d.routes)),
-        table(["Route", "Weight#", "Requests#", "Errors#", "Mean latency (ms)#", "Errors in the rollback window"], routeRows, "No routes."),
+        table(["Route", "Weight#", "Requests#", "Now (req/s)#", "Errors#", "Mean latency (ms)#", "Errors in the rollback window"], routeRows, "No routes."),
         el("p", { class: "muted", text: "Counted by this server since it started or the deployment last changed." })),
+      panel("Requests a second, since this page opened", series.some((x) => x.points.length)
+        ? lineChart(series, { xLabel: "seconds", yLabel: "requests a second" })
+        : el("p", { class: "muted", text: `The rates appear at the next refresh (every ${REFRESH_MS / 1000} s).` })),
       d.shadow ? panel("Shadow", facts([["Version", `${d.shadow.model}:${d.shadow.version}`], ["Share mirrored", `${number(100 * d.shadow.share, 1)}%`],
         ["Compared", shadow ? number(shadow.agreements + shadow.disagreements) : "none yet"],
         ["Agreement", shadow && shadow.agreement_rate !== null ? `${number(100 * shadow.agreement_rate, 2)}%` : "—"],
@@ -429,8 +509,9 @@ async function deploymentPage(page, name) {
         const { at, kind, ...rest } = e;
         return [when(at), kind, el("code", { text: JSON.stringify(rest) })];
       }), "No events.")),
-    );
-  });
+    ]);
+  };
+  await every(page, status, refresh);
   return null;
 }
 
@@ -482,8 +563,14 @@ async function jobPage(page, id) {
   const curves = el("div", {}, curvesPart(points));
   const logText = el("pre", { class: "logs", text: logs.items.map((l) => `${l.level} ${l.message}`).join("\n") || "(no log lines yet)" });
   const result = job.result || {};
+  const outcome = el("div", { class: "muted" });
+  const cancel = !done && mayChange() && !job.cancel_requested
+    ? action("Cancel the job", `Cancel ${job.type} job ${shortId(job.id)}? A running one stops within an epoch.`,
+      `${path}/cancel`, outcome, async () => {})
+    : null;
   page.render([
     el("h1", {}, `${job.type} job `, el("code", { text: shortId(job.id) })),
+    el("div", { class: "actions" }, cancel), outcome,
     job.error ? el("div", { class: "error", role: "alert" }, el("strong", { text: `${job.error.code || "error"}: ` }), job.error.message || "") : null,
     panel("About", facts([["State", state], ["Progress", progress], ["Model", job.params.model_name || ""],
       ["Result", result.model_name ? link(`#/models/${encodeURIComponent(result.model_name)}`, `${result.model_name} version ${result.version}`) : ""],
@@ -543,6 +630,7 @@ function signIn(message) {
 
 function signOut(message) {
   sessionStorage.removeItem(KEY_ITEM);
+  session.role = null;
   stop();
   view = null;
   signIn(message);
@@ -552,6 +640,7 @@ async function whoami() {
   const response = await fetch("/api/v1/whoami", { headers: { Authorization: `Bearer ${sessionStorage.getItem(KEY_ITEM)}` }, cache: "no-store" });
   if (!response.ok) throw await failure(response);
   const me = await response.json();
+  session.role = me.role;
   document.getElementById("who").textContent = `${me.tenant} · ${me.role} · ModelYard ${me.server_version}`;
   document.getElementById("nav").hidden = false;
   document.getElementById("sign-out").hidden = false;
