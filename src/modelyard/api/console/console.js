@@ -414,21 +414,23 @@ function routeParts(routes) {
   return routes.map((r) => [`${r.model}:${r.version}`, r.weight]);
 }
 
-async function deploymentsPage(page) {
+/** A page of one panel, refreshed: ``build`` makes it from what ``path`` answers. */
+async function listPage(page, title, path, build) {
   const body = el("div");
   const status = el("p", { class: "muted" });
-  page.render([el("h1", { text: "Deployments" }), body, status]);
-  await every(page, status, async () => {
-    const deployments = await api("/api/v1/deployments?page_size=200", page.signal);
-    body.replaceChildren(panel(`${number(deployments.total)} deployments`, table(["Name", "Traffic", "Shadow", "Rollout", "Revision#", "Updated"],
+  page.render([el("h1", { text: title }), body, status]);
+  await every(page, status, async () => put(body, build(await api(path, page.signal))));
+  return null;
+}
+
+function deploymentsPage(page) {
+  return listPage(page, "Deployments", "/api/v1/deployments?page_size=200", (deployments) => panel(`${number(deployments.total)} deployments`, table(["Name", "Traffic", "Shadow", "Rollout", "Revision#", "Updated"],
       deployments.items.map((d) => [
         link(`#/deployments/${encodeURIComponent(d.name)}`, d.name), shareBar(routeParts(d.routes)),
         d.shadow ? `${d.shadow.model}:${d.shadow.version} (${number(100 * d.shadow.share, 1)}%)` : "",
         d.rollout ? `step ${d.rollout.step + 1} of ${d.rollout.steps.length} (${number(d.rollout.share, 1)}%)` : "",
         number(d.revision), when(d.updated_at),
       ]), "No deployments: `modelyard deploy create NAME MODEL:VERSION=WEIGHT ...` makes one.")));
-  });
-  return null;
 }
 
 /** Requests a second per route, from the counts of successive refreshes (the last 2 minutes). */
@@ -523,18 +525,11 @@ function progressText(job) {
   return "";
 }
 
-async function jobsPage(page) {
-  const body = el("div");
-  const status = el("p", { class: "muted" });
-  page.render([el("h1", { text: "Jobs" }), body, status]);
-  await every(page, status, async () => {
-    const jobs = await api("/api/v1/jobs?page_size=100", page.signal);
-    body.replaceChildren(panel(`${number(jobs.total)} jobs, newest first`, table(["Job", "Type", "State", "Progress", "Model", "Created"],
+function jobsPage(page) {
+  return listPage(page, "Jobs", "/api/v1/jobs?page_size=100", (jobs) => panel(`${number(jobs.total)} jobs, newest first`, table(["Job", "Type", "State", "Progress", "Model", "Created"],
       jobs.items.map((j) => [link(`#/jobs/${encodeURIComponent(j.id)}`, shortId(j.id)), j.type, badge(j.state), progressText(j),
         (j.params && j.params.model_name) || "", when(j.created_at)]),
       "No jobs yet: `modelyard train --model NAME --dataset builtin:digits --follow` starts one.")));
-  });
-  return null;
 }
 
 /** A training curve's point from a progress event or from a finished run's curves. */
