@@ -34,7 +34,7 @@ def test_the_page_and_its_files_need_no_key_and_keep_to_their_own_origin(server:
     page = _get(server, "/console/")
     assert page.status_code == 200
     assert page.headers["content-type"] == "text/html; charset=utf-8"
-    assert '<script src="console.js" defer></script>' in page.text
+    assert '<script type="module" src="console.js"></script>' in page.text
     csp = page.headers["content-security-policy"]
     for rule in ("default-src 'none'", "script-src 'self'", "connect-src 'self'", "frame-ancestors 'none'"):
         assert rule in csp
@@ -42,10 +42,16 @@ def test_the_page_and_its_files_need_no_key_and_keep_to_their_own_origin(server:
     assert page.headers["x-content-type-options"] == "nosniff"
     assert page.headers["x-frame-options"] == "DENY"
     assert page.headers["referrer-policy"] == "no-referrer"
-    script = _get(server, "/console/console.js")
-    assert script.status_code == 200 and script.headers["content-type"] == "text/javascript; charset=utf-8"
-    assert "innerHTML" not in script.text  # values from the server go in as text only
-    assert "sessionStorage" in script.text and "localStorage" not in script.text
+    scripts = {}
+    for name in ("console.js", "pages.js", "api.js", "dom.js", "charts.js"):  # console.js imports the others
+        script = _get(server, f"/console/{name}")
+        assert script.status_code == 200 and script.headers["content-type"] == "text/javascript; charset=utf-8"
+        scripts[name] = script.text
+    assert 'from "./pages.js"' in scripts["console.js"]
+    code = "".join(scripts.values())
+    for unsafe in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+        assert unsafe not in code  # values from the server go in as text only
+    assert "sessionStorage" in code and "localStorage" not in code
     style = _get(server, "/console/console.css")
     assert style.status_code == 200 and style.headers["content-type"] == "text/css; charset=utf-8"
     # The data behind the page still needs a key.

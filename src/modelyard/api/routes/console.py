@@ -1,7 +1,7 @@
 """The web console (``docs/console.md``): a page over the REST API, served at ``/console/``.
 
-Four static files from ``api/console/`` (the page, its script, its style sheet, its icon) and nothing
-rendered here: the page signs in with an API key typed into it and reads everything through the
+Static files from ``api/console/`` (the page, its script's modules, its style sheet, its icon) and
+nothing rendered here: the page signs in with an API key typed into it and reads everything through the
 same ``/api/v1`` routes as the CLI and the SDK, as far as that key's role allows. The files are
 public (they hold no data). Their headers keep the page from being framed, from running any
 script but its own and from talking to any server but this one; it never writes a value from
@@ -29,7 +29,7 @@ router = APIRouter(include_in_schema=False)
 #: file served -> its media type ("" is the page itself)
 _FILES = {
     "": ("index.html", "text/html; charset=utf-8"),
-    "console.js": ("console.js", "text/javascript; charset=utf-8"),
+    **{name: (name, "text/javascript; charset=utf-8") for name in ("console.js", "pages.js", "api.js", "dom.js", "charts.js")},
     "console.css": ("console.css", "text/css; charset=utf-8"),
     "favicon.svg": ("favicon.svg", "image/svg+xml"),
 }

@@ -1,0 +1,319 @@
+/* The console's pages: each renders from the API what the signed-in key may read (see PAGES).
+   A page object carries its abort signal, its timers, render(), active() and reload(). */
+
+import { api, call, mayChange, readable, stream } from "./api.js";
+import { hourlyChart, lineChart, short } from "./charts.js";
+import { COLORS, badge, bytes, el, errorBox, facts, link, number, panel, put, shareBar, shortId, table, when } from "./dom.js";
+
+const REFRESH_MS = 2000;
+
+const PRIMARY_METRICS = ["accuracy", "r2", "f1_macro", "mae", "rmse"];
+
+/** A change: a POST to ``path`` once the user confirms ``question``; its outcome (or
+    why it was refused) in ``status``; then ``after()``. */
+function action(label, question, path, status, after) {
+  const button = el("button", { type: "button", class: "action", text: label });
+  button.addEventListener("click", async () => {
+    if (!window.confirm(question)) return;
+    button.disabled = true;
+    try {
+      await call(path, { method: "POST", body: {} });
+      status.replaceChildren(`${label}: done at ${new Date().toLocaleTimeString()}.`);
+      await after();
+    } catch (error) {
+      if (error.status !== 401) status.replaceChildren(errorBox(error));
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return button;
+}
+
+/** Run ``refresh`` now and every REFRESH_MS while ``page`` is shown; a failure shows in ``status``. */
+async function every(page, status, refresh) {
+  const run = async () => {
+    try {
+      await refresh();
+      status.replaceChildren(`Updated ${new Date().toLocaleTimeString()}; refreshes every ${REFRESH_MS / 1000} s.`);
+    } catch (error) {
+      if (!page.active() || error.name === "AbortError" || error.status === 401) return;
+      status.replaceChildren(errorBox(error));
+    }
+  };
+  await run();
+  page.timers.push(setInterval(run, REFRESH_MS));
+}
+
+async function overview(page) {
+  const [models, deployments, running, loaded] = await Promise.all([
+    "/api/v1/models?page_size=1", "/api/v1/deployments?page_size=1", "/api/v1/jobs?state=running&page_size=1", "/api/v1/loaded",
+  ].map((path) => readable(api(path, page.signal))));
+  const card = (read, count, label, href) => el("a", { class: "card", href, title: read.error ? read.error.message : null },
+    el("div", { class: "value", text: read.value ? number(count(read.value)) : "—" }),
+    el("div", { class: "label", text: read.error ? `${label} (not for this key's role)` : label }));
+  const total = (listing) => listing.total;
+  const memory = loaded.error ? panel("In memory", errorBox(loaded.error)) : panel("In memory",
+    shareBar([["in use", loaded.value.in_use_bytes, COLORS[0]], ["free", Math.max(0, loaded.value.budget_bytes - loaded.value.in_use_bytes), "#d9dee7"]]),
+    el("p", { class: "muted", text: `${bytes(loaded.value.in_use_bytes)} of the ${bytes(loaded.value.budget_bytes)} budget (all tenants).` }),
+    table(["Model", "Version#", "Memory#", "In flight#", "Queued#", "Idle (s)#", "Pinned"], loaded.value.items.map((v) => [
+      link(`#/models/${encodeURIComponent(v.model)}`, v.model), number(v.version), bytes(v.memory_bytes),
+      number(v.in_flight), number(v.queue_depth), number(v.idle_s, 1), v.pinned ? "yes" : "",
+    ]), "No version of yours is loaded: the first request to a model loads it."));
+  const usage = panel("Requests per hour, last 24 hours", await usagePart(page, ""));
+  return [el("h1", { text: "Overview" }), el("div", { class: "cards" },
+    card(models, total, "models", "#/models"), card(deployments, total, "deployments", "#/deployments"),
+    card(running, total, "jobs running", "#/jobs"), card(loaded, (l) => l.items.length, "versions in memory", "#/")),
+  usage, memory];
+}
+
+/** The hourly chart and totals of the last day's usage (of one model when ``model``). */
+async function usagePart(page, model) {
+  const start = new Date(Date.now() - 24 * 3600e3).toISOString();
+  const query = `start=${encodeURIComponent(start)}${model ? `&model=${encodeURIComponent(model)}` : ""}`;
+  const usage = await readable(api(`/api/v1/usage?${query}`, page.signal));
+  if (usage.error) return errorBox(usage.error); // an inference key may not read usage
+  const t = usage.value.totals;
+  return [hourlyChart(usage.value.items), el("p", { class: "muted",
+    text: `${number(t.requests)} requests, ${number(t.errors)} errors, ${number(t.compute_s, 2)} compute-seconds, cost ${number(t.cost, 4)}.` })];
+}
+
+async function modelsPage(page) {
+  const models = await api("/api/v1/models?page_size=200", page.signal);
+  return [el("h1", { text: "Models" }), panel(`${number(models.total)} models`,
+    table(["Name", "Description", "Latest#", "Production#", "Updated"], models.items.map((m) => [
+      link(`#/models/${encodeURIComponent(m.name)}`, m.name), m.description, number(m.latest_version),
+      number(m.production_version), when(m.updated_at),
+    ]), "No models yet: push one with `modelyard models push` or train one (`modelyard train`)."))];
+}
+
+function metricsText(metrics) {
+  return Object.entries(metrics || {}).filter(([, v]) => typeof v === "number")
+    .slice(0, 4).map(([k, v]) => `${k} ${short(v)}`).join(", ");
+}
+
+/** Where a version came from: an upload, a training or optimization job (linked), a proxy. */
+function lineageCell(lineage) {
+  if (!lineage) return "";
+  const cell = el("span", {}, lineage.source || "");
+  if (lineage.optimized_from) cell.append(` of v${lineage.optimized_from.version} (${lineage.method})`);
+  if (lineage.job_id) cell.append(" · ", link(`#/jobs/${encodeURIComponent(lineage.job_id)}`, `job ${shortId(lineage.job_id)}`));
+  return cell;
+}
+
+function signature(version) {
+  const rows = [...version.inputs.map((t) => ["input", t]), ...version.outputs.map((t) => ["output", t])];
+  return table(["", "Name", "Type", "Shape"], rows.map(([side, t]) => [side, el("code", { text: t.name }), t.datatype, `[${t.shape.join(", ")}]`]), "No signature.");
+}
+
+async function modelPage(page, name) {
+  const path = `/api/v1/models/${encodeURIComponent(name)}`;
+  const [model, versions] = await Promise.all([api(path, page.signal), api(`${path}/versions?page_size=100`, page.signal)]);
+  const served = versions.items.find((v) => v.version === model.production_version) || versions.items[0];
+  const origin = window.location.origin;
+  return [
+    el("h1", {}, "Model ", el("code", { text: model.name })),
+    panel("About", facts([["Description", model.description], ["Production version", number(model.production_version)],
+      ["Latest version", number(model.latest_version)], ["Created", when(model.created_at)],
+      ["Call it", el("code", { class: "mono", text: `curl -H "Authorization: Bearer $KEY" ${origin}/v2/models/${model.name}/infer -d @request.json` })]])),
+    panel(`Versions (${number(versions.total)})`, table(["Version#", "Stage", "Format", "Size#", "Metrics", "Lineage", "Created"],
+      versions.items.map((v) => [number(v.version), badge(v.stage), v.format, bytes(v.size_bytes), metricsText(v.metrics),
+        lineageCell(v.lineage), when(v.created_at)]), "No versions.")),
+    served ? panel(`Signature of version ${served.version}`, signature(served)) : null,
+    panel("Requests per hour, last 24 hours", await usagePart(page, model.name)),
+  ];
+}
+
+function routeParts(routes) {
+  return routes.map((r) => [`${r.model}:${r.version}`, r.weight]);
+}
+
+/** A page of one panel, refreshed: ``build`` makes it from what ``path`` answers. */
+async function listPage(page, title, path, build) {
+  const body = el("div");
+  const status = el("p", { class: "muted" });
+  page.render([el("h1", { text: title }), body, status]);
+  await every(page, status, async () => put(body, build(await api(path, page.signal))));
+  return null;
+}
+
+function deploymentsPage(page) {
+  return listPage(page, "Deployments", "/api/v1/deployments?page_size=200", (deployments) => panel(`${number(deployments.total)} deployments`, table(["Name", "Traffic", "Shadow", "Rollout", "Revision#", "Updated"],
+      deployments.items.map((d) => [
+        link(`#/deployments/${encodeURIComponent(d.name)}`, d.name), shareBar(routeParts(d.routes)),
+        d.shadow ? `${d.shadow.model}:${d.shadow.version} (${number(100 * d.shadow.share, 1)}%)` : "",
+        d.rollout ? `step ${d.rollout.step + 1} of ${d.rollout.steps.length} (${number(d.rollout.share, 1)}%)` : "",
+        number(d.revision), when(d.updated_at),
+      ]), "No deployments: `modelyard deploy create NAME MODEL:VERSION=WEIGHT ...` makes one.")));
+}
+
+/** Requests a second per route, from the counts of successive refreshes (the last 2 minutes). */
+class Rates {
+  constructor() {
+    this.samples = []; // [seconds since the page opened, {route: requests}]
+    this.opened = performance.now() / 1000;
+  }
+
+  add(counts) {
+    this.samples.push([performance.now() / 1000 - this.opened, counts]);
+    if (this.samples.length > 2 + 120000 / REFRESH_MS) this.samples.shift();
+  }
+
+  /** Per route, [[t, requests/s], ...]: a count that went down (the deployment changed) starts afresh. */
+  series(routes) {
+    return routes.map((route) => {
+      const points = [];
+      for (let i = 1; i < this.samples.length; i++) {
+        const [t0, before] = this.samples[i - 1], [t1, after] = this.samples[i];
+        const delta = (after[route] ?? 0) - (before[route] ?? 0);
+        if (delta >= 0 && t1 > t0) points.push([Number(t1.toFixed(1)), delta / (t1 - t0)]);
+      }
+      return { name: route, points };
+    });
+  }
+}
+
+async function deploymentPage(page, name) {
+  const body = el("div");
+  const status = el("p", { class: "muted" });
+  const actions = el("div", { class: "actions" });
+  const outcome = el("div", { class: "muted" });
+  const rates = new Rates();
+  const path = `/api/v1/deployments/${encodeURIComponent(name)}`;
+  page.render([el("h1", {}, "Deployment ", el("code", { text: name })), actions, outcome, body, status]);
+  const refresh = async () => {
+    const d = await api(path, page.signal);
+    const stats = (d.stats && d.stats.routes) || [];
+    const label = (r) => `${r.model}:${r.version}`;
+    const counts = Object.fromEntries(stats.map((s) => [label(s), s.requests]));
+    rates.add(counts);
+    const series = rates.series(d.routes.map(label));
+    const routeRows = d.routes.map((r, i) => {
+      const s = stats.find((x) => x.model === r.model && x.version === r.version) || {};
+      const window = s.window ? `${number(s.window.errors)} of ${number(s.window.requests)} in ${number(s.window.seconds)} s` : "";
+      const now = series[i].points.length ? series[i].points[series[i].points.length - 1][1] : null;
+      return [link(`#/models/${encodeURIComponent(r.model)}`, label(r)), number(r.weight),
+        number(s.requests), number(now, 1), number(s.errors), number(s.latency_ms_avg, 2), window];
+    });
+    const shadow = d.stats && d.stats.shadow;
+    const canary = d.routes.length > 1 ? d.routes[d.routes.length - 1] : null;
+    actions.replaceChildren(...(mayChange() && canary ? [
+      action(`Roll back to ${label(d.routes[0])}`, `Send all of ${name}'s traffic to its primary, ${label(d.routes[0])}?`,
+        `${path}/rollback`, outcome, refresh),
+      action(`Promote ${label(canary)}`, `Send all of ${name}'s traffic to ${label(canary)} and drop the other routes?`,
+        `${path}/promote`, outcome, refresh),
+    ] : []));
+    put(body, [
+      panel("Traffic", shareBar(routeParts(d.routes)),
+        table(["Route", "Weight#", "Requests#", "Now (req/s)#", "Errors#", "Mean latency (ms)#", "Errors in the rollback window"], routeRows, "No routes."),
+        el("p", { class: "muted", text: "Counted by this server since it started or the deployment last changed." })),
+      panel("Requests a second, since this page opened", series.some((x) => x.points.length)
+        ? lineChart(series, { xLabel: "seconds", yLabel: "requests a second" })
+        : el("p", { class: "muted", text: `The rates appear at the next refresh (every ${REFRESH_MS / 1000} s).` })),
+      d.shadow ? panel("Shadow", facts([["Version", `${d.shadow.model}:${d.shadow.version}`], ["Share mirrored", `${number(100 * d.shadow.share, 1)}%`],
+        ["Compared", shadow ? number(shadow.agreements + shadow.disagreements) : "none yet"],
+        ["Agreement", shadow && shadow.agreement_rate !== null ? `${number(100 * shadow.agreement_rate, 2)}%` : "—"],
+        ["Mean latency, shadow / primary", shadow && shadow.shadow_latency_ms_avg !== null ? `${number(shadow.shadow_latency_ms_avg, 2)} / ${number(shadow.primary_latency_ms_avg, 2)} ms` : "—"],
+        ["Shadow errors", shadow ? number(shadow.errors) : "—"]])) : null,
+      d.rollout ? panel("Rollout", facts([["Steps", d.rollout.steps.map((s) => `${s}%`).join(" → ")],
+        ["Now", `step ${d.rollout.step + 1} of ${d.rollout.steps.length}: the canary gets ${number(d.rollout.share, 1)}%`],
+        ["Next step", d.rollout.next_step_at ? when(d.rollout.next_step_at) : "none (the last)"],
+        ["Every", `${number(d.rollout.interval_s, 1)} s`]])) : null,
+      d.rollback ? panel("Automatic rollback", el("p", { text:
+        `Rolls back when the canary's error rate over ${number(d.rollback.window_s)} s passes ${number(100 * d.rollback.max_error_rate, 1)}% with at least ${number(d.rollback.min_requests)} requests.` })) : null,
+      panel("Events, newest first", table(["When", "Event", "Details"], [...d.events].reverse().slice(0, 50).map((e) => {
+        const { at, kind, ...rest } = e;
+        return [when(at), kind, el("code", { text: JSON.stringify(rest) })];
+      }), "No events.")),
+    ]);
+  };
+  await every(page, status, refresh);
+  return null;
+}
+
+function progressText(job) {
+  const p = job.progress;
+  if (!p) return "";
+  if (p.epoch !== undefined && p.epochs) return `epoch ${p.epoch} of ${p.epochs}`;
+  if (p.fraction !== undefined) return `${number(100 * p.fraction)}%`;
+  return "";
+}
+
+function jobsPage(page) {
+  return listPage(page, "Jobs", "/api/v1/jobs?page_size=100", (jobs) => panel(`${number(jobs.total)} jobs, newest first`, table(["Job", "Type", "State", "Progress", "Model", "Created"],
+      jobs.items.map((j) => [link(`#/jobs/${encodeURIComponent(j.id)}`, shortId(j.id)), j.type, badge(j.state), progressText(j),
+        (j.params && j.params.model_name) || "", when(j.created_at)]),
+      "No jobs yet: `modelyard train --model NAME --dataset builtin:digits --follow` starts one.")));
+}
+
+/** A training curve's point from a progress event or from a finished run's curves. */
+function curvePoint(raw) {
+  const metrics = raw.metrics ? raw.metrics : raw;
+  return { epoch: raw.epoch, train: raw.train_loss, val: raw.val_loss, metrics };
+}
+
+function curvesPart(points) {
+  if (!points.length) return el("p", { class: "muted", text: "The curves appear with the first epoch." });
+  const loss = [{ name: "train loss", points: points.filter((p) => typeof p.train === "number").map((p) => [p.epoch, p.train]) },
+    { name: "validation loss", points: points.filter((p) => typeof p.val === "number").map((p) => [p.epoch, p.val]) }];
+  const metric = PRIMARY_METRICS.find((m) => points.some((p) => typeof p.metrics[m] === "number"));
+  return el("div", {}, lineChart(loss.filter((s) => s.points.length), { xLabel: "epoch", yLabel: "loss" }),
+    metric ? lineChart([{ name: `validation ${metric}`, points: points.filter((p) => typeof p.metrics[metric] === "number").map((p) => [p.epoch, p.metrics[metric]]) }],
+      { xLabel: "epoch", yLabel: metric }) : null);
+}
+
+async function jobPage(page, id) {
+  const path = `/api/v1/jobs/${encodeURIComponent(id)}`;
+  const [job, logs] = await Promise.all([api(path, page.signal), api(`${path}/logs?limit=200`, page.signal)]);
+  const done = ["succeeded", "failed", "cancelled"].includes(job.state);
+  const points = done ? ((job.result && job.result.curves) || []).map(curvePoint) : [];
+  const state = el("span", {}, badge(job.state));
+  const progress = el("span", { text: progressText(job) });
+  const curves = el("div", {}, curvesPart(points));
+  const logText = el("pre", { class: "logs", text: logs.items.map((l) => `${l.level} ${l.message}`).join("\n") || "(no log lines yet)" });
+  const result = job.result || {};
+  const outcome = el("div", { class: "muted" });
+  const cancel = !done && mayChange() && !job.cancel_requested
+    ? action("Cancel the job", `Cancel ${job.type} job ${shortId(job.id)}? A running one stops within an epoch.`,
+      `${path}/cancel`, outcome, async () => cancel.remove()) // the stream shows the rest
+    : null;
+  page.render([
+    el("h1", {}, `${job.type} job `, el("code", { text: shortId(job.id) })),
+    el("div", { class: "actions" }, cancel), outcome,
+    job.error ? el("div", { class: "error", role: "alert" }, el("strong", { text: `${job.error.code || "error"}: ` }), job.error.message || "") : null,
+    panel("About", facts([["State", state], ["Progress", progress], ["Model", job.params.model_name || ""],
+      ["Result", result.model_name ? link(`#/models/${encodeURIComponent(result.model_name)}`, `${result.model_name} version ${result.version}`) : ""],
+      ["Metrics", metricsText(result.metrics)], ["Created", when(job.created_at)], ["Started", when(job.started_at)],
+      ["Finished", when(job.finished_at)], ["Attempts", number(job.attempts)]])),
+    job.type === "train" ? panel("Training curves", curves) : null,
+    panel("Log", logText),
+  ]);
+  if (done) return null;
+  // Live: every event from the first (the curve so far), then as they come; at the end, the page again.
+  const seen = [];
+  await stream(`${path}/events?after=0`, page.signal, (kind, data) => {
+    if (kind === "progress") {
+      if (typeof data.train_loss === "number") {
+        seen.push(curvePoint(data));
+        curves.replaceChildren(curvesPart(seen));
+      }
+      progress.replaceChildren(progressText({ progress: data }));
+    } else if (kind === "state") {
+      state.replaceChildren(badge(data.state));
+    } else if (kind === "log") {
+      logText.append(`\n${data.level || ""} ${data.message || ""}`);
+    } else if (kind === "end") {
+      if (page.active()) page.reload();
+    }
+  });
+  return null;
+}
+
+export const PAGES = [
+  [/^#?\/?$/, overview],
+  [/^#\/models$/, modelsPage],
+  [/^#\/models\/([^/]+)$/, modelPage],
+  [/^#\/deployments$/, deploymentsPage],
+  [/^#\/deployments\/([^/]+)$/, deploymentPage],
+  [/^#\/jobs$/, jobsPage],
+  [/^#\/jobs\/([^/]+)$/, jobPage],
+];
