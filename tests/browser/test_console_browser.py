@@ -32,7 +32,7 @@ CHROMIUM_ARGS = [
 ]
 MARKUP = '<img src=x onerror="window.__injected = 1">'
 SLIPS = re.compile(r"\[object \w+\]|^(null|undefined|NaN)+$|\bNaN\b", re.MULTILINE)
-REFUSED = re.compile(r"Failed to load resource: the server responded with a status of 40[13]")
+REFUSED = re.compile(r"Failed to load resource: the server responded with a status of (40[13]|422)")
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +83,9 @@ def page(browser: Browser) -> Iterator[Page]:
     context.close()
     # Nothing the script meant to build shows as a stringified value.
     assert not SLIPS.search(shown), SLIPS.search(shown)
-    # Chromium logs a call the server refused (a wrong key's 401, a role's 403) as a failed load:
-    # those are the tests' own doing. Anything else (a missing file, a CSP violation) is not.
+    # Chromium logs a call the server refused (a wrong key's 401, a role's 403, a bad form's 422)
+    # as a failed load: those are the tests' own doing. Anything else (a missing file, a CSP
+    # violation) is not.
     unexpected = [p for p in problems if not REFUSED.search(p)]
     assert not unexpected, unexpected
 
@@ -325,3 +326,47 @@ def test_a_key_revoked_while_signed_in_sends_the_page_back_to_sign_in(page: Page
     expect(page.locator("form.sign-in")).to_be_visible()
     assert page.evaluate("sessionStorage.length") == 0
     assert httpx.get(f"{server.url}/api/v1/whoami", headers={"Authorization": f"Bearer {created['secret']}"}).status_code == 401
+
+
+def test_an_owner_makes_a_key_sees_its_secret_once_and_revokes_it(page: Page, server: LiveServer) -> None:
+    sign_in(page, server, where="#/keys")
+    expect(page.locator("h1")).to_have_text("API keys")
+    page.fill("#key-name", "ci-deploys")
+    page.select_option("#key-role", "viewer")
+    page.fill("#key-scopes", "digits, web")
+    page.fill("#key-days", "1")
+    page.click("form.key-form button")
+    secret = page.locator("#new-secret").text_content() or ""
+    made = httpx.get(f"{server.url}/api/v1/whoami", headers={"Authorization": f"Bearer {secret}"})
+    assert made.status_code == 200 and made.json()["role"] == "viewer"
+    row = page.locator("tr", has_text="ci-deploys")
+    expect(row).to_contain_text("digits, web")
+    expect(row).to_contain_text("active")
+    assert secret not in page.locator("table").inner_text()  # the list shows prefixes only
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.get_by_role("button", name="Revoke").click()
+    expect(row.locator(".badge")).to_have_text("revoked")
+    assert httpx.get(f"{server.url}/api/v1/whoami", headers={"Authorization": f"Bearer {secret}"}).status_code == 401
+
+
+def test_a_bad_key_request_is_refused_with_the_servers_words_and_makes_nothing(page: Page, server: LiveServer) -> None:
+    with server.client() as http:
+        before = http.get("/api/v1/keys", params={"include_revoked": True}).json()["total"]
+    sign_in(page, server, where="#/keys")
+    page.fill("#key-name", "bad-scopes")
+    page.fill("#key-scopes", "no spaces allowed!")
+    page.click("form.key-form button")
+    expect(page.locator("section", has_text="A new key").get_by_role("alert")).to_contain_text("HTTP 422")
+    assert page.locator("#new-secret").count() == 0
+    with server.client() as http:
+        assert http.get("/api/v1/keys", params={"include_revoked": True}).json()["total"] == before
+
+
+def test_the_keys_page_is_offered_only_to_roles_that_manage_keys(page: Page, server: LiveServer) -> None:
+    with server.client() as http:
+        key = http.post("/api/v1/keys", json={"name": "dev", "role": "developer"}).json()["secret"]
+    sign_in(page, server, key=key)
+    expect(page.locator("h1")).to_have_text("Overview")
+    expect(page.locator('#nav a[href="#/keys"]')).to_be_hidden()
+    page.goto(f"{server.url}/console/#/keys")  # typed in by hand: the server's refusal, said plainly
+    expect(page.get_by_role("alert")).to_contain_text("Your key's role may not read this")

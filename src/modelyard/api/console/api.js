@@ -3,8 +3,8 @@
 
 export const KEY_ITEM = "modelyard.key";
 
-/** The signed-in key's role (from /api/v1/whoami). */
-export const session = { role: null };
+/** The signed-in key's role and id (from /api/v1/whoami). */
+export const session = { role: null, keyId: null };
 
 export class ApiError extends Error {
   constructor(status, code, message) {

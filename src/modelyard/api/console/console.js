@@ -42,6 +42,7 @@ function signIn(message) {
 function signOut(message) {
   sessionStorage.removeItem(KEY_ITEM);
   session.role = null;
+  session.keyId = null;
   stop();
   view = null;
   signIn(message);
@@ -52,6 +53,8 @@ async function whoami() {
   if (!response.ok) throw await failure(response);
   const me = await response.json();
   session.role = me.role;
+  session.keyId = me.key_id;
+  document.getElementById("nav-keys").hidden = !["admin", "owner"].includes(me.role);
   document.getElementById("who").textContent = `${me.tenant} · ${me.role} · ModelYard ${me.server_version}`;
   document.getElementById("nav").hidden = false;
   document.getElementById("sign-out").hidden = false;

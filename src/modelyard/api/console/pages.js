@@ -1,7 +1,7 @@
 /* The console's pages: each renders from the API what the signed-in key may read (see PAGES).
    A page object carries its abort signal, its timers, render(), active() and reload(). */
 
-import { api, call, mayChange, readable, stream } from "./api.js";
+import { api, call, mayChange, readable, session, stream } from "./api.js";
 import { hourlyChart, lineChart, short } from "./charts.js";
 import { COLORS, badge, bytes, el, errorBox, facts, link, number, panel, put, shareBar, shortId, table, when } from "./dom.js";
 
@@ -9,15 +9,15 @@ const REFRESH_MS = 2000;
 
 const PRIMARY_METRICS = ["accuracy", "r2", "f1_macro", "mae", "rmse"];
 
-/** A change: a POST to ``path`` once the user confirms ``question``; its outcome (or
-    why it was refused) in ``status``; then ``after()``. */
-function action(label, question, path, status, after) {
+/** A change: a POST (or ``method``) to ``path`` once the user confirms ``question``; its
+    outcome (or why it was refused) in ``status``; then ``after()``. */
+function action(label, question, path, status, after, method = "POST") {
   const button = el("button", { type: "button", class: "action", text: label });
   button.addEventListener("click", async () => {
     if (!window.confirm(question)) return;
     button.disabled = true;
     try {
-      await call(path, { method: "POST", body: {} });
+      await call(path, { method, body: method === "POST" ? {} : undefined });
       status.replaceChildren(`${label}: done at ${new Date().toLocaleTimeString()}.`);
       await after();
     } catch (error) {
@@ -308,6 +308,65 @@ async function jobPage(page, id) {
   return null;
 }
 
+/** The roles a key made here may have (an admin's page offers admin too). */
+const ROLES_GIVEN = ["owner", "developer", "viewer", "inference"];
+
+/** The form that makes a key; the new key's secret, shown once, in ``made``; then ``after()``. */
+function keyForm(made, after) {
+  const name = el("input", { id: "key-name", maxlength: 128, placeholder: "ci-deploys" });
+  const roles = session.role === "admin" ? [...ROLES_GIVEN, "admin"] : ROLES_GIVEN;
+  const role = el("select", { id: "key-role" }, roles.map((r) => el("option", { value: r, text: r })));
+  const scopes = el("input", { id: "key-scopes", placeholder: "every model; or: digits, web" });
+  const days = el("input", { id: "key-days", type: "number", min: "0", step: "any", placeholder: "never" });
+  const rate = el("input", { id: "key-rate", type: "number", min: "0", step: "any", placeholder: "no limit" });
+  const field = (input, text) => el("label", { for: input.id }, el("span", { text }), input);
+  const form = el("form", { class: "key-form" }, field(name, "Name"), field(role, "Role"),
+    field(scopes, "Models and deployments it may call"), field(days, "Expires in (days)"),
+    field(rate, "Requests a second at most"), el("button", { type: "submit", class: "action", text: "Create key" }));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = { name: name.value.trim(), role: role.value,
+      scopes: scopes.value.split(",").map((x) => x.trim()).filter(Boolean) };
+    if (days.value) body.expires_in_s = Number(days.value) * 86400;
+    if (rate.value) body.rate_limit = Number(rate.value);
+    try {
+      const key = await (await call("/api/v1/keys", { method: "POST", body })).json();
+      put(made, el("div", { class: "secret", role: "status" },
+        el("strong", { text: `Key ${key.name || key.prefix} made. Copy it now: it is shown only this once.` }),
+        el("code", { id: "new-secret", text: key.secret }),
+        el("p", { class: "muted", text: "For the CLI and the SDK: export MODELYARD_API_KEY=<the key>" })));
+      form.reset();
+      await after();
+    } catch (error) {
+      if (error.status !== 401) put(made, errorBox(error));
+    }
+  });
+  return form;
+}
+
+async function keysPage(page) {
+  const list = el("div");
+  const status = el("p", { class: "muted" });
+  const made = el("div");
+  const outcome = el("div", { class: "muted" });
+  const refresh = async () => {
+    const keys = await api("/api/v1/keys?include_revoked=true", page.signal);
+    put(list, panel(`${number(keys.total)} keys (their secrets are never shown again)`,
+      table(["Name", "Prefix", "Role", "May call", "Req/s#", "Created", "Expires", "State", ""], keys.items.map((k) => {
+        const own = k.id === session.keyId;
+        return [k.name || "", el("code", { text: k.prefix }), k.role, k.scopes.length ? k.scopes.join(", ") : "every model",
+          number(k.rate_limit, 1), when(k.created_at), k.expires_at ? when(k.expires_at) : "never",
+          k.revoked_at ? badge("revoked") : own ? "this page's key" : "active",
+          k.revoked_at ? "" : action("Revoke", own ? "Revoke the key this page is signed in with? The page signs out."
+            : `Revoke key ${k.name || k.prefix}? Its callers are refused at once.`,
+          `/api/v1/keys/${encodeURIComponent(k.id)}`, outcome, refresh, "DELETE")];
+      }), "No keys.")));
+  };
+  page.render([el("h1", { text: "API keys" }), panel("A new key", keyForm(made, refresh), made), outcome, list, status]);
+  await every(page, status, refresh);
+  return null;
+}
+
 export const PAGES = [
   [/^#?\/?$/, overview],
   [/^#\/models$/, modelsPage],
@@ -316,4 +375,5 @@ export const PAGES = [
   [/^#\/deployments\/([^/]+)$/, deploymentPage],
   [/^#\/jobs$/, jobsPage],
   [/^#\/jobs\/([^/]+)$/, jobPage],
+  [/^#\/keys$/, keysPage],
 ];
