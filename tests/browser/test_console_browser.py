@@ -370,3 +370,30 @@ def test_the_keys_page_is_offered_only_to_roles_that_manage_keys(page: Page, ser
     expect(page.locator('#nav a[href="#/keys"]')).to_be_hidden()
     page.goto(f"{server.url}/console/#/keys")  # typed in by hand: the server's refusal, said plainly
     expect(page.get_by_role("alert")).to_contain_text("Your key's role may not read this")
+
+
+def test_weights_change_from_the_page_and_a_change_the_server_refuses_changes_nothing(
+    page: Page, server: LiveServer, tmp_path: Path
+) -> None:
+    primary, second = canary(server, tmp_path, "weighed")
+    sign_in(page, server, where="#/deployments/weighed")
+
+    def apply(weights: dict[str, str]) -> None:
+        for route, weight in weights.items():
+            page.fill(f'form.weights input[data-route="{route}"]', weight)
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.get_by_role("button", name="Apply weights").click()
+
+    def weights_now() -> list[float]:
+        with server.client() as http:
+            return [r["weight"] for r in http.get("/api/v1/deployments/weighed").json()["routes"]]
+
+    apply({primary: "50", second: "50"})
+    expect(page.locator("main")).to_contain_text(f"Weights {primary} 50, {second} 50: done")
+    assert weights_now() == [50.0, 50.0]
+    expect(page.locator("section", has_text="Traffic")).to_contain_text(f"{second} 50%")
+    expect(page.locator(f'form.weights input[data-route="{second}"]')).to_have_value("50")
+
+    apply({primary: "0", second: "0"})  # no route left with traffic: the server says no
+    expect(page.get_by_role("alert")).to_contain_text("HTTP 422")
+    assert weights_now() == [50.0, 50.0]

@@ -172,14 +172,40 @@ class Rates {
   }
 }
 
+/** The form that sets a deployment's weights (``PATCH {"weights": {...}}``), one input per
+    route, starting at its weight now; the outcome in ``status``; then ``after()``. */
+function weightsForm(path, routes, status, after) {
+  const inputs = routes.map((r) => el("input", { type: "number", min: "0", step: "any", value: r.weight,
+    "data-route": `${r.model}:${r.version}`, "aria-label": `weight of ${r.model}:${r.version}` }));
+  const form = el("form", { class: "weights" }, el("span", { class: "muted", text: "Weights:" }),
+    routes.map((r, i) => el("label", {}, `${r.model}:${r.version} `, inputs[i])),
+    el("button", { type: "submit", class: "action", text: "Apply weights" }));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const weights = Object.fromEntries(inputs.map((input) => [input.dataset.route, Number(input.value)]));
+    const split = Object.entries(weights).map(([route, w]) => `${route} ${w}`).join(", ");
+    if (!window.confirm(`Change the weights to ${split}? Requests in flight finish where they are.`)) return;
+    try {
+      await call(path, { method: "PATCH", body: { weights } });
+      status.replaceChildren(`Weights ${split}: done at ${new Date().toLocaleTimeString()}.`);
+      await after();
+    } catch (error) {
+      if (error.status !== 401) status.replaceChildren(errorBox(error));
+    }
+  });
+  return form;
+}
+
 async function deploymentPage(page, name) {
   const body = el("div");
   const status = el("p", { class: "muted" });
   const actions = el("div", { class: "actions" });
+  const weights = el("div");
+  let weighed = ""; // the routes and weights the weights form was made for
   const outcome = el("div", { class: "muted" });
   const rates = new Rates();
   const path = `/api/v1/deployments/${encodeURIComponent(name)}`;
-  page.render([el("h1", {}, "Deployment ", el("code", { text: name })), actions, outcome, body, status]);
+  page.render([el("h1", {}, "Deployment ", el("code", { text: name })), actions, weights, outcome, body, status]);
   const refresh = async () => {
     const d = await api(path, page.signal);
     const stats = (d.stats && d.stats.routes) || [];
@@ -202,6 +228,12 @@ async function deploymentPage(page, name) {
       action(`Promote ${label(canary)}`, `Send all of ${name}'s traffic to ${label(canary)} and drop the other routes?`,
         `${path}/promote`, outcome, refresh),
     ] : []));
+    // made again only when the routes or weights change: a refresh keeps what is being typed
+    const shape = JSON.stringify(d.routes);
+    if (shape !== weighed) {
+      weighed = shape;
+      put(weights, mayChange() && d.routes.length > 1 ? weightsForm(path, d.routes, outcome, refresh) : null);
+    }
     put(body, [
       panel("Traffic", shareBar(routeParts(d.routes)),
         table(["Route", "Weight#", "Requests#", "Now (req/s)#", "Errors#", "Mean latency (ms)#", "Errors in the rollback window"], routeRows, "No routes."),
