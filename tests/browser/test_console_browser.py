@@ -71,8 +71,9 @@ def idle_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 
 
 @pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context()
+def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
+    """A fresh tab (its own session storage); in the time zone a test names (``indirect``)."""
+    context = browser.new_context(timezone_id=getattr(request, "param", None))
     opened = context.new_page()
     problems: list[str] = []
     opened.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
@@ -130,6 +131,7 @@ def test_a_wrong_key_is_refused_and_the_right_one_shows_the_overview(page: Page,
     assert page.evaluate("sessionStorage.length") == 0
 
 
+@pytest.mark.parametrize("page", ["UTC", "Asia/Kolkata"], indirect=True)  # a whole-hour zone and a half-hour one
 def test_the_hourly_chart_counts_what_the_usage_api_counts(page: Page, server: LiveServer) -> None:
     infer(server, "digits", 7)
     with server.client() as http:
@@ -143,6 +145,9 @@ def test_the_hourly_chart_counts_what_the_usage_api_counts(page: Page, server: L
     shown = sum(int(bars.nth(i).get_attribute("data-requests") or 0) for i in range(24))
     assert shown == expected
     expect(page.locator("section", has_text="Requests per hour")).to_contain_text(f"{expected:,} requests")
+    # the server's hours (UTC), each labelled in the browser's time: 05:30 in India
+    minutes = "30" if page.evaluate("new Date().getTimezoneOffset()") % 60 else "00"
+    assert all((bars.nth(i).get_attribute("data-hour") or "").endswith(f":{minutes}") for i in range(24))
 
 
 def test_models_show_as_text_whatever_their_description_holds(page: Page, server: LiveServer) -> None:

@@ -73,12 +73,11 @@ export function lineChart(series, { xLabel = "", yLabel = "" } = {}) {
 
 /** Requests per hour, the errors stacked on top, for the last ``hours`` hours. */
 export function hourlyChart(items, hours = 24) {
-  const now = new Date();
-  now.setMinutes(0, 0, 0);
-  const first = now.getTime() - (hours - 1) * 3600e3;
+  // The server counts whole UTC hours; each is labelled in local time (05:30 in India).
+  const first = (Math.floor(Date.now() / 3600e3) - (hours - 1)) * 3600e3;
   const ok = new Array(hours).fill(0), errors = new Array(hours).fill(0);
   for (const item of items) {
-    const slot = Math.round((new Date(item.hour).getTime() - first) / 3600e3);
+    const slot = Math.floor((new Date(item.hour).getTime() - first) / 3600e3);
     if (slot < 0 || slot >= hours) continue;
     errors[slot] += item.errors;
     ok[slot] += Math.max(0, item.requests - item.errors);
@@ -94,7 +93,7 @@ export function hourlyChart(items, hours = 24) {
   }
   for (let i = 0; i < hours; i++) {
     const hour = new Date(first + i * 3600e3);
-    const label = `${String(hour.getHours()).padStart(2, "0")}:00`;
+    const label = `${String(hour.getHours()).padStart(2, "0")}:${String(hour.getMinutes()).padStart(2, "0")}`;
     const x = left + i * slotWidth + 1;
     const tip = svg("title", { text: `${label}: ${number(ok[i] + errors[i])} requests, ${number(errors[i])} errors` });
     chart.append(svg("rect", { x, y: py(ok[i]), width: slotWidth - 2, height: py(0) - py(ok[i]), fill: COLORS[0], "data-hour": label, "data-requests": ok[i] + errors[i] }, tip));
