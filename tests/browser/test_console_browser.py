@@ -367,12 +367,13 @@ def test_a_bad_key_request_is_refused_with_the_servers_words_and_makes_nothing(p
         assert http.get("/api/v1/keys", params={"include_revoked": True}).json()["total"] == before
 
 
-def test_the_keys_page_is_offered_only_to_roles_that_manage_keys(page: Page, server: LiveServer) -> None:
+def test_the_keys_and_audit_pages_are_offered_only_to_roles_that_manage_keys(page: Page, server: LiveServer) -> None:
     with server.client() as http:
         key = http.post("/api/v1/keys", json={"name": "dev", "role": "developer"}).json()["secret"]
     sign_in(page, server, key=key)
     expect(page.locator("h1")).to_have_text("Overview")
     expect(page.locator('#nav a[href="#/keys"]')).to_be_hidden()
+    expect(page.locator('#nav a[href="#/audit"]')).to_be_hidden()
     page.goto(f"{server.url}/console/#/keys")  # typed in by hand: the server's refusal, said plainly
     expect(page.get_by_role("alert")).to_contain_text("Your key's role may not read this")
 
@@ -402,3 +403,27 @@ def test_weights_change_from_the_page_and_a_change_the_server_refuses_changes_no
     apply({primary: "0", second: "0"})  # no route left with traffic: the server says no
     expect(page.get_by_role("alert")).to_contain_text("HTTP 422")
     assert weights_now() == [50.0, 50.0]
+
+
+def test_the_audit_log_shows_what_the_server_filters(page: Page, server: LiveServer) -> None:
+    prefix = "/api/v1/deployments/audited"
+    with server.client() as http:
+        http.post("/api/v1/deployments", json={"name": "audited", "routes": [{"model": "digits", "version": 1}]}).raise_for_status()
+        http.patch(prefix, json={"description": "seen"}).raise_for_status()
+        http.delete(prefix).raise_for_status()
+
+        def entries(**query: str) -> int:
+            return int(http.get("/api/v1/audit", params={"object": prefix, **query}).json()["total"])
+        wait_until(lambda: entries(action="DELETE") == 1, timeout=10)  # written in batches
+        expected = entries()
+    sign_in(page, server, where="#/audit")
+    expect(page.locator("h1")).to_have_text("Audit log")
+    page.fill("#audit-object", prefix)
+    page.press("#audit-object", "Tab")
+    rows = page.locator('section:has-text("entries") tbody tr')
+    expect(rows).to_have_count(expected)
+    page.select_option("#audit-action", "DELETE")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("DELETE")
+    expect(rows.first).to_contain_text(prefix)
+    expect(rows.first.locator(".badge")).to_have_text("204")

@@ -54,7 +54,7 @@ async function whoami() {
   const me = await response.json();
   session.role = me.role;
   session.keyId = me.key_id;
-  document.getElementById("nav-keys").hidden = !["admin", "owner"].includes(me.role);
+  for (const id of ["nav-keys", "nav-audit"]) document.getElementById(id).hidden = !["admin", "owner"].includes(me.role);
   document.getElementById("who").textContent = `${me.tenant} · ${me.role} · ModelYard ${me.server_version}`;
   document.getElementById("nav").hidden = false;
   document.getElementById("sign-out").hidden = false;

@@ -399,6 +399,33 @@ async function keysPage(page) {
   return null;
 }
 
+/** The audit log, newest first, filtered by method and path prefix (the server filters). */
+async function auditPage(page) {
+  const method = el("select", { id: "audit-action" }, ["", "GET", "POST", "PATCH", "PUT", "DELETE"].map((m) =>
+    el("option", { value: m, text: m || "any method" })));
+  const prefix = el("input", { id: "audit-object", placeholder: "any path; or: /api/v1/deployments" });
+  const filters = el("form", { class: "filters" }, el("span", { class: "muted", text: "Show:" }), method, prefix);
+  const list = el("div");
+  const status = el("p", { class: "muted" });
+  const refresh = async () => {
+    const query = new URLSearchParams({ page_size: "200" });
+    if (method.value) query.set("action", method.value);
+    if (prefix.value.trim()) query.set("object", prefix.value.trim());
+    const entries = await api(`/api/v1/audit?${query}`, page.signal);
+    put(list, panel(`${number(entries.total)} entries, newest first (the last 200 shown)`,
+      table(["When", "Tenant", "Role", "Key", "Action", "Object", "Result#", "Client"], entries.items.map((e) => [
+        when(e.at), e.tenant || "", e.role || "", e.key_id ? el("code", { text: shortId(e.key_id) }) : "",
+        e.action, el("code", { text: e.object }), el("span", { class: `badge ${e.result >= 400 ? "failed" : "succeeded"}`, text: String(e.result) }),
+        e.client,
+      ]), "No entries match.")));
+  };
+  for (const input of [method, prefix]) input.addEventListener("change", () => refresh().catch((error) => put(status, errorBox(error))));
+  filters.addEventListener("submit", (event) => event.preventDefault());
+  page.render([el("h1", { text: "Audit log" }), filters, list, status]);
+  await every(page, status, refresh);
+  return null;
+}
+
 export const PAGES = [
   [/^#?\/?$/, overview],
   [/^#\/models$/, modelsPage],
@@ -408,4 +435,5 @@ export const PAGES = [
   [/^#\/jobs$/, jobsPage],
   [/^#\/jobs\/([^/]+)$/, jobPage],
   [/^#\/keys$/, keysPage],
+  [/^#\/audit$/, auditPage],
 ];
