@@ -80,7 +80,7 @@ def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
     opened.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
     opened.set_default_timeout(15_000)
     yield opened
-    shown = opened.locator("main").inner_text()
+    shown = "\n".join(opened.locator("main").all_inner_texts())  # (none if the test failed before any page)
     context.close()
     # Nothing the script meant to build shows as a stringified value.
     assert not SLIPS.search(shown), SLIPS.search(shown)
@@ -427,3 +427,29 @@ def test_the_audit_log_shows_what_the_server_filters(page: Page, server: LiveSer
     expect(rows.first).to_contain_text("DELETE")
     expect(rows.first).to_contain_text(prefix)
     expect(rows.first.locator(".badge")).to_have_text("204")
+
+
+def test_datasets_show_their_columns_and_first_rows_as_the_api_describes_them(page: Page, server: LiveServer) -> None:
+    csv = "width,height,label\n1.5,2,a\n3,4.25,b\n,6,<b>c</b>\n"
+    with server.client() as http:
+        made = http.post("/api/v1/datasets", params={"name": "shapes", "format": "csv"}, content=csv.encode(),
+                         headers={"content-type": "application/octet-stream"})
+        assert made.status_code in (200, 201), made.text
+        described = made.json()
+    sign_in(page, server, where="#/datasets")
+    expect(page.locator("tr", has_text="shapes")).to_contain_text("3")  # rows
+    expect(page.get_by_role("link", name="builtin:digits")).to_be_visible()
+    page.get_by_role("link", name="shapes").click()
+    expect(page.locator("h1")).to_have_text("Dataset shapes")
+    columns = page.locator('section:has-text("Columns") tbody tr')
+    expect(columns).to_have_count(len(described["columns"]))
+    for i, column in enumerate(described["columns"]):
+        expect(columns.nth(i)).to_contain_text(column["name"])
+        expect(columns.nth(i).locator("td").nth(3)).to_have_text(str(column["missing"]))
+    rows = page.locator('section:has-text("rows") tbody tr')
+    expect(rows).to_have_count(len(described["preview"]))
+    expect(rows.nth(2)).to_contain_text("<b>c</b>")  # a value with markup stays text
+    assert page.locator("main b").count() == 0
+    page.goto(f"{server.url}/console/#/datasets/builtin:iris")
+    expect(page.locator("h1")).to_have_text("Dataset builtin:iris")
+    expect(page.locator("section", has_text="Train on it")).to_contain_text("--dataset builtin:iris")

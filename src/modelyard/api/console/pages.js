@@ -399,6 +399,32 @@ async function keysPage(page) {
   return null;
 }
 
+async function datasetsPage(page) {
+  const [uploaded, builtin] = await Promise.all([api("/api/v1/datasets?page_size=200", page.signal),
+    api("/api/v1/datasets/builtin", page.signal)]);
+  const open = (reference, text) => link(`#/datasets/${encodeURIComponent(reference)}`, text);
+  return [el("h1", { text: "Datasets" }),
+    panel(`${number(uploaded.total)} uploaded`, table(["Name", "Format", "Rows#", "Columns#", "Size#", "Uploaded"],
+      uploaded.items.map((d) => [open(d.name, d.name), d.format, number(d.n_rows), number(d.columns.length),
+        bytes(d.size_bytes), when(d.created_at)]),
+      "None uploaded: `modelyard datasets upload NAME FILE` (CSV, Parquet, NPZ or JSONL).")),
+    panel("Built in (scikit-learn's)", el("p", {}, builtin.flatMap((ref, i) => [i ? ", " : "", open(ref, ref)])))];
+}
+
+async function datasetPage(page, reference) {
+  const d = await api(`/api/v1/datasets/${encodeURIComponent(reference)}`, page.signal);
+  const columns = d.columns.map((c) => c.name);
+  return [el("h1", {}, "Dataset ", el("code", { text: d.reference })),
+    panel("About", facts([["Format", d.format], ["Rows", number(d.n_rows)], ["Size", bytes(d.size_bytes)],
+      ["SHA-256", el("code", { text: d.sha256 })], ["Uploaded", d.builtin ? "built in" : when(d.created_at)],
+      ["Train on it", el("code", { text: `modelyard train --model NAME --dataset ${d.reference} --target ${columns[columns.length - 1] || "COLUMN"} --follow` })]])),
+    panel(`Columns (${number(columns.length)})`, table(["Name", "Type", "Shape", "Missing#"],
+      d.columns.map((c) => [el("code", { text: c.name }), c.dtype, `[${c.shape.join(", ")}]`, number(c.missing)]), "No columns.")),
+    panel(`The first ${number(d.preview.length)} rows`, table(columns, d.preview.map((row) =>
+      columns.map((c) => (row[c] === null || row[c] === undefined ? "" : typeof row[c] === "object" ? JSON.stringify(row[c]) : String(row[c])))),
+    "No rows."))];
+}
+
 /** The audit log, newest first, filtered by method and path prefix (the server filters). */
 async function auditPage(page) {
   const method = el("select", { id: "audit-action" }, ["", "GET", "POST", "PATCH", "PUT", "DELETE"].map((m) =>
@@ -434,6 +460,8 @@ export const PAGES = [
   [/^#\/deployments\/([^/]+)$/, deploymentPage],
   [/^#\/jobs$/, jobsPage],
   [/^#\/jobs\/([^/]+)$/, jobPage],
+  [/^#\/datasets$/, datasetsPage],
+  [/^#\/datasets\/([^/]+)$/, datasetPage],
   [/^#\/keys$/, keysPage],
   [/^#\/audit$/, auditPage],
 ];
