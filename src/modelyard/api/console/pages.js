@@ -68,7 +68,7 @@ async function overview(page) {
 
 /** The hourly chart and totals of the last day's usage (of one model when ``model``). */
 async function usagePart(page, model) {
-  const start = new Date(Date.now() - 24 * 3600e3).toISOString();
+  const start = new Date((Math.floor(Date.now() / 3600e3) - 23) * 3600e3).toISOString(); // the chart's first hour
   const query = `start=${encodeURIComponent(start)}${model ? `&model=${encodeURIComponent(model)}` : ""}`;
   const usage = await readable(api(`/api/v1/usage?${query}`, page.signal));
   if (usage.error) return errorBox(usage.error); // an inference key may not read usage
