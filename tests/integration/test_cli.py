@@ -191,11 +191,35 @@ def test_health_and_whoami(demo_server: LiveServer) -> None:
     assert "admin" in ok(cli(demo_server, "whoami")).stdout
 
 
+def test_console_prints_its_address_and_opens_it(demo_server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[str] = []
+    monkeypatch.setattr("webbrowser.open", lambda url: opened.append(url) or True)
+    assert ok(run(demo_server.url, "", "console", "--no-open")).stdout.strip() == f"{demo_server.url}/console/"
+    assert opened == []  # no key needed, nothing opened
+    assert ok(run(demo_server.url, "", "console")).stdout.strip() == f"{demo_server.url}/console/"
+    assert opened == [f"{demo_server.url}/console/"]
+    monkeypatch.setattr("webbrowser.open", lambda url: False)  # a machine with no browser
+    shown = ok(run(demo_server.url, "", "console"))
+    assert "No browser to open here" in shown.stderr
+
+
+def test_console_says_when_there_is_none_to_open(tmp_path: Path) -> None:
+    off = LiveServer.build(tmp_path, builtin_models=False, grpc_enabled=False, console=False).start()
+    try:
+        refused = run(off.url, "", "console", "--no-open")
+        assert refused.exit_code == 4 and "serves no web console" in refused.stderr
+        assert "MODELYARD_CONSOLE=false" in refused.stderr
+    finally:
+        off.stop()
+    unreachable = run(off.url, "", "console", "--no-open")  # stopped: nothing listens there now
+    assert unreachable.exit_code != 0 and "is the server running?" in unreachable.stderr
+
+
 @pytest.mark.parametrize(
     "command",
     [["models", "push"], ["models", "list"], ["models", "show"], ["models", "versions"],
      ["models", "promote"], ["models", "delete"], ["models", "update"], ["predict"], ["health"], ["whoami"],
-     ["evaluate"]],
+     ["evaluate"], ["console"]],
 )
 def test_help_teaches_with_examples(command: list[str]) -> None:
     result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "160"})

@@ -1,4 +1,5 @@
-"""Top-level client commands: ``modelyard predict``, ``modelyard health``, ``modelyard whoami``.
+"""Top-level client commands: ``modelyard predict``, ``modelyard health``, ``modelyard whoami``,
+``modelyard console``.
 
 :func:`register` adds them to the main app (they are verbs of their own, not a sub-app).
 """
@@ -12,13 +13,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from modelyard.cli._common import client, handles_errors, out, print_json, print_table
-from modelyard.errors import BadRequest, Unavailable
+from modelyard.cli._common import client, err, handles_errors, out, print_json, print_table
+from modelyard.errors import BadRequest, NotFound, Unavailable
 
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["register", "predict", "health", "whoami", "parse_data"]
+__all__ = ["register", "predict", "health", "whoami", "console", "parse_data"]
 
 
 @handles_errors
@@ -131,11 +132,37 @@ def whoami(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")]
     print_table(["FIELD", "VALUE"], rows, wrap_last=True)
 
 
+@handles_errors
+def console(
+    open_: Annotated[bool, typer.Option("--open/--no-open", help="Open it in the default browser too.")] = True,
+) -> None:
+    """Print the address of the server's web console, and open it in a browser. Sign in there with
+    your API key: it shows models, deployments and their traffic, usage, jobs with their curves.
+
+    Examples:
+
+        modelyard console
+
+        MODELYARD_URL=http://gpu-box:8000 modelyard console --no-open
+    """
+    import webbrowser
+
+    with client() as sdk:
+        try:
+            url = sdk.console_url()
+        except NotFound as exc:
+            raise NotFound(f"the server at {sdk.url} serves no web console (it runs with MODELYARD_CONSOLE=false)") from exc
+    out().print(url, highlight=False, markup=False)
+    if open_ and not webbrowser.open(url):
+        err().print("No browser to open here: open that address in one.", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``predict``, ``health`` and ``whoami`` to the top-level ``app``."""
+    """Add ``predict``, ``health``, ``whoami`` and ``console`` to the top-level ``app``."""
     app.command("predict")(predict)
     app.command("health")(health)
     app.command("whoami")(whoami)
+    app.command("console")(console)
 
 
 def parse_data(data: str) -> Any:

@@ -179,6 +179,13 @@ class Client:
         return self._inference.metadata(name, version=version, refresh=True)
 
     # -- server ---------------------------------------------------------------------------------
+    def console_url(self) -> str:
+        """The address of the server's web console (``docs/console.md``), once the server says it
+        serves one; ``NotFound`` when it is turned off (``MODELYARD_CONSOLE=false``), ``Unavailable``
+        if the server cannot be reached. Needs no key (the page asks for one)."""
+        self._transport.request("GET", "/console/", headers={"Accept": "text/html"})
+        return f"{self.url.rstrip('/')}/console/"
+
     def health(self) -> dict[str, bool]:
         """``{"live": bool, "ready": bool}``; needs no key. ``Unavailable`` if unreachable."""
         live = bool(self._transport.get("/v2/health/live").get("live"))
