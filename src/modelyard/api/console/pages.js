@@ -201,7 +201,7 @@ async function deploymentPage(page, name) {
   const status = el("p", { class: "muted" });
   const actions = el("div", { class: "actions" });
   const weights = el("div");
-  let weighed = ""; // the routes and weights the weights form was made for
+  let weighed = ""; // the routes and weights the buttons and the weights form were made for
   const outcome = el("div", { class: "muted" });
   const rates = new Rates();
   const path = `/api/v1/deployments/${encodeURIComponent(name)}`;
@@ -221,18 +221,19 @@ async function deploymentPage(page, name) {
         number(s.requests), number(now, 1), number(s.errors), number(s.latency_ms_avg, 2), window];
     });
     const shadow = d.stats && d.stats.shadow;
-    const canary = d.routes.length > 1 ? d.routes[d.routes.length - 1] : null;
-    actions.replaceChildren(...(mayChange() && canary ? [
-      action(`Roll back to ${label(d.routes[0])}`, `Send all of ${name}'s traffic to its primary, ${label(d.routes[0])}?`,
-        `${path}/rollback`, outcome, refresh),
-      action(`Promote ${label(canary)}`, `Send all of ${name}'s traffic to ${label(canary)} and drop the other routes?`,
-        `${path}/promote`, outcome, refresh),
-    ] : []));
-    // made again only when the routes or weights change: a refresh keeps what is being typed
+    // The buttons and the weights form are made again only when the routes or weights change: a
+    // refresh keeps what is being typed, and a button whose call is under way.
     const shape = JSON.stringify(d.routes);
     if (shape !== weighed) {
       weighed = shape;
-      put(weights, mayChange() && d.routes.length > 1 ? weightsForm(path, d.routes, outcome, refresh) : null);
+      const canary = mayChange() && d.routes.length > 1 ? d.routes[d.routes.length - 1] : null;
+      put(actions, canary && [
+        action(`Roll back to ${label(d.routes[0])}`, `Send all of ${name}'s traffic to its primary, ${label(d.routes[0])}?`,
+          `${path}/rollback`, outcome, refresh),
+        action(`Promote ${label(canary)}`, `Send all of ${name}'s traffic to ${label(canary)} and drop the other routes?`,
+          `${path}/promote`, outcome, refresh),
+      ]);
+      put(weights, canary && weightsForm(path, d.routes, outcome, refresh));
     }
     put(body, [
       panel("Traffic", shareBar(routeParts(d.routes)),
