@@ -239,16 +239,21 @@ def test_an_idle_version_is_unloaded_and_its_next_request_loads_it(server: LiveS
     body = infer_body(np.ones((1, 4), np.float32))
     with server.client() as admin:
         _unload_all(admin)
-        r = admin.patch("/api/v1/models/dormant", json={"tags": {"serving": {"idle_unload_s": 0.4}}})
-        assert r.status_code == 200, r.text
-        assert admin.post("/v2/models/dormant/infer", json=body).status_code == 200
-        assert _loaded(admin)[("dormant", 1)]["idle_unload_s"] == 0.4
+
+        def idle_after(seconds: float) -> None:
+            r = admin.patch("/api/v1/models/dormant", json={"tags": {"serving": {"idle_unload_s": seconds}}})
+            assert r.status_code == 200, r.text
+            assert admin.post("/v2/models/dormant/infer", json=body).status_code == 200  # its latest request's
+        # shown by the API, the SDK and the CLI (long enough for a cold CLI to find it still loaded)
+        idle_after(30)
+        assert _loaded(admin)[("dormant", 1)]["idle_unload_s"] == 30
         with Client(url=server.url, api_key=server.admin_key) as sdk:
             (shown,) = [v for v in sdk.memory.loaded().versions if v.model == "dormant"]
-            assert shown.idle_unload_s == 0.4
+            assert shown.idle_unload_s == 30
         result = CliRunner().invoke(app, ["models", "loaded"], env={
             "MODELYARD_URL": server.url, "MODELYARD_API_KEY": server.admin_key, "COLUMNS": "160"})
-        assert result.exit_code == 0 and " s of 0.4" in result.output, result.output
+        assert result.exit_code == 0 and " s of 30" in result.output, result.output
+        idle_after(0.4)
         # requests keep it loaded past its idle time
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
