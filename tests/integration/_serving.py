@@ -171,6 +171,13 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
+#: rows of a request that keeps a 160,000-step ``slow_model`` computing while a test fills the
+#: queue behind it (``wait_for_computing``, ``wait_for_queue``): 2.1 s in ONNX Runtime on a fast VM.
+#: 64 rows took 0.65 s there, and once in a clean-clone CI run the queue had room again before the
+#: call meant to be refused arrived.
+HOLDING_ROWS = 256
+
+
 def wait_for_computing(server: LiveServer) -> None:
     """Wait until the server computes one request with nothing queued (a long one sent just
     before), rather than for a fixed time: under a busy test run its reading may come late."""

@@ -20,6 +20,7 @@ import tritonclient.grpc as grpcclient
 
 from modelyard.grpc.proto import grpc_service_pb2 as pb
 from tests.integration._serving import (
+    HOLDING_ROWS,
     SLOW_WIDTH,
     metric,
     queue_full_refusals,
@@ -33,6 +34,7 @@ from tests.integration.onnx_models import identity_model
 from tests.support.live import LiveServer, wait_until
 
 _SERVICE = "/inference.GRPCInferenceService/"
+
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +195,7 @@ def test_a_streams_deadline_ends_it_and_drops_its_work(server: LiveServer) -> No
 def test_a_full_queue_is_resource_exhausted_with_retry_after(server: LiveServer) -> None:
     with grpc.insecure_channel(server.grpc_url) as channel:
         call = _call(channel)
-        long = call.future(_infer_request("tight", np.zeros((64, SLOW_WIDTH), np.float32)), metadata=_metadata(server))
+        long = call.future(_infer_request("tight", np.zeros((HOLDING_ROWS, SLOW_WIDTH), np.float32)), metadata=_metadata(server))
         wait_for_computing(server)
         queued = call.future(_infer_request("tight", np.zeros((1, SLOW_WIDTH), np.float32)), metadata=_metadata(server))
         wait_for_queue(server, 1)  # the queue (one request) is full
@@ -234,7 +236,7 @@ def test_a_refused_callers_next_calls_are_refused_undecoded_and_its_connection_w
             grpc.insecure_channel(srv.grpc_url, options=own) as third,
         ):
             call, meta = _call(channel), _metadata(srv)
-            long = call.future(_infer_request("tight", np.zeros((64, SLOW_WIDTH), np.float32)), metadata=meta)
+            long = call.future(_infer_request("tight", np.zeros((HOLDING_ROWS, SLOW_WIDTH), np.float32)), metadata=meta)
             wait_until(lambda: any(m.batchers for m in srv.platform.manager.loaded()))
             (batcher,) = [b for m in srv.platform.manager.loaded() for b in m.batchers.values()]
             wait_until(lambda: batcher.in_flight == 1 and batcher.queue_depth == 0)
@@ -388,7 +390,7 @@ def test_cancelled_calls_drop_their_queued_work(server: LiveServer) -> None:
         before = metric(http.get("/metrics").text, "modelyard_compute_seconds_count", model="patient")
     with grpc.insecure_channel(server.grpc_url) as channel:
         call = _call(channel)
-        long = call.future(_infer_request("patient", np.zeros((64, SLOW_WIDTH), np.float32)),
+        long = call.future(_infer_request("patient", np.zeros((HOLDING_ROWS, SLOW_WIDTH), np.float32)),
                            metadata=_metadata(server))
         wait_for_computing(server)
         queued = [call.future(_infer_request("patient", np.zeros((1, SLOW_WIDTH), np.float32)),
@@ -410,7 +412,7 @@ def test_a_cancelled_stream_drops_its_queued_messages(server: LiveServer) -> Non
     cancelled: the three never compute."""
     with server.client() as http:
         before = metric(http.get("/metrics").text, "modelyard_compute_seconds_count", model="patient")
-    messages = [_tagged("patient", np.zeros((64, SLOW_WIDTH), np.float32), "long")]
+    messages = [_tagged("patient", np.zeros((HOLDING_ROWS, SLOW_WIDTH), np.float32), "long")]
     messages += [_tagged("patient", np.zeros((1, SLOW_WIDTH), np.float32), f"q{i}") for i in range(3)]
     opened = threading.Event()
 

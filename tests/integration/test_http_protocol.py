@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from modelyard.core.demo import DEMO_MODEL
-from tests.integration._serving import queue_full_refusals, wait_for_computing, wait_for_queue
+from tests.integration._serving import HOLDING_ROWS, queue_full_refusals, wait_for_computing, wait_for_queue
 from tests.support.live import LiveServer, wait_until
 
 _SAMPLE = [float(v) for v in np.arange(64) % 16]
@@ -338,7 +338,7 @@ def test_a_full_queue_refuses_unread_and_holds_the_refused_connections(
     srv._server.config.timeout_keep_alive = 0.25  # read by each new connection
     try:
         long_conn, queued_conn, conn = _connect(srv), _connect(srv), _connect(srv)
-        long_conn.sendall(_slow_request(key, 64))  # computes for about a second
+        long_conn.sendall(_slow_request(key, HOLDING_ROWS))  # computes for a couple of seconds
         wait_for_computing(srv)
         queued_conn.sendall(_slow_request(key, 1))  # fills the queue (max_queue_size 1)
         wait_for_queue(srv, 1)
@@ -388,7 +388,7 @@ def test_a_deployments_caller_refused_once_is_refused_unread_while_its_queue_is_
         warm.sendall(_slow_request(key, 1, name="slowdep"))  # loads the version; the deployment known
         assert _Reader(warm).response()[0] == 200
         long_conn, queued_conn = _connect(srv), _connect(srv)
-        long_conn.sendall(_slow_request(key, 64, name="slowdep"))  # computes for about a second
+        long_conn.sendall(_slow_request(key, HOLDING_ROWS, name="slowdep"))  # computes for a couple of seconds
         wait_for_computing(srv)
         queued_conn.sendall(_slow_request(key, 1, name="slowdep"))  # fills the queue (max_queue_size 1)
         wait_for_queue(srv, 1)
@@ -559,7 +559,7 @@ def test_the_usual_request_is_answered_from_a_callback_and_a_hang_up_drops_its_q
         long_conn.sendall(_slow_request(key, 1))
         assert long_reader.response()[0] == 200
         assert len(tasks) == 1, "the first request loads the model: a task"
-        long_conn.sendall(_slow_request(key, 64))  # computes for about a second
+        long_conn.sendall(_slow_request(key, HOLDING_ROWS))  # computes for a couple of seconds
         time.sleep(0.2)
         for _ in range(3):
             with _connect(srv) as sock:
@@ -593,7 +593,7 @@ def test_a_request_held_unread_at_shutdown_is_answered_before_the_connection_clo
     assert srv._server is not None
     try:
         long_conn, queued_conn, conn, idle = _connect(srv), _connect(srv), _connect(srv), _connect(srv)
-        long_conn.sendall(_slow_request(key, 64))  # computes for about a second
+        long_conn.sendall(_slow_request(key, HOLDING_ROWS))  # computes for a couple of seconds
         wait_for_computing(srv)
         queued_conn.sendall(_slow_request(key, 1))  # fills the queue (max_queue_size 1)
         wait_for_queue(srv, 1)
@@ -666,7 +666,7 @@ def test_a_saturated_server_answers_503_unread(tmp_path: Path, monkeypatch: pyte
     key = srv.admin_key
     try:
         with _connect(srv) as long_conn, _connect(srv) as conn:
-            long_conn.sendall(_slow_request(key, 64))
+            long_conn.sendall(_slow_request(key, HOLDING_ROWS))
             assert srv.platform is not None
             wait_until(lambda: srv.platform.manager.saturated)  # the long one counted in flight
             conn.sendall(_slow_request(key, 1, body=b"{not json"))
