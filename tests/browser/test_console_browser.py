@@ -430,7 +430,7 @@ def test_the_audit_log_shows_what_the_server_filters(page: Page, server: LiveSer
 
 
 def test_datasets_show_their_columns_and_first_rows_as_the_api_describes_them(page: Page, server: LiveServer) -> None:
-    csv = "width,height,label\n1.5,2,a\n3,4.25,b\n,6,<b>c</b>\n"
+    csv = "width,height#,label\n1.5,2,a\n3,4.25,b\n,6,<b>c</b>\n"
     with server.client() as http:
         made = http.post("/api/v1/datasets", params={"name": "shapes", "format": "csv"}, content=csv.encode(),
                          headers={"content-type": "application/octet-stream"})
@@ -446,6 +446,7 @@ def test_datasets_show_their_columns_and_first_rows_as_the_api_describes_them(pa
     for i, column in enumerate(described["columns"]):
         expect(columns.nth(i)).to_contain_text(column["name"])
         expect(columns.nth(i).locator("td").nth(3)).to_have_text(str(column["missing"]))
+    expect(page.locator('section:has-text("rows") thead')).to_contain_text("height#")  # a name, shown as it is
     rows = page.locator('section:has-text("rows") tbody tr')
     expect(rows).to_have_count(len(described["preview"]))
     expect(rows.nth(2)).to_contain_text("<b>c</b>")  # a value with markup stays text

@@ -45,13 +45,19 @@ export function panel(title, ...children) {
   return el("section", { class: "panel" }, el("h2", { text: title }), ...children);
 }
 
+/** A table; a header ending in "#" is a column of numbers (right-aligned, the "#" not shown).
+    A header that comes from the data goes through :func:`plainHeader`. */
 export function table(headers, rows, empty) {
   if (!rows.length) return el("p", { class: "muted", text: empty });
-  const head = el("tr", {}, headers.map((h) => el("th", { class: h.endsWith("#") ? "num" : null, text: h.replace(/#$/, "") })));
+  const numeric = headers.map((h) => h.endsWith("#"));
+  const head = el("tr", {}, headers.map((h, i) => el("th", { class: numeric[i] ? "num" : null, text: numeric[i] ? h.slice(0, -1) : h })));
   const body = rows.map((cells) => el("tr", {}, cells.map((cell, i) =>
-    el("td", { class: headers[i].endsWith("#") ? "num" : null }, cell))));
+    el("td", { class: numeric[i] ? "num" : null }, cell))));
   return el("table", {}, el("thead", {}, head), el("tbody", {}, body));
 }
+
+/** A header from the data, shown as it is (a dataset column named "count#" keeps its "#"). */
+export const plainHeader = (name) => (name.endsWith("#") ? `${name}#` : name);
 
 export function badge(word) {
   return el("span", { class: `badge ${word}`, text: word });

@@ -3,28 +3,33 @@
 
 import { api, call, mayChange, readable, session, stream } from "./api.js";
 import { hourlyChart, lineChart, short } from "./charts.js";
-import { COLORS, badge, bytes, el, errorBox, facts, link, number, panel, put, shareBar, shortId, table, when } from "./dom.js";
+import { COLORS, badge, bytes, el, errorBox, facts, link, number, panel, plainHeader, put, shareBar, shortId, table, when } from "./dom.js";
 
 const REFRESH_MS = 2000;
 
 const PRIMARY_METRICS = ["accuracy", "r2", "f1_macro", "mae", "rmse"];
 
-/** A change: a POST (or ``method``) to ``path`` once the user confirms ``question``; its
-    outcome (or why it was refused) in ``status``; then ``after()``. */
+/** A change the user confirmed: ``init`` sent to ``path`` through the API; "``label``: done" or
+    the server's refusal in ``status``; then ``after()``. (A 401 has signed the page out.) */
+async function change(label, path, init, status, after) {
+  try {
+    await call(path, init);
+    status.replaceChildren(`${label}: done at ${new Date().toLocaleTimeString()}.`);
+    await after();
+  } catch (error) {
+    if (error.status !== 401) status.replaceChildren(errorBox(error));
+  }
+}
+
+/** A button for a change: a POST (or ``method``) to ``path`` once the user confirms ``question``
+    (see :func:`change`). */
 function action(label, question, path, status, after, method = "POST") {
   const button = el("button", { type: "button", class: "action", text: label });
   button.addEventListener("click", async () => {
     if (!window.confirm(question)) return;
     button.disabled = true;
-    try {
-      await call(path, { method, body: method === "POST" ? {} : undefined });
-      status.replaceChildren(`${label}: done at ${new Date().toLocaleTimeString()}.`);
-      await after();
-    } catch (error) {
-      if (error.status !== 401) status.replaceChildren(errorBox(error));
-    } finally {
-      button.disabled = false;
-    }
+    await change(label, path, { method, body: method === "POST" ? {} : undefined }, status, after);
+    button.disabled = false;
   });
   return button;
 }
@@ -185,13 +190,7 @@ function weightsForm(path, routes, status, after) {
     const weights = Object.fromEntries(inputs.map((input) => [input.dataset.route, Number(input.value)]));
     const split = Object.entries(weights).map(([route, w]) => `${route} ${w}`).join(", ");
     if (!window.confirm(`Change the weights to ${split}? Requests in flight finish where they are.`)) return;
-    try {
-      await call(path, { method: "PATCH", body: { weights } });
-      status.replaceChildren(`Weights ${split}: done at ${new Date().toLocaleTimeString()}.`);
-      await after();
-    } catch (error) {
-      if (error.status !== 401) status.replaceChildren(errorBox(error));
-    }
+    await change(`Weights ${split}`, path, { method: "PATCH", body: { weights } }, status, after);
   });
   return form;
 }
@@ -421,7 +420,7 @@ async function datasetPage(page, reference) {
       ["Train on it", el("code", { text: `modelyard train --model NAME --dataset ${d.reference} --target ${columns[columns.length - 1] || "COLUMN"} --follow` })]])),
     panel(`Columns (${number(columns.length)})`, table(["Name", "Type", "Shape", "Missing#"],
       d.columns.map((c) => [el("code", { text: c.name }), c.dtype, `[${c.shape.join(", ")}]`, number(c.missing)]), "No columns.")),
-    panel(`The first ${number(d.preview.length)} rows`, table(columns, d.preview.map((row) =>
+    panel(`The first ${number(d.preview.length)} rows`, table(columns.map(plainHeader), d.preview.map((row) =>
       columns.map((c) => (row[c] === null || row[c] === undefined ? "" : typeof row[c] === "object" ? JSON.stringify(row[c]) : String(row[c])))),
     "No rows."))];
 }
