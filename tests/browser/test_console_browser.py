@@ -240,6 +240,27 @@ def test_a_canary_deployment_draws_its_rates_and_rolls_back_on_a_click(
     assert page.get_by_role("button", name=f"Promote {second}").count() == 0
 
 
+def test_a_rollout_shows_its_step_and_the_canary_answers_it_waits_for(
+    page: Page, server: LiveServer, tmp_path: Path
+) -> None:
+    one = register(server, "halves", scale_model(tmp_path / "one.onnx", 1.0)).version
+    two = register(server, "halves", scale_model(tmp_path / "two.onnx", 2.0)).version
+    with server.client() as http:
+        http.post("/api/v1/deployments", json={
+            "name": "stepped", "routes": [{"model": "halves", "version": one}, {"model": "halves", "version": two, "weight": 0}],
+            "rollout": {"steps": [30, 100], "interval_s": 3600, "min_requests": 50},
+        }).raise_for_status()
+        for _ in range(20):
+            http.post("/v2/models/stepped/infer", json=infer_body(np.ones((1, 4), np.float32))).raise_for_status()
+        answered = http.get("/api/v1/deployments/stepped").json()["stats"]["rollout"]["canary_answered"]
+    assert 0 < answered < 20, answered
+    sign_in(page, server, where="#/deployments/stepped")
+    panel = page.locator("section", has=page.get_by_role("heading", name="Rollout", exact=True))
+    expect(panel).to_contain_text("30% → 100%")
+    expect(panel).to_contain_text("step 1 of 2: the canary gets 30%")
+    expect(panel).to_contain_text(f"50 canary answers without error at this step ({answered} so far on this server)")
+
+
 def test_a_viewer_sees_no_buttons_it_could_not_use(page: Page, server: LiveServer, tmp_path: Path) -> None:
     primary, second = canary(server, tmp_path, "watched")
     with server.client() as http:

@@ -101,12 +101,38 @@ def test_a_failing_canary_is_rolled_back_mid_rollout_and_the_rollout_stops(pair:
         assert last["kind"] == "rolled_back" and last["rollout"] == "stopped" and "automatic" in last["reason"]
 
 
+def test_a_step_waits_for_the_canarys_answers_and_the_server_that_saw_them_takes_it(
+    pair: tuple[LiveServer, LiveServer],
+) -> None:
+    first, second = pair
+    with first.client() as client, second.client() as other:
+        r = client.post("/api/v1/deployments", json={
+            "name": "proven", "routes": ROUTES, "rollout": {"steps": [50, 100], "interval_s": 0.2, "min_requests": 8}})
+        assert r.status_code == 201, r.text
+        assert r.json()["rollout"]["min_requests"] == 8
+        time.sleep(1.0)  # five intervals, both servers looking every 0.05 s: due, but no answer seen
+        dep = client.get("/api/v1/deployments/proven").json()
+        assert dep["rollout"]["step"] == 0 and [e["kind"] for e in dep["events"]] == ["created"], dep
+        assert dep["stats"]["rollout"] == {"step": 0, "canary_answered": 0}
+
+        # only the second server serves: it sees the canary's answers and takes the step
+        for _ in range(40):
+            assert other.post("/v2/models/proven/infer", json=infer_body(X)).status_code == 200
+        done = _until(client, "proven", lambda d: d["rollout"] is None, timeout=5)
+        assert done["routes"] == [{"model": "double", "version": 2, "weight": 100.0}]
+        assert [e["kind"] for e in done["events"]] == ["created", "promoted"]
+        served = other.get("/api/v1/deployments/proven").json()["stats"]["routes"][0]
+        assert served["requests"] >= 8 and served["errors"] == 0, served
+
+
 @pytest.mark.parametrize("rollout, field", [
     ({"steps": [50, 20]}, "rollout.steps.1"),
     ({"steps": [10, 150]}, "rollout.steps.1"),
     ({"steps": [10], "interval_s": 0}, "rollout.interval_s"),
     ({"steps": []}, "rollout.steps"),
     ({"steps": [10], "later": True}, "rollout.later"),
+    ({"steps": [10], "min_requests": -5}, "rollout.min_requests"),
+    ({"steps": [10], "min_requests": "5"}, "rollout.min_requests"),
 ])
 def test_a_bad_rollout_is_refused_and_nothing_is_created(
     pair: tuple[LiveServer, LiveServer], rollout: dict[str, Any], field: str
@@ -137,6 +163,12 @@ def test_the_cli_and_the_sdk_start_show_and_stop_a_rollout(
     assert "[10%] → 50% → 100%" in result.output and "3600 s" in result.output and "next step at" in result.output
     result = runner.invoke(app, ["deploy", "update", "web", "--rollout", "ten,twenty"])
     assert result.exit_code != 0 and "--rollout takes the canary's percents" in result.output
+    result = runner.invoke(app, ["deploy", "update", "web", "--canary-requests", "5"])
+    assert result.exit_code != 0 and "--canary-requests goes with --rollout" in result.output
+    result = runner.invoke(app, ["deploy", "create", "gated", "double:1", "double:2=0", "--rollout", "20,100",
+                                 "--every", "3600", "--canary-requests", "500"])
+    assert result.exit_code == 0, result.output
+    assert "once the canary answered 500 (0 so far on this server)" in " ".join(result.output.split())
     result = runner.invoke(app, ["deploy", "update", "web", "--no-rollout"])
     assert result.exit_code == 0, result.output
     with Client(url=first.url, api_key=first.admin_key) as sdk:

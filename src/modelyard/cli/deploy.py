@@ -49,9 +49,12 @@ def _serving(text: str | None) -> dict[str, Any] | None:
     return json_object(text, "--serving") if text else None
 
 
-def _rollout(steps: str | None, every_s: float) -> dict[str, Any] | None:
-    """``10,25,50,100`` every ``every_s`` seconds as a rollout (the server checks the rest)."""
+def _rollout(steps: str | None, every_s: float, canary_requests: int = 0) -> dict[str, Any] | None:
+    """``10,25,50,100`` every ``every_s`` seconds (each step also waiting for ``canary_requests``
+    canary answers) as a rollout (the server checks the rest)."""
     if not steps:
+        if canary_requests:
+            raise typer.BadParameter("--canary-requests goes with --rollout (the steps it gates)")
         return None
     try:
         shares = [float(step) for step in steps.split(",")]
@@ -59,7 +62,7 @@ def _rollout(steps: str | None, every_s: float) -> dict[str, Any] | None:
         raise typer.BadParameter(
             f"--rollout takes the canary's percents, rising, e.g. 10,25,50,100; not {steps!r}"
         ) from None
-    return {"steps": shares, "interval_s": every_s}
+    return {"steps": shares, "interval_s": every_s, "min_requests": canary_requests}
 
 
 RolloutOption = Annotated[str | None, typer.Option(
@@ -67,6 +70,10 @@ RolloutOption = Annotated[str | None, typer.Option(
     help="Raise the canary's share step by step, e.g. 10,25,50,100 (100 promotes it); two routes.",
 )]
 EveryOption = Annotated[float, typer.Option("--every", metavar="SECONDS", help="Seconds between two rollout steps.")]
+CanaryRequestsOption = Annotated[int, typer.Option(
+    "--canary-requests", metavar="N", min=0,
+    help="A step also waits until the canary answered N requests without error at the one before it.",
+)]
 
 
 def _show(dep: Any, json_out: bool) -> None:
@@ -89,6 +96,10 @@ def _show(dep: Any, json_out: bool) -> None:
         steps = " → ".join(f"[{share:g}%]" if i == rollout["step"] else f"{share:g}%"
                            for i, share in enumerate(rollout["steps"]))
         when = f"next step at {rollout['next_step_at']}" if rollout["next_step_at"] else "at its last step"
+        least = rollout.get("min_requests") or 0
+        if least and rollout["next_step_at"]:
+            seen = ((dep.stats or {}).get("rollout") or {}).get("canary_answered", 0)
+            when += f", once the canary answered {least} ({seen} so far on this server)"
         print_table(["rollout", "every", "next"], [[steps, f"{rollout['interval_s']:g} s", when]])
 
 
@@ -103,6 +114,7 @@ def create(
     window_s: Annotated[float, typer.Option(help="Error-rate window (seconds).")] = 60.0,
     rollout: RolloutOption = None,
     every: EveryOption = 300.0,
+    canary_requests: CanaryRequestsOption = 0,
     json_out: JsonFlag = False,
 ) -> None:
     """Create a deployment.
@@ -113,13 +125,16 @@ def create(
 
         modelyard deploy create web digits:1 digits:2=0 --rollout 10,25,50,100 --every 600 --max-error-rate 0.05
 
+        modelyard deploy create web digits:1 digits:2=0 --rollout 10,50,100 --every 600 --canary-requests 500
+
     (the second one raises digits:2 to 10% now, 25% ten minutes later, ... and promotes it at
-    100%; a rollback, by hand or by the error rate, stops it)
+    100%; a rollback, by hand or by the error rate, stops it; in the third, a step waits past its
+    ten minutes until digits:2 has answered 500 requests without error at the step before)
     """
     dep = client().deployments.create(
         name, [_route(r) for r in routes], shadow=_shadow(shadow), serving=_serving(serving),
         rollback={"max_error_rate": max_error_rate, "window_s": window_s} if max_error_rate is not None else None,
-        rollout=_rollout(rollout, every),
+        rollout=_rollout(rollout, every, canary_requests),
     )
     _show(dep, json_out)
 
@@ -139,6 +154,7 @@ def update(
     no_rollback: Annotated[bool, typer.Option("--no-rollback", help="No automatic rollback.")] = False,
     rollout: RolloutOption = None,
     every: EveryOption = 300.0,
+    canary_requests: CanaryRequestsOption = 0,
     no_rollout: Annotated[bool, typer.Option("--no-rollout", help="Stop the rollout where it is.")] = False,
     description: Annotated[str | None, typer.Option(help="New description.")] = None,
     json_out: JsonFlag = False,
@@ -169,7 +185,7 @@ def update(
         "serving": _serving(serving), "description": description,
         "rollback": {"max_error_rate": max_error_rate, "window_s": window_s} if max_error_rate is not None else None,
         "remove_rollback": no_rollback or None,
-        "rollout": _rollout(rollout, every), "remove_rollout": no_rollout or None,
+        "rollout": _rollout(rollout, every, canary_requests), "remove_rollout": no_rollout or None,
     }
     if all(v is None for v in changes.values()):
         raise typer.BadParameter("nothing to change: give routes or an option (see --help)")

@@ -32,7 +32,9 @@ class Deployment:
     created_at: str
     updated_at: str
     #: a progressive rollout under way: ``steps``, ``interval_s``, ``step``, ``share`` (the
-    #: canary's percent now) and ``next_step_at``; ``None`` when there is none
+    #: canary's percent now), ``next_step_at`` and ``min_requests`` (the canary answers a step
+    #: waits for; how many the server saw: ``stats["rollout"]["canary_answered"]``); ``None``
+    #: when there is none
     rollout: dict[str, Any] | None = None
 
     @classmethod
@@ -79,7 +81,8 @@ class Deployments:
         """Create deployment ``name``; ``routes`` are ``{model, version, weight}`` dicts or
         ``(model, version, weight)`` tuples, the first being the primary. ``rollout``
         (``{"steps": [10, 25, 50, 100], "interval_s": 300}``, two routes) raises the canary's
-        share on that schedule and promotes it at 100."""
+        share on that schedule and promotes it at 100; with ``"min_requests": N`` a step also
+        waits until the canary answered N requests without error at the step before."""
         body: dict[str, Any] = {"name": name, "routes": _routes(routes), "description": description}
         if shadow is not None:
             body["shadow"] = dict(shadow)

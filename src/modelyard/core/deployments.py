@@ -247,6 +247,9 @@ class DeploymentTraffic:
     rolling_back: bool = False
     #: routes picked for requests that went the slow way (see :meth:`owe`)
     owed: list[Route] = field(default_factory=list)
+    #: the canary's answers without error before its rollout step began, as this server counted
+    #: them (see :meth:`answered_at_step`)
+    step_base: int = 0
 
     @classmethod
     def of(cls, deployment: Deployment, previous: DeploymentTraffic | None = None) -> DeploymentTraffic:
@@ -255,13 +258,34 @@ class DeploymentTraffic:
         for route in deployment.routes:
             old = previous.routes.get(route.label) if previous else None
             stats[route.label] = old or RouteStats(window=ErrorWindow(window))
-        return cls(
+        traffic = cls(
             deployment=deployment,
             choice=WeightedChoice([r.weight for r in deployment.routes]),
             routes=stats,
             # a shadow's comparisons are about its version: a new shadow target starts afresh
             shadow=previous.shadow if previous and _same_shadow(previous.deployment, deployment) else ShadowStats(),
         )
+        rollout = deployment.rollout
+        if rollout is not None:
+            before = previous.deployment.rollout if previous is not None else None
+            if previous is not None and before is not None and before.at == rollout.at:
+                traffic.step_base = previous.step_base  # a change that is not a step keeps the count
+            else:
+                traffic.step_base = traffic._canary_answered()
+        return traffic
+
+    def _canary_answered(self) -> int:
+        """The canary's answers without error so far (a rollout's deployment has two routes)."""
+        routes = self.deployment.routes
+        stats = self.routes.get(routes[-1].label) if len(routes) == 2 else None
+        return 0 if stats is None else stats.requests - stats.errors
+
+    def answered_at_step(self) -> int:
+        """The canary's answers without error at its rollout's current step, as this server
+        counted them: what a step with ``min_requests`` waits for (``Deployments.advance_rollouts``).
+        Counted from when this server first routed by the step (a server that learns of it a
+        moment late counts a little less, never more)."""
+        return self._canary_answered() - self.step_base
 
     def pick(self, key: str | None = None) -> Route:
         choice = self.choice
@@ -322,11 +346,13 @@ class DeploymentTraffic:
         return False
 
     def stats(self) -> dict[str, Any]:
+        rollout = self.deployment.rollout
         return {
             "routes": [
                 {**r.to_dict(), **self.routes[r.label].to_dict()} for r in self.deployment.routes
             ],
             "shadow": self.shadow.to_dict() if self.deployment.shadow else None,
+            **({"rollout": {"step": rollout.step, "canary_answered": self.answered_at_step()}} if rollout else {}),
         }
 
 
@@ -580,11 +606,23 @@ class Deployments:
         changed = []
         for tenant_id, name, raw in rows:
             schedule = Rollout.from_row(raw)
-            if schedule is not None and schedule.due(now):
+            if schedule is not None and schedule.due(now) and self._has_evidence(tenant_id, name, schedule):
                 advanced = self._advance(tenant_id, name, now)
                 if advanced is not None:
                     changed.append(advanced)
         return changed
+
+    def _has_evidence(self, tenant_id: str, name: str, schedule: Rollout) -> bool:
+        """Whether this server saw the canary answer ``schedule.min_requests`` requests without
+        error at the current step (always, without ``min_requests``). Counted in this server's
+        routing table of the deployment: one that has not served the step has seen none."""
+        if not schedule.min_requests:
+            return True
+        entry = self._cache.get((tenant_id, name))
+        traffic = entry[1] if entry else None
+        if traffic is None or traffic.deployment.rollout is None or traffic.deployment.rollout.at != schedule.at:
+            return False
+        return traffic.answered_at_step() >= schedule.min_requests
 
     def _advance(self, tenant_id: str, name: str, now: float) -> Deployment | None:
         """Take the due step of deployment ``name``; ``None`` when it is no longer due (another

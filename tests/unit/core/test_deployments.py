@@ -386,6 +386,10 @@ TWO_ROUTES = [{"model": "m", "version": 1}, {"model": "m", "version": 2, "weight
     ({"steps": [10], "interval_s": 8 * 86_400}, "rollout.interval_s"),
     ({"steps": [10], "every": 5}, "rollout"),
     ([10, 50], "rollout"),
+    ({"steps": [10], "min_requests": -1}, "rollout.min_requests"),
+    ({"steps": [10], "min_requests": 2.5}, "rollout.min_requests"),
+    ({"steps": [10], "min_requests": True}, "rollout.min_requests"),
+    ({"steps": [10], "min_requests": 10**8}, "rollout.min_requests"),
 ])
 def test_a_bad_rollout_is_refused_naming_its_field(platform: Platform, tenant: str, rollout: object, field: str) -> None:
     with pytest.raises(ValidationFailed) as refused:
@@ -417,6 +421,58 @@ def test_a_rollout_raises_the_canary_step_by_step_and_promotes_it(platform: Plat
     assert done.events[-1]["kind"] == "promoted" and done.events[-1]["reason"] == "rollout"
     assert d.get(tenant, "web") == done and d.advance_rollouts(start + 1000) == []
     assert d.lookup(tenant, "web").deployment.revision == done.revision  # the routing table follows
+
+
+def test_a_step_with_min_requests_waits_for_the_canarys_answers_at_the_step_before(
+    platform: Platform, tenant: str
+) -> None:
+    d = platform.deployments
+    dep = d.create(tenant, "web", routes=TWO_ROUTES, rollout={"steps": [10, 50, 100], "interval_s": 60, "min_requests": 3})
+    assert dep.rollout is not None and dep.rollout.to_dict()["min_requests"] == 3
+    start = dep.rollout.since
+    assert d.advance_rollouts(start + 600) == []  # due long ago, but this server saw no answer of the canary
+    traffic = d.lookup(tenant, "web")
+    assert traffic is not None
+    primary, canary = traffic.deployment.routes
+    traffic.record(canary, True, 0.001)
+    traffic.record(canary, False, 0.001)  # an error is no evidence
+    traffic.record(primary, True, 0.001)  # nor is the primary's answer
+    assert traffic.answered_at_step() == 1 and traffic.stats()["rollout"] == {"step": 0, "canary_answered": 1}
+    assert d.advance_rollouts(start + 600) == []
+    traffic.record(canary, True, 0.001)
+    traffic.record(canary, True, 0.001)
+    (step,) = d.advance_rollouts(start + 600)
+    assert step.rollout is not None and step.rollout.step == 1 and [r.weight for r in step.routes] == [50.0, 50.0]
+
+    after = d.lookup(tenant, "web")
+    assert after is not None and after.answered_at_step() == 0  # counted afresh at the new step
+    after.record(after.deployment.routes[1], True, 0.001)
+    d.update(tenant, "web", description="halfway")  # a change that is not a step keeps the count
+    kept = d.lookup(tenant, "web")
+    assert kept is not None and kept is not after and kept.answered_at_step() == 1
+    assert d.advance_rollouts(step.rollout.since + 60) == []
+    kept.record(kept.deployment.routes[1], True, 0.001)
+    kept.record(kept.deployment.routes[1], True, 0.001)
+    (done,) = d.advance_rollouts(step.rollout.since + 60)
+    assert done.routes == (Route("m", 2, 100.0),) and done.rollout is None
+    assert [e["kind"] for e in done.events][-3:] == ["rollout_step", "updated", "promoted"], done.events
+
+
+def test_another_servers_count_is_not_this_ones(platform: Platform, tenant: str) -> None:
+    """Each server counts what it served itself: one that saw the canary answer enough takes the
+    step, one that saw none does not."""
+    d = platform.deployments
+    dep = d.create(tenant, "web", routes=TWO_ROUTES, rollout={"steps": [10, 100], "interval_s": 1, "min_requests": 2})
+    assert dep.rollout is not None
+    quiet = Deployments(platform.db, platform.registry)
+    assert quiet.lookup(tenant, "web") is not None  # it routes by the step, but serves nothing
+    traffic = d.lookup(tenant, "web")
+    assert traffic is not None
+    for _ in range(2):
+        traffic.record(traffic.deployment.routes[1], True, 0.001)
+    assert quiet.advance_rollouts(dep.rollout.since + 5) == []
+    (done,) = d.advance_rollouts(dep.rollout.since + 5)
+    assert done.rollout is None and done.events[-1]["kind"] == "promoted"
 
 
 def test_a_schedule_ending_under_100_stays_at_its_last_split(platform: Platform, tenant: str) -> None:

@@ -249,7 +249,8 @@ async function deploymentPage(page, name) {
       d.rollout ? panel("Rollout", facts([["Steps", d.rollout.steps.map((s) => `${s}%`).join(" → ")],
         ["Now", `step ${d.rollout.step + 1} of ${d.rollout.steps.length}: the canary gets ${number(d.rollout.share, 1)}%`],
         ["Next step", d.rollout.next_step_at ? when(d.rollout.next_step_at) : "none (the last)"],
-        ["Every", `${number(d.rollout.interval_s, 1)} s`]])) : null,
+        ["Every", `${number(d.rollout.interval_s, 1)} s`],
+        ...(d.rollout.min_requests && d.rollout.next_step_at ? [["Waits for", `${number(d.rollout.min_requests)} canary answers without error at this step (${number(d.stats?.rollout?.canary_answered ?? 0)} so far on this server)`]] : [])])) : null,
       d.rollback ? panel("Automatic rollback", el("p", { text:
         `Rolls back when the canary's error rate over ${number(d.rollback.window_s)} s passes ${number(100 * d.rollback.max_error_rate, 1)}% with at least ${number(d.rollback.min_requests)} requests.` })) : null,
       panel("Events, newest first", table(["When", "Event", "Details"], [...d.events].reverse().slice(0, 50).map((e) => {

@@ -70,6 +70,9 @@ class RollbackIn(StrictBody):
 class RolloutIn(StrictBody):
     steps: list[float] = Field(min_length=1, max_length=20, description="the canary's percent of the traffic at each step, rising; 100 promotes it")
     interval_s: float = Field(default=300.0, description="seconds between two steps (0.1 to 7 days)")
+    min_requests: StrictInt = Field(
+        default=0, description="canary answers without error a step waits for besides its time (0: time alone)"
+    )
 
 
 class DeploymentIn(StrictBody):
