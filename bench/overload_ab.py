@@ -9,7 +9,10 @@ order flips every round): a 64-client closed loop (``wrk``) for the capacity, th
 open loop at 3x that capacity over 1,024 connections. Per server and round it prints the
 capacity, the flood's goodput and their ratio, the server's CPU time per answer (user and
 system), the rows per batch of each version during the flood, and the latencies of the flood's
-answers (from the start of the send: a connection held while the queue is full waits longer). ``--target`` floods the model
+answers (from the start of the send: a connection held while the queue is full waits longer), and the
+server core's speed in the capacity run and in the flood (``serving_engine.CoreSpeed``'s probe):
+the flood's ratio as it would read at equal speed, and the CPU time of an answer in the probe's
+loops, a cost that a core slowing down for a while does not inflate. ``--target`` floods the model
 itself (``model``), a one-route deployment of it (``deployment``) or a deployment split 90/10
 between two versions of it (``canary``).
 
@@ -29,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import tiny_digits  # noqa: E402
 from serving_engine import (  # noqa: E402
     CLIENT_CORE,
+    CoreSpeed,
     OPEN_LOOP_CONNS,
     SERVER_CORE,
     Req,
@@ -97,20 +102,26 @@ def batch_sums(server: Server) -> dict[str, tuple[float, float]]:
     return {version: (batches[version], rows[version]) for version in batches}
 
 
-def flood_round(server: Server, seconds: float, tmp: Path) -> str:
+def flood_round(server: Server, seconds: float, tmp: Path, speed: CoreSpeed) -> str:
+    started = time.monotonic()
     capacity = wrk_closed_loop(server.port, server.req, 64, 5.0, tmp).rps
     batches_before, (user0, sys0) = batch_sums(server), cpu_times(server.proc.pid)
+    flooded = time.monotonic()
     over = run_generator(open_loop(server.port, server.req.raw(), 3 * capacity, seconds, OPEN_LOOP_CONNS))
     (user1, sys1), batches_after = cpu_times(server.proc.pid), batch_sums(server)
+    core_capacity, core_flood = speed.mean(started, flooded), speed.mean(flooded, time.monotonic())
     answers = max(1, sum(n for code, n in over.statuses.items() if code > 0))
     rows = {v: (r - batches_before.get(v, (0, 0))[1]) / max(1.0, b - batches_before.get(v, (0, 0))[0])
             for v, (b, r) in sorted(batches_after.items())}
     per_batch = ", ".join(f"v{v} {n:.0f}" for v, n in rows.items())
     codes = {code: n for code, n in sorted(over.statuses.items()) if code != 0}
+    cpu_us = 1e6 * (user1 - user0 + sys1 - sys0) / answers
     return (f"capacity {capacity:8,.0f}  flood {over.rps:8,.0f} req/s = {over.rps / capacity:.3f}  "
             f"CPU {1e6 * (user1 - user0) / answers:5.1f} user + {1e6 * (sys1 - sys0) / answers:4.1f} system µs "
             f"an answer  rows/batch {per_batch}  p50/p99/max {over.pct(50):.0f}/{over.pct(99):.0f}/"
-            f"{1000 * max(over.latencies, default=0):.0f} ms  {codes}")
+            f"{1000 * max(over.latencies, default=0):.0f} ms  {codes}  core {core_capacity:.1f}/{core_flood:.1f} "
+            f"M loops/s: flood/capacity at equal speed {over.rps * core_capacity / (capacity * core_flood):.3f}, "
+            f"{cpu_us * core_flood / 1000:.2f}k loops an answer")
 
 
 def main() -> None:
@@ -132,11 +143,14 @@ def main() -> None:
             servers.append(start(src, tiny, args.target, tmp))
         for server in servers:
             wrk_closed_loop(server.port, server.req, 64, 2.0, tmp)  # warm
+        speed = CoreSpeed(servers[0].proc.pid)
         print(f"# overload_ab: {args.target}, servers on core {SERVER_CORE}, generators on core {CLIENT_CORE}, "
               f"{args.flood_seconds:g} s floods at 3x capacity over {OPEN_LOOP_CONNS:,} connections", flush=True)
         for r in range(args.rounds):
             for server in servers if r % 2 == 0 else servers[::-1]:
-                print(f"round {r + 1} {str(server.src):>24}: {flood_round(server, args.flood_seconds, tmp)}", flush=True)
+                print(f"round {r + 1} {str(server.src):>24}: {flood_round(server, args.flood_seconds, tmp, speed)}",
+                      flush=True)
+        speed.close()
     finally:
         for server in servers:
             server.proc.terminate()
