@@ -5,6 +5,8 @@ the SDK."""
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -181,3 +183,101 @@ def test_the_cli_and_the_sdk_start_show_and_stop_a_rollout(
         assert dep.rollout is None and dep.events[-1]["rollout"] == "stopped"
         created = sdk.deployments.create("api", ROUTES, rollout={"steps": [5, 100], "interval_s": 3600})
         assert created.rollout is not None and created.rollout["steps"] == [5.0, 100.0]
+
+
+class _Traffic:
+    """Requests to deployment ``name`` on ``server`` from a thread, until the block ends."""
+
+    def __init__(self, server: LiveServer, name: str, x: np.ndarray, after_s: float = 0.0) -> None:
+        self._server, self._name, self._x, self._after_s = server, name, x, after_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        if self._stop.wait(self._after_s):
+            return
+        with self._server.client() as http:
+            while not self._stop.is_set():
+                http.post(f"/v2/models/{self._name}/infer", json=infer_body(self._x))
+                time.sleep(0.005)
+
+    def __enter__(self) -> _Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _cli(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.setenv("MODELYARD_URL", server.url)
+    monkeypatch.setenv("MODELYARD_API_KEY", server.admin_key)
+    monkeypatch.setenv("COLUMNS", "160")
+    return CliRunner()
+
+
+def test_deploy_watch_follows_a_rollout_to_its_promotion_and_exits_0(
+    pair: tuple[LiveServer, LiveServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, _ = pair
+    runner = _cli(first, monkeypatch)
+    with first.client() as client:
+        r = client.post("/api/v1/deployments", json={
+            "name": "watched", "routes": ROUTES, "rollout": {"steps": [50, 100], "interval_s": 1.0, "min_requests": 5}})
+        assert r.status_code == 201, r.text
+    with _Traffic(first, "watched", X):
+        result = runner.invoke(app, ["deploy", "watch", "watched", "--every", "0.2", "--count", "100", "--until-done"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "rollout of watched: promoted double:2" in text, text[-500:]
+    assert "watched, revision 1: the last" in text and "req/s" in text and "[50%] → 100%" in text
+    assert "once the canary answered 5" in text  # what the step waited for, while it waited
+    served = [float(v) for v in re.findall(r"double:2 +│ 50 +│ ([\d.,]+) ", result.output)]
+    assert served and max(served) > 0, result.output[:2000]  # the canary's requests a second, read by read
+
+
+def test_deploy_watch_exits_1_when_the_canary_is_rolled_back(
+    pair: tuple[LiveServer, LiveServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, _ = pair
+    runner = _cli(first, monkeypatch)
+    with first.client() as client:
+        r = client.post("/api/v1/deployments", json={
+            "name": "doomed", "routes": [{"model": "double", "version": 1}, {"model": "flaky", "version": 1}],
+            "rollout": {"steps": [50, 100], "interval_s": 60},
+            "rollback": {"max_error_rate": 0.2, "window_s": 60, "min_requests": 5}})
+        assert r.status_code == 201, r.text
+    # (the failing requests start once the watch has begun: five of them roll the canary back)
+    with _Traffic(first, "doomed", np.full((1, 4), 50.0, np.float32), after_s=0.5):  # "flaky" fails on it
+        result = runner.invoke(app, ["deploy", "watch", "doomed", "--every", "0.2", "--count", "100", "--until-done"])
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "rollout of doomed: rolled back: automatic" in text, text[-500:]
+    assert "last event: rolled_back (automatic" in text
+    # a pipeline that starts watching after the end learns how it ended, at once
+    result = runner.invoke(app, ["deploy", "watch", "doomed", "--until-done"])
+    assert result.exit_code == 1 and "rollout of doomed: rolled back: automatic" in " ".join(result.output.split())
+
+
+def test_deploy_watch_without_a_rollout_shows_reads_and_refuses_to_wait_for_none(
+    pair: tuple[LiveServer, LiveServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, _ = pair
+    runner = _cli(first, monkeypatch)
+    with first.client() as client:
+        client.post("/api/v1/deployments", json={"name": "plain", "routes": ROUTES[:1]}).raise_for_status()
+    result = runner.invoke(app, ["deploy", "watch", "plain", "--until-done"])
+    assert result.exit_code == 2 and "has no rollout for --until-done" in " ".join(result.output.split()), result.output
+    with _Traffic(first, "plain", X):
+        result = runner.invoke(app, ["deploy", "watch", "plain", "--every", "0.3", "--count", "2"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("plain, revision 1: the last") == 2 and "last event: created" in result.output
+    result = runner.invoke(app, ["deploy", "watch", "absent", "--count", "1"])
+    assert result.exit_code == 4 and "not found" in result.output, result.output
+    # watching a rollout that stays under way: --count ends the wait, and that is not a release
+    with first.client() as client:
+        client.post("/api/v1/deployments", json={
+            "name": "slow", "routes": ROUTES, "rollout": {"steps": [10, 100], "interval_s": 3600}}).raise_for_status()
+    result = runner.invoke(app, ["deploy", "watch", "slow", "--every", "0.1", "--count", "2", "--until-done"])
+    assert result.exit_code == 1 and "rollout of slow: still under way" in " ".join(result.output.split())

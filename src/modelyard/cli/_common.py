@@ -10,13 +10,16 @@ never a traceback.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -46,6 +49,7 @@ __all__ = [
     "err",
     "print_json",
     "print_table",
+    "watch",
     "human_bytes",
     "escape",
 ]
@@ -182,6 +186,29 @@ def print_table(
         console.print(empty, highlight=False)
     else:
         console.print(table)
+
+
+def watch(every_s: float, count: int, frame: Callable[[], tuple[RenderableType, bool]]) -> None:
+    """Every ``every_s`` seconds, ``count`` times (0: until Ctrl-C), show what ``frame()``
+    returns: in place on a terminal, one after another otherwise (a log, a pipe). ``frame``
+    returns what to show and whether to go on: a frame that says stop is the last shown."""
+    from rich.live import Live
+
+    console = out()
+    live = Live(console=console, auto_refresh=False) if console.is_terminal else None
+    try:
+        with live or nullcontext():
+            for _ in itertools.count() if count == 0 else range(count):
+                time.sleep(every_s)
+                shown, more = frame()
+                if live is not None:
+                    live.update(shown, refresh=True)
+                else:
+                    console.print(shown)
+                if not more:
+                    return
+    except KeyboardInterrupt:
+        pass
 
 
 def json_object(text: str, flag: str, example: str = '{"max_batch_size": 16}') -> dict[str, Any]:

@@ -1,13 +1,16 @@
 """``modelyard deploy``: create and change deployments (canary weights, shadow, rollback,
-progressive rollout)."""
+progressive rollout), and watch one live."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 import typer
+from rich.console import Group
+from rich.text import Text
 
-from modelyard.cli._common import client, handles_errors, json_object, print_json, print_table
+from modelyard.cli._common import client, handles_errors, json_object, make_table, out, print_json, print_table, watch
 
 __all__ = ["app"]
 
@@ -93,14 +96,25 @@ def _show(dep: Any, json_out: bool) -> None:
     print_table(["route", "weight", "requests", "errors"], rows, title=f"{dep.name} (revision {dep.revision})")
     rollout = dep.rollout
     if rollout:
-        steps = " → ".join(f"[{share:g}%]" if i == rollout["step"] else f"{share:g}%"
-                           for i, share in enumerate(rollout["steps"]))
-        when = f"next step at {rollout['next_step_at']}" if rollout["next_step_at"] else "at its last step"
-        least = rollout.get("min_requests") or 0
-        if least and rollout["next_step_at"]:
-            seen = ((dep.stats or {}).get("rollout") or {}).get("canary_answered", 0)
-            when += f", once the canary answered {least} ({seen} so far on this server)"
-        print_table(["rollout", "every", "next"], [[steps, f"{rollout['interval_s']:g} s", when]])
+        print_table(["rollout", "every", "next"], [[_steps(rollout), f"{rollout['interval_s']:g} s", _next(dep)]])
+
+
+def _steps(rollout: dict[str, Any]) -> str:
+    """``10% → [25%] → 100%``: the schedule, the step it is at in brackets."""
+    return " → ".join(f"[{share:g}%]" if i == rollout["step"] else f"{share:g}%" for i, share in enumerate(rollout["steps"]))
+
+
+def _next(dep: Any) -> str:
+    """When a rollout's next step is due, and the canary answers it waits for."""
+    rollout = dep.rollout
+    if not rollout["next_step_at"]:
+        return "at its last step"
+    when = f"next step at {rollout['next_step_at']}"
+    least = rollout.get("min_requests") or 0
+    if least:
+        seen = ((dep.stats or {}).get("rollout") or {}).get("canary_answered", 0)
+        when += f", once the canary answered {least} ({seen} so far on this server)"
+    return when
 
 
 @app.command("create")
@@ -256,3 +270,108 @@ def delete(name: str) -> None:
     """Delete a deployment (the model versions stay)."""
     client().deployments.delete(name)
     typer.echo(f"deleted deployment {name}")
+
+
+_WATCH_COLUMNS = ["route", "weight", "req/s", "errors/s", "latency ms", "window errors"]
+
+
+def _route_counts(dep: Any) -> dict[str, tuple[int, int, float]]:
+    """Per route label: requests, errors and their latency summed (ms), as the server counted."""
+    counts = {}
+    for r in (dep.stats or {}).get("routes", []):
+        mean = r.get("latency_ms_avg") or 0.0
+        counts[f"{r['model']}:{r['version']}"] = (r.get("requests", 0), r.get("errors", 0), mean * r.get("requests", 0))
+    return counts
+
+
+def _frame(dep: Any, before: dict[str, tuple[int, int, float]], seconds: float) -> Group:
+    """What a deployment's routes did in the last ``seconds``, its rollout and its last event."""
+    now, windows = _route_counts(dep), {f"{r['model']}:{r['version']}": r.get("window")
+                                        for r in (dep.stats or {}).get("routes", [])}
+    rows = []
+    for r in dep.routes:
+        label = f"{r['model']}:{r['version']}"
+        n, errors, total_ms = now.get(label, (0, 0, 0.0))
+        n0, errors0, total0 = before.get(label, (0, 0, 0.0))
+        if n < n0:  # the server restarted (or the route came back): its counts start again
+            n0 = errors0 = 0
+            total0 = 0.0
+        served = n - n0
+        window = windows.get(label)
+        rows.append([label, f"{r['weight']:g}", f"{served / seconds:,.1f}", f"{(errors - errors0) / seconds:,.1f}",
+                     f"{(total_ms - total0) / served:.2f}" if served else "-",
+                     f"{window['errors']} of {window['requests']}" if window else "-"])
+    parts: list[Any] = [make_table(_WATCH_COLUMNS, rows, title=f"{dep.name}, revision {dep.revision}: the last "
+                                                                f"{seconds:.1f} s (Ctrl-C to stop)", whole=("route",))]
+    if dep.rollout:
+        parts.append(Text(f"rollout {_steps(dep.rollout)}: {_next(dep)}"))
+    if dep.events:
+        last = dep.events[-1]
+        reason = f" ({last['reason']})" if last.get("reason") else ""
+        parts.append(Text(f"last event: {last['kind']}{reason} at {last.get('at', '?')}"))
+    return Group(*parts)
+
+
+def _outcome(dep: Any) -> tuple[bool, str] | None:
+    """How a rollout ended: (released?, what happened), or ``None`` while it goes on. At a last
+    step under 100 it has ended where its schedule said."""
+    if dep.rollout is not None:
+        return (True, f"at its last step, {dep.rollout['share']:g}% to the canary") if not dep.rollout["next_step_at"] else None
+    last = dep.events[-1] if dep.events else {}
+    if last.get("kind") == "promoted" and last.get("reason") == "rollout":
+        return True, f"promoted {dep.routes[0]['model']}:{dep.routes[0]['version']}"
+    if last.get("kind") == "rolled_back":
+        return False, f"rolled back: {last.get('reason', 'no reason given')}"
+    return False, f"stopped by hand before its end (event {last.get('kind', '?')})"
+
+
+@app.command("watch")
+@handles_errors
+def watch_(
+    name: Annotated[str, typer.Argument(help="Deployment name.")],
+    every: Annotated[float, typer.Option("--every", metavar="SECONDS", min=0.1, help="Seconds between two reads.")] = 1.0,
+    count: Annotated[int, typer.Option(min=0, help="Reads before stopping (0: until Ctrl-C).")] = 0,
+    until_done: Annotated[bool, typer.Option(
+        "--until-done",
+        help="Stop when the rollout under way ends: exit 0 when it released the canary (promoted, or at its "
+             "last step), 1 when it was rolled back or stopped by hand, or when watching stopped first "
+             "(--count, Ctrl-C).",
+    )] = False,
+) -> None:
+    """Watch a deployment live: each route's requests and errors a second and mean latency over
+    the last read, its automatic-rollback window, the rollout's step and what the next one waits
+    for, and the last event. On a terminal the view updates in place; piped, it prints a table
+    per read. The figures are the answering server's own.
+
+    Examples:
+
+        modelyard deploy watch web
+
+        modelyard deploy watch web --until-done && echo released     # gate a release pipeline on the rollout
+    """
+    with client() as sdk:
+        dep = sdk.deployments.get(name)
+        ended: tuple[bool, str] | None = None
+        if until_done and dep.rollout is None:
+            if not any("rollout" in e or e.get("kind") == "rollout_step" for e in dep.events):
+                raise typer.BadParameter(f"deployment {name!r} has no rollout for --until-done to wait for (start "
+                                         f"one with `modelyard deploy update {name} --rollout 10,50,100`)")
+            ended, count = _outcome(dep), 1  # it ended before the watch began: show it once, and how
+        last, last_at = _route_counts(dep), time.monotonic()
+
+        def frame() -> tuple[Group, bool]:
+            nonlocal last, last_at, ended
+            dep = sdk.deployments.get(name)
+            at = time.monotonic()
+            shown = _frame(dep, last, max(at - last_at, 1e-9))
+            last, last_at = _route_counts(dep), at
+            if until_done and ended is None:
+                ended = _outcome(dep)
+            return shown, ended is None
+
+        watch(every, count, frame)
+    if until_done:
+        released, what = ended or (False, "still under way (stopped watching before it ended)")
+        out().print(f"rollout of {name}: {what}", highlight=False)
+        if not released:
+            raise typer.Exit(1)

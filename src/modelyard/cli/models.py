@@ -3,11 +3,9 @@ delete models."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from collections.abc import Iterable
-from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -15,10 +13,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from modelyard.cli._common import (
-    client, escape, handles_errors, human_bytes, json_object, make_table, out, print_json, print_table,
+    client, escape, handles_errors, human_bytes, json_object, make_table, out, print_json, print_table, watch,
 )
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from modelyard.client import ModelVersion, VersionStatistics
 
 __all__ = ["app"]
@@ -423,26 +423,19 @@ def _cached(v: VersionStatistics) -> str:
 def _watch_stats(name: str | None, version: int | None, every_s: float, count: int) -> None:
     """Every ``every_s`` seconds, what each version did since the last read, as requests a
     second and the interval's means: live on a terminal, a table per interval otherwise."""
-    from rich.live import Live
-
-    console = out()
-    live = Live(console=console, auto_refresh=False) if console.is_terminal else None
     title = f"the last {every_s:g} s; mean times per request in ms (Ctrl-C to stop)"
-    try:
-        with client() as sdk, live or nullcontext():
-            last, last_at = _by_version(sdk.statistics.get(name, version)), time.monotonic()
-            for _ in itertools.count() if count == 0 else range(count):
-                time.sleep(every_s)
-                now, at = _by_version(sdk.statistics.get(name, version)), time.monotonic()
-                table = make_table(_WATCH_COLUMNS, _interval_rows(now, last, max(at - last_at, 1e-9)),
-                                   title=title, whole=("model",))
-                if live is not None:
-                    live.update(table, refresh=True)
-                else:
-                    console.print(table)
-                last, last_at = now, at
-    except KeyboardInterrupt:
-        pass
+    with client() as sdk:
+        last, last_at = _by_version(sdk.statistics.get(name, version)), time.monotonic()
+
+        def frame() -> tuple[Table, bool]:
+            nonlocal last, last_at
+            now, at = _by_version(sdk.statistics.get(name, version)), time.monotonic()
+            table = make_table(_WATCH_COLUMNS, _interval_rows(now, last, max(at - last_at, 1e-9)),
+                               title=title, whole=("model",))
+            last, last_at = now, at
+            return table, True
+
+        watch(every_s, count, frame)
 
 
 _WATCH_COLUMNS = ["model", "v", "req/s", "failed/s", "latency", "queue", "compute", "rows/batch"]
