@@ -217,19 +217,26 @@ def _cli(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     return CliRunner()
 
 
+def _watched(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch, deployment: dict[str, Any], x: np.ndarray, after_s: float = 0.0,
+) -> tuple[Any, str]:
+    """``deployment`` created on ``server`` and watched with ``--until-done`` while requests of
+    ``x`` come (from ``after_s`` on); the CLI's result and its output on one line."""
+    with server.client() as client:
+        r = client.post("/api/v1/deployments", json=deployment)
+        assert r.status_code == 201, r.text
+    with _Traffic(server, deployment["name"], x, after_s):
+        result = _cli(server, monkeypatch).invoke(
+            app, ["deploy", "watch", deployment["name"], "--every", "0.2", "--count", "100", "--until-done"])
+    return result, " ".join(result.output.split())
+
+
 def test_deploy_watch_follows_a_rollout_to_its_promotion_and_exits_0(
     pair: tuple[LiveServer, LiveServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first, _ = pair
-    runner = _cli(first, monkeypatch)
-    with first.client() as client:
-        r = client.post("/api/v1/deployments", json={
-            "name": "watched", "routes": ROUTES, "rollout": {"steps": [50, 100], "interval_s": 1.0, "min_requests": 5}})
-        assert r.status_code == 201, r.text
-    with _Traffic(first, "watched", X):
-        result = runner.invoke(app, ["deploy", "watch", "watched", "--every", "0.2", "--count", "100", "--until-done"])
+    result, text = _watched(pair[0], monkeypatch, {
+        "name": "watched", "routes": ROUTES, "rollout": {"steps": [50, 100], "interval_s": 1.0, "min_requests": 5}}, X)
     assert result.exit_code == 0, result.output
-    text = " ".join(result.output.split())
     assert "rollout of watched: promoted double:2" in text, text[-500:]
     assert "watched, revision 1: the last" in text and "req/s" in text and "[50%] → 100%" in text
     assert "once the canary answered 5" in text  # what the step waited for, while it waited
@@ -240,23 +247,17 @@ def test_deploy_watch_follows_a_rollout_to_its_promotion_and_exits_0(
 def test_deploy_watch_exits_1_when_the_canary_is_rolled_back(
     pair: tuple[LiveServer, LiveServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first, _ = pair
-    runner = _cli(first, monkeypatch)
-    with first.client() as client:
-        r = client.post("/api/v1/deployments", json={
-            "name": "doomed", "routes": [{"model": "double", "version": 1}, {"model": "flaky", "version": 1}],
-            "rollout": {"steps": [50, 100], "interval_s": 60},
-            "rollback": {"max_error_rate": 0.2, "window_s": 60, "min_requests": 5}})
-        assert r.status_code == 201, r.text
     # (the failing requests start once the watch has begun: five of them roll the canary back)
-    with _Traffic(first, "doomed", np.full((1, 4), 50.0, np.float32), after_s=0.5):  # "flaky" fails on it
-        result = runner.invoke(app, ["deploy", "watch", "doomed", "--every", "0.2", "--count", "100", "--until-done"])
+    result, text = _watched(pair[0], monkeypatch, {
+        "name": "doomed", "routes": [{"model": "double", "version": 1}, {"model": "flaky", "version": 1}],
+        "rollout": {"steps": [50, 100], "interval_s": 60},
+        "rollback": {"max_error_rate": 0.2, "window_s": 60, "min_requests": 5},
+    }, np.full((1, 4), 50.0, np.float32), after_s=0.5)  # "flaky" fails on it
     assert result.exit_code == 1, result.output
-    text = " ".join(result.output.split())
     assert "rollout of doomed: rolled back: automatic" in text, text[-500:]
     assert "last event: rolled_back (automatic" in text
     # a pipeline that starts watching after the end learns how it ended, at once
-    result = runner.invoke(app, ["deploy", "watch", "doomed", "--until-done"])
+    result = _cli(pair[0], monkeypatch).invoke(app, ["deploy", "watch", "doomed", "--until-done"])
     assert result.exit_code == 1 and "rollout of doomed: rolled back: automatic" in " ".join(result.output.split())
 
 
