@@ -256,7 +256,10 @@ def test_deploy_watch_exits_1_when_the_canary_is_rolled_back(
     assert result.exit_code == 1, result.output
     assert "rollout of doomed: rolled back: automatic" in text, text[-500:]
     assert "last event: rolled_back (automatic" in text
-    # a pipeline that starts watching after the end learns how it ended, at once
+    # a pipeline that starts watching after the end learns how it ended, at once, whatever
+    # changed since
+    with pair[0].client() as client:
+        client.patch("/api/v1/deployments/doomed", json={"description": "after the rollback"}).raise_for_status()
     result = _cli(pair[0], monkeypatch).invoke(app, ["deploy", "watch", "doomed", "--until-done"])
     assert result.exit_code == 1 and "rollout of doomed: rolled back: automatic" in " ".join(result.output.split())
 
@@ -282,3 +285,6 @@ def test_deploy_watch_without_a_rollout_shows_reads_and_refuses_to_wait_for_none
             "name": "slow", "routes": ROUTES, "rollout": {"steps": [10, 100], "interval_s": 3600}}).raise_for_status()
     result = runner.invoke(app, ["deploy", "watch", "slow", "--every", "0.1", "--count", "2", "--until-done"])
     assert result.exit_code == 1 and "rollout of slow: still under way" in " ".join(result.output.split())
+    runner.invoke(app, ["deploy", "weights", "slow", "double:2=50"])  # someone took the wheel
+    result = runner.invoke(app, ["deploy", "watch", "slow", "--every", "0.1", "--until-done"])
+    assert result.exit_code == 1 and "stopped by hand before its end (event weights)" in " ".join(result.output.split())

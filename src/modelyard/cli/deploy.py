@@ -317,12 +317,15 @@ def _outcome(dep: Any) -> tuple[bool, str] | None:
     step under 100 it has ended where its schedule said."""
     if dep.rollout is not None:
         return (True, f"at its last step, {dep.rollout['share']:g}% to the canary") if not dep.rollout["next_step_at"] else None
-    last = dep.events[-1] if dep.events else {}
-    if last.get("kind") == "promoted" and last.get("reason") == "rollout":
-        return True, f"promoted {dep.routes[0]['model']}:{dep.routes[0]['version']}"
-    if last.get("kind") == "rolled_back":
-        return False, f"rolled back: {last.get('reason', 'no reason given')}"
-    return False, f"stopped by hand before its end (event {last.get('kind', '?')})"
+    for event in reversed(dep.events):  # the event that ended it (changes may have come since)
+        if event.get("kind") == "promoted" and event.get("reason") == "rollout":
+            promoted = event.get("routes") or dep.routes
+            return True, f"promoted {promoted[0]['model']}:{promoted[0]['version']}"
+        if event.get("kind") == "rolled_back":
+            return False, f"rolled back: {event.get('reason', 'no reason given')}"
+        if event.get("rollout") == "stopped":
+            return False, f"stopped by hand before its end (event {event['kind']})"
+    return False, "stopped before its end"
 
 
 @app.command("watch")
