@@ -84,6 +84,11 @@ class Settings(BaseSettings):
         default=4096, ge=1, description="requests queued or computing in all versions; beyond it: 503"
     )
     drain_timeout_s: float = Field(default=20.0, ge=0)
+    keep_alive_s: float = Field(
+        default=5.0, gt=0, le=3600,
+        description="how long an idle HTTP/1.1 keep-alive connection stays open (behind a load balancer: "
+                    "longer than its idle timeout, so the server never closes a connection it is reusing)",
+    )
     rollout_check_s: float = Field(
         default=1.0, ge=0,
         description="how often the server takes the rollout steps that are due (0: this server takes none)",

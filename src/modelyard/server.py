@@ -96,6 +96,7 @@ def build_http_server(settings: Settings, platform: Platform) -> uvicorn.Server:
         log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+        timeout_keep_alive=settings.keep_alive_s,
         lifespan="on",
         ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
         ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,

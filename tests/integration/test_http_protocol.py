@@ -299,8 +299,11 @@ def test_malformed_request_line_gets_400(server: LiveServer) -> None:
 
 
 def _slow_server(tmp_path: Path, max_queue_size: int = 1, **settings: object) -> LiveServer:
+    """A model that computes slowly, one request at a time. Idle connections stay open for a
+    minute: a test's connection may wait for a long request's several seconds on a slow VM."""
     from tests.integration._serving import register, slow_model
 
+    settings.setdefault("keep_alive_s", 60.0)
     srv = LiveServer.build(tmp_path / "home", grpc_enabled=False, **settings).start()
     register(srv, "slow", slow_model(tmp_path / "slow.onnx", 160_000),
              config={"serving": {"batching": False, "max_queue_size": max_queue_size}})
@@ -332,10 +335,8 @@ def test_a_full_queue_refuses_unread_and_holds_the_refused_connections(
     from modelyard.engine import batcher as batcher_module
 
     monkeypatch.setattr(batcher_module, "ROOM_WAIT_MAX_S", 60.0)  # only room lets them in here
-    srv = _slow_server(tmp_path)
+    srv = _slow_server(tmp_path, keep_alive_s=0.25)
     key = srv.admin_key
-    assert srv._server is not None
-    srv._server.config.timeout_keep_alive = 0.25  # read by each new connection
     try:
         long_conn, queued_conn, conn = _connect(srv), _connect(srv), _connect(srv)
         long_conn.sendall(_slow_request(key, HOLDING_ROWS))  # computes for a couple of seconds
@@ -686,21 +687,43 @@ def test_a_saturated_server_answers_503_unread(tmp_path: Path, monkeypatch: pyte
         srv.stop()
 
 
-@pytest.mark.slow
-def test_idle_keep_alive_connections_close_and_busy_ones_stay(server: LiveServer) -> None:
+@pytest.mark.parametrize("keep_alive_s", [1.0, pytest.param(None, marks=pytest.mark.slow)], ids=["1 s", "default 5 s"])
+def test_idle_keep_alive_connections_close_and_busy_ones_stay(tmp_path: Path, keep_alive_s: float | None) -> None:
     """One timer per connection replaces uvicorn's timer per answer: an idle connection still
-    closes after the keep-alive timeout (5 s), one that keeps asking stays open past it."""
+    closes after the keep-alive timeout (``keep_alive_s``, 5 s by default), one that keeps
+    asking stays open past it."""
     import time
 
-    with _connect(server) as idle, _connect(server) as busy:
-        idle_reader, busy_reader = _Reader(idle), _Reader(busy)
-        idle.sendall(_infer_request(server.admin_key))
-        assert idle_reader.response()[0] == 200
-        started = time.monotonic()
-        while time.monotonic() - started < 7:
-            busy.sendall(_infer_request(server.admin_key))
-            assert busy_reader.response()[0] == 200
-            time.sleep(1)
-        assert idle_reader.closed(), "the idle connection outlived the keep-alive timeout"
-        busy.sendall(_infer_request(server.admin_key))
-        assert busy_reader.response()[0] == 200, "the busy connection was closed"
+    settings = {} if keep_alive_s is None else {"keep_alive_s": keep_alive_s}
+    srv = LiveServer.build(tmp_path / "home", grpc_enabled=False, demo_model=True, **settings).start()
+    timeout = keep_alive_s or 5.0
+    try:
+        with _connect(srv) as idle, _connect(srv) as busy:
+            idle_reader, busy_reader = _Reader(idle), _Reader(busy)
+            idle.sendall(_infer_request(srv.admin_key))
+            assert idle_reader.response()[0] == 200
+            started = time.monotonic()
+            while time.monotonic() - started < timeout * 0.6:
+                busy.sendall(_infer_request(srv.admin_key))
+                assert busy_reader.response()[0] == 200
+                time.sleep(timeout / 8)
+            idle.sendall(_infer_request(srv.admin_key))  # still open short of the timeout
+            assert idle_reader.response()[0] == 200
+            started = time.monotonic()
+            while time.monotonic() - started < timeout * 1.5:
+                busy.sendall(_infer_request(srv.admin_key))
+                assert busy_reader.response()[0] == 200
+                time.sleep(timeout / 8)
+            assert idle_reader.closed(), "the idle connection outlived the keep-alive timeout"
+            busy.sendall(_infer_request(srv.admin_key))
+            assert busy_reader.response()[0] == 200, "the busy connection was closed"
+    finally:
+        srv.stop()
+
+
+def test_a_keep_alive_time_out_of_range_is_refused_at_start(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    for bad in (0, -1, 7200):
+        with pytest.raises(ValidationError, match="keep_alive_s"):
+            LiveServer.build(tmp_path / "home", grpc_enabled=False, keep_alive_s=bad)
