@@ -700,20 +700,20 @@ def test_idle_keep_alive_connections_close_and_busy_ones_stay(tmp_path: Path, ke
     try:
         with _connect(srv) as idle, _connect(srv) as busy:
             idle_reader, busy_reader = _Reader(idle), _Reader(busy)
+
+            def keep_asking(seconds: float) -> None:  # on the busy connection, while the idle one waits
+                started = time.monotonic()
+                while time.monotonic() - started < seconds:
+                    busy.sendall(_infer_request(srv.admin_key))
+                    assert busy_reader.response()[0] == 200
+                    time.sleep(timeout / 8)
+
             idle.sendall(_infer_request(srv.admin_key))
             assert idle_reader.response()[0] == 200
-            started = time.monotonic()
-            while time.monotonic() - started < timeout * 0.6:
-                busy.sendall(_infer_request(srv.admin_key))
-                assert busy_reader.response()[0] == 200
-                time.sleep(timeout / 8)
+            keep_asking(timeout * 0.6)
             idle.sendall(_infer_request(srv.admin_key))  # still open short of the timeout
             assert idle_reader.response()[0] == 200
-            started = time.monotonic()
-            while time.monotonic() - started < timeout * 1.5:
-                busy.sendall(_infer_request(srv.admin_key))
-                assert busy_reader.response()[0] == 200
-                time.sleep(timeout / 8)
+            keep_asking(timeout * 1.5)
             assert idle_reader.closed(), "the idle connection outlived the keep-alive timeout"
             busy.sendall(_infer_request(srv.admin_key))
             assert busy_reader.response()[0] == 200, "the busy connection was closed"
