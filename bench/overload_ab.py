@@ -138,6 +138,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="modelyard-overload-ab-"))
     tiny = tiny_digits(tmp / "tiny.onnx")
     servers: list[Server] = []
+    speed: CoreSpeed | None = None
     try:
         for src in args.src:
             servers.append(start(src, tiny, args.target, tmp))
@@ -150,8 +151,9 @@ def main() -> None:
             for server in servers if r % 2 == 0 else servers[::-1]:
                 print(f"round {r + 1} {str(server.src):>24}: {flood_round(server, args.flood_seconds, tmp, speed)}",
                       flush=True)
-        speed.close()
     finally:
+        if speed is not None:
+            speed.close()  # the probe loops until stopped, pinned to the servers' core
         for server in servers:
             server.proc.terminate()
             server.proc.wait(timeout=60)
