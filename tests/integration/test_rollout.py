@@ -155,10 +155,7 @@ def test_the_cli_and_the_sdk_start_show_and_stop_a_rollout(
     pair: tuple[LiveServer, LiveServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first, _ = pair
-    monkeypatch.setenv("MODELYARD_URL", first.url)
-    monkeypatch.setenv("MODELYARD_API_KEY", first.admin_key)
-    monkeypatch.setenv("COLUMNS", "160")
-    runner = CliRunner()
+    runner = _cli(first, monkeypatch)
     result = runner.invoke(app, ["deploy", "create", "web", "double:1", "double:2=0", "--rollout", "10,50,100",
                                  "--every", "3600"])
     assert result.exit_code == 0, result.output

@@ -83,10 +83,10 @@ def _show(dep: Any, json_out: bool) -> None:
     if json_out:
         print_json(dep.to_dict())
         return
-    stats = {f"{r['model']}:{r['version']}": r for r in (dep.stats or {}).get("routes", [])}
+    stats = _route_stats(dep)
     rows = []
     for r in dep.routes:
-        label = f"{r['model']}:{r['version']}"
+        label = _label(r)
         s = stats.get(label, {})
         rows.append([label, f"{r['weight']:g}", s.get("requests", 0), s.get("errors", 0)])
     if dep.shadow:
@@ -97,6 +97,15 @@ def _show(dep: Any, json_out: bool) -> None:
     rollout = dep.rollout
     if rollout:
         print_table(["rollout", "every", "next"], [[_steps(rollout), f"{rollout['interval_s']:g} s", _next(dep)]])
+
+
+def _label(route: dict[str, Any]) -> str:
+    return f"{route['model']}:{route['version']}"
+
+
+def _route_stats(dep: Any) -> dict[str, dict[str, Any]]:
+    """The server's live statistics of each route (by label; none before its first request)."""
+    return {_label(r): r for r in (dep.stats or {}).get("routes", [])}
 
 
 def _steps(rollout: dict[str, Any]) -> str:
@@ -238,7 +247,7 @@ def weights(
 ) -> None:
     """Change route weights (takes effect at once; requests in flight finish where they are)."""
     parsed = [_route(r) for r in routes]
-    dep = client().deployments.set_weights(name, {f"{r['model']}:{r['version']}": r["weight"] for r in parsed})
+    dep = client().deployments.set_weights(name, {_label(r): r["weight"] for r in parsed})
     _show(dep, json_out)
 
 
@@ -275,31 +284,22 @@ def delete(name: str) -> None:
 _WATCH_COLUMNS = ["route", "weight", "req/s", "errors/s", "latency ms", "window errors"]
 
 
-def _route_counts(dep: Any) -> dict[str, tuple[int, int, float]]:
-    """Per route label: requests, errors and their latency summed (ms), as the server counted."""
-    counts = {}
-    for r in (dep.stats or {}).get("routes", []):
-        mean = r.get("latency_ms_avg") or 0.0
-        counts[f"{r['model']}:{r['version']}"] = (r.get("requests", 0), r.get("errors", 0), mean * r.get("requests", 0))
-    return counts
-
-
-def _frame(dep: Any, before: dict[str, tuple[int, int, float]], seconds: float) -> Group:
-    """What a deployment's routes did in the last ``seconds``, its rollout and its last event."""
-    now, windows = _route_counts(dep), {f"{r['model']}:{r['version']}": r.get("window")
-                                        for r in (dep.stats or {}).get("routes", [])}
-    rows = []
+def _frame(dep: Any, before: dict[str, dict[str, Any]], seconds: float) -> Group:
+    """What a deployment's routes did in the last ``seconds`` (``before``: their statistics at
+    the last read), its rollout and its last event."""
+    now, rows = _route_stats(dep), []
     for r in dep.routes:
-        label = f"{r['model']}:{r['version']}"
-        n, errors, total_ms = now.get(label, (0, 0, 0.0))
-        n0, errors0, total0 = before.get(label, (0, 0, 0.0))
-        if n < n0:  # the server restarted (or the route came back): its counts start again
-            n0 = errors0 = 0
-            total0 = 0.0
-        served = n - n0
-        window = windows.get(label)
-        rows.append([label, f"{r['weight']:g}", f"{served / seconds:,.1f}", f"{(errors - errors0) / seconds:,.1f}",
-                     f"{(total_ms - total0) / served:.2f}" if served else "-",
+        label = _label(r)
+        new, old = now.get(label, {}), before.get(label, {})
+        if new.get("requests", 0) < old.get("requests", 0):  # the server restarted: its counts start again
+            old = {}
+        served = new.get("requests", 0) - old.get("requests", 0)
+        latency_ms = (new.get("latency_ms_avg") or 0.0) * new.get("requests", 0) \
+            - (old.get("latency_ms_avg") or 0.0) * old.get("requests", 0)
+        window = new.get("window")
+        rows.append([label, f"{r['weight']:g}", f"{served / seconds:,.1f}",
+                     f"{(new.get('errors', 0) - old.get('errors', 0)) / seconds:,.1f}",
+                     f"{latency_ms / served:.2f}" if served else "-",
                      f"{window['errors']} of {window['requests']}" if window else "-"])
     parts: list[Any] = [make_table(_WATCH_COLUMNS, rows, title=f"{dep.name}, revision {dep.revision}: the last "
                                                                 f"{seconds:.1f} s (Ctrl-C to stop)", whole=("route",))]
@@ -320,7 +320,7 @@ def _outcome(dep: Any) -> tuple[bool, str] | None:
     for event in reversed(dep.events):  # the event that ended it (changes may have come since)
         if event.get("kind") == "promoted" and event.get("reason") == "rollout":
             promoted = event.get("routes") or dep.routes
-            return True, f"promoted {promoted[0]['model']}:{promoted[0]['version']}"
+            return True, f"promoted {_label(promoted[0])}"
         if event.get("kind") == "rolled_back":
             return False, f"rolled back: {event.get('reason', 'no reason given')}"
         if event.get("rollout") == "stopped":
@@ -360,14 +360,14 @@ def watch_(
                 raise typer.BadParameter(f"deployment {name!r} has no rollout for --until-done to wait for (start "
                                          f"one with `modelyard deploy update {name} --rollout 10,50,100`)")
             ended, count = _outcome(dep), 1  # it ended before the watch began: show it once, and how
-        last, last_at = _route_counts(dep), time.monotonic()
+        last, last_at = _route_stats(dep), time.monotonic()
 
         def frame() -> tuple[Group, bool]:
             nonlocal last, last_at, ended
             dep = sdk.deployments.get(name)
             at = time.monotonic()
             shown = _frame(dep, last, max(at - last_at, 1e-9))
-            last, last_at = _route_counts(dep), at
+            last, last_at = _route_stats(dep), at
             if until_done and ended is None:
                 ended = _outcome(dep)
             return shown, ended is None
