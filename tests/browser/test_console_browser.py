@@ -240,7 +240,7 @@ def test_a_canary_deployment_draws_its_rates_and_rolls_back_on_a_click(
     assert page.get_by_role("button", name=f"Promote {second}").count() == 0
 
 
-def test_a_rollout_shows_its_step_and_the_canary_answers_it_waits_for(
+def test_a_rollout_shows_its_step_the_canary_answers_it_waits_for_and_its_latency_limit(
     page: Page, server: LiveServer, tmp_path: Path
 ) -> None:
     one = register(server, "halves", scale_model(tmp_path / "one.onnx", 1.0)).version
@@ -249,6 +249,7 @@ def test_a_rollout_shows_its_step_and_the_canary_answers_it_waits_for(
         http.post("/api/v1/deployments", json={
             "name": "stepped", "routes": [{"model": "halves", "version": one}, {"model": "halves", "version": two, "weight": 0}],
             "rollout": {"steps": [30, 100], "interval_s": 3600, "min_requests": 50},
+            "rollback": {"max_error_rate": 0.1, "window_s": 120, "min_requests": 20, "max_p99_ms": 250},
         }).raise_for_status()
         for _ in range(20):
             http.post("/v2/models/stepped/infer", json=infer_body(np.ones((1, 4), np.float32))).raise_for_status()
@@ -259,6 +260,11 @@ def test_a_rollout_shows_its_step_and_the_canary_answers_it_waits_for(
     expect(panel).to_contain_text("30% → 100%")
     expect(panel).to_contain_text("step 1 of 2: the canary gets 30%")
     expect(panel).to_contain_text(f"50 canary answers without error at this step ({answered} so far on this server)")
+    policy = page.locator("section", has=page.get_by_role("heading", name="Automatic rollback", exact=True))
+    expect(policy).to_contain_text("error rate over 120 s passes 10% or the 99th percentile of its latency passes "
+                                   "250 ms, with at least 20 requests")
+    # each route's window shows its errors and its p99 latency
+    expect(page.locator('section:has-text("Traffic") tbody tr').first).to_contain_text(re.compile(r"errors of \d+ in 120 s, p99 [\d.]+ ms"))
 
 
 def test_a_viewer_sees_no_buttons_it_could_not_use(page: Page, server: LiveServer, tmp_path: Path) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -275,6 +277,38 @@ def test_failing_canary_is_rolled_back_automatically(server: LiveServer) -> None
         assert codes[-10:] == [200] * 10  # after the rollback only the primary answers
         r = client.post("/v2/models/guarded/infer", json=infer_body(bad))
         assert r.status_code == 200 and r.json()["model_version"] == "1"
+
+
+def test_a_slow_canary_is_rolled_back_on_its_p99_latency(server: LiveServer, tmp_path: Path) -> None:
+    register(server, "brisk", slow_model(tmp_path / "brisk.onnx", 10))
+    x = np.full((1, SLOW_WIDTH), 0.1, np.float32)
+    with server.client() as client:
+        r = client.post("/api/v1/deployments", json={
+            "name": "hasty", "routes": [{"model": "brisk", "version": 1, "weight": 50},
+                                        {"model": "slow", "version": 1, "weight": 50}],
+            "rollback": {"max_p99_ms": 1_000_000, "window_s": 0}})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "validation_failed", r.text
+        # "slow" answers in about 50 ms a row, over five times the limit; a slice of a 3 s window is 50 ms
+        dep = _deploy(client, {"name": "hasty", "routes": [
+            {"model": "brisk", "version": 1, "weight": 50}, {"model": "slow", "version": 1, "weight": 50}],
+            "rollback": {"window_s": 3, "min_requests": 3, "max_p99_ms": 10}})
+        assert dep["rollback"] == {"max_error_rate": 0.5, "window_s": 3.0, "min_requests": 3, "max_p99_ms": 10.0}
+        for _ in range(40):
+            answer = client.post("/v2/models/hasty/infer", json=infer_body(x))
+            assert answer.status_code == 200, answer.text  # a slow answer is still an answer
+        wait_until(lambda: client.get("/api/v1/deployments/hasty").json()["revision"] > 1, 5)
+        dep = client.get("/api/v1/deployments/hasty").json()
+        assert dep["routes"] == [{"model": "brisk", "version": 1, "weight": 100.0}]
+        last = dep["events"][-1]
+        assert last["kind"] == "rolled_back", last
+        assert re.fullmatch(r"automatic: canary slow:1 p99 latency [\d.]+ ms over 3s exceeded 10 ms", last["reason"]), last
+        assert float(last["reason"].split()[5]) > 10
+        # the primary's window keeps its latencies, and after the rollback only it answers
+        window = dep["stats"]["routes"][0]["window"]
+        assert window["seconds"] == 3.0 and "p99_ms" in window
+        for _ in range(5):
+            np.testing.assert_allclose(output(client.post("/v2/models/hasty/infer", json=infer_body(x)).json()),
+                                       slow_expected(x, 10), rtol=1e-3, atol=1e-3)
 
 
 def test_queue_full_answers_429_with_retry_after(server: LiveServer) -> None:

@@ -4,6 +4,7 @@ progressive rollout), and watch one live."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -68,6 +69,34 @@ def _rollout(steps: str | None, every_s: float, canary_requests: int = 0) -> dic
     return {"steps": shares, "interval_s": every_s, "min_requests": canary_requests}
 
 
+def _rollback(
+    current: Callable[[], dict[str, Any] | None], max_error_rate: float | None, max_p99_ms: float | None,
+    window_s: float | None,
+) -> dict[str, Any] | None:
+    """The automatic-rollback policy the options give (``None``: none given), over the
+    deployment's policy now (``current()``, asked only then): what is not given stays (the
+    server checks the ranges)."""
+    given = {"max_error_rate": max_error_rate, "max_p99_ms": max_p99_ms, "window_s": window_s}
+    if all(value is None for value in given.values()):
+        return None
+    now = current()
+    if now is None and max_error_rate is None and max_p99_ms is None:
+        raise typer.BadParameter("--window-s goes with --max-error-rate or --max-p99-ms (the limits it is the window of)")
+    return {**(now or {}), **{key: value for key, value in given.items() if value is not None}}
+
+
+MaxErrorRateOption = Annotated[float | None, typer.Option(
+    help="Roll canaries back when their error rate over the window is above this (0-1).",
+)]
+MaxP99Option = Annotated[float | None, typer.Option(
+    "--max-p99-ms", metavar="MS",
+    help="Roll canaries back when the 99th percentile of their latency over the window is above MS.",
+)]
+WindowOption = Annotated[float | None, typer.Option(
+    help="Seconds of traffic the rollback limits look at (60 unless given).",
+)]
+
+
 RolloutOption = Annotated[str | None, typer.Option(
     "--rollout", metavar="PERCENTS",
     help="Raise the canary's share step by step, e.g. 10,25,50,100 (100 promotes it); two routes.",
@@ -94,6 +123,8 @@ def _show(dep: Any, json_out: bool) -> None:
         rows.append([f"{dep.shadow['model']}:{dep.shadow['version']} (shadow)", f"{dep.shadow['share']:g}",
                      sh.get("requests", 0), f"agreement {sh.get('agreement_rate')}"])
     print_table(["route", "weight", "requests", "errors"], rows, title=f"{dep.name} (revision {dep.revision})")
+    if dep.rollback:
+        typer.echo(_policy(dep.rollback))
     rollout = dep.rollout
     if rollout:
         print_table(["rollout", "every", "next"], [[_steps(rollout), f"{rollout['interval_s']:g} s", _next(dep)]])
@@ -106,6 +137,25 @@ def _label(route: dict[str, Any]) -> str:
 def _route_stats(dep: Any) -> dict[str, dict[str, Any]]:
     """The server's live statistics of each route (by label; none before its first request)."""
     return {_label(r): r for r in (dep.stats or {}).get("routes", [])}
+
+
+def _policy(rollback: dict[str, Any]) -> str:
+    """A rollback policy in words."""
+    limits = [f"its error rate passes {rollback['max_error_rate']:g}"]
+    if rollback.get("max_p99_ms") is not None:
+        limits.append(f"its p99 latency passes {rollback['max_p99_ms']:g} ms")
+    return (f"rolls a canary back when {' or '.join(limits)} over {rollback['window_s']:g} s "
+            f"(with at least {rollback['min_requests']} requests in that time)")
+
+
+def _window(window: dict[str, Any] | None) -> str:
+    """A route's rollback window: its errors, and its p99 latency where the policy watches it."""
+    if not window:
+        return "-"
+    text = f"{window['errors']} errors of {window['requests']}"
+    if window.get("p99_ms") is not None:
+        text += f", p99 {window['p99_ms']:.3g} ms"
+    return text
 
 
 def _steps(rollout: dict[str, Any]) -> str:
@@ -133,8 +183,9 @@ def create(
     routes: Annotated[list[str], typer.Argument(help="MODEL:VERSION[=WEIGHT] ..., primary first.")],
     shadow: Annotated[str | None, typer.Option(help="MODEL:VERSION[=SHARE] mirrored, never returned.")] = None,
     serving: Annotated[str | None, typer.Option(help='Serving settings as JSON, e.g. {"max_batch_size": 16}.')] = None,
-    max_error_rate: Annotated[float | None, typer.Option(help="Roll canaries back above this error rate.")] = None,
-    window_s: Annotated[float, typer.Option(help="Error-rate window (seconds).")] = 60.0,
+    max_error_rate: MaxErrorRateOption = None,
+    max_p99_ms: MaxP99Option = None,
+    window_s: WindowOption = None,
     rollout: RolloutOption = None,
     every: EveryOption = 300.0,
     canary_requests: CanaryRequestsOption = 0,
@@ -146,6 +197,8 @@ def create(
 
         modelyard deploy create web digits:1=90 digits:2=10 --max-error-rate 0.2
 
+        modelyard deploy create web digits:1=90 digits:2=10 --max-error-rate 0.05 --max-p99-ms 50 --window-s 120
+
         modelyard deploy create web digits:1 digits:2=0 --rollout 10,25,50,100 --every 600 --max-error-rate 0.05
 
         modelyard deploy create web digits:1 digits:2=0 --rollout 10,50,100 --every 600 --canary-requests 500
@@ -156,7 +209,7 @@ def create(
     """
     dep = client().deployments.create(
         name, [_route(r) for r in routes], shadow=_shadow(shadow), serving=_serving(serving),
-        rollback={"max_error_rate": max_error_rate, "window_s": window_s} if max_error_rate is not None else None,
+        rollback=_rollback(lambda: None, max_error_rate, max_p99_ms, window_s),
         rollout=_rollout(rollout, every, canary_requests),
     )
     _show(dep, json_out)
@@ -172,8 +225,9 @@ def update(
     shadow: Annotated[str | None, typer.Option(help="Mirror MODEL:VERSION[=SHARE] (replaces any shadow).")] = None,
     no_shadow: Annotated[bool, typer.Option("--no-shadow", help="Stop mirroring.")] = False,
     serving: Annotated[str | None, typer.Option(help='Serving settings as JSON (replace the old ones).')] = None,
-    max_error_rate: Annotated[float | None, typer.Option(help="Roll canaries back above this error rate.")] = None,
-    window_s: Annotated[float, typer.Option(help="Error-rate window (seconds), with --max-error-rate.")] = 60.0,
+    max_error_rate: MaxErrorRateOption = None,
+    max_p99_ms: MaxP99Option = None,
+    window_s: WindowOption = None,
     no_rollback: Annotated[bool, typer.Option("--no-rollback", help="No automatic rollback.")] = False,
     rollout: RolloutOption = None,
     every: EveryOption = 300.0,
@@ -200,19 +254,20 @@ def update(
         raise typer.BadParameter("give --shadow or --no-shadow, not both")
     if rollout and no_rollout:
         raise typer.BadParameter("give --rollout or --no-rollout, not both")
-    if max_error_rate is not None and no_rollback:
-        raise typer.BadParameter("give --max-error-rate or --no-rollback, not both")
+    if (max_error_rate is not None or max_p99_ms is not None or window_s is not None) and no_rollback:
+        raise typer.BadParameter("give --max-error-rate, --max-p99-ms or --window-s, or --no-rollback: not both")
+    sdk = client()
     changes: dict[str, Any] = {
         "routes": [_route(r) for r in routes] if routes else None,
         "shadow": _shadow(shadow), "remove_shadow": no_shadow or None,
         "serving": _serving(serving), "description": description,
-        "rollback": {"max_error_rate": max_error_rate, "window_s": window_s} if max_error_rate is not None else None,
+        "rollback": _rollback(lambda: sdk.deployments.get(name).rollback, max_error_rate, max_p99_ms, window_s),
         "remove_rollback": no_rollback or None,
         "rollout": _rollout(rollout, every, canary_requests), "remove_rollout": no_rollout or None,
     }
     if all(v is None for v in changes.values()):
         raise typer.BadParameter("nothing to change: give routes or an option (see --help)")
-    _show(client().deployments.update(name, **changes), json_out)
+    _show(sdk.deployments.update(name, **changes), json_out)
 
 
 @app.command("list")
@@ -281,7 +336,7 @@ def delete(name: str) -> None:
     typer.echo(f"deleted deployment {name}")
 
 
-_WATCH_COLUMNS = ["route", "weight", "req/s", "errors/s", "latency ms", "window errors"]
+_WATCH_COLUMNS = ["route", "weight", "req/s", "errors/s", "latency ms", "rollback window"]
 
 
 def _frame(dep: Any, before: dict[str, dict[str, Any]], seconds: float) -> Group:
@@ -296,11 +351,10 @@ def _frame(dep: Any, before: dict[str, dict[str, Any]], seconds: float) -> Group
         served = new.get("requests", 0) - old.get("requests", 0)
         latency_ms = (new.get("latency_ms_avg") or 0.0) * new.get("requests", 0) \
             - (old.get("latency_ms_avg") or 0.0) * old.get("requests", 0)
-        window = new.get("window")
         rows.append([label, f"{r['weight']:g}", f"{served / seconds:,.1f}",
                      f"{(new.get('errors', 0) - old.get('errors', 0)) / seconds:,.1f}",
                      f"{latency_ms / served:.2f}" if served else "-",
-                     f"{window['errors']} of {window['requests']}" if window else "-"])
+                     _window(new.get("window"))])
     parts: list[Any] = [make_table(_WATCH_COLUMNS, rows, title=f"{dep.name}, revision {dep.revision}: the last "
                                                                 f"{seconds:.1f} s (Ctrl-C to stop)", whole=("route",))]
     if dep.rollout:

@@ -4,7 +4,8 @@ carry their own serving settings (batching, instances, isolation, timeout, queue
 A deployment is served at ``/v2/models/{deployment}/...`` and over gRPC under its name. Its first
 route is the *primary* (the stable version); any other route is a *canary*. ``rollback`` puts all
 traffic back on the primary; ``promote`` makes one route the only one. With a rollback policy the
-data plane rolls a canary back by itself when its error rate over the window passes the limit.
+data plane rolls a canary back by itself when its error rate, or the 99th percentile of its
+latency, over the window passes the policy's limit.
 
 Every change bumps ``revision`` and replaces the in-memory routing table atomically: a request
 already routed keeps its version (and its batcher), so no change drops a request in flight.
@@ -31,7 +32,7 @@ from modelyard.core.names import check_name
 from modelyard.core.pages import Page, PageRequest
 from modelyard.core.registry import Registry
 from modelyard.core.rollout import Rollout, parse_rollout
-from modelyard.core.routing import ErrorWindow, RouteStats, ShadowStats, WeightedChoice
+from modelyard.core.routing import ErrorWindow, LatencyWindow, RouteStats, ShadowStats, WeightedChoice
 from modelyard.engine.manager import parse_serving
 from modelyard.errors import Conflict, DeploymentNotFound, ValidationFailed
 from modelyard.store.db import Database
@@ -49,6 +50,8 @@ __all__ = [
 
 #: the newest events kept on a deployment (changes, rollbacks)
 MAX_EVENTS = 50
+#: the highest latency limit a rollback policy takes (an hour)
+MAX_P99_MS = 3_600_000.0
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +90,19 @@ class Shadow:
 
 @dataclass(frozen=True, slots=True)
 class RollbackPolicy:
-    """Roll back when a canary's error rate over ``window_s`` exceeds ``max_error_rate`` with at
-    least ``min_requests`` requests in the window."""
+    """Roll back when a canary's error rate over ``window_s`` exceeds ``max_error_rate``, or (with
+    ``max_p99_ms``) the 99th percentile of its answers' latencies over the window exceeds that
+    many milliseconds, with at least ``min_requests`` requests (answers, for the latency) in the
+    window."""
 
     max_error_rate: float = 0.5
     window_s: float = 60.0
     min_requests: int = 10
+    max_p99_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"max_error_rate": self.max_error_rate, "window_s": self.window_s, "min_requests": self.min_requests}
+        return {"max_error_rate": self.max_error_rate, "window_s": self.window_s, "min_requests": self.min_requests,
+                "max_p99_ms": self.max_p99_ms}
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,18 +183,24 @@ def parse_rollback(raw: Any) -> RollbackPolicy | None:
     if raw is None:
         return None
     data = raw.to_dict() if isinstance(raw, RollbackPolicy) else raw
-    if not isinstance(data, Mapping) or set(data) - {"max_error_rate", "window_s", "min_requests"}:
-        raise ValidationFailed("rollback is {max_error_rate, window_s, min_requests}", details={"field": "rollback"})
+    if not isinstance(data, Mapping) or set(data) - {"max_error_rate", "window_s", "min_requests", "max_p99_ms"}:
+        raise ValidationFailed("rollback is {max_error_rate, window_s, min_requests, max_p99_ms}",
+                               details={"field": "rollback"})
     try:
+        latency = data.get("max_p99_ms")
         policy = RollbackPolicy(
             max_error_rate=float(data.get("max_error_rate", 0.5)),
             window_s=float(data.get("window_s", 60.0)),
             min_requests=int(data.get("min_requests", 10)),
+            max_p99_ms=None if latency is None else float(latency),
         )
     except (TypeError, ValueError):
         raise ValidationFailed("rollback settings must be numbers", details={"field": "rollback"}) from None
     if not 0 <= policy.max_error_rate <= 1 or not 0 < policy.window_s <= 86_400 or not 1 <= policy.min_requests <= 1_000_000:
         raise ValidationFailed("rollback settings are out of range", details={"field": "rollback"})
+    if policy.max_p99_ms is not None and not 0 < policy.max_p99_ms <= MAX_P99_MS:
+        raise ValidationFailed(f"rollback.max_p99_ms is the canary's slowest 1% in milliseconds, over 0 and at most "
+                               f"{MAX_P99_MS:,.0f}", details={"field": "rollback.max_p99_ms"})
     return policy
 
 
@@ -236,6 +249,20 @@ def _same_shadow(before: Deployment, after: Deployment) -> bool:
 _OWED_MAX = 1024
 
 
+def _windowed(stats: RouteStats, policy: RollbackPolicy | None) -> RouteStats:
+    """``stats`` with the windows ``policy`` watches: its error window over the policy's window
+    (a minute without one), and a latency window where it has a latency limit. Windows already
+    of that length are kept (a change that leaves the policy as it was keeps what they saw)."""
+    window_s = policy.window_s if policy is not None else 60.0
+    if stats.window is None or stats.window.window_s != window_s:
+        stats.window = ErrorWindow(window_s)
+    if policy is None or policy.max_p99_ms is None:
+        stats.latencies = None
+    elif stats.latencies is None or stats.latencies.window_s != window_s:
+        stats.latencies = LatencyWindow(window_s)
+    return stats
+
+
 @dataclass
 class DeploymentTraffic:
     """In-memory state of one deployment revision: the route chooser and its statistics."""
@@ -253,11 +280,10 @@ class DeploymentTraffic:
 
     @classmethod
     def of(cls, deployment: Deployment, previous: DeploymentTraffic | None = None) -> DeploymentTraffic:
-        window = deployment.rollback.window_s if deployment.rollback else 60.0
         stats: dict[str, RouteStats] = {}
         for route in deployment.routes:
             old = previous.routes.get(route.label) if previous else None
-            stats[route.label] = old or RouteStats(window=ErrorWindow(window))
+            stats[route.label] = _windowed(old or RouteStats(), deployment.rollback)
         traffic = cls(
             deployment=deployment,
             choice=WeightedChoice([r.weight for r in deployment.routes]),
@@ -322,28 +348,37 @@ class DeploymentTraffic:
         ``DeploymentGate``): where most of its traffic goes, the primary while rolling back."""
         return self.deployment.primary if self.rolling_back else self.heaviest
 
-    def record(self, route: Route, ok: bool, latency_s: float) -> bool:
-        """Count one outcome; True when it trips the rollback policy (once per revision)."""
+    def record(self, route: Route, ok: bool, latency_s: float, now: float | None = None) -> str | None:
+        """Count one outcome; what tripped the rollback policy when this one did (once per
+        revision). The error rate is looked at on each error, the latency's p99 when a slice of
+        its window begins (a sixtieth of the window: once a second for a minute's). ``now``: the
+        monotonic clock's time (read when omitted)."""
         stats = self.routes.get(route.label)
         if stats is None:
-            return False
+            return None
         stats.requests += 1
         stats.latency_s += latency_s
         if not ok:
             stats.errors += 1
-        if stats.window is not None:
-            stats.window.add(ok)
+        window, latencies = stats.window, stats.latencies
+        if window is not None:
+            window.add(ok, now)
+        look = ok and latencies is not None and latencies.add(latency_s, now)
         policy = self.deployment.rollback
-        if (
-            ok or policy is None or self.rolling_back or route == self.deployment.primary
-            or stats.window is None
-        ):
-            return False
-        n, errors = stats.window.counts()
-        if n >= policy.min_requests and errors / n > policy.max_error_rate:
+        if policy is None or self.rolling_back or route == self.deployment.primary:
+            return None
+        cause = None
+        if not ok and window is not None:
+            n, errors = window.counts(now)
+            if n >= policy.min_requests and errors / n > policy.max_error_rate:
+                cause = f"error rate {errors / n:.3g} over {policy.window_s:g}s exceeded {policy.max_error_rate:g}"
+        elif look and latencies is not None and policy.max_p99_ms is not None:
+            n, p99 = latencies.quantile(0.99, now)
+            if n >= policy.min_requests and p99 is not None and 1000 * p99 > policy.max_p99_ms:
+                cause = f"p99 latency {1000 * p99:.4g} ms over {policy.window_s:g}s exceeded {policy.max_p99_ms:g} ms"
+        if cause is not None:
             self.rolling_back = True
-            return True
-        return False
+        return cause
 
     def stats(self) -> dict[str, Any]:
         rollout = self.deployment.rollout

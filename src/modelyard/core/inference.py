@@ -645,14 +645,11 @@ class DataPlane:
     def _record(
         self, principal: Principal, name: str, traffic: DeploymentTraffic, route: Route, ok: bool, latency_s: float
     ) -> None:
-        if not traffic.record(route, ok, latency_s) or self.deployments is None:
+        cause = traffic.record(route, ok, latency_s)
+        if cause is None or self.deployments is None:
             return
         deployments = self.deployments
-        policy = traffic.deployment.rollback
-        reason = (
-            f"automatic: canary {route.label} error rate over {policy.window_s:g}s exceeded "
-            f"{policy.max_error_rate:g}" if policy else "automatic"
-        )
+        reason = f"automatic: canary {route.label} {cause}"
         log.warning("deployment %s: rolling back (%s)", name, reason)
 
         async def roll_back() -> None:

@@ -1,5 +1,6 @@
-"""Traffic of one deployment, in memory: the weighted choice of a route, the canary's error window
-that triggers an automatic rollback, and the comparison of shadow answers with the primary's.
+"""Traffic of one deployment, in memory: the weighted choice of a route, the canary's error and
+latency windows that trigger an automatic rollback, and the comparison of shadow answers with the
+primary's.
 
 Nothing here touches the database or the network; :class:`~modelyard.core.deployments.Deployments`
 persists what changes, the data plane feeds outcomes in.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import math
 import random
 import time
 from collections import deque
@@ -18,10 +20,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["key_point", "WeightedChoice", "ErrorWindow", "RouteStats", "ShadowStats", "outputs_agree"]
+__all__ = ["key_point", "WeightedChoice", "ErrorWindow", "LatencyWindow", "RouteStats", "ShadowStats", "outputs_agree"]
 
-#: an :class:`ErrorWindow` counts outcomes in this many slices of its window
+#: an :class:`ErrorWindow` or a :class:`LatencyWindow` counts in this many slices of its window
 WINDOW_SLICES = 60
+#: a :class:`LatencyWindow`'s buckets: this many to a doubling of the latency, from this one up
+#: (anything faster counts as this)
+LATENCY_BUCKETS_PER_DOUBLING = 16
+LATENCY_FLOOR_S = 1e-5
 
 
 def key_point(key: str) -> float:
@@ -68,56 +74,138 @@ class WeightedChoice:
         return min(index, len(self._cumulative) - 1)
 
 
-class ErrorWindow:
-    """Outcomes of the last ``window_s`` seconds: the error rate the rollback policy watches.
+class _SlicedWindow:
+    """What happened in the last ``window_s`` seconds, counted in :data:`WINDOW_SLICES` slices of
+    the window, not one entry per request: a route serving 20k requests a second over a 60 s
+    window held 1.2M entries (about 80 MB) that way. A slice leaves the window once all of it is
+    older than ``window_s``, so an outcome counts for at most one slice (a sixtieth of the
+    window) longer than the window. A subclass says what a slice holds (``_new``) and takes a
+    leaving slice off its totals (``_drop``)."""
 
-    Counted in :data:`WINDOW_SLICES` slices of the window, not one entry per request: a route
-    serving 20k requests a second over a 60 s window held 1.2M entries (about 80 MB) that way. A
-    slice leaves the window once all of it is older than ``window_s``, so an outcome counts for
-    at most one slice (a sixtieth of the window) longer than the window."""
-
-    __slots__ = ("window_s", "_slice_s", "_slices", "_requests", "_errors")
+    __slots__ = ("window_s", "_slice_s", "_slices")
 
     def __init__(self, window_s: float) -> None:
         self.window_s = window_s
         self._slice_s = window_s / WINDOW_SLICES
-        self._slices: deque[list[int]] = deque()  # [slice number, requests, errors], oldest first
-        self._requests = 0
-        self._errors = 0
+        self._slices: deque[list[Any]] = deque()  # [slice number, ...], oldest first
 
-    def add(self, ok: bool, now: float | None = None) -> None:
+    def _current(self, now: float | None) -> tuple[list[Any], bool]:
+        """The slice ``now`` falls in, and whether it was started by this call."""
         now = time.monotonic() if now is None else now
         number = int(now // self._slice_s)
         slices = self._slices
         if slices and slices[-1][0] == number:
-            last = slices[-1]
-        else:
-            last = [number, 0, 0]
-            slices.append(last)
-            self._trim(now)
+            return slices[-1], False
+        current = self._new(number)
+        slices.append(current)
+        self._trim(now)
+        return current, True
+
+    def _trim(self, now: float | None) -> None:
+        # slice n spans [n * slice_s, (n + 1) * slice_s): gone once its end is past the horizon
+        horizon = (time.monotonic() if now is None else now) - self.window_s
+        slices = self._slices
+        while slices and (slices[0][0] + 1) * self._slice_s <= horizon:
+            self._drop(slices.popleft())
+
+    def _new(self, number: int) -> list[Any]:
+        raise NotImplementedError
+
+    def _drop(self, old: list[Any]) -> None:
+        raise NotImplementedError
+
+
+class ErrorWindow(_SlicedWindow):
+    """Outcomes of the last ``window_s`` seconds: the error rate the rollback policy watches."""
+
+    __slots__ = ("_requests", "_errors")
+
+    def __init__(self, window_s: float) -> None:
+        super().__init__(window_s)
+        self._requests = 0
+        self._errors = 0
+
+    def _new(self, number: int) -> list[Any]:
+        return [number, 0, 0]  # requests, errors
+
+    def _drop(self, old: list[Any]) -> None:
+        self._requests -= old[1]
+        self._errors -= old[2]
+
+    def add(self, ok: bool, now: float | None = None) -> None:
+        last, _ = self._current(now)
         last[1] += 1
         self._requests += 1
         if not ok:
             last[2] += 1
             self._errors += 1
 
-    def _trim(self, now: float) -> None:
-        # slice n spans [n * slice_s, (n + 1) * slice_s): gone once its end is past the horizon
-        horizon = now - self.window_s
-        slices = self._slices
-        while slices and (slices[0][0] + 1) * self._slice_s <= horizon:
-            _, requests, errors = slices.popleft()
-            self._requests -= requests
-            self._errors -= errors
-
     def counts(self, now: float | None = None) -> tuple[int, int]:
         """``(requests, errors)`` within the window."""
-        self._trim(time.monotonic() if now is None else now)
+        self._trim(now)
         return self._requests, self._errors
 
     def error_rate(self, now: float | None = None) -> float:
         n, errors = self.counts(now)
         return errors / n if n else 0.0
+
+
+class LatencyWindow(_SlicedWindow):
+    """Latencies of the last ``window_s`` seconds, for a quantile (the rollback policy's p99).
+
+    Each slice counts its latencies in geometric buckets, :data:`LATENCY_BUCKETS_PER_DOUBLING` to
+    a doubling from :data:`LATENCY_FLOOR_S` up (a bucket spans 4.4%), only the buckets it saw; a
+    quantile is the middle of the bucket it falls in, within 2.2% of the latency seen."""
+
+    __slots__ = ("_totals", "_count")
+
+    def __init__(self, window_s: float) -> None:
+        super().__init__(window_s)
+        self._totals: dict[int, int] = {}
+        self._count = 0
+
+    def _new(self, number: int) -> list[Any]:
+        return [number, {}]  # bucket -> latencies
+
+    def _drop(self, old: list[Any]) -> None:
+        totals = self._totals
+        for bucket, n in old[1].items():
+            left = totals[bucket] - n
+            if left:
+                totals[bucket] = left
+            else:
+                del totals[bucket]
+            self._count -= n
+
+    def add(self, latency_s: float, now: float | None = None) -> bool:
+        """Count one latency; True when it began a new slice (a moment to look at the quantile
+        again: the rollback policy does, rather than after every request)."""
+        current, started = self._current(now)
+        bucket = _bucket(latency_s)
+        counts = current[1]
+        counts[bucket] = counts.get(bucket, 0) + 1
+        self._totals[bucket] = self._totals.get(bucket, 0) + 1
+        self._count += 1
+        return started
+
+    def quantile(self, q: float, now: float | None = None) -> tuple[int, float | None]:
+        """``(latencies in the window, the q-quantile of them in seconds)``; ``None`` when empty."""
+        self._trim(now)
+        if not self._count:
+            return 0, None
+        rank = max(1, math.ceil(q * self._count))
+        seen = 0
+        for bucket in sorted(self._totals):
+            seen += self._totals[bucket]
+            if seen >= rank:
+                break
+        return self._count, LATENCY_FLOOR_S * 2 ** ((bucket + 0.5) / LATENCY_BUCKETS_PER_DOUBLING)
+
+
+def _bucket(latency_s: float) -> int:
+    if latency_s <= LATENCY_FLOOR_S:
+        return 0
+    return int(math.log2(latency_s / LATENCY_FLOOR_S) * LATENCY_BUCKETS_PER_DOUBLING)
 
 
 @dataclass
@@ -128,6 +216,8 @@ class RouteStats:
     errors: int = 0
     latency_s: float = 0.0
     window: ErrorWindow | None = None
+    #: the answers' latencies over the same window, kept where a rollback policy watches them
+    latencies: LatencyWindow | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -138,6 +228,9 @@ class RouteStats:
         if self.window is not None:
             n, errors = self.window.counts()
             out["window"] = {"seconds": self.window.window_s, "requests": n, "errors": errors}
+            if self.latencies is not None:
+                _, p99 = self.latencies.quantile(0.99)
+                out["window"]["p99_ms"] = None if p99 is None else round(1000 * p99, 3)
         return out
 
 

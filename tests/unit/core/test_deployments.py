@@ -20,7 +20,7 @@ from modelyard.engine.manager import parse_serving
 from modelyard.core.inference import DeploymentGate
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
-from modelyard.core.routing import ErrorWindow, WeightedChoice, key_point, outputs_agree
+from modelyard.core.routing import ErrorWindow, LatencyWindow, WeightedChoice, key_point, outputs_agree
 from modelyard.errors import (
     Conflict,
     DeploymentNotFound,
@@ -164,8 +164,83 @@ def test_error_window_and_rollback_trigger(platform: Platform, tenant: str) -> N
     traffic = DeploymentTraffic.of(dep)
     assert not any(traffic.record(dep.routes[0], False, 0.01) for _ in range(10))  # primary never trips
     outcomes = [traffic.record(dep.routes[1], ok, 0.01) for ok in (True, False, False, False, False)]
-    assert outcomes == [False, False, False, True, False]  # trips once, at 3 errors of 4
+    assert outcomes[:3] == [None] * 3 and outcomes[4] is None  # trips once, at 3 errors of 4
+    assert outcomes[3] == "error rate 0.75 over 60s exceeded 0.5"
     assert traffic.rolling_back
+
+
+def test_a_latency_window_gives_the_quantile_of_what_it_saw_within_its_buckets() -> None:
+    rng = np.random.default_rng(3)
+    latencies = rng.lognormal(mean=np.log(0.02), sigma=0.8, size=5_000)
+    window = LatencyWindow(60)
+    assert window.quantile(0.99, now=100.0) == (0, None)
+    for i, latency in enumerate(latencies):
+        window.add(float(latency), now=100.0 + i / 100)  # 50 s of them
+    for q in (0.5, 0.9, 0.99):
+        n, estimate = window.quantile(q, now=150.0)
+        exact = float(np.quantile(latencies, q, method="inverted_cdf"))
+        assert n == 5_000 and estimate == pytest.approx(exact, rel=0.023), q
+    # the first 20 s leave the window; what is left is the last 30 s
+    n, p99 = window.quantile(0.99, now=180.5)
+    assert n == 3_000 and p99 == pytest.approx(float(np.quantile(latencies[2_000:], 0.99, method="inverted_cdf")), rel=0.023)
+    assert window.quantile(0.99, now=211.0) == (0, None)
+    window.add(0.0, now=300.0)  # anything under the floor counts as the floor
+    assert window.quantile(0.5, now=300.0)[1] == pytest.approx(1e-5, rel=0.023)
+
+
+def test_a_canary_slower_than_the_policys_p99_is_rolled_back_once_a_slice_begins(
+    platform: Platform, tenant: str,
+) -> None:
+    dep = platform.deployments.create(
+        tenant, "lat", routes=[{"model": "m", "version": 1}, {"model": "m", "version": 2}],
+        rollback={"max_p99_ms": 20, "min_requests": 5, "window_s": 60},
+    )
+    assert dep.rollback is not None and dep.rollback.to_dict()["max_p99_ms"] == 20.0
+    traffic = DeploymentTraffic.of(dep)
+    primary, canary = dep.routes
+    # the primary is never rolled back, slow or not; errors and fast answers do not trip the latency
+    assert not any(traffic.record(primary, True, 0.5, now=1000.0 + i) for i in range(10))
+    assert not any(traffic.record(canary, False, 0.5, now=1000.0) for _ in range(3))
+    assert not any(traffic.record(canary, True, 0.004, now=1000.0 + i) for i in range(10))
+    # slow answers in the slice under way (a second, of a 60 s window): looked at when the next begins
+    assert not any(traffic.record(canary, True, 0.05, now=1009.5) for _ in range(5))
+    assert traffic.stats()["routes"][1]["window"]["p99_ms"] == pytest.approx(50, rel=0.023)
+    cause = traffic.record(canary, True, 0.05, now=1010.1)
+    assert cause is not None and cause.startswith("p99 latency ") and cause.endswith(" ms over 60s exceeded 20 ms")
+    assert traffic.rolling_back and traffic.record(canary, True, 0.05, now=1011.5) is None  # once
+
+
+def test_a_changed_rollback_policy_gives_the_routes_its_windows_and_keeps_their_counts(
+    platform: Platform, tenant: str,
+) -> None:
+    dep = platform.deployments.create(tenant, "pol", routes=[{"model": "m", "version": 1}, {"model": "m", "version": 2}])
+    traffic = DeploymentTraffic.of(dep)
+    traffic.record(dep.routes[1], True, 0.01)
+    assert traffic.routes["m:2"].latencies is None and traffic.routes["m:2"].window.window_s == 60
+    changed = platform.deployments.update(tenant, "pol", rollback={"max_p99_ms": 100, "window_s": 10})
+    after = DeploymentTraffic.of(changed, traffic)
+    stats = after.routes["m:2"]
+    assert stats.requests == 1 and stats.window.window_s == 10 and stats.latencies is not None
+    assert after.stats()["routes"][1]["window"] == {"seconds": 10.0, "requests": 0, "errors": 0, "p99_ms": None}
+    plain = DeploymentTraffic.of(platform.deployments.update(tenant, "pol", rollback=None), after)
+    assert plain.routes["m:2"].latencies is None and "p99_ms" not in plain.stats()["routes"][1]["window"]
+
+
+@pytest.mark.parametrize("policy, field", [
+    ({"max_p99_ms": 0}, "rollback.max_p99_ms"),
+    ({"max_p99_ms": -5}, "rollback.max_p99_ms"),
+    ({"max_p99_ms": 4e6}, "rollback.max_p99_ms"),
+    ({"max_p99_ms": "fast"}, "rollback"),
+    ({"max_p99": 10}, "rollback"),
+])
+def test_a_bad_latency_limit_is_refused_and_names_its_field(
+    platform: Platform, tenant: str, policy: dict, field: str,
+) -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        platform.deployments.create(tenant, "bad", routes=[{"model": "m", "version": 1}], rollback=policy)
+    assert caught.value.details["field"] == field
+    with pytest.raises(DeploymentNotFound):
+        platform.deployments.get(tenant, "bad")
 
 
 def test_an_error_window_holds_slices_not_requests() -> None:

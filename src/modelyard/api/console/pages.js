@@ -214,7 +214,8 @@ async function deploymentPage(page, name) {
     const series = rates.series(d.routes.map(label));
     const routeRows = d.routes.map((r, i) => {
       const s = stats.find((x) => x.model === r.model && x.version === r.version) || {};
-      const window = s.window ? `${number(s.window.errors)} of ${number(s.window.requests)} in ${number(s.window.seconds)} s` : "";
+      const window = s.window ? `${number(s.window.errors)} errors of ${number(s.window.requests)} in ${number(s.window.seconds)} s`
+        + (s.window.p99_ms != null ? `, p99 ${number(s.window.p99_ms, 2)} ms` : "") : "";
       const now = series[i].points.length ? series[i].points[series[i].points.length - 1][1] : null;
       return [link(`#/models/${encodeURIComponent(r.model)}`, label(r)), number(r.weight),
         number(s.requests), number(now, 1), number(s.errors), number(s.latency_ms_avg, 2), window];
@@ -236,7 +237,7 @@ async function deploymentPage(page, name) {
     }
     put(body, [
       panel("Traffic", shareBar(routeParts(d.routes)),
-        table(["Route", "Weight#", "Requests#", "Now (req/s)#", "Errors#", "Mean latency (ms)#", "Errors in the rollback window"], routeRows, "No routes."),
+        table(["Route", "Weight#", "Requests#", "Now (req/s)#", "Errors#", "Mean latency (ms)#", "The rollback window"], routeRows, "No routes."),
         el("p", { class: "muted", text: "Counted by this server since it started or the deployment last changed." })),
       panel("Requests a second, since this page opened", series.some((x) => x.points.length)
         ? lineChart(series, { xLabel: "seconds", yLabel: "requests a second" })
@@ -252,7 +253,9 @@ async function deploymentPage(page, name) {
         ["Every", `${number(d.rollout.interval_s, 1)} s`],
         ...(d.rollout.min_requests && d.rollout.next_step_at ? [["Waits for", `${number(d.rollout.min_requests)} canary answers without error at this step (${number(d.stats?.rollout?.canary_answered ?? 0)} so far on this server)`]] : [])])) : null,
       d.rollback ? panel("Automatic rollback", el("p", { text:
-        `Rolls back when the canary's error rate over ${number(d.rollback.window_s)} s passes ${number(100 * d.rollback.max_error_rate, 1)}% with at least ${number(d.rollback.min_requests)} requests.` })) : null,
+        `Rolls back when the canary's error rate over ${number(d.rollback.window_s)} s passes ${number(100 * d.rollback.max_error_rate, 1)}%`
+        + (d.rollback.max_p99_ms != null ? ` or the 99th percentile of its latency passes ${number(d.rollback.max_p99_ms, 1)} ms` : "")
+        + `, with at least ${number(d.rollback.min_requests)} requests.` })) : null,
       panel("Events, newest first", table(["When", "Event", "Details"], [...d.events].reverse().slice(0, 50).map((e) => {
         const { at, kind, ...rest } = e;
         return [when(at), kind, el("code", { text: JSON.stringify(rest) })];

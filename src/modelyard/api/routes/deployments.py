@@ -65,6 +65,9 @@ class RollbackIn(StrictBody):
     max_error_rate: float = Field(default=0.5, ge=0, le=1)
     window_s: float = Field(default=60.0, gt=0, le=86_400)
     min_requests: int = Field(default=10, ge=1)
+    max_p99_ms: float | None = Field(
+        default=None, gt=0, le=3_600_000, description="roll back when the canary's p99 latency over the window is above this"
+    )
 
 
 class RolloutIn(StrictBody):
