@@ -325,7 +325,9 @@ class _Connection(asyncio.Protocol):
 
     def _send(self, data: bytes) -> None:
         """Queue bytes; they leave in one write at the end of this loop turn (the answers of a
-        batch that share a connection go out together: one system call, not one per call)."""
+        batch that share a connection go out together: one system call, not one per call), or
+        at once when they answer the connection's last call in flight (``_answer``): its client
+        has nothing else to wait for, and reads it while the loop answers other connections."""
         if not self.out:
             self.loop.call_soon(self._write_out)
         self.out.append(data)
@@ -862,6 +864,9 @@ class _Connection(asyncio.Protocol):
                 tail, sid, trailers,
             )))
             self._close_stream(stream)
+            if not self.streams:
+                # the connection's last call in flight: its client is waiting for this write alone
+                self._write_out()
             return
         self._send(_frame(_HEADERS, _END_HEADERS, stream.id, _RESPONSE_HEADERS))
         stream.started = True

@@ -1,9 +1,10 @@
 """The native HTTP/2 transport's backpressure: a connection held after a screen's refusal, or
 after a call its method's hold says should wait for room, read again, says how many calls it may
-bring (one for each call answered on it since it was held)."""
+bring (one for each call answered on it since it was held). And when its answers are written."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -80,6 +81,11 @@ async def _serve(connection: _Connection, head: _Head, stream_id: int) -> None:
     await connection._call(_open(connection, head, stream_id), b"\x00\x00\x00\x00\x02hi")
 
 
+def _sent(connection: _Connection, transport: FakeTransport) -> bytes:
+    """What the connection wrote and what it will write at the end of this loop turn."""
+    return b"".join(transport.written + connection.out)
+
+
 @pytest.mark.asyncio
 async def test_a_held_connection_read_again_brings_as_many_calls_as_were_refused_on_it() -> None:
     waits: list[Callable[[], int]] = []
@@ -127,7 +133,7 @@ async def test_a_connection_is_held_after_a_served_call_when_its_hold_says_so() 
 
     connection, transport, head = _connection(hold=hold, handler=_answered)
     await _serve(connection, head, 1)
-    assert asked == [b"\x00\x00\x00\x00\x02hi"] and b"ok" in b"".join(connection.out), "answered first"
+    assert asked == [b"\x00\x00\x00\x00\x02hi"] and b"ok" in _sent(connection, transport), "answered first"
     assert transport.paused == 1 and len(waits) == 1 and 1 not in connection.streams
     await _serve(connection, head, 3)  # in flight when it was held: answered, not asked again
     assert len(asked) == 1 and transport.paused == 1
@@ -139,4 +145,19 @@ async def test_a_connection_is_held_after_a_served_call_when_its_hold_says_so() 
 async def test_a_connection_whose_hold_finds_room_reads_on() -> None:
     connection, transport, head = _connection(hold=lambda metadata, framed: None, handler=_answered)
     await _serve(connection, head, 1)
-    assert transport.paused == 0 and not connection.held and b"ok" in b"".join(connection.out)
+    assert transport.paused == 0 and not connection.held and b"ok" in _sent(connection, transport)
+
+
+@pytest.mark.asyncio
+async def test_a_connections_answers_leave_in_one_write_as_soon_as_its_last_call_in_flight_is_answered() -> None:
+    """Answers wait for the end of the loop turn while other calls of the connection are in
+    flight (one write for a batch's answers), and leave at once with the last one: its client
+    reads them while the loop goes on answering other connections."""
+    connection, transport, head = _connection(handler=_answered)
+    waiting = _open(connection, head, 1)  # a call of the same batch, not answered yet
+    await _serve(connection, head, 3)
+    assert transport.written == [] and b"ok" in b"".join(connection.out), "kept for one write"
+    await connection._call(waiting, b"\x00\x00\x00\x00\x02hi")
+    assert len(transport.written) == 1 and transport.written[0].count(b"ok") == 2 and connection.out == []
+    await asyncio.sleep(0)  # the end of the loop turn finds nothing left to write
+    assert len(transport.written) == 1
