@@ -186,6 +186,10 @@ class Metrics:
             "modelyard_shadow_results", "Shadow answers compared with the primary's (agree, disagree, error)",
             ["tenant", "deployment", "result"], registry=r,
         )
+        self.automatic_rollbacks = Counter(
+            "modelyard_automatic_rollbacks", "Canaries rolled back by a deployment's policy (limit: error_rate, latency)",
+            ["tenant", "deployment", "limit"], registry=r,
+        )
         self.shadow_latency = Histogram(
             "modelyard_shadow_latency_seconds", "Latency of mirrored (shadow) requests",
             ["tenant", "deployment"], buckets=LATENCY_BUCKETS, registry=r,

@@ -277,6 +277,8 @@ def test_failing_canary_is_rolled_back_automatically(server: LiveServer) -> None
         assert codes[-10:] == [200] * 10  # after the rollback only the primary answers
         r = client.post("/v2/models/guarded/infer", json=infer_body(bad))
         assert r.status_code == 200 and r.json()["model_version"] == "1"
+        text = client.get("/metrics").text
+    assert metric(text, "modelyard_automatic_rollbacks_total", deployment="guarded", limit="error_rate") == 1
 
 
 def test_a_slow_canary_is_rolled_back_on_its_p99_latency(server: LiveServer, tmp_path: Path) -> None:
@@ -309,6 +311,8 @@ def test_a_slow_canary_is_rolled_back_on_its_p99_latency(server: LiveServer, tmp
         for _ in range(5):
             np.testing.assert_allclose(output(client.post("/v2/models/hasty/infer", json=infer_body(x)).json()),
                                        slow_expected(x, 10), rtol=1e-3, atol=1e-3)
+        text = client.get("/metrics").text
+    assert metric(text, "modelyard_automatic_rollbacks_total", deployment="hasty", limit="latency") == 1
 
 
 def test_queue_full_answers_429_with_retry_after(server: LiveServer) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -45,6 +45,7 @@ __all__ = [
     "Shadow",
     "RollbackPolicy",
     "DeploymentTraffic",
+    "Trip",
     "MAX_EVENTS",
 ]
 
@@ -263,6 +264,14 @@ def _windowed(stats: RouteStats, policy: RollbackPolicy | None) -> RouteStats:
     return stats
 
 
+class Trip(NamedTuple):
+    """What tripped a rollback policy: which limit (``error_rate`` or ``latency``) and how, in
+    words (the rollback event's reason)."""
+
+    limit: str
+    how: str
+
+
 @dataclass
 class DeploymentTraffic:
     """In-memory state of one deployment revision: the route chooser and its statistics."""
@@ -348,7 +357,7 @@ class DeploymentTraffic:
         ``DeploymentGate``): where most of its traffic goes, the primary while rolling back."""
         return self.deployment.primary if self.rolling_back else self.heaviest
 
-    def record(self, route: Route, ok: bool, latency_s: float, now: float | None = None) -> str | None:
+    def record(self, route: Route, ok: bool, latency_s: float, now: float | None = None) -> Trip | None:
         """Count one outcome; what tripped the rollback policy when this one did (once per
         revision). The error rate is looked at on each error, the latency's p99 when a slice of
         its window begins (a sixtieth of the window: once a second for a minute's). ``now``: the
@@ -367,18 +376,20 @@ class DeploymentTraffic:
         policy = self.deployment.rollback
         if policy is None or self.rolling_back or route == self.deployment.primary:
             return None
-        cause = None
+        trip = None
         if not ok and window is not None:
             n, errors = window.counts(now)
             if n >= policy.min_requests and errors / n > policy.max_error_rate:
-                cause = f"error rate {errors / n:.3g} over {policy.window_s:g}s exceeded {policy.max_error_rate:g}"
+                trip = Trip("error_rate", f"error rate {errors / n:.3g} over {policy.window_s:g}s exceeded "
+                                          f"{policy.max_error_rate:g}")
         elif look and latencies is not None and policy.max_p99_ms is not None:
             n, p99 = latencies.quantile(0.99, now)
             if n >= policy.min_requests and p99 is not None and 1000 * p99 > policy.max_p99_ms:
-                cause = f"p99 latency {1000 * p99:.4g} ms over {policy.window_s:g}s exceeded {policy.max_p99_ms:g} ms"
-        if cause is not None:
+                trip = Trip("latency", f"p99 latency {1000 * p99:.4g} ms over {policy.window_s:g}s exceeded "
+                                       f"{policy.max_p99_ms:g} ms")
+        if trip is not None:
             self.rolling_back = True
-        return cause
+        return trip
 
     def stats(self) -> dict[str, Any]:
         rollout = self.deployment.rollout

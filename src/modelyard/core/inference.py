@@ -645,11 +645,12 @@ class DataPlane:
     def _record(
         self, principal: Principal, name: str, traffic: DeploymentTraffic, route: Route, ok: bool, latency_s: float
     ) -> None:
-        cause = traffic.record(route, ok, latency_s)
-        if cause is None or self.deployments is None:
+        trip = traffic.record(route, ok, latency_s)
+        if trip is None or self.deployments is None:
             return
         deployments = self.deployments
-        reason = f"automatic: canary {route.label} {cause}"
+        reason = f"automatic: canary {route.label} {trip.how}"
+        self.metrics.automatic_rollbacks.labels(principal.tenant_name, name, trip.limit).inc()
         log.warning("deployment %s: rolling back (%s)", name, reason)
 
         async def roll_back() -> None:

@@ -165,7 +165,7 @@ def test_error_window_and_rollback_trigger(platform: Platform, tenant: str) -> N
     assert not any(traffic.record(dep.routes[0], False, 0.01) for _ in range(10))  # primary never trips
     outcomes = [traffic.record(dep.routes[1], ok, 0.01) for ok in (True, False, False, False, False)]
     assert outcomes[:3] == [None] * 3 and outcomes[4] is None  # trips once, at 3 errors of 4
-    assert outcomes[3] == "error rate 0.75 over 60s exceeded 0.5"
+    assert outcomes[3] == ("error_rate", "error rate 0.75 over 60s exceeded 0.5")
     assert traffic.rolling_back
 
 
@@ -206,8 +206,9 @@ def test_a_canary_slower_than_the_policys_p99_is_rolled_back_once_a_slice_begins
     assert not any(traffic.record(canary, True, 0.05, now=1009.5) for _ in range(5))
     latencies = traffic.routes["m:2"].latencies
     assert latencies is not None and latencies.quantile(0.99, now=1009.6)[1] == pytest.approx(0.05, rel=0.023)
-    cause = traffic.record(canary, True, 0.05, now=1010.1)
-    assert cause is not None and cause.startswith("p99 latency ") and cause.endswith(" ms over 60s exceeded 20 ms")
+    trip = traffic.record(canary, True, 0.05, now=1010.1)
+    assert trip is not None and trip.limit == "latency"
+    assert trip.how.startswith("p99 latency ") and trip.how.endswith(" ms over 60s exceeded 20 ms")
     assert traffic.rolling_back and traffic.record(canary, True, 0.05, now=1011.5) is None  # once
 
 
