@@ -394,15 +394,61 @@ def test_a_bad_key_request_is_refused_with_the_servers_words_and_makes_nothing(p
         assert http.get("/api/v1/keys", params={"include_revoked": True}).json()["total"] == before
 
 
-def test_the_keys_and_audit_pages_are_offered_only_to_roles_that_manage_keys(page: Page, server: LiveServer) -> None:
+def test_the_keys_audit_and_tenants_pages_are_offered_only_to_roles_that_manage_them(page: Page, server: LiveServer) -> None:
     with server.client() as http:
         key = http.post("/api/v1/keys", json={"name": "dev", "role": "developer"}).json()["secret"]
     sign_in(page, server, key=key)
     expect(page.locator("h1")).to_have_text("Overview")
     expect(page.locator('#nav a[href="#/keys"]')).to_be_hidden()
     expect(page.locator('#nav a[href="#/audit"]')).to_be_hidden()
+    expect(page.locator('#nav a[href="#/tenants"]')).to_be_hidden()
     page.goto(f"{server.url}/console/#/keys")  # typed in by hand: the server's refusal, said plainly
     expect(page.get_by_role("alert")).to_contain_text("Your key's role may not read this")
+
+
+def test_an_admin_sees_every_tenant_creates_one_and_disables_it(page: Page, server: LiveServer) -> None:
+    infer(server, "digits", 5)
+    with server.client() as http:
+        http.post("/api/v1/tenants", json={"name": "quoted", "quotas": {"requests_per_day": 1000, "stored_bytes": 2048}}
+                  ).raise_for_status()
+        me = http.get("/api/v1/whoami").json()["tenant"]
+
+        def today() -> int:
+            start = time.strftime("%Y-%m-%dT00:00:00Z", time.gmtime())
+            return sum(r["requests"] for r in http.get("/api/v1/usage", params={"start": start}).json()["items"]
+                       if r["tenant"] == me)
+        wait_until(lambda: today() >= 5, timeout=20)
+        served = today()
+    sign_in(page, server)
+    page.click('#nav a[href="#/tenants"]')
+    expect(page.locator("h1")).to_have_text("Tenants")
+    rows = page.locator("main tbody tr")
+    quoted = rows.filter(has_text="quoted")
+    expect(quoted).to_contain_text("1,000")
+    expect(quoted).to_contain_text("2 KB")
+    expect(quoted).to_contain_text("unlimited")  # the quotas it was not given
+    own = rows.filter(has=page.get_by_role("cell", name=me, exact=True))
+    expect(own).to_contain_text("this page's tenant")
+    expect(own).to_contain_text(f"{served:,}")
+    assert own.get_by_role("button").count() == 0  # disabling it would lock this page out
+
+    page.fill("#tenant-name", "bad name!")  # refused by the server: shown, nothing made
+    page.get_by_role("button", name="Create tenant").click()
+    expect(page.get_by_role("alert")).to_contain_text("HTTP 422")
+    page.fill("#tenant-name", "made-here")
+    page.get_by_role("button", name="Create tenant").click()
+    expect(rows.filter(has_text="made-here")).to_contain_text("active")
+    page.once("dialog", lambda dialog: dialog.accept())
+    rows.filter(has_text="made-here").get_by_role("button", name="Disable").click()
+    expect(rows.filter(has_text="made-here")).to_contain_text("disabled")
+    with server.client() as http:
+        assert http.get("/api/v1/tenants/made-here").json()["disabled"] is True
+        assert http.get("/api/v1/tenants/bad name!").status_code == 404
+    page.once("dialog", lambda dialog: dialog.accept())
+    rows.filter(has_text="made-here").get_by_role("button", name="Enable").click()
+    expect(rows.filter(has_text="made-here").get_by_role("button", name="Disable")).to_be_visible()
+    with server.client() as http:
+        assert http.get("/api/v1/tenants/made-here").json()["disabled"] is False
 
 
 def test_weights_change_from_the_page_and_a_change_the_server_refuses_changes_nothing(

@@ -4,7 +4,7 @@
 export const KEY_ITEM = "modelyard.key";
 
 /** The signed-in key's role and id (from /api/v1/whoami). */
-export const session = { role: null, keyId: null };
+export const session = { role: null, keyId: null, tenant: null };
 
 export class ApiError extends Error {
   constructor(status, code, message) {

@@ -43,6 +43,7 @@ function signOut(message) {
   sessionStorage.removeItem(KEY_ITEM);
   session.role = null;
   session.keyId = null;
+  session.tenant = null;
   stop();
   view = null;
   signIn(message);
@@ -54,7 +55,9 @@ async function whoami() {
   const me = await response.json();
   session.role = me.role;
   session.keyId = me.key_id;
+  session.tenant = me.tenant;
   for (const id of ["nav-keys", "nav-audit"]) document.getElementById(id).hidden = !["admin", "owner"].includes(me.role);
+  document.getElementById("nav-tenants").hidden = me.role !== "admin";
   document.getElementById("who").textContent = `${me.tenant} · ${me.role} · ModelYard ${me.server_version}`;
   document.getElementById("nav").hidden = false;
   document.getElementById("sign-out").hidden = false;

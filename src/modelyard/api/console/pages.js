@@ -429,6 +429,66 @@ async function datasetPage(page, reference) {
     "No rows."))];
 }
 
+/** A quota as the page shows it: unlimited when unset. */
+function quota(value, show = number) {
+  return value === null || value === undefined ? "unlimited" : show(value);
+}
+
+/** A form that creates a tenant by name (its quotas: `modelyard tenants update`). */
+function tenantForm(status, after) {
+  const name = el("input", { id: "tenant-name", maxlength: 64, placeholder: "team-vision", required: true });
+  const form = el("form", { class: "key-form" }, el("label", { for: name.id }, el("span", { text: "Name" }), name),
+    el("button", { type: "submit", class: "action", text: "Create tenant" }));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const tenant = name.value.trim();
+    await change(`Create tenant ${tenant}`, "/api/v1/tenants", { method: "POST", body: { name: tenant } }, status, async () => {
+      form.reset();
+      await after();
+    });
+  });
+  return form;
+}
+
+/** Every tenant (admins only): its state, its quotas and its requests today, with a button that
+    disables or enables it. */
+async function tenantsPage(page) {
+  const list = el("div");
+  const status = el("p", { class: "muted" });
+  const outcome = el("div", { class: "muted" });
+  const refresh = async () => {
+    const today = new Date();
+    today.setUTCHours(0, 0, 0, 0);
+    const [tenants, usage] = await Promise.all([api("/api/v1/tenants?page_size=200", page.signal),
+      api(`/api/v1/usage?start=${encodeURIComponent(today.toISOString())}`, page.signal)]);
+    const used = {};
+    for (const record of usage.items) used[record.tenant] = (used[record.tenant] || 0) + record.requests;
+    put(list, panel(`${number(tenants.total)} tenants`,
+      table(["Name", "State", "Requests today (UTC)#", "Requests a day#", "Tokens a day#", "Storage#", "Concurrent jobs#",
+        "Training hours a month#", "Created", ""], tenants.items.map((t) => {
+        const q = t.quotas;
+        const path = `/api/v1/tenants/${encodeURIComponent(t.name)}`;
+        const flip = el("button", { type: "button", class: "action", text: t.disabled ? "Enable" : "Disable" });
+        flip.addEventListener("click", async () => {
+          const question = t.disabled ? `Enable tenant ${t.name}? Its keys work again.`
+            : `Disable tenant ${t.name}? Every call with its keys is refused until it is enabled again.`;
+          if (!window.confirm(question)) return;
+          flip.disabled = true;
+          await change(`${t.disabled ? "Enable" : "Disable"} ${t.name}`, path,
+            { method: "PATCH", body: { disabled: !t.disabled } }, outcome, refresh);
+          flip.disabled = false;
+        });
+        const own = t.name === session.tenant;  // disabling it would refuse this page's own key
+        return [t.name, t.disabled ? badge("disabled") : own ? "this page's tenant" : "active", number(used[t.name] || 0),
+          quota(q.requests_per_day), quota(q.tokens_per_day), quota(q.stored_bytes, bytes), quota(q.concurrent_jobs),
+          quota(q.training_hours_per_month, (h) => number(h, 1)), when(t.created_at), own ? "" : flip];
+      }), "No tenants.")));
+  };
+  page.render([el("h1", { text: "Tenants" }), panel("A new tenant", tenantForm(outcome, refresh)), outcome, list, status]);
+  await every(page, status, refresh);
+  return null;
+}
+
 /** The audit log, newest first, filtered by method and path prefix (the server filters). */
 async function auditPage(page) {
   const method = el("select", { id: "audit-action" }, ["", "GET", "POST", "PATCH", "PUT", "DELETE"].map((m) =>
@@ -468,4 +528,5 @@ export const PAGES = [
   [/^#\/datasets\/([^/]+)$/, datasetPage],
   [/^#\/keys$/, keysPage],
   [/^#\/audit$/, auditPage],
+  [/^#\/tenants$/, tenantsPage],
 ];
