@@ -78,6 +78,7 @@ def test_cli_update_changes_what_it_is_given_and_keeps_the_rest(
 
     for bad, says in [((), "nothing to change"), (("--shadow", "u:2", "--no-shadow"), "not both"),
                       (("--max-p99-ms", "50", "--no-rollback"), "not both"),
+                      (("--window-s", "30"), "goes with --max-error-rate or --max-p99-ms"),  # no policy to change
                       (("--serving", "[1]"), "JSON object"), (("--serving", "{oops"), "JSON object"),
                       (("--shadow", "u"), "MODEL:VERSION")]:
         result = runner.invoke(app, ["deploy", "update", "upd", *bad])
