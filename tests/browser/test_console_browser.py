@@ -173,6 +173,36 @@ def test_models_show_as_text_whatever_their_description_holds(page: Page, server
         expect(signature).to_contain_text(tensor["name"])
 
 
+def test_a_deployment_made_from_the_form_opens_and_a_refused_one_makes_nothing(page: Page, server: LiveServer) -> None:
+    sign_in(page, server, where="#/deployments")
+    create = page.get_by_role("button", name="Create deployment")
+
+    def made() -> list[str]:
+        with server.client() as http:
+            return [d["name"] for d in http.get("/api/v1/deployments").json()["items"]]
+
+    before = made()
+    page.fill("#deployment-name", "formed")
+    page.fill("#deployment-routes", "digits")  # no version: read in the page, nothing sent
+    create.click()
+    expect(page.get_by_role("alert")).to_contain_text('"digits" is not MODEL:VERSION')
+    page.fill("#deployment-routes", "digits:1=0")  # no route with traffic: the server says so
+    create.click()
+    expect(page.get_by_role("alert")).to_contain_text("HTTP 422")
+    assert made() == before
+    page.fill("#deployment-routes", "digits:1")
+    page.fill("#deployment-error-rate", "20")
+    page.fill("#deployment-p99", "250")
+    create.click()
+    expect(page.locator("h1")).to_have_text("Deployment formed")
+    expect(page.locator("section", has_text="Automatic rollback")).to_contain_text(
+        "passes 20% or the 99th percentile of its latency passes 250 ms")
+    with server.client() as http:
+        dep = http.get("/api/v1/deployments/formed").json()
+    assert dep["routes"] == [{"model": "digits", "version": 1, "weight": 100.0}]
+    assert dep["rollback"]["max_error_rate"] == 0.2 and dep["rollback"]["max_p99_ms"] == 250.0
+
+
 def test_a_deployment_shows_its_traffic_as_the_server_counts_it(page: Page, server: LiveServer) -> None:
     with server.client() as http:
         http.post("/api/v1/deployments", json={
@@ -351,6 +381,7 @@ def test_a_key_revoked_while_signed_in_sends_the_page_back_to_sign_in(page: Page
         created = http.post("/api/v1/keys", json={"name": "short-lived", "role": "viewer"}).json()
     sign_in(page, server, key=created["secret"], where="#/deployments")
     expect(page.locator("h1")).to_have_text("Deployments")
+    expect(page.locator("#deployment-name")).to_have_count(0)  # a viewer makes no deployment
     with server.client() as http:
         http.delete(f"/api/v1/keys/{created['id']}").raise_for_status()
     # The page refreshes every 2 s: its next call meets the revoked key.

@@ -141,14 +141,68 @@ async function listPage(page, title, path, build) {
   return null;
 }
 
-function deploymentsPage(page) {
-  return listPage(page, "Deployments", "/api/v1/deployments?page_size=200", (deployments) => panel(`${number(deployments.total)} deployments`, table(["Name", "Traffic", "Shadow", "Rollout", "Revision#", "Updated"],
+/** ``digits:1=90, digits:2=10`` as routes (the primary first; a route without ``=WEIGHT``
+    weighs 100), as ``modelyard deploy create`` reads them; throws on what it cannot read. */
+function parseRoutes(text) {
+  const items = text.split(/[\s,]+/).filter(Boolean);
+  if (!items.length) throw new Error("Give at least one route, e.g. digits:1=90, digits:2=10 (the primary first).");
+  return items.map((item) => {
+    const match = /^([^:=\s]+):(\d+)(?:=(\d+(?:\.\d*)?))?$/.exec(item);
+    if (!match) throw new Error(`"${item}" is not MODEL:VERSION or MODEL:VERSION=WEIGHT (e.g. digits:2=10).`);
+    return { model: match[1], version: Number(match[2]), weight: match[3] === undefined ? 100 : Number(match[3]) };
+  });
+}
+
+/** A form that creates a deployment: its name, its routes and, optionally, the limits that roll a
+    canary back by itself; the new deployment's page opens once the server made it. */
+function deploymentForm(status) {
+  const input = (id, attrs) => el("input", { id, ...attrs });
+  const name = input("deployment-name", { maxlength: 128, placeholder: "web", required: true });
+  const routes = input("deployment-routes", { placeholder: "digits:1=90, digits:2=10", required: true });
+  const rate = input("deployment-error-rate", { type: "number", min: "0", max: "100", step: "any", placeholder: "none" });
+  const p99 = input("deployment-p99", { type: "number", min: "0", step: "any", placeholder: "none" });
+  const field = (node, text) => el("label", { for: node.id }, el("span", { text }), node);
+  const form = el("form", { class: "key-form" }, field(name, "Name"), field(routes, "Routes (the primary first)"),
+    field(rate, "Roll a canary back above this error rate (%)"), field(p99, "... or above this p99 latency (ms)"),
+    el("button", { type: "submit", class: "action", text: "Create deployment" }));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = { name: name.value.trim() };
+    try {
+      body.routes = parseRoutes(routes.value);
+    } catch (error) {
+      put(status, el("div", { class: "error", role: "alert", text: error.message }));
+      return;
+    }
+    if (rate.value || p99.value) {
+      body.rollback = {};
+      if (rate.value) body.rollback.max_error_rate = Number(rate.value) / 100;
+      if (p99.value) body.rollback.max_p99_ms = Number(p99.value);
+    }
+    await change(`Create deployment ${body.name}`, "/api/v1/deployments", { method: "POST", body }, status, async () => {
+      window.location.hash = `#/deployments/${encodeURIComponent(body.name)}`;
+    });
+  });
+  return form;
+}
+
+async function deploymentsPage(page) {
+  const body = el("div");
+  const status = el("p", { class: "muted" });
+  const outcome = el("div", { class: "muted" });
+  page.render([el("h1", { text: "Deployments" }), mayChange() ? panel("A new deployment", deploymentForm(outcome)) : null,
+    outcome, body, status]);
+  await every(page, status, async () => {
+    const deployments = await api("/api/v1/deployments?page_size=200", page.signal);
+    put(body, panel(`${number(deployments.total)} deployments`, table(["Name", "Traffic", "Shadow", "Rollout", "Revision#", "Updated"],
       deployments.items.map((d) => [
         link(`#/deployments/${encodeURIComponent(d.name)}`, d.name), shareBar(routeParts(d.routes)),
         d.shadow ? `${d.shadow.model}:${d.shadow.version} (${number(100 * d.shadow.share, 1)}%)` : "",
         d.rollout ? `step ${d.rollout.step + 1} of ${d.rollout.steps.length} (${number(d.rollout.share, 1)}%)` : "",
         number(d.revision), when(d.updated_at),
-      ]), "No deployments: `modelyard deploy create NAME MODEL:VERSION=WEIGHT ...` makes one.")));
+      ]), "No deployments yet: the form above, or `modelyard deploy create NAME MODEL:VERSION=WEIGHT ...`, makes one.")));
+  });
+  return null;
 }
 
 /** Requests a second per route, from the counts of successive refreshes (the last 2 minutes). */
