@@ -188,6 +188,26 @@ def test_a_latency_window_gives_the_quantile_of_what_it_saw_within_its_buckets()
     assert window.quantile(0.5, now=300.0)[1] == pytest.approx(1e-5, rel=0.023)
 
 
+def test_a_latency_window_holds_buckets_not_requests() -> None:
+    """A busy route's latency window keeps its memory bounded: each slice counts the buckets it
+    saw, however many requests fell in them."""
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    latencies = rng.lognormal(mean=np.log(0.003), sigma=0.5, size=200_000).tolist()
+    window = LatencyWindow(60)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for i, latency in enumerate(latencies):  # 100 s at 2k requests a second
+        window.add(latency, now=1000.0 + i / 2000)
+    grown = sum(stat.size_diff for stat in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    tracemalloc.stop()
+    assert grown < 400_000, f"{grown} bytes held for 200,000 latencies"
+    n, p99 = window.quantile(0.99, now=1100.0)
+    assert 120_000 <= n <= 122_000
+    assert p99 == pytest.approx(float(np.quantile(latencies[-n:], 0.99, method="inverted_cdf")), rel=0.023)
+
+
 def test_a_canary_slower_than_the_policys_p99_is_rolled_back_once_a_slice_begins(
     platform: Platform, tenant: str,
 ) -> None:
