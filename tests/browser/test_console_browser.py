@@ -279,7 +279,7 @@ def test_a_rollout_shows_its_step_the_canary_answers_it_waits_for_and_its_latenc
         http.post("/api/v1/deployments", json={
             "name": "stepped", "routes": [{"model": "halves", "version": one}, {"model": "halves", "version": two, "weight": 0}],
             "rollout": {"steps": [30, 100], "interval_s": 3600, "min_requests": 50},
-            "rollback": {"max_error_rate": 0.1, "window_s": 120, "min_requests": 20, "max_p99_ms": 250},
+            "rollback": {"max_error_rate": 0.1, "window_s": 120, "min_requests": 20, "max_p99_ms": 250, "max_p99_ratio": 1.5},
         }).raise_for_status()
         for _ in range(20):
             http.post("/v2/models/stepped/infer", json=infer_body(np.ones((1, 4), np.float32))).raise_for_status()
@@ -292,7 +292,7 @@ def test_a_rollout_shows_its_step_the_canary_answers_it_waits_for_and_its_latenc
     expect(panel).to_contain_text(f"50 canary answers without error at this step ({answered} so far on this server)")
     policy = page.locator("section", has=page.get_by_role("heading", name="Automatic rollback", exact=True))
     expect(policy).to_contain_text("error rate over 120 s passes 10% or the 99th percentile of its latency passes "
-                                   "250 ms, with at least 20 requests")
+                                   "250 ms or 1.5 times the primary's, with at least 20 requests")
     # each route's window shows its errors and its p99 latency
     expect(page.locator('section:has-text("Traffic") tbody tr').first).to_contain_text(re.compile(r"errors of \d+ in 120 s, p99 [\d.]+ ms"))
 

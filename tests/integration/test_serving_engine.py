@@ -294,7 +294,8 @@ def test_a_slow_canary_is_rolled_back_on_its_p99_latency(server: LiveServer, tmp
         dep = _deploy(client, {"name": "hasty", "routes": [
             {"model": "brisk", "version": 1, "weight": 50}, {"model": "slow", "version": 1, "weight": 50}],
             "rollback": {"window_s": 3, "min_requests": 3, "max_p99_ms": 10}})
-        assert dep["rollback"] == {"max_error_rate": 0.5, "window_s": 3.0, "min_requests": 3, "max_p99_ms": 10.0}
+        assert dep["rollback"] == {"max_error_rate": 0.5, "window_s": 3.0, "min_requests": 3, "max_p99_ms": 10.0,
+                                   "max_p99_ratio": None}
         for _ in range(40):
             answer = client.post("/v2/models/hasty/infer", json=infer_body(x))
             assert answer.status_code == 200, answer.text  # a slow answer is still an answer

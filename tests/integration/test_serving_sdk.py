@@ -69,22 +69,28 @@ def test_cli_update_changes_what_it_is_given_and_keeps_the_rest(
     assert [(r["version"], r["weight"]) for r in dep["routes"]] == [(1, 80.0), (2, 20.0)]
     assert dep["shadow"] is not None and dep["serving"] == {"max_batch_size": 4}  # kept
     dep = deploy("update", "upd", "--max-p99-ms", "250", "--window-s", "30")
-    assert dep["rollback"] == {"max_error_rate": 0.3, "window_s": 30.0, "min_requests": 10, "max_p99_ms": 250.0}  # the rate kept
+    assert dep["rollback"] == {"max_error_rate": 0.3, "window_s": 30.0, "min_requests": 10, "max_p99_ms": 250.0,
+                               "max_p99_ratio": None}  # the rate kept
+    dep = deploy("update", "upd", "--max-p99-ratio", "1.5")
+    assert dep["rollback"] == {"max_error_rate": 0.3, "window_s": 30.0, "min_requests": 10, "max_p99_ms": 250.0,
+                               "max_p99_ratio": 1.5}
     result = runner.invoke(app, ["deploy", "show", "upd"])
-    assert "its p99 latency passes 250 ms over 30 s" in " ".join(result.output.split()), result.output
+    shown = " ".join(result.output.split())
+    assert "its p99 latency passes 250 ms or its p99 latency passes 1.5x the primary's over 30 s" in shown, shown
     dep = deploy("update", "upd", "--no-shadow", "--no-rollback", "--description", "two routes")
     assert dep["shadow"] is None and dep["rollback"] is None and dep["description"] == "two routes"
-    assert dep["revision"] == 5
+    assert dep["revision"] == 6
 
     for bad, says in [((), "nothing to change"), (("--shadow", "u:2", "--no-shadow"), "not both"),
                       (("--max-p99-ms", "50", "--no-rollback"), "not both"),
-                      (("--window-s", "30"), "goes with --max-error-rate or --max-p99-ms"),  # no policy to change
+                      (("--window-s", "30"), "goes with --max-error-rate"),  # no policy to change
                       (("--serving", "[1]"), "JSON object"), (("--serving", "{oops"), "JSON object"),
                       (("--shadow", "u"), "MODEL:VERSION")]:
         result = runner.invoke(app, ["deploy", "update", "upd", *bad])
         assert result.exit_code == 2 and says in result.output, result.output
     result = runner.invoke(app, ["deploy", "update", "upd", "--serving", '{"max_batch_size": 0}'])
     assert result.exit_code == ValidationFailed.exit_code, result.output
-    result = runner.invoke(app, ["deploy", "update", "upd", "--max-p99-ms", "0"])
-    assert result.exit_code == ValidationFailed.exit_code and "max_p99_ms" in result.output, result.output
-    assert deploy("show", "upd")["revision"] == 5  # the refused changes changed nothing
+    for option, value in (("--max-p99-ms", "0"), ("--max-p99-ratio", "0.5")):
+        result = runner.invoke(app, ["deploy", "update", "upd", option, value])
+        assert result.exit_code == ValidationFailed.exit_code and option[2:].replace("-", "_") in result.output, result.output
+    assert deploy("show", "upd")["revision"] == 6  # the refused changes changed nothing

@@ -69,19 +69,16 @@ def _rollout(steps: str | None, every_s: float, canary_requests: int = 0) -> dic
     return {"steps": shares, "interval_s": every_s, "min_requests": canary_requests}
 
 
-def _rollback(
-    current: Callable[[], dict[str, Any] | None], max_error_rate: float | None, max_p99_ms: float | None,
-    window_s: float | None,
-) -> dict[str, Any] | None:
-    """The automatic-rollback policy the options give (``None``: none given), over the
-    deployment's policy now (``current()``, asked only then): what is not given stays (the
-    server checks the ranges)."""
-    given = {"max_error_rate": max_error_rate, "max_p99_ms": max_p99_ms, "window_s": window_s}
+def _rollback(current: Callable[[], dict[str, Any] | None], **given: float | None) -> dict[str, Any] | None:
+    """The automatic-rollback policy the options give (``max_error_rate``, ``max_p99_ms``,
+    ``max_p99_ratio``, ``window_s``; ``None``: none given), over the deployment's policy now
+    (``current()``, asked only then): what is not given stays (the server checks the ranges)."""
     if all(value is None for value in given.values()):
         return None
     now = current()
-    if now is None and max_error_rate is None and max_p99_ms is None:
-        raise typer.BadParameter("--window-s goes with --max-error-rate or --max-p99-ms (the limits it is the window of)")
+    if now is None and all(value is None for key, value in given.items() if key != "window_s"):
+        raise typer.BadParameter("--window-s goes with --max-error-rate, --max-p99-ms or --max-p99-ratio (the limits "
+                                 "it is the window of)")
     return {**(now or {}), **{key: value for key, value in given.items() if value is not None}}
 
 
@@ -91,6 +88,10 @@ MaxErrorRateOption = Annotated[float | None, typer.Option(
 MaxP99Option = Annotated[float | None, typer.Option(
     "--max-p99-ms", metavar="MS",
     help="Roll canaries back when the 99th percentile of their latency over the window is above MS.",
+)]
+MaxP99RatioOption = Annotated[float | None, typer.Option(
+    "--max-p99-ratio", metavar="X",
+    help="Roll canaries back when their p99 latency over the window is above X times the primary's (1 or more).",
 )]
 WindowOption = Annotated[float | None, typer.Option(
     help="Seconds of traffic the rollback limits look at (60 unless given).",
@@ -144,6 +145,8 @@ def _policy(rollback: dict[str, Any]) -> str:
     limits = [f"its error rate passes {rollback['max_error_rate']:g}"]
     if rollback.get("max_p99_ms") is not None:
         limits.append(f"its p99 latency passes {rollback['max_p99_ms']:g} ms")
+    if rollback.get("max_p99_ratio") is not None:
+        limits.append(f"its p99 latency passes {rollback['max_p99_ratio']:g}x the primary's")
     return (f"rolls a canary back when {' or '.join(limits)} over {rollback['window_s']:g} s "
             f"(with at least {rollback['min_requests']} requests in that time)")
 
@@ -185,6 +188,7 @@ def create(
     serving: Annotated[str | None, typer.Option(help='Serving settings as JSON, e.g. {"max_batch_size": 16}.')] = None,
     max_error_rate: MaxErrorRateOption = None,
     max_p99_ms: MaxP99Option = None,
+    max_p99_ratio: MaxP99RatioOption = None,
     window_s: WindowOption = None,
     rollout: RolloutOption = None,
     every: EveryOption = 300.0,
@@ -199,6 +203,8 @@ def create(
 
         modelyard deploy create web digits:1=90 digits:2=10 --max-error-rate 0.05 --max-p99-ms 50 --window-s 120
 
+        modelyard deploy create web digits:1=90 digits:2=10 --max-p99-ratio 1.5     # no slower than 1.5x the primary
+
         modelyard deploy create web digits:1 digits:2=0 --rollout 10,25,50,100 --every 600 --max-error-rate 0.05
 
         modelyard deploy create web digits:1 digits:2=0 --rollout 10,50,100 --every 600 --canary-requests 500
@@ -209,7 +215,8 @@ def create(
     """
     dep = client().deployments.create(
         name, [_route(r) for r in routes], shadow=_shadow(shadow), serving=_serving(serving),
-        rollback=_rollback(lambda: None, max_error_rate, max_p99_ms, window_s),
+        rollback=_rollback(lambda: None, max_error_rate=max_error_rate, max_p99_ms=max_p99_ms,
+                           max_p99_ratio=max_p99_ratio, window_s=window_s),
         rollout=_rollout(rollout, every, canary_requests),
     )
     _show(dep, json_out)
@@ -227,6 +234,7 @@ def update(
     serving: Annotated[str | None, typer.Option(help='Serving settings as JSON (replace the old ones).')] = None,
     max_error_rate: MaxErrorRateOption = None,
     max_p99_ms: MaxP99Option = None,
+    max_p99_ratio: MaxP99RatioOption = None,
     window_s: WindowOption = None,
     no_rollback: Annotated[bool, typer.Option("--no-rollback", help="No automatic rollback.")] = False,
     rollout: RolloutOption = None,
@@ -254,14 +262,16 @@ def update(
         raise typer.BadParameter("give --shadow or --no-shadow, not both")
     if rollout and no_rollout:
         raise typer.BadParameter("give --rollout or --no-rollout, not both")
-    if (max_error_rate is not None or max_p99_ms is not None or window_s is not None) and no_rollback:
-        raise typer.BadParameter("give --max-error-rate, --max-p99-ms or --window-s, or --no-rollback: not both")
+    if no_rollback and any(v is not None for v in (max_error_rate, max_p99_ms, max_p99_ratio, window_s)):
+        raise typer.BadParameter("give rollback limits (--max-error-rate, --max-p99-ms, --max-p99-ratio, --window-s) or "
+                                 "--no-rollback: not both")
     sdk = client()
     changes: dict[str, Any] = {
         "routes": [_route(r) for r in routes] if routes else None,
         "shadow": _shadow(shadow), "remove_shadow": no_shadow or None,
         "serving": _serving(serving), "description": description,
-        "rollback": _rollback(lambda: sdk.deployments.get(name).rollback, max_error_rate, max_p99_ms, window_s),
+        "rollback": _rollback(lambda: sdk.deployments.get(name).rollback, max_error_rate=max_error_rate,
+                              max_p99_ms=max_p99_ms, max_p99_ratio=max_p99_ratio, window_s=window_s),
         "remove_rollback": no_rollback or None,
         "rollout": _rollout(rollout, every, canary_requests), "remove_rollout": no_rollout or None,
     }

@@ -51,8 +51,10 @@ __all__ = [
 
 #: the newest events kept on a deployment (changes, rollbacks)
 MAX_EVENTS = 50
-#: the highest latency limit a rollback policy takes (an hour)
+#: the highest latency limit a rollback policy takes (an hour), and the highest ratio to the primary's
 MAX_P99_MS = 3_600_000.0
+MAX_P99_RATIO = 1000.0
+_POLICY_KEYS = ("max_error_rate", "window_s", "min_requests", "max_p99_ms", "max_p99_ratio")
 
 log = logging.getLogger(__name__)
 
@@ -91,19 +93,25 @@ class Shadow:
 
 @dataclass(frozen=True, slots=True)
 class RollbackPolicy:
-    """Roll back when a canary's error rate over ``window_s`` exceeds ``max_error_rate``, or (with
-    ``max_p99_ms``) the 99th percentile of its answers' latencies over the window exceeds that
-    many milliseconds, with at least ``min_requests`` requests (answers, for the latency) in the
-    window."""
+    """Roll back when a canary's error rate over ``window_s`` exceeds ``max_error_rate``, or the
+    99th percentile of its answers' latencies over the window exceeds ``max_p99_ms``
+    milliseconds, or ``max_p99_ratio`` times the primary's (each where set), with at least
+    ``min_requests`` requests (answers, for the latency; the primary's too, for the ratio) in
+    the window."""
 
     max_error_rate: float = 0.5
     window_s: float = 60.0
     min_requests: int = 10
     max_p99_ms: float | None = None
+    max_p99_ratio: float | None = None
+
+    @property
+    def watches_latency(self) -> bool:
+        return self.max_p99_ms is not None or self.max_p99_ratio is not None
 
     def to_dict(self) -> dict[str, Any]:
         return {"max_error_rate": self.max_error_rate, "window_s": self.window_s, "min_requests": self.min_requests,
-                "max_p99_ms": self.max_p99_ms}
+                "max_p99_ms": self.max_p99_ms, "max_p99_ratio": self.max_p99_ratio}
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,16 +192,16 @@ def parse_rollback(raw: Any) -> RollbackPolicy | None:
     if raw is None:
         return None
     data = raw.to_dict() if isinstance(raw, RollbackPolicy) else raw
-    if not isinstance(data, Mapping) or set(data) - {"max_error_rate", "window_s", "min_requests", "max_p99_ms"}:
-        raise ValidationFailed("rollback is {max_error_rate, window_s, min_requests, max_p99_ms}",
-                               details={"field": "rollback"})
+    if not isinstance(data, Mapping) or set(data) - set(_POLICY_KEYS):
+        raise ValidationFailed(f"rollback is {{{', '.join(_POLICY_KEYS)}}}", details={"field": "rollback"})
     try:
-        latency = data.get("max_p99_ms")
+        latency, ratio = data.get("max_p99_ms"), data.get("max_p99_ratio")
         policy = RollbackPolicy(
             max_error_rate=float(data.get("max_error_rate", 0.5)),
             window_s=float(data.get("window_s", 60.0)),
             min_requests=int(data.get("min_requests", 10)),
             max_p99_ms=None if latency is None else float(latency),
+            max_p99_ratio=None if ratio is None else float(ratio),
         )
     except (TypeError, ValueError):
         raise ValidationFailed("rollback settings must be numbers", details={"field": "rollback"}) from None
@@ -202,6 +210,9 @@ def parse_rollback(raw: Any) -> RollbackPolicy | None:
     if policy.max_p99_ms is not None and not 0 < policy.max_p99_ms <= MAX_P99_MS:
         raise ValidationFailed(f"rollback.max_p99_ms is the canary's slowest 1% in milliseconds, over 0 and at most "
                                f"{MAX_P99_MS:,.0f}", details={"field": "rollback.max_p99_ms"})
+    if policy.max_p99_ratio is not None and not 1 <= policy.max_p99_ratio <= MAX_P99_RATIO:
+        raise ValidationFailed(f"rollback.max_p99_ratio is how many times the primary's p99 the canary's may reach, "
+                               f"1 to {MAX_P99_RATIO:g}", details={"field": "rollback.max_p99_ratio"})
     return policy
 
 
@@ -257,7 +268,7 @@ def _windowed(stats: RouteStats, policy: RollbackPolicy | None) -> RouteStats:
     window_s = policy.window_s if policy is not None else 60.0
     if stats.window is None or stats.window.window_s != window_s:
         stats.window = ErrorWindow(window_s)
-    if policy is None or policy.max_p99_ms is None:
+    if policy is None or not policy.watches_latency:
         stats.latencies = None
     elif stats.latencies is None or stats.latencies.window_s != window_s:
         stats.latencies = LatencyWindow(window_s)
@@ -382,14 +393,26 @@ class DeploymentTraffic:
             if n >= policy.min_requests and errors / n > policy.max_error_rate:
                 trip = Trip("error_rate", f"error rate {errors / n:.3g} over {policy.window_s:g}s exceeded "
                                           f"{policy.max_error_rate:g}")
-        elif look and latencies is not None and policy.max_p99_ms is not None:
-            n, p99 = latencies.quantile(0.99, now)
-            if n >= policy.min_requests and p99 is not None and 1000 * p99 > policy.max_p99_ms:
-                trip = Trip("latency", f"p99 latency {1000 * p99:.4g} ms over {policy.window_s:g}s exceeded "
-                                       f"{policy.max_p99_ms:g} ms")
+        elif look and latencies is not None:
+            trip = self._slow(latencies, policy, now)
         if trip is not None:
             self.rolling_back = True
         return trip
+
+    def _slow(self, latencies: LatencyWindow, policy: RollbackPolicy, now: float | None) -> Trip | None:
+        """The latency limit a canary whose answers are ``latencies`` passed, if any."""
+        n, p99 = latencies.quantile(0.99, now)
+        if n < policy.min_requests or p99 is None:
+            return None
+        over = f"p99 latency {1000 * p99:.4g} ms over {policy.window_s:g}s exceeded"
+        if policy.max_p99_ms is not None and 1000 * p99 > policy.max_p99_ms:
+            return Trip("latency", f"{over} {policy.max_p99_ms:g} ms")
+        primary = self.routes[self.deployment.primary.label].latencies
+        if policy.max_p99_ratio is not None and primary is not None:
+            served, base = primary.quantile(0.99, now)
+            if served >= policy.min_requests and base is not None and p99 > policy.max_p99_ratio * base:
+                return Trip("latency", f"{over} {policy.max_p99_ratio:g}x the primary's {1000 * base:.4g} ms")
+        return None
 
     def stats(self) -> dict[str, Any]:
         rollout = self.deployment.rollout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -216,6 +217,7 @@ def test_a_canary_slower_than_the_policys_p99_is_rolled_back_once_a_slice_begins
         rollback={"max_p99_ms": 20, "min_requests": 5, "window_s": 60},
     )
     assert dep.rollback is not None and dep.rollback.to_dict()["max_p99_ms"] == 20.0
+    assert dep.rollback.to_dict()["max_p99_ratio"] is None
     traffic = DeploymentTraffic.of(dep)
     primary, canary = dep.routes
     # the primary is never rolled back, slow or not; errors and fast answers do not trip the latency
@@ -230,6 +232,23 @@ def test_a_canary_slower_than_the_policys_p99_is_rolled_back_once_a_slice_begins
     assert trip is not None and trip.limit == "latency"
     assert trip.how.startswith("p99 latency ") and trip.how.endswith(" ms over 60s exceeded 20 ms")
     assert traffic.rolling_back and traffic.record(canary, True, 0.05, now=1011.5) is None  # once
+
+
+def test_a_canary_slower_than_a_multiple_of_the_primarys_p99_is_rolled_back(platform: Platform, tenant: str) -> None:
+    dep = platform.deployments.create(
+        tenant, "rel", routes=[{"model": "m", "version": 1}, {"model": "m", "version": 2}],
+        rollback={"max_p99_ratio": 2, "min_requests": 5, "window_s": 60},
+    )
+    traffic = DeploymentTraffic.of(dep)
+    primary, canary = dep.routes
+    # the canary at 30 ms: slow, but the primary's answers are not in yet (fewer than min_requests)
+    assert not any(traffic.record(canary, True, 0.03, now=1000.0 + i) for i in range(6))
+    assert not any(traffic.record(primary, True, 0.02, now=1005.5) for _ in range(10))
+    assert traffic.record(canary, True, 0.03, now=1006.1) is None  # 1.5x the primary's 20 ms: within 2x
+    assert not any(traffic.record(primary, True, 0.01, now=1006.5) for _ in range(2_000))  # the primary got faster
+    trip = traffic.record(canary, True, 0.03, now=1007.1)
+    assert trip is not None and trip.limit == "latency"
+    assert re.fullmatch(r"p99 latency (29|30)\.\d+ ms over 60s exceeded 2x the primary's (9\.9|10\.0)\d ms", trip.how), trip.how
 
 
 def test_a_changed_rollback_policy_gives_the_routes_its_windows_and_keeps_their_counts(
@@ -253,6 +272,8 @@ def test_a_changed_rollback_policy_gives_the_routes_its_windows_and_keeps_their_
     ({"max_p99_ms": -5}, "rollback.max_p99_ms"),
     ({"max_p99_ms": 4e6}, "rollback.max_p99_ms"),
     ({"max_p99_ms": "fast"}, "rollback"),
+    ({"max_p99_ratio": 0.9}, "rollback.max_p99_ratio"),
+    ({"max_p99_ratio": 1001}, "rollback.max_p99_ratio"),
     ({"max_p99": 10}, "rollback"),
 ])
 def test_a_bad_latency_limit_is_refused_and_names_its_field(

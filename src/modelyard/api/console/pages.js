@@ -309,6 +309,7 @@ async function deploymentPage(page, name) {
       d.rollback ? panel("Automatic rollback", el("p", { text:
         `Rolls back when the canary's error rate over ${number(d.rollback.window_s)} s passes ${number(100 * d.rollback.max_error_rate, 1)}%`
         + (d.rollback.max_p99_ms != null ? ` or the 99th percentile of its latency passes ${number(d.rollback.max_p99_ms, 1)} ms` : "")
+        + (d.rollback.max_p99_ratio != null ? ` or ${number(d.rollback.max_p99_ratio, 2)} times the primary's` : "")
         + `, with at least ${number(d.rollback.min_requests)} requests.` })) : null,
       panel("Events, newest first", table(["When", "Event", "Details"], [...d.events].reverse().slice(0, 50).map((e) => {
         const { at, kind, ...rest } = e;

@@ -68,6 +68,9 @@ class RollbackIn(StrictBody):
     max_p99_ms: float | None = Field(
         default=None, gt=0, le=3_600_000, description="roll back when the canary's p99 latency over the window is above this"
     )
+    max_p99_ratio: float | None = Field(
+        default=None, ge=1, le=1000, description="... or above this many times the primary's p99 over the window"
+    )
 
 
 class RolloutIn(StrictBody):
