@@ -463,6 +463,24 @@ def test_an_admin_sees_every_tenant_creates_one_and_disables_it(page: Page, serv
     expect(own).to_contain_text(f"{served:,}")
     assert own.get_by_role("button").count() == 0  # disabling it would lock this page out
 
+    page.select_option("#quota-tenant", "quoted")
+    page.fill("#quota-requests_per_day", "lots")  # read in the page: nothing sent
+    page.get_by_role("button", name="Change quotas").click()
+    expect(page.get_by_role("alert")).to_contain_text('Requests a day: a number, or "unlimited"')
+    page.fill("#quota-requests_per_day", "5000")
+    page.fill("#quota-concurrent_jobs", "3")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Change quotas").click()
+    expect(quoted).to_contain_text("5,000")
+    page.fill("#quota-stored_bytes", "unlimited")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Change quotas").click()
+    expect(quoted).not_to_contain_text("2 KB")
+    with server.client() as http:
+        quotas = http.get("/api/v1/tenants/quoted").json()["quotas"]
+    assert quotas == {"requests_per_day": 5000, "tokens_per_day": None, "stored_bytes": None, "concurrent_jobs": 3,
+                      "training_hours_per_month": None}  # what the form left empty kept its value
+
     page.fill("#tenant-name", "bad name!")  # refused by the server: shown, nothing made
     page.get_by_role("button", name="Create tenant").click()
     expect(page.get_by_role("alert")).to_contain_text("HTTP 422")

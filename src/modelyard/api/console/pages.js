@@ -505,17 +505,68 @@ function tenantForm(status, after) {
   return form;
 }
 
+const QUOTAS = [["requests_per_day", "Requests a day"], ["tokens_per_day", "Tokens a day"], ["stored_bytes", "Storage (bytes)"],
+  ["concurrent_jobs", "Concurrent jobs"], ["training_hours_per_month", "Training hours a month"]];
+
+/** A form that changes a tenant's quotas (``PATCH {"quotas": {...}}``): a field left empty keeps
+    its quota, a number sets it, "unlimited" lifts it. ``names()``: the tenants to choose from. */
+function quotaForm(names, status, after) {
+  const tenant = el("select", { id: "quota-tenant" });
+  const inputs = QUOTAS.map(([key, text]) => [key, text, el("input", { id: `quota-${key}`, placeholder: "as it is" })]);
+  const form = el("form", { class: "key-form" }, el("label", { for: tenant.id }, el("span", { text: "Tenant" }), tenant),
+    inputs.map(([, text, input]) => el("label", { for: input.id }, el("span", { text }), input)),
+    el("button", { type: "submit", class: "action", text: "Change quotas" }));
+  form.refresh = () => {
+    const chosen = tenant.value;
+    tenant.replaceChildren(...names().map((name) => el("option", { value: name, text: name })));
+    if (names().includes(chosen)) tenant.value = chosen;
+  };
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const quotas = {};
+    for (const [key, text, input] of inputs) {
+      const value = input.value.trim().toLowerCase();
+      if (!value) continue;
+      if (value === "unlimited" || value === "none") quotas[key] = null;
+      else if (/^\d+(\.\d*)?$/.test(value)) quotas[key] = Number(value);
+      else {
+        put(status, el("div", { class: "error", role: "alert", text: `${text}: a number, or "unlimited"; not "${input.value}".` }));
+        return;
+      }
+    }
+    if (!Object.keys(quotas).length) {
+      put(status, el("div", { class: "error", role: "alert", text: "Fill in at least one quota to change." }));
+      return;
+    }
+    const changes = Object.entries(quotas).map(([key, v]) => `${key} ${v === null ? "unlimited" : v}`).join(", ");
+    if (!window.confirm(`Set ${tenant.value}'s ${changes}? Its calls are counted against them at once.`)) return;
+    await change(`Quotas of ${tenant.value}: ${changes}`, `/api/v1/tenants/${encodeURIComponent(tenant.value)}`,
+      { method: "PATCH", body: { quotas } }, status, async () => {
+        for (const [, , input] of inputs) input.value = "";
+        await after();
+      });
+  });
+  return form;
+}
+
 /** Every tenant (admins only): its state, its quotas and its requests today, with a button that
     disables or enables it. */
 async function tenantsPage(page) {
   const list = el("div");
   const status = el("p", { class: "muted" });
   const outcome = el("div", { class: "muted" });
+  let known = [];
+  const quotas = quotaForm(() => known, outcome, () => refresh());
   const refresh = async () => {
     const today = new Date();
     today.setUTCHours(0, 0, 0, 0);
     const [tenants, usage] = await Promise.all([api("/api/v1/tenants?page_size=200", page.signal),
       api(`/api/v1/usage?start=${encodeURIComponent(today.toISOString())}`, page.signal)]);
+    const names = tenants.items.map((t) => t.name);
+    if (names.join("\n") !== known.join("\n")) {
+      known = names;
+      quotas.refresh();
+    }
     const used = {};
     for (const record of usage.items) used[record.tenant] = (used[record.tenant] || 0) + record.requests;
     put(list, panel(`${number(tenants.total)} tenants`,
@@ -539,7 +590,8 @@ async function tenantsPage(page) {
           quota(q.training_hours_per_month, (h) => number(h, 1)), when(t.created_at), own ? "" : flip];
       }), "No tenants.")));
   };
-  page.render([el("h1", { text: "Tenants" }), panel("A new tenant", tenantForm(outcome, refresh)), outcome, list, status]);
+  page.render([el("h1", { text: "Tenants" }), panel("A new tenant", tenantForm(outcome, refresh)),
+    panel("Quotas", quotas), outcome, list, status]);
   await every(page, status, refresh);
   return null;
 }
