@@ -281,39 +281,48 @@ def test_failing_canary_is_rolled_back_automatically(server: LiveServer) -> None
     assert metric(text, "modelyard_automatic_rollbacks_total", deployment="guarded", limit="error_rate") == 1
 
 
-def test_a_slow_canary_is_rolled_back_on_its_p99_latency(server: LiveServer, tmp_path: Path) -> None:
-    register(server, "brisk", slow_model(tmp_path / "brisk.onnx", 10))
+@pytest.mark.parametrize("limit, exceeded", [
+    ({"max_p99_ms": 10}, r"10 ms"),  # "slow" answers in about 50 ms a row, over five times the limit
+    ({"max_p99_ratio": 3}, r"3x the primary's [\d.]+ ms"),  # and "brisk" in well under a millisecond
+], ids=["fixed", "relative"])
+def test_a_slow_canary_is_rolled_back_on_its_p99_latency(
+    server: LiveServer, tmp_path: Path, limit: dict[str, float], exceeded: str,
+) -> None:
+    kind = "fixed" if "max_p99_ms" in limit else "relative"
+    name, brisk = f"hasty-{kind}", f"brisk-{kind}"
+    register(server, brisk, slow_model(tmp_path / "brisk.onnx", 10))
     x = np.full((1, SLOW_WIDTH), 0.1, np.float32)
+    routes = [{"model": brisk, "version": 1, "weight": 50}, {"model": "slow", "version": 1, "weight": 50}]
     with server.client() as client:
-        r = client.post("/api/v1/deployments", json={
-            "name": "hasty", "routes": [{"model": "brisk", "version": 1, "weight": 50},
-                                        {"model": "slow", "version": 1, "weight": 50}],
-            "rollback": {"max_p99_ms": 1_000_000, "window_s": 0}})
-        assert r.status_code == 422 and r.json()["error"]["code"] == "validation_failed", r.text
-        # "slow" answers in about 50 ms a row, over five times the limit; a slice of a 3 s window is 50 ms
-        dep = _deploy(client, {"name": "hasty", "routes": [
-            {"model": "brisk", "version": 1, "weight": 50}, {"model": "slow", "version": 1, "weight": 50}],
-            "rollback": {"window_s": 3, "min_requests": 3, "max_p99_ms": 10}})
-        assert dep["rollback"] == {"max_error_rate": 0.5, "window_s": 3.0, "min_requests": 3, "max_p99_ms": 10.0,
-                                   "max_p99_ratio": None}
+        for bad in ({"max_p99_ms": 1_000_000, "window_s": 0}, {"max_p99_ms": 0}, {"max_p99_ratio": 0.5}):
+            r = client.post("/api/v1/deployments", json={"name": name, "routes": routes, "rollback": bad})
+            assert r.status_code == 422 and r.json()["error"]["code"] == "validation_failed", r.text
+        # a slice of a 3 s window is 50 ms: about every canary answer looks at the p99
+        dep = _deploy(client, {"name": name, "routes": routes, "rollback": {"window_s": 3, "min_requests": 3, **limit}})
+        assert dep["rollback"] == {"max_error_rate": 0.5, "window_s": 3.0, "min_requests": 3, "max_p99_ms": None,
+                                   "max_p99_ratio": None, **{k: float(v) for k, v in limit.items()}}
         for _ in range(40):
-            answer = client.post("/v2/models/hasty/infer", json=infer_body(x))
+            answer = client.post(f"/v2/models/{name}/infer", json=infer_body(x))
             assert answer.status_code == 200, answer.text  # a slow answer is still an answer
-        wait_until(lambda: client.get("/api/v1/deployments/hasty").json()["revision"] > 1, 5)
-        dep = client.get("/api/v1/deployments/hasty").json()
-        assert dep["routes"] == [{"model": "brisk", "version": 1, "weight": 100.0}]
+        wait_until(lambda: client.get(f"/api/v1/deployments/{name}").json()["revision"] > 1, 5)
+        dep = client.get(f"/api/v1/deployments/{name}").json()
+        assert dep["routes"] == [{"model": brisk, "version": 1, "weight": 100.0}]
         last = dep["events"][-1]
         assert last["kind"] == "rolled_back", last
-        assert re.fullmatch(r"automatic: canary slow:1 p99 latency [\d.]+ ms over 3s exceeded 10 ms", last["reason"]), last
-        assert float(last["reason"].split()[5]) > 10
+        pattern = rf"automatic: canary slow:1 p99 latency ([\d.]+) ms over 3s exceeded {exceeded}"
+        match = re.fullmatch(pattern, last["reason"])
+        assert match, last
+        words = last["reason"].split()
+        bound = 10 if kind == "fixed" else 3 * float(words[-2])
+        assert float(match.group(1)) > bound
         # the primary's window keeps its latencies, and after the rollback only it answers
         window = dep["stats"]["routes"][0]["window"]
         assert window["seconds"] == 3.0 and "p99_ms" in window
         for _ in range(5):
-            np.testing.assert_allclose(output(client.post("/v2/models/hasty/infer", json=infer_body(x)).json()),
+            np.testing.assert_allclose(output(client.post(f"/v2/models/{name}/infer", json=infer_body(x)).json()),
                                        slow_expected(x, 10), rtol=1e-3, atol=1e-3)
         text = client.get("/metrics").text
-    assert metric(text, "modelyard_automatic_rollbacks_total", deployment="hasty", limit="latency") == 1
+    assert metric(text, "modelyard_automatic_rollbacks_total", deployment=name, limit="latency") == 1
 
 
 def test_queue_full_answers_429_with_retry_after(server: LiveServer) -> None:

@@ -509,17 +509,21 @@ const QUOTAS = [["requests_per_day", "Requests a day"], ["tokens_per_day", "Toke
   ["concurrent_jobs", "Concurrent jobs"], ["training_hours_per_month", "Training hours a month"]];
 
 /** A form that changes a tenant's quotas (``PATCH {"quotas": {...}}``): a field left empty keeps
-    its quota, a number sets it, "unlimited" lifts it. ``names()``: the tenants to choose from. */
-function quotaForm(names, status, after) {
+    its quota, a number sets it, "unlimited" lifts it. Returns the form and ``offer(names)``, which
+    sets the tenants to choose from (the choice made stays while it is one of them). */
+function quotaForm(status, after) {
   const tenant = el("select", { id: "quota-tenant" });
   const inputs = QUOTAS.map(([key, text]) => [key, text, el("input", { id: `quota-${key}`, placeholder: "as it is" })]);
   const form = el("form", { class: "key-form" }, el("label", { for: tenant.id }, el("span", { text: "Tenant" }), tenant),
     inputs.map(([, text, input]) => el("label", { for: input.id }, el("span", { text }), input)),
     el("button", { type: "submit", class: "action", text: "Change quotas" }));
-  form.refresh = () => {
+  let offered = "";
+  const offer = (names) => {
+    if (names.join("\n") === offered) return;
+    offered = names.join("\n");
     const chosen = tenant.value;
-    tenant.replaceChildren(...names().map((name) => el("option", { value: name, text: name })));
-    if (names().includes(chosen)) tenant.value = chosen;
+    tenant.replaceChildren(...names.map((name) => el("option", { value: name, text: name })));
+    if (names.includes(chosen)) tenant.value = chosen;
   };
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -546,7 +550,7 @@ function quotaForm(names, status, after) {
         await after();
       });
   });
-  return form;
+  return [form, offer];
 }
 
 /** Every tenant (admins only): its state, its quotas and its requests today, with a button that
@@ -555,18 +559,13 @@ async function tenantsPage(page) {
   const list = el("div");
   const status = el("p", { class: "muted" });
   const outcome = el("div", { class: "muted" });
-  let known = [];
-  const quotas = quotaForm(() => known, outcome, () => refresh());
+  const [quotas, offer] = quotaForm(outcome, () => refresh());
   const refresh = async () => {
     const today = new Date();
     today.setUTCHours(0, 0, 0, 0);
     const [tenants, usage] = await Promise.all([api("/api/v1/tenants?page_size=200", page.signal),
       api(`/api/v1/usage?start=${encodeURIComponent(today.toISOString())}`, page.signal)]);
-    const names = tenants.items.map((t) => t.name);
-    if (names.join("\n") !== known.join("\n")) {
-      known = names;
-      quotas.refresh();
-    }
+    offer(tenants.items.map((t) => t.name));
     const used = {};
     for (const record of usage.items) used[record.tenant] = (used[record.tenant] || 0) + record.requests;
     put(list, panel(`${number(tenants.total)} tenants`,
