@@ -157,6 +157,13 @@ class Metrics:
         )
         self.loaded_models = Gauge("modelyard_loaded_models", "Model versions in memory", registry=r)
         self.memory_bytes = Gauge("modelyard_model_memory_bytes", "Estimated memory held by loaded versions", registry=r)
+        self.memory_budget = Gauge(
+            "modelyard_memory_budget_bytes", "The model manager's memory budget for loaded versions", registry=r
+        )
+        self.worker_restarts = Counter(
+            "modelyard_worker_restarts", "Worker processes of isolated versions replaced after they died",
+            ["tenant", "model", "version"], registry=r,
+        )
         self.queue_depth = Gauge("modelyard_queue_depth", "Requests waiting per version", ["tenant", "model", "version"], registry=r)
         self.batch_size = Histogram(
             "modelyard_batch_size", "Rows per executed batch", ["tenant", "model", "version"], buckets=_BATCH_BUCKETS, registry=r

@@ -108,6 +108,9 @@ def test_loaded_shows_memory_and_a_pin_holds_against_the_budget(server: LiveServ
         assert r.json() == {"model": "beta", "version": 1, "loaded": True, "pinned": True}
         loaded = admin.get("/api/v1/loaded").json()
         assert loaded["budget_bytes"] == BUDGET and loaded["in_use_bytes"] > 0
+        text = admin.get("/metrics").text  # what the memory alert compares (docs/monitoring.md)
+        assert metric(text, "modelyard_memory_budget_bytes") == BUDGET
+        assert metric(text, "modelyard_model_memory_bytes") == loaded["in_use_bytes"]
         (beta,) = loaded["items"]
         assert (beta["model"], beta["version"], beta["pinned"], beta["in_flight"]) == ("beta", 1, True, 0)
         assert beta["memory_bytes"] > 0 and beta["isolation"] == "thread" and beta["load_seconds"] >= 0

@@ -580,6 +580,9 @@ def test_killed_worker_recovers_and_other_models_are_unaffected(server: LiveServ
             time.sleep(0.2)
         assert codes[-1] == 200 and set(codes) <= {200, 503}, codes
         assert runtime.pid != pid  # type: ignore[attr-defined]
+        # the restart is counted, for the alert on workers that keep dying (docs/monitoring.md)
+        text = client.get("/metrics").text
+        assert metric(text, "modelyard_worker_restarts_total", model="double", version="2") == 1.0
 
 
 def test_deployment_api_errors(server: LiveServer) -> None:

@@ -30,6 +30,7 @@ import pickle
 import signal
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,8 @@ class ProcessRuntime:
     inside the worker reach the caller as the same :class:`ModelYardError` type; other exceptions
     arrive as :class:`InternalError`. With ``call_timeout_s`` a worker that does not answer a
     call in time is presumed hung: it is killed (the call raises :class:`DeadlineExceeded`,
-    others in flight :class:`Unavailable`) and restarted.
+    others in flight :class:`Unavailable`) and restarted. ``on_restart`` is called (from the
+    thread that replaced it) each time a dead worker was replaced.
     """
 
     #: ``predict`` waits on the worker process (see ``runtimes.base.computes_in_caller``)
@@ -74,6 +76,7 @@ class ProcessRuntime:
         worker_threads: int = 1,
         start_timeout_s: float = 120.0,
         call_timeout_s: float | None = None,
+        on_restart: Callable[[], None] | None = None,
     ) -> None:
         if worker_threads < 1:
             raise ValueError("worker_threads must be >= 1")
@@ -88,6 +91,7 @@ class ProcessRuntime:
         self._lock = threading.Lock()  # guards _worker replacement and _closed
         self._closed = False
         self._restarts = 0
+        self._on_restart = on_restart
         self._worker: _Worker | None = self._spawn()
         self.inputs: list[TensorSpec] = self._worker.inputs
         self.outputs: list[TensorSpec] = self._worker.outputs
@@ -147,6 +151,8 @@ class ProcessRuntime:
                         f"model worker could not restart: {exc.message}", retry_after=5.0
                     ) from exc
                 self._restarts += 1
+                if self._on_restart is not None:
+                    self._on_restart()
             return self._worker
 
     def _spawn(self) -> _Worker:

@@ -325,6 +325,7 @@ class ModelManager:
         self._options = options
         self._cores = cores or max(1, options.intra_op_threads)
         self._budget = memory_budget_bytes
+        metrics.memory_budget.set(memory_budget_bytes)
         self._metrics = metrics
         self._defaults = defaults or ServingOptions()
         self._max_in_flight = max_in_flight
@@ -435,6 +436,7 @@ class ModelManager:
                 runtime = ProcessRuntime(
                     fmt=source.format, path=path, options=runtime_options, metadata=source.config,
                     worker_threads=options.instances,
+                    on_restart=self._metrics.worker_restarts.labels(source.tenant, source.name, source.version).inc,
                 )
             else:
                 runtime = self._loader(source.format, path, runtime_options, source.config)
