@@ -12,6 +12,7 @@ from modelyard.cli import deploy as deploy_cli
 from modelyard.cli import evaluate as evaluate_cli
 from modelyard.cli import llm as llm_cli
 from modelyard.cli import models as models_cli
+from modelyard.cli import monitoring as monitoring_cli
 from modelyard.cli import optimize as optimize_cli
 from modelyard.cli import predict as predict_cli
 from modelyard.cli import tenancy as tenancy_cli
@@ -75,6 +76,7 @@ optimize_cli.register(app)
 evaluate_cli.register(app)
 app.add_typer(datasets_cli.app)
 app.add_typer(trace_cli.app)
+app.add_typer(monitoring_cli.app)
 train_cli.register(app)
 
 
