@@ -1,5 +1,6 @@
 # ModelYard: `make run` installs everything into .venv and starts the server with a demo model;
-# `make test` installs the test extras (and Chromium, for the browser tests) and runs the whole suite.
+# `make test` installs the test extras (and Chromium and Prometheus, for the browser and monitoring
+# tests) and runs the whole suite.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -20,13 +21,23 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -e ".[test]"
 	touch $@
 
-# The browser tests (tests/browser) drive Debian's Chromium; installed once, as root or through sudo.
-CHROMIUM := /usr/bin/chromium
-$(CHROMIUM):
+# Debian packages the tests drive, installed once, as root or through sudo: Chromium for the browser
+# tests (tests/browser); Prometheus (promtool and the server) for the monitoring tests. On a machine
+# with systemd, Debian's prometheus package also enables its own service on :9090
+# (`systemctl disable --now prometheus` if you do not want it).
+define apt_install
 	@if [ "$$(id -u)" = 0 ]; then APT="apt-get"; elif command -v sudo >/dev/null; then APT="sudo apt-get"; \
-	else echo "The browser tests need Chromium at $(CHROMIUM): install Debian's chromium package"; exit 1; fi; \
+	else echo "The tests need $@: install Debian's $(1) package"; exit 1; fi; \
 	export DEBIAN_FRONTEND=noninteractive; \
-	$$APT install -y -q chromium >/dev/null 2>&1 || { $$APT update -q >/dev/null && $$APT install -y -q chromium >/dev/null; }
+	$$APT install -y -q $(2) $(1) >/dev/null 2>&1 || \
+	{ $$APT update -q >/dev/null && $$APT install -y -q $(2) $(1) >/dev/null; }
+endef
+CHROMIUM := /usr/bin/chromium
+PROMTOOL := /usr/bin/promtool
+$(CHROMIUM):
+	$(call apt_install,chromium)
+$(PROMTOOL):
+	$(call apt_install,prometheus,--no-install-recommends)
 
 install: $(VENV)/.installed
 
@@ -35,7 +46,7 @@ install-test: $(VENV)/.installed-test
 run: install
 	$(VENV)/bin/modelyard serve --demo --port $(PORT)
 
-test: install-test $(CHROMIUM)
+test: install-test $(CHROMIUM) $(PROMTOOL)
 	$(PY) -m pytest -q
 
 bench: install-test
