@@ -66,10 +66,11 @@ class Route:
     model: str
     version: int
     weight: float = 100.0
+    #: ``model:version``, made once: a deployment's every request looks its statistics up by it
+    label: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def label(self) -> str:
-        return f"{self.model}:{self.version}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label", f"{self.model}:{self.version}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "version": self.version, "weight": self.weight}
@@ -381,11 +382,16 @@ class DeploymentTraffic:
         if not ok:
             stats.errors += 1
         window, latencies = stats.window, stats.latencies
+        if now is None and (window is not None or latencies is not None):
+            now = time.monotonic()  # once for both windows
         if window is not None:
             window.add(ok, now)
         look = ok and latencies is not None and latencies.add(latency_s, now)
         policy = self.deployment.rollback
-        if policy is None or self.rolling_back or route == self.deployment.primary:
+        if policy is None or self.rolling_back:
+            return None
+        primary = self.deployment.primary
+        if route is primary or route == primary:  # (the same object, but for a route made elsewhere)
             return None
         trip = None
         if not ok and window is not None:

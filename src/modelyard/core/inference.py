@@ -358,7 +358,7 @@ class DataPlane:
         ``routing_key`` parameter. One that goes to another route than the one
         whose queue holds back the deployment's callers in an overload (``gate_route``, see
         :class:`DeploymentGate`) frees the slot that queue may have kept for it."""
-        route = traffic.next_route(routing_key(request))
+        route = traffic.next_route(routing_key(request) if request.parameters else None)  # (most have none)
         gate = traffic.gate_route
         if route is not gate:
             queue = self._loaded_queue(principal.tenant_id, gate.model, str(gate.version), traffic)
