@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from itertools import accumulate
 from typing import Generic, TypeVar
@@ -160,6 +160,14 @@ class Metrics:
         self.memory_budget = Gauge(
             "modelyard_memory_budget_bytes", "The model manager's memory budget for loaded versions", registry=r
         )
+        self.quota_used = Gauge(
+            "modelyard_quota_used", "Used of a tenant's quota in its current window (requests, tokens, hours)",
+            ["tenant", "quota"], registry=r,
+        )
+        self.quota_limit = Gauge(
+            "modelyard_quota_limit", "A tenant's quota per window (requests_per_day, tokens_per_day, "
+            "training_hours_per_month)", ["tenant", "quota"], registry=r,
+        )
         self.worker_restarts = Counter(
             "modelyard_worker_restarts", "Worker processes of isolated versions replaced after they died",
             ["tenant", "model", "version"], registry=r,
@@ -215,6 +223,15 @@ class Metrics:
         served since the server started)."""
         statistics = self.statistics.get(key)
         return None if statistics is None else statistics.snapshot()
+
+    def show_quota_use(self, uses: Iterable[tuple[str, str, float, float]]) -> None:
+        """Replace the quota gauges with ``uses``: (tenant, quota, used, limit) each, read just
+        before a scrape; a quota lifted since the last one leaves no series behind."""
+        self.quota_used.clear()
+        self.quota_limit.clear()
+        for tenant, quota, used, limit in uses:
+            self.quota_used.labels(tenant, quota).set(used)
+            self.quota_limit.labels(tenant, quota).set(limit)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

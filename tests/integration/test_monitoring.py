@@ -21,7 +21,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelyard.monitoring import alert_rules, dashboard
-from tests.integration._serving import HOLDING_ROWS, SLOW_WIDTH, infer_body, register, slow_model
+from tests.integration._serving import HOLDING_ROWS, SLOW_WIDTH, infer_body, metric, register, slow_model
 from tests.support.live import LiveServer, free_port, wait_until
 
 #: the series a family's samples are named (prometheus_client's suffixes)
@@ -59,7 +59,12 @@ def test_every_series_the_rules_and_the_dashboard_name_is_served_with_their_labe
             if names:
                 family.labels(*("x" for _ in names))
         with srv.client() as client:
-            served = _served(client.get("/metrics").text)
+            # the quotas' series come from the database at each scrape: give the tenant one
+            r = client.patch("/api/v1/tenants/default", json={"quotas": {"requests_per_day": 1000}})
+            assert r.status_code == 200, r.text
+            text = client.get("/metrics").text
+            served = _served(text)
+        assert metric(text, "modelyard_quota_limit", tenant="default", quota="requests_per_day") == 1000
     finally:
         srv.stop()
     for query in _queries():

@@ -124,3 +124,25 @@ def test_unlimited_tenant_needs_no_io_after_first_check(tmp_path: Path) -> None:
     cached = limits.cached_quotas(t.id)
     assert cached is not None and cached[0] and not Limits.has_daily(cached[1])
     db.dispose()
+
+
+def test_quota_use_reports_each_windowed_quota_of_each_tenant(services: tuple[Database, TenantService, Limits]) -> None:
+    """What /metrics shows for the quota alerts: the requests and tokens of today and the
+    training hours of this month, against each tenant's quotas; tenants without one, nothing."""
+    _db, tenants, limits = services
+    acme = tenants.create("acme", quotas=Quotas(requests_per_day=10, tokens_per_day=1000, training_hours_per_month=2.0,
+                                                concurrent_jobs=3))
+    tenants.create("free")  # no quota: no series
+    tenants.create("later", quotas=Quotas(requests_per_day=5))  # nothing used yet: 0 of 5
+    for _ in range(7):
+        limits.check_request(_principal(acme.id))
+    limits.charge_tokens(acme.id, 250)
+    limits.charge_training_seconds(acme.id, 1800)
+    limits.counters.add(acme.id, "requests", "1999-01-01", 99)  # another day's count is not today's
+    uses = {(u.tenant, u.quota): (u.used, u.limit) for u in limits.quota_use()}
+    assert uses == {
+        ("acme", "requests_per_day"): (7.0, 10.0),
+        ("acme", "tokens_per_day"): (250.0, 1000.0),
+        ("acme", "training_hours_per_month"): (0.5, 2.0),
+        ("later", "requests_per_day"): (0.0, 5.0),
+    }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 from fastapi import APIRouter
 from starlette.responses import Response
 
@@ -20,6 +21,9 @@ router = APIRouter(responses=ERRORS, route_class=JsonBodyRoute)
 @router.get("/metrics", tags=["server"], summary="Prometheus metrics (text format)")
 async def metrics(platform: PlatformDep, principal: PrincipalDep) -> Response:
     principal.require("metrics:read")
+    # the quotas' use is read from the database off the loop, then shown and rendered on it
+    uses = await anyio.to_thread.run_sync(platform.limits.quota_use)
+    platform.metrics.show_quota_use((u.tenant, u.quota, u.used, u.limit) for u in uses)
     return Response(platform.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
