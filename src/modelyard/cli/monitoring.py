@@ -59,7 +59,7 @@ def alerts(output: OutputOption = None) -> None:
 @handles_errors
 def dashboard_(output: OutputOption = None) -> None:
     """Write the Grafana dashboard (JSON): traffic, errors, latency, queueing, batching, overload,
-    memory, deployments, cache and tokens, filtered by tenant and model.
+    memory, deployments, cache, tokens and quotas, filtered by tenant and model.
 
         modelyard monitoring dashboard -o modelyard-dashboard.json
 
