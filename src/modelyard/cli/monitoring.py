@@ -45,7 +45,7 @@ def _write(text: str, output: Path | None, what: str) -> None:
 def alerts(output: OutputOption = None) -> None:
     """Write the Prometheus rule file of ModelYard's alerts (server down, server errors, full queues,
     saturation, slow answers, long queue waits, canary rollbacks, shadow disagreement, dead workers,
-    memory budget, eviction churn).
+    memory budget, eviction churn, quotas nearly or wholly used).
 
         modelyard monitoring alerts -o /etc/prometheus/modelyard-alerts.yml
 
