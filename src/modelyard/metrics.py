@@ -23,6 +23,7 @@ __all__ = ["Metrics", "LATENCY_BUCKETS", "LoopCounter", "LoopHistogram"]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
 
 
 class _LoopCount:
@@ -197,6 +198,16 @@ class Metrics:
         )
         self.cache_bytes = Gauge("modelyard_response_cache_bytes", "Bytes of answers held by the response cache", registry=r)
         self.cache_entries = Gauge("modelyard_response_cache_entries", "Answers held by the response cache", registry=r)
+        self.first_token = Histogram(
+            "modelyard_time_to_first_token_seconds",
+            "Language models: from a generation request's arrival to its first token (streamed or not)",
+            ["tenant", "model", "version"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.per_token = Histogram(
+            "modelyard_time_per_output_token_seconds",
+            "Language models: a request's mean time between two of its engine's steps after the first token",
+            ["tenant", "model", "version"], buckets=_TOKEN_BUCKETS, registry=r,
+        )
         self.shadow_results = Counter(
             "modelyard_shadow_results", "Shadow answers compared with the primary's (agree, disagree, error)",
             ["tenant", "deployment", "result"], registry=r,

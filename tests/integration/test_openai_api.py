@@ -215,10 +215,30 @@ def test_embeddings_match_the_model_in_process(client: openai.OpenAI) -> None:
 
 
 def test_token_metrics(server: LiveServer, client: openai.OpenAI) -> None:
-    client.completions.create(model=MODEL, prompt="hello", max_tokens=3, temperature=0)
+    def timing() -> tuple[float, float, float]:
+        text = httpx.get(f"{server.url}/metrics", headers=server.headers).text
+        return (metric(text, "modelyard_time_to_first_token_seconds_count", model=MODEL),
+                metric(text, "modelyard_time_to_first_token_seconds_sum", model=MODEL),
+                metric(text, "modelyard_time_per_output_token_seconds_count", model=MODEL))
+
+    before = timing()
+    started = time.perf_counter()
+    plain = client.completions.create(model=MODEL, prompt="hello", max_tokens=3, temperature=0)
+    chunks = list(client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3, temperature=0, stream=True,
+        stream_options={"include_usage": True}))
+    took = time.perf_counter() - started
+    streamed = chunks[-1].usage
+    assert plain.usage is not None and streamed is not None
     text = httpx.get(f"{server.url}/metrics", headers=server.headers).text
     assert f'modelyard_tokens_total{{kind="prompt",model="{MODEL}",tenant="default",version="1"}}' in text
     assert f'modelyard_tokens_total{{kind="completion",model="{MODEL}",tenant="default",version="1"}}' in text
+    # the time to the first token, streamed or not, and between tokens for a request that had
+    # two or more
+    after = timing()
+    assert after[0] - before[0] == 2
+    assert 0 < after[1] - before[1] < took
+    assert after[2] - before[2] == sum(u.completion_tokens >= 2 for u in (plain.usage, streamed))
 
 
 # -- bad input --------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from tests.integration._serving import metric
 from tests.support.live import LiveServer, free_port
 from tests.unit.llm_api.builders import build_tiny_gpt2, tar_gz
 
@@ -67,6 +68,8 @@ def test_chat_through_the_gateway_equals_the_backend(gateway: LiveServer, backen
     assert completion.usage.completion_tokens >= 1
     text = httpx.get(f"{gateway.url}/metrics", headers=gateway.headers).text
     assert 'modelyard_tokens_total{kind="completion",model="front",tenant="default",version="1"}' in text
+    # a stream relayed from an upstream engine: its first chunk with text is its first token
+    assert metric(text, "modelyard_time_to_first_token_seconds_count", model="front") == 1
 
 
 def test_embeddings_through_the_gateway(gateway: LiveServer, backend: LiveServer) -> None:

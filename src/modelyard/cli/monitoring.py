@@ -45,7 +45,7 @@ def _write(text: str, output: Path | None, what: str) -> None:
 def alerts(output: OutputOption = None) -> None:
     """Write the Prometheus rule file of ModelYard's alerts (server down, server errors, full queues,
     saturation, slow answers, long queue waits, canary rollbacks, shadow disagreement, dead workers,
-    memory budget, eviction churn, quotas nearly or wholly used).
+    memory budget, eviction churn, quotas nearly or wholly used, slow first tokens).
 
         modelyard monitoring alerts -o /etc/prometheus/modelyard-alerts.yml
 
@@ -59,7 +59,7 @@ def alerts(output: OutputOption = None) -> None:
 @handles_errors
 def dashboard_(output: OutputOption = None) -> None:
     """Write the Grafana dashboard (JSON): traffic, errors, latency, queueing, batching, overload,
-    memory, deployments, cache, tokens and quotas, filtered by tenant and model.
+    memory, deployments, cache, tokens, quotas and time to the first token, filtered by tenant and model.
 
         modelyard monitoring dashboard -o modelyard-dashboard.json
 

@@ -154,6 +154,23 @@ def test_max_tokens_gives_length(lm, make_engine) -> None:
     assert len(result.choices[0].token_ids) == 7 and result.usage.completion_tokens == 7
 
 
+def test_a_handle_times_its_first_token_and_counts_the_steps_that_gave_tokens(lm, make_engine) -> None:
+    """What the time to the first token and per output token are made of: one step per token
+    of a choice, however many choices share the step."""
+    engine = make_engine()
+    submitted = time.perf_counter()
+    handle = engine.submit(GenerationRequest(prompt_ids=ids(lm, PROMPTS[0]), max_tokens=5, ignore_eos=True, n=2,
+                                             temperature=1.0, seed=3))
+    result = handle.result(timeout=30)
+    assert [len(c.token_ids) for c in result.choices] == [5, 5]
+    assert handle.token_steps == 5  # two tokens a step
+    assert handle.first_token_at is not None and handle.last_token_at is not None
+    assert submitted < handle.first_token_at < handle.last_token_at <= time.perf_counter()
+    waiting = GenerationHandle(request_id="r", n=1, prompt_tokens=1)
+    waiting._push(GenerationEvent(0, (), "", "cancelled", 0))  # no token: nothing timed
+    assert (waiting.first_token_at, waiting.token_steps) == (None, 0)
+
+
 def test_stop_strings_and_stop_tokens(lm, make_engine) -> None:
     engine = make_engine()
     prompt = ids(lm, PROMPTS[1])

@@ -140,6 +140,19 @@ class OpenAIServing:
         if self.charge_tokens is not None and completion > 0:
             await anyio.to_thread.run_sync(self.charge_tokens, principal.tenant_id, completion)
 
+    def _observe_timing(self, served: ServedModel, started: float,
+                        spans: list[tuple[float | None, float | None, int]]) -> None:
+        """The time to the first token and per output token of each (first token's time, last
+        token's time, steps that gave tokens) of a request: a local engine's handles, or an
+        upstream engine's streamed chunks (``perf_counter`` times)."""
+        labels = (served.tenant, served.name, served.version)
+        for first, last, steps in spans:
+            if first is None:
+                continue
+            self.metrics.first_token.labels(*labels).observe(first - started)
+            if last is not None and steps > 1:
+                self.metrics.per_token.labels(*labels).observe((last - first) / (steps - 1))
+
     def _count_request(self, served: ServedModel) -> None:
         self.metrics.requests.labels(served.tenant, served.name, served.version, "openai").inc()
         if served.key:  # made before its first answer (see modelyard/statistics.py)
@@ -258,6 +271,7 @@ class OpenAIServing:
                                     "logprobs": None})
         prompt = sum(r.usage.prompt_tokens for r in results)
         completion = sum(r.usage.completion_tokens for r in results)
+        self._observe_timing(served, started, [(h.first_token_at, h.last_token_at, h.token_steps) for h in handles])
         await self._account(served, principal, prompt, completion, started)
         return {
             "id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
@@ -321,6 +335,7 @@ class OpenAIServing:
             if body.include_usage:
                 yield chunk([], {"prompt_tokens": prompt, "completion_tokens": completion,
                                  "total_tokens": prompt + completion})
+            self._observe_timing(served, started, [(h.first_token_at, h.last_token_at, h.token_steps) for h in handles])
             await self._account(served, principal, prompt, completion, started)
             finished = True
             yield _DONE
@@ -467,6 +482,8 @@ class OpenAIServing:
         prompt = completion = 0
         counted = False
         done = False
+        first_at = last_at = None  # of the chunks that carried text
+        texts = 0
         try:
             async for line in response.aiter_lines():
                 if not line.startswith("data:"):
@@ -483,6 +500,11 @@ class OpenAIServing:
                     continue
                 if "model" in chunk:
                     chunk["model"] = served.name
+                if any(_choice_text(c) for c in chunk.get("choices") or []):
+                    last_at = time.perf_counter()
+                    if first_at is None:
+                        first_at = last_at
+                    texts += 1
                 if chunk.get("usage"):
                     prompt, completion = _usage_counts(chunk["usage"])
                     counted = True
@@ -493,6 +515,7 @@ class OpenAIServing:
                 if not wants_usage:
                     chunk.pop("usage", None)
                 yield _sse(chunk)
+            self._observe_timing(served, started, [(first_at, last_at, texts)])
             await self._account(served, principal, prompt, completion, started)
             yield _DONE
         except httpx.TimeoutException:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 
@@ -36,11 +37,25 @@ class GenerationHandle:
         self._error: BaseException | None = None
         self._done = False
         self._cancelled = threading.Event()
+        #: ``perf_counter`` when the first token came, and the last; the engine steps that gave
+        #: tokens (``n`` choices share a step): the time to the first token and between tokens
+        self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
+        self.token_steps = 0
+        self._last_step: int | None = None
 
     # --- engine side -------------------------------------------------------------------------
 
     def _push(self, event: GenerationEvent) -> None:
+        now = time.perf_counter()
         with self._lock:
+            if event.token_ids:
+                if self.first_token_at is None:
+                    self.first_token_at = now
+                self.last_token_at = now
+                if event.step != self._last_step:
+                    self._last_step = event.step
+                    self.token_steps += 1
             self._texts[event.index] += event.text
             self._tokens[event.index].extend(event.token_ids)
             if event.finish_reason is not None:
