@@ -76,7 +76,7 @@ def test_cli_update_changes_what_it_is_given_and_keeps_the_rest(
                                "max_p99_ratio": 1.5}
     result = runner.invoke(app, ["deploy", "show", "upd"])
     shown = " ".join(result.output.split())
-    assert "its p99 latency passes 250 ms or its p99 latency passes 1.5x the primary's over 30 s" in shown, shown
+    assert "its p99 latency passes 250 ms or 1.5x the primary's over 30 s" in shown, shown
     dep = deploy("update", "upd", "--no-shadow", "--no-rollback", "--description", "two routes")
     assert dep["shadow"] is None and dep["rollback"] is None and dep["description"] == "two routes"
     assert dep["revision"] == 6

@@ -143,10 +143,13 @@ def _route_stats(dep: Any) -> dict[str, dict[str, Any]]:
 def _policy(rollback: dict[str, Any]) -> str:
     """A rollback policy in words."""
     limits = [f"its error rate passes {rollback['max_error_rate']:g}"]
+    latency = []
     if rollback.get("max_p99_ms") is not None:
-        limits.append(f"its p99 latency passes {rollback['max_p99_ms']:g} ms")
+        latency.append(f"{rollback['max_p99_ms']:g} ms")
     if rollback.get("max_p99_ratio") is not None:
-        limits.append(f"its p99 latency passes {rollback['max_p99_ratio']:g}x the primary's")
+        latency.append(f"{rollback['max_p99_ratio']:g}x the primary's")
+    if latency:
+        limits.append(f"its p99 latency passes {' or '.join(latency)}")
     return (f"rolls a canary back when {' or '.join(limits)} over {rollback['window_s']:g} s "
             f"(with at least {rollback['min_requests']} requests in that time)")
 
