@@ -13,7 +13,16 @@ from functools import partial
 from itertools import accumulate
 from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.samples import Sample
 
@@ -137,6 +146,12 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        # the server process's own: CPU seconds, resident memory, open files (process_*), the
+        # garbage collector's passes (python_gc_*) and the Python version (python_info), read
+        # when scraped
+        ProcessCollector(registry=r)
+        GCCollector(registry=r)
+        PlatformCollector(registry=r)
         # The two families every request updates: loop-local (see LoopCounter, LoopHistogram).
         self.requests = LoopCounter(
             "modelyard_inference_requests", "Inference requests", ["tenant", "model", "version", "protocol"], registry=r

@@ -64,11 +64,20 @@ def test_every_series_the_rules_and_the_dashboard_name_is_served_with_their_labe
             assert r.status_code == 200, r.text
             text = client.get("/metrics").text
             served = _served(text)
+            # a database that fails costs the scrape its quota series, not the others
+            def broken() -> list[object]:
+                raise OSError("the database is down")
+
+            srv.platform.limits.quota_use = broken  # type: ignore[method-assign]
+            without = client.get("/metrics")
         assert metric(text, "modelyard_quota_limit", tenant="default", quota="requests_per_day") == 1000
+        assert metric(text, "process_resident_memory_bytes") > 10e6 and "python_info{" in text
+        assert without.status_code == 200 and "modelyard_memory_budget_bytes " in without.text
+        assert metric(without.text, "modelyard_quota_limit") == 0 and "modelyard_quota_limit{" not in without.text
     finally:
         srv.stop()
     for query in _queries():
-        names = set(re.findall(r"\b(modelyard_[a-z_]+)\b", query))
+        names = set(re.findall(r"\b((?:modelyard|process)_[a-z_]+)\b", query))
         assert names or query.startswith("up{"), query  # `up`: Prometheus's own, of every target
         allowed = set(_TARGET_LABELS)
         for name in names:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import anyio
@@ -15,6 +16,8 @@ from modelyard.api.schemas import ERRORS
 
 __all__ = ["router"]
 
+log = logging.getLogger("modelyard.api")
+
 router = APIRouter(responses=ERRORS, route_class=JsonBodyRoute)
 
 
@@ -22,7 +25,11 @@ router = APIRouter(responses=ERRORS, route_class=JsonBodyRoute)
 async def metrics(platform: PlatformDep, principal: PrincipalDep) -> Response:
     principal.require("metrics:read")
     # the quotas' use is read from the database off the loop, then shown and rendered on it
-    uses = await anyio.to_thread.run_sync(platform.limits.quota_use)
+    try:
+        uses = await anyio.to_thread.run_sync(platform.limits.quota_use)
+    except Exception:  # the database is down: every other series is still worth a scrape
+        log.exception("reading the quotas' use for /metrics failed; it is left out of this scrape")
+        uses = []
     platform.metrics.show_quota_use((u.tenant, u.quota, u.used, u.limit) for u in uses)
     return Response(platform.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
