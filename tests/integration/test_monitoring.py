@@ -145,11 +145,13 @@ def test_a_real_prometheus_fires_the_alerts_on_a_live_server(tmp_path: Path) -> 
     try:
         def up() -> bool:
             try:
-                targets = httpx.get(f"http://127.0.0.1:{port}/api/v1/targets", timeout=5).json()["data"]
+                r = httpx.get(f"http://127.0.0.1:{port}/api/v1/targets", timeout=5)
             except httpx.HTTPError:
+                r = None
+            if r is None or r.status_code != 200:  # not listening yet, or 503 while it starts
                 assert proc.poll() is None, log.read_text()[-3000:]
                 return False
-            return [t["health"] for t in targets["activeTargets"]] == ["up"]
+            return [t["health"] for t in r.json()["data"]["activeTargets"]] == ["up"]
 
         wait_until(up, timeout=60)
         for thread in threads:

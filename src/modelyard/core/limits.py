@@ -22,8 +22,8 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -89,7 +89,7 @@ class QuotaUse:
 
 
 #: the quotas counted per window: quota -> (its counter, its window, counter units per quota unit)
-_WINDOWED: dict[str, tuple[str, Any, float]] = {
+_WINDOWED: dict[str, tuple[str, Callable[..., tuple[str, float]], float]] = {
     "requests_per_day": ("requests", day_window, 1.0),
     "tokens_per_day": ("tokens", day_window, 1.0),
     "training_hours_per_month": ("training_s", month_window, 3600.0),

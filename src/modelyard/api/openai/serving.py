@@ -271,7 +271,7 @@ class OpenAIServing:
                                     "logprobs": None})
         prompt = sum(r.usage.prompt_tokens for r in results)
         completion = sum(r.usage.completion_tokens for r in results)
-        self._observe_timing(served, started, [(h.first_token_at, h.last_token_at, h.token_steps) for h in handles])
+        self._observe_timing(served, started, _timed(handles))
         await self._account(served, principal, prompt, completion, started)
         return {
             "id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
@@ -335,7 +335,7 @@ class OpenAIServing:
             if body.include_usage:
                 yield chunk([], {"prompt_tokens": prompt, "completion_tokens": completion,
                                  "total_tokens": prompt + completion})
-            self._observe_timing(served, started, [(h.first_token_at, h.last_token_at, h.token_steps) for h in handles])
+            self._observe_timing(served, started, _timed(handles))
             await self._account(served, principal, prompt, completion, started)
             finished = True
             yield _DONE
@@ -530,6 +530,11 @@ class OpenAIServing:
             await response.aclose()
             if not done:
                 self.llm.record_tokens(served, principal, prompt=prompt, completion=completion)
+
+
+def _timed(handles: list[GenerationHandle]) -> list[tuple[float | None, float | None, int]]:
+    """What :meth:`OpenAIServing._observe_timing` takes of a local engine's handles."""
+    return [(h.first_token_at, h.last_token_at, h.token_steps) for h in handles]
 
 
 def _temp(body: ChatCompletionRequest | CompletionRequest) -> float:
