@@ -93,6 +93,12 @@ class Settings(BaseSettings):
         default=1.0, ge=0,
         description="how often the server takes the rollout steps that are due (0: this server takes none)",
     )
+    traffic_share_s: float = Field(
+        default=1.0, ge=0,
+        description="how often the server shares what it counted of the deployments' traffic with the other servers "
+                    "of its cluster and reads theirs, so that rollbacks, rollout steps and statistics count the "
+                    "cluster's requests (0: each server judges by its own)",
+    )
     pin_sync_s: float = Field(
         default=5.0, ge=0,
         description="how often the server takes the pins made on the other servers of its cluster (0: only at start)",

@@ -17,6 +17,7 @@ import uvicorn
 from modelyard.api.app import create_app
 from modelyard.api.v2.protocol import InferenceProtocol
 from modelyard.config import Settings
+from modelyard.core.cluster_traffic import ClusterTraffic
 from modelyard.core.demo import ensure_demo_model
 from modelyard.core.platform import Platform
 
@@ -124,15 +125,31 @@ async def serve_async(settings: Settings, platform: Platform, http: uvicorn.Serv
         followers.append(loop.create_task(platform.residency.follow_pins(settings.pin_sync_s)))
     if settings.rollout_check_s > 0:
         followers.append(loop.create_task(platform.deployments.follow_rollouts(settings.rollout_check_s)))
+    cluster = None
+    if settings.traffic_share_s > 0:
+        cluster = ClusterTraffic(
+            platform.db, platform.deployments, on_trip=platform.dataplane.roll_back,
+            tenant_name=lambda tenant_id: platform.tenants.get(tenant_id).name,
+        )
+        followers.append(loop.create_task(cluster.follow(settings.traffic_share_s)))
     try:
         await http.serve()
     finally:
         for task in followers:
             task.cancel()
         await asyncio.gather(*followers, return_exceptions=True)
+        if cluster is not None:
+            await _leave(cluster)
         if grpc_server is not None:
             await grpc_server.stop(grace=settings.drain_timeout_s)
         await asyncio.to_thread(job_workers.stop, max(settings.drain_timeout_s, 10.0))
+
+
+async def _leave(cluster: ClusterTraffic) -> None:
+    try:
+        await asyncio.to_thread(cluster.leave)
+    except Exception as exc:  # its rows stop counting after LIVE_S anyway
+        log.warning("could not remove this server's deployment traffic figures: %s", exc)
 
 
 def _settle_heap() -> None:

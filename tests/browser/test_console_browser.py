@@ -289,7 +289,7 @@ def test_a_rollout_shows_its_step_the_canary_answers_it_waits_for_and_its_latenc
     panel = page.locator("section", has=page.get_by_role("heading", name="Rollout", exact=True))
     expect(panel).to_contain_text("30% → 100%")
     expect(panel).to_contain_text("step 1 of 2: the canary gets 30%")
-    expect(panel).to_contain_text(f"50 canary answers without error at this step ({answered} so far on this server)")
+    expect(panel).to_contain_text(f"50 canary answers without error at this step ({answered} so far; counted by 1 server)")
     policy = page.locator("section", has=page.get_by_role("heading", name="Automatic rollback", exact=True))
     expect(policy).to_contain_text("error rate over 120 s passes 10% or the 99th percentile of its latency passes "
                                    "250 ms or 1.5 times the primary's, with at least 20 requests")

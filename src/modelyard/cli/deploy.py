@@ -123,7 +123,8 @@ def _show(dep: Any, json_out: bool) -> None:
         sh = (dep.stats or {}).get("shadow") or {}
         rows.append([f"{dep.shadow['model']}:{dep.shadow['version']} (shadow)", f"{dep.shadow['share']:g}",
                      sh.get("requests", 0), f"agreement {sh.get('agreement_rate')}"])
-    print_table(["route", "weight", "requests", "errors"], rows, title=f"{dep.name} (revision {dep.revision})")
+    title = f"{dep.name} (revision {dep.revision}; {_counted_by(dep)})"
+    print_table(["route", "weight", "requests", "errors"], rows, title=title)
     if dep.rollback:
         typer.echo(_policy(dep.rollback))
     rollout = dep.rollout
@@ -136,7 +137,8 @@ def _label(route: dict[str, Any]) -> str:
 
 
 def _route_stats(dep: Any) -> dict[str, dict[str, Any]]:
-    """The server's live statistics of each route (by label; none before its first request)."""
+    """The live statistics of each route, of every server of the cluster (by label; none before
+    its first request)."""
     return {_label(r): r for r in (dep.stats or {}).get("routes", [])}
 
 
@@ -169,6 +171,12 @@ def _steps(rollout: dict[str, Any]) -> str:
     return " → ".join(f"[{share:g}%]" if i == rollout["step"] else f"{share:g}%" for i, share in enumerate(rollout["steps"]))
 
 
+def _counted_by(dep: Any) -> str:
+    """``counted by 2 servers``: how many servers of the cluster counted the live figures."""
+    servers = (dep.stats or {}).get("servers", 0)
+    return f"counted by {servers} server{'' if servers == 1 else 's'}" if servers else "nothing counted yet"
+
+
 def _next(dep: Any) -> str:
     """When a rollout's next step is due, and the canary answers it waits for."""
     rollout = dep.rollout
@@ -178,7 +186,7 @@ def _next(dep: Any) -> str:
     least = rollout.get("min_requests") or 0
     if least:
         seen = ((dep.stats or {}).get("rollout") or {}).get("canary_answered", 0)
-        when += f", once the canary answered {least} ({seen} so far on this server)"
+        when += f", once the canary answered {least} ({seen} so far; {_counted_by(dep)})"
     return when
 
 

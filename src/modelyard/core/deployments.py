@@ -33,6 +33,7 @@ from modelyard.core.pages import Page, PageRequest
 from modelyard.core.registry import Registry
 from modelyard.core.rollout import Rollout, parse_rollout
 from modelyard.core.routing import ErrorWindow, LatencyWindow, RouteStats, ShadowStats, WeightedChoice
+from modelyard.core.traffic_figures import NOBODY, RouteFigures, TrafficFigures
 from modelyard.engine.manager import parse_serving
 from modelyard.errors import Conflict, DeploymentNotFound, ValidationFailed
 from modelyard.store.db import Database
@@ -298,6 +299,9 @@ class DeploymentTraffic:
     #: the canary's answers without error before its rollout step began, as this server counted
     #: them (see :meth:`answered_at_step`)
     step_base: int = 0
+    #: what the cluster's other servers counted of this deployment, summed (replaced whole every
+    #: ``MODELYARD_TRAFFIC_SHARE_S`` by ``core/cluster_traffic.py``; nobody's on a lone server)
+    peers: TrafficFigures = NOBODY
 
     @classmethod
     def of(cls, deployment: Deployment, previous: DeploymentTraffic | None = None) -> DeploymentTraffic:
@@ -311,6 +315,7 @@ class DeploymentTraffic:
             routes=stats,
             # a shadow's comparisons are about its version: a new shadow target starts afresh
             shadow=previous.shadow if previous and _same_shadow(previous.deployment, deployment) else ShadowStats(),
+            peers=previous.peers if previous else NOBODY,
         )
         rollout = deployment.rollout
         if rollout is not None:
@@ -327,12 +332,34 @@ class DeploymentTraffic:
         stats = self.routes.get(routes[-1].label) if len(routes) == 2 else None
         return 0 if stats is None else stats.requests - stats.errors
 
-    def answered_at_step(self) -> int:
+    def answered_here_at_step(self) -> int:
         """The canary's answers without error at its rollout's current step, as this server
-        counted them: what a step with ``min_requests`` waits for (``Deployments.advance_rollouts``).
-        Counted from when this server first routed by the step (a server that learns of it a
-        moment late counts a little less, never more)."""
+        counted them. Counted from when this server first routed by the step (a server that
+        learns of it a moment late counts a little less, never more)."""
         return self._canary_answered() - self.step_base
+
+    def answered_at_step(self) -> int:
+        """The canary's answers without error at its rollout's current step, as this server and
+        the cluster's others counted them: what a step with ``min_requests`` waits for
+        (``Deployments.advance_rollouts``)."""
+        rollout = self.deployment.rollout
+        others = self.peers.answered_at(rollout.at) if rollout is not None else 0
+        return self.answered_here_at_step() + others
+
+    @property
+    def counted(self) -> bool:
+        """Whether this server counted any request of the deployment (or mirrored one)."""
+        return self.shadow.requests > 0 or any(stats.requests for stats in self.routes.values())
+
+    def figures(self, now: float | None = None) -> TrafficFigures:
+        """What this server counted, as it shares it with its cluster (``now``: monotonic)."""
+        rollout = self.deployment.rollout
+        return TrafficFigures(
+            1,
+            {label: stats.figures(now) for label, stats in self.routes.items()},
+            self.shadow.counters() if self.deployment.shadow else {},
+            {rollout.at: self.answered_here_at_step()} if rollout is not None else {},
+        )
 
     def pick(self, key: str | None = None) -> Route:
         choice = self.choice
@@ -395,38 +422,82 @@ class DeploymentTraffic:
             return None
         trip = None
         if not ok and window is not None:
-            n, errors = window.counts(now)
-            if n >= policy.min_requests and errors / n > policy.max_error_rate:
-                trip = Trip("error_rate", f"error rate {errors / n:.3g} over {policy.window_s:g}s exceeded "
-                                          f"{policy.max_error_rate:g}")
+            trip = self._failing(route, window, policy, now)
         elif look and latencies is not None:
-            trip = self._slow(latencies, policy, now)
+            trip = self._slow(route, latencies, policy, now)
         if trip is not None:
             self.rolling_back = True
         return trip
 
-    def _slow(self, latencies: LatencyWindow, policy: RollbackPolicy, now: float | None) -> Trip | None:
-        """The latency limit a canary whose answers are ``latencies`` passed, if any."""
-        n, p99 = latencies.quantile(0.99, now)
+    def review(self, now: float | None = None) -> tuple[Route, Trip] | None:
+        """Look at every canary's windows, this server's with the cluster's others' (just handed
+        in): the canary and what tripped the rollback policy, if anything did (once per
+        revision). Outcomes counted here are looked at as they come (:meth:`record`); this is
+        for errors and answers that came on the other servers."""
+        policy = self.deployment.rollback
+        if policy is None or self.rolling_back:
+            return None
+        now = time.monotonic() if now is None else now
+        primary = self.deployment.primary
+        for route in self.deployment.routes:
+            stats = self.routes.get(route.label)
+            if route is primary or route == primary or stats is None:
+                continue
+            trip = None
+            if stats.window is not None:
+                trip = self._failing(route, stats.window, policy, now)
+            if trip is None and stats.latencies is not None:
+                trip = self._slow(route, stats.latencies, policy, now)
+            if trip is not None:
+                self.rolling_back = True
+                return route, trip
+        return None
+
+    def _others(self, route: Route) -> RouteFigures | None:
+        return self.peers.route(route.label)
+
+    def _failing(self, route: Route, window: ErrorWindow, policy: RollbackPolicy, now: float | None) -> Trip | None:
+        """The error-rate limit canary ``route``, whose outcomes here are ``window``, passed
+        (counted with the cluster's other servers' outcomes), if it did."""
+        n, errors = window.counts(now)
+        others = self._others(route)
+        if others is not None:  # the cluster's other servers' window, as they last shared it
+            n, errors = n + others.window_requests, errors + others.window_errors
+        if n >= policy.min_requests and errors / n > policy.max_error_rate:
+            return Trip("error_rate", f"error rate {errors / n:.3g} over {policy.window_s:g}s exceeded "
+                                      f"{policy.max_error_rate:g}")
+        return None
+
+    def _slow(self, route: Route, latencies: LatencyWindow, policy: RollbackPolicy, now: float | None) -> Trip | None:
+        """The latency limit canary ``route``, whose answers here are ``latencies``, passed
+        (counted with the cluster's other servers' answers), if any."""
+        others = self._others(route)
+        n, p99 = latencies.quantile(0.99, now, others.buckets if others else None)
         if n < policy.min_requests or p99 is None:
             return None
         over = f"p99 latency {1000 * p99:.4g} ms over {policy.window_s:g}s exceeded"
         if policy.max_p99_ms is not None and 1000 * p99 > policy.max_p99_ms:
             return Trip("latency", f"{over} {policy.max_p99_ms:g} ms")
-        primary = self.routes[self.deployment.primary.label].latencies
+        first = self.deployment.primary
+        primary = self.routes[first.label].latencies
         if policy.max_p99_ratio is not None and primary is not None:
-            served, base = primary.quantile(0.99, now)
+            others = self._others(first)
+            served, base = primary.quantile(0.99, now, others.buckets if others else None)
             if served >= policy.min_requests and base is not None and p99 > policy.max_p99_ratio * base:
                 return Trip("latency", f"{over} {policy.max_p99_ratio:g}x the primary's {1000 * base:.4g} ms")
         return None
 
     def stats(self) -> dict[str, Any]:
+        """The live statistics: this server's counters and those the cluster's other servers
+        last shared (``servers``: how many servers counted requests of the deployment)."""
         rollout = self.deployment.rollout
+        peers = self.peers
         return {
+            "servers": int(self.counted) + peers.servers,
             "routes": [
-                {**r.to_dict(), **self.routes[r.label].to_dict()} for r in self.deployment.routes
+                {**r.to_dict(), **self.routes[r.label].to_dict(peers.route(r.label))} for r in self.deployment.routes
             ],
-            "shadow": self.shadow.to_dict() if self.deployment.shadow else None,
+            "shadow": self.shadow.to_dict(peers.shadow) if self.deployment.shadow else None,
             **({"rollout": {"step": rollout.step, "canary_answered": self.answered_at_step()}} if rollout else {}),
         }
 
@@ -447,6 +518,9 @@ class Deployments:
         self._ttl = cache_ttl_s
         self._cache: dict[tuple[str, str], tuple[float, DeploymentTraffic | None]] = {}
         self._lock = threading.Lock()
+        #: by deployment id, what the cluster's other servers counted of deployments this server
+        #: holds no traffic state of (kept by ``core/cluster_traffic.py``): their statistics here
+        self.elsewhere: Mapping[str, TrafficFigures] = {}
         #: called with each deployment after it changed or was deleted (``None`` after a delete)
         self.on_change: list[Callable[[str, str, Deployment | None], None]] = []
 
@@ -487,12 +561,23 @@ class Deployments:
         return time.monotonic() - entry[0] < self._ttl, entry[1]
 
     def stats(self, deployment: Deployment) -> dict[str, Any] | None:
-        """Live traffic statistics of ``deployment`` (``None`` before its first request)."""
+        """Live traffic statistics of ``deployment``, of this server and the cluster's others
+        (``None`` before its first request on any of them)."""
         entry = self._cache.get((deployment.tenant_id, deployment.name))
         traffic = entry[1] if entry else None
-        if traffic is None or traffic.deployment.id != deployment.id:
+        if traffic is not None and traffic.deployment.id == deployment.id:
+            return traffic.stats()
+        others = self.elsewhere.get(deployment.id)
+        if others is None:
             return None
-        return traffic.stats()
+        counted_elsewhere = DeploymentTraffic.of(deployment)  # nothing of this server's
+        counted_elsewhere.peers = others
+        return {**counted_elsewhere.stats(), "servers": others.servers}
+
+    def traffic(self) -> list[DeploymentTraffic]:
+        """The traffic state this server holds, of every deployment it routed or changed lately."""
+        with self._lock:
+            return [traffic for _, traffic in self._cache.values() if traffic is not None]
 
     def lookup(self, tenant_id: str, name: str) -> DeploymentTraffic | None:
         """The traffic state of deployment ``name``, or ``None`` if there is none (cached)."""
@@ -520,6 +605,8 @@ class Deployments:
             else:
                 keep = old if old is not None and old.deployment.id == deployment.id else None
                 traffic = DeploymentTraffic.of(deployment, keep)
+                if keep is None:  # what the cluster's others counted, if this server has read it
+                    traffic.peers = self.elsewhere.get(deployment.id, NOBODY)
             if len(self._cache) > 50_000:
                 self._cache.clear()
             self._cache[(tenant_id, name)] = (time.monotonic(), traffic)
@@ -581,17 +668,22 @@ class Deployments:
         *,
         event: str = "updated",
         reason: str | None = None,
+        carrying: str | None = None,
         **changes: Any,
     ) -> Deployment:
         """Change any of ``routes``, ``shadow`` (``None`` removes it only when passed),
         ``serving``, ``rollback``, ``rollout`` (a schedule starts now, at its first step;
         ``None`` stops it where it is), ``description``; bumps the revision. A change of the
-        routes without a ``rollout`` stops the rollout under way (the caller took the wheel)."""
+        routes without a ``rollout`` stops the rollout under way (the caller took the wheel).
+        With ``carrying`` (a route's label), the change is made only while that route still takes
+        traffic (read under the row's lock); otherwise :class:`Conflict`."""
         unknown = set(changes) - {"routes", "shadow", "serving", "rollback", "rollout", "description"}
         if unknown:
             raise ValidationFailed(f"unknown field(s): {', '.join(sorted(unknown))}")
         with self._db.transaction() as s:
             row = self._row(s, tenant_id, name, lock=True)
+            if carrying is not None and not any(r.label == carrying and r.weight > 0 for r in parse_routes(row.routes)):
+                raise Conflict(f"route {carrying} of deployment {name!r} takes no traffic now")
             detail: dict[str, Any] = {}
             routes = parse_routes(changes["routes"]) if "routes" in changes else parse_routes(row.routes)
             shadow = parse_shadow(changes["shadow"]) if "shadow" in changes else parse_shadow(row.shadow)
@@ -657,13 +749,15 @@ class Deployments:
             target = matches[0]
         return self.update(tenant_id, name, routes=[Route(target.model, target.version, 100.0)], event="promoted")
 
-    def rollback(self, tenant_id: str, name: str, *, reason: str = "manual") -> Deployment:
-        """All traffic back to the primary route; canaries are removed."""
+    def rollback(self, tenant_id: str, name: str, *, reason: str = "manual", canary: str | None = None) -> Deployment:
+        """All traffic back to the primary route; canaries are removed. With ``canary`` (the
+        label of the route an automatic rollback is for), :class:`Conflict` when that route takes
+        no traffic any more: of a cluster's servers that all saw it fail, one rolls it back."""
         current = self.get(tenant_id, name)
         primary = current.primary
         return self.update(
             tenant_id, name, routes=[Route(primary.model, primary.version, 100.0)],
-            event="rolled_back", reason=reason,
+            event="rolled_back", reason=reason, carrying=canary,
         )
 
     def advance_rollouts(self, now: float | None = None) -> list[Deployment]:

@@ -27,7 +27,7 @@ from modelyard.core.classification import classification_count, classify, labels
 from modelyard.core.principal import Principal
 from modelyard.core.registry import Registry, VersionInfo
 from modelyard.core.usage import UsageMeter
-from modelyard.core.deployments import Deployments, DeploymentTraffic, Route
+from modelyard.core.deployments import Deployments, DeploymentTraffic, Route, Trip
 from modelyard.core.response_cache import CacheKey, ResponseCache
 from modelyard.core.routing import outputs_agree
 from modelyard.core.scheduling import routing_key, scheduling
@@ -35,7 +35,7 @@ from modelyard.core.shared_memory import SharedMemory
 from modelyard.core.tracing import Trace, Tracer
 from modelyard.engine.batcher import DynamicBatcher, Queued
 from modelyard.engine.manager import LoadedModel, ModelManager, ModelSource, ServingOptions
-from modelyard.errors import InvalidInput, ModelNotFound, ModelYardError, NotEnabled, RateLimited
+from modelyard.errors import Conflict, InvalidInput, ModelNotFound, ModelYardError, NotEnabled, RateLimited
 from modelyard.metrics import Metrics
 from modelyard.store.artifacts import ArtifactStore
 from modelyard.tensors import InferenceRequest, InferenceResponse, Tensor, TensorSpec
@@ -520,7 +520,7 @@ class DataPlane:
             return
         self._meter(principal, served.name, errors=1)
         if not isinstance(exc, (RateLimited, asyncio.CancelledError)):
-            self._record(principal, served.name, served.traffic, served.route, False, elapsed)
+            self._record(principal, served.traffic, served.route, False, elapsed)
 
     def _answered(
         self,
@@ -561,7 +561,7 @@ class DataPlane:
         self._meter(principal, name, compute_s=elapsed)
         if served is not None:
             traffic = served.traffic
-            self._record(principal, name, traffic, served.route, True, elapsed)
+            self._record(principal, traffic, served.route, True, elapsed)
             shadow = traffic.deployment.shadow
             if shadow is not None and (shadow.share >= 1.0 or random.random() < shadow.share):
                 self._mirror(principal, traffic, served.arrays, results, elapsed)
@@ -642,22 +642,30 @@ class DataPlane:
             trace=trace, hit=hit, queued=_first(watched),
         )
 
-    def _record(
-        self, principal: Principal, name: str, traffic: DeploymentTraffic, route: Route, ok: bool, latency_s: float
-    ) -> None:
+    def _record(self, principal: Principal, traffic: DeploymentTraffic, route: Route, ok: bool, latency_s: float) -> None:
         trip = traffic.record(route, ok, latency_s)
-        if trip is None or self.deployments is None:
-            return
+        if trip is not None:
+            self.roll_back(traffic, route, trip, principal.tenant_name)
+
+    def roll_back(self, traffic: DeploymentTraffic, route: Route, trip: Trip, tenant_name: str) -> None:
+        """Canary ``route`` of ``traffic``'s deployment tripped its rollback policy (seen in an
+        outcome here, or in the cluster's figures): count it and roll the deployment back (in a
+        task; once for the cluster, see ``Deployments.rollback``)."""
         deployments = self.deployments
+        if deployments is None:
+            return
+        tenant_id, name = traffic.deployment.tenant_id, traffic.deployment.name
         reason = f"automatic: canary {route.label} {trip.how}"
-        self.metrics.automatic_rollbacks.labels(principal.tenant_name, name, trip.limit).inc()
+        self.metrics.automatic_rollbacks.labels(tenant_name, name, trip.limit).inc()
         log.warning("deployment %s: rolling back (%s)", name, reason)
 
         async def roll_back() -> None:
             try:
                 await anyio.to_thread.run_sync(
-                    lambda: deployments.rollback(principal.tenant_id, name, reason=reason)
+                    lambda: deployments.rollback(tenant_id, name, reason=reason, canary=route.label)
                 )
+            except Conflict:  # another server of the cluster rolled it back first
+                log.info("deployment %s: canary %s was already rolled back", name, route.label)
             except Exception:
                 log.exception("automatic rollback of deployment %s failed", name)
                 traffic.rolling_back = False

@@ -20,7 +20,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["key_point", "WeightedChoice", "ErrorWindow", "LatencyWindow", "RouteStats", "ShadowStats", "outputs_agree"]
+from modelyard.core.traffic_figures import SHADOW_COUNTERS, RouteFigures, add_counts
+
+__all__ = [
+    "key_point", "WeightedChoice", "ErrorWindow", "LatencyWindow", "RouteStats", "ShadowStats", "outputs_agree",
+    "quantile_of",
+]
 
 #: an :class:`ErrorWindow` or a :class:`LatencyWindow` counts in this many slices of its window
 WINDOW_SLICES = 60
@@ -188,18 +193,36 @@ class LatencyWindow(_SlicedWindow):
         self._count += 1
         return started
 
-    def quantile(self, q: float, now: float | None = None) -> tuple[int, float | None]:
-        """``(latencies in the window, the q-quantile of them in seconds)``; ``None`` when empty."""
+    def buckets(self, now: float | None = None) -> dict[int, int]:
+        """The window's latencies by bucket (a copy): what a server shares with its cluster."""
         self._trim(now)
-        if not self._count:
-            return 0, None
-        rank = max(1, math.ceil(q * self._count))
-        seen = 0
-        for bucket in sorted(self._totals):
-            seen += self._totals[bucket]
-            if seen >= rank:
-                break
-        return self._count, LATENCY_FLOOR_S * 2 ** ((bucket + 0.5) / LATENCY_BUCKETS_PER_DOUBLING)
+        return dict(self._totals)
+
+    def quantile(
+        self, q: float, now: float | None = None, also: Mapping[int, int] | None = None
+    ) -> tuple[int, float | None]:
+        """``(latencies in the window, the q-quantile of them in seconds)``; ``None`` when empty.
+        ``also``: other servers' latencies of the same window, by bucket, counted with these."""
+        self._trim(now)
+        totals = add_counts(self._totals, also) if also else self._totals
+        return quantile_of(totals, q)
+
+
+def quantile_of(totals: Mapping[int, int], q: float) -> tuple[int, float | None]:
+    """``(latencies counted, their q-quantile in seconds)`` of latencies counted by bucket."""
+    count = sum(totals.values())
+    if not count:
+        return 0, None
+    rank = max(1, math.ceil(q * count))
+    seen = 0
+    for bucket in sorted(totals):
+        seen += totals[bucket]
+        if seen >= rank:
+            break
+    return count, LATENCY_FLOOR_S * 2 ** ((bucket + 0.5) / LATENCY_BUCKETS_PER_DOUBLING)
+
+
+_NO_FIGURES = RouteFigures()
 
 
 def _bucket(latency_s: float) -> int:
@@ -219,17 +242,27 @@ class RouteStats:
     #: the answers' latencies over the same window, kept where a rollback policy watches them
     latencies: LatencyWindow | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def figures(self, now: float | None = None) -> RouteFigures:
+        """These counters as this server shares them with its cluster."""
+        n, errors = self.window.counts(now) if self.window is not None else (0, 0)
+        buckets = self.latencies.buckets(now) if self.latencies is not None else {}
+        return RouteFigures(self.requests, self.errors, self.latency_s, n, errors, buckets)
+
+    def to_dict(self, others: RouteFigures | None = None) -> dict[str, Any]:
+        """The counters, with ``others``: the cluster's other servers' counters of this route."""
+        o = others or _NO_FIGURES
+        requests, latency_s = self.requests + o.requests, self.latency_s + o.latency_s
         out: dict[str, Any] = {
-            "requests": self.requests,
-            "errors": self.errors,
-            "latency_ms_avg": round(1000 * self.latency_s / self.requests, 3) if self.requests else None,
+            "requests": requests,
+            "errors": self.errors + o.errors,
+            "latency_ms_avg": round(1000 * latency_s / requests, 3) if requests else None,
         }
         if self.window is not None:
             n, errors = self.window.counts()
-            out["window"] = {"seconds": self.window.window_s, "requests": n, "errors": errors}
+            out["window"] = {"seconds": self.window.window_s, "requests": n + o.window_requests,
+                             "errors": errors + o.window_errors}
             if self.latencies is not None:
-                _, p99 = self.latencies.quantile(0.99)
+                _, p99 = self.latencies.quantile(0.99, also=o.buckets)
                 out["window"]["p99_ms"] = None if p99 is None else round(1000 * p99, 3)
         return out
 
@@ -247,17 +280,21 @@ class ShadowStats:
     primary_latency_s: float = 0.0
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=20))
 
-    def to_dict(self) -> dict[str, Any]:
-        compared = self.agreements + self.disagreements
+    def counters(self) -> dict[str, float]:
+        """The counters that sum over a cluster's servers (``recent`` is this server's own)."""
+        return {name: getattr(self, name) for name in SHADOW_COUNTERS}
+
+    def to_dict(self, others: Mapping[str, float] | None = None) -> dict[str, Any]:
+        """The comparison, with ``others``: the cluster's other servers' counters."""
+        c = self.counters()
+        for name, value in (others or {}).items():
+            c[name] += value
+        compared = c["agreements"] + c["disagreements"]
         return {
-            "requests": self.requests,
-            "agreements": self.agreements,
-            "disagreements": self.disagreements,
-            "errors": self.errors,
-            "skipped": self.skipped,
-            "agreement_rate": round(self.agreements / compared, 6) if compared else None,
-            "shadow_latency_ms_avg": round(1000 * self.shadow_latency_s / compared, 3) if compared else None,
-            "primary_latency_ms_avg": round(1000 * self.primary_latency_s / compared, 3) if compared else None,
+            **{name: int(c[name]) for name in ("requests", "agreements", "disagreements", "errors", "skipped")},
+            "agreement_rate": round(c["agreements"] / compared, 6) if compared else None,
+            "shadow_latency_ms_avg": round(1000 * c["shadow_latency_s"] / compared, 3) if compared else None,
+            "primary_latency_ms_avg": round(1000 * c["primary_latency_s"] / compared, 3) if compared else None,
             "recent": list(self.recent),
         }
 

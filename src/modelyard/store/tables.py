@@ -170,6 +170,17 @@ class DeploymentRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class DeploymentTrafficRow(Base):
+    """What one server counted of a deployment's traffic (0007), for the cluster's other servers
+    (``core/cluster_traffic.py``): rewritten by that server every few seconds, read by the others."""
+
+    __tablename__ = "deployment_traffic"
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True)
+    server_id: Mapped[str] = mapped_column(String(160), primary_key=True)
+    figures: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
 # -- training (0004): datasets, jobs, job events -------------------------------------------------
 class DatasetRow(Base):
     """An uploaded (immutable, content-addressed) dataset and its description."""

@@ -128,6 +128,12 @@ async function modelPage(page, name) {
   ];
 }
 
+// "Counted by 2 servers": how many servers of the cluster the live figures are summed over
+function countedBy(d) {
+  const servers = d.stats?.servers ?? 0;
+  return servers ? `Counted by ${number(servers)} server${servers === 1 ? "" : "s"}` : "Nothing counted yet";
+}
+
 function routeParts(routes) {
   return routes.map((r) => [`${r.model}:${r.version}`, r.weight]);
 }
@@ -292,7 +298,7 @@ async function deploymentPage(page, name) {
     put(body, [
       panel("Traffic", shareBar(routeParts(d.routes)),
         table(["Route", "Weight#", "Requests#", "Now (req/s)#", "Errors#", "Mean latency (ms)#", "The rollback window"], routeRows, "No routes."),
-        el("p", { class: "muted", text: "Counted by this server since it started or the deployment last changed." })),
+        el("p", { class: "muted", text: `${countedBy(d)} of the cluster, since each started routing it or the deployment last changed.` })),
       panel("Requests a second, since this page opened", series.some((x) => x.points.length)
         ? lineChart(series, { xLabel: "seconds", yLabel: "requests a second" })
         : el("p", { class: "muted", text: `The rates appear at the next refresh (every ${REFRESH_MS / 1000} s).` })),
@@ -305,7 +311,7 @@ async function deploymentPage(page, name) {
         ["Now", `step ${d.rollout.step + 1} of ${d.rollout.steps.length}: the canary gets ${number(d.rollout.share, 1)}%`],
         ["Next step", d.rollout.next_step_at ? when(d.rollout.next_step_at) : "none (the last)"],
         ["Every", `${number(d.rollout.interval_s, 1)} s`],
-        ...(d.rollout.min_requests && d.rollout.next_step_at ? [["Waits for", `${number(d.rollout.min_requests)} canary answers without error at this step (${number(d.stats?.rollout?.canary_answered ?? 0)} so far on this server)`]] : [])])) : null,
+        ...(d.rollout.min_requests && d.rollout.next_step_at ? [["Waits for", `${number(d.rollout.min_requests)} canary answers without error at this step (${number(d.stats?.rollout?.canary_answered ?? 0)} so far; ${countedBy(d).toLowerCase()})`]] : [])])) : null,
       d.rollback ? panel("Automatic rollback", el("p", { text:
         `Rolls back when the canary's error rate over ${number(d.rollback.window_s)} s passes ${number(100 * d.rollback.max_error_rate, 1)}%`
         + (d.rollback.max_p99_ms != null ? ` or the 99th percentile of its latency passes ${number(d.rollback.max_p99_ms, 1)} ms` : "")
