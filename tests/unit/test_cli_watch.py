@@ -67,3 +67,29 @@ def test_ctrl_c_ends_the_watch_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
 
     watch(0.0, 0, frame)  # 0: until Ctrl-C
     assert len(calls) == 2 and "frame" in written.getvalue()
+
+
+def _deployment(requests: int, servers: int) -> object:
+    from types import SimpleNamespace
+
+    route = {"model": "m", "version": 1, "weight": 100.0}
+    stats = {"servers": servers, "routes": [{**route, "requests": requests, "errors": 0, "latency_ms_avg": 2.0}]}
+    return SimpleNamespace(name="web", revision=3, routes=[route], stats=stats, rollout=None, events=[])
+
+
+def _shown(group: object) -> str:
+    written = io.StringIO()
+    Console(file=written, width=140, color_system=None).print(group)
+    return " ".join(written.getvalue().replace("│", " ").split())
+
+
+def test_deploy_watch_shows_the_clusters_rates_and_none_when_a_server_joined_or_left() -> None:
+    from modelyard.cli.deploy import _frame, _route_stats
+
+    before = _deployment(100, 2)
+    steady = _shown(_frame(_deployment(300, 2), _route_stats(before), 2, 2.0))
+    assert "counted by 2 servers" in steady and "m:1 100 100.0 0.0 2.00" in steady, steady
+    # a third server's counters joined the sum: its totals are no rate of the last two seconds
+    joined = _shown(_frame(_deployment(5_300, 3), _route_stats(before), 2, 2.0))
+    assert "counted by 3 servers" in joined and "m:1 100 - - -" in joined, joined
+    assert "nothing counted yet" in _shown(_frame(_deployment(0, 0), {}, 0, 1.0))

@@ -360,24 +360,31 @@ def delete(name: str) -> None:
 _WATCH_COLUMNS = ["route", "weight", "req/s", "errors/s", "latency ms", "rollback window"]
 
 
-def _frame(dep: Any, before: dict[str, dict[str, Any]], seconds: float) -> Group:
+def _servers(dep: Any) -> int:
+    return int((dep.stats or {}).get("servers", 0))
+
+
+def _frame(dep: Any, before: dict[str, dict[str, Any]], servers_before: int, seconds: float) -> Group:
     """What a deployment's routes did in the last ``seconds`` (``before``: their statistics at
-    the last read), its rollout and its last event."""
+    the last read, summed over ``servers_before`` servers), its rollout and its last event."""
     now, rows = _route_stats(dep), []
+    servers = _servers(dep)
     for r in dep.routes:
         label = _label(r)
         new, old = now.get(label, {}), before.get(label, {})
-        if new.get("requests", 0) < old.get("requests", 0):  # the server restarted: its counts start again
+        if new.get("requests", 0) < old.get("requests", 0):  # a server restarted: its counts start again
             old = {}
         served = new.get("requests", 0) - old.get("requests", 0)
         latency_ms = (new.get("latency_ms_avg") or 0.0) * new.get("requests", 0) \
             - (old.get("latency_ms_avg") or 0.0) * old.get("requests", 0)
-        rows.append([label, f"{r['weight']:g}", f"{served / seconds:,.1f}",
-                     f"{(new.get('errors', 0) - old.get('errors', 0)) / seconds:,.1f}",
-                     f"{latency_ms / served:.2f}" if served else "-",
-                     _window(new.get("window"))])
-    parts: list[Any] = [make_table(_WATCH_COLUMNS, rows, title=f"{dep.name}, revision {dep.revision}: the last "
-                                                                f"{seconds:.1f} s (Ctrl-C to stop)", whole=("route",))]
+        if servers != servers_before and servers_before:  # a server joined or left the sum: no rate this time
+            rates = ["-", "-", "-"]
+        else:
+            rates = [f"{served / seconds:,.1f}", f"{(new.get('errors', 0) - old.get('errors', 0)) / seconds:,.1f}",
+                     f"{latency_ms / served:.2f}" if served else "-"]
+        rows.append([label, f"{r['weight']:g}", *rates, _window(new.get("window"))])
+    title = f"{dep.name}, revision {dep.revision}: the last {seconds:.1f} s, {_counted_by(dep)} (Ctrl-C to stop)"
+    parts: list[Any] = [make_table(_WATCH_COLUMNS, rows, title=title, whole=("route",))]
     if dep.rollout:
         parts.append(Text(f"rollout {_steps(dep.rollout)}: {_next(dep)}"))
     if dep.events:
@@ -419,7 +426,7 @@ def watch_(
     """Watch a deployment live: each route's requests and errors a second and mean latency over
     the last read, its automatic-rollback window, the rollout's step and what the next one waits
     for, and the last event. On a terminal the view updates in place; piped, it prints a table
-    per read. The figures are the answering server's own.
+    per read. The figures are the cluster's: every server's, as they shared them in the last second.
 
     Examples:
 
@@ -435,14 +442,14 @@ def watch_(
                 raise typer.BadParameter(f"deployment {name!r} has no rollout for --until-done to wait for (start "
                                          f"one with `modelyard deploy update {name} --rollout 10,50,100`)")
             ended, count = _outcome(dep), 1  # it ended before the watch began: show it once, and how
-        last, last_at = _route_stats(dep), time.monotonic()
+        last, last_servers, last_at = _route_stats(dep), _servers(dep), time.monotonic()
 
         def frame() -> tuple[Group, bool]:
-            nonlocal last, last_at, ended
+            nonlocal last, last_servers, last_at, ended
             dep = sdk.deployments.get(name)
             at = time.monotonic()
-            shown = _frame(dep, last, max(at - last_at, 1e-9))
-            last, last_at = _route_stats(dep), at
+            shown = _frame(dep, last, last_servers, max(at - last_at, 1e-9))
+            last, last_servers, last_at = _route_stats(dep), _servers(dep), at
             if until_done and ended is None:
                 ended = _outcome(dep)
             return shown, ended is None
