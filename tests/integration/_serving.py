@@ -109,6 +109,14 @@ def on_grpc_transport(server: LiveServer, tmp_path: Path, transport: str, **sett
         live.stop()
 
 
+def canary_models(first: LiveServer, folder: Path) -> None:
+    """``double`` versions 1 (``y = x``) and 2 (``y = 2x``), and ``flaky`` (fails on any value
+    of 10 or more): a primary, a good canary and a bad one."""
+    register(first, "double", scale_model(folder / "one.onnx", 1.0))
+    register(first, "double", scale_model(folder / "two.onnx", 2.0))
+    register(first, "flaky", failing_model(folder / "failing.onnx"))
+
+
 @contextmanager
 def cluster_of_two(
     home: Path, setup: Callable[[LiveServer], object], **settings: Any

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.integration._serving import cluster_of_two, failing_model, infer_body, metric, register, scale_model
+from tests.integration._serving import canary_models, cluster_of_two, infer_body, metric
 from tests.support.live import LiveServer, wait_until
 
 BAD = np.full((1, 4), 50.0, np.float32)  # "flaky" fails at run time on it
@@ -26,14 +26,9 @@ GUARDED = {
 }
 
 
-def _models(first: LiveServer, folder: Path) -> None:
-    register(first, "double", scale_model(folder / "one.onnx", 1.0))
-    register(first, "flaky", failing_model(folder / "failing.onnx"))
-
-
 @pytest.fixture
 def pair(tmp_path: Path, database_url: str) -> Iterator[tuple[LiveServer, LiveServer]]:
-    with cluster_of_two(tmp_path / "home", lambda first: _models(first, tmp_path),
+    with cluster_of_two(tmp_path / "home", lambda first: canary_models(first, tmp_path),
                         database_url=database_url, traffic_share_s=0.1) as servers:
         yield servers
 
@@ -83,7 +78,7 @@ def test_a_canary_failing_on_both_servers_is_rolled_back_once_on_the_clusters_co
 
 
 def test_with_sharing_off_each_server_judges_by_its_own(tmp_path: Path) -> None:
-    with cluster_of_two(tmp_path / "home", lambda first: _models(first, tmp_path), traffic_share_s=0) as (first, second):
+    with cluster_of_two(tmp_path / "home", lambda first: canary_models(first, tmp_path), traffic_share_s=0) as (first, second):
         with first.client() as client, second.client() as other:
             assert client.post("/api/v1/deployments", json=GUARDED).status_code == 201
             _fail(client, 6)

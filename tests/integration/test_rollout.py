@@ -20,22 +20,16 @@ from typer.testing import CliRunner
 
 from modelyard.cli.main import app
 from modelyard.client import Client
-from tests.integration._serving import cluster_of_two, failing_model, infer_body, register, scale_model
+from tests.integration._serving import canary_models, cluster_of_two, infer_body
 from tests.support.live import LiveServer, wait_until
 
 X = np.ones((1, 4), np.float32)
 ROUTES = [{"model": "double", "version": 1}, {"model": "double", "version": 2, "weight": 0}]
 
 
-def _models(first: LiveServer, folder: Path) -> None:
-    register(first, "double", scale_model(folder / "one.onnx", 1.0))
-    register(first, "double", scale_model(folder / "two.onnx", 2.0))
-    register(first, "flaky", failing_model(folder / "failing.onnx"))
-
-
 @pytest.fixture
 def pair(tmp_path: Path, database_url: str) -> Iterator[tuple[LiveServer, LiveServer]]:
-    with cluster_of_two(tmp_path / "home", lambda first: _models(first, tmp_path),
+    with cluster_of_two(tmp_path / "home", lambda first: canary_models(first, tmp_path),
                         database_url=database_url, rollout_check_s=0.05) as servers:
         yield servers
 

@@ -13,28 +13,20 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from modelyard.config import Settings
 from modelyard.core.cluster_traffic import LIVE_S, ClusterTraffic
 from modelyard.core.deployments import Deployment, Deployments, DeploymentTraffic, Route, Trip
 from modelyard.core.platform import Platform
 from modelyard.core.traffic_figures import NOBODY, RouteFigures, TrafficFigures
 from modelyard.errors import Conflict
 from modelyard.store.tables import DeploymentTrafficRow, utcnow
-from tests.integration._serving import scale_model
+from tests.support.platforms import platform_with_m
 
 ROUTES = [{"model": "m", "version": 1}, {"model": "m", "version": 2}]
 
 
 @pytest.fixture
 def platform(tmp_path: Path, database_url: str) -> Iterator[Platform]:
-    p = Platform.open(Settings(home=tmp_path / "home", database_url=database_url, builtin_models=False,
-                               grpc_enabled=False))
-    tenant = p.keys.ensure_default_tenant()
-    for factor in (1.0, 2.0):
-        path = scale_model(tmp_path / f"m{factor}.onnx", factor)
-        with open(path, "rb") as f:
-            staged = p.artifacts.stage_stream(f, max_bytes=path.stat().st_size)
-        p.registry.register_version(tenant_id=tenant, model_name="m", staged=staged, stage="production")
+    p = platform_with_m(tmp_path, database_url=database_url)
     yield p
     asyncio.run(p.aclose())
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelyard.config import Settings
 from modelyard.core.deployments import Deployments, DeploymentTraffic, Route, parse_routes
 from modelyard.engine.manager import parse_serving
 from modelyard.core.inference import DeploymentGate
@@ -31,19 +30,13 @@ from modelyard.errors import (
     VersionNotFound,
 )
 from modelyard.tensors import InferenceRequest, Tensor
-from tests.integration._serving import scale_model
+from tests.support.platforms import platform_with_m
 from tests.support.queues import FullQueue
 
 
 @pytest.fixture
 def platform(tmp_path: Path) -> Iterator[Platform]:
-    p = Platform.open(Settings(home=tmp_path / "home", builtin_models=False, grpc_enabled=False))
-    tenant = p.keys.ensure_default_tenant()
-    for factor in (1.0, 2.0):
-        path = scale_model(tmp_path / f"m{factor}.onnx", factor)
-        with open(path, "rb") as f:
-            staged = p.artifacts.stage_stream(f, max_bytes=path.stat().st_size)
-        p.registry.register_version(tenant_id=tenant, model_name="m", staged=staged, stage="production")
+    p = platform_with_m(tmp_path)
     yield p
     asyncio.run(p.aclose())
 
