@@ -89,6 +89,7 @@ class ClusterTraffic:
         #: deployment id -> (the figures last written, when: monotonic)
         self._written: dict[str, tuple[dict[str, Any], float]] = {}
         self._last_forget = 0.0
+        self._unreadable: set[tuple[str, str]] = set()  # (deployment, server) rows already said unreadable
 
     # -- one round -----------------------------------------------------------------------------
     def mine(self) -> dict[str, dict[str, Any]]:
@@ -108,11 +109,11 @@ class ClusterTraffic:
         }
         gone = [dep for dep in self._written if dep not in mine]
         wall = utcnow()
+        written = []
         with self._db.transaction() as s:
             for dep, figures in due.items():
-                if not self._write(s, dep, figures, wall):
-                    continue  # the deployment was removed meanwhile
-                self._written[dep] = (figures, now)
+                if self._write(s, dep, figures, wall):  # (not when the deployment was removed meanwhile)
+                    written.append(dep)
             if gone:
                 s.execute(delete(DeploymentTrafficRow).where(
                     DeploymentTrafficRow.server_id == self.server, DeploymentTrafficRow.deployment_id.in_(gone)))
@@ -120,21 +121,24 @@ class ClusterTraffic:
                 self._last_forget = now
                 s.execute(delete(DeploymentTrafficRow).where(
                     DeploymentTrafficRow.updated_at < wall - timedelta(seconds=FORGET_S)))
+        for dep in written:  # (once they are in: a failed round writes them again next time)
+            self._written[dep] = (due[dep], now)
         for dep in gone:
             del self._written[dep]
         with self._db.read() as s:
             rows = s.execute(
-                select(DeploymentTrafficRow.deployment_id, DeploymentTrafficRow.figures)
+                select(DeploymentTrafficRow.deployment_id, DeploymentTrafficRow.server_id, DeploymentTrafficRow.figures)
                 .where(DeploymentTrafficRow.server_id != self.server,
                        DeploymentTrafficRow.updated_at >= wall - timedelta(seconds=LIVE_S))
             ).all()
         others: dict[str, list[TrafficFigures]] = defaultdict(list)
-        for dep, raw in rows:
+        for dep, server, raw in rows:
             figures = TrafficFigures.from_row(raw)
-            if figures is None:
-                log.warning("left out another server's unreadable traffic figures of deployment %s", dep)
-            else:
+            if figures is not None:
                 others[dep].append(figures)
+            elif (dep, server) not in self._unreadable:  # said once, not every round
+                self._unreadable.add((dep, server))
+                log.warning("left out the unreadable traffic figures of deployment %s from server %s", dep, server)
         return {dep: TrafficFigures.total(figures) for dep, figures in others.items()}
 
     def _write(self, s: Any, deployment_id: str, figures: dict[str, Any], wall: Any) -> bool:

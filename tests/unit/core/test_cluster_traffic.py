@@ -261,3 +261,23 @@ def test_an_automatic_rollback_happens_once_however_many_servers_saw_the_canary_
     assert [e["kind"] for e in d.get(tenant, "web").events] == ["created", "rolled_back"]
     d.rollback(tenant, "web")  # by hand: always
     assert [e["kind"] for e in d.get(tenant, "web").events] == ["created", "rolled_back", "rolled_back"]
+
+
+def test_another_servers_unreadable_row_is_left_out_and_said_once(
+    platform: Platform, tenant: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    dep = platform.deployments.create(tenant, "web", routes=ROUTES)
+    a, b = _cluster(platform, 2)
+    _serve(a.traffic(tenant, "web"), 0, True, 2)
+    _serve(b.traffic(tenant, "web"), 0, True, 3)
+    a.share()
+    with platform.db.transaction() as s:  # another version of the code, or damage
+        s.execute(update(DeploymentTrafficRow).where(DeploymentTrafficRow.server_id == "server-0")
+                  .values(figures={"routes": "many"}))
+    with caplog.at_level("WARNING", logger="modelyard.core.cluster_traffic"):
+        b.share()
+        b.share()
+    assert b.traffic(tenant, "web").peers is NOBODY
+    assert b.deployments.stats(dep)["routes"][0]["requests"] == 3  # type: ignore[index]
+    said = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert said == [f"left out the unreadable traffic figures of deployment {dep.id} from server server-0"]
