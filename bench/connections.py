@@ -30,7 +30,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from minimal_server import start_minimal  # noqa: E402
 from models import tiny_digits  # noqa: E402
 from serving_engine import (  # noqa: E402
     CLIENT_CORE, SERVER_CORE, Req, _free_port, cpu_times, oip_request, show, start_modelyard, wait_ready,
@@ -45,53 +45,6 @@ from serving_engine import (  # noqa: E402
 )
 
 COUNTS = (64, 1024)
-
-_MINIMAL = '''
-import asyncio, os, sys
-import httptools, uvloop
-
-ANSWER = b"HTTP/1.1 200 OK\\r\\ncontent-type: application/json\\r\\ncontent-length: 60\\r\\n\\r\\n" + b"x" * 60
-DEFERRED = os.environ["MINIMAL_MODE"] == "deferred"
-pending = []
-
-def answer_some():
-    batch = pending[:64]
-    del pending[:64]
-    for future in batch:
-        future.set_result(ANSWER)
-    if pending:
-        asyncio.get_running_loop().call_soon(answer_some)
-
-async def answer(transport, future):
-    data = await future
-    if not transport.is_closing():
-        transport.write(data)
-
-class Protocol(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport, self.parser = transport, httptools.HttpRequestParser(self)
-
-    def data_received(self, data):
-        self.parser.feed_data(data)
-
-    def on_message_complete(self):
-        if not DEFERRED:
-            self.transport.write(ANSWER)
-            return
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        loop.create_task(answer(self.transport, future))
-        if not pending:
-            loop.call_soon(answer_some)
-        pending.append(future)
-
-async def main():
-    server = await asyncio.get_running_loop().create_server(Protocol, "127.0.0.1", int(sys.argv[1]), backlog=4096)
-    await server.serve_forever()
-
-uvloop.run(main())
-'''
-
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of ``pid`` so far."""
@@ -148,7 +101,6 @@ def main() -> None:
         sys.exit("needs wrk (apt-get install wrk)")
     os.sched_setaffinity(0, {CLIENT_CORE})
     tmp = Path(tempfile.mkdtemp(prefix="modelyard-bench-"))
-    (tmp / "minimal.py").write_text(textwrap.dedent(_MINIMAL))
     key = f"my_{secrets.token_hex(6)}_{secrets.token_urlsafe(24)}"
     x = np.random.default_rng(0).random((1, 64)).astype(np.float32) * 16
     req = oip_request("/v2/models/tiny/infer", key, "input", x, "label")
@@ -157,10 +109,7 @@ def main() -> None:
 
     for mode in () if args.modelyard_only else ("sync", "deferred"):
         port = _free_port()
-        proc = served(lambda: subprocess.Popen(
-            ["taskset", "-c", str(SERVER_CORE), sys.executable, str(tmp / "minimal.py"), str(port)],
-            env={**os.environ, "MINIMAL_MODE": mode}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        ), f"http://127.0.0.1:{port}/")
+        proc = served(lambda: start_minimal(mode, port, tmp, SERVER_CORE), f"http://127.0.0.1:{port}/")
         try:
             measure(f"minimal {mode}", proc.pid, port, req, args.seconds, args.passes, tmp, counts)
         finally:

@@ -22,7 +22,9 @@ while the core's speed changed shows it.
    1,024 connections; the tiny model's flood again through a one-route deployment and through a
    90/10 canary deployment of two versions of it (not listed targets);
    then the same over gRPC with h2load (128 connections of 32 streams), the outcome of every
-   call taken from the server's counters.
+   call taken from the server's counters;
+6. for reading the overloads: the machine's own price of 1,024 connections, a 30-line server
+   (``bench/minimal_server.py``) in wrk's closed loops over 64 and 1,024 connections.
 
 The load generator speaks HTTP/1.1 over raw keep-alive sockets (pre-built requests, Triton's
 binary tensor extension), on uvloop, so that it is not the bottleneck.
@@ -57,6 +59,7 @@ import numpy as np
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from minimal_server import start_minimal  # noqa: E402
 from models import medium_mlp, tiny_digits  # noqa: E402
 
 SERVER_CORE, CLIENT_CORE = 0, 1
@@ -743,6 +746,31 @@ def overload(model: str, port: int, req: Req, closed: Callable[[int, Req, int, f
     show(f"{label}: seconds until p99 <= 1.5x baseline (target <= 5)", str(recovered))
 
 
+#: seconds of each of the four closed loops that measure the machine's price of connections
+FLOOR_S = 4.0
+
+
+def connection_floor(req: Req, clients: int, folder: Path) -> None:
+    """The machine's own price of the flood's connections, for reading the overloads beside it:
+    a 30-line server that answers in the parser callback (``bench/minimal_server.py``), pinned to
+    the server's core, in wrk's closed loops over ``clients`` and over the flood's connections
+    (ABBA). No server of the asyncio shape keeps more of its throughput than this at that many
+    connections; ModelYard's flood is compared with its own 64-client capacity."""
+    port = _free_port()
+    proc = start_minimal("sync", port, folder, SERVER_CORE)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/", proc)
+        runs: dict[int, list[float]] = {clients: [], OPEN_LOOP_CONNS: []}
+        for conns in (clients, OPEN_LOOP_CONNS, OPEN_LOOP_CONNS, clients):
+            runs[conns].append(wrk_closed_loop(port, req, conns, FLOOR_S, folder).rps)
+    finally:
+        proc.terminate()
+        proc.wait()
+    few, many = float(np.mean(runs[clients])), float(np.mean(runs[OPEN_LOOP_CONNS]))
+    show(f"connections: a 30-line server's req/s, {OPEN_LOOP_CONNS:,} / {clients} connections (the machine's floor)",
+         f"{many / few:.2f}  ({many:,.0f} / {few:,.0f} req/s; wrk, {FLOOR_S:g} s each, ABBA)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each closed-loop run")
@@ -899,6 +927,8 @@ def main() -> None:
                 grpc_overload(url, grpc_port, key, x_tiny, c, args.overload_seconds, tmp, speed)
         finally:
             speed.close()
+        if use_wrk:
+            connection_floor(req["tiny"], c, tmp)
     finally:
         if plain is not None:
             plain.terminate()

