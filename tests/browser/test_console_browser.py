@@ -219,8 +219,27 @@ def test_a_deployment_shows_its_traffic_as_the_server_counts_it(page: Page, serv
         counted = http.get("/api/v1/deployments/web").json()["stats"]["routes"][0]["requests"]
     assert counted == 5
     expect(route.locator("td").nth(2)).to_have_text("5")
+    expect(page.locator('section:has-text("Traffic")')).to_contain_text(
+        "Counted by 1 server of the cluster, since each started routing it or the deployment last changed.")
     expect(page.locator("section", has_text="Events")).to_contain_text("created")
     assert page.evaluate("window.__injected") is None
+
+
+def test_the_rate_chart_has_no_point_where_a_server_joined_or_left_the_sum(page: Page, server: LiveServer) -> None:
+    """The figures are summed over the servers that counted them: when a third server's counts
+    join the sum, the totals jump by its counts, which are no rate of that interval."""
+    sign_in(page, server)
+    points = page.evaluate("""async () => {
+        const { Rates } = await import("/console/pages.js");
+        const rates = new Rates(), pause = () => new Promise((done) => setTimeout(done, 50));
+        for (const [count, servers] of [[10, 2], [20, 2], [5000, 3], [5010, 3], [6000, 2]]) {
+            rates.add({ "m:1": count }, servers);
+            await pause();
+        }
+        return rates.series(["m:1"])[0].points.map(([, perSecond]) => perSecond);
+    }""")
+    # 10 -> 20 and 5000 -> 5010 over about 50 ms each; the joins (20 -> 5000) and leaves (5010 -> 6000) are left out
+    assert len(points) == 2 and all(50 < rate < 400 for rate in points), points
 
 
 def canary(server: LiveServer, folder: Path, name: str) -> tuple[str, str]:

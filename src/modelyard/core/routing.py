@@ -162,12 +162,11 @@ class LatencyWindow(_SlicedWindow):
     a doubling from :data:`LATENCY_FLOOR_S` up (a bucket spans 4.4%), only the buckets it saw; a
     quantile is the middle of the bucket it falls in, within 2.2% of the latency seen."""
 
-    __slots__ = ("_totals", "_count")
+    __slots__ = ("_totals",)
 
     def __init__(self, window_s: float) -> None:
         super().__init__(window_s)
         self._totals: dict[int, int] = {}
-        self._count = 0
 
     def _new(self, number: int) -> list[Any]:
         return [number, {}]  # bucket -> latencies
@@ -180,7 +179,6 @@ class LatencyWindow(_SlicedWindow):
                 totals[bucket] = left
             else:
                 del totals[bucket]
-            self._count -= n
 
     def add(self, latency_s: float, now: float | None = None) -> bool:
         """Count one latency; True when it began a new slice (a moment to look at the quantile
@@ -190,7 +188,6 @@ class LatencyWindow(_SlicedWindow):
         counts = current[1]
         counts[bucket] = counts.get(bucket, 0) + 1
         self._totals[bucket] = self._totals.get(bucket, 0) + 1
-        self._count += 1
         return started
 
     def buckets(self, now: float | None = None) -> dict[int, int]:

@@ -212,25 +212,27 @@ async function deploymentsPage(page) {
 }
 
 /** Requests a second per route, from the counts of successive refreshes (the last 2 minutes). */
-class Rates {
+export class Rates {
   constructor() {
-    this.samples = []; // [seconds since the page opened, {route: requests}]
+    this.samples = []; // [seconds since the page opened, {route: requests}, servers counted]
     this.opened = performance.now() / 1000;
   }
 
-  add(counts) {
-    this.samples.push([performance.now() / 1000 - this.opened, counts]);
+  add(counts, servers) {
+    this.samples.push([performance.now() / 1000 - this.opened, counts, servers]);
     if (this.samples.length > 2 + 120000 / REFRESH_MS) this.samples.shift();
   }
 
-  /** Per route, [[t, requests/s], ...]: a count that went down (the deployment changed) starts afresh. */
+  /** Per route, [[t, requests/s], ...]: a count that went down (the deployment changed) starts
+      afresh, and an interval in which a server joined or left the sum has no rate (the totals
+      moved by that server's counts, not by the interval's requests). */
   series(routes) {
     return routes.map((route) => {
       const points = [];
       for (let i = 1; i < this.samples.length; i++) {
-        const [t0, before] = this.samples[i - 1], [t1, after] = this.samples[i];
+        const [t0, before, s0] = this.samples[i - 1], [t1, after, s1] = this.samples[i];
         const delta = (after[route] ?? 0) - (before[route] ?? 0);
-        if (delta >= 0 && t1 > t0) points.push([Number(t1.toFixed(1)), delta / (t1 - t0)]);
+        if (delta >= 0 && t1 > t0 && (s0 === s1 || !s0)) points.push([Number(t1.toFixed(1)), delta / (t1 - t0)]);
       }
       return { name: route, points };
     });
@@ -270,7 +272,7 @@ async function deploymentPage(page, name) {
     const stats = (d.stats && d.stats.routes) || [];
     const label = (r) => `${r.model}:${r.version}`;
     const counts = Object.fromEntries(stats.map((s) => [label(s), s.requests]));
-    rates.add(counts);
+    rates.add(counts, d.stats?.servers ?? 0);
     const series = rates.series(d.routes.map(label));
     const routeRows = d.routes.map((r, i) => {
       const s = stats.find((x) => x.model === r.model && x.version === r.version) || {};
