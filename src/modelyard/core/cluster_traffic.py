@@ -185,7 +185,7 @@ class ClusterTraffic:
         tenant_id = traffic.deployment.tenant_id
         try:
             tenant = await asyncio.to_thread(self._tenant_name, tenant_id)
-        except Exception:  # the label only: the rollback must not wait for it
+        except Exception:  # the metric's label only: a failed lookup must not stop the rollback
             tenant = tenant_id
         if self._on_trip is None:
             traffic.rolling_back = False  # nobody to roll it back: look again next round
