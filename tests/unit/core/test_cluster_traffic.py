@@ -281,3 +281,35 @@ def test_another_servers_unreadable_row_is_left_out_and_said_once(
     assert b.deployments.stats(dep)["routes"][0]["requests"] == 3  # type: ignore[index]
     said = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
     assert said == [f"left out the unreadable traffic figures of deployment {dep.id} from server server-0"]
+
+
+def test_the_servers_rounds_hand_a_trip_on_the_clusters_figures_to_the_data_plane(
+    platform: Platform, tenant: str,
+) -> None:
+    """``follow`` as a server runs it: each round writes, reads, hands out, and gives a canary
+    that tripped on the others' figures to ``on_trip`` with its tenant's name."""
+    platform.deployments.create(tenant, "web", routes=ROUTES,
+                                rollback={"max_error_rate": 0.5, "min_requests": 6, "window_s": 60})
+    a, b = _cluster(platform, 2)
+    _serve(a.traffic(tenant, "web"), 1, False, 3)
+    _serve(b.traffic(tenant, "web"), 1, False, 3)
+    a.share()  # a's figures are in
+    tripped: list[tuple[str, str, str, str]] = []
+    follower = ClusterTraffic(
+        platform.db, b.deployments, server="server-1", tenant_name=lambda tenant_id: f"name of {tenant_id}",
+        on_trip=lambda traffic, route, trip, name: tripped.append((traffic.deployment.name, route.label, trip.limit, name)),
+    )
+
+    async def rounds() -> None:
+        task = asyncio.create_task(follower.follow(0.01))
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if tripped:
+                break
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(rounds())
+    assert tripped == [("web", "m:2", "error_rate", f"name of {tenant}")]  # once: rolling back since
+    follower.leave()
+    assert set(_rows(platform)) == {(b.traffic(tenant, "web").deployment.id, "server-0")}  # a's stays
