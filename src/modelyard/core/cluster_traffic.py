@@ -3,7 +3,7 @@ reads what the others did.
 
 Every ``MODELYARD_TRAFFIC_SHARE_S`` seconds (one by default) a server
 1. takes, on its event loop, the figures of every deployment it holds traffic state of
-   (:meth:`DeploymentTraffic.figures <modelyard.core.deployments.DeploymentTraffic.figures>`:
+   (:meth:`DeploymentTraffic.figures <modelyard.core.deployment_traffic.DeploymentTraffic.figures>`:
    each route's counters and the rollback policy's window, the shadow comparison's counters, the
    canary's answers at its rollout step);
 2. in a thread, writes those that changed (and all of them every :data:`HEARTBEAT_S`) to its own
@@ -42,7 +42,9 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from modelyard.core.deployments import Deployments, DeploymentTraffic, Route, Trip
+from modelyard.core.deployment_spec import Route
+from modelyard.core.deployment_traffic import DeploymentTraffic, Trip
+from modelyard.core.deployments import Deployments
 from modelyard.core.traffic_figures import NOBODY, TrafficFigures
 from modelyard.store.db import Database
 from modelyard.store.tables import DeploymentTrafficRow, utcnow

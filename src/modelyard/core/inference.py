@@ -27,7 +27,9 @@ from modelyard.core.classification import classification_count, classify, labels
 from modelyard.core.principal import Principal
 from modelyard.core.registry import Registry, VersionInfo
 from modelyard.core.usage import UsageMeter
-from modelyard.core.deployments import Deployments, DeploymentTraffic, Route, Trip
+from modelyard.core.deployment_spec import Route
+from modelyard.core.deployment_traffic import DeploymentTraffic, Trip
+from modelyard.core.deployments import Deployments
 from modelyard.core.response_cache import CacheKey, ResponseCache
 from modelyard.core.routing import outputs_agree
 from modelyard.core.scheduling import routing_key, scheduling

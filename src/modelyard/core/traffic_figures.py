@@ -2,7 +2,7 @@
 read (JSON in the database), and the sum of what several servers counted.
 
 Each server routes and counts its own share of a deployment's requests
-(:class:`~modelyard.core.deployments.DeploymentTraffic`). Behind a load balancer that share is a
+(:class:`~modelyard.core.deployment_traffic.DeploymentTraffic`). Behind a load balancer that share is a
 fraction: a canary failing on every server would need each server to see the rollback policy's
 ``min_requests`` by itself, a rollout step waiting for ``min_requests`` answers would wait for
 them on one server, and a deployment's statistics would depend on which server was asked.

@@ -14,7 +14,9 @@ import pytest
 from sqlalchemy import select, update
 
 from modelyard.core.cluster_traffic import LIVE_S, ClusterTraffic
-from modelyard.core.deployments import Deployment, Deployments, DeploymentTraffic, Route, Trip
+from modelyard.core.deployment_spec import Deployment, Route
+from modelyard.core.deployment_traffic import DeploymentTraffic, Trip
+from modelyard.core.deployments import Deployments
 from modelyard.core.platform import Platform
 from modelyard.core.traffic_figures import NOBODY, RouteFigures, TrafficFigures
 from modelyard.errors import Conflict

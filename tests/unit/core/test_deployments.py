@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelyard.core.deployments import Deployments, DeploymentTraffic, Route, parse_routes
+from modelyard.core.deployment_spec import Route, parse_routes
+from modelyard.core.deployment_traffic import DeploymentTraffic
+from modelyard.core.deployments import Deployments
 from modelyard.engine.manager import parse_serving
 from modelyard.core.inference import DeploymentGate
 from modelyard.core.platform import Platform

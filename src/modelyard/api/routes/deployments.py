@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, StrictBool, StrictInt
 from modelyard.api.deps import PlatformDep, PrincipalDep
 from modelyard.api.routing import JsonBodyRoute
 from modelyard.api.schemas import ERRORS, PageOut, PageQ, SizeQ, StrictBody, page_out
-from modelyard.core.deployments import Deployment
+from modelyard.core.deployment_spec import Deployment
 from modelyard.core.pages import PageRequest
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
