@@ -273,7 +273,7 @@ def test_a_screened_callers_connection_is_held_after_a_served_call_while_its_que
     """Once a caller has been refused, a call of its that is *served* while the queue still has
     no room leaves its connection unread too (as HTTP/1.1 does after an answer): the next call
     sent on it waits in the socket until the connection is let in, then is served."""
-    from modelyard.core.inference import QueueGates
+    from modelyard.core.queue_gates import QueueGates
     from modelyard.engine import batcher as batcher_module
     from modelyard.grpc import servicer as servicer_module
 
@@ -324,7 +324,7 @@ def test_a_revoked_callers_calls_are_authenticated_again_not_screened(
     """A caller screened after RESOURCE_EXHAUSTED, once its key is revoked, is authenticated
     again: UNAUTHENTICATED, not the remembered refusal."""
     from modelyard.client import Client
-    from modelyard.core.inference import QueueGates
+    from modelyard.core.queue_gates import QueueGates
     from modelyard.grpc import servicer as servicer_module
 
     # the gate outlives the revocation's round trips however slow the machine

@@ -1,4 +1,4 @@
-"""A batcher stand-in for the queue gates' tests (``modelyard.core.inference.QueueGate``)."""
+"""A batcher stand-in for the queue gates' tests (``modelyard.core.queue_gates.QueueGate``)."""
 
 from __future__ import annotations
 

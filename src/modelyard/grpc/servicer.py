@@ -34,7 +34,8 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import json_format
 
-from modelyard.core.inference import PendingInference, QueueGate, QueueGates
+from modelyard.core.inference import PendingInference
+from modelyard.core.queue_gates import QueueGate, QueueGates
 from modelyard.core.keys import bearer_token
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal

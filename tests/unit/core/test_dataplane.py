@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy import select
 
 from modelyard.config import Settings
-from modelyard.core.inference import GATE_BUNDLE, QueueGate, QueueGates, validate_inputs
+from modelyard.core.inference import validate_inputs
+from modelyard.core.queue_gates import GATE_BUNDLE, QueueGate, QueueGates
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
 from modelyard.core.scheduling import request_priority, request_timeout, routing_key, scheduling

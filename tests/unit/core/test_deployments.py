@@ -19,7 +19,7 @@ from modelyard.core.deployment_spec import Route, parse_routes
 from modelyard.core.deployment_traffic import DeploymentTraffic
 from modelyard.core.deployments import Deployments
 from modelyard.engine.manager import parse_serving
-from modelyard.core.inference import DeploymentGate
+from modelyard.core.queue_gates import DeploymentGate
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
 from modelyard.core.routing import ErrorWindow, LatencyWindow, WeightedChoice, key_point, outputs_agree

@@ -54,7 +54,8 @@ from modelyard.api.v2.infer import (
     split_infer_path,
     start_answer,
 )
-from modelyard.core.inference import PendingInference, QueueGate, QueueGates
+from modelyard.core.inference import PendingInference
+from modelyard.core.queue_gates import QueueGate, QueueGates
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
 from modelyard.errors import ModelYardError, PayloadTooLarge
