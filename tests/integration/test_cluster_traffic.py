@@ -1,7 +1,8 @@
 """A deployment's traffic counted over a cluster, through real servers: two servers on one
 database (SQLite, then PostgreSQL) share what they counted. A canary failing on both, too few
 times on either for the rollback policy, is rolled back once on the cluster's count; every
-server shows the cluster's statistics; with sharing off, neither server rolls it back."""
+server shows the cluster's statistics; a rollout step waits for the canary answers of both; a
+server that stops leaves the sum at once; with sharing off, neither server rolls it back."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ GUARDED = {
 @pytest.fixture
 def pair(tmp_path: Path, database_url: str) -> Iterator[tuple[LiveServer, LiveServer]]:
     with cluster_of_two(tmp_path / "home", lambda first: canary_models(first, tmp_path),
-                        database_url=database_url, traffic_share_s=0.1) as servers:
+                        database_url=database_url, traffic_share_s=0.1, rollout_check_s=0.05) as servers:
         yield servers
 
 
@@ -89,3 +90,56 @@ def test_with_sharing_off_each_server_judges_by_its_own(tmp_path: Path) -> None:
             dep = _deployment(client)
             assert len(dep["routes"]) == 2 and [e["kind"] for e in dep["events"]] == ["created"], dep
             assert dep["stats"]["servers"] == 1 and dep["stats"]["routes"][1]["requests"] == 6
+
+
+def _canary_answers(client: httpx.Client, name: str, wanted: int) -> None:
+    """Call deployment ``name`` through ``client`` until its canary (``double`` version 2) has
+    answered ``wanted`` requests there."""
+    answered = 0
+    for _ in range(200):
+        r = client.post(f"/v2/models/{name}/infer", json=infer_body(np.ones((1, 4), np.float32)))
+        assert r.status_code == 200, r.text
+        answered += r.json()["model_version"] == "2"
+        if answered == wanted:
+            return
+    raise AssertionError(f"the canary answered {answered} of 200 requests")
+
+
+def test_a_rollout_step_waits_for_the_canary_answers_of_every_server(pair: tuple[LiveServer, LiveServer]) -> None:
+    """min_requests 8: the canary answers 4 on each server. Neither saw 8; the cluster did."""
+    first, second = pair
+    with first.client() as client, second.client() as other:
+        r = client.post("/api/v1/deployments", json={
+            "name": "proven", "routes": [{"model": "double", "version": 1}, {"model": "double", "version": 2, "weight": 0}],
+            "rollout": {"steps": [50, 100], "interval_s": 0.2, "min_requests": 8}})
+        assert r.status_code == 201, r.text
+        _canary_answers(client, "proven", 4)
+        time.sleep(0.6)  # due for 0.4 s, both servers looking every 0.05 s: 4 answers are not 8
+        dep = client.get("/api/v1/deployments/proven").json()
+        assert dep["rollout"] is not None and dep["rollout"]["step"] == 0, dep
+        assert dep["stats"]["rollout"]["canary_answered"] == 4
+        _canary_answers(other, "proven", 4)
+        wait_until(lambda: client.get("/api/v1/deployments/proven").json()["rollout"] is None, timeout=10)
+        done = client.get("/api/v1/deployments/proven").json()
+        assert done["routes"] == [{"model": "double", "version": 2, "weight": 100.0}]
+        assert [e["kind"] for e in done["events"]] == ["created", "promoted"]
+
+
+def test_a_server_that_stops_leaves_the_sum_at_once(pair: tuple[LiveServer, LiveServer]) -> None:
+    first, second = pair
+
+    def seen(client: httpx.Client) -> tuple[int, int]:
+        stats = client.get("/api/v1/deployments/plain").json()["stats"]
+        return stats["servers"], stats["routes"][0]["requests"]
+
+    with first.client() as client, second.client() as other:
+        assert client.post("/api/v1/deployments", json={
+            "name": "plain", "routes": [{"model": "double", "version": 1}]}).status_code == 201
+        for caller, times in ((client, 3), (other, 5)):
+            for _ in range(times):
+                assert caller.post("/v2/models/plain/infer", json=infer_body(np.ones((1, 4), np.float32))
+                                   ).status_code == 200
+        wait_until(lambda: seen(client) == (2, 8), timeout=5)
+        second.stop()  # its shutdown removes its rows
+        # within 5 s: a server that died without removing them would still count for 15 s
+        wait_until(lambda: seen(client) == (1, 3), timeout=5)
