@@ -99,6 +99,12 @@ class Settings(BaseSettings):
                     "of its cluster and reads theirs, so that rollbacks, rollout steps and statistics count the "
                     "cluster's requests (0: each server judges by its own)",
     )
+    rate_share_s: float = Field(
+        default=1.0, ge=0,
+        description="how often the server shares what it was asked of each rate-limited API key with the other "
+                    "servers of its cluster and reads theirs, so that a key's requests/second holds over the "
+                    "cluster rather than on each server (0: each server gives every key all of its rate)",
+    )
     pin_sync_s: float = Field(
         default=5.0, ge=0,
         description="how often the server takes the pins made on the other servers of its cluster (0: only at start)",

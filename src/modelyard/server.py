@@ -17,6 +17,8 @@ import uvicorn
 from modelyard.api.app import create_app
 from modelyard.api.v2.protocol import InferenceProtocol
 from modelyard.config import Settings
+from modelyard.core.cluster import server_id
+from modelyard.core.cluster_rates import ClusterRates
 from modelyard.core.cluster_traffic import ClusterTraffic
 from modelyard.core.demo import ensure_demo_model
 from modelyard.core.platform import Platform
@@ -125,31 +127,35 @@ async def serve_async(settings: Settings, platform: Platform, http: uvicorn.Serv
         followers.append(loop.create_task(platform.residency.follow_pins(settings.pin_sync_s)))
     if settings.rollout_check_s > 0:
         followers.append(loop.create_task(platform.deployments.follow_rollouts(settings.rollout_check_s)))
-    cluster = None
+    server = server_id()
+    shared: list[ClusterTraffic | ClusterRates] = []  # what leaves the cluster's figures when it stops
     if settings.traffic_share_s > 0:
-        cluster = ClusterTraffic(
-            platform.db, platform.deployments, on_trip=platform.dataplane.roll_back,
+        shared.append(ClusterTraffic(
+            platform.db, platform.deployments, server=server, on_trip=platform.dataplane.roll_back,
             tenant_name=lambda tenant_id: platform.tenants.get(tenant_id).name,
-        )
-        followers.append(loop.create_task(cluster.follow(settings.traffic_share_s)))
+        ))
+        followers.append(loop.create_task(shared[-1].follow(settings.traffic_share_s)))
+    if settings.rate_share_s > 0:
+        shared.append(ClusterRates(platform.db, platform.limits.rates, server=server))
+        followers.append(loop.create_task(shared[-1].follow(settings.rate_share_s)))
     try:
         await http.serve()
     finally:
         for task in followers:
             task.cancel()
         await asyncio.gather(*followers, return_exceptions=True)
-        if cluster is not None:
-            await _leave(cluster)
+        for figures in shared:
+            await _leave(figures)
         if grpc_server is not None:
             await grpc_server.stop(grace=settings.drain_timeout_s)
         await asyncio.to_thread(job_workers.stop, max(settings.drain_timeout_s, 10.0))
 
 
-async def _leave(cluster: ClusterTraffic) -> None:
+async def _leave(figures: ClusterTraffic | ClusterRates) -> None:
     try:
-        await asyncio.to_thread(cluster.leave)
+        await asyncio.to_thread(figures.leave)
     except Exception as exc:  # its rows stop counting after LIVE_S anyway
-        log.warning("could not remove this server's deployment traffic figures: %s", exc)
+        log.warning("could not remove this server's rows from %s: %s", type(figures).__name__, exc)
 
 
 def _settle_heap() -> None:

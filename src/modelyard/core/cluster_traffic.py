@@ -19,7 +19,7 @@ window, a rollout step waits for the cluster's answers, and ``GET /api/v1/deploy
 shows the cluster's counters on every server (``stats.servers`` says how many servers' counters
 are in them). What the others counted is at most one period and a write old. A server that stops
 removes its rows; those of a server that died stop counting after :data:`LIVE_S` and are removed
-after :data:`FORGET_S`.
+after :data:`FORGET_S` (``core/cluster.py`` holds these terms).
 
 A lone server writes its rows too (a few small writes a second while it routes deployments) and
 reads none back: nothing changes for it. ``MODELYARD_TRAFFIC_SHARE_S=0`` turns sharing off: each
@@ -30,10 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import timedelta
@@ -42,6 +39,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
+from modelyard.core.cluster import FORGET_S, HEARTBEAT_S, LIVE_S, every, server_id
 from modelyard.core.deployment_spec import Route
 from modelyard.core.deployment_traffic import DeploymentTraffic, Trip
 from modelyard.core.deployments import Deployments
@@ -49,25 +47,13 @@ from modelyard.core.traffic_figures import NOBODY, TrafficFigures
 from modelyard.store.db import Database
 from modelyard.store.tables import DeploymentTrafficRow, utcnow
 
-__all__ = ["ClusterTraffic", "Tripped", "server_id", "HEARTBEAT_S", "LIVE_S", "FORGET_S"]
+__all__ = ["ClusterTraffic", "Tripped"]
 
 #: what a server does when a canary tripped its rollback policy on the cluster's figures: the data
 #: plane's ``roll_back(traffic, route, trip, tenant_name)``
 Tripped = Callable[[DeploymentTraffic, Route, Trip, str], None]
 
 log = logging.getLogger(__name__)
-
-#: a server rewrites its figures this often even when they did not change (they are live)
-HEARTBEAT_S = 5.0
-#: another server's figures count while they were written this recently
-LIVE_S = 15.0
-#: rows not written for this long (their server died) are removed by whichever server sees them
-FORGET_S = 600.0
-
-
-def server_id() -> str:
-    """A name for this server process, unique in its cluster: host, process and a random part."""
-    return f"{socket.gethostname()[:100]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
 class ClusterTraffic:
@@ -173,15 +159,12 @@ class ClusterTraffic:
     # -- the server's part -----------------------------------------------------------------------
     async def follow(self, every_s: float) -> None:
         """One round every ``every_s`` seconds until cancelled (the server runs it)."""
-        while True:
-            await asyncio.sleep(every_s)
-            try:
-                others = await asyncio.to_thread(self.exchange, self.mine())
-            except Exception as exc:  # the database away for a moment: try again next round
-                log.warning("could not share the deployments' traffic with the cluster: %s", exc)
-                continue
-            for traffic, route, trip in self.hand_out(others):
-                await self._tripped(traffic, route, trip)
+        await every(every_s, self._round, "the deployments' traffic")
+
+    async def _round(self) -> None:
+        others = await asyncio.to_thread(self.exchange, self.mine())
+        for traffic, route, trip in self.hand_out(others):
+            await self._tripped(traffic, route, trip)
 
     async def _tripped(self, traffic: DeploymentTraffic, route: Route, trip: Trip) -> None:
         tenant_id = traffic.deployment.tenant_id

@@ -2,8 +2,10 @@
 
 Two mechanisms:
 
-- **Per key requests/second**: an in-process token bucket per API key (capacity = one second
-  of its rate, at least 1). Each server process enforces the rate on the requests it receives.
+- **Per key requests/second**: a token bucket per API key in each server process
+  (:class:`~modelyard.core.key_rates.KeyRates`), at this server's share of the key's rate: all
+  of it on a lone server, a share in proportion to its requests in a cluster
+  (``core/cluster_rates.py``).
 - **Per tenant quotas** (requests/day, generated tokens/day, stored bytes, concurrent jobs,
   training hours/month): counters in the shared database, bumped with one atomic
   ``UPDATE quota_counters SET value = value + :k`` per (tenant, counter, window), so the count
@@ -19,7 +21,6 @@ request; training and LLM code call :meth:`Limits.charge_tokens`,
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,13 +30,14 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from modelyard.core.key_rates import KeyRates
 from modelyard.core.principal import Principal
 from modelyard.core.tenants import Quotas, TenantService
 from modelyard.errors import RateLimited
 from modelyard.store.db import Database
 from modelyard.store.tables import CounterRow, DatasetRow, ModelRow, TenantQuotaRow, TenantRow, VersionRow
 
-__all__ = ["Limits", "QuotaUse", "TokenBucket", "Counters", "day_window", "month_window"]
+__all__ = ["Limits", "QuotaUse", "Counters", "day_window", "month_window"]
 
 
 def day_window(now: datetime | None = None) -> tuple[str, float]:
@@ -50,31 +52,6 @@ def month_window(now: datetime | None = None) -> tuple[str, float]:
     now = now or datetime.now(timezone.utc)
     first_next = (now.replace(day=1) + timedelta(days=32)).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     return now.strftime("%Y-%m"), (first_next - now).total_seconds()
-
-
-@dataclass
-class TokenBucket:
-    """``rate`` tokens per second, holding at most ``capacity``; ``take`` returns the wait in
-    seconds (0 when a token was taken)."""
-
-    rate: float
-    capacity: float
-    tokens: float
-    stamp: float
-
-    @classmethod
-    def new(cls, rate: float) -> TokenBucket:
-        capacity = max(1.0, rate)
-        return cls(rate=rate, capacity=capacity, tokens=capacity, stamp=time.monotonic())
-
-    def take(self, now: float | None = None) -> float:
-        now = time.monotonic() if now is None else now
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +136,7 @@ class Limits:
         self._tenants = tenants
         self.counters = Counters(db)
         self._default_rate = default_rate
-        self._buckets: dict[str, TokenBucket] = {}
-        self._lock = threading.Lock()
+        self.rates = KeyRates()
         self._ttl = quota_ttl_s
         self._quotas: dict[str, tuple[float, Quotas]] = {}
 
@@ -224,13 +200,9 @@ class Limits:
         rate = principal.rate_limit or self._default_rate
         if not rate:
             return
-        with self._lock:
-            bucket = self._buckets.get(principal.key_id)
-            if bucket is None or bucket.rate != rate:
-                bucket = self._buckets[principal.key_id] = TokenBucket.new(rate)
-            wait = bucket.take()
-        if wait > 0:
-            raise _refuse("key requests/second", rate, "requests/s", wait)
+        wait = self.rates.take(principal.key_id, rate)
+        if wait > 0:  # (a small share of the rate here waits long: the cluster frees one sooner)
+            raise _refuse("key requests/second", rate, "requests/s", min(wait, 1.0 / rate))
 
     def check_request(self, principal: Principal) -> None:
         """Count one request against the key's rate and the tenant's daily quotas.

@@ -181,6 +181,17 @@ class DeploymentTrafficRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
+
+class KeyDemandRow(Base):
+    """What one server was asked of each rate-limited API key, in requests a second (0008), for the
+    cluster's other servers (``core/cluster_rates.py``): ``demand`` maps key ids to rates. One row
+    per server, rewritten by it while it is asked, read by the others to share each key's rate."""
+
+    __tablename__ = "key_demand"
+    server_id: Mapped[str] = mapped_column(String(160), primary_key=True)
+    demand: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
 # -- training (0004): datasets, jobs, job events -------------------------------------------------
 class DatasetRow(Base):
     """An uploaded (immutable, content-addressed) dataset and its description."""

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from modelyard.core.cluster_traffic import LIVE_S, ClusterTraffic
+from modelyard.core.cluster import LIVE_S
+from modelyard.core.cluster_traffic import ClusterTraffic
 from modelyard.core.deployment_spec import Deployment, Route
 from modelyard.core.deployment_traffic import DeploymentTraffic, Trip
 from modelyard.core.deployments import Deployments

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from modelyard.core.keys import KeyService
-from modelyard.core.limits import Limits, TokenBucket, day_window, month_window
+from modelyard.core.key_rates import TokenBucket
+from modelyard.core.limits import Limits, day_window, month_window
 from modelyard.core.principal import Principal
 from modelyard.core.tenants import Quotas, TenantService
 from modelyard.errors import RateLimited

@@ -1,0 +1,89 @@
+"""A key's requests/second over a cluster, through real servers: two servers on one database
+(SQLite, then PostgreSQL), a key limited to 20 requests a second, and a caller on each server
+asking far more. Together the servers admit about 20 a second, not 20 each; with sharing off,
+each admits 20."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.integration._serving import cluster_of_two, infer_body, register, scale_model
+from tests.support.live import LiveServer
+
+RATE = 20.0
+WARM_S = 1.5  # the shares settle within a few rounds (0.2 s here)
+MEASURED_S = 2.5
+
+
+def _key(first: LiveServer, tmp_path: Path, keys: list[str]) -> None:
+    register(first, "double", scale_model(tmp_path / "one.onnx", 1.0))
+    with first.client() as admin:
+        r = admin.post("/api/v1/keys", json={"role": "inference", "rate_limit": RATE, "name": "limited"})
+        assert r.status_code == 201, r.text
+        keys.append(r.json()["secret"])
+
+
+def _flood(servers: tuple[LiveServer, LiveServer], key: str) -> list[list[tuple[float, int]]]:
+    """A caller on each server asking as fast as it can for WARM_S + MEASURED_S: each answer's
+    (seconds since the start, status)."""
+    body = infer_body(np.ones((1, 4), np.float32))
+    answers: list[list[tuple[float, int]]] = [[], []]
+    start = time.monotonic() + 0.2
+    refusals_checked = threading.Event()
+
+    def call(server: LiveServer, out: list[tuple[float, int]]) -> None:
+        with server.client(key) as client:
+            while time.monotonic() < start:
+                time.sleep(0.005)
+            while (now := time.monotonic() - start) < WARM_S + MEASURED_S:
+                r = client.post("/v2/models/double/infer", json=body)
+                out.append((now, r.status_code))
+                if r.status_code == 429 and not refusals_checked.is_set():
+                    refusals_checked.set()
+                    assert int(r.headers["Retry-After"]) >= 1
+                    assert r.json()["error"]["message"].startswith("key requests/second limit reached (20 requests/s)")
+
+    threads = [threading.Thread(target=call, args=(s, out)) for s, out in zip(servers, answers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert refusals_checked.is_set()
+    return answers
+
+
+def _admitted_while_measured(answers: list[tuple[float, int]]) -> int:
+    assert {status for _, status in answers} <= {200, 429}, answers
+    return sum(status == 200 for at, status in answers if at >= WARM_S)
+
+
+@pytest.fixture
+def flooded(tmp_path: Path, database_url: str, request: pytest.FixtureRequest) -> Iterator[list[int]]:
+    keys: list[str] = []
+    share_s = request.param
+    with cluster_of_two(tmp_path / "home", lambda first: _key(first, tmp_path, keys),
+                        database_url=database_url, rate_share_s=share_s) as servers:
+        answers = _flood(servers, keys[0])
+        asked = [len(a) for a in answers]
+        assert min(asked) > 4 * RATE * (WARM_S + MEASURED_S) / 2, asked  # each asked well over the rate
+        yield [_admitted_while_measured(a) for a in answers]
+
+
+@pytest.mark.parametrize("flooded", [0.2], indirect=True)
+def test_two_servers_admit_a_keys_rate_together(flooded: list[int]) -> None:
+    together = sum(flooded)
+    expected = RATE * MEASURED_S  # 50
+    assert 0.75 * expected <= together <= 1.25 * expected, flooded
+    assert min(flooded) >= 0.25 * expected / 2, flooded  # each server admits its part
+
+
+@pytest.mark.parametrize("flooded", [0], indirect=True)
+def test_with_sharing_off_each_server_admits_the_whole_rate(flooded: list[int]) -> None:
+    expected = RATE * MEASURED_S
+    assert all(0.75 * expected <= admitted <= 1.25 * expected for admitted in flooded), flooded
