@@ -184,6 +184,10 @@ class Metrics:
             "modelyard_quota_limit", "A tenant's quota per window (requests_per_day, tokens_per_day, "
             "training_hours_per_month)", ["tenant", "quota"], registry=r,
         )
+        self.limit_refusals = Counter(
+            "modelyard_limit_refusals", "Requests refused (429) by a key's requests/second or a tenant's daily quota",
+            ["tenant", "limit"], registry=r,
+        )
         self.worker_restarts = Counter(
             "modelyard_worker_restarts", "Worker processes of isolated versions replaced after they died",
             ["tenant", "model", "version"], registry=r,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.integration._serving import cluster_of_two, infer_body, register, scale_model
+from tests.integration._serving import cluster_of_two, infer_body, metric, register, scale_model
 from tests.support.live import LiveServer
 
 RATE = 20.0
@@ -72,6 +72,12 @@ def flooded(tmp_path: Path, database_url: str, request: pytest.FixtureRequest) -
         answers = _flood(servers, keys[0])
         asked = [len(a) for a in answers]
         assert min(asked) > 4 * RATE * (WARM_S + MEASURED_S) / 2, asked  # each asked well over the rate
+        for server, answered in zip(servers, answers):  # each server counted its refusals
+            refused = sum(status == 429 for _, status in answered)
+            with server.client() as admin:
+                text = admin.get("/metrics").text
+            assert metric(text, "modelyard_limit_refusals_total", tenant="default",
+                          limit="key_requests_per_second") == refused
         yield [_admitted_while_measured(a) for a in answers]
 
 

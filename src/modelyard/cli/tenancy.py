@@ -121,7 +121,8 @@ def keys_create(
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
     tenant: Annotated[str | None, typer.Option(help="Admins: the tenant of the key.")] = None,
     scope: Annotated[list[str] | None, typer.Option("--scope", help="Model/deployment name; repeatable.")] = None,
-    rate_limit: Annotated[float | None, typer.Option(help="Requests per second.")] = None,
+    rate_limit: Annotated[float | None, typer.Option(
+        help="Requests per second, over the whole cluster (the servers sharing the database split it).")] = None,
     expires_in: Annotated[float | None, typer.Option(help="Seconds until the key expires.")] = None,
     json_out: JsonFlag = False,
 ) -> None:

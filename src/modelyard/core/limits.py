@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from prometheus_client import Counter
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -131,8 +132,12 @@ class Limits:
         tenants: TenantService,
         default_rate: float | None = None,
         quota_ttl_s: float = 1.0,
+        refusals: Counter | None = None,
     ) -> None:
         self._db = db
+        #: requests refused, by (tenant name, limit): ``key_requests_per_second``, ``requests_per_day``
+        #: or ``tokens_per_day`` (``modelyard_limit_refusals_total``)
+        self._refusals = refusals
         self._tenants = tenants
         self.counters = Counters(db)
         self._default_rate = default_rate
@@ -202,6 +207,7 @@ class Limits:
             return
         wait = self.rates.take(principal.key_id, rate)
         if wait > 0:  # (a small share of the rate here waits long: the cluster frees one sooner)
+            self._refused(principal, "key_requests_per_second")
             raise _refuse("key requests/second", rate, "requests/s", min(wait, 1.0 / rate))
 
     def check_request(self, principal: Principal) -> None:
@@ -219,12 +225,18 @@ class Limits:
         if quotas.tokens_per_day is not None:
             used = self.counters.get(principal.tenant_id, "tokens", window)
             if used >= quotas.tokens_per_day:
+                self._refused(principal, "tokens_per_day")
                 raise _refuse("tenant generated tokens/day", quotas.tokens_per_day, "tokens/day", left)
         if quotas.requests_per_day is not None:
             try:
                 self.counters.add(principal.tenant_id, "requests", window, 1, limit=quotas.requests_per_day)
             except _OverLimit:
+                self._refused(principal, "requests_per_day")
                 raise _refuse("tenant requests/day", quotas.requests_per_day, "requests/day", left) from None
+
+    def _refused(self, principal: Principal, limit: str) -> None:
+        if self._refusals is not None:
+            self._refusals.labels(principal.tenant_name, limit).inc()
 
     # -- for training, LLM and upload code -------------------------------------------------
     def charge_tokens(self, tenant_id: str, tokens: int) -> None:

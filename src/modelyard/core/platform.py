@@ -109,7 +109,10 @@ class Platform:
         registry.on_version_removed.append(lambda v: cache.forget(v.key))
         platform.tracer = dataplane.tracer = Tracer(home / "traces")
         platform.tenants = TenantService(db, keys)
-        platform.limits = Limits(db=db, tenants=platform.tenants, default_rate=settings.default_key_rate_limit)
+        platform.limits = Limits(
+            db=db, tenants=platform.tenants, default_rate=settings.default_key_rate_limit,
+            refusals=metrics.limit_refusals,
+        )
         platform.usage = UsageMeter(db, prices=settings.prices, flush_s=settings.usage_flush_s)
         platform.audit = AuditLog(db)
         dataplane.limits, dataplane.usage = platform.limits, platform.usage

@@ -7,9 +7,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter
 
-from modelyard.core.keys import KeyService
 from modelyard.core.key_rates import TokenBucket
+from modelyard.core.keys import KeyService
 from modelyard.core.limits import Limits, day_window, month_window
 from modelyard.core.principal import Principal
 from modelyard.core.tenants import Quotas, TenantService
@@ -147,3 +148,28 @@ def test_quota_use_reports_each_windowed_quota_of_each_tenant(services: tuple[Da
         ("acme", "training_hours_per_month"): (0.5, 2.0),
         ("later", "requests_per_day"): (0.0, 5.0),
     }
+
+
+def test_refusals_are_counted_by_tenant_and_limit(services: tuple[Database, TenantService, Limits]) -> None:
+    db, tenants, _ = services
+    registry = CollectorRegistry()
+    refusals = Counter("modelyard_limit_refusals", "refused", ["tenant", "limit"], registry=registry)
+    limits = Limits(db=db, tenants=tenants, quota_ttl_s=0.0, refusals=refusals)
+    t = tenants.create("acme", quotas=Quotas(requests_per_day=2, tokens_per_day=10))
+    who = Principal(key_id="k1", tenant_id=t.id, tenant_name="acme", role="inference", rate_limit=1.0)
+    limits.check_request(who)
+    for _ in range(3):  # the bucket is empty
+        with pytest.raises(RateLimited):
+            limits.check_request(who)
+    other = Principal(key_id="k2", tenant_id=t.id, tenant_name="acme", role="inference")
+    limits.check_request(other)  # the day's second request
+    with pytest.raises(RateLimited):
+        limits.check_request(other)
+    limits.charge_tokens(t.id, 10)
+    with pytest.raises(RateLimited):
+        limits.check_request(other)
+
+    def counted(limit: str) -> float | None:
+        return registry.get_sample_value("modelyard_limit_refusals_total", {"tenant": "acme", "limit": limit})
+
+    assert (counted("key_requests_per_second"), counted("requests_per_day"), counted("tokens_per_day")) == (3, 1, 1)

@@ -33,7 +33,7 @@ class KeyCreate(StrictBody):
     name: str = Field(default="", max_length=128)
     tenant: str | None = Field(default=None, max_length=64, description="admins: the tenant (name) of the key")
     scopes: list[_SCOPE] = Field(default_factory=list, max_length=100, description="model/deployment names")
-    rate_limit: float | None = Field(default=None, gt=0, le=1_000_000, description="requests per second")
+    rate_limit: float | None = Field(default=None, gt=0, le=1_000_000, description="requests per second, over the whole cluster")
     expires_at: datetime | None = None
     expires_in_s: float | None = Field(default=None, gt=0, le=10 * 365 * 86400)
 
