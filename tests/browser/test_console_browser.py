@@ -487,18 +487,20 @@ def test_an_admin_sees_every_tenant_creates_one_and_disables_it(page: Page, serv
     page.get_by_role("button", name="Change quotas").click()
     expect(page.get_by_role("alert")).to_contain_text('Requests a day: a number, or "unlimited"')
     page.fill("#quota-requests_per_day", "5000")
+    page.fill("#quota-requests_per_second", "2.5")
     page.fill("#quota-concurrent_jobs", "3")
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Change quotas").click()
     expect(quoted).to_contain_text("5,000")
+    expect(quoted).to_contain_text("2.5")
     page.fill("#quota-stored_bytes", "unlimited")
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Change quotas").click()
     expect(quoted).not_to_contain_text("2 KB")
     with server.client() as http:
         quotas = http.get("/api/v1/tenants/quoted").json()["quotas"]
-    assert quotas == {"requests_per_day": 5000, "tokens_per_day": None, "stored_bytes": None, "concurrent_jobs": 3,
-                      "training_hours_per_month": None}  # what the form left empty kept its value
+    assert quotas == {"requests_per_second": 2.5, "requests_per_day": 5000, "tokens_per_day": None, "stored_bytes": None,
+                      "concurrent_jobs": 3, "training_hours_per_month": None}  # what the form left empty kept its value
 
     page.fill("#tenant-name", "bad name!")  # refused by the server: shown, nothing made
     page.get_by_role("button", name="Create tenant").click()

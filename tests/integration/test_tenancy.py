@@ -304,3 +304,43 @@ def test_two_tenants_models_of_one_name_are_two_series_in_metrics(server: LiveSe
         assert metric(text, "modelyard_inference_errors_total", **labels, code="invalid_input") == 1
         assert metric(text, "modelyard_batch_size_count", **labels) == calls
         assert metric(text, "modelyard_model_loads_total", **labels) == 1
+
+
+def test_a_tenants_requests_per_second_hold_over_its_keys_and_protocols(server: LiveServer) -> None:
+    """A tenant with requests_per_second 0.5 (a bucket of one request, refilled in 2 s) and three
+    keys of its own, each unlimited: the first request of any key is let through, the others in
+    the next 2 s are refused, over REST and gRPC alike, naming the tenant's limit. The rate is
+    checked before the model is looked for, so the request let through meets a 404 here (the
+    tenant has no model)."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    with server.client() as admin:
+        r = admin.post("/api/v1/tenants", json={"name": "paced", "quotas": {"requests_per_second": 0.5}})
+        assert r.status_code == 201 and r.json()["quotas"]["requests_per_second"] == 0.5, r.text
+        keys = [admin.post("/api/v1/keys", json={"role": "inference", "tenant": "paced"}).json()["secret"]
+                for _ in range(3)]
+        clients = [server.client(key) for key in keys]
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{server.settings.grpc_port}")
+        x = np.ones((1, 3), np.float32)
+        inputs = [grpcclient.InferInput("x", [1, 3], "FP32")]
+        inputs[0].set_data_from_numpy(x)
+        started = time.monotonic()
+        statuses = [clients[i % 3].post("/v2/models/none/infer", json=_infer_body(x)) for i in range(9)]
+        with pytest.raises(InferenceServerException) as refused:
+            grpc.infer("none", inputs, headers={"authorization": f"Bearer {keys[1]}"})
+        elapsed = time.monotonic() - started
+        grpc.close()
+        for c in clients:
+            c.close()
+        metrics = admin.get("/metrics").text
+    assert elapsed < 1.5, elapsed  # (the bucket's next request comes 2 s after the first)
+    assert [r.status_code for r in statuses] == [404] + [429] * 8
+    for r in statuses[1:]:
+        assert r.json()["error"]["message"].startswith("tenant requests/second limit reached (0.5 requests/s)")
+        assert int(r.headers["Retry-After"]) >= 1
+    assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert "tenant requests/second" in refused.value.message()
+    counted = [line for line in metrics.splitlines()
+               if line.startswith('modelyard_limit_refusals_total{limit="tenant_requests_per_second",tenant="paced"}')]
+    assert counted and float(counted[0].rsplit(" ", 1)[1]) == 9, counted

@@ -29,7 +29,9 @@ keys_app = typer.Typer(
 )
 usage_app = typer.Typer(name="usage", help="Usage per tenant, model and hour, with cost.", rich_markup_mode="markdown")
 
-_QUOTA_HELP = "requests_per_day, tokens_per_day, stored_bytes, concurrent_jobs, training_hours_per_month"
+_QUOTA_HELP = (
+    "requests_per_second, requests_per_day, tokens_per_day, stored_bytes, concurrent_jobs, training_hours_per_month"
+)
 
 
 def _quotas(pairs: list[str] | None) -> dict[str, float | None] | None:

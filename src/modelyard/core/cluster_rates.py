@@ -1,5 +1,6 @@
-"""Each API key's requests/second held over the cluster, not on every server: the servers share
-what they are asked of each key and split its rate in proportion.
+"""Each API key's requests/second (and each tenant's, over all its keys) held over the cluster,
+not on every server: the servers share what they are asked of each key and split its rate in
+proportion. A tenant's bucket is one more "key" here, named ``tenant:<its id>``.
 
 Every ``MODELYARD_RATE_SHARE_S`` seconds (one by default) a server
 1. takes what each rate-limited key asked of it since the last round, in requests a second,

@@ -35,6 +35,7 @@ from modelyard.core.response_cache import CacheKey, ResponseCache
 from modelyard.core.routing import outputs_agree
 from modelyard.core.scheduling import routing_key, scheduling
 from modelyard.core.shared_memory import SharedMemory
+from modelyard.core.tenants import Quotas
 from modelyard.core.tracing import Trace, Tracer
 from modelyard.engine.batcher import DynamicBatcher, Queued
 from modelyard.engine.manager import LoadedModel, ModelManager, ModelSource, ServingOptions
@@ -455,10 +456,11 @@ class DataPlane:
             return None
         limits = self.limits
         if limits is not None:
-            if not self._no_daily_quota(limits, principal):
+            quotas = self._memory_quotas(limits, principal)
+            if quotas is None or limits.has_daily(quotas):
                 _the_slow_way(traffic, route, request)
                 return None
-            limits.check_rate(principal)
+            limits.check_rate(principal, quotas)
         # checked in infer's order (the rate limit first), and only once nothing is left to infer
         if traffic is None or route is None:
             self._may_infer(principal, name)
@@ -737,44 +739,50 @@ class DataPlane:
         return children
 
     async def check_limits(self, principal: Principal) -> None:
-        """Apply the key's rate limit and the tenant's daily quotas (429 ``RateLimited``).
+        """Apply the key's and the tenant's requests/second and the tenant's daily quotas (429
+        ``RateLimited``).
 
-        The token bucket runs inline; the tenant's quotas come from memory (refreshed in the
+        The token buckets run inline; the tenant's quotas come from memory (refreshed in the
         background); quota counters (database writes) run in a thread, only when the tenant has
         a daily quota. gRPC and the OpenAI API go through this too."""
         if not self._within_limits(principal):
             await self._check_daily(principal)
 
     def _within_limits(self, principal: Principal) -> bool:
-        """The rate limit (raises), and whether that is all: the tenant's quotas are known
-        (a stale copy is refreshed in the background) and none is per day. False: await
-        :meth:`_check_daily`."""
+        """The key's and the tenant's requests/second (raises), and whether that is all: the
+        tenant's quotas are known and none is per day. False: await :meth:`_check_daily` (which
+        checks the rates itself when the quotas were not known yet)."""
         limits = self.limits
         if limits is None:
             return True
-        limits.check_rate(principal)
-        return self._no_daily_quota(limits, principal)
+        quotas = self._memory_quotas(limits, principal)
+        if quotas is None:
+            return False
+        limits.check_rate(principal, quotas)
+        return not limits.has_daily(quotas)
 
-    def _no_daily_quota(self, limits: Limits, principal: Principal) -> bool:
-        """Whether memory knows the tenant's quotas (a stale copy is refreshed in the
-        background) and none of them is per day."""
+    def _memory_quotas(self, limits: Limits, principal: Principal) -> Quotas | None:
+        """The tenant's quotas as memory knows them (a stale copy is refreshed in the
+        background), or ``None`` before they were first loaded."""
         tenant = principal.tenant_id
         hit = limits.cached_quotas(tenant)
         if hit is None:
-            return False
+            return None
         fresh, quotas = hit
         if not fresh:
             self._lookups.refresh(("quotas", tenant), partial(limits.refresh_quotas, tenant))
-        return not limits.has_daily(quotas)
+        return quotas
 
     async def _check_daily(self, principal: Principal) -> None:
-        """The tenant's daily quotas (loaded first when not known yet), counted in the database."""
+        """The tenant's daily quotas, counted in the database; when memory did not know the
+        tenant's quotas yet, they are loaded first and the rates checked with them."""
         limits = self.limits
         assert limits is not None
         tenant = principal.tenant_id
         hit = limits.cached_quotas(tenant)
         if hit is None:
             quotas = await self._lookups.run(("quotas", tenant), partial(limits.refresh_quotas, tenant))
+            limits.check_rate(principal, quotas)
         else:
             quotas = hit[1]
         if limits.has_daily(quotas):

@@ -1,5 +1,6 @@
-"""Each API key's requests/second, as this server enforces it: a token bucket per key, running at
-this server's share of the key's rate.
+"""Each API key's requests/second, and each tenant's over all its keys, as this server enforces
+them: a token bucket per key (and per tenant with a ``requests_per_second`` quota, under the id
+``tenant:<its id>``), running at this server's share of the rate.
 
 A lone server's share of every key is all of it. In a cluster,
 :class:`~modelyard.core.cluster_rates.ClusterRates` hands each server a share of each key that
@@ -78,6 +79,13 @@ class KeyRates:
             elif bucket.rate != mine:  # a new share, or the key's rate was changed
                 bucket.retune(mine, now)
             return bucket.take(now)
+
+    def refund(self, key_id: str) -> None:
+        """Give back the token a request took (another limit refused it after all)."""
+        with self._lock:
+            bucket = self._buckets.get(key_id)
+            if bucket is not None:
+                bucket.tokens = min(bucket.capacity, bucket.tokens + 1.0)
 
     def demand(self, now: float | None = None) -> dict[str, float]:
         """Each key's requests a second asked of this server (admitted or not) since the last

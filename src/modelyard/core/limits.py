@@ -2,9 +2,10 @@
 
 Two mechanisms:
 
-- **Per key requests/second**: a token bucket per API key in each server process
-  (:class:`~modelyard.core.key_rates.KeyRates`), at this server's share of the key's rate: all
-  of it on a lone server, a share in proportion to its requests in a cluster
+- **Requests/second**, per API key (its ``rate_limit``) and per tenant over all its keys (its
+  ``requests_per_second`` quota): a token bucket each in every server process
+  (:class:`~modelyard.core.key_rates.KeyRates`), at this server's share of the rate: all of it
+  on a lone server, a share in proportion to its requests in a cluster
   (``core/cluster_rates.py``).
 - **Per tenant quotas** (requests/day, generated tokens/day, stored bytes, concurrent jobs,
   training hours/month): counters in the shared database, bumped with one atomic
@@ -13,7 +14,8 @@ Two mechanisms:
 
 Every refusal is :class:`~modelyard.errors.RateLimited` (HTTP 429) with ``retry_after`` in
 seconds and a message naming the limit. Call :meth:`Limits.check_request` once per inference
-request; training and LLM code call :meth:`Limits.charge_tokens`,
+request (the data plane calls :meth:`Limits.check_rate` with the quotas it holds in memory, and
+:meth:`Limits.check_daily` in a thread); training and LLM code call :meth:`Limits.charge_tokens`,
 :meth:`Limits.check_concurrent_jobs`, :meth:`Limits.charge_training_seconds` and
 :meth:`Limits.check_storage`.
 """
@@ -38,7 +40,10 @@ from modelyard.errors import RateLimited
 from modelyard.store.db import Database
 from modelyard.store.tables import CounterRow, DatasetRow, ModelRow, TenantQuotaRow, TenantRow, VersionRow
 
-__all__ = ["Limits", "QuotaUse", "Counters", "day_window", "month_window"]
+__all__ = ["Limits", "QuotaUse", "Counters", "day_window", "month_window", "TENANT_BUCKET"]
+
+#: a tenant's requests/second bucket is this followed by the tenant's id (among the keys' buckets)
+TENANT_BUCKET = "tenant:"
 
 
 def day_window(now: datetime | None = None) -> tuple[str, float]:
@@ -135,8 +140,9 @@ class Limits:
         refusals: Counter | None = None,
     ) -> None:
         self._db = db
-        #: requests refused, by (tenant name, limit): ``key_requests_per_second``, ``requests_per_day``
-        #: or ``tokens_per_day`` (``modelyard_limit_refusals_total``)
+        #: requests refused, by (tenant name, limit): ``key_requests_per_second``,
+        #: ``tenant_requests_per_second``, ``requests_per_day`` or ``tokens_per_day``
+        #: (``modelyard_limit_refusals_total``)
         self._refusals = refusals
         self._tenants = tenants
         self.counters = Counters(db)
@@ -200,22 +206,33 @@ class Limits:
         self._quotas.clear()
 
     # -- per request -----------------------------------------------------------------------
-    def check_rate(self, principal: Principal) -> None:
-        """The key's requests/second token bucket (in-process, no I/O)."""
+    def check_rate(self, principal: Principal, quotas: Quotas | None = None) -> None:
+        """The key's requests/second token bucket, then the tenant's when ``quotas`` has a
+        ``requests_per_second`` (in-process, no I/O). A request the tenant's bucket refuses
+        gives the key's token back."""
         rate = principal.rate_limit or self._default_rate
-        if not rate:
-            return
-        wait = self.rates.take(principal.key_id, rate)
-        if wait > 0:  # (a small share of the rate here waits long: the cluster frees one sooner)
-            self._refused(principal, "key_requests_per_second")
-            raise _refuse("key requests/second", rate, "requests/s", min(wait, 1.0 / rate))
+        rates = self.rates
+        if rate:
+            wait = rates.take(principal.key_id, rate)
+            if wait > 0:  # (a small share of the rate here waits long: the cluster frees one sooner)
+                self._refused(principal, "key_requests_per_second")
+                raise _refuse("key requests/second", rate, "requests/s", min(wait, 1.0 / rate))
+        tenant_rate = None if quotas is None else quotas.requests_per_second
+        if tenant_rate:
+            wait = rates.take(TENANT_BUCKET + principal.tenant_id, tenant_rate)
+            if wait > 0:
+                if rate:
+                    rates.refund(principal.key_id)
+                self._refused(principal, "tenant_requests_per_second")
+                raise _refuse("tenant requests/second", tenant_rate, "requests/s", min(wait, 1.0 / tenant_rate))
 
     def check_request(self, principal: Principal) -> None:
-        """Count one request against the key's rate and the tenant's daily quotas.
+        """Count one request against the key's and the tenant's rates and the tenant's daily
+        quotas.
 
-        Blocking (may write the database): call it off the event loop.
+        Blocking (may read and write the database): call it off the event loop.
         """
-        self.check_rate(principal)
+        self.check_rate(principal, self.quotas(principal.tenant_id))
         self.check_daily(principal)
 
     def check_daily(self, principal: Principal) -> None:

@@ -29,6 +29,7 @@ __all__ = ["TenantService", "TenantInfo", "Quotas"]
 class Quotas:
     """A tenant's limits; ``None`` is unlimited."""
 
+    requests_per_second: float | None = None  # over all its keys (each key may have its own too)
     requests_per_day: int | None = None
     tokens_per_day: int | None = None
     stored_bytes: int | None = None
@@ -112,6 +113,9 @@ class TenantService:
         for key, value in (quotas or {}).items():
             if value is not None and value < 0:
                 raise ValidationFailed(f"quota {key} must be >= 0", details={"field": key})
+        if (quotas or {}).get("requests_per_second") == 0:
+            raise ValidationFailed("quota requests_per_second must be > 0 (none: unlimited)",
+                                   details={"field": "requests_per_second"})
         with self._db.transaction() as s:
             row = self._row(s, name_or_id)
             if disabled is not None:

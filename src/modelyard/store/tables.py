@@ -99,6 +99,7 @@ class TenantQuotaRow(Base):
 
     __tablename__ = "tenant_quotas"
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    requests_per_second: Mapped[float | None] = mapped_column(default=None)  # 0009
     requests_per_day: Mapped[int | None] = mapped_column(BigInteger, default=None)
     tokens_per_day: Mapped[int | None] = mapped_column(BigInteger, default=None)
     stored_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
@@ -183,8 +184,9 @@ class DeploymentTrafficRow(Base):
 
 
 class KeyDemandRow(Base):
-    """What one server was asked of each rate-limited API key, in requests a second (0008), for the
-    cluster's other servers (``core/cluster_rates.py``): ``demand`` maps key ids to rates. One row
+    """What one server was asked of each rate-limited API key (and tenant), in requests a second
+    (0008), for the cluster's other servers (``core/cluster_rates.py``): ``demand`` maps key ids
+    (and ``tenant:<id>``) to rates. One row
     per server, rewritten by it while it is asked, read by the others to share each key's rate."""
 
     __tablename__ = "key_demand"

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from modelyard.core.key_rates import TokenBucket
+from modelyard.core.key_rates import KeyRates, TokenBucket
 from modelyard.core.keys import KeyService
 from modelyard.core.limits import Limits, day_window, month_window
 from modelyard.core.principal import Principal
 from modelyard.core.tenants import Quotas, TenantService
-from modelyard.errors import RateLimited
+from modelyard.errors import RateLimited, ValidationFailed
 from modelyard.store.db import Database
 
 
@@ -173,3 +173,39 @@ def test_refusals_are_counted_by_tenant_and_limit(services: tuple[Database, Tena
         return registry.get_sample_value("modelyard_limit_refusals_total", {"tenant": "acme", "limit": limit})
 
     assert (counted("key_requests_per_second"), counted("requests_per_day"), counted("tokens_per_day")) == (3, 1, 1)
+
+
+def test_a_tenants_requests_per_second_hold_over_all_its_keys(services: tuple[Database, TenantService, Limits]) -> None:
+    _db, tenants, limits = services
+    t = tenants.create("acme", quotas=Quotas(requests_per_second=3))
+    keys = [_principal(t.id, rate=100.0, key=f"k{i}") for i in range(3)]
+    admitted = []
+    for i in range(9):
+        try:
+            limits.check_request(keys[i % 3])
+            admitted.append(i % 3)
+        except RateLimited as exc:
+            assert exc.message.startswith("tenant requests/second limit reached (3 requests/s)") and exc.retry_after >= 1
+    assert admitted == [0, 1, 2]  # a bucket of one second, whichever key asks
+    other = tenants.create("other")
+    limits.check_request(_principal(other.id, key="x"))  # another tenant: no limit of acme's
+
+
+def test_a_tenants_requests_per_second_must_be_above_zero(services: tuple[Database, TenantService, Limits]) -> None:
+    _db, tenants, _ = services
+    tenants.create("acme")
+    with pytest.raises(ValidationFailed, match="requests_per_second must be > 0"):
+        tenants.update("acme", quotas={"requests_per_second": 0})
+    assert tenants.update("acme", quotas={"requests_per_second": 2.5}).quotas.requests_per_second == 2.5
+
+
+def test_a_refused_request_gives_its_keys_token_back() -> None:
+    rates = KeyRates()
+    assert rates.take("k", 1.0, now=0.0) == 0
+    assert rates.take("k", 1.0, now=0.0) > 0
+    rates.refund("k")  # (the tenant's bucket refused the first after all)
+    assert rates.take("k", 1.0, now=0.0) == 0
+    rates.refund("k")
+    rates.refund("k")  # never over the bucket's capacity
+    assert rates.take("k", 1.0, now=0.0) == 0 and rates.take("k", 1.0, now=0.0) > 0
+    rates.refund("unknown")  # a key with no bucket: nothing to give back

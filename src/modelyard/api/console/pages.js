@@ -513,7 +513,7 @@ function tenantForm(status, after) {
   return form;
 }
 
-const QUOTAS = [["requests_per_day", "Requests a day"], ["tokens_per_day", "Tokens a day"], ["stored_bytes", "Storage (bytes)"],
+const QUOTAS = [["requests_per_second", "Requests a second"], ["requests_per_day", "Requests a day"], ["tokens_per_day", "Tokens a day"], ["stored_bytes", "Storage (bytes)"],
   ["concurrent_jobs", "Concurrent jobs"], ["training_hours_per_month", "Training hours a month"]];
 
 /** A form that changes a tenant's quotas (``PATCH {"quotas": {...}}``): a field left empty keeps
@@ -577,7 +577,7 @@ async function tenantsPage(page) {
     const used = {};
     for (const record of usage.items) used[record.tenant] = (used[record.tenant] || 0) + record.requests;
     put(list, panel(`${number(tenants.total)} tenants`,
-      table(["Name", "State", "Requests today (UTC)#", "Requests a day#", "Tokens a day#", "Storage#", "Concurrent jobs#",
+      table(["Name", "State", "Requests today (UTC)#", "Requests a second#", "Requests a day#", "Tokens a day#", "Storage#", "Concurrent jobs#",
         "Training hours a month#", "Created", ""], tenants.items.map((t) => {
         const q = t.quotas;
         const path = `/api/v1/tenants/${encodeURIComponent(t.name)}`;
@@ -593,7 +593,7 @@ async function tenantsPage(page) {
         });
         const own = t.name === session.tenant;  // disabling it would refuse this page's own key
         return [t.name, t.disabled ? badge("disabled") : own ? "this page's tenant" : "active", number(used[t.name] || 0),
-          quota(q.requests_per_day), quota(q.tokens_per_day), quota(q.stored_bytes, bytes), quota(q.concurrent_jobs),
+          quota(q.requests_per_second, (r) => number(r, 1)), quota(q.requests_per_day), quota(q.tokens_per_day), quota(q.stored_bytes, bytes), quota(q.concurrent_jobs),
           quota(q.training_hours_per_month, (h) => number(h, 1)), when(t.created_at), own ? "" : flip];
       }), "No tenants.")));
   };

@@ -40,6 +40,8 @@ _BIG = 2**62
 class QuotasBody(StrictBody):
     """Quotas; ``null`` (or absent on create) means unlimited."""
 
+    requests_per_second: float | None = Field(
+        default=None, gt=0, le=1_000_000, description="requests a second over all the tenant's keys, over the cluster")
     requests_per_day: int | None = Field(default=None, ge=0, le=_BIG)
     tokens_per_day: int | None = Field(default=None, ge=0, le=_BIG)
     stored_bytes: int | None = Field(default=None, ge=0, le=_BIG)
@@ -58,6 +60,7 @@ class TenantPatch(StrictBody):
 
 
 class QuotasOut(BaseModel):
+    requests_per_second: float | None
     requests_per_day: int | None
     tokens_per_day: int | None
     stored_bytes: int | None
