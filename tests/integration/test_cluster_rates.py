@@ -1,7 +1,7 @@
-"""A key's requests/second over a cluster, through real servers: two servers on one database
-(SQLite, then PostgreSQL), a key limited to 20 requests a second, and a caller on each server
-asking far more. Together the servers admit about 20 a second, not 20 each; with sharing off,
-each admits 20."""
+"""A key's requests/second, and a tenant's, over a cluster, through real servers: two servers on
+one database (SQLite, then PostgreSQL), a key (or a tenant) limited to 20 requests a second, and
+a caller on each server asking far more. Together the servers admit about 20 a second, not 20
+each; with sharing off, each admits 20."""
 
 from __future__ import annotations
 
@@ -16,20 +16,35 @@ import pytest
 from tests.integration._serving import cluster_of_two, infer_body, metric, register, scale_model
 from tests.support.live import LiveServer
 
+pytestmark = pytest.mark.slow  # two servers flooded for 4 s a test
+
 RATE = 20.0
 WARM_S = 1.5  # the shares settle within a few rounds (0.2 s here)
 MEASURED_S = 2.5
 
 
-def _key(first: LiveServer, tmp_path: Path, keys: list[str]) -> None:
-    register(first, "double", scale_model(tmp_path / "one.onnx", 1.0))
+#: what is limited: the limit's label in the refusals' metric, its refusal's words, its tenant
+LIMITS = {
+    "key": ("key_requests_per_second", "key requests/second", "default"),
+    "tenant": ("tenant_requests_per_second", "tenant requests/second", "paced"),
+}
+
+
+def _limited(first: LiveServer, tmp_path: Path, limit: str, keys: list[str]) -> None:
+    """A key limited to RATE, or a key of a tenant limited to RATE, and a model it may call."""
     with first.client() as admin:
-        r = admin.post("/api/v1/keys", json={"role": "inference", "rate_limit": RATE, "name": "limited"})
+        if limit == "key":
+            r = admin.post("/api/v1/keys", json={"role": "inference", "rate_limit": RATE, "name": "limited"})
+        else:
+            made = admin.post("/api/v1/tenants", json={"name": "paced", "quotas": {"requests_per_second": RATE}})
+            assert made.status_code == 201, made.text
+            r = admin.post("/api/v1/keys", json={"role": "inference", "tenant": "paced", "name": "unlimited"})
         assert r.status_code == 201, r.text
         keys.append(r.json()["secret"])
+    register(first, "double", scale_model(tmp_path / "one.onnx", 1.0), tenant=LIMITS[limit][2])
 
 
-def _flood(servers: tuple[LiveServer, LiveServer], key: str) -> list[list[tuple[float, int]]]:
+def _flood(servers: tuple[LiveServer, LiveServer], key: str, words: str) -> list[list[tuple[float, int]]]:
     """A caller on each server asking as fast as it can for WARM_S + MEASURED_S: each answer's
     (seconds since the start, status)."""
     body = infer_body(np.ones((1, 4), np.float32))
@@ -47,7 +62,7 @@ def _flood(servers: tuple[LiveServer, LiveServer], key: str) -> list[list[tuple[
                 if r.status_code == 429 and not refusals_checked.is_set():
                     refusals_checked.set()
                     assert int(r.headers["Retry-After"]) >= 1
-                    assert r.json()["error"]["message"].startswith("key requests/second limit reached (20 requests/s)")
+                    assert r.json()["error"]["message"].startswith(f"{words} limit reached (20 requests/s)")
 
     threads = [threading.Thread(target=call, args=(s, out)) for s, out in zip(servers, answers)]
     for t in threads:
@@ -66,30 +81,30 @@ def _admitted_while_measured(answers: list[tuple[float, int]]) -> int:
 @pytest.fixture
 def flooded(tmp_path: Path, database_url: str, request: pytest.FixtureRequest) -> Iterator[list[int]]:
     keys: list[str] = []
-    share_s = request.param
-    with cluster_of_two(tmp_path / "home", lambda first: _key(first, tmp_path, keys),
+    share_s, limit = request.param
+    label, words, tenant = LIMITS[limit]
+    with cluster_of_two(tmp_path / "home", lambda first: _limited(first, tmp_path, limit, keys),
                         database_url=database_url, rate_share_s=share_s) as servers:
-        answers = _flood(servers, keys[0])
+        answers = _flood(servers, keys[0], words)
         asked = [len(a) for a in answers]
         assert min(asked) > 4 * RATE * (WARM_S + MEASURED_S) / 2, asked  # each asked well over the rate
         for server, answered in zip(servers, answers):  # each server counted its refusals
             refused = sum(status == 429 for _, status in answered)
             with server.client() as admin:
                 text = admin.get("/metrics").text
-            assert metric(text, "modelyard_limit_refusals_total", tenant="default",
-                          limit="key_requests_per_second") == refused
+            assert metric(text, "modelyard_limit_refusals_total", tenant=tenant, limit=label) == refused
         yield [_admitted_while_measured(a) for a in answers]
 
 
-@pytest.mark.parametrize("flooded", [0.2], indirect=True)
-def test_two_servers_admit_a_keys_rate_together(flooded: list[int]) -> None:
+@pytest.mark.parametrize("flooded", [(0.2, "key"), (0.2, "tenant")], indirect=True, ids=["key", "tenant"])
+def test_two_servers_admit_a_keys_or_a_tenants_rate_together(flooded: list[int]) -> None:
     together = sum(flooded)
     expected = RATE * MEASURED_S  # 50
     assert 0.75 * expected <= together <= 1.25 * expected, flooded
     assert min(flooded) >= 0.25 * expected / 2, flooded  # each server admits its part
 
 
-@pytest.mark.parametrize("flooded", [0], indirect=True)
+@pytest.mark.parametrize("flooded", [(0, "key")], indirect=True, ids=["key"])
 def test_with_sharing_off_each_server_admits_the_whole_rate(flooded: list[int]) -> None:
     expected = RATE * MEASURED_S
     assert all(0.75 * expected <= admitted <= 1.25 * expected for admitted in flooded), flooded
