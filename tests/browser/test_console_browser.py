@@ -282,10 +282,15 @@ def test_a_canary_deployment_draws_its_rates_and_rolls_back_on_a_click(
         calling.set()
         caller.join()
     with server.client() as http:
-        routes = http.get("/api/v1/deployments/canary").json()["routes"]
-    assert [f"{r['model']}:{r['version']}" for r in routes] == [primary]
+        after = http.get("/api/v1/deployments/canary").json()
+    assert [f"{r['model']}:{r['version']}" for r in after["routes"]] == [primary]
     expect(page.locator("section", has_text="Events")).to_contain_text("rolled_back")
-    expect(rows).to_have_count(1)  # the page shows the deployment as it is now
+    expect(rows).to_have_count(2)  # the page shows the deployment as it is now, and what the canary did
+    expect(rows.nth(0)).to_contain_text(primary)
+    expect(rows.nth(1)).to_contain_text(f"{second} (retired)")
+    retired = after["stats"]["retired"]  # (the caller stopped before this was read)
+    assert len(retired) == 1 and retired[0]["requests"] > 0
+    expect(rows.nth(1).locator("td").nth(2)).to_have_text(f"{retired[0]['requests']:,}")
     assert page.get_by_role("button", name=f"Promote {second}").count() == 0
 
 

@@ -37,6 +37,9 @@ def test_sdk_and_cli_manage_a_deployment(live_server: LiveServer, tmp_path: Path
     result = runner.invoke(app, ["deploy", "rollback", "web", "--json"])
     assert result.exit_code == 0, result.output
     assert '"kind": "rolled_back"' in result.output
+    result = runner.invoke(app, ["deploy", "show", "web"])  # the canary left: what it answered stays
+    retired = [line.split() for line in result.output.splitlines() if "(retired)" in line]
+    assert [[cell for cell in row if cell not in "│┃"] for row in retired] == [["m:2", "(retired)", "-", "1", "0"]], result.output
     result = runner.invoke(app, ["deploy", "create", "api", "m:1=90", "m:2=10", "--max-error-rate", "0.3"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["deploy", "list"])

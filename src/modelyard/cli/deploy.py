@@ -119,6 +119,8 @@ def _show(dep: Any, json_out: bool) -> None:
         label = _label(r)
         s = stats.get(label, {})
         rows.append([label, f"{r['weight']:g}", s.get("requests", 0), s.get("errors", 0)])
+    for r in (dep.stats or {}).get("retired") or []:  # a canary rolled back, a version replaced
+        rows.append([f"{_label(r)} (retired)", "-", r.get("requests", 0), r.get("errors", 0)])
     if dep.shadow:
         sh = (dep.stats or {}).get("shadow") or {}
         rows.append([f"{dep.shadow['model']}:{dep.shadow['version']} (shadow)", f"{dep.shadow['share']:g}",

@@ -5,7 +5,8 @@ route, and a rollout step's evidence, with what the cluster's other servers coun
 
 The data plane feeds each outcome in (:meth:`DeploymentTraffic.record`) and rolls a canary back
 when it trips the policy; ``core/deployments.py`` makes one of these per revision and keeps the
-counters of routes that stay. Nothing here touches the database.
+counters of routes that stay, and of the last few that left (``retired``: a canary rolled back
+still shows what it did). Nothing here touches the database.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from modelyard.core.deployment_spec import Deployment, RollbackPolicy, Route
 from modelyard.core.routing import ErrorWindow, LatencyWindow, RouteStats, ShadowStats, WeightedChoice
 from modelyard.core.traffic_figures import NOBODY, RouteFigures, TrafficFigures
 
-__all__ = ["DeploymentTraffic", "Trip"]
+__all__ = ["DeploymentTraffic", "Trip", "RETIRED_KEPT"]
+
+#: how many routes a deployment no longer has are kept in its statistics (the latest)
+RETIRED_KEPT = 8
 
 def _same_shadow(before: Deployment, after: Deployment) -> bool:
     old, new = before.shadow, after.shadow
@@ -59,6 +63,9 @@ class DeploymentTraffic:
     deployment: Deployment
     choice: WeightedChoice
     routes: dict[str, RouteStats] = field(default_factory=dict)
+    #: routes earlier revisions had and this one has not (a canary rolled back, a version
+    #: replaced), with what was counted of them, oldest first (at most :data:`RETIRED_KEPT`)
+    retired: dict[str, RouteStats] = field(default_factory=dict)
     shadow: ShadowStats = field(default_factory=ShadowStats)
     rolling_back: bool = False
     #: routes picked for requests that went the slow way (see :meth:`owe`)
@@ -76,10 +83,17 @@ class DeploymentTraffic:
         for route in deployment.routes:
             old = previous.routes.get(route.label) if previous else None
             stats[route.label] = _windowed(old or RouteStats(), deployment.rollback)
+        retired: dict[str, RouteStats] = {}
+        if previous is not None:  # routes that leave keep what was counted of them, for stats
+            for label, old in (*previous.retired.items(), *previous.routes.items()):
+                if label not in stats:
+                    retired.pop(label, None)
+                    retired[label] = old
         traffic = cls(
             deployment=deployment,
             choice=WeightedChoice([r.weight for r in deployment.routes]),
             routes=stats,
+            retired=dict(list(retired.items())[-RETIRED_KEPT:]),
             # a shadow's comparisons are about its version: a new shadow target starts afresh
             shadow=previous.shadow if previous and _same_shadow(previous.deployment, deployment) else ShadowStats(),
             peers=previous.peers if previous else NOBODY,
@@ -116,14 +130,15 @@ class DeploymentTraffic:
     @property
     def counted(self) -> bool:
         """Whether this server counted any request of the deployment (or mirrored one)."""
-        return self.shadow.requests > 0 or any(stats.requests for stats in self.routes.values())
+        return (self.shadow.requests > 0 or any(stats.requests for stats in self.routes.values())
+                or any(stats.requests for stats in self.retired.values()))
 
     def figures(self, now: float | None = None) -> TrafficFigures:
         """What this server counted, as it shares it with its cluster (``now``: monotonic)."""
         rollout = self.deployment.rollout
         return TrafficFigures(
             1,
-            {label: stats.figures(now) for label, stats in self.routes.items()},
+            {label: stats.figures(now) for label, stats in (*self.retired.items(), *self.routes.items())},
             self.shadow.counters() if self.deployment.shadow else {},
             {rollout.at: self.answered_here_at_step()} if rollout is not None else {},
         )
@@ -264,6 +279,22 @@ class DeploymentTraffic:
             "routes": [
                 {**r.to_dict(), **self.routes[r.label].to_dict(peers.route(r.label))} for r in self.deployment.routes
             ],
+            "retired": self._retired_stats(),
             "shadow": self.shadow.to_dict(peers.shadow) if self.deployment.shadow else None,
             **({"rollout": {"step": rollout.step, "canary_answered": self.answered_at_step()}} if rollout else {}),
         }
+
+    def _retired_stats(self) -> list[dict[str, Any]]:
+        """What was counted of the routes the deployment had and has no more, this server's with
+        the cluster's others' (theirs too where only they counted one), newest last."""
+        current = {r.label for r in self.deployment.routes}
+        labels = [*self.retired, *(label for label in self.peers.routes if label not in self.retired)]
+        out = []
+        for label in labels:
+            model, _, version = label.rpartition(":")
+            if label in current or not model or not version.isdigit():  # (a label is model:version)
+                continue
+            figures = self.retired.get(label, RouteStats()).to_dict(self.peers.route(label))
+            figures.pop("window", None)  # the rollback policy's window is about current routes
+            out.append({"model": model, "version": int(version), **figures})
+        return out[-RETIRED_KEPT:]

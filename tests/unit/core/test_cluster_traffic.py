@@ -316,3 +316,21 @@ def test_the_servers_rounds_hand_a_trip_on_the_clusters_figures_to_the_data_plan
     assert tripped == [("web", "m:2", "error_rate", f"name of {tenant}")]  # once: rolling back since
     follower.leave()
     assert set(_rows(platform)) == {(b.traffic(tenant, "web").deployment.id, "server-0")}  # a's stays
+
+
+def test_a_rolled_back_canarys_counts_stay_in_the_clusters_statistics(platform: Platform, tenant: str) -> None:
+    """After the rollback, what the canary did on one server is still in the statistics every
+    server shows (``retired``), summed over the servers that routed it."""
+    platform.deployments.create(tenant, "web", routes=ROUTES)
+    a, b, c = _cluster(platform, 3)
+    _serve(a.traffic(tenant, "web"), 1, False, 3)
+    _serve(b.traffic(tenant, "web"), 1, True, 2)
+    platform.deployments.rollback(tenant, "web", reason="by hand")
+    for server in (a, b):
+        server.deployments.refresh(tenant, "web")  # each server learns of the new revision
+    for server in (a, b, c):
+        server.share()
+    stats = c.deployments.stats(platform.deployments.get(tenant, "web"))
+    assert stats is not None and stats["retired"] == [
+        {"model": "m", "version": 2, "requests": 5, "errors": 3, "latency_ms_avg": 10.0}]
+    assert [r["model"] + ":" + str(r["version"]) for r in stats["routes"]] == ["m:1"]

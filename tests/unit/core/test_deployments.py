@@ -4,6 +4,7 @@ the routing table and its rollback trigger, shadow comparison, and the data plan
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import re
 import threading
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 from modelyard.core.deployment_spec import Route, parse_routes
-from modelyard.core.deployment_traffic import DeploymentTraffic
+from modelyard.core.deployment_traffic import RETIRED_KEPT, DeploymentTraffic
 from modelyard.core.deployments import Deployments
 from modelyard.engine.manager import parse_serving
 from modelyard.core.queue_gates import DeploymentGate
@@ -163,6 +164,47 @@ def test_error_window_and_rollback_trigger(platform: Platform, tenant: str) -> N
     assert outcomes[:3] == [None] * 3 and outcomes[4] is None  # trips once, at 3 errors of 4
     assert outcomes[3] == ("error_rate", "error rate 0.75 over 60s exceeded 0.5")
     assert traffic.rolling_back
+
+
+def test_a_rolled_back_canary_keeps_its_counts_in_the_statistics(platform: Platform, tenant: str) -> None:
+    """The revision after a rollback has only the primary; what the canary did stays readable
+    (``stats.retired``), and the latest few routes that left are kept."""
+    d = platform.deployments
+    d.create(tenant, "c", routes=[{"model": "m", "version": 1}, {"model": "m", "version": 2}],
+             rollback={"max_error_rate": 0.5, "min_requests": 4, "window_s": 60})
+    traffic = d.lookup(tenant, "c")
+    assert traffic is not None and traffic.stats()["retired"] == []
+    primary, canary = traffic.deployment.routes
+    traffic.record(primary, True, 0.01)
+    for ok in (True, False, False, False):
+        traffic.record(canary, ok, 0.02)
+    d.rollback(tenant, "c", reason="automatic: test", canary="m:2")
+    after = d.lookup(tenant, "c")
+    assert after is not None and [r.label for r in after.deployment.routes] == ["m:1"]
+    stats = after.stats()
+    assert stats["routes"][0]["requests"] == 1
+    assert stats["retired"] == [{"model": "m", "version": 2, "requests": 4, "errors": 3, "latency_ms_avg": 20.0}]
+    after.record(primary, True, 0.01)
+    assert after.counted and after.figures().routes["m:2"].requests == 4  # shared with the cluster too
+
+    # the canary comes back: it starts afresh, and leaves the retired ones
+    d.update(tenant, "c", routes=[{"model": "m", "version": 1}, {"model": "m", "version": 2, "weight": 0}])
+    again = d.lookup(tenant, "c")
+    assert again is not None and again.stats()["retired"] == []
+    assert again.stats()["routes"][1]["requests"] == 0
+
+
+def test_only_the_latest_routes_that_left_are_kept(platform: Platform, tenant: str) -> None:
+    dep = platform.deployments.create(tenant, "c", routes=[{"model": "m", "version": 1}])
+    traffic = DeploymentTraffic.of(dep)
+    for version in range(2, RETIRED_KEPT + 4):  # each revision routes to one more version
+        traffic.record(traffic.deployment.routes[0], True, 0.01)
+        nxt = dataclasses.replace(traffic.deployment, routes=(Route("m", version, 100.0),),
+                                  revision=traffic.deployment.revision + 1)
+        traffic = DeploymentTraffic.of(nxt, traffic)
+    retired = traffic.stats()["retired"]
+    assert [r["version"] for r in retired] == list(range(3, RETIRED_KEPT + 3))  # 1 and 2 left the list
+    assert all(r["requests"] == 1 for r in retired)
 
 
 def test_a_latency_window_gives_the_quantile_of_what_it_saw_within_its_buckets() -> None:

@@ -282,6 +282,10 @@ async function deploymentPage(page, name) {
       return [link(`#/models/${encodeURIComponent(r.model)}`, label(r)), number(r.weight),
         number(s.requests), number(now, 1), number(s.errors), number(s.latency_ms_avg, 2), window];
     });
+    // routes it had and has no more (a canary rolled back): what they did while they had traffic
+    for (const r of (d.stats && d.stats.retired) || []) {
+      routeRows.push([`${label(r)} (retired)`, "—", number(r.requests), "—", number(r.errors), number(r.latency_ms_avg, 2), ""]);
+    }
     const shadow = d.stats && d.stats.shadow;
     // The buttons and the weights form are made again only when the routes or weights change: a
     // refresh keeps what is being typed, and a button whose call is under way.
