@@ -13,10 +13,11 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-__all__ = ["server_id", "every", "HEARTBEAT_S", "LIVE_S", "FORGET_S"]
+__all__ = ["server_id", "every", "HEARTBEAT_S", "LIVE_S", "FORGET_S", "FAILURE_LOG_S"]
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,28 @@ def server_id() -> str:
     return f"{socket.gethostname()[:100]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
+#: while rounds keep failing, a failure is logged at most this often
+FAILURE_LOG_S = 60.0
+
+
 async def every(period_s: float, one_round: Callable[[], Awaitable[None]], what: str) -> None:
     """``one_round()`` every ``period_s`` seconds until cancelled. A round that fails (the
-    database away for a moment) is logged, and the next one tries again."""
+    database away for a moment) is logged, and the next one tries again: while they keep
+    failing, once every :data:`FAILURE_LOG_S` (not every round), and once when one succeeds."""
+    failing_since = logged_at = None
     while True:
         await asyncio.sleep(period_s)
         try:
             await one_round()
         except Exception as exc:
-            log.warning("could not share %s with the cluster: %s", what, exc)
+            now = time.monotonic()
+            if failing_since is None:
+                failing_since = now
+            if logged_at is None or now - logged_at >= FAILURE_LOG_S:
+                logged_at = now
+                log.warning("could not share %s with the cluster (failing for %.0f s; trying every %g s): %s",
+                            what, now - failing_since, period_s, exc)
+            continue
+        if failing_since is not None:
+            log.warning("sharing %s with the cluster again, after %.0f s", what, time.monotonic() - failing_since)
+            failing_since = logged_at = None
