@@ -316,6 +316,11 @@ def test_a_tenants_requests_per_second_hold_over_its_keys_and_protocols(server: 
     from tritonclient.utils import InferenceServerException
 
     with server.client() as admin:
+        for bad in (0, -1, "fast", 2_000_000):  # none of these is a rate: refused, nothing made
+            r = admin.post("/api/v1/tenants", json={"name": "paced", "quotas": {"requests_per_second": bad}})
+            assert r.status_code == 422 and r.json()["error"]["code"] == "validation_failed", (bad, r.text)
+            assert "requests_per_second" in r.json()["error"]["message"], r.text
+        assert admin.get("/api/v1/tenants/paced").status_code == 404
         r = admin.post("/api/v1/tenants", json={"name": "paced", "quotas": {"requests_per_second": 0.5}})
         assert r.status_code == 201 and r.json()["quotas"]["requests_per_second"] == 0.5, r.text
         keys = [admin.post("/api/v1/keys", json={"role": "inference", "tenant": "paced"}).json()["secret"]

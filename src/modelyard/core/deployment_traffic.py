@@ -25,6 +25,7 @@ __all__ = ["DeploymentTraffic", "Trip", "RETIRED_KEPT"]
 #: how many routes a deployment no longer has are kept in its statistics (the latest)
 RETIRED_KEPT = 8
 
+
 def _same_shadow(before: Deployment, after: Deployment) -> bool:
     old, new = before.shadow, after.shadow
     return old is not None and new is not None and old.label == new.label
