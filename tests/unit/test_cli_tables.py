@@ -22,6 +22,20 @@ def test_whole_columns_are_never_cut(capsys: pytest.CaptureFixture[str], monkeyp
     assert JOB_ID not in capsys.readouterr().out  # without it, the id is cut like any cell
 
 
+def test_a_whole_cell_of_several_lines_is_as_wide_as_its_widest_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A tenant's quotas, one a line: each line whole, and the table no wider than they need."""
+    monkeypatch.setenv("COLUMNS", "80")
+    quotas = "requests_per_second=2.5\nrequests_per_day=100000\ntokens_per_day=2000000"
+    print_table(["name", "disabled", "quotas", "id"], [["acme", False, quotas, JOB_ID]], whole=("name", "quotas"))
+    lines = capsys.readouterr().out.splitlines()
+    for quota in quotas.splitlines():
+        assert any(quota in line for line in lines), lines
+    assert any("acme" in line and "False" in line for line in lines), lines  # nothing squeezed out
+    assert max(len(line) for line in lines) <= 80
+
+
 def test_empty_tables_say_what_to_do(capsys: pytest.CaptureFixture[str]) -> None:
     print_table(["id"], [], empty="No jobs yet.", whole=("id",))
     assert capsys.readouterr().out.strip() == "No jobs yet."

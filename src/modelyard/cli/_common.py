@@ -160,7 +160,7 @@ def make_table(
         if wrap_last and i == len(columns) - 1:
             table.add_column(col, overflow="fold", min_width=20)
         elif col in whole:
-            widest = max([len(col), *(len(row[i]) for row in cells)])
+            widest = max([len(col), *(len(line) for row in cells for line in row[i].splitlines())])
             table.add_column(col, no_wrap=True, overflow="ignore", min_width=widest)
         else:
             table.add_column(col, no_wrap=True, overflow="ellipsis")
@@ -178,7 +178,7 @@ def print_table(
     Cells stay on one line (cut with an ellipsis when the terminal is too narrow), so names,
     versions and hashes line up; ``wrap_last`` lets the last column wrap instead (key/value
     tables whose values are long). The columns named in ``whole`` are never cut (ids that the
-    next command needs): the others give way first.
+    next command needs): the others give way first. A cell's own line breaks are kept.
     """
     table = make_table(columns, rows, title=title, wrap_last=wrap_last, whole=whole)
     console = out()

@@ -74,12 +74,17 @@ def tenants_list(json_out: JsonFlag = False) -> None:
         print_json([t.to_dict() for t in items])
         return
     print_table(
-        ["name", "id", "disabled", "quotas"],
-        ([t.name, t.id, t.disabled, ", ".join(f"{k}={v}" for k, v in t.quotas.items() if v is not None) or "-"]
+        ["name", "disabled", "quotas", "id"],
+        ([t.name, t.disabled, "\n".join(f"{k}={_number(v)}" for k, v in t.quotas.items() if v is not None) or "-", t.id]
          for t in items),
         empty="no tenants",
-        whole=("name",),
+        whole=("name", "quotas"),  # a quota a line, never cut (the id gives way first; --json has it whole)
     )
+
+
+def _number(value: float) -> str:
+    """A quota as typed: 100000 (not 100000.0 or 1e+05), 2.5."""
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 @tenants_app.command("update")
