@@ -43,11 +43,10 @@ def _quotas(pairs: list[str] | None) -> dict[str, float | None] | None:
         if not sep:
             raise typer.BadParameter(f"expected NAME=VALUE, got {pair!r}", param_hint="--quota")
         try:
-            out_[key] = None if value in ("", "none", "unlimited") else float(value)
+            number = None if value in ("", "none", "unlimited") else float(value)
         except ValueError:
             raise typer.BadParameter(f"{key}: {value!r} is not a number", param_hint="--quota") from None
-        if out_[key] is not None and float(out_[key]).is_integer() and key != "training_hours_per_month":  # type: ignore[arg-type]
-            out_[key] = int(out_[key])  # type: ignore[arg-type]
+        out_[key] = number if number is None or key == "training_hours_per_month" else _number(number)
     return out_
 
 
@@ -82,9 +81,9 @@ def tenants_list(json_out: JsonFlag = False) -> None:
     )
 
 
-def _number(value: float) -> str:
-    """A quota as typed: 100000 (not 100000.0 or 1e+05), 2.5."""
-    return str(int(value)) if float(value).is_integer() else str(value)
+def _number(value: float) -> int | float:
+    """A quota as typed: 100000 (not 100000.0), 2.5 as it is."""
+    return int(value) if float(value).is_integer() else value
 
 
 @tenants_app.command("update")

@@ -84,12 +84,10 @@ class DeploymentTraffic:
         for route in deployment.routes:
             old = previous.routes.get(route.label) if previous else None
             stats[route.label] = _windowed(old or RouteStats(), deployment.rollback)
-        retired: dict[str, RouteStats] = {}
-        if previous is not None:  # routes that leave keep what was counted of them, for stats
-            for label, old in (*previous.retired.items(), *previous.routes.items()):
-                if label not in stats:
-                    retired.pop(label, None)
-                    retired[label] = old
+        # routes that leave keep what was counted of them, for stats (oldest first)
+        retired = {} if previous is None else {
+            label: old for label, old in (*previous.retired.items(), *previous.routes.items()) if label not in stats
+        }
         traffic = cls(
             deployment=deployment,
             choice=WeightedChoice([r.weight for r in deployment.routes]),

@@ -199,6 +199,22 @@ def test_a_tenants_requests_per_second_must_be_above_zero(services: tuple[Databa
     assert tenants.update("acme", quotas={"requests_per_second": 2.5}).quotas.requests_per_second == 2.5
 
 
+def test_a_small_share_of_a_rate_says_retry_within_one_period_of_the_whole_rate(
+    services: tuple[Database, TenantService, Limits],
+) -> None:
+    """A server with a hundredth of a key's 0.5/s (one request every 200 s here) would say
+    "retry in 200 s"; the cluster frees one every 2 s, and that is what it says."""
+    _db, tenants, limits = services
+    t = tenants.create("acme")
+    who = _principal(t.id, rate=0.5)
+    limits.rates.share({"k1": 0.01})
+    limits.check_request(who)
+    with pytest.raises(RateLimited) as refused:
+        limits.check_request(who)
+    assert refused.value.retry_after == pytest.approx(2.0)
+    assert refused.value.message.endswith("retry in 2 s")
+
+
 def test_a_refused_request_gives_its_keys_token_back() -> None:
     rates = KeyRates()
     assert rates.take("k", 1.0, now=0.0) == 0
