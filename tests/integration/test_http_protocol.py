@@ -466,23 +466,27 @@ def test_the_callers_of_a_batch_computed_on_the_loop_claim_kept_slots_and_read_o
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While a refused caller's connection waits for room, a batch computed on the event loop
-    keeps the room it makes for the callers it answers (``DynamicBatcher.claim_return``): their
-    connections are not held but read on, and their next requests are served; the connection
-    that waited is let in and served too, and only the one request was refused."""
+    keeps the room it makes for the callers it answers (``DynamicBatcher.must_wait`` takes a
+    kept slot): their connections are not held but read on, and their next requests are served;
+    the connection that waited is let in and served too, and only the one request was refused."""
     from modelyard.engine import batcher as batcher_module
     from modelyard.engine.batcher import DynamicBatcher
     from tests.integration._serving import register, slow_model
 
     monkeypatch.setattr(batcher_module, "ROOM_WAIT_MAX_S", 60.0)  # only room lets a waiter in here
     monkeypatch.setattr(batcher_module, "LET_IN_MIN", 1)  # the level: max_queue_size (2)
-    claims: list[bool] = []
-    claim_return = DynamicBatcher.claim_return
+    claims: list[bool] = []  # for each connection answered with no room: whether it took a kept slot
+    must_wait = DynamicBatcher.must_wait
 
     def recorded(self: DynamicBatcher) -> bool:
-        claims.append(claim_return(self))
-        return claims[-1]
+        no_room = self.no_room
+        kept = self.kept_slots
+        waits = must_wait(self)
+        if no_room:
+            claims.append(self.kept_slots < kept)
+        return waits
 
-    monkeypatch.setattr(DynamicBatcher, "claim_return", recorded)
+    monkeypatch.setattr(DynamicBatcher, "must_wait", recorded)
     # Every batch computes on the loop (after the first few, measured on a thread): the loop
     # reads nothing while one computes, so what is sent meanwhile arrives in one loop turn.
     srv = LiveServer.build(tmp_path / "home", grpc_enabled=False, inline_compute_us=60_000_000).start()

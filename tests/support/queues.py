@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from modelyard.errors import QueueFull
 
 
@@ -15,6 +17,7 @@ class FullQueue:
     def __init__(self) -> None:
         self.made = 0
         self.counted = 0
+        self.waiting: list[Callable[[], int]] = []  # when_room callbacks
 
     def queue_full(self) -> QueueFull:
         self.made += 1
@@ -22,3 +25,9 @@ class FullQueue:
 
     def count_rejections(self, n: int) -> None:
         self.counted += n
+
+    def must_wait(self) -> bool:
+        return self.full and not self.closed
+
+    def when_room(self, callback: Callable[[], int]) -> None:
+        self.waiting.append(callback)

@@ -210,6 +210,10 @@ class KeyService:
             secret = bearer_token(authorization)
         except Unauthenticated:
             return False
+        return self.remembers_key(secret)
+
+    def remembers_key(self, secret: str | None) -> bool:
+        """:meth:`remembers` for a key already read off its header."""
         return secret is not None and self._async_cache.peek(secret) is not None
 
     def known(self, secret: str | None) -> Principal | None:

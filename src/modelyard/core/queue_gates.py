@@ -37,7 +37,10 @@ class QueueGate:
     lets a transport reuse the answer it encoded; the refusals are counted (metrics, usage) in
     bundles of that size, when the queue has room again, and on :meth:`flush`."""
 
-    __slots__ = ("_usage", "_principal", "_model", "_errors", "_statistics", "_batcher", "_refused", "_uncounted")
+    __slots__ = (
+        "_usage", "_principal", "_model", "_errors", "_statistics", "_batcher", "_refused", "_uncounted",
+        "must_wait", "when_room", "seen", "secret",
+    )
 
     def __init__(self, plane: DataPlane, principal: Principal, info: VersionInfo, batcher: Any) -> None:
         self._usage = plane.usage
@@ -49,11 +52,23 @@ class QueueGate:
         self._batcher = batcher
         self._refused: ModelYardError | None = None
         self._uncounted = 0
+        #: ``must_wait()``: whether a transport that just answered this caller should stop reading
+        #: and wait for room, ``when_room(callback)``: call back once there is room (see
+        #: ``DynamicBatcher.must_wait`` and ``when_room``). The queue's own methods: a flood asks
+        #: after every answer, and a call through the gate would double what that costs.
+        self.must_wait: Callable[[], bool] = batcher.must_wait
+        self.when_room: Callable[[Callable[[], int]], None] = batcher.when_room
+        #: when the table that holds it last put or renewed it (see :class:`QueueGates`)
+        self.seen = 0.0
+        #: the key its caller authenticated with, set by the transport that keeps the gate: a
+        #: request is refused from the gate only while the key service still remembers that key
+        #: (``KeyService.remembers_key``), so a key revoked since is authenticated again
+        self.secret: str | None = None
 
     def refusal(self) -> ModelYardError | None:
         """The error for a request arriving now, or ``None``: let it through."""
         batcher = self._batcher
-        if batcher.closed or not batcher.full:
+        if not batcher.full or batcher.closed:
             if self._uncounted:
                 self.flush()
             return None
@@ -63,21 +78,6 @@ class QueueGate:
             self.flush()
             refused = self._refused = batcher.queue_full()
         return refused
-
-    @property
-    def no_room(self) -> bool:
-        """Whether a request read now would be refused, or would jump the queue of callers
-        waiting for room (see ``DynamicBatcher.no_room``)."""
-        batcher = self._batcher
-        return batcher.no_room and not batcher.closed
-
-    def when_room(self, callback: Callable[[], int]) -> None:
-        """Call ``callback()`` once the queue has room (see ``DynamicBatcher.when_room``)."""
-        self._batcher.when_room(callback)
-
-    def claim_return(self) -> bool:
-        """Whether a slot was kept for a caller just answered (see ``DynamicBatcher.claim_return``)."""
-        return self._batcher.claim_return()
 
     def flush(self) -> None:
         """Count the refusals not counted yet (call when the gate is dropped)."""
@@ -135,7 +135,7 @@ class QueueGates:
     __slots__ = ("_entries", "_ttl_s", "_max")
 
     def __init__(self, ttl_s: float = 1.0, max_entries: int = 4096) -> None:
-        self._entries: dict[Any, tuple[float, QueueGate]] = {}
+        self._entries: dict[Any, QueueGate] = {}  # each gate's ``seen``: when put or last renewed
         self._ttl_s = ttl_s
         self._max = max_entries
 
@@ -146,32 +146,34 @@ class QueueGates:
         """``key``'s gate at ``now``, if it has one that has not expired."""
         if not self._entries:
             return None
-        entry = self._entries.get(key)
-        if entry is None:
+        gate = self._entries.get(key)
+        if gate is None:
             return None
-        if now - entry[0] > self._ttl_s:
+        if now - gate.seen > self._ttl_s:
             del self._entries[key]
-            entry[1].flush()
+            gate.flush()
             return None
-        return entry[1]
+        return gate
 
     def renew(self, key: Any, now: float) -> None:
         """Keep ``key``'s gate ``ttl_s`` longer from ``now``: its caller found no room again.
         While a flood goes on, its gate stays even when the queue never fills up again (the
-        caller's connections wait for room below the queue's limit)."""
-        entry = self._entries.get(key)
-        if entry is not None:
-            self._entries[key] = (now, entry[1])
+        caller's connections wait for room below the queue's limit). A transport holding the
+        gate may set its ``seen`` to ``now`` instead: the same, without the lookup."""
+        gate = self._entries.get(key)
+        if gate is not None:
+            gate.seen = now
 
     def put(self, key: Any, gate: QueueGate, now: float) -> None:
         """Refuse ``key``'s next requests through ``gate`` while its queue stays full."""
         entries = self._entries
         if len(entries) >= self._max:
-            for _, dropped in entries.values():
+            for dropped in entries.values():
                 dropped.flush()
             entries.clear()
         replaced = entries.get(key)
-        if replaced is not None:
-            replaced[1].flush()
-        entries[key] = (now, gate)
+        if replaced is not None and replaced is not gate:
+            replaced.flush()
+        gate.seen = now
+        entries[key] = gate
 

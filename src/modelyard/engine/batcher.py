@@ -494,6 +494,19 @@ class DynamicBatcher:
             return True
         return False
 
+    def must_wait(self) -> bool:
+        """For a transport that just answered a caller refused lately: True when it should stop
+        reading and wait for room (:meth:`when_room`); False when the queue has room (or is
+        closing), or a slot was kept for this caller (:meth:`claim_return`, taken here). One
+        call for what a flood asks after every answer (:attr:`no_room`, :attr:`closed`,
+        :meth:`claim_return`)."""
+        if self._closing or (self._queued + self._promised < self._let_in_level and not self._room_waiters):
+            return False
+        if self._returns > 0:
+            self._returns -= 1
+            return False
+        return True
+
     def spent_elsewhere(self) -> None:
         """A request that may have been let in on a slot of this queue (a waiter's, or one kept
         for a batch's callers) went to another queue: a deployment's lighter route, whose
@@ -508,6 +521,12 @@ class DynamicBatcher:
             self._promised -= 1
             if self._room_waiters and self._queued + self._promised < self._let_in_level:
                 self._let_in()
+
+    @property
+    def kept_slots(self) -> int:
+        """Slots kept for the callers of the batch just taken and not claimed yet (see
+        :meth:`claim_return`)."""
+        return self._returns
 
     @property
     def waiting_for_room(self) -> int:

@@ -117,10 +117,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         for the same model and version within the last second and that queue is still full;
         else ``None`` (the call is decoded and run as usual). A key revoked since is
         authenticated again rather than refused from here."""
-        found = self._gate(metadata, framed)
-        if found is None:
+        gate = self._gate(metadata, framed)
+        if gate is None:
             return None
-        gate = found[1]
         refused = gate.refusal()
         if refused is None:
             return None
@@ -136,29 +135,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         none, so the connection is not read meanwhile: its client's next calls wait in its
         socket instead of each being read to be refused, as HTTP/1.1 connections do
         (``api/v2/protocol.py``). ``None`` when the queue has room, or when a slot was kept for
-        this caller as one of the batch just computed (``QueueGate.claim_return``): it reads on."""
-        found = self._gate(metadata, framed)
-        if found is None:
+        this caller as one of the batch just computed (``DynamicBatcher.must_wait``): it reads on."""
+        gate = self._gate(metadata, framed)
+        if gate is None or not gate.must_wait():
             return None
-        key, gate = found
-        if not gate.no_room or gate.claim_return():
-            return None
-        self._gates.renew(key, time.monotonic())  # still flooding: keep screening it
+        gate.seen = time.monotonic()  # still flooding: the table keeps screening it
         return gate.when_room
 
-    def _gate(self, metadata: tuple[tuple[str, str], ...], framed: bytes) -> tuple[Any, QueueGate] | None:
-        """The gate of a call's caller and model (with its key in the table), if it has one."""
+    def _gate(self, metadata: tuple[tuple[str, str], ...], framed: bytes) -> QueueGate | None:
+        """The gate of a call's caller and model, if it has one."""
         if not self._gates:
             return None
         target = call_target(framed, 5)
         if target is None:
             return None
         authorization = _authorization(metadata)
-        key = (target, authorization)
-        gate = self._gates.get(key, time.monotonic())
-        if gate is None or not self._platform.keys.remembers(authorization):
+        gate = self._gates.get((target, authorization), time.monotonic())
+        if gate is None or not self._platform.keys.remembers_key(gate.secret):
             return None
-        return key, gate
+        return gate
 
     def _remember_gate(self, principal: Principal, request: Any, context: grpc.aio.ServicerContext) -> None:
         """After a call's ``RESOURCE_EXHAUSTED``: screen the same caller's next calls for that model."""
@@ -175,7 +170,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return
         gate = self._platform.dataplane.queue_gate(principal, target[0], target[1] or None)
         if gate is not None:
-            self._gates.put((target, _authorization(metadata)), gate, time.monotonic())
+            authorization = _authorization(metadata)
+            gate.secret = bearer_token(authorization, source="authorization metadata")  # it was authenticated
+            self._gates.put((target, authorization), gate, time.monotonic())
 
     def start(self, metadata: tuple[tuple[str, str], ...], framed: bytes) -> Started | Refusal | None:
         """A :data:`~modelyard.grpc.http2.Start` for ``ModelInfer`` on the native transport: the

@@ -727,6 +727,36 @@ async def test_the_callers_of_a_batch_computed_on_the_loop_keep_their_slots_befo
     await b.close()
 
 
+@pytest.mark.asyncio
+async def test_must_wait_is_no_room_less_a_slot_kept_for_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a transport asks after each answer to a caller refused lately, in one call: wait
+    (True) while the queue is at its let-in level or waiters wait, except once for each slot
+    kept for the callers of the batch just computed (the slot is taken); never once closing."""
+    from modelyard.engine import batcher as batcher_module
+
+    monkeypatch.setattr(batcher_module, "_ROOM_RECOUNT_S", 0.3)
+    seen: list[list[bool]] = []
+
+    class AfterBatch(Recorder):
+        def on_batch(self, size: int, requests: int, queue_wait_s: float, queue_total_s: float, compute_s: float) -> None:
+            super().on_batch(size, requests, queue_wait_s, queue_total_s, compute_s)
+            if len(self.batches) == 4:
+                seen.append([b.must_wait() for _ in range(3)])
+
+    b = make(ThreadRecorder(), inline_below_s=1.0, max_batch_size=2, max_queue_size=4, observer=AfterBatch())
+    await _warm_inline(b)
+    assert not b.must_wait(), "an empty queue: read on"
+    tasks = [asyncio.ensure_future(b.submit(request([i]), None)) for i in range(4)]
+    await asyncio.sleep(0)
+    assert b.must_wait() and b.must_wait(), "at the let-in level: wait (asking takes nothing)"
+    b.when_room(lambda: 1)
+    await wait_until(lambda: bool(seen))
+    assert seen == [[False, False, True]], "the batch's two callers read on, one slot each; then wait"
+    await asyncio.gather(*tasks)
+    await b.close()
+    assert not b.must_wait(), "closed: nothing to wait for"
+
+
 async def _full_while_computing(
     model: Stepped,
 ) -> tuple[DynamicBatcher, list[asyncio.Future[dict[str, np.ndarray]]]]:

@@ -55,6 +55,7 @@ from modelyard.api.v2.infer import (
     start_answer,
 )
 from modelyard.core.inference import PendingInference
+from modelyard.core.keys import bearer_token
 from modelyard.core.queue_gates import QueueGate, QueueGates
 from modelyard.core.platform import Platform
 from modelyard.core.principal import Principal
@@ -85,7 +86,7 @@ class _Inference:
 
     __slots__ = (
         "name", "version", "path", "authorization", "header_length", "request_id",
-        "chunks", "size", "keep_alive", "task", "answering", "gate",
+        "chunks", "size", "keep_alive", "task", "answering", "gate", "gate_key",
     )
 
     def __init__(self, name: str, version: str | None, path: str) -> None:
@@ -101,8 +102,10 @@ class _Inference:
         #: how it is being answered: a task (see ``_answer``), or a queued request (``_answered``)
         self.task: asyncio.Task[None] | None = None
         self.answering: PendingInference | None = None
-        #: its caller's gate when it had one as the request arrived (see ``_gate``)
+        #: its caller's gate when it had one as the request arrived (see ``_gate``), and the
+        #: gate's key in the table: (path, ``Authorization``)
         self.gate: QueueGate | None = None
+        self.gate_key: tuple[str, str | None] | None = None
 
 
 class _RequestHead:
@@ -111,7 +114,7 @@ class _RequestHead:
     path, key and framing headers), and a request whose head is byte for byte the last one's
     means the same, so it is taken without the parser (see ``InferenceProtocol.data_received``)."""
 
-    __slots__ = ("raw", "length", "name", "version", "path", "authorization", "header_length", "given_id")
+    __slots__ = ("raw", "length", "name", "version", "path", "authorization", "header_length", "given_id", "gate_key")
 
     def __init__(self, raw: bytes, length: int, request: _Inference, given_id: str | None) -> None:
         self.raw = raw
@@ -122,6 +125,7 @@ class _RequestHead:
         self.authorization = request.authorization
         self.header_length = request.header_length
         self.given_id = given_id
+        self.gate_key = (request.path, request.authorization)  # built once for the requests it heads
 
 
 def _head_of(chunk: bytes) -> bytes | None:
@@ -282,6 +286,7 @@ class InferenceProtocol(HttpToolsProtocol):
         request = _Inference(head.name, head.version, head.path)
         request.authorization = head.authorization
         request.header_length = head.header_length
+        request.gate_key = head.gate_key
         request.request_id = request_id(head.given_id)
         request.keep_alive = not self._last_request
         self._reading = request
@@ -320,8 +325,11 @@ class InferenceProtocol(HttpToolsProtocol):
         gate = request.gate
         if gate is not None or not self.gates:
             return gate
-        gate = self.gates.get((request.path, request.authorization), self.loop.time())
-        if gate is None or not self.platform.keys.remembers(request.authorization):
+        key = request.gate_key
+        if key is None:
+            key = request.gate_key = (request.path, request.authorization)
+        gate = self.gates.get(key, self.loop.time())
+        if gate is None or not self.platform.keys.remembers_key(gate.secret):
             return None  # none, or its key was revoked since its 429: authenticate it again
         request.gate = gate
         return gate
@@ -424,7 +432,8 @@ class InferenceProtocol(HttpToolsProtocol):
     def _remember_gate(self, request: _Inference, principal: Any) -> QueueGate | None:
         gate = self.platform.dataplane.queue_gate(principal, request.name, request.version)
         if gate is not None:
-            self.gates.put((request.path, request.authorization), gate, self.loop.time())
+            gate.secret = bearer_token(request.authorization)  # well formed: it was authenticated
+            self.gates.put(request.gate_key or (request.path, request.authorization), gate, self.loop.time())
         return gate
 
     # -- backpressure ------------------------------------------------------------------------
@@ -437,14 +446,12 @@ class InferenceProtocol(HttpToolsProtocol):
         caller's gate is kept while its connections keep finding no room. A connection for which
         a slot was kept (answered by a batch computed on the loop while others waited: see
         ``DynamicBatcher.claim_return``) takes it and reads on."""
-        if self._held or not request.keep_alive or not gate.no_room or self.transport.is_closing():
-            return
-        if gate.claim_return():
-            return  # a slot was kept for the callers of the batch that answered it: read on
+        if self._held or not request.keep_alive or self.transport.is_closing() or not gate.must_wait():
+            return  # room, or a slot was kept for the callers of the batch that answered it: read on
         self._held = True
         self._idle_since = None  # a request may be waiting unread: not idle
         self.flow.pause_reading()
-        self.gates.renew((request.path, request.authorization), self.loop.time())
+        gate.seen = self.loop.time()  # its caller still finds no room: the table keeps the gate
         gate.when_room(self._release)
 
     def _release(self) -> int:
