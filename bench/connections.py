@@ -2,7 +2,9 @@
 uvloop + httptools servers written below and measured in the same run.
 
 Each server runs pinned to core 0 and ``wrk`` on core 1; closed loops alternate 64 and 1,024
-keep-alive connections (one request in flight on each), two passes. For each count the script
+keep-alive connections (one request in flight on each), two passes, each run 1.5 s after the last
+(``SETTLE_S``: connections ModelYard held when their client closed them are let go within a
+second, and until then they take room from the next run's). For each count the script
 prints the answers per second and the server's CPU time per answer (user + system, from
 ``/proc``), then the ratio of the CPU per answer at 1,024 connections to that at 64:
 
@@ -30,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from minimal_server import start_minimal  # noqa: E402
 from models import tiny_digits  # noqa: E402
 from serving_engine import (  # noqa: E402
-    CLIENT_CORE, SERVER_CORE, Req, _free_port, cpu_times, oip_request, show, start_modelyard, wait_ready,
+    CLIENT_CORE, SERVER_CORE, SETTLE_S, Req, _free_port, cpu_times, oip_request, show, start_modelyard, wait_ready,
     wrk_closed_loop,
 )
 
@@ -60,6 +63,7 @@ def measure(label: str, pid: int, port: int, req: Req, seconds: float, passes: i
     per_answer: dict[int, list[float]] = {c: [] for c in counts}
     for i in range(passes):
         for conns in counts if i % 2 == 0 else counts[::-1]:
+            time.sleep(SETTLE_S)  # the last run's held connections are gone (see SETTLE_S)
             before = cpu_seconds(pid)
             result = wrk_closed_loop(port, req, conns, seconds, folder)
             answers = sum(n for status, n in result.statuses.items() if status != -1)

@@ -287,6 +287,13 @@ POOL_IDLE_S = 4.0
 #: rig runs, capacities of 11k and 20k requests a second a minute apart); 5 s windows each caught
 #: one speed, so the ratio swung with them
 CAPACITY_S = 10.0
+#: Pause after a closed loop over many connections, before the next measurement. Its client closes
+#: them all at its end, and the server does not see a held connection closed (its reading is
+#: paused) until the connection is let in, within a second: in closed loops over 1,024
+#: connections started right after another, those connections still waiting took room from the
+#: new ones (throughput 16.0-17.5k req/s and waits of up to 2.7 s, against 18.2-18.8k and 0.55 s
+#: with a 2.5 s pause between them; thirtieth session).
+SETTLE_S = 1.5
 #: Connections the open loop may hold. HTTP/1.1 carries one request per connection at a time, so
 #: an overload needs more connections than the server queues (256 by default, plus a batch
 #: computing): with fewer, the queue never fills and the run is a closed loop in disguise. With
@@ -707,6 +714,7 @@ def overload(model: str, port: int, req: Req, closed: Callable[[int, Req, int, f
     raw = req.raw()
     baseline_p99 = run_generator(closed_loop(port, raw, clients, 2.0)).pct(99)
     same_conns = closed(port, req, conns, 5.0).rps
+    time.sleep(SETTLE_S)  # that loop's held connections are gone before the capacity is measured
     marks = [speed.mark()]
     before = closed(port, req, clients, CAPACITY_S).rps
     rss_before = rss_mb(pid)
