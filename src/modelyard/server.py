@@ -23,12 +23,45 @@ from modelyard.core.cluster_traffic import ClusterTraffic
 from modelyard.core.demo import ensure_demo_model
 from modelyard.core.platform import Platform
 
-__all__ = ["run_server", "prepare_platform", "serve_async", "build_http_server", "run_on_fast_loop"]
+__all__ = ["run_server", "prepare_platform", "serve_async", "build_http_server", "run_on_fast_loop", "raise_open_file_limit"]
 
 log = logging.getLogger("modelyard.server")
 
 T = TypeVar("T")
 _GC_YOUNG_THRESHOLD = 20_000
+#: where the open-file limit is raised to when the hard limit is unlimited (Linux's default
+#: ``fs.nr_open``); and below what a warning says a flood's connections may be refused
+_OPEN_FILES_CAP = 1_048_576
+_OPEN_FILES_WANTED = 4_096
+
+
+def raise_open_file_limit() -> tuple[int, int] | None:
+    """Raise this process's soft limit on open files to its hard limit and return ``(before,
+    after)``, or ``None`` where there is no such limit (not POSIX). Every connection takes a file
+    descriptor: with the soft limit many systems start a service with (1,024), a flood over 1,024
+    connections would be refused at ``accept`` while the hard limit allows far more. Any process
+    may raise its soft limit up to its hard one; nothing above it is asked for."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = _OPEN_FILES_CAP if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):  # e.g. above fs.nr_open: keep what there is
+            log.warning("could not raise the open-file limit from %d to %d", soft, wanted)
+        else:
+            log.info("open-file limit raised from %d to %d (one per connection)", soft, wanted)
+    after = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if after != resource.RLIM_INFINITY and after < _OPEN_FILES_WANTED:
+        log.warning(
+            "this process may open only %d files, and every connection takes one: a flood of "
+            "connections will be refused at accept. Raise the hard limit (ulimit -Hn, or "
+            "LimitNOFILE= in a systemd unit) to %d or more.", after, _OPEN_FILES_WANTED,
+        )
+    return soft, after
 
 
 def run_on_fast_loop(main: Coroutine[Any, Any, T]) -> T:
@@ -180,6 +213,7 @@ def run_server(settings: Settings, *, platform: Platform | None = None) -> int:
             "Configure a certificate (MODELYARD_TLS_CERTFILE / MODELYARD_TLS_KEYFILE) or bind 127.0.0.1.",
             settings.host,
         )
+    raise_open_file_limit()
     platform = platform or prepare_platform(settings)
     server = build_http_server(settings, platform)
 

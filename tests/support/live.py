@@ -110,8 +110,9 @@ class ServerProcess:
     """``python -m modelyard serve`` in a subprocess with its own home and ports."""
 
     def __init__(self, home: Path, *, admin_key: str | None = None, env: dict[str, str] | None = None,
-                 args: list[str] | None = None) -> None:
+                 args: list[str] | None = None, open_files: int | None = None) -> None:
         self.home = home
+        self.open_files = open_files  # the soft open-file limit it starts with (None: this process's)
         self.admin_key = admin_key or make_admin_key()
         self.port = free_port()
         self.grpc_port = free_port()
@@ -140,7 +141,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "modelyard", "serve", "--port", str(self.port),
              "--grpc-port", str(self.grpc_port), *self.args],
-            env=self.env, stdout=out, stderr=subprocess.STDOUT,
+            env=self.env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=self._limit_open_files,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -153,6 +154,12 @@ class ServerProcess:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"server did not become ready:\n{self.log.read_text()[-3000:]}")
+
+    def _limit_open_files(self) -> None:
+        if self.open_files is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
     def stop(self, sig: int = 15, timeout: float = 30) -> int:
         assert self.proc is not None
