@@ -141,7 +141,9 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "modelyard", "serve", "--port", str(self.port),
              "--grpc-port", str(self.grpc_port), *self.args],
-            env=self.env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=self._limit_open_files,
+            env=self.env, stdout=out, stderr=subprocess.STDOUT,
+            # a preexec function only when asked: it makes subprocess fork the slow, thread-unsafe way
+            preexec_fn=self._limit_open_files if self.open_files is not None else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
