@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import secrets
 import socket
 import subprocess
@@ -26,8 +27,36 @@ from modelyard.server import build_http_server, prepare_platform, run_on_fast_lo
 __all__ = ["LiveServer", "free_port", "make_admin_key", "ServerProcess", "wait_until"]
 
 
+_GIVEN: set[int] = set()  # ports free_port handed out in this process
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for ports it gives out on its own (Linux's default where unreadable)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback port free now, outside the kernel's ephemeral range. A port from that range
+    (what binding port 0 gives) can be taken by any outgoing connection between this check and
+    the server's bind, which once failed a CI run with "address already in use"; a port outside
+    it is only ever taken by an explicit bind."""
+    low, high = _ephemeral_ports()
+    candidates = [*range(20_000, min(low, 30_000)), *range(max(high + 1, 61_000), 65_000)]
+    for port in random.sample(candidates, min(200, len(candidates))):
+        if port in _GIVEN:
+            continue  # handed out already in this run (two servers must not draw the same one)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken (or lingering): try another
+        _GIVEN.add(port)
+        return port
+    with socket.socket() as s:  # no free port outside the range: take one from it
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
