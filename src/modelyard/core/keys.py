@@ -201,19 +201,11 @@ class KeyService:
     def invalidate_cache(self) -> None:
         self._async_cache.clear()
 
-    def remembers(self, authorization: str | None) -> bool:
-        """Whether the key of an ``Authorization``-style value (``Bearer <key>``) was
-        authenticated here and not forgotten since (a revocation, or any change to keys, forgets
-        them all at once). False for a missing or malformed value. For answers made from memory
-        of a caller (overload gates): a key revoked since is authenticated again."""
-        try:
-            secret = bearer_token(authorization)
-        except Unauthenticated:
-            return False
-        return self.remembers_key(secret)
-
     def remembers_key(self, secret: str | None) -> bool:
-        """:meth:`remembers` for a key already read off its header."""
+        """Whether ``secret`` (a key read off its ``Bearer`` header) was authenticated here and
+        not forgotten since (a revocation, or any change to keys, forgets them all at once).
+        False for none. For answers made from memory of a caller (overload gates): a key
+        revoked since is authenticated again."""
         return secret is not None and self._async_cache.peek(secret) is not None
 
     def known(self, secret: str | None) -> Principal | None:

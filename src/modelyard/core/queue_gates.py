@@ -58,7 +58,9 @@ class QueueGate:
         #: after every answer, and a call through the gate would double what that costs.
         self.must_wait: Callable[[], bool] = batcher.must_wait
         self.when_room: Callable[[Callable[[], int]], None] = batcher.when_room
-        #: when the table that holds it last put or renewed it (see :class:`QueueGates`)
+        #: when the table that holds it put it, or its caller last found no room (the transport
+        #: sets it then): the table keeps a gate ``ttl_s`` from this, so while a flood goes on its
+        #: gate stays even when the queue never fills up again (its connections wait for room)
         self.seen = 0.0
         #: the key its caller authenticated with, set by the transport that keeps the gate: a
         #: request is refused from the gate only while the key service still remembers that key
@@ -154,15 +156,6 @@ class QueueGates:
             gate.flush()
             return None
         return gate
-
-    def renew(self, key: Any, now: float) -> None:
-        """Keep ``key``'s gate ``ttl_s`` longer from ``now``: its caller found no room again.
-        While a flood goes on, its gate stays even when the queue never fills up again (the
-        caller's connections wait for room below the queue's limit). A transport holding the
-        gate may set its ``seen`` to ``now`` instead: the same, without the lookup."""
-        gate = self._entries.get(key)
-        if gate is not None:
-            gate.seen = now
 
     def put(self, key: Any, gate: QueueGate, now: float) -> None:
         """Refuse ``key``'s next requests through ``gate`` while its queue stays full."""

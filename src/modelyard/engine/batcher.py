@@ -502,10 +502,7 @@ class DynamicBatcher:
         :meth:`claim_return`)."""
         if self._closing or (self._queued + self._promised < self._let_in_level and not self._room_waiters):
             return False
-        if self._returns > 0:
-            self._returns -= 1
-            return False
-        return True
+        return not self.claim_return()
 
     def spent_elsewhere(self) -> None:
         """A request that may have been let in on a slot of this queue (a waiter's, or one kept
