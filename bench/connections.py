@@ -19,8 +19,17 @@ Why: the tiny model's overload target compares a flood over 1,024 connections wi
 capacity. This shows how much of the gap any asyncio server of that shape pays
 (``docs/benchmarks.md``).
 
+``--burst`` measures instead how long a burst of new connections waits to be accepted by a busy
+server: ModelYard with one listening socket (the baseline) and with ``MODELYARD_LISTEN_SOCKETS``
+(default 8), in the order 1, 8, 8, 1; on each, six 4 s closed loops over 1,024 connections
+started back to back (wrk's timeout 10 s), so each loop's connections arrive while the server
+is still busy with the last one's. Printed: each loop's answers per second, p99 and longest
+wait; then each setting's longest wait and how many loops had a wait over a second, and the
+ratio of the baseline's longest wait to the default's.
+
     apt-get install wrk
     python bench/connections.py [--seconds 5] [--passes 2] [--counts 64,128,256,512,1024] [--modelyard-only]
+    python bench/connections.py --burst
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from modelyard.config import Settings
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from minimal_server import start_minimal  # noqa: E402
 from models import tiny_digits  # noqa: E402
@@ -48,6 +59,8 @@ from serving_engine import (  # noqa: E402
 )
 
 COUNTS = (64, 1024)
+#: ``--burst``: closed loops a server gets back to back, their length and connections
+BURST_LOOPS, BURST_S, BURST_CONNECTIONS = 6, 4.0, 1024
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of ``pid`` so far."""
@@ -78,6 +91,48 @@ def measure(label: str, pid: int, port: int, req: Req, seconds: float, passes: i
              f"{float(np.mean(per_answer[conns])) / low:.2f}")
 
 
+def burst(start: Callable[[], subprocess.Popen[bytes]], port: int, req: Req, folder: Path, sockets: int,
+          key: str) -> list[float]:
+    """Start ModelYard with ``sockets`` listening sockets a port, then run the burst loops back to
+    back; returns each loop's longest wait in ms."""
+    os.environ["MODELYARD_LISTEN_SOCKETS"] = str(sockets)
+    server = served(start, f"http://127.0.0.1:{port}/v2/health/ready")
+    longest = []
+    try:
+        register_tiny(f"http://127.0.0.1:{port}", key, folder)
+        wrk_closed_loop(port, req, 64, 1.0, folder)  # warm
+        for i in range(BURST_LOOPS):
+            result = wrk_closed_loop(port, req, BURST_CONNECTIONS, BURST_S, folder, timeout_s=10.0)
+            longest.append(result.pct(100.0))
+            refused, errors = result.statuses[-2], result.statuses[-1]
+            show(f"{sockets} listening socket(s), loop {i + 1}",
+                 f"{result.rps:,.0f} req/s, p99 {result.pct(99):,.0f} ms, longest {longest[-1]:,.0f} ms, "
+                 f"{refused:,} refused (429/503), {errors:,} socket errors")
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    return longest
+
+
+def run_bursts(folder: Path, req: Req, key: str) -> None:
+    default = Settings.model_fields["listen_sockets"].default
+    waits: dict[int, list[float]] = {1: [], default: []}
+    for sockets in (1, default, default, 1):
+        port, grpc_port = _free_port(), _free_port()
+        waits[sockets] += burst(lambda: start_modelyard(port, grpc_port, key, folder), port, req, folder, sockets, key)
+    for sockets, longest in waits.items():
+        show(f"{sockets} listening socket(s): longest wait",
+             f"{max(longest):,.0f} ms; {sum(ms > 1000 for ms in longest)} of {len(longest)} loops over 1 s")
+    show(f"longest wait, 1 / {default} listening sockets", f"{max(waits[1]) / max(waits[default]):.2f}")
+
+
+def register_tiny(url: str, key: str, folder: Path) -> None:
+    httpx.post(f"{url}/api/v1/models/tiny/versions", params={"stage": "production"},
+               content=tiny_digits(folder / "tiny.onnx").read_bytes(), timeout=120,
+               headers={"content-type": "application/octet-stream", "Authorization": f"Bearer {key}"},
+               ).raise_for_status()
+
+
 def served(start: Callable[[], subprocess.Popen[bytes]], url: str) -> subprocess.Popen[bytes]:
     proc = start()
     try:
@@ -95,6 +150,8 @@ def main() -> None:
     parser.add_argument("--counts", default=",".join(map(str, COUNTS)),
                         help="connection counts, the first the baseline (e.g. 64,128,256,512,1024)")
     parser.add_argument("--modelyard-only", action="store_true", help="skip the two 30-line servers")
+    parser.add_argument("--burst", action="store_true",
+                        help="measure how long a burst of new connections waits, 1 listening socket against the default")
     args = parser.parse_args()
     counts = tuple(int(c) for c in args.counts.split(","))
     if len(counts) < 2 or min(counts) < 1:
@@ -108,6 +165,11 @@ def main() -> None:
     key = f"my_{secrets.token_hex(6)}_{secrets.token_urlsafe(24)}"
     x = np.random.default_rng(0).random((1, 64)).astype(np.float32) * 16
     req = oip_request("/v2/models/tiny/infer", key, "input", x, "label")
+    if args.burst:
+        print(f"# connections --burst: servers on core {SERVER_CORE}, wrk on core {CLIENT_CORE}, {BURST_LOOPS} loops "
+              f"of {BURST_S:g} s over {BURST_CONNECTIONS:,} connections each", flush=True)
+        run_bursts(tmp, req, key)
+        return
     print(f"# connections: servers on core {SERVER_CORE}, wrk on core {CLIENT_CORE}, {args.seconds:g} s per run, "
           f"{args.passes} passes", flush=True)
 
@@ -124,10 +186,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     server = served(lambda: start_modelyard(port, grpc_port, key, tmp), f"{url}/v2/health/ready")
     try:
-        httpx.post(f"{url}/api/v1/models/tiny/versions", params={"stage": "production"},
-                   content=tiny_digits(tmp / "tiny.onnx").read_bytes(), timeout=120,
-                   headers={"content-type": "application/octet-stream", "Authorization": f"Bearer {key}"},
-                   ).raise_for_status()
+        register_tiny(url, key, tmp)
         measure("ModelYard tiny", server.pid, port, req, args.seconds, args.passes, tmp, counts)
     finally:
         server.terminate()

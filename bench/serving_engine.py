@@ -183,17 +183,20 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def wrk_closed_loop(port: int, req: Req, clients: int, seconds: float, folder: Path) -> Result:
+def wrk_closed_loop(port: int, req: Req, clients: int, seconds: float, folder: Path,
+                    timeout_s: float | None = None) -> Result:
     """Closed loop with ``wrk`` (C, one thread on the generator's core): ``clients`` keep-alive
-    connections, each sending ``req`` again as soon as its answer arrived."""
-    return wrk_script_loop(port, req.wrk_script(folder), clients, seconds)
+    connections, each sending ``req`` again as soon as its answer arrived; ``timeout_s``: wrk's
+    per-request timeout (its own default: 2 s)."""
+    return wrk_script_loop(port, req.wrk_script(folder), clients, seconds, timeout_s)
 
 
-def wrk_script_loop(port: int, script: Path, clients: int, seconds: float) -> Result:
+def wrk_script_loop(port: int, script: Path, clients: int, seconds: float, timeout_s: float | None = None) -> Result:
     """:func:`wrk_closed_loop` with a Lua ``script`` of one's own (e.g. one whose ``request()``
-    makes each request)."""
+    makes each request). The longest latency is ``reported[100.0]``."""
+    timeout = ["--timeout", f"{timeout_s:g}s"] if timeout_s else []
     out = subprocess.run(
-        ["taskset", "-c", str(CLIENT_CORE), "wrk", "-t1", f"-c{clients}", f"-d{seconds:g}s", "--latency",
+        ["taskset", "-c", str(CLIENT_CORE), "wrk", "-t1", f"-c{clients}", f"-d{seconds:g}s", "--latency", *timeout,
          "-s", str(script), f"http://127.0.0.1:{port}"],
         capture_output=True, text=True, check=True,
     ).stdout
@@ -207,8 +210,12 @@ def wrk_script_loop(port: int, script: Path, clients: int, seconds: float) -> Re
         result.statuses[-2] = int(bad.group(1))  # non-2xx (wrk does not say which)
     if errors:
         result.statuses[-1] = sum(int(g) for g in errors.groups())
-    for q, value in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", out, re.MULTILINE):
+    # wrk writes a space after a value in seconds ("1.20s "), none after one in ms
+    for q, value in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", out, re.MULTILINE):
         result.reported[float(q)] = _ms(value)
+    longest = re.search(r"^\s+Latency\s+\S+\s+\S+\s+(\S+)", out, re.MULTILINE)
+    if longest:
+        result.reported[100.0] = _ms(longest.group(1))
     return result
 
 

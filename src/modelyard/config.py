@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8000, ge=0, le=65535)
     grpc_port: int = Field(default=8001, ge=0, le=65535)
     grpc_enabled: bool = True
+    listen_sockets: int = Field(
+        default=8, ge=1, le=64,
+        description="listening sockets per port (Linux: SO_REUSEPORT; elsewhere one). The event loop accepts "
+                    "one new connection per socket per turn, so a burst of connections reaching a busy server "
+                    "is accepted this many times sooner",
+    )
     grpc_transport: Literal["native", "grpcio"] = Field(
         default="native",
         description="native: this package's HTTP/2 transport (fast); grpcio: grpcio's grpc.aio server",

@@ -7,10 +7,11 @@ import asyncio
 import gc
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from collections.abc import Coroutine
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import uvicorn
 
@@ -22,6 +23,7 @@ from modelyard.core.cluster_rates import ClusterRates
 from modelyard.core.cluster_traffic import ClusterTraffic
 from modelyard.core.demo import ensure_demo_model
 from modelyard.core.platform import Platform
+from modelyard.listeners import open_listeners
 
 __all__ = ["run_server", "prepare_platform", "serve_async", "build_http_server", "run_on_fast_loop", "raise_open_file_limit"]
 
@@ -143,6 +145,34 @@ def build_http_server(settings: Settings, platform: Platform) -> uvicorn.Server:
 async def serve_async(settings: Settings, platform: Platform, http: uvicorn.Server) -> None:
     """Serve HTTP (and gRPC when enabled) on this event loop until ``http`` exits, once the
     pinned model versions are loaded."""
+    sockets = _listen_http(settings, http.config)
+    try:
+        await _serve_on(sockets, settings, platform, http)
+    finally:
+        for sock in sockets:  # uvicorn closes them when it served; not when the start failed
+            sock.close()
+
+
+def _listen_http(settings: Settings, config: uvicorn.Config) -> list[socket.socket]:
+    scheme = "https" if config.is_ssl else "http"
+    try:
+        sockets = open_listeners(settings.host, settings.http_port, count=settings.listen_sockets, backlog=config.backlog)
+    except OSError as exc:
+        _cannot_listen(f"{scheme}://{settings.host}:{settings.http_port}", exc, "MODELYARD_HTTP_PORT")
+    port = sockets[0].getsockname()[1]
+    log.info("listening on %s://%s:%d (%d socket(s))", scheme, settings.host, port, len(sockets))
+    return sockets
+
+
+def _cannot_listen(address: str, exc: OSError, setting: str) -> NoReturn:
+    log.error(
+        "cannot listen on %s: %s. If another server runs there, stop it, or choose another port (%s).",
+        address, exc, setting,
+    )
+    raise SystemExit(1) from exc
+
+
+async def _serve_on(sockets: list[socket.socket], settings: Settings, platform: Platform, http: uvicorn.Server) -> None:
     pinned = await platform.residency.restore_pins()
     if pinned:
         log.info("loaded %d pinned model version(s)", pinned)
@@ -150,7 +180,10 @@ async def serve_async(settings: Settings, platform: Platform, http: uvicorn.Serv
     if settings.grpc_enabled:
         from modelyard.grpc.servicer import start_grpc_server
 
-        grpc_server = await start_grpc_server(platform, settings.host, settings.grpc_port)
+        try:
+            grpc_server = await start_grpc_server(platform, settings.host, settings.grpc_port)
+        except OSError as exc:
+            _cannot_listen(f"grpc://{settings.host}:{settings.grpc_port}", exc, "MODELYARD_GRPC_PORT")
     from modelyard.jobs.pool import JobWorkers
 
     job_workers = await asyncio.to_thread(JobWorkers(settings, platform.jobs).start)
@@ -172,7 +205,7 @@ async def serve_async(settings: Settings, platform: Platform, http: uvicorn.Serv
         shared.append(ClusterRates(platform.db, platform.limits.rates, server=server))
         followers.append(loop.create_task(shared[-1].follow(settings.rate_share_s)))
     try:
-        await http.serve()
+        await http.serve(sockets=sockets)
     finally:
         for task in followers:
             task.cancel()

@@ -164,16 +164,26 @@ class ServerProcess:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_key}"}
 
-    def start(self, timeout: float = 60) -> ServerProcess:
+    def _spawn(self) -> subprocess.Popen[bytes]:
         self.home.mkdir(parents=True, exist_ok=True)
-        out = open(self.log, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "modelyard", "serve", "--port", str(self.port),
-             "--grpc-port", str(self.grpc_port), *self.args],
-            env=self.env, stdout=out, stderr=subprocess.STDOUT,
-            # a preexec function only when asked: it makes subprocess fork the slow, thread-unsafe way
-            preexec_fn=self._limit_open_files if self.open_files is not None else None,
-        )
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "modelyard", "serve", "--port", str(self.port),
+                 "--grpc-port", str(self.grpc_port), *self.args],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                # a preexec function only when asked: it makes subprocess fork the slow, thread-unsafe way
+                preexec_fn=self._limit_open_files if self.open_files is not None else None,
+            )
+        return self.proc
+
+    def run_to_exit(self, timeout: float = 60) -> int:
+        """Start it and wait for it to exit (a server that must refuse to start); returns its
+        exit status, its output is in ``log``."""
+        return self._spawn().wait(timeout=timeout)
+
+    def start(self, timeout: float = 60) -> ServerProcess:
+        self._spawn()
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

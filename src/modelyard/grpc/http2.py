@@ -44,6 +44,8 @@ from urllib.parse import quote
 import grpc
 import hpack
 
+from modelyard.listeners import open_listeners
+
 __all__ = [
     "Http2GrpcServer", "UnaryHandler", "StreamHandler", "Screen", "Hold", "Wait", "Refusal", "CallContext", "GrpcAbort",
 ]
@@ -935,7 +937,7 @@ class Http2GrpcServer:
         )
         self.max_message_bytes = max_message_bytes
         self.connections: set[_Connection] = set()
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
 
     def handler_for(self, headers: list[tuple[bytes, bytes]]) -> _Route:
         """The handler of a call's ``:path``, whether it is a stream's, its screen and its hold."""
@@ -944,21 +946,40 @@ class Http2GrpcServer:
                 return self._handlers.get(value, _NO_ROUTE)
         return _NO_ROUTE
 
-    async def start(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None) -> None:
+    async def start(
+        self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None, listen_sockets: int = 1
+    ) -> None:
+        """Listen on ``host:port`` with ``listen_sockets`` sockets an address (see
+        :func:`modelyard.listeners.open_listeners`)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, ssl=ssl_context, backlog=2048, reuse_address=True
-        )
+        sockets = open_listeners(host, port, count=listen_sockets, backlog=2048)
+        try:
+            for sock in sockets:
+                self._servers.append(
+                    await loop.create_server(lambda: _Connection(self), sock=sock, ssl=ssl_context, backlog=2048)
+                )
+        except BaseException:
+            for server in self._servers:
+                server.close()
+            self._servers.clear()
+            for sock in sockets:
+                sock.close()
+            raise
+
+    @property
+    def listening(self) -> int:
+        """How many sockets it listens on."""
+        return sum(len(server.sockets) for server in self._servers)
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+        assert self._servers, "not started"
+        return int(self._servers[0].sockets[0].getsockname()[1])
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, send GOAWAY, wait up to ``grace`` seconds for calls in flight."""
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         for connection in list(self.connections):
             connection.goaway()
         deadline = asyncio.get_running_loop().time() + (grace or 0.0)
@@ -967,5 +988,5 @@ class Http2GrpcServer:
         for connection in list(self.connections):
             if connection.transport is not None:
                 connection._close()
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in self._servers:
+            await server.wait_closed()

@@ -523,11 +523,8 @@ async def start_grpc_server(platform: Platform, host: str, port: int) -> Http2Gr
             starts=starts(servicer),
             max_message_bytes=settings.max_request_bytes,
         )
-        try:
-            await native.start(host, port, ssl_context=context)
-        except OSError as exc:
-            raise RuntimeError(f"cannot bind gRPC on {address}: {exc}") from exc
-        log.info("gRPC listening on %s", address)
+        await native.start(host, port, ssl_context=context, listen_sockets=settings.listen_sockets)
+        log.info("gRPC listening on %s:%d (%d socket(s))", host, native.port, native.listening)
         return native
     server = grpc.aio.server(
         options=[
@@ -537,16 +534,19 @@ async def start_grpc_server(platform: Platform, host: str, port: int) -> Http2Gr
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(platform), server)
-    if tls:
-        assert settings.tls_certfile is not None and settings.tls_keyfile is not None
-        credentials = grpc.ssl_server_credentials(
-            [(settings.tls_keyfile.read_bytes(), settings.tls_certfile.read_bytes())]
-        )
-        bound = server.add_secure_port(address, credentials)
-    else:
-        bound = server.add_insecure_port(address)
+    try:
+        if tls:
+            assert settings.tls_certfile is not None and settings.tls_keyfile is not None
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls_keyfile.read_bytes(), settings.tls_certfile.read_bytes())]
+            )
+            bound = server.add_secure_port(address, credentials)
+        else:
+            bound = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpcio's word for a port it could not bind
+        raise OSError(f"grpcio could not bind {address}: {exc}") from exc
     if bound == 0:
-        raise RuntimeError(f"cannot bind gRPC on {address}")
+        raise OSError(f"grpcio could not bind {address}")
     await server.start()
     log.info("gRPC (grpcio) listening on %s", address)
     return server
