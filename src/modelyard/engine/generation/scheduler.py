@@ -23,6 +23,7 @@ Bounded: at most ``max_batch_size`` sequences run, at most ``max_queue`` request
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import threading
@@ -97,6 +98,7 @@ class GenerationEngine:
         if max_batch_size < 1 or max_queue < 1:
             raise ValueError("max_batch_size and max_queue must be positive")
         self._model = model
+        self._cache_word = _cache_keyword(model)
         self._tokenizer = tokenizer
         self._device = device
         self.max_batch_size = max_batch_size
@@ -216,7 +218,7 @@ class GenerationEngine:
         cache = DynamicCache(config=self._model.config)
         with torch.inference_mode():
             ids = torch.zeros((1, 1), dtype=torch.long, device=self._device)
-            self._model(input_ids=ids, past_key_values=cache, use_cache=True)
+            self._model(input_ids=ids, use_cache=True, **{self._cache_word: cache})
         if not all(type(layer) is DynamicLayer for layer in cache.layers):
             kinds = sorted({type(layer).__name__ for layer in cache.layers})
             raise InvalidArtifact(
@@ -306,8 +308,8 @@ class GenerationEngine:
             input_ids=ids,
             attention_mask=self._mask,
             position_ids=positions,
-            past_key_values=self._cache,
             use_cache=True,
+            **{self._cache_word: self._cache},
         )
         for s in rows:
             s.length += 1
@@ -351,8 +353,8 @@ class GenerationEngine:
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
+            **{self._cache_word: cache},
         )
         tokens = self._sample(out.logits[:, -1, :], new_rows)
         self._merge(new_rows, cache, mask)
@@ -417,3 +419,14 @@ class GenerationEngine:
         for layer in self._cache.layers:
             layer.keys = layer.keys.index_select(0, index)[:, :, trim:, :]
             layer.values = layer.values.index_select(0, index)[:, :, trim:, :]
+
+
+def _cache_keyword(model: Any) -> str:
+    """The name ``model``'s forward takes its key/value cache by: ``cache`` since transformers
+    5.x renamed it (``past_key_values`` is deprecated there, and goes in 5.40), else
+    ``past_key_values``."""
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # no signature to read: the long-standing name
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
