@@ -505,6 +505,13 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def judged(ratio: float, target: float, *, at_most: bool = False) -> str:
+    """A ratio beside its target, to three places (two would print a 0.696 as 0.70) and whether
+    it meets it."""
+    met = ratio <= target if at_most else ratio >= target
+    return f"{ratio:.3f} ({'met' if met else 'missed'})"
+
+
 def show(label: str, value: str, command: str = "") -> None:
     print(f"{label:<62} {value}", flush=True)
 
@@ -707,7 +714,7 @@ def grpc_overload(url: str, port: int, key: str, x: np.ndarray, clients: int, se
     show(f"{label}: only OK / RESOURCE_EXHAUSTED / UNAVAILABLE, or cancelled by h2load at its end (target: yes)",
          str(set(errors) <= {"queue_full", "unavailable", "cancelled"}))
     show(f"{label}: goodput / capacity (target >= 0.9)",
-         f"{served / over.seconds / capacity:.2f}  ({served / over.seconds:,.0f} / {capacity:,.0f} calls/s)")
+         f"{judged(served / over.seconds / capacity, 0.9)}  ({served / over.seconds:,.0f} / {capacity:,.0f} calls/s)")
     show_speed(label, speed, marks)
 
 
@@ -752,7 +759,7 @@ def overload(model: str, port: int, req: Req, closed: Callable[[int, Req, int, f
     show(f"{label}: answers (-1 = connection error)", str(codes))
     show(f"{label}: only 200/429/503, no error (target: yes)", str(set(codes) <= {200, 429, 503}))
     show(f"{label}: goodput / capacity (target >= 0.9)",
-         f"{over.rps / capacity:.2f}  ({over.rps:,.0f} / {capacity:,.0f} req/s; p50 {over.pct(50):.0f} ms, "
+         f"{judged(over.rps / capacity, 0.9)}  ({over.rps:,.0f} / {capacity:,.0f} req/s; p50 {over.pct(50):.0f} ms, "
          f"p99 {over.pct(99):.0f} ms from the start of the send)")
     show(f"{label}: closed loop over {conns:,} connections / capacity", f"{same_conns / capacity:.2f}  "
          f"(goodput / that: {over.rps / same_conns:.2f})")
@@ -864,7 +871,7 @@ def main() -> None:
                  f"p99 {p99:.1f} ms, the windows' mean; {per_batch:.0f} rows per batch)")
             show("medium: in-process ORT rows/s, batch 32, 1 thread", f"{ort_rows:,.0f}  ({spread(ort_runs)})")
             show("medium: ratio REST / ORT (target >= 0.7)",
-                 f"{rest_rows / ort_rows:.2f}  ({len(rest_runs)} three-second windows each, alternating; "
+                 f"{judged(rest_rows / ort_rows, 0.7)}  ({len(rest_runs)} three-second windows each, alternating; "
                  f"REST {spread(rest_runs)})")
 
         closed(port, req["tiny"], c, 1.0)  # warm
@@ -886,14 +893,14 @@ def main() -> None:
             plain = None
             show(f"tiny: {label} req/s", f"{base.rps:,.0f}  (p50 {base.pct(50):.1f} ms, p99 {base.pct(99):.1f} ms)")
             show(f"tiny: ModelYard REST {encoding} req/s, batching", f"{mine.rps:,.0f}  (p50 {mine.pct(50):.1f} ms, p99 {mine.pct(99):.1f} ms)")
-            show(f"tiny: ratio ModelYard / plain {encoding} ({aim})", f"{mine.rps / base.rps:.2f}")
-        show("tiny: p99 / p50, binary (target <= 4)", f"{ours.pct(99) / ours.pct(50):.2f}")
+            show(f"tiny: ratio ModelYard / plain {encoding} ({aim})", judged(mine.rps / base.rps, 3.0))
+        show("tiny: p99 / p50, binary (target <= 4)", judged(ours.pct(99) / ours.pct(50), 4.0, at_most=True))
 
         on_runs, off_runs = abba(lambda t: closed(port, req["tiny-batched"], 1, t),
                                  lambda t: closed(port, req["tiny-unbatched"], 1, t), s * 2)
         on, off = (float(np.mean([r.pct(50) for r in runs])) for runs in (on_runs, off_runs))
         show("tiny: 1 client p50, batching on / off (target <= 1.2)",
-             f"{on:.3f} ms / {off:.3f} ms = {on / off:.2f}  (the mean p50 of {len(on_runs)} one-second windows "
+             f"{on:.3f} ms / {off:.3f} ms = {judged(on / off, 1.2, at_most=True)}  (the mean p50 of {len(on_runs)} one-second windows "
              "each, alternating)")
 
         # gRPC and REST in alternating windows (see abba), the totals compared
@@ -914,7 +921,7 @@ def main() -> None:
              f"errors {dict(errors) or 0})")
         pairs = [g.rps / r.rps for r, g in zip(rest_runs, grpc_runs)]
         show("tiny: ratio gRPC / REST binary (target >= 1)",
-             f"{grpc_rps / rest_rps:.2f}  (REST binary {rest_rps:,.0f} req/s; {len(pairs)} one-second windows each, "
+             f"{judged(grpc_rps / rest_rps, 1.0)}  (REST binary {rest_rps:,.0f} req/s; {len(pairs)} one-second windows each, "
              f"alternating; adjacent pairs {min(pairs):.2f}-{max(pairs):.2f}, median {np.median(pairs):.2f})")
 
         # not a listed target: a deployment's request (route, canary window, usage) against the
