@@ -960,10 +960,10 @@ class Http2GrpcServer:
                 )
         except BaseException:
             for server in self._servers:
-                server.close()
-            self._servers.clear()
-            for sock in sockets:
+                server.close()  # closes its socket
+            for sock in sockets[len(self._servers):]:  # those no server took
                 sock.close()
+            self._servers.clear()
             raise
 
     @property
