@@ -760,7 +760,7 @@ def overload(model: str, port: int, req: Req, closed: Callable[[int, Req, int, f
     show(f"{label}: only 200/429/503, no error (target: yes)", str(set(codes) <= {200, 429, 503}))
     show(f"{label}: goodput / capacity (target >= 0.9)",
          f"{judged(over.rps / capacity, 0.9)}  ({over.rps:,.0f} / {capacity:,.0f} req/s; p50 {over.pct(50):.0f} ms, "
-         f"p99 {over.pct(99):.0f} ms from the start of the send)")
+         f"p99 {over.pct(99):.0f}, p99.9 {over.pct(99.9):.0f}, longest {over.pct(100):.0f} ms from the start of the send)")
     show(f"{label}: closed loop over {conns:,} connections / capacity", f"{same_conns / capacity:.2f}  "
          f"(goodput / that: {over.rps / same_conns:.2f})")
     show_speed(label, speed, marks)
