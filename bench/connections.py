@@ -91,12 +91,13 @@ def measure(label: str, pid: int, port: int, req: Req, seconds: float, passes: i
              f"{float(np.mean(per_answer[conns])) / low:.2f}")
 
 
-def burst(start: Callable[[], subprocess.Popen[bytes]], port: int, req: Req, folder: Path, sockets: int,
-          key: str) -> list[float]:
+def burst(folder: Path, req: Req, key: str, sockets: int) -> list[float]:
     """Start ModelYard with ``sockets`` listening sockets a port, then run the burst loops back to
     back; returns each loop's longest wait in ms."""
-    os.environ["MODELYARD_LISTEN_SOCKETS"] = str(sockets)
-    server = served(start, f"http://127.0.0.1:{port}/v2/health/ready")
+    port, grpc_port = _free_port(), _free_port()
+    server = served(lambda: start_modelyard(port, grpc_port, key, folder,
+                                            settings={"MODELYARD_LISTEN_SOCKETS": str(sockets)}),
+                    f"http://127.0.0.1:{port}/v2/health/ready")
     longest = []
     try:
         register_tiny(f"http://127.0.0.1:{port}", key, folder)
@@ -118,8 +119,7 @@ def run_bursts(folder: Path, req: Req, key: str) -> None:
     default = Settings.model_fields["listen_sockets"].default
     waits: dict[int, list[float]] = {1: [], default: []}
     for sockets in (1, default, default, 1):
-        port, grpc_port = _free_port(), _free_port()
-        waits[sockets] += burst(lambda: start_modelyard(port, grpc_port, key, folder), port, req, folder, sockets, key)
+        waits[sockets] += burst(folder, req, key, sockets)
     for sockets, longest in waits.items():
         show(f"{sockets} listening socket(s): longest wait",
              f"{max(longest):,.0f} ms; {sum(ms > 1000 for ms in longest)} of {len(longest)} loops over 1 s")

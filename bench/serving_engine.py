@@ -476,12 +476,15 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) ->
     raise RuntimeError(f"{url} not ready")
 
 
-def start_modelyard(port: int, grpc_port: int, key: str, folder: Path, src: Path | None = None) -> subprocess.Popen[bytes]:
+def start_modelyard(port: int, grpc_port: int, key: str, folder: Path, src: Path | None = None,
+                    settings: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """``modelyard serve`` pinned to the server's core with one core's settings, its home and log
     in ``folder``, the admin key ``key``; ``src``: run that source tree instead of the installed
-    package (another commit's ``src``, for comparisons). Not waited for: see :func:`wait_ready`."""
+    package (another commit's ``src``, for comparisons); ``settings``: more ``MODELYARD_*``
+    variables. Not waited for: see :func:`wait_ready`."""
     env = {**os.environ, "MODELYARD_HOME": str(folder / f"home-{port}"), "MODELYARD_ADMIN_KEY": key,
-           "MODELYARD_CORES": "1", "MODELYARD_BUILTIN_MODELS": "false", "MODELYARD_LOG_LEVEL": "warning"}
+           "MODELYARD_CORES": "1", "MODELYARD_BUILTIN_MODELS": "false", "MODELYARD_LOG_LEVEL": "warning",
+           **(settings or {})}
     if src is not None:
         env["PYTHONPATH"] = str(src.resolve())
     return subprocess.Popen(

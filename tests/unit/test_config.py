@@ -35,3 +35,12 @@ def test_grpc_transport_is_native_by_default_and_checked() -> None:
     assert Settings(grpc_transport="grpcio").grpc_transport == "grpcio"
     with pytest.raises(ValueError):
         Settings(grpc_transport="h3")
+
+
+def test_listen_sockets_default_to_eight_and_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().listen_sockets == 8
+    monkeypatch.setenv("MODELYARD_LISTEN_SOCKETS", "2")
+    assert Settings().listen_sockets == 2
+    for bad in (0, 65, -1):
+        with pytest.raises(ValueError, match="listen_sockets"):
+            Settings(listen_sockets=bad)
