@@ -146,6 +146,49 @@ def _counting_begins(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return begun
 
 
+def _recording_connections(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The ``InferenceProtocol`` instances made from now on (one per connection)."""
+    from modelyard.api.v2.protocol import InferenceProtocol
+
+    made: list[Any] = []
+    connection_made = InferenceProtocol.connection_made
+
+    def recorded(self: InferenceProtocol, transport: Any) -> None:
+        made.append(self)
+        connection_made(self, transport)
+
+    monkeypatch.setattr(InferenceProtocol, "connection_made", recorded)
+    return made
+
+
+def _attributes_outside_slots(connections: list[Any]) -> set[str]:
+    """Attributes the connections keep in an instance dict rather than in the protocol's slots
+    (an attribute added to the protocol, or by a new uvicorn, without a slot)."""
+    return {name for protocol in connections for name in vars(protocol)}
+
+
+def test_a_connections_state_lives_in_slots_whatever_it_served(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inference answered in place, a request through the ASGI app behind it, an unknown route,
+    a body refused as too large and an HTTP/1.0 request leave nothing in the connections'
+    instance dicts: everything is in ``InferenceProtocol.__slots__`` (see its comment)."""
+    connections = _recording_connections(monkeypatch)
+    key = server.admin_key
+    with _connect(server) as sock:
+        reader = _Reader(sock)
+        sock.sendall(_infer_request(key) + _get("/v2/health/ready", key) + _get("/v2/no/such/route", key))
+        assert [reader.response()[0] for _ in range(3)] == [200, 200, 404]
+        sock.sendall(_infer_request(key))  # the remembered head: read without the parser
+        assert reader.response()[0] == 200
+    with _connect(server) as sock:
+        sock.sendall(_head(key, "content-length: 100000"))
+        assert _Reader(sock).response()[0] == 413
+    with _connect(server) as sock:
+        sock.sendall(_infer_request(key, version="1.0"))
+        assert _Reader(sock).response()[0] == 200
+    wait_until(lambda: len(connections) == 3)
+    assert _attributes_outside_slots(connections) == set()
+
+
 def _two_inputs(key: str) -> tuple[bytes, bytes]:
     """Two requests with the same head (the same length) and different inputs."""
     first = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": _SAMPLE}]})
@@ -335,6 +378,7 @@ def test_a_full_queue_refuses_unread_and_holds_the_refused_connections(
     from modelyard.engine import batcher as batcher_module
 
     monkeypatch.setattr(batcher_module, "ROOM_WAIT_MAX_S", 60.0)  # only room lets them in here
+    connections = _recording_connections(monkeypatch)
     srv = _slow_server(tmp_path, keep_alive_s=0.25)
     key = srv.admin_key
     try:
@@ -371,6 +415,7 @@ def test_a_full_queue_refuses_unread_and_holds_the_refused_connections(
         for sock in (long_conn, queued_conn, conn, malformed, again):
             sock.close()
         assert queue_full_refusals(srv, "slow") == (3, 3)
+        assert _attributes_outside_slots(connections) == set(), "held and let in, all in slots"
     finally:
         srv.stop()
 
