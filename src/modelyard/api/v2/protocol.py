@@ -156,12 +156,11 @@ class InferenceProtocol(HttpToolsProtocol):
 
     # Every attribute a connection has, uvicorn's and ours, lives in a slot: with about forty of
     # them an instance's ``__dict__`` no longer shares its keys with the class (CPython shares at
-    # most 30), so each connection had a hash table of its own, and a flood, which answers a
-    # connection untouched for tens of milliseconds at almost every request, paid cache misses
-    # for each attribute looked up in it. Slotted: 1.5-3.5% more throughput at 64 connections,
-    # 4.0-4.7% at 1,024 (docs/serving.md, "The data plane's transports"). An attribute missing
-    # here still works, in the dict the base class gives (tests/integration/test_http_protocol.py
-    # checks that a served connection's dict stays empty).
+    # most 30), so each connection had a hash table of its own, looked up for every attribute.
+    # Slotted: 1.5-3.5% more throughput at 64 connections, 4.0-4.7% at 1,024 (docs/serving.md,
+    # "A connection's state in slots"). An attribute missing here still works, in the dict the
+    # base class gives (tests/integration/test_http_protocol.py checks that a served
+    # connection's dict stays empty).
     __slots__ = (
         # uvicorn's HttpToolsProtocol
         "config", "app", "loop", "logger", "access_logger", "access_log", "parser", "ws_protocol_class",
