@@ -567,12 +567,14 @@ class CoreSpeed:
         self._proc.wait()
 
 
-def show_speed(label: str, speed: CoreSpeed, marks: list[tuple[float, float]]) -> None:
+def show_speed(label: str, speed: CoreSpeed, marks: list[tuple[float, float]], ratio: float) -> None:
     """While an overload's capacity was measured before it, during it, and while its capacity
     was measured after it (``marks``: the five edges from :meth:`CoreSpeed.mark`, the third to the
     fourth skipped: the recovery's run, or the read of the server's counters): the server core's
-    speed, and how busy the server was (its CPU time over the wall time: under 1, it waited for the
-    load generator)."""
+    speed, how busy the server was (its CPU time over the wall time: under 1, it waited for the
+    load generator), and ``ratio`` (goodput / capacity) as it would read had the core run as fast
+    in the flood as in the capacity runs: for reading a ratio that the VM's speed moved, not the
+    target's figure, which stays the one measured."""
     phases = [(marks[i], marks[i + 1]) for i in (0, 1, 3)]
     before, over, after = (speed.mean(a[0], b[0]) for a, b in phases)
     show(f"{label}: server core speed, capacity before / overload / capacity after",
@@ -580,6 +582,8 @@ def show_speed(label: str, speed: CoreSpeed, marks: list[tuple[float, float]]) -
     busy = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in phases]
     show(f"{label}: server busy (CPU / wall), capacity before / overload / capacity after",
          " / ".join(f"{b:.2f}" for b in busy))
+    show(f"{label}: goodput / capacity at equal core speed (for reading; not the target's figure)",
+         f"{ratio * (before + after) / (2 * over):.3f}")
 
 
 def abba(first: Callable[[float], Result], second: Callable[[float], Result], seconds: float,
@@ -718,7 +722,7 @@ def grpc_overload(url: str, port: int, key: str, x: np.ndarray, clients: int, se
          str(set(errors) <= {"queue_full", "unavailable", "cancelled"}))
     show(f"{label}: goodput / capacity (target >= 0.9)",
          f"{judged(served / over.seconds / capacity, 0.9)}  ({served / over.seconds:,.0f} / {capacity:,.0f} calls/s)")
-    show_speed(label, speed, marks)
+    show_speed(label, speed, marks, served / over.seconds / capacity)
 
 
 def overload(model: str, port: int, req: Req, closed: Callable[[int, Req, int, float], Result],
@@ -766,7 +770,7 @@ def overload(model: str, port: int, req: Req, closed: Callable[[int, Req, int, f
          f"p99 {over.pct(99):.0f}, p99.9 {over.pct(99.9):.0f}, longest {over.pct(100):.0f} ms from the start of the send)")
     show(f"{label}: closed loop over {conns:,} connections / capacity", f"{same_conns / capacity:.2f}  "
          f"(goodput / that: {over.rps / same_conns:.2f})")
-    show_speed(label, speed, marks)
+    show_speed(label, speed, marks, over.rps / capacity)
     show(f"{label}: server RSS growth MB (target < 50)", f"{rss_after - rss_before:.1f}")
     show(f"{label}: seconds until p99 <= 1.5x baseline (target <= 5)", str(recovered))
 
