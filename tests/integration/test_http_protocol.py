@@ -167,7 +167,9 @@ def _attributes_outside_slots(connections: list[Any]) -> set[str]:
     return {name for protocol in connections for name in vars(protocol)}
 
 
-def test_a_connections_state_lives_in_slots_whatever_it_served(server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_connections_state_lives_in_slots_whatever_it_served(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Inference answered in place, a request through the ASGI app behind it, an unknown route,
     a body refused as too large and an HTTP/1.0 request leave nothing in the connections'
     instance dicts: everything is in ``InferenceProtocol.__slots__`` (see its comment)."""
