@@ -48,6 +48,7 @@ from serving_engine import (  # noqa: E402
     SERVER_CORE,
     Req,
     _free_port,
+    at_equal_speed,
     cpu_times,
     oip_request,
     open_loop,
@@ -120,7 +121,7 @@ def flood_round(server: Server, seconds: float, tmp: Path, speed: CoreSpeed) -> 
             f"CPU {1e6 * (user1 - user0) / answers:5.1f} user + {1e6 * (sys1 - sys0) / answers:4.1f} system µs "
             f"an answer  rows/batch {per_batch}  p50/p99/max {over.pct(50):.0f}/{over.pct(99):.0f}/"
             f"{1000 * max(over.latencies, default=0):.0f} ms  {codes}  core {core_capacity:.1f}/{core_flood:.1f} "
-            f"M loops/s: flood/capacity at equal speed {over.rps * core_capacity / (capacity * core_flood):.3f}, "
+            f"M loops/s: flood/capacity at equal speed {at_equal_speed(over.rps / capacity, core_capacity, core_flood):.3f}, "
             f"{cpu_us * core_flood / 1000:.2f}k loops an answer")
 
 

@@ -567,6 +567,13 @@ class CoreSpeed:
         self._proc.wait()
 
 
+def at_equal_speed(ratio: float, capacity_speed: float, flood_speed: float) -> float:
+    """A flood's goodput / capacity as it would read had the core run as fast in the flood as in
+    the capacity runs (``CoreSpeed`` means): for reading a ratio the VM's speed moved, never the
+    target's figure."""
+    return ratio * capacity_speed / flood_speed
+
+
 def show_speed(label: str, speed: CoreSpeed, marks: list[tuple[float, float]], ratio: float) -> None:
     """While an overload's capacity was measured before it, during it, and while its capacity
     was measured after it (``marks``: the five edges from :meth:`CoreSpeed.mark`, the third to the
@@ -583,7 +590,7 @@ def show_speed(label: str, speed: CoreSpeed, marks: list[tuple[float, float]], r
     show(f"{label}: server busy (CPU / wall), capacity before / overload / capacity after",
          " / ".join(f"{b:.2f}" for b in busy))
     show(f"{label}: goodput / capacity at equal core speed (for reading; not the target's figure)",
-         f"{ratio * (before + after) / (2 * over):.3f}")
+         f"{at_equal_speed(ratio, (before + after) / 2, over):.3f}")
 
 
 def abba(first: Callable[[float], Result], second: Callable[[float], Result], seconds: float,

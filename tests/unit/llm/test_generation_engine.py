@@ -300,3 +300,22 @@ async def test_async_iteration_from_an_event_loop(lm, make_engine) -> None:
         assert len(events) == 12 and events[-1].finish_reason == "length"
         result = await h.aresult()
         assert "".join(e.text for e in events) == result.choices[0].text
+
+
+def test_the_cache_goes_by_the_keyword_the_models_forward_takes() -> None:
+    """``cache`` where the forward takes it (transformers 5.x, where ``past_key_values`` is
+    deprecated), else ``past_key_values``, also for a forward whose signature cannot be read."""
+    from modelyard.engine.generation.scheduler import _cache_keyword
+
+    class Renamed:
+        def forward(self, input_ids: Any = None, cache: Any = None, use_cache: bool = True) -> None: ...
+
+    class Older:
+        def forward(self, input_ids: Any = None, past_key_values: Any = None, use_cache: bool = True) -> None: ...
+
+    class Unreadable:
+        forward = min  # a builtin without a signature: inspect.signature raises ValueError
+
+    assert _cache_keyword(Renamed()) == "cache"
+    assert _cache_keyword(Older()) == "past_key_values"
+    assert _cache_keyword(Unreadable()) == "past_key_values"
