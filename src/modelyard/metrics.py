@@ -235,6 +235,12 @@ class Metrics:
             "modelyard_automatic_rollbacks", "Canaries rolled back by a deployment's policy (limit: error_rate, latency)",
             ["tenant", "deployment", "limit"], registry=r,
         )
+        self.traces_dropped = Counter(
+            "modelyard_traces_dropped", "Trace lines not written (reason: write, the file or folder refused them; "
+            "backlog, the disk was behind)", ["reason"], registry=r,
+        )
+        for reason in ("write", "backlog"):  # at 0 from the start: an alert's increase() sees the first drop
+            self.traces_dropped.labels(reason)
         self.shadow_latency = Histogram(
             "modelyard_shadow_latency_seconds", "Latency of mirrored (shadow) requests",
             ["tenant", "deployment"], buckets=LATENCY_BUCKETS, registry=r,

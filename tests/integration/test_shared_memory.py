@@ -253,6 +253,7 @@ def test_a_request_failed_by_its_output_region_is_traced_with_its_error(server: 
             assert r.status_code == 400 and "output 'y' is 32 bytes" in r.json()["error"]["message"], r.text
         finally:
             admin.post("/v2/models/alpha/trace/setting", json={"trace_level": ["OFF"]}).raise_for_status()
+    assert server.platform is not None and server.platform.tracer.files.drain()  # its thread wrote it
     (trace,) = [json.loads(line) for line in traces.read_text().splitlines()]
     assert (trace["model_name"], trace["outcome"]) == ("alpha", "invalid_input")
     assert [s["name"] for s in trace["timestamps"]] == [

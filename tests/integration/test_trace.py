@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from modelyard.cli.main import app
 from modelyard.client import Client, summarize
-from tests.integration._serving import failing_model, infer_body, register, scale_model
+from tests.integration._serving import failing_model, infer_body, metric, register, scale_model
 from tests.support.live import LiveServer
 
 OFF = {"trace_level": ["OFF"], "trace_rate": "1000", "trace_count": "-1", "log_frequency": "0",
@@ -39,7 +39,13 @@ def server(tmp_path: Path) -> Iterator[LiveServer]:
         live.stop()
 
 
+def _written(server: LiveServer) -> None:
+    """Wait until the server's trace thread wrote every line its requests queued."""
+    assert server.platform is not None and server.platform.tracer.files.drain()
+
+
 def _traces(server: LiveServer, name: str = "trace.jsonl") -> list[dict[str, Any]]:
+    _written(server)
     path = server.settings.resolved_home / "traces" / name
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
@@ -172,6 +178,7 @@ def test_the_sdk_and_the_cli(server: LiveServer, monkeypatch: pytest.MonkeyPatch
         assert (now["trace_level"], now["trace_rate"], now["trace_file"]) == (["TIMESTAMPS"], "1", "alpha.jsonl")
         with server.client() as client:
             assert [_infer(client, "alpha", float(i)) for i in range(4)] == [200] * 4
+    _written(server)
     path = server.settings.resolved_home / "traces" / "alpha.jsonl"
     (alpha,) = summarize(path.read_text().splitlines())
     assert (alpha.model, alpha.version, alpha.traces, alpha.failed, alpha.cache_hits) == ("alpha", "1", 4, 0, 0)
@@ -204,3 +211,19 @@ def test_the_sdk_and_the_cli(server: LiveServer, monkeypatch: pytest.MonkeyPatch
     bad.write_text(path.read_text() + "not json\n")
     result = runner.invoke(app, ["trace", "summary", str(bad)])
     assert result.exit_code == 2 and "line 5 is not a trace" in result.output, result.output
+
+
+def test_a_trace_that_cannot_be_written_never_fails_its_request(server: LiveServer) -> None:
+    """A traces folder that is a file: every traced request is still answered, its line is
+    dropped and counted; once the file is gone, traces are written again without a restart."""
+    folder = server.settings.resolved_home / "traces"
+    folder.write_text("not a folder")
+    with server.client() as client:
+        client.post("/v2/trace/setting", json={"trace_level": ["TIMESTAMPS"], "trace_rate": "1"}).raise_for_status()
+        assert [_infer(client, "alpha", float(i)) for i in range(3)] == [200] * 3
+        _written(server)
+        assert metric(client.get("/metrics").text, "modelyard_traces_dropped_total", reason="write") == 3
+        folder.unlink()
+        assert _infer(client, "alpha") == 200
+        assert [t["outcome"] for t in _traces(server)] == ["ok"]
+        assert metric(client.get("/metrics").text, "modelyard_traces_dropped_total", reason="write") == 3

@@ -107,7 +107,9 @@ class Platform:
         platform.shared_memory = dataplane.shared_memory = SharedMemory(settings.shared_memory)
         dataplane.response_cache = cache = ResponseCache(settings.response_cache_bytes, metrics)
         registry.on_version_removed.append(lambda v: cache.forget(v.key))
-        platform.tracer = dataplane.tracer = Tracer(home / "traces")
+        platform.tracer = dataplane.tracer = Tracer(
+            home / "traces", dropped=lambda reason, lines: metrics.traces_dropped.labels(reason).inc(lines)
+        )
         platform.tenants = TenantService(db, keys)
         platform.limits = Limits(
             db=db, tenants=platform.tenants, default_rate=settings.default_key_rate_limit,

@@ -28,6 +28,10 @@ administrators change them (``server:manage``): traces are the server's disk and
 tenant's models. Each model of a tenant counts its own requests for the rate; ``trace_count``
 is that of the settings it comes from (a model's own, else the global one, which its models then
 share). Per server process: in a cluster each server writes its own file.
+
+The lines are written by a thread of their own (``core/trace_files.py``): a traced request puts its
+line on a queue and goes on; a folder or disk that cannot take it drops the line (counted in
+``modelyard_traces_dropped_total``, and logged), never the request.
 """
 
 from __future__ import annotations
@@ -36,10 +40,11 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from modelyard.core.principal import Principal
 from modelyard.core.registry import VersionInfo
+from modelyard.core.trace_files import Dropped, TraceFiles
 from modelyard.errors import InvalidInput
 
 __all__ = ["Tracer", "Trace"]
@@ -106,7 +111,7 @@ class Trace:
 class _Scope:
     """The effective settings of one model of a tenant, and its counts."""
 
-    __slots__ = ("settings", "on", "rate", "seen", "file", "log_frequency", "unflushed")
+    __slots__ = ("settings", "on", "rate", "seen", "file", "log_frequency")
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = settings  # the dict whose trace_count is decremented (global or the model's)
@@ -115,18 +120,17 @@ class _Scope:
         self.seen = 0
         self.file = ""
         self.log_frequency = 0
-        self.unflushed = 0
 
 
 class Tracer:
-    """See the module. ``folder``: where trace files go. Use from the event loop only."""
+    """See the module. ``folder``: where trace files go; ``dropped``: told of lines that could not
+    be written (a reason, how many). Use from the event loop only."""
 
-    def __init__(self, folder: Path) -> None:
-        self._folder = folder
+    def __init__(self, folder: Path, *, dropped: Dropped | None = None) -> None:
         self._global: dict[str, Any] = dict(_DEFAULTS)
         self._models: dict[tuple[str, str], dict[str, Any]] = {}  # (tenant id, model) -> overrides
         self._scopes: dict[tuple[str, str], _Scope] = {}
-        self._files: dict[str, IO[str]] = {}
+        self.files = TraceFiles(folder, dropped=dropped)
         self._ids = 0
         #: wall-clock nanoseconds at perf_counter() == 0
         self._epoch_ns = time.time_ns() - time.perf_counter_ns()
@@ -195,17 +199,10 @@ class Tracer:
             "timestamps": [{"name": name, "ns": ns(at)} for name, at in stamps],
         })
         scope = trace.scope
-        out = self._file(scope.file)
-        out.write(line + "\n")
-        scope.unflushed += 1
-        if scope.unflushed >= max(1, scope.log_frequency):
-            out.flush()
-            scope.unflushed = 0
+        self.files.append(scope.file, line, scope.log_frequency)
 
     def close(self) -> None:
-        for out in self._files.values():
-            out.close()
-        self._files.clear()
+        self.files.close()
 
     # -- helpers ---------------------------------------------------------------------------
     def _ns(self, perf_s: float) -> int:
@@ -224,10 +221,3 @@ class Tracer:
             scope.log_frequency = int(settings["log_frequency"])
             self._scopes[key] = scope
         return scope
-
-    def _file(self, name: str) -> IO[str]:
-        out = self._files.get(name)
-        if out is None:
-            self._folder.mkdir(parents=True, exist_ok=True)
-            out = self._files[name] = open(self._folder / name, "a", encoding="utf-8")  # noqa: SIM115
-        return out

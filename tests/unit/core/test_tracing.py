@@ -18,7 +18,9 @@ from tests.support.versions import VersionStub
 ADMIN = Principal(key_id="a", tenant_id="t", tenant_name="team", role="admin")
 
 
-def _lines(folder: Path, name: str = "trace.jsonl") -> list[dict]:
+def _lines(folder: Path, name: str = "trace.jsonl", tracer: Tracer | None = None) -> list[dict]:
+    """The lines of a trace file, once ``tracer``'s thread wrote what it was given."""
+    assert tracer is None or tracer.files.drain()
     path = folder / name
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
@@ -36,7 +38,7 @@ def test_rate_and_count_and_what_a_line_holds(tmp_path: Path) -> None:
     start = time.perf_counter()
     tracer.end(first, ran=(start, start + 0.001, 0.002))
     tracer.end(sampled[5], outcome="queue_full")  # type: ignore[arg-type]
-    (line, failed) = _lines(tmp_path)
+    (line, failed) = _lines(tmp_path, tracer=tracer)
     assert (line["model_name"], line["model_version"], line["tenant"], line["outcome"]) == ("m", "1", "team", "ok")
     names = [s["name"] for s in line["timestamps"]]
     assert names == ["REQUEST_START", "QUEUE_START", "COMPUTE_START", "COMPUTE_END", "REQUEST_END"]
@@ -55,7 +57,7 @@ def test_a_models_settings_go_over_the_servers_and_reset(tmp_path: Path) -> None
     trace = tracer.sample(VersionStub(), 0.0)
     assert trace is not None
     tracer.end(trace)
-    assert len(_lines(tmp_path, "m.jsonl")) == 1
+    assert len(_lines(tmp_path, "m.jsonl", tracer)) == 1
     after = tracer.update(ADMIN, {"trace_level": None, "trace_file": None}, "m")
     assert (after["trace_level"], after["trace_file"], after["trace_rate"]) == (["OFF"], "trace.jsonl", "1")
     assert not tracer.on and tracer.sample(VersionStub(), 0.0) is None
@@ -68,7 +70,7 @@ def test_the_file_is_flushed_every_log_frequency_traces(tmp_path: Path) -> None:
         trace = tracer.sample(VersionStub(), time.perf_counter())
         assert trace is not None
         tracer.end(trace)
-        assert len(_lines(tmp_path)) == expected
+        assert len(_lines(tmp_path, tracer=tracer)) == expected
     tracer.close()
 
 
