@@ -100,11 +100,18 @@ def flooded(tmp_path: Path, database_url: str, request: pytest.FixtureRequest) -
 def test_two_servers_admit_a_keys_or_a_tenants_rate_together(flooded: list[int]) -> None:
     together = sum(flooded)
     expected = RATE * MEASURED_S  # 50
-    assert 0.75 * expected <= together <= 1.25 * expected, flooded
+    # The most the cluster may admit in the window: the rate, plus its buckets' one second (the
+    # cluster's burst, full again after a stall of the test process before the window: once 28 +
+    # 42 in a full run), plus a round at an old share. Sharing broken, each server admits all of
+    # the rate: 100 together and more.
+    most = expected + RATE + RATE * 0.2
+    assert 0.75 * expected <= together <= most, flooded
     assert min(flooded) >= 0.25 * expected / 2, flooded  # each server admits its part
 
 
 @pytest.mark.parametrize("flooded", [(0, "key")], indirect=True, ids=["key"])
 def test_with_sharing_off_each_server_admits_the_whole_rate(flooded: list[int]) -> None:
     expected = RATE * MEASURED_S
-    assert all(0.75 * expected <= admitted <= 1.25 * expected for admitted in flooded), flooded
+    # each at most the rate plus its bucket's one second (see above); sharing on, 50 together
+    assert all(0.75 * expected <= admitted <= expected + RATE for admitted in flooded), flooded
+    assert sum(flooded) >= 1.5 * expected, flooded
