@@ -78,7 +78,8 @@ class TraceFiles:
         try:
             self._queue.put_nowait((name, line, max(1, flush_every)))
         except queue.Full:
-            self._drop(name, "backlog", 1, "the disk is slower than the traces come; lower trace_rate")
+            self._drop(name, "backlog", 1, "the disk is slower than the traces come; "
+                       "trace fewer requests (a higher trace_rate)")
 
     def drain(self, timeout_s: float = 5.0) -> bool:
         """Wait until every line appended so far is written (flushed as its file's
@@ -124,7 +125,13 @@ class TraceFiles:
                 item.done.set()
                 continue
             name, line, flush_every = item  # type: ignore[misc]
-            self._write(name, line, flush_every)
+            try:
+                self._write(name, line, flush_every)
+            except Exception:  # anything but the disk's errors (handled there): the thread goes on
+                log.exception("traces: writing a line of %s failed", name)
+                self._forget(name)
+                if self._dropped is not None:
+                    self._dropped("write", 1)
 
     def _write(self, name: str, line: str, flush_every: int) -> None:
         file = self._files.get(name)

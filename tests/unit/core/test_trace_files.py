@@ -116,3 +116,24 @@ def test_nothing_starts_until_a_line_comes(tmp_path: Path) -> None:
     assert files.drain()  # no thread, nothing to wait for
     files.close()
     assert not (tmp_path / "traces").exists()
+
+
+def test_an_unexpected_error_costs_its_line_not_the_thread(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    class Flaky(TraceFiles):
+        failed = False
+
+        def _write(self, name: str, line: str, flush_every: int) -> None:
+            if not Flaky.failed:
+                Flaky.failed = True
+                raise RuntimeError("a bug, not the disk")
+            super()._write(name, line, flush_every)
+
+    counted = _Counted()
+    files = Flaky(tmp_path, dropped=counted)
+    with caplog.at_level(logging.ERROR, logger="modelyard.core.trace_files"):
+        files.append("t.jsonl", "lost", 0)
+        files.append("t.jsonl", "kept", 0)
+        assert files.drain()
+    assert counted.lines == {"write": 1} and _read(tmp_path / "t.jsonl") == ["kept"]
+    assert [str(r.exc_info[1]) for r in caplog.records if r.exc_info] == ["a bug, not the disk"]
+    files.close()
