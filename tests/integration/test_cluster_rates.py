@@ -19,7 +19,8 @@ from tests.support.live import LiveServer
 pytestmark = pytest.mark.slow  # two servers flooded for 4 s a test
 
 RATE = 20.0
-WARM_S = 1.5  # the shares settle within a few rounds (0.2 s here)
+SHARE_S = 0.2  # a round of sharing (MODELYARD_RATE_SHARE_S)
+WARM_S = 1.5  # the shares settle within a few rounds
 MEASURED_S = 2.5
 
 
@@ -96,7 +97,7 @@ def flooded(tmp_path: Path, database_url: str, request: pytest.FixtureRequest) -
         yield [_admitted_while_measured(a) for a in answers]
 
 
-@pytest.mark.parametrize("flooded", [(0.2, "key"), (0.2, "tenant")], indirect=True, ids=["key", "tenant"])
+@pytest.mark.parametrize("flooded", [(SHARE_S, "key"), (SHARE_S, "tenant")], indirect=True, ids=["key", "tenant"])
 def test_two_servers_admit_a_keys_or_a_tenants_rate_together(flooded: list[int]) -> None:
     together = sum(flooded)
     expected = RATE * MEASURED_S  # 50
@@ -104,7 +105,7 @@ def test_two_servers_admit_a_keys_or_a_tenants_rate_together(flooded: list[int])
     # cluster's burst, full again after a stall of the test process before the window: once 28 +
     # 42 in a full run), plus a round at an old share. Sharing broken, each server admits all of
     # the rate: 100 together and more.
-    most = expected + RATE + RATE * 0.2
+    most = expected + RATE + RATE * SHARE_S
     assert 0.75 * expected <= together <= most, flooded
     assert min(flooded) >= 0.25 * expected / 2, flooded  # each server admits its part
 

@@ -13,18 +13,13 @@ import pytest
 from modelyard.grpc import http2
 from modelyard.grpc.http2 import Http2GrpcServer
 from modelyard.listeners import open_listeners, spreads_connections
+from tests.support.live import free_port
 
 pytestmark = pytest.mark.skipif(not spreads_connections(), reason="several sockets a port on Linux only")
 
 
 def _open_descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_a_start_that_fails_part_way_closes_every_socket(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,7 +42,7 @@ async def test_a_start_that_fails_part_way_closes_every_socket(monkeypatch: pyte
 
     monkeypatch.setattr(loop, "create_server", third_fails)
     monkeypatch.setattr(http2, "open_listeners", kept)
-    port = _free_port()
+    port = free_port()
     server = Http2GrpcServer({}, max_message_bytes=1024)
     before = _open_descriptors()
     with pytest.raises(OSError, match="no server for this socket"):
